@@ -1,0 +1,1 @@
+"""Conformance kit: backends, the rank launcher, checks and reports for generated training models."""

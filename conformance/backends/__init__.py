@@ -1,0 +1,134 @@
+"""The one place that chooses which implementation of the Neuron training stack a process uses.
+
+Generated models import `neuronx_distributed.*` and, by relative import, optimum-neuron's training host
+modules (`..config`, `..modeling_utils`, ...). A backend supplies both:
+
+- `reference`: this kit's implementation on torch.distributed (gloo on CPU, nccl on CUDA). Activating it
+  aliases `neuronx_distributed` to `conformance.backends.reference.neuronx_distributed`; the host package
+  is `conformance.backends.reference.training`.
+- `neuron`: the real packages of a Trainium host; the host package is `optimum.neuron.models.training`
+  from the installed optimum-neuron or from a checkout given with `repo`.
+
+Nothing else in the kit knows which backend runs: checks ask the active `Backend` for the host package
+and for a model package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from .aliasing import install_alias, is_aliased
+
+BACKEND_NAMES = ("reference", "neuron")
+
+_REFERENCE_NXD = "conformance.backends.reference.neuronx_distributed"
+_REFERENCE_HOST = "conformance.backends.reference.training"
+_NEURON_HOST = "optimum.neuron.models.training"
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be activated in this process."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An activated backend: where the training host lives and how model packages are mounted."""
+
+    name: str
+    host_package: str
+
+    def host(self) -> ModuleType:
+        """The training host package (`optimum.neuron.models.training` or its reference twin)."""
+        return importlib.import_module(self.host_package)
+
+    def host_module(self, name: str) -> ModuleType:
+        """A host module by its short name: `config`, `modeling_utils`, `transformations_utils`, ..."""
+        return importlib.import_module(f"{self.host_package}.{name}")
+
+    def load_model_package(self, model_dir: Path) -> ModuleType:
+        """Import a generated model folder as the subpackage `<host>.<folder name>`.
+
+        Its relative imports (`..config`, `..modeling_utils`) then resolve to this backend's host. A
+        folder already mounted from the same path is returned as is; one mounted from another path is
+        an error rather than a silent swap.
+        """
+        model_dir = Path(model_dir).resolve()
+        init_file = model_dir / "__init__.py"
+        if not init_file.is_file():
+            raise BackendError(f"{model_dir}: not a model package (no __init__.py)")
+        name = f"{self.host_package}.{model_dir.name}"
+        existing = sys.modules.get(name)
+        if existing is not None:
+            mounted = Path(existing.__file__ or "").resolve().parent
+            if mounted != model_dir:
+                raise BackendError(f"{name} is already mounted from {mounted}, cannot mount {model_dir}")
+            return existing
+        self.host()
+        spec = importlib.util.spec_from_file_location(
+            name, init_file, submodule_search_locations=[str(model_dir)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+                del sys.modules[key]
+            raise
+        return module
+
+
+_ACTIVE: Backend | None = None
+
+
+def activate(name: str = "reference", repo: Path | None = None) -> Backend:
+    """Activate a backend for this process (idempotent for the same choice) and return it."""
+    global _ACTIVE
+    if name not in BACKEND_NAMES:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if _ACTIVE is not None:
+        if _ACTIVE.name != name:
+            raise BackendError(f"backend {_ACTIVE.name!r} is already active in this process, cannot switch to {name!r}")
+        return _ACTIVE
+    if name == "reference":
+        _ACTIVE = _activate_reference()
+    else:
+        _ACTIVE = _activate_neuron(repo)
+    return _ACTIVE
+
+
+def active() -> Backend | None:
+    """The backend activated in this process, if any."""
+    return _ACTIVE
+
+
+def _activate_reference() -> Backend:
+    if not is_aliased("neuronx_distributed"):
+        if "neuronx_distributed" in sys.modules or importlib.util.find_spec("neuronx_distributed") is not None:
+            raise BackendError(
+                "a real neuronx_distributed is installed in this environment; the reference backend will not "
+                "shadow it. Run with --backend neuron, or use an environment without the Neuron packages."
+            )
+        install_alias("neuronx_distributed", _REFERENCE_NXD)
+    return Backend("reference", _REFERENCE_HOST)
+
+
+def _activate_neuron(repo: Path | None) -> Backend:
+    if repo is not None:
+        repo = Path(repo).resolve()
+        if not (repo / "optimum" / "neuron" / "models" / "training").is_dir():
+            raise BackendError(f"{repo}: not an optimum-neuron checkout (no optimum/neuron/models/training)")
+        sys.path.insert(0, str(repo))
+    for package in ("neuronx_distributed", "torch_xla"):
+        if importlib.util.find_spec(package) is None:
+            raise BackendError(
+                f"the neuron backend needs {package}, which is not importable here; it runs on a Trainium "
+                "host with the Neuron SDK installed. Use --backend reference on other machines."
+            )
+    return Backend("neuron", _NEURON_HOST)

@@ -1,0 +1,292 @@
+"""Every place where the reference backend deliberately differs from the released Neuron stack.
+
+The reference backend reproduces neuronx-distributed (NxD) and optimum-neuron's training host faithfully,
+except where the real code has a bug or a surprise that would make a conformance verdict wrong. There it
+does the right thing, and the difference is listed here exactly once, with a stable id. Reports cite these
+ids when a check touches one, and `docs/backend-deviations.md` is rendered from this table (a test keeps the
+two in sync: `python -m conformance.backends.reference.deviations > docs/backend-deviations.md`).
+
+Sources: `neuronx-distributed-semantics.md` (NxD 0.18 snapshot) and `optimum-neuron-training-semantics.md`
+(optimum-neuron 0.4.x) in the project's shared reference folder; section numbers point into them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One intended difference between the reference backend and the real package."""
+
+    id: str
+    component: str
+    upstream: str
+    reference: str
+    trainium_impact: str
+    source: str
+
+
+DEVIATIONS: tuple[Deviation, ...] = (
+    Deviation(
+        "NXD-01",
+        "parallel_state",
+        "On TRN1 with TP=4 the TP groups are strided by LOCAL_WORLD_SIZE/4 ([0,2,4,6], [1,3,5,7] for 8 ranks).",
+        "TP groups are always contiguous (the TRN2 / LOGIC1 layout), whatever the TP size.",
+        "Only which global ranks pair up; tensors and results are the same.",
+        "NxD §2.1.5, §18.1",
+    ),
+    Deviation(
+        "NXD-02",
+        "parallel_state",
+        "get_tensor_model_parallel_src_rank (TP=4) and get_data_parallel_src_rank (PP>1) can name a rank "
+        "outside the caller's group.",
+        "Both return the first member of the caller's group.",
+        "None for models; only code that broadcasts from the source rank.",
+        "NxD §2.2, §18.13",
+    ),
+    Deviation(
+        "NXD-03",
+        "layers",
+        "ColumnParallelLinear(gather_output=False) initialises its bias per rank from the default RNG, so every "
+        "rank holds the same values instead of a slice; RowParallelLinear draws its bias with bound "
+        "1/sqrt(in/T) instead of 1/sqrt(in).",
+        "Biases are drawn on the full master (nn.Linear's bound 1/sqrt(in)) and then sliced, so a seeded "
+        "init is independent of the TP size.",
+        "Only random initialisation (from_config); from_pretrained loads the checkpoint's biases.",
+        "NxD §4, §5, §18.3",
+    ),
+    Deviation(
+        "NXD-04",
+        "layers",
+        "keep_master_weight=True in fp32 registers `master_weight` (and GQA `master_weight_q/k/v`) as "
+        "parameters, so they appear in state_dict().",
+        "The master copy is kept as a plain tensor attribute, never a parameter.",
+        "Checkpoints of layers built with keep_master_weight=True carry extra keys on Trainium.",
+        "NxD §3.3, §18.4",
+    ),
+    Deviation(
+        "NXD-05",
+        "layers",
+        "ParallelEmbedding drops padding_idx=0 (and any falsy value) and never zeroes the padding row; a "
+        "non-fp32 embedding's masked output is forced to bf16.",
+        "padding_idx is honoured for every value as nn.Embedding does (no gradient to the padding row); "
+        "the output keeps the parameter dtype.",
+        "With pad_token_id=0 the padding row receives gradient on Trainium; fp16 embeddings return bf16.",
+        "NxD §6, §18.6",
+    ),
+    Deviation(
+        "NXD-06",
+        "layers",
+        "ParallelEmbedding with sequence parallelism and a truthy sequence_dimension returns the un-reduced "
+        "partial sum.",
+        "The partial is reduce-scattered along the requested sequence dimension.",
+        "Only for callers passing sequence_dimension=1; generated models use the sequence-first layout (0).",
+        "NxD §6, §18.7",
+    ),
+    Deviation(
+        "NXD-07",
+        "layers",
+        "ColumnParallelLinear's asynchronous input-gradient all-reduce is thrown away when the gradient dtype "
+        "differs from reduce_dtype (bf16 parameters with the default fp32 reduce_dtype).",
+        "The reduced gradient is always returned, cast back to the gradient's dtype.",
+        "bf16 training without sequence parallelism: on Trainium the input gradients of column layers "
+        "are un-reduced. fp32 parity checks are unaffected.",
+        "NxD §7, §18.8",
+    ),
+    Deviation(
+        "NXD-08",
+        "mappings",
+        "reduce_from_tensor_model_parallel_region and the comm all-reduce work in place on their input in "
+        "CPU mode.",
+        "Collectives never modify the caller's tensor.",
+        "None on XLA devices (functional there).",
+        "NxD §8, §18.9",
+    ),
+    Deviation(
+        "NXD-09",
+        "modules.qkv_linear",
+        "GQAQKVColumnParallelLinear(bias=True) raises TypeError in the released code.",
+        "Biases work: each of q/k/v gets a bias laid out like its weight rows (K/V tiled by the kv size "
+        "multiplier).",
+        "A model with attention biases that needs the GQA layer (kv heads < TP) cannot be built on Trainium "
+        "with NxD 0.18; the report flags it.",
+        "NxD §10.3, §18.10",
+    ),
+    Deviation(
+        "NXD-10",
+        "modules.qkv_linear",
+        "The fused `weight_qkv` parameter is rebuilt after init and loses its tensor-parallel attributes.",
+        "`weight_qkv` carries tensor_model_parallel=True, partition_dim=0, partition_stride=1.",
+        "On Trainium clip_grad_norm counts weight_qkv as a replicated parameter (its norm is divided by T) "
+        "and the checkpoint metadata marks it non-parallel (consolidation hard-codes dim 0 and still works).",
+        "NxD §10.2, §18.10",
+    ),
+    Deviation(
+        "NXD-11",
+        "modules.qkv_linear",
+        "K/V replication depends on the platform: TRN1 tiles (repeat(m, 1)), TRN2 repeats rows "
+        "(repeat_interleave), which is not head-aligned when head_dim > 1.",
+        "Always the TRN1 tile layout, the one optimum-neuron's GQAQKVColumnParallelLinearSpec loads; the "
+        "kv-shared groups are the matching strided groups.",
+        "Random init (from_config) of the GQA layer on TRN2 places K/V rows differently; from_pretrained "
+        "goes through the spec and is unaffected.",
+        "NxD §10.2, §10.4, §18.10",
+    ),
+    Deviation(
+        "NXD-12",
+        "modules.qkv_linear",
+        "The GQA backward for kv_size_multiplier > 1 or sequence parallelism uses XLA-only collectives.",
+        "The same reductions run on torch.distributed (all-reduce over the kv-shared group, reduce-scatter "
+        "over TP).",
+        "None: same mathematics.",
+        "NxD §10.5, §18.10",
+    ),
+    Deviation(
+        "NXD-13",
+        "loss_functions",
+        "parallel_cross_entropy subtracts the max from its input in place; label smoothing uses the local "
+        "vocab size, a local mean and an inverted mask in the backward.",
+        "The input is left untouched; label smoothing matches F.cross_entropy(label_smoothing=a) on the full "
+        "vocabulary, values and gradients.",
+        "Label smoothing with TP > 1 trains differently on Trainium.",
+        "NxD §11.1, §18.11",
+    ),
+    Deviation(
+        "NXD-14",
+        "grads",
+        "clip_grad_norm(norm_type=inf) raises AttributeError.",
+        "The infinity norm works (max over all shards).",
+        "Only callers asking for the infinity norm.",
+        "NxD §12.2, §18.12",
+    ),
+    Deviation(
+        "NXD-15",
+        "layers",
+        "A stride > 1 layer with gather_output=True returns its columns in per-rank interleaved order.",
+        "The gathered output is in the master weight's column order.",
+        "Only stride > 1 layers that gather their output; generated models never gather fused layers.",
+        "NxD §4, §18.14",
+    ),
+    Deviation(
+        "NXD-16",
+        "layers",
+        "create_local_weight with stride 1 on float8 tensors returns a view and leaves out_weight unwritten.",
+        "out_weight is always written.",
+        "Only float8 CPU initialisation.",
+        "NxD §3.2",
+    ),
+    Deviation(
+        "ON-01",
+        "transformations_utils",
+        "FusedLinearsSpec's LoRA consolidation for row fusions (fuse_axis=1) always raises ValueError, and the "
+        "row-fusion LoRA load concatenates lora_B without sharding it.",
+        "Row fusions load and consolidate LoRA adapters symmetrically with column fusions.",
+        "None for shipped and generated models: all fusions are column fusions.",
+        "optimum-neuron §2.5(c,d), §8.1",
+    ),
+    Deviation(
+        "ON-02",
+        "transformations_utils",
+        "With the GQA layer, fuse_qkv and LoRA, loading writes `qkv_proj.lora_B.weight` although the "
+        "parameter is `qkv_proj.lora_B.<adapter>.weight_qkv`.",
+        "The fused lora_B is written under the parameter's own name (`lora_B.weight_qkv`).",
+        "LoRA + GQA + fuse_qkv adapters may not load their lora_B on Trainium.",
+        "optimum-neuron §2.6(c), §8.2",
+    ),
+    Deviation(
+        "ON-03",
+        "transformations_utils",
+        "GQAQKVColumnParallelLinearSpec pops q/k/v without waiting for every part, so a multi-file checkpoint "
+        "that splits a layer's projections raises KeyError; FusedLinearsSpec waits, but for one fused "
+        "parameter at a time.",
+        "Both specs keep incomplete groups pending across checkpoint files, any number at a time, and raise "
+        "only if parts are still missing after the last file.",
+        "Sharded HF checkpoints that split a layer across files fail to load on Trainium.",
+        "optimum-neuron §2.5(a), §2.6(a), §8.3",
+    ),
+    Deviation(
+        "ON-04",
+        "checkpointing",
+        "Consolidation shards the output with a file name that has no {suffix}, so a model over 5 GB keeps "
+        "only its last shard.",
+        "Sharded output files are numbered and indexed as transformers does.",
+        "Consolidating models over 5 GB loses tensors on Trainium.",
+        "optimum-neuron §3.4, §8.5",
+    ),
+    Deviation(
+        "ON-05",
+        "transformations_utils",
+        "create_local_weight_with_padding never pads: an uneven dimension gives the last rank a shorter shard.",
+        "An uneven dimension is an error that names the parameter and the sizes.",
+        "The same configuration fails later, with a shape mismatch, on Trainium.",
+        "optimum-neuron §2.1, §8.11",
+    ),
+    Deviation(
+        "ON-06",
+        "transformations_utils",
+        "adapt_peft_config with target_modules='all-linear' calls .remove on a string.",
+        "'all-linear' is expanded to the concrete module names before fusing.",
+        "LoRA with target_modules='all-linear' fails on Trainium.",
+        "optimum-neuron §2.5, §8.15",
+    ),
+    Deviation(
+        "ON-07",
+        "loss_utils",
+        "ForCausalLMLoss ignores num_items_in_batch (transformers divides by it under gradient accumulation).",
+        "num_items_in_batch is honoured as in transformers.",
+        "Loss scale under gradient accumulation differs from transformers on Trainium.",
+        "optimum-neuron §5.1, §8.10",
+    ),
+    Deviation(
+        "ON-08",
+        "config",
+        "TrainingNeuronConfig silently replaces the requested TP/PP sizes by those of an already initialised "
+        "parallel state.",
+        "A requested size that differs from the initialised one is a ValueError naming both.",
+        "None when the sizes agree.",
+        "optimum-neuron §1",
+    ),
+    Deviation(
+        "ON-09",
+        "masking_utils",
+        "The eager attention's recomputed causal mask is created on device='xla'.",
+        "The mask is created on the device of the attention scores.",
+        "None: device placement only.",
+        "optimum-neuron §5.1",
+    ),
+)
+
+
+def by_id(deviation_id: str) -> Deviation:
+    """The deviation with this id; KeyError names the known ids."""
+    for deviation in DEVIATIONS:
+        if deviation.id == deviation_id:
+            return deviation
+    raise KeyError(f"unknown deviation id {deviation_id!r}; known: {', '.join(d.id for d in DEVIATIONS)}")
+
+
+def render_markdown() -> str:
+    """The table of docs/backend-deviations.md."""
+    lines = [
+        "# Reference backend deviations",
+        "",
+        "Generated from `conformance/backends/reference/deviations.py` "
+        "(`python -m conformance.backends.reference.deviations > docs/backend-deviations.md`).",
+        "",
+        "The reference backend reproduces neuronx-distributed and optimum-neuron's training host, except in",
+        "the places below, where the released code has a bug or a surprise. There it does the right thing.",
+        "Conformance reports cite these ids when a check touches one of them.",
+        "",
+        "| id | component | released Neuron stack | reference backend | impact on a Trainium run | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in DEVIATIONS:
+        cells = (d.id, d.component, d.upstream, d.reference, d.trainium_impact, d.source)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_markdown())

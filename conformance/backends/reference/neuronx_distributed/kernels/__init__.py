@@ -1,0 +1,1 @@
+"""Torch stand-ins for NxD's Neuron kernels (`neuronx_distributed.kernels`)."""

@@ -1,0 +1,1 @@
+"""Composite parallel modules (`neuronx_distributed.modules`)."""

@@ -1,0 +1,1 @@
+"""Tensor-parallel building blocks (`neuronx_distributed.parallel_layers`)."""

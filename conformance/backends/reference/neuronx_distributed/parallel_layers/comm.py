@@ -1,0 +1,55 @@
+"""Out-of-place collectives over a process group, in group-rank order.
+
+Unlike NxD's CPU-mode wrappers these never modify their input (deviation NXD-08). gloo has no
+reduce-scatter, so it is an all-reduce followed by taking this rank's chunk; nccl uses the native op.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def group_size(group) -> int:
+    return dist.get_world_size(group=group)
+
+
+def group_rank(group) -> int:
+    return dist.get_rank(group=group)
+
+
+def all_reduce(tensor: torch.Tensor, group, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+    """A reduced copy of `tensor` over `group`."""
+    out = tensor.detach().clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(out, op=op, group=group)
+    return out
+
+
+def all_gather(tensor: torch.Tensor, dim: int, group) -> torch.Tensor:
+    """Concatenation along `dim` of every member's tensor, in group-rank order."""
+    tensor = tensor.detach().contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(group_size(group))]
+    dist.all_gather(parts, tensor, group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def split(tensor: torch.Tensor, dim: int, group) -> torch.Tensor:
+    """This rank's chunk of `tensor` along `dim` (the size must divide evenly)."""
+    world, rank = group_size(group), group_rank(group)
+    size = tensor.shape[dim]
+    if size % world != 0:
+        raise ValueError(f"dimension {dim} of size {size} is not divisible by the group size {world}")
+    return tensor.narrow(dim, rank * (size // world), size // world).contiguous()
+
+
+def reduce_scatter(tensor: torch.Tensor, dim: int, group) -> torch.Tensor:
+    """This rank's chunk, along `dim`, of the sum of every member's tensor."""
+    world = group_size(group)
+    if tensor.shape[dim] % world != 0:
+        raise ValueError(f"dimension {dim} of size {tensor.shape[dim]} is not divisible by the group size {world}")
+    if dist.get_backend(group) == "nccl":
+        moved = tensor.detach().movedim(dim, 0).contiguous()
+        out = torch.empty((moved.shape[0] // world, *moved.shape[1:]), dtype=moved.dtype, device=moved.device)
+        dist.reduce_scatter_tensor(out, moved, group=group)
+        return out.movedim(0, dim).contiguous()
+    return split(all_reduce(tensor, group), dim, group)

@@ -1,0 +1,50 @@
+"""Run a function on the ranks of a tensor-parallel mesh with a backend active.
+
+This is what tests and checks call: it starts (or reuses) the rank processes through the launcher,
+activates the backend in each, builds the model-parallel groups, runs the function and tears the groups
+down again, whether the function passed or failed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from .backends import activate
+from .launcher import run_on_ranks
+
+
+def _on_rank(backend: str, tp_size: int, pp_size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    activate(backend)
+    from neuronx_distributed.parallel_layers import parallel_state
+
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        parallel_state.destroy_model_parallel()
+
+
+def run_tensor_parallel(
+    fn: Callable[..., Any],
+    tp_size: int,
+    *args: Any,
+    world_size: int | None = None,
+    pp_size: int = 1,
+    backend: str = "reference",
+    timeout: float = 120.0,
+    device: str = "cpu",
+    **kwargs: Any,
+) -> list[Any]:
+    """`fn(*args, **kwargs)` on every rank of a `world_size` (default `tp_size`) mesh; results in rank order."""
+    world_size = world_size or tp_size * pp_size
+    return run_on_ranks(
+        functools.partial(_on_rank, backend, tp_size, pp_size, fn),
+        world_size,
+        *args,
+        timeout=timeout,
+        device=device,
+        worker_init=functools.partial(activate, backend),
+        **kwargs,
+    )
