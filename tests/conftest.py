@@ -16,3 +16,5 @@ settings.register_profile(
     derandomize=True,
 )
 settings.load_profile("nxd")
+
+pytest_plugins = ["conformance.launcher.pytest_plugin"]

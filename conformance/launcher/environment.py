@@ -50,7 +50,9 @@ def checked_extra_env(env: Mapping[str, str] | None) -> dict[str, str]:
     return dict(env)
 
 
-def rank_env(rank: int, world_size: int, *, master_port: int, run_id: str, extra: Mapping[str, str]) -> dict[str, str]:
+def rank_env(
+    rank: int, world_size: int, *, master_port: int, run_id: str, extra: Mapping[str, str]
+) -> dict[str, str]:
     """The variables torchrun would set for `rank` of a single-node job, over `DEFAULT_ENV` and `extra`.
 
     ``TORCHELASTIC_USE_AGENT_STORE`` tells ``init_process_group`` that the launcher (like torchrun's agent)

@@ -26,7 +26,7 @@ class RankCallFailed(LaunchError):
 
     def __init__(self, outcome: RankOutcome) -> None:
         self.outcome = outcome
-        super().__init__(_format(self._headline(), outcome, self.hint))
+        super().__init__(_format(self._headline(), outcome, self._hint()))
 
     def __reduce__(self) -> tuple[type, tuple[RankOutcome]]:
         return (type(self), (self.outcome,))
@@ -39,6 +39,9 @@ class RankCallFailed(LaunchError):
     def _headline(self) -> str:
         raise NotImplementedError
 
+    def _hint(self) -> str:
+        return self.hint
+
 
 class RankError(RankCallFailed):
     """One or more ranks raised; `outcome.failures` holds each remote traceback."""
@@ -48,6 +51,9 @@ class RankError(RankCallFailed):
     @property
     def ranks(self) -> tuple[int, ...]:
         return tuple(sorted(self.outcome.failures))
+
+    def _hint(self) -> str:
+        return self.hint if self.outcome.unfinished else ""
 
     def _headline(self) -> str:
         o = self.outcome
@@ -66,9 +72,18 @@ class RankCrashed(RankCallFailed):
         "running were probably blocked in a collective with it."
     )
 
+    startup_hint = (
+        "A rank process ended while starting; its stderr above says why. 'An attempt has been made to "
+        "start a new process before the current process has finished its bootstrapping phase' means the "
+        'calling script needs an `if __name__ == "__main__":` guard: spawned workers re-import it.'
+    )
+
     @property
     def ranks(self) -> tuple[int, ...]:
         return tuple(sorted(self.outcome.exit_codes))
+
+    def _hint(self) -> str:
+        return self.startup_hint if self.outcome.phase == "startup" else self.hint
 
     def _headline(self) -> str:
         o = self.outcome
@@ -125,7 +140,15 @@ def _format(headline: str, o: RankOutcome, hint: str) -> str:
     lines.append("The worker pool was killed; the next call starts a fresh one.")
     if hint:
         lines.append(hint)
+    first_with: dict[str, int] = {}  # identical tracebacks (the usual case) are printed once
     for rank, failure in sorted(o.failures.items()):
+        if failure.traceback in first_with:
+            lines += [
+                "",
+                f"--- rank {rank}: remote traceback: same as rank {first_with[failure.traceback]} ---",
+            ]
+            continue
+        first_with[failure.traceback] = rank
         lines += ["", f"--- rank {rank}: remote traceback ---", failure.traceback.rstrip()]
     for rank, stack in sorted(o.stacks.items()):
         lines += ["", f"--- rank {rank}: Python stack when stopped ---", stack.rstrip()]

@@ -16,6 +16,7 @@ from typing import Any
 import cloudpickle
 
 from conformance.launcher.outcome import RankFailure
+from conformance.launcher.source_map import SourceMap, dumps_with_source_map
 
 SHUTDOWN = b""
 """Asks a worker to destroy its process group and exit; never a valid pickle."""
@@ -41,8 +42,9 @@ class Reply:
     group_alive: bool = True
 
 
-def encode_call(call: Call) -> bytes:
-    return cloudpickle.dumps(call)
+def encode_call(call: Call) -> tuple[bytes, SourceMap]:
+    """Pickle a call, and say where its by-value functions came from (see `source_map`)."""
+    return dumps_with_source_map(call)
 
 
 def decode_call(data: bytes) -> Call:
@@ -50,7 +52,11 @@ def decode_call(data: bytes) -> Call:
 
 
 def encode_reply(reply: Reply) -> bytes:
-    """Pickle a reply with tensors detached and moved to CPU, so the launcher needs no accelerator."""
+    """Pickle a reply with tensors detached, on CPU and compact.
+
+    CPU, so the launcher needs no accelerator; compact, so returning a slice of a large tensor does not
+    ship the whole storage it views.
+    """
     buffer = io.BytesIO()
     _ReplyPickler(buffer).dump(reply)
     return buffer.getvalue()
@@ -67,7 +73,19 @@ def _same(obj: Any) -> Any:
 class _ReplyPickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         torch = sys.modules.get("torch")  # no torch imported means no tensors to convert
-        if torch is not None and isinstance(obj, torch.Tensor):
-            if obj.requires_grad or obj.device.type != "cpu":
-                return _same, (obj.detach().cpu(),)
+        if torch is not None and isinstance(obj, torch.Tensor) and _needs_conversion(torch, obj):
+            tensor = obj.detach().cpu()
+            if _is_partial_view(torch, tensor):
+                tensor = tensor.clone()
+            return _same, (tensor,)
         return super().reducer_override(obj)
+
+
+def _needs_conversion(torch: Any, tensor: Any) -> bool:
+    return tensor.requires_grad or tensor.device.type != "cpu" or _is_partial_view(torch, tensor)
+
+
+def _is_partial_view(torch: Any, tensor: Any) -> bool:
+    if tensor.layout != torch.strided or tensor.device.type != "cpu":
+        return False
+    return tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size()

@@ -32,6 +32,8 @@ class RankOutcome:
     label: str
     """What ran, as a noun phrase for messages: ``"boom()"`` or ``"worker startup (...)"``."""
     timeout: float
+    phase: str = "call"
+    """``"call"`` or ``"startup"`` (spawning the pool)."""
     values: dict[int, Any] = field(default_factory=dict)
     failures: dict[int, RankFailure] = field(default_factory=dict)
     exit_codes: dict[int, int | None] = field(default_factory=dict)

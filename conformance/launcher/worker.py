@@ -6,6 +6,7 @@ Runs in a spawned interpreter. Nothing here imports torch at module level: the r
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -42,6 +43,9 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of a rank process (the `multiprocessing.Process` target)."""
     _detach(spec)
     os.environ.update(spec.env)
+    for stream in (sys.stdout, sys.stderr):  # a rank killed later must not take its last prints with it
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)
     with open(spec.stack_dump_path, "w") as stack_dump:
         faulthandler.register(STACK_DUMP_SIGNAL, file=stack_dump, all_threads=True)
         ready = _start(spec)
@@ -66,10 +70,8 @@ def _detach(spec: WorkerSpec) -> None:
     if spec.die_with_parent and sys.platform.startswith("linux"):
         import ctypes
 
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
     if os.getppid() != spec.parent_pid:  # the launcher died before prctl took effect
         os._exit(1)
 
@@ -116,7 +118,9 @@ def _serve(rank: int, data: bytes) -> Reply:
             if call.after is not None:
                 call.after()
     except BaseException as exc:  # SystemExit too: a rank must always answer
-        return Reply(failure=failure_from_exception(rank, exc, skip_frames_of=__file__), group_alive=_group_alive())
+        return Reply(
+            failure=failure_from_exception(rank, exc, skip_frames_of=__file__), group_alive=_group_alive()
+        )
     return Reply(value=value, group_alive=_group_alive())
 
 
@@ -125,7 +129,12 @@ def _encode(rank: int, reply: Reply) -> bytes:
         return encode_reply(reply)
     except BaseException as exc:
         note = "The return value of the function must be picklable (tensors are fine)."
-        return encode_reply(Reply(failure=failure_from_exception(rank, exc, note=note, skip_frames_of=__file__), group_alive=reply.group_alive))
+        return encode_reply(
+            Reply(
+                failure=failure_from_exception(rank, exc, note=note, skip_frames_of=__file__),
+                group_alive=reply.group_alive,
+            )
+        )
 
 
 def _group_alive() -> bool:

@@ -71,8 +71,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "layers",
         "ParallelEmbedding drops padding_idx=0 (and any falsy value) and never zeroes the padding row; a "
         "non-fp32 embedding's masked output is forced to bf16.",
-        "padding_idx is honoured for every value as nn.Embedding does (no gradient to the padding row); "
-        "the output keeps the parameter dtype.",
+        "padding_idx is honoured for every value as nn.Embedding does: the padding row starts at zero and "
+        "gets no gradient; the output keeps the parameter dtype.",
         "With pad_token_id=0 the padding row receives gradient on Trainium; fp16 embeddings return bf16.",
         "NxD §6, §18.6",
     ),
@@ -178,6 +178,25 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "NxD §3.2",
     ),
     Deviation(
+        "NXD-17",
+        "layers",
+        "SPMDRank.rank starts at 0 and expects the checkpoint to carry arange(T).",
+        "SPMDRank.rank starts at the process's TP rank.",
+        "None for training: use_spmd_rank is an inference feature.",
+        "NxD §6, §14.3",
+    ),
+    Deviation(
+        "NXD-18",
+        "kernels.flash_attn",
+        "With mixed_precision=True the NKI flash kernel runs its matmuls in bf16 with fp32 accumulation, and "
+        "dropout draws from the kernel's own RNG.",
+        "Softmax and matmuls run in fp32 with torch; dropout draws from torch's RNG. The kernel's S % 2048 "
+        "requirement is enforced unless NXD_REFERENCE_FLASH_ATTN_SEQ_MULTIPLE lowers it for tiny models.",
+        "The flash path agrees with fp32 eager attention only to bf16 precision on Trainium: flash parity "
+        "tolerances must be bf16-sized there.",
+        "NxD kernels/flash_attn.py",
+    ),
+    Deviation(
         "ON-01",
         "transformations_utils",
         "FusedLinearsSpec's LoRA consolidation for row fusions (fuse_axis=1) always raises ValueError, and the "
@@ -205,6 +224,15 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "only if parts are still missing after the last file.",
         "Sharded HF checkpoints that split a layer across files fail to load on Trainium.",
         "optimum-neuron §2.5(a), §2.6(a), §8.3",
+    ),
+    Deviation(
+        "ON-10",
+        "transformations_utils",
+        "GQAQKVColumnParallelLinearSpec with bias=True fails on load: it views the 1-D bias as a 3-D tensor.",
+        "q/k/v biases follow their weight rows (query permutation, K/V tiling); o_proj's replicated bias is "
+        "left as is.",
+        "A model with attention biases that needs the GQA layer cannot load on Trainium.",
+        "optimum-neuron §2.6(a)",
     ),
     Deviation(
         "ON-04",

@@ -1,0 +1,71 @@
+"""Analysis: read a transformers modeling file and its config class into a `Blueprint`.
+
+`analyze(source)` is pure apart from reading the file and instantiating the config class for its
+defaults; the same input always gives the same Blueprint.
+"""
+
+from __future__ import annotations
+
+from ..blueprint import Blueprint, ClassPlan
+from ..source import ModelSource
+from .context import Context, gather
+from .features import config_fields, features
+from .refusals import detect
+from .sites import attention_geometries, backbone, layer_sites, mlp_blocks, norm_sites, parameter_sites
+
+
+def analyze(source: ModelSource) -> Blueprint:
+    """Build the Blueprint of the model at `source` (ScaffoldError on unreadable or unparsable input)."""
+    context = gather(source)
+    sites, role_refusals = layer_sites(context)
+    norms = norm_sites(context)
+    geometries = attention_geometries(context, norms)
+    mlps = mlp_blocks(context)
+    skeleton = backbone(context, sites, norms)
+    refusals = role_refusals + detect(context, sites, norms, {g.path for g in geometries})
+    refusals.sort(key=lambda refusal: (refusal.location.line, refusal.code, refusal.message))
+    return Blueprint(
+        model_type=source.model_type,
+        transformers_version=source.transformers_version,
+        source_file=source.display_path,
+        config_class=source.config_class.__name__,
+        base_model_class=source.base_model_class,
+        causal_lm_class=source.causal_lm_class,
+        tp_plan=tuple(context.tp_plan.items()),
+        backbone=skeleton,
+        classes=tuple(_class_plans(context)),
+        functions=tuple(name for name in context.closure if name in context.mapping.functions),
+        sites=tuple(sites),
+        norms=tuple(norms),
+        parameters=tuple(parameter_sites(context)),
+        attention=tuple(geometries),
+        mlps=tuple(mlps),
+        features=features(context, sites, norms, geometries, mlps, skeleton),
+        config_fields=tuple(config_fields(context)),
+        refusals=tuple(refusals),
+    )
+
+
+def _class_plans(context: Context) -> list[ClassPlan]:
+    plans: list[ClassPlan] = []
+    for name in context.closure:
+        analysis = context.classes.get(name)
+        if analysis is None:
+            continue
+        children = tuple(
+            (attr, construct.qualified or construct.kind.value) for attr, construct in analysis.constructs.items()
+        )
+        plans.append(
+            ClassPlan(
+                name=name,
+                kind=analysis.kind,
+                bases=analysis.facts.bases,
+                children=children,
+                paths=tuple(context.tree.paths_of(name)),
+                location=context.index.location(analysis.facts.node),
+            )
+        )
+    return plans
+
+
+__all__ = ["analyze"]

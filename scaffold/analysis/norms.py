@@ -1,0 +1,145 @@
+"""Norm classes and norm instances, with what each one reduces over.
+
+A local class is a norm when it subclasses a torch norm or its forward computes one (`rsqrt`, or the
+functional layer/rms/group norm). Where a norm sits in the dataflow decides its scope: applied to a
+projection's output after the split into heads it is per-head (local to a rank under tensor
+parallelism); applied to a projection's output before that split it reduces over the sharded width.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from ..blueprint import Expr, Location, NormScope, NormSite
+from .classes import ClassFacts, walk
+from .constructors import TORCH_NORMS, ChildKind
+from .dataflow import Flow, sources
+from .expressions import to_expr
+from .parsing import SourceIndex
+from .tree import Member, bind_arguments
+
+_FUNCTIONAL_NORMS = {
+    "torch.nn.functional.layer_norm": "layer",
+    "torch.nn.functional.rms_norm": "rms",
+    "torch.nn.functional.group_norm": "group",
+}
+_RSQRT = frozenset({"torch.rsqrt"})
+_WIDTH_KEYWORDS = ("normalized_shape", "hidden_size", "dim", "num_channels", "size")
+
+
+def norm_classes(facts: dict[str, ClassFacts], index: SourceIndex) -> dict[str, str]:
+    """Local norm classes and their kind ("rms", "layer", "group" or "other")."""
+    found: dict[str, str] = {}
+    for name, class_facts in facts.items():
+        kind = _kind_from_bases(class_facts, index) or _kind_from_forward(class_facts, index)
+        if kind is not None:
+            found[name] = kind
+    return found
+
+
+def _kind_from_bases(class_facts: ClassFacts, index: SourceIndex) -> str | None:
+    for base in class_facts.node.bases:
+        for name in index.qualified_names(base.value):
+            if name in TORCH_NORMS:
+                return TORCH_NORMS[name]
+    return None
+
+
+def _kind_from_forward(class_facts: ClassFacts, index: SourceIndex) -> str | None:
+    """Kind of norm the forward (or a helper it may call, like `_norm`) computes, if any."""
+    if class_facts.forward is None:
+        return None
+    rsqrt = False
+    subtracts = False
+    bodies = [method.body for name, method in class_facts.methods.items() if name != "__init__"]
+    for node in (node for body in bodies for node in walk(body)):
+        if isinstance(node, cst.Call):
+            names = index.qualified_names(node.func)
+            for name in names:
+                if name in _FUNCTIONAL_NORMS:
+                    return _FUNCTIONAL_NORMS[name]
+            if names & _RSQRT or (isinstance(node.func, cst.Attribute) and node.func.attr.value == "rsqrt"):
+                rsqrt = True
+        elif isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract):
+            subtracts = True
+    if rsqrt:
+        return "layer" if subtracts else "rms"
+    return None
+
+
+def norm_site(
+    member: Member,
+    kinds: dict[str, str],
+    facts: dict[str, ClassFacts],
+    owner_flow: Flow | None,
+    column_projections: frozenset[str],
+    index: SourceIndex,
+) -> NormSite | None:
+    """The NormSite for a member holding a norm, or None when the member is not a norm.
+
+    `column_projections` are the owner's column-parallel projections: a norm of their output reduces
+    over a sharded width unless it is applied per head.
+    """
+    construct = member.construct
+    call = construct.call
+    if call is None:
+        return None
+    scope = member.owner.scope
+    if construct.kind is ChildKind.TORCH_NORM:
+        width_position = 1 if construct.norm_kind == "group" else 0
+        width = _argument(call, width_position, _WIDTH_KEYWORDS)
+        eps = _argument(call, 99, ("eps",))
+        kind, norm_class = construct.norm_kind or "other", construct.qualified
+    elif construct.kind is ChildKind.CLASS and construct.qualified in kinds:
+        callee = facts[construct.qualified]
+        bound = bind_arguments(call, callee, scope)
+        params = [name for name, _ in callee.init_params]
+        width = bound.names[params[0]][0] if params and params[0] in bound.names else None
+        eps = next((bound.names[name][0] for name in ("eps", "epsilon") if name in bound.names), None)
+        kind, norm_class = kinds[construct.qualified], construct.qualified
+    else:
+        return None
+    normalises, norm_scope = _scope(member.attribute, owner_flow, column_projections)
+    return NormSite(
+        path=member.path,
+        owner=member.owner.class_name,
+        attribute=member.attribute,
+        norm_class=norm_class,
+        kind=kind,
+        width=to_expr(width, scope) if width is not None else Expr("?", None),
+        eps=to_expr(eps, scope) if eps is not None else None,
+        scope=norm_scope,
+        normalises=normalises,
+        location=Location(index.display_path, index.line(member.assign.statement)),
+    )
+
+
+def _scope(
+    attribute: str, owner_flow: Flow | None, projections: frozenset[str]
+) -> tuple[tuple[str, ...], NormScope]:
+    """Which column projections the norm is applied to, and whether after the split into heads."""
+    if owner_flow is None:
+        return (), NormScope.HIDDEN
+    inputs = frozenset().union(*(call.inputs for call in owner_flow.calls_of(attribute)))
+    fed = sorted(sources(inputs) & projections)
+    if not fed:
+        return (), NormScope.HIDDEN
+    headed = all(origin.headed for origin in inputs if origin.source in fed)
+    return tuple(fed), NormScope.PER_HEAD if headed else NormScope.FULL_WIDTH
+
+
+def _argument(call: cst.Call, position: int, keywords: tuple[str, ...]) -> cst.BaseExpression | None:
+    """Argument by keyword, else by position."""
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value in keywords:
+            return arg.value
+    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
+    return positional[position].value if position < len(positional) else None
+
+
+def norm_call_location(attribute: str, owner_flow: Flow | None, index: SourceIndex) -> Location | None:
+    """Where the norm is applied in its owner's forward (first call)."""
+    if owner_flow is None:
+        return None
+    calls = owner_flow.calls_of(attribute)
+    return index.location(calls[0].node) if calls else None

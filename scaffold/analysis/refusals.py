@@ -1,0 +1,335 @@
+"""Detect constructs a tensor-parallel rewrite cannot handle, each reported with code and file:line.
+
+Detection reads structure (constructors by qualified name, the dataflow, reshape shapes), never a
+model's name: the same detector that refuses Mixtral's experts refuses any list of expert modules
+routed by top-k.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from ..blueprint import LayerKind, LayerSite, Location, NormScope, NormSite, Refusal
+from ..refusal_codes import (
+    CONV1D_TRANSPOSED,
+    CROSS_ATTENTION,
+    FULL_WIDTH_NORM,
+    FUSED_PROJECTION,
+    INTERLEAVED_QKV,
+    LAYER_STACK,
+    MOE,
+    NON_SOFTMAX_MIXER,
+    UNKNOWN_LAYER,
+    UNMAPPED_PARAMETER,
+)
+from .constructors import ChildKind
+from .context import Context, base_instance_path, class_scope, decoder_layer_class, decoder_layer_list
+from .dataflow import PARAM_PREFIX, mentions_heads, sources
+from .expressions import resolved_text, substitute
+from .norms import norm_call_location
+from .parsing import SourceIndex
+from .sites import member_location
+
+
+def detect(
+    context: Context, sites: list[LayerSite], norms: list[NormSite], has_attention: set[str]
+) -> list[Refusal]:
+    """Every refusal the structure calls for (role refusals come from `sites.layer_sites`)."""
+    found: list[Refusal] = []
+    found += _mixture_of_experts(context)
+    found += _layer_types(context, sites)
+    found += _interleaved_qkv(context)
+    found += _full_width_norms(context, norms)
+    found += _non_softmax_layers(context, has_attention)
+    found += _cross_attention(context)
+    found += _fused_projections(context)
+    found += _parameters_and_unknown_layers(context)
+    found += _layer_stack(context)
+    return _first_per_line(found)
+
+
+def _mixture_of_experts(context: Context) -> list[Refusal]:
+    """A list of modules holding projections (other than the decoder stack), or top-k routing."""
+    layer_list = decoder_layer_list(context)
+    base_path = base_instance_path(context)
+    stack = f"{base_path}.{layer_list[0]}.*" if layer_list is not None and base_path else None
+    found: list[Refusal] = []
+    for member in context.tree.members:
+        construct = member.construct
+        if construct.kind is not ChildKind.LIST or construct.element is None:
+            continue
+        if stack is None or not member.owner.path.startswith(stack):
+            continue  # only lists inside a decoder layer can be experts
+        element = construct.element
+        holds_projections = (
+            element.kind is ChildKind.CLASS
+            and element.qualified in context.classes
+            and bool(context.classes[element.qualified].projections)
+        )
+        if holds_projections:
+            found.append(
+                Refusal(
+                    MOE.code,
+                    f"{member.path} is a list of {element.qualified} modules with their own projections "
+                    f"(experts); {MOE.why}",
+                    member_location(context, member),
+                )
+            )
+    for name, analysis in context.classes.items():
+        for flow in analysis.flows.values():
+            for call in flow.function_calls:
+                func = call.func
+                if (isinstance(func, cst.Attribute) and func.attr.value == "topk") or (
+                    "torch.topk" in context.index.qualified_names(func)
+                ):
+                    found.append(
+                        Refusal(
+                            MOE.code,
+                            f"{name}.{flow.method} routes tokens with top-k; {MOE.why}",
+                            context.index.location(call.node),
+                        )
+                    )
+    return _first_per_line(found)
+
+
+def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:
+    found: list[Refusal] = []
+    for site in sites:
+        if site.kind is LayerKind.CONV1D_TRANSPOSED:
+            found.append(
+                Refusal(
+                    CONV1D_TRANSPOSED.code,
+                    f"{site.path} = {site.source}; {CONV1D_TRANSPOSED.why}",
+                    site.location,
+                )
+            )
+        elif site.kind is LayerKind.CONVOLUTION:
+            found.append(
+                Refusal(
+                    NON_SOFTMAX_MIXER.code,
+                    f"{site.path} is a convolution ({site.constructor}); {NON_SOFTMAX_MIXER.why}",
+                    site.location,
+                )
+            )
+    return found
+
+
+def _interleaved_qkv(context: Context) -> list[Refusal]:
+    """A projection output viewed as (..., heads, 3, head_dim) or (..., 3 * head_dim)."""
+    found: list[Refusal] = []
+    for name, analysis in context.classes.items():
+        if not analysis.projections:
+            continue
+        scope = class_scope(analysis.facts)
+        for flow in analysis.flows.values():
+            for reshape in flow.reshapes:
+                if not reshape.inputs or not _interleaves_three(reshape.shape, flow.local_scope, scope):
+                    continue
+                shape = ", ".join(SourceIndex.code(element) for element in reshape.shape)
+                found.append(
+                    Refusal(
+                        INTERLEAVED_QKV.code,
+                        f"{name}.{flow.method} views a fused projection as ({shape}): q, k and v are "
+                        f"interleaved per head; {INTERLEAVED_QKV.why}",
+                        context.index.location(reshape.node),
+                    )
+                )
+    return found
+
+
+def _interleaves_three(shape: tuple[cst.BaseExpression, ...], local_scope, scope) -> bool:  # noqa: ANN001
+    texts = [resolved_text(substitute(element, local_scope), scope) for element in shape]
+    if not any(mentions_heads(text) for text in texts):
+        return False
+    for element in shape:
+        if isinstance(element, cst.Integer) and element.evaluated_value == 3:
+            return True
+        if isinstance(element, cst.BinaryOperation) and isinstance(element.operator, cst.Multiply):
+            for side in (element.left, element.right):
+                if isinstance(side, cst.Integer) and side.evaluated_value == 3:
+                    return True
+    return False
+
+
+def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
+    found: list[Refusal] = []
+    seen: set[tuple[str, str]] = set()
+    for norm in norms:
+        if norm.scope is not NormScope.FULL_WIDTH or (norm.owner, norm.attribute) in seen:
+            continue
+        seen.add((norm.owner, norm.attribute))
+        flow = context.classes[norm.owner].forward
+        location = norm_call_location(norm.attribute, flow, context.index) or norm.location
+        found.append(
+            Refusal(
+                FULL_WIDTH_NORM.code,
+                f"{norm.owner}.{norm.attribute} normalises the whole output of "
+                f"{', '.join(norm.normalises)} (width {norm.width.source}) before it is split into heads; "
+                f"{FULL_WIDTH_NORM.why}",
+                location,
+            )
+        )
+    return found
+
+
+def _non_softmax_layers(context: Context, has_attention: set[str]) -> list[Refusal]:
+    """A decoder layer whose subtree neither holds an attention nor splits anything into heads mixes
+    tokens some other way (a fused or interleaved attention still splits into heads, and is refused by
+    its own detector)."""
+    layer_class = decoder_layer_class(context)
+    if layer_class is None:
+        return []
+    paths = context.tree.paths_of(layer_class)
+    if not paths or any(path.startswith(prefix) for path in has_attention for prefix in paths):
+        return []
+    subtree = {
+        instance.class_name
+        for instance in context.tree.instances
+        if any(instance.path == prefix or instance.path.startswith(prefix + ".") for prefix in paths)
+    }
+    for name in subtree:
+        for flow in context.classes[name].flows.values():
+            if any(reshape.headed for reshape in flow.reshapes):
+                return []
+    analysis = context.classes[layer_class]
+    return [
+        Refusal(
+            NON_SOFTMAX_MIXER.code,
+            f"decoder layer {layer_class} contains no softmax attention (q/k/v into an attention kernel); "
+            f"{NON_SOFTMAX_MIXER.why}",
+            context.index.location(analysis.facts.node),
+        )
+    ]
+
+
+def _cross_attention(context: Context) -> list[Refusal]:
+    """Projections feeding the same consumer read different inputs of the forward."""
+    found: list[Refusal] = []
+    for name, analysis in context.classes.items():
+        flow = analysis.forward
+        if flow is None or len(analysis.projections) < 2:
+            continue
+        for call in flow.module_calls:
+            if call.attribute not in analysis.projections:
+                continue
+            feeding = sources(call.inputs) & analysis.projections
+            inputs: dict[str, set[str]] = {}
+            for producer in sorted(feeding):
+                for producer_call in flow.calls_of(producer):
+                    params = {o.source[len(PARAM_PREFIX) :] for o in producer_call.inputs if o.is_param}
+                    for param in params:
+                        inputs.setdefault(param, set()).add(producer)
+            if len(inputs) > 1:
+                described = "; ".join(f"{', '.join(sorted(v))} read {k}" for k, v in sorted(inputs.items()))
+                found.append(
+                    Refusal(
+                        CROSS_ATTENTION.code,
+                        f"{name}: projections feeding {call.attribute} read different inputs ({described}); "
+                        f"{CROSS_ATTENTION.why}",
+                        context.index.location(call.node),
+                    )
+                )
+                break
+    return found
+
+
+def _fused_projections(context: Context) -> list[Refusal]:
+    """A projection's output split or sliced on its features before any split into heads."""
+    found: list[Refusal] = []
+    for name, analysis in context.classes.items():
+        flow = analysis.forward
+        if flow is None:
+            continue
+        for split in flow.splits:
+            fed = sources(split.inputs) & analysis.projections
+            if len(fed) != 1 or any(origin.headed or origin.activated for origin in split.inputs):
+                continue
+            (projection,) = fed
+            found.append(
+                Refusal(
+                    FUSED_PROJECTION.code,
+                    f"{name}: the output of {projection} is split ({split.method}) into several tensors; "
+                    f"{FUSED_PROJECTION.why}",
+                    context.index.location(split.node),
+                )
+            )
+    return _first_per_line(found)
+
+
+def _parameters_and_unknown_layers(context: Context) -> list[Refusal]:
+    found: list[Refusal] = []
+    seen: set[tuple[str, str]] = set()
+    for member in context.tree.members:
+        owner = member.owner.class_name
+        key = (owner, member.attribute)
+        if key in seen:
+            continue
+        seen.add(key)
+        kind = member.construct.kind
+        if kind is ChildKind.PARAMETER and owner not in context.norm_kinds:
+            found.append(
+                Refusal(
+                    UNMAPPED_PARAMETER.code,
+                    f"{owner}.{member.attribute} = {SourceIndex.code(member.assign.value)}; {UNMAPPED_PARAMETER.why}",
+                    member_location(context, member),
+                )
+            )
+        elif kind is ChildKind.UNKNOWN_LAYER:
+            found.append(
+                Refusal(
+                    UNKNOWN_LAYER.code,
+                    f"{owner}.{member.attribute} is a {member.construct.qualified}; {UNKNOWN_LAYER.why}",
+                    member_location(context, member),
+                )
+            )
+    return found
+
+
+def _layer_stack(context: Context) -> list[Refusal]:
+    if base_instance_path(context) is None:
+        root = context.classes[context.source.causal_lm_class]
+        return [
+            Refusal(
+                LAYER_STACK.code,
+                f"{context.source.causal_lm_class} does not hold {context.source.base_model_class} directly "
+                f"(e.g. an encoder-decoder wrapper); {LAYER_STACK.why}",
+                context.index.location(root.facts.node),
+            )
+        ]
+    layers = decoder_layer_list(context)
+    if layers is None:
+        base = context.classes[context.source.base_model_class]
+        return [
+            Refusal(
+                LAYER_STACK.code,
+                f"{context.source.base_model_class} has no nn.ModuleList of decoder layers; {LAYER_STACK.why}",
+                context.index.location(base.facts.node),
+            )
+        ]
+    attribute, construct = layers
+    if not construct.heterogeneous:
+        return []
+    base = context.classes[context.source.base_model_class]
+    assign = base.facts.last_assign(attribute)
+    location = (
+        context.index.location(assign.statement) if assign is not None else context.index.location(base.facts.node)
+    )
+    return [
+        Refusal(
+            LAYER_STACK.code,
+            f"{context.source.base_model_class}.{attribute} builds its layers indirectly or from several "
+            f"classes; {LAYER_STACK.why}",
+            location,
+        )
+    ]
+
+
+def _first_per_line(refusals: list[Refusal]) -> list[Refusal]:
+    seen: set[tuple[str, Location]] = set()
+    kept: list[Refusal] = []
+    for refusal in refusals:
+        key = (refusal.code, refusal.location)
+        if key not in seen:
+            seen.add(key)
+            kept.append(refusal)
+    return kept

@@ -1,0 +1,255 @@
+"""Instance-level facts: every layer, norm and bare parameter at its module path, with its role.
+
+Per-class facts from the context are combined with each instance's scope, so sizes resolve to config
+expressions for that instance, and with the tp plan entry for its path.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from ..blueprint import (
+    AttentionGeometry,
+    Backbone,
+    Expr,
+    LayerKind,
+    LayerSite,
+    Location,
+    MLPBlock,
+    NormScope,
+    NormSite,
+    ParameterSite,
+    Refusal,
+    Role,
+)
+from .attention import geometry
+from .constructors import ChildKind
+from .context import Context, decoder_layer_list
+from .expressions import to_expr
+from .mlp import mlp_block
+from .norms import norm_site
+from .parsing import SourceIndex
+from .roles import FlowRole, decide_embedding, decide_projection, plan_key
+from .tree import Member
+
+_ARGUMENTS: dict[LayerKind, tuple[tuple[int, str], tuple[int, str], tuple[int, str] | None]] = {
+    # (in, out, bias) as (position, keyword); Conv1D(nf, nx) takes the output size first.
+    LayerKind.LINEAR: ((0, "in_features"), (1, "out_features"), (2, "bias")),
+    LayerKind.EMBEDDING: ((0, "num_embeddings"), (1, "embedding_dim"), None),
+    LayerKind.CONV1D_TRANSPOSED: ((1, "nx"), (0, "nf"), None),
+    LayerKind.CONVOLUTION: ((0, "in_channels"), (1, "out_channels"), (7, "bias")),
+}
+
+
+def base_prefix(context: Context) -> str:
+    """Attribute of the causal LM that holds the base model."""
+    for member in context.tree.members:
+        if member.owner.parent is None and member.construct.qualified == context.source.base_model_class:
+            return member.attribute
+    return ""
+
+
+def layer_sites(context: Context) -> tuple[list[LayerSite], list[Refusal]]:
+    """Every layer with weights, in module-tree order, and the refusals its role decision raised."""
+    prefix = base_prefix(context)
+    sites: list[LayerSite] = []
+    refusals: list[Refusal] = []
+    for member in context.tree.members:
+        construct = member.construct.element if member.construct.kind is ChildKind.LIST else member.construct
+        if construct is None or construct.kind is not ChildKind.LAYER or construct.call is None:
+            continue
+        kind = construct.layer_kind or LayerKind.OTHER
+        call = construct.call
+        scope = member.owner.scope
+        in_spec, out_spec, bias_spec = _ARGUMENTS.get(kind, ((0, ""), (1, ""), None))
+        in_node, out_node = _arg(call, *in_spec), _arg(call, *out_spec)
+        bias_node = _arg(call, *bias_spec) if bias_spec else None
+        in_features = to_expr(in_node, scope) if in_node is not None else Expr("?", None)
+        out_features = to_expr(out_node, scope) if out_node is not None else Expr("?", None)
+        if bias_node is not None:
+            bias = to_expr(bias_node, scope)
+        else:
+            bias = Expr("False", "False") if kind is LayerKind.EMBEDDING else Expr("True", "True")
+        padding = _arg(call, 2, "padding_idx") if kind is LayerKind.EMBEDDING else None
+        location = Location(context.display_path, context.index.line(member.assign.statement))
+        key = plan_key(member.path, prefix)
+        style = context.tp_plan.get(key) if key is not None else None
+        if kind is LayerKind.EMBEDDING:
+            decision = decide_embedding(in_features)
+        elif kind in (LayerKind.LINEAR, LayerKind.CONV1D_TRANSPOSED):
+            analysis = context.classes[member.owner.class_name]
+            flow_role = analysis.flow_roles.get(member.attribute, FlowRole(None, "not called in forward"))
+            decision = decide_projection(style, flow_role, location, member.path)
+            if kind is LayerKind.CONV1D_TRANSPOSED:
+                decision = type(decision)(decision.role, decision.evidence, None)
+        else:
+            decision = None
+        if decision is not None and decision.refusal is not None:
+            refusals.append(decision.refusal)
+        sites.append(
+            LayerSite(
+                path=member.path,
+                owner=member.owner.class_name,
+                attribute=member.attribute,
+                kind=kind,
+                constructor=construct.qualified,
+                source=SourceIndex.code(call),
+                in_features=in_features,
+                out_features=out_features,
+                bias=bias,
+                padding_idx=to_expr(padding, scope) if padding is not None else None,
+                role=decision.role if decision is not None else Role.UNRESOLVED,
+                evidence=decision.evidence if decision is not None else "refused layer type",
+                plan_key=key if style is not None else None,
+                conditional=member.assign.conditional,
+                location=location,
+            )
+        )
+    return sites, refusals
+
+
+def _arg(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression | None:
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == keyword:
+            return arg.value
+    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
+    return positional[position].value if position < len(positional) else None
+
+
+def norm_sites(context: Context) -> list[NormSite]:
+    """Every norm instance with the scope its dataflow gives it."""
+    found: list[NormSite] = []
+    for member in context.tree.members:
+        analysis = context.classes[member.owner.class_name]
+        columns = frozenset(attr for attr, found in analysis.flow_roles.items() if found.role is Role.COLUMN)
+        site = norm_site(
+            member,
+            context.norm_kinds,
+            {name: other.facts for name, other in context.classes.items()},
+            analysis.forward,
+            columns,
+            context.index,
+        )
+        if site is not None:
+            found.append(site)
+    return found
+
+
+def parameter_sites(context: Context) -> list[ParameterSite]:
+    """Bare parameters created outside norm classes."""
+    found: list[ParameterSite] = []
+    for member in context.tree.members:
+        if member.construct.kind is not ChildKind.PARAMETER or member.owner.class_name in context.norm_kinds:
+            continue
+        found.append(
+            ParameterSite(
+                path=member.path,
+                owner=member.owner.class_name,
+                attribute=member.attribute,
+                source=SourceIndex.code(member.assign.value),
+                location=Location(context.display_path, context.index.line(member.assign.statement)),
+            )
+        )
+    return found
+
+
+def attention_geometries(context: Context, norms: list[NormSite]) -> list[AttentionGeometry]:
+    """One geometry per instance of each attention class."""
+    found: list[AttentionGeometry] = []
+    for instance in context.tree.instances:
+        analysis = context.classes.get(instance.class_name)
+        if analysis is None or analysis.attention is None or analysis.forward is None:
+            continue
+        found.append(
+            geometry(
+                analysis.attention,
+                instance.class_name,
+                instance.path,
+                analysis.forward,
+                instance.scope,
+                _out_features(context, instance.class_name),
+                norms,
+                context.index,
+            )
+        )
+    return found
+
+
+def mlp_blocks(context: Context) -> list[MLPBlock]:
+    """One block per instance of each feed-forward class."""
+    found: list[MLPBlock] = []
+    for instance in context.tree.instances:
+        analysis = context.classes.get(instance.class_name)
+        if analysis is None or analysis.mlp is None:
+            continue
+        activations = {
+            attr: assign.value
+            for attr in analysis.constructs
+            if analysis.constructs[attr].kind is ChildKind.ACTIVATION
+            and (assign := analysis.facts.last_assign(attr)) is not None
+        }
+        found.append(
+            mlp_block(
+                analysis.mlp,
+                instance.class_name,
+                instance.path,
+                instance.scope,
+                _out_features(context, instance.class_name),
+                activations,
+                context.index,
+            )
+        )
+    return found
+
+
+def _out_features(context: Context, class_name: str) -> dict[str, cst.BaseExpression]:
+    """Out-features argument of each projection of a class (as written)."""
+    analysis = context.classes[class_name]
+    found: dict[str, cst.BaseExpression] = {}
+    for attr, construct in analysis.constructs.items():
+        if construct.kind is ChildKind.LAYER and construct.call is not None and construct.layer_kind:
+            spec = _ARGUMENTS.get(construct.layer_kind)
+            if spec is not None:
+                node = _arg(construct.call, *spec[1])
+                if node is not None:
+                    found[attr] = node
+    return found
+
+
+def backbone(context: Context, sites: list[LayerSite], norms: list[NormSite]) -> Backbone:
+    """Where the embedding, layers, final norm, rotary embedding and lm_head live."""
+    prefix = base_prefix(context)
+    layers = decoder_layer_list(context)
+    layer_path = f"{prefix}.{layers[0]}.*" if layers and prefix else None
+    embedding = next((site.path for site in sites if site.role is Role.EMBEDDING), None)
+    lm_head = next((site.path for site in sites if site.role is Role.LM_HEAD), None)
+    base_norms = [
+        norm.path
+        for norm in norms
+        if norm.owner == context.source.base_model_class and norm.scope is NormScope.HIDDEN
+    ]
+    rotary = next(
+        (
+            member.path
+            for member in context.tree.members
+            if member.owner.class_name == context.source.base_model_class
+            and member.construct.kind is ChildKind.CLASS
+            and context.classes.get(member.construct.qualified) is not None
+            and context.classes[member.construct.qualified].kind.value == "rotary"
+        ),
+        None,
+    )
+    return Backbone(
+        base_model_prefix=prefix,
+        embedding=embedding,
+        layers=layer_path,
+        decoder_layer=layers[1].qualified if layers and not layers[1].heterogeneous else None,
+        final_norm=base_norms[-1] if base_norms else None,
+        rotary=rotary,
+        lm_head=lm_head,
+    )
+
+
+def member_location(context: Context, member: Member) -> Location:
+    """Location of the `__init__` statement that builds a member."""
+    return Location(context.display_path, context.index.line(member.assign.statement))

@@ -1,0 +1,324 @@
+"""The Blueprint: every fact the rules need about one transformers model, as plain frozen data.
+
+Analysis builds it once from the modeling source and the config class; rules read it and never look at
+the source again to decide anything. Every fact that comes from a place in the source carries that place
+(`Location`), so every message the tool prints can name a file and line. Sizes are kept as *source
+expressions* (`Expr`): the text as written, and the same expression rewritten in terms of `config` alone,
+which `Expr.evaluate(config)` computes for a concrete configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+SAFE_BUILTINS: dict[str, Any] = {"getattr": getattr, "min": min, "max": max, "int": int, "float": float}
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a source file; `file` is a stable display path (e.g. `transformers/models/...`)."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A source expression and, when it depends on nothing but `config`, its config-only form.
+
+    `variables` lists the per-instance loop variables the resolved form may also use (`layer_idx` for
+    an expression that differs between decoder layers).
+    """
+
+    source: str
+    resolved: str | None
+    variables: tuple[str, ...] = ()
+
+    def evaluate(self, config: Any, **variables: Any) -> Any:
+        """Compute the expression for a config instance (and values of `variables`).
+
+        Raises ValueError when the expression is not config-only.
+        """
+        if self.resolved is None:
+            raise ValueError(f"`{self.source}` does not resolve to an expression of the config")
+        missing = sorted(set(self.variables) - set(variables))
+        if missing:
+            raise ValueError(f"`{self.resolved}` needs values for {', '.join(missing)}")
+        namespace = {"config": config, **variables}
+        return eval(self.resolved, {"__builtins__": SAFE_BUILTINS}, namespace)  # noqa: S307
+
+    def __str__(self) -> str:
+        if self.resolved is None or self.resolved == self.source:
+            return self.source
+        return f"{self.source}  [= {self.resolved}]"
+
+
+class Role(enum.StrEnum):
+    """How a layer is split across tensor-parallel ranks."""
+
+    COLUMN = "column"  # output features sharded
+    ROW = "row"  # input features sharded, output all-reduced / reduce-scattered
+    EMBEDDING = "embedding"  # token embedding, vocabulary sharded
+    LM_HEAD = "lm_head"  # vocabulary-sharded output projection feeding the parallel loss
+    REPLICATED = "replicated"  # kept whole on every rank
+    UNRESOLVED = "unresolved"  # no evidence; always comes with a refusal
+
+
+class LayerKind(enum.StrEnum):
+    """The constructor family of a layer site."""
+
+    LINEAR = "linear"
+    EMBEDDING = "embedding"
+    CONV1D_TRANSPOSED = "conv1d_transposed"  # transformers' Conv1D: a linear with a transposed weight
+    CONVOLUTION = "convolution"  # torch.nn.ConvNd
+    OTHER = "other"
+
+
+class ClassKind(enum.StrEnum):
+    """What a class in the dependency closure does, decided from its structure."""
+
+    CAUSAL_LM = "causal_lm"
+    BASE_MODEL = "base_model"
+    PRETRAINED = "pretrained"
+    DECODER_LAYER = "decoder_layer"
+    ATTENTION = "attention"
+    MLP = "mlp"
+    NORM = "norm"
+    ROTARY = "rotary"
+    MODULE = "module"
+    OTHER = "other"
+
+
+class NormScope(enum.StrEnum):
+    """What a norm reduces over, which decides how tensor parallelism treats it."""
+
+    HIDDEN = "hidden"  # the residual stream: replicated weight, sequence-parallel under SP
+    PER_HEAD = "per_head"  # each head's head_dim after the split into heads: local to a rank
+    FULL_WIDTH = "full_width"  # all heads of a sharded projection: needs a cross-rank reduction
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    """One parameterised layer instance, addressed by its module path from the causal-LM root."""
+
+    path: str  # "model.layers.*.self_attn.q_proj"
+    owner: str  # class whose __init__ builds it
+    attribute: str  # "q_proj"
+    kind: LayerKind
+    constructor: str  # qualified name, e.g. "torch.nn.Linear"
+    source: str  # the constructor call as written
+    in_features: Expr  # for an embedding: num_embeddings
+    out_features: Expr  # for an embedding: embedding_dim
+    bias: Expr  # for an embedding: "False"
+    padding_idx: Expr | None
+    role: Role
+    evidence: str  # why the role: tp plan style or the dataflow fact
+    plan_key: str | None  # key of the config's base_model_tp_plan covering it, if any
+    conditional: bool  # built under an `if` in __init__
+    location: Location
+
+
+@dataclass(frozen=True)
+class NormSite:
+    """A normalisation layer instance."""
+
+    path: str
+    owner: str
+    attribute: str
+    norm_class: str  # local class name or qualified torch name
+    kind: str  # "rms", "layer", "group" or "other"
+    width: Expr
+    eps: Expr | None
+    scope: NormScope
+    normalises: tuple[str, ...]  # projection attributes it is applied to (q/k norms), else ()
+    location: Location
+
+
+@dataclass(frozen=True)
+class ParameterSite:
+    """A bare `nn.Parameter` created outside a norm class (sinks, lambdas, learnable scalars...)."""
+
+    path: str
+    owner: str
+    attribute: str
+    source: str
+    location: Location
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """A class of the dependency closure of the base model and the causal-LM head."""
+
+    name: str
+    kind: ClassKind
+    bases: tuple[str, ...]
+    children: tuple[tuple[str, str], ...]  # (attribute, class or layer constructor) in __init__ order
+    paths: tuple[str, ...]  # module paths where instances live ("" for the root)
+    location: Location
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Where the standard pieces of a decoder-only model live."""
+
+    base_model_prefix: str  # attribute of the causal LM holding the base model ("model")
+    embedding: str | None  # path of the token embedding
+    layers: str | None  # path of the decoder-layer list
+    decoder_layer: str | None  # its class
+    final_norm: str | None  # path
+    rotary: str | None  # path of the rotary-embedding module
+    lm_head: str | None  # path
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    """A softmax attention: its projections and head geometry as expressions of the config."""
+
+    owner: str
+    path: str
+    q: str
+    k: str
+    v: str
+    o: str
+    num_heads: Expr
+    num_kv_heads: Expr
+    head_dim: Expr
+    scaling: Expr | None
+    sliding_window: Expr | None
+    softcap: Expr | None
+    q_norm: str | None
+    k_norm: str | None
+    core_call: Location  # the call that computes softmax(q k^T) v
+
+
+@dataclass(frozen=True)
+class MLPBlock:
+    """A column -> row feed-forward block; gated when `gate` is set: down(act(gate(x)) * up(x))."""
+
+    owner: str
+    path: str
+    gate: str | None
+    up: str
+    down: str
+    activation: Expr | None
+    intermediate_size: Expr
+    location: Location
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A constant factor applied to a module's output (embedding, residual branch or logits)."""
+
+    owner: str
+    applies_to: str  # attribute whose output is scaled
+    op: str  # "*" or "/"
+    factor: Expr
+    location: Location
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """A config attribute read by the source, with its default value in the config class."""
+
+    name: str
+    default: str  # repr of the default, or "<unset>"
+
+
+@dataclass(frozen=True)
+class Features:
+    """Behaviour the generated model must keep (DESIGN §3): each one traced to the source."""
+
+    qkv_bias: Expr | None
+    o_bias: Expr | None
+    mlp_bias: Expr | None
+    qk_norm: str  # "none", "per_head" or "full_width"
+    sliding_window: Expr | None
+    attention_softcap: Expr | None
+    final_logit_softcap: Expr | None
+    attention_scaling: Expr | None
+    partial_rotary: Expr | None
+    embedding_scale: Scale | None
+    residual_scales: tuple[Scale, ...]
+    logits_scale: Scale | None
+    tie_word_embeddings: bool  # config default
+    tied_weights_keys: tuple[str, ...]
+    explicit_head_dim: bool  # the config class has a head_dim field
+    norm_kinds: tuple[str, ...]
+    activation: Expr | None
+    rotary: bool
+    mlp: str  # "gated", "plain" or "none"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Something the rules cannot convert safely; `code` is stable (see `scaffold.refusal_codes`)."""
+
+    code: str
+    message: str
+    location: Location
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.code} {self.message}"
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """Everything known about one model, in deterministic order (source order, then path)."""
+
+    model_type: str
+    transformers_version: str
+    source_file: str
+    config_class: str
+    base_model_class: str
+    causal_lm_class: str
+    tp_plan: tuple[tuple[str, str], ...]
+    backbone: Backbone
+    classes: tuple[ClassPlan, ...]
+    functions: tuple[str, ...]  # module-level helper functions in the closure, source order
+    sites: tuple[LayerSite, ...]
+    norms: tuple[NormSite, ...]
+    parameters: tuple[ParameterSite, ...]
+    attention: tuple[AttentionGeometry, ...]
+    mlps: tuple[MLPBlock, ...]
+    features: Features
+    config_fields: tuple[ConfigField, ...]
+    refusals: tuple[Refusal, ...]
+
+    def site(self, path: str) -> LayerSite:
+        """The layer site at `path` (KeyError when there is none)."""
+        for site in self.sites:
+            if site.path == path:
+                return site
+        raise KeyError(path)
+
+    def class_plan(self, name: str) -> ClassPlan:
+        """The closure class named `name` (KeyError when there is none)."""
+        for plan in self.classes:
+            if plan.name == name:
+                return plan
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible data, fields in declaration order."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        """Deterministic JSON text of `to_dict()`."""
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value

@@ -1,0 +1,36 @@
+"""Shared helpers for the scaffold tests: one analysis per model type per session."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from scaffold.analysis import analyze
+from scaffold.blueprint import Blueprint
+from scaffold.source import ModelSource, locate
+
+TARGETS = ("llama", "mistral", "qwen2", "qwen3", "granite")
+
+
+@functools.cache
+def located(model_type: str) -> ModelSource:
+    """The installed source of `model_type` (cached)."""
+    return locate(model_type)
+
+
+@functools.cache
+def blueprint_of(model_type: str) -> Blueprint:
+    """The Blueprint of the installed `model_type` (cached: analysis is deterministic)."""
+    return analyze(located(model_type))
+
+
+def source_line(model_type: str, line: int) -> str:
+    """Text of a 1-based line of the installed modeling file."""
+    return located(model_type).modeling_file.read_text(encoding="utf-8").splitlines()[line - 1]
+
+
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest) -> str:
+    """Each of the five target model types."""
+    return request.param

@@ -1,0 +1,62 @@
+"""Refusals on real models: the right code, at a line that holds the construct."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaffold.refusal_codes import ALL_CODES
+
+from .conftest import TARGETS, blueprint_of, source_line
+
+
+@pytest.mark.parametrize("model_type", TARGETS)
+def test_targets_are_not_refused(model_type: str):
+    assert blueprint_of(model_type).refusals == ()
+
+
+def codes(model_type: str) -> set[str]:
+    return {refusal.code for refusal in blueprint_of(model_type).refusals}
+
+
+def lines_of(model_type: str, code: str) -> list[str]:
+    return [
+        source_line(model_type, refusal.location.line)
+        for refusal in blueprint_of(model_type).refusals
+        if refusal.code == code
+    ]
+
+
+def test_mixtral_experts_are_refused_as_moe():
+    assert "R001" in codes("mixtral")
+    lines = lines_of("mixtral", "R001")
+    assert any("self.experts = nn.ModuleList" in line for line in lines)
+    assert any("topk" in line for line in lines)
+    assert all("experts" in line or "topk" in line for line in lines)
+
+
+def test_gpt2_conv1d_is_refused_at_each_constructor():
+    lines = lines_of("gpt2", "R002")
+    assert len(lines) >= 3
+    assert all("Conv1D(" in line for line in lines)
+
+
+def test_olmo2_full_width_qk_norm_is_refused():
+    assert codes("olmo2") == {"R004"}
+    lines = lines_of("olmo2", "R004")
+    assert any("self.q_norm(self.q_proj(" in line for line in lines)
+    assert any("self.k_norm(self.k_proj(" in line for line in lines)
+
+
+def test_bloom_interleaved_qkv_is_refused():
+    assert "R003" in codes("bloom")
+    (line,) = lines_of("bloom", "R003")
+    assert ".view(" in line and "3" in line and "num_heads" in line
+
+
+def test_refusal_messages_name_their_reason_and_codes_are_unique():
+    known = {code.code: code for code in ALL_CODES}
+    assert len(known) == len(ALL_CODES)
+    for model_type in ("mixtral", "gpt2", "olmo2", "bloom"):
+        for refusal in blueprint_of(model_type).refusals:
+            assert known[refusal.code].why in refusal.message
+            assert refusal.location.file == blueprint_of(model_type).source_file

@@ -1,0 +1,151 @@
+"""Analysis of hand-written sources: roles from dataflow alone, aliases, refusals at exact lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scaffold.analysis import analyze
+from scaffold.blueprint import Blueprint
+from scaffold.errors import ScaffoldError
+from scaffold.source import locate
+
+from .synthetic import marked_line, model_source
+
+
+def analyse_text(tmp_path: Path, text: str) -> Blueprint:
+    path = tmp_path / "modeling_synthetic.py"
+    path.write_text(text)
+    return analyze(locate("llama", path))
+
+
+def test_roles_come_from_dataflow_when_names_say_nothing(tmp_path: Path):
+    blueprint = analyse_text(tmp_path, model_source())
+    roles = {site.path: site.role.value for site in blueprint.sites}
+    assert roles == {
+        "body.tok": "embedding",
+        "body.blocks.*.mix.c": "column",
+        "body.blocks.*.mix.a": "column",
+        "body.blocks.*.mix.b": "column",
+        "body.blocks.*.mix.d": "row",
+        "body.blocks.*.ff.p": "column",
+        "body.blocks.*.ff.r": "column",
+        "body.blocks.*.ff.s": "row",
+        "out": "lm_head",
+    }
+    assert all(site.plan_key is None and "tp plan" not in site.evidence for site in blueprint.sites)
+    assert {site.constructor for site in blueprint.sites if site.kind.value == "linear"} == {"torch.nn.Linear"}
+    assert blueprint.refusals == ()
+
+
+def test_attention_order_and_gate_come_from_the_dataflow(tmp_path: Path):
+    blueprint = analyse_text(tmp_path, model_source())
+    (attention,) = blueprint.attention
+    # Constructed c, a, b, d but passed to the kernel as (a, b, c): the call order decides q, k, v.
+    assert (attention.q, attention.k, attention.v, attention.o) == ("a", "b", "c", "d")
+    assert attention.head_dim.resolved == "config.hidden_size // config.num_attention_heads"
+    assert attention.num_kv_heads.source == "config.num_key_value_heads"
+    # The activated factor is the gate, even though it is written second.
+    (mlp,) = blueprint.mlps
+    assert (mlp.gate, mlp.up, mlp.down) == ("r", "p", "s")
+    assert mlp.activation is not None and mlp.activation.source == "F.silu"
+    assert blueprint.backbone.base_model_prefix == "body"
+    assert blueprint.backbone.layers == "body.blocks.*"
+
+
+def test_tp_plan_and_dataflow_disagreeing_is_refused(tmp_path: Path):
+    # Name the output projection like the plan's column "q_proj" and the query like its row "o_proj".
+    text = model_source().replace("self.a", "self.o_proj").replace("self.d", "self.q_proj")
+    text = text.replace("self.mix", "self.self_attn").replace("self.blocks", "self.layers").replace(
+        "self.body", "self.model"
+    )
+    blueprint = analyse_text(tmp_path, text)
+    conflicts = [refusal for refusal in blueprint.refusals if refusal.code == "R009"]
+    assert {refusal.message.split(":")[0] for refusal in conflicts} == {
+        "model.layers.*.self_attn.o_proj",
+        "model.layers.*.self_attn.q_proj",
+    }
+    assert blueprint.site("model.layers.*.self_attn.b").role.value == "column"  # plan does not cover it
+
+
+@pytest.mark.parametrize(
+    ("code", "parts"),
+    [
+        (
+            "R004",
+            dict(
+                mixer_init="self.qn = Norm(config.num_attention_heads * self.size)",
+                mixer_forward="first = self.qn(self.a(x)).view(shape).transpose(1, 2)  # <-\n"
+                "second = self.b(x).view(shape).transpose(1, 2)\n"
+                "third = self.c(x).view(shape).transpose(1, 2)\n"
+                "out = kernel(first, second, third)",
+            ),
+        ),
+        (
+            "R003",
+            dict(
+                mixer_init="self.qkv = Dense(config.hidden_size, 3 * config.hidden_size)",
+                mixer_forward="fused = self.qkv(x).view(x.shape[0], x.shape[1], self.heads, 3, self.size)  # <-\n"
+                "out = fused.sum(-2)",
+            ),
+        ),
+        (
+            "R007",
+            dict(
+                mixer_init="self.qkv = Dense(config.hidden_size, 3 * config.hidden_size)",
+                mixer_forward="first, second, third = self.qkv(x).chunk(3, dim=-1)  # <-\n"
+                "out = kernel(first.view(shape), second.view(shape), third.view(shape))",
+            ),
+        ),
+        (
+            "R010",
+            dict(
+                mixer_init="self.low = Dense(config.hidden_size, 8)\n        self.high = Dense(8, config.hidden_size)",
+                mixer_forward="first = self.high(self.low(x)).view(shape).transpose(1, 2)\n"
+                "second = self.b(x).view(shape).transpose(1, 2)\n"
+                "third = self.c(x).view(shape).transpose(1, 2)\n"
+                "out = kernel(first, second, third)",
+            ),
+        ),
+        ("R011", dict(mixer_init="self.sinks = tnn.Parameter(torch.zeros(config.num_attention_heads))  # <-")),
+        ("R005", dict(block_init="self.conv = tnn.Conv1d(config.hidden_size, config.hidden_size, 4)  # <-")),
+        (
+            "R001",
+            dict(block_init="self.experts = tnn.ModuleList([Feed(config) for _ in range(config.num_experts)])  # <-"),
+        ),
+    ],
+)
+def test_refusal_codes_and_lines(tmp_path: Path, code: str, parts: dict[str, str]):
+    text = model_source(**parts)
+    blueprint = analyse_text(tmp_path, text)
+    found = [refusal for refusal in blueprint.refusals if refusal.code == code]
+    assert found, [str(refusal) for refusal in blueprint.refusals]
+    lines = text.splitlines()
+    if "# <-" in text:
+        assert found[0].location.line == marked_line(text)
+    else:  # R010: the chained projection's constructor
+        assert "self.high = Dense" in lines[found[0].location.line - 1]
+    assert found[0].location.file == str(tmp_path / "modeling_synthetic.py")
+
+
+def test_unparsable_file_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "modeling_broken.py"
+    path.write_text("import torch\n\n\nclass LlamaModel:\n    def forward(self, x:\n        return x\n")
+    with pytest.raises(ScaffoldError) as caught:
+        analyze(locate("llama", path))
+    assert f"{path}:5:" in caught.value.message or f"{path}:6:" in caught.value.message
+    assert "cannot parse" in caught.value.message
+
+
+def test_missing_classes_are_reported(tmp_path: Path):
+    path = tmp_path / "modeling_other.py"
+    path.write_text("class Something:\n    pass\n")
+    with pytest.raises(ScaffoldError, match=r"does not define LlamaModel, LlamaForCausalLM \(classes defined: Something\)"):
+        analyze(locate("llama", path))
+
+
+def test_analysis_is_deterministic(tmp_path: Path):
+    first = analyse_text(tmp_path, model_source()).to_json()
+    second = analyse_text(tmp_path, model_source()).to_json()
+    assert first == second
