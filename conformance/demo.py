@@ -26,7 +26,12 @@ def _dense(x: torch.Tensor) -> dict[str, torch.Tensor]:
     x = x.clone().requires_grad_()
     out = down(torch.nn.functional.gelu(up(x)))
     out.square().sum().backward()
-    return {"output": out.detach(), "input grad": x.grad, "up weight grad": up.weight.grad, "down weight grad": down.weight.grad}
+    return {
+        "output": out.detach(),
+        "input grad": x.grad,
+        "up weight grad": up.weight.grad,
+        "down weight grad": down.weight.grad,
+    }
 
 
 def _parallel(x: torch.Tensor, sequence_parallel: bool) -> dict[str, torch.Tensor]:
@@ -35,8 +40,20 @@ def _parallel(x: torch.Tensor, sequence_parallel: bool) -> dict[str, torch.Tenso
 
     group = parallel_state.get_tensor_model_parallel_group()
     torch.manual_seed(0)  # the same draws as the dense layers: CPU init is "full master, then split"
-    up = ColumnParallelLinear(HIDDEN, INTERMEDIATE, gather_output=False, sequence_parallel_enabled=sequence_parallel, sequence_dimension=0)
-    down = RowParallelLinear(INTERMEDIATE, HIDDEN, input_is_parallel=True, sequence_parallel_enabled=sequence_parallel, sequence_dimension=0)
+    up = ColumnParallelLinear(
+        HIDDEN,
+        INTERMEDIATE,
+        gather_output=False,
+        sequence_parallel_enabled=sequence_parallel,
+        sequence_dimension=0,
+    )
+    down = RowParallelLinear(
+        INTERMEDIATE,
+        HIDDEN,
+        input_is_parallel=True,
+        sequence_parallel_enabled=sequence_parallel,
+        sequence_dimension=0,
+    )
     local = comm.split(x, 0, group) if sequence_parallel else x
     local = local.clone().requires_grad_()
     out = down(torch.nn.functional.gelu(up(local)))
@@ -67,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     results = run_tensor_parallel(_parallel, args.tp, x, args.sequence_parallel)
     elapsed = time.perf_counter() - started
 
-    table = Table(title=f"reference backend, TP={args.tp}, sequence parallel {'on' if args.sequence_parallel else 'off'}")
+    table = Table(
+        title=f"reference backend, TP={args.tp}, sequence parallel {'on' if args.sequence_parallel else 'off'}"
+    )
     for column in ("tensor", "shape", "max |Δ| vs dense", "status"):
         table.add_column(column)
     failed = False

@@ -15,11 +15,15 @@ from .backends import activate
 from .launcher import run_on_ranks
 
 
-def _on_rank(backend: str, tp_size: int, pp_size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _on_rank(
+    backend: str, tp_size: int, pp_size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
     activate(backend)
     from neuronx_distributed.parallel_layers import parallel_state
 
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size)
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size
+    )
     try:
         return fn(*args, **kwargs)
     finally:

@@ -94,12 +94,11 @@ def activate(name: str = "reference", repo: Path | None = None) -> Backend:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if _ACTIVE is not None:
         if _ACTIVE.name != name:
-            raise BackendError(f"backend {_ACTIVE.name!r} is already active in this process, cannot switch to {name!r}")
+            raise BackendError(
+                f"backend {_ACTIVE.name!r} is already active in this process, cannot switch to {name!r}"
+            )
         return _ACTIVE
-    if name == "reference":
-        _ACTIVE = _activate_reference()
-    else:
-        _ACTIVE = _activate_neuron(repo)
+    _ACTIVE = _activate_reference() if name == "reference" else _activate_neuron(repo)
     return _ACTIVE
 
 
@@ -110,7 +109,10 @@ def active() -> Backend | None:
 
 def _activate_reference() -> Backend:
     if not is_aliased("neuronx_distributed"):
-        if "neuronx_distributed" in sys.modules or importlib.util.find_spec("neuronx_distributed") is not None:
+        if (
+            "neuronx_distributed" in sys.modules
+            or importlib.util.find_spec("neuronx_distributed") is not None
+        ):
             raise BackendError(
                 "a real neuronx_distributed is installed in this environment; the reference backend will not "
                 "shadow it. Run with --backend neuron, or use an environment without the Neuron packages."

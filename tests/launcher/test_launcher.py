@@ -282,12 +282,13 @@ def test_call_that_destroys_the_process_group_gets_a_fresh_pool_next_time() -> N
 
 
 def test_worker_that_died_while_idle_is_replaced_with_a_warning() -> None:
-    pids = run_on_ranks(os.getpid, 2)
+    env = {"NXD_TEST_POOL": "idle-death"}  # a pool of its own, whatever earlier tests left running
+    pids = run_on_ranks(os.getpid, 2, env=env)
     os.kill(pids[1], signal.SIGKILL)
     _assert_gone([pids[1]])
 
     with pytest.warns(RuntimeWarning, match="died while idle"):
-        fresh = run_on_ranks(os.getpid, 2)
+        fresh = run_on_ranks(os.getpid, 2, env=env)
 
     assert set(fresh).isdisjoint(pids)
     _assert_gone(pids)

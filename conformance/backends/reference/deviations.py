@@ -226,15 +226,6 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "optimum-neuron §2.5(a), §2.6(a), §8.3",
     ),
     Deviation(
-        "ON-10",
-        "transformations_utils",
-        "GQAQKVColumnParallelLinearSpec with bias=True fails on load: it views the 1-D bias as a 3-D tensor.",
-        "q/k/v biases follow their weight rows (query permutation, K/V tiling); o_proj's replicated bias is "
-        "left as is.",
-        "A model with attention biases that needs the GQA layer cannot load on Trainium.",
-        "optimum-neuron §2.6(a)",
-    ),
-    Deviation(
         "ON-04",
         "checkpointing",
         "Consolidation shards the output with a file name that has no {suffix}, so a model over 5 GB keeps "
@@ -283,6 +274,45 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "The mask is created on the device of the attention scores.",
         "None: device placement only.",
         "optimum-neuron §5.1",
+    ),
+    Deviation(
+        "ON-10",
+        "transformations_utils",
+        "GQAQKVColumnParallelLinearSpec with bias=True fails on load: it views the 1-D bias as a 3-D tensor.",
+        "q/k/v biases follow their weight rows (query permutation, K/V tiling); o_proj's replicated bias is "
+        "left as is.",
+        "A model with attention biases that needs the GQA layer cannot load on Trainium.",
+        "optimum-neuron §2.6(a)",
+    ),
+    Deviation(
+        "ON-11",
+        "modeling_utils",
+        "use_xser=True (the default) writes torch-xla's reference files plus `.tensors` folders; async_save "
+        "saves asynchronously.",
+        "Shards are plain torch.save files (with a one-time warning when use_xser=True), saved synchronously; "
+        "consolidation reads both formats.",
+        "File layout only: consolidation gives the same tensors.",
+        "optimum-neuron §3.3",
+    ),
+    Deviation(
+        "ON-12",
+        "loss_utils",
+        "The host's _ParallelCrossEntropy subtracts the max from its input in place; label smoothing uses the "
+        "local vocabulary size and a local mean.",
+        "The input is left untouched; label smoothing equals F.cross_entropy(label_smoothing=a) over the full "
+        "vocabulary.",
+        "Label smoothing through the host's parallel_cross_entropy at TP > 1 (ForCausalLMLoss never passes it).",
+        "optimum-neuron §5.1",
+    ),
+    Deviation(
+        "ON-13",
+        "modeling_utils",
+        "from_pretrained computes missing/unexpected keys from a meta-device transformers model, and leaves a "
+        "ParallelEmbedding or GQA layer that the checkpoint does not cover uninitialised.",
+        "Keys are reported under the model's own parameter names; an uncovered ParallelEmbedding is "
+        "initialised, an uncovered GQA layer is warned about.",
+        "Warning text and output_loading_info only; weights are identical for complete checkpoints.",
+        "optimum-neuron §3.2",
     ),
 )
 

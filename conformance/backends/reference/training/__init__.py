@@ -5,12 +5,19 @@ package exports the same names as the real one, resolved lazily so that importin
 never imports a model package; models register themselves (`auto_models.register_neuron_model_for_training`)
 when their own package is imported. Unlike the real package it does not patch
 `transformers.utils.logging.set_verbosity`.
+
+Its modules import NxD by the public name `neuronx_distributed`, exactly as the real host does, so importing
+this package activates the reference backend (which provides that name) in the process.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from ... import activate
+
+activate("reference")
 
 _EXPORTS = {
     "consolidate_model_parallel_checkpoints_to_unified_checkpoint": "checkpointing",

@@ -14,6 +14,13 @@ transformers state dict:
 Scope of the reference backend: local folders (or what `huggingface_hub.snapshot_download` resolves),
 pipeline parallelism 1, and the plain (non-xser) shard format: `use_xser=True` writes the same plain
 files, with a warning once, since torch-xla's serializer does not exist here; consolidation reads both.
+`async_save` saves synchronously.
+
+Differences from optimum-neuron that change no weight: missing and unexpected keys are reported under the
+model's own parameter names (the real loader compares the checkpoint with a meta-device transformers
+model); a module the checkpoint does not cover is initialised after the files are loaded rather than
+before (loaded parameters are kept), and an uncovered `ParallelEmbedding` is initialised too; with no
+`dtype`, `config.dtype` is the default torch dtype rather than None.
 """
 
 from __future__ import annotations

@@ -46,7 +46,9 @@ def reduce_scatter(tensor: torch.Tensor, dim: int, group) -> torch.Tensor:
     """This rank's chunk, along `dim`, of the sum of every member's tensor."""
     world = group_size(group)
     if tensor.shape[dim] % world != 0:
-        raise ValueError(f"dimension {dim} of size {tensor.shape[dim]} is not divisible by the group size {world}")
+        raise ValueError(
+            f"dimension {dim} of size {tensor.shape[dim]} is not divisible by the group size {world}"
+        )
     if dist.get_backend(group) == "nccl":
         moved = tensor.detach().movedim(dim, 0).contiguous()
         out = torch.empty((moved.shape[0] // world, *moved.shape[1:]), dtype=moved.dtype, device=moved.device)

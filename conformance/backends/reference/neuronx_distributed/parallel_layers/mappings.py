@@ -109,7 +109,11 @@ def scatter_to_sequence_parallel_region(input_, sequence_dimension: int = 0, pro
 
 
 def gather_from_sequence_parallel_region(
-    input_, sequence_dimension: int = 0, to_model_parallel: bool = True, process_group=None, tile_cc: bool = False
+    input_,
+    sequence_dimension: int = 0,
+    to_model_parallel: bool = True,
+    process_group=None,
+    tile_cc: bool = False,
 ):
     """Gather the sequence dimension; backward reduce-scatters (into a TP region) or splits."""
     group = _tp(process_group)
@@ -118,10 +122,14 @@ def gather_from_sequence_parallel_region(
     return _GatherFromRegion.apply(input_, sequence_dimension, group, to_model_parallel)
 
 
-def reduce_scatter_to_sequence_parallel_region(input_, sequence_dimension: int = 0, process_group=None, dtype=None):
+def reduce_scatter_to_sequence_parallel_region(
+    input_, sequence_dimension: int = 0, process_group=None, dtype=None
+):
     """Sum across ranks and keep this rank's chunk of the sequence dimension; gather in backward."""
     group = _tp(process_group)
-    return input_ if _single(group) else _ReduceScatterToRegion.apply(input_, sequence_dimension, group, dtype)
+    return (
+        input_ if _single(group) else _ReduceScatterToRegion.apply(input_, sequence_dimension, group, dtype)
+    )
 
 
 def gather_from_tensor_model_parallel_region_with_dim(input_, gather_dim: int, process_group=None):

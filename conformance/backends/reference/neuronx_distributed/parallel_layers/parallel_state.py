@@ -10,6 +10,7 @@ Requires `torch.distributed` to be initialised first, as NxD does.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any
 
@@ -128,10 +129,8 @@ def destroy_model_parallel() -> None:
     while _OWNED_GROUPS:
         group = _OWNED_GROUPS.pop()
         if group is not None and dist.is_initialized():
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 dist.destroy_process_group(group)
-            except (RuntimeError, ValueError):
-                pass
 
 
 def _require(group: ProcessGroup | None, what: str) -> ProcessGroup:
@@ -289,7 +288,9 @@ def get_expert_data_parallel_rank() -> int:
 # --- kv-shared groups (GQA K/V replicas) ---------------------------------------------------------------
 
 
-def arrange_kv_groups(tp_group: list[int], kv_shared_group_size: int, sequential_ranks_in_group: bool) -> list[list[int]]:
+def arrange_kv_groups(
+    tp_group: list[int], kv_shared_group_size: int, sequential_ranks_in_group: bool
+) -> list[list[int]]:
     """Split one TP group into the groups of ranks holding the same K/V rows.
 
     With the tile layout (deviation NXD-11) TP rank r holds the rows of replica block r mod (T/m), so the

@@ -42,7 +42,9 @@ def set_tensor_model_parallel_attributes(
 
         num_partitions = get_tensor_model_parallel_size()
     if rank_ordering is not None and sorted(rank_ordering) != list(range(num_partitions)):
-        raise ValueError(f"rank_ordering {list(rank_ordering)} is not a permutation of 0..{num_partitions - 1}")
+        raise ValueError(
+            f"rank_ordering {list(rank_ordering)} is not a permutation of 0..{num_partitions - 1}"
+        )
     tensor.tensor_model_parallel = is_parallel
     tensor.partition_dim = dim
     tensor.partition_stride = stride
@@ -73,7 +75,9 @@ class EmbeddingUtility:
     """Vocabulary ranges of a vocab-sharded embedding."""
 
     @staticmethod
-    def range_from_per_partition_vocab_size(per_partition_vocab_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    def range_from_per_partition_vocab_size(
+        per_partition_vocab_size: int, rank: int, world_size: int
+    ) -> tuple[int, int]:
         start = rank * per_partition_vocab_size
         return start, start + per_partition_vocab_size
 
