@@ -12,10 +12,18 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-SAFE_BUILTINS: dict[str, Any] = {"getattr": getattr, "min": min, "max": max, "int": int, "float": float}
+SAFE_BUILTINS: dict[str, Any] = {
+    "getattr": getattr,
+    "min": min,
+    "max": max,
+    "int": int,
+    "float": float,
+    "math": math,
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class Expr:
         if missing:
             raise ValueError(f"`{self.resolved}` needs values for {', '.join(missing)}")
         namespace = {"config": config, **variables}
-        return eval(self.resolved, {"__builtins__": SAFE_BUILTINS}, namespace)  # noqa: S307
+        return eval(self.resolved, {"__builtins__": SAFE_BUILTINS}, namespace)
 
     def __str__(self) -> str:
         if self.resolved is None or self.resolved == self.source:

@@ -85,6 +85,19 @@ LAYER_STACK = RefusalCode(
     "the decoder-layer list mixes classes or builds them indirectly, so no single layer class can be planned",
 )
 
+UNRECOGNISED_ATTENTION = RefusalCode(
+    "R014",
+    "unrecognised-attention",
+    "projections are split into heads but no attention over separate q, k and v projections was found",
+)
+
+HEAD_SHARDED_NORM = RefusalCode(
+    "R015",
+    "per-head-norm-weights",
+    "a norm applied per head whose weight is not one head_dim vector (e.g. one row per head) must be "
+    "sharded by head",
+)
+
 ALL_CODES: tuple[RefusalCode, ...] = (
     MOE,
     CONV1D_TRANSPOSED,
@@ -99,4 +112,6 @@ ALL_CODES: tuple[RefusalCode, ...] = (
     UNMAPPED_PARAMETER,
     UNKNOWN_LAYER,
     LAYER_STACK,
+    UNRECOGNISED_ATTENTION,
+    HEAD_SHARDED_NORM,
 )

@@ -46,8 +46,10 @@ def _header(blueprint: Blueprint) -> Text:
 
 def _plan_table(blueprint: Blueprint) -> Table:
     table = Table(title="Modules", title_justify="left", show_lines=False)
-    for column in ("module", "source layer", "role", "becomes", "spec", "evidence", "line"):
+    table.add_column("module", no_wrap=True)
+    for column in ("source layer", "role", "becomes", "spec", "evidence"):
         table.add_column(column, overflow="fold")
+    table.add_column("line", no_wrap=True)
     for row in plan_rows(blueprint):
         style = "red" if "refused" in row.becomes else None
         _row(

@@ -64,7 +64,9 @@ def locate(model_type: str, source: Path | None = None) -> ModelSource:
     causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
     base_model_class = MODEL_MAPPING_NAMES.get(model_type)
     if base_model_class is None:
-        raise ScaffoldError(f"model type {model_type!r} has no base-model class in transformers' auto mapping")
+        raise ScaffoldError(
+            f"model type {model_type!r} has no base-model class in transformers' auto mapping"
+        )
     config_class = CONFIG_MAPPING[model_type]
 
     module_name = _defining_module(transformers, causal_lm_class)

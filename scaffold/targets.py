@@ -13,8 +13,8 @@ from .blueprint import AttentionGeometry, Blueprint, LayerKind, LayerSite, Locat
 COLUMN = "ColumnParallelLinear(gather_output=False)"
 ROW = "RowParallelLinear(input_is_parallel=True)"
 EMBEDDING = "ParallelEmbedding"
-QKV_VARIANTS = "ColumnParallelLinear, or fused into qkv_proj (attention variant)"
-QKV_SPECS = "by variant: —, FusedLinearsSpec or GQAQKVColumnParallelLinearSpec"
+QKV_VARIANTS = "ColumnParallelLinear or qkv_proj (by attention variant)"
+QKV_SPECS = "by attention variant"
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,11 @@ def attention_variants(geometry: AttentionGeometry) -> list[tuple[str, str, str]
             "qkv_proj = GQAQKVColumnParallelLinear",
             "GQAQKVColumnParallelLinearSpec",
         ),
-        (f"when fuse_qkv and {heads} == {kv}", "qkv_proj = ColumnParallelLinear(stride=3)", "FusedLinearsSpec"),
+        (
+            f"when fuse_qkv and {heads} == {kv}",
+            "qkv_proj = ColumnParallelLinear(stride=3)",
+            "FusedLinearsSpec",
+        ),
         ("otherwise", f"{geometry.q}, {geometry.k}, {geometry.v} = ColumnParallelLinear", "—"),
     ]
 
@@ -79,7 +83,10 @@ def _target(blueprint: Blueprint, site: LayerSite) -> tuple[str, str]:
             return QKV_VARIANTS, QKV_SPECS
     for block in blueprint.mlps:
         if block.path == parent and block.gate is not None and attribute in (block.gate, block.up):
-            return "gate_up_proj = ColumnParallelLinear(stride=2)", f"FusedLinearsSpec({block.gate}, {block.up})"
+            return (
+                "gate_up_proj = ColumnParallelLinear(stride=2)",
+                f"FusedLinearsSpec({block.gate}, {block.up})",
+            )
     return (COLUMN if site.role is Role.COLUMN else ROW), "—"
 
 

@@ -22,7 +22,7 @@ def analyze(source: ModelSource) -> Blueprint:
     geometries = attention_geometries(context, norms)
     mlps = mlp_blocks(context)
     skeleton = backbone(context, sites, norms)
-    refusals = role_refusals + detect(context, sites, norms, {g.path for g in geometries})
+    refusals = role_refusals + detect(context, sites, norms, geometries)
     refusals.sort(key=lambda refusal: (refusal.location.line, refusal.code, refusal.message))
     return Blueprint(
         model_type=source.model_type,
@@ -53,7 +53,8 @@ def _class_plans(context: Context) -> list[ClassPlan]:
         if analysis is None:
             continue
         children = tuple(
-            (attr, construct.qualified or construct.kind.value) for attr, construct in analysis.constructs.items()
+            (attr, construct.qualified or construct.kind.value)
+            for attr, construct in analysis.constructs.items()
         )
         plans.append(
             ClassPlan(

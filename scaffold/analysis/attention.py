@@ -37,13 +37,7 @@ def find_attention(flow: Flow | None, projections: frozenset[str]) -> AttentionF
     if flow is None:
         return None
     for call in flow.function_calls:
-        singles: list[str] = []
-        for prov in call.positional:
-            fed = sources(prov) & projections
-            if len(fed) == 1:
-                (name,) = fed
-                if all(origin.headed for origin in prov if origin.source == name) and name not in singles:
-                    singles.append(name)
+        singles = _headed_singles(call, projections)
         if len(singles) < 3:
             continue
         q, k, v = singles[:3]
@@ -51,6 +45,45 @@ def find_attention(flow: Flow | None, projections: frozenset[str]) -> AttentionF
         if output is None:
             continue
         return AttentionFacts(q, k, v, output, call, _view_of(flow, q), _view_of(flow, k))
+    return _inline_attention(flow, projections)
+
+
+def _headed_singles(call: FunctionCall, projections: frozenset[str]) -> list[str]:
+    """Positional arguments that each come from exactly one projection, split into heads."""
+    singles: list[str] = []
+    for prov in call.positional:
+        fed = sources(prov) & projections
+        if len(fed) == 1:
+            (name,) = fed
+            if all(origin.headed for origin in prov if origin.source == name) and name not in singles:
+                singles.append(name)
+    return singles
+
+
+def _inline_attention(flow: Flow, projections: frozenset[str]) -> AttentionFacts | None:
+    """Eager attention written out: `matmul(q, k^T)` first, then the scores applied to v.
+
+    q and k are the two headed projections of the first call that takes exactly two of them; v is the
+    one other headed projection that the output projection consumes.
+    """
+    for call in flow.function_calls:
+        singles = _headed_singles(call, projections)
+        if len(singles) != 2:
+            continue
+        q, k = singles
+        for output_call in flow.module_calls:
+            if output_call.attribute not in projections or not {q, k} <= sources(output_call.inputs):
+                continue
+            rest = {
+                name
+                for name in sources(output_call.inputs) & projections
+                if name not in (q, k) and _view_of(flow, name) is not None
+            }
+            if len(rest) == 1:
+                (v,) = rest
+                return AttentionFacts(
+                    q, k, v, output_call.attribute, call, _view_of(flow, q), _view_of(flow, k)
+                )
     return None
 
 
@@ -98,6 +131,7 @@ def geometry(
                 return norm.attribute
         return None
 
+    scaling = keyword("scaling", "softmax_scale", "scale") or _inline_scaling(facts, flow, scope)
     return AttentionGeometry(
         owner=owner,
         path=path,
@@ -108,13 +142,25 @@ def geometry(
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
-        scaling=keyword("scaling", "softmax_scale", "scale"),
+        scaling=scaling,
         sliding_window=keyword("sliding_window"),
         softcap=keyword("softcap", "logit_softcapping"),
         q_norm=norm_of(facts.q),
         k_norm=norm_of(facts.k),
         core_call=index.location(facts.kernel.node),
     )
+
+
+def _inline_scaling(facts: AttentionFacts, flow: Flow, scope: Scope) -> Expr | None:
+    """Scaling of written-out attention: the factor applied to the q k^T scores (1 / factor for `/`)."""
+    for step in flow.scales:
+        if {facts.q, facts.k} <= sources(step.inputs):
+            factor = _forward_expr(step.factor, flow, scope)
+            if step.op == "*":
+                return factor
+            resolved = f"1 / ({factor.resolved})" if factor.resolved is not None else None
+            return Expr(f"1 / ({factor.source})", resolved, factor.variables)
+    return None
 
 
 def _locals(node: cst.BaseExpression, flow: Flow) -> cst.BaseExpression:

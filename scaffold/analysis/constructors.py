@@ -37,10 +37,25 @@ ACTIVATION_TABLES = frozenset({"transformers.activations.ACT2FN", "transformers.
 ACTIVATION_FACTORIES = frozenset({"transformers.activations.get_activation"})
 ACTIVATION_MODULES = frozenset(
     f"torch.nn.{name}"
-    for name in ("SiLU", "GELU", "ReLU", "Tanh", "Sigmoid", "Mish", "SELU", "ELU", "LeakyReLU", "Softplus", "GLU")
+    for name in (
+        "SiLU",
+        "GELU",
+        "ReLU",
+        "Tanh",
+        "Sigmoid",
+        "Mish",
+        "SELU",
+        "ELU",
+        "LeakyReLU",
+        "Softplus",
+        "GLU",
+    )
 )
 ACTIVATION_FUNCTIONS = frozenset(
-    [f"torch.nn.functional.{name}" for name in ("silu", "gelu", "relu", "tanh", "sigmoid", "mish", "softplus")]
+    [
+        f"torch.nn.functional.{name}"
+        for name in ("silu", "gelu", "relu", "tanh", "sigmoid", "mish", "softplus")
+    ]
     + [f"torch.{name}" for name in ("relu", "sigmoid", "tanh")]
 )
 STATELESS_MODULES = frozenset(
@@ -75,6 +90,7 @@ class Construct:
     loop_targets: tuple[str, ...] = ()  # for a list comprehension: its target names
     heterogeneous: bool = False  # list of several classes, or a class chosen through a table
     dispatch_table: str | None = None  # module-level dict the class was looked up in
+    subclass_of: str | None = None  # for a local subclass of a torch layer: that layer's qualified name
 
 
 def classify(value: cst.BaseExpression, index: SourceIndex, mapping: ModuleMap) -> Construct:
@@ -92,6 +108,15 @@ def classify(value: cst.BaseExpression, index: SourceIndex, mapping: ModuleMap) 
 def _classify_call(call: cst.Call, index: SourceIndex, mapping: ModuleMap) -> Construct:
     func = call.func
     if isinstance(func, cst.Name) and func.value in mapping.classes:
+        base = torch_base(func.value, index, mapping)
+        if base in LAYER_CONSTRUCTORS:
+            return Construct(
+                ChildKind.LAYER,
+                call=call,
+                qualified=func.value,
+                layer_kind=LAYER_CONSTRUCTORS[base],
+                subclass_of=base,
+            )
         return Construct(ChildKind.CLASS, call=call, qualified=func.value)
     if isinstance(func, cst.Subscript) and isinstance(func.value, cst.Name):
         table = mapping.assignments.get(func.value.value)
@@ -124,6 +149,22 @@ def _classify_call(call: cst.Call, index: SourceIndex, mapping: ModuleMap) -> Co
     if torch_layers:
         return Construct(ChildKind.UNKNOWN_LAYER, call=call, qualified=torch_layers[0])
     return Construct(ChildKind.VALUE, call=call)
+
+
+def torch_base(class_name: str, index: SourceIndex, mapping: ModuleMap, depth: int = 0) -> str | None:
+    """The torch layer or norm a local class derives from (through local bases), if any."""
+    node = mapping.classes.get(class_name)
+    if node is None or depth > 16:
+        return None
+    for base in node.bases:
+        for name in sorted(index.qualified_names(base.value)):
+            if name in LAYER_CONSTRUCTORS or name in TORCH_NORMS:
+                return name
+        if isinstance(base.value, cst.Name) and base.value.value in mapping.classes:
+            found = torch_base(base.value.value, index, mapping, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 def _classify_list(call: cst.Call, index: SourceIndex, mapping: ModuleMap) -> Construct:

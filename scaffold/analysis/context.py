@@ -13,12 +13,12 @@ from typing import Any
 
 import libcst as cst
 
-from ..blueprint import ClassKind
+from ..blueprint import ClassKind, LayerKind
 from ..errors import ScaffoldError
 from ..source import ModelSource
 from .attention import AttentionFacts, find_attention
 from .classes import ClassFacts, ModuleMap, collect_classes, map_module, walk
-from .constructors import ChildKind, Construct
+from .constructors import ChildKind, Construct, torch_base
 from .dataflow import Flow, trace
 from .expressions import Scope
 from .mlp import MLPFacts, find_mlp
@@ -90,7 +90,10 @@ def gather(source: ModelSource) -> Context:
     closure_classes = [name for name in closure if name in facts]
     kinds = norm_classes({name: facts[name] for name in closure_classes}, index)
     constructs = {name: class_constructs(facts[name], index, mapping) for name in closure_classes}
-    weightless = _weightless(constructs, frozenset(kinds))
+    torch_derived = frozenset(
+        name for name in closure_classes if torch_base(name, index, mapping) is not None
+    )
+    weightless = _weightless(constructs, frozenset(kinds) | torch_derived)
     classes = {
         name: _analyse_class(
             facts[name], constructs[name], kinds, weightless, index, name == source.causal_lm_class
@@ -126,7 +129,13 @@ def class_scope(facts: ClassFacts) -> Scope:
 
 def _weightless(constructs: dict[str, dict[str, Construct]], norms: frozenset[str]) -> frozenset[str]:
     """Local classes holding no weights at any depth (wrapped activations, dropout helpers)."""
-    heavy = {ChildKind.LAYER, ChildKind.TORCH_NORM, ChildKind.PARAMETER, ChildKind.UNKNOWN_LAYER, ChildKind.LIST}
+    heavy = {
+        ChildKind.LAYER,
+        ChildKind.TORCH_NORM,
+        ChildKind.PARAMETER,
+        ChildKind.UNKNOWN_LAYER,
+        ChildKind.LIST,
+    }
     found: set[str] = set()
     changed = True
     while changed:
@@ -154,7 +163,7 @@ def _analyse_class(
     projections = frozenset(
         attr
         for attr, construct in constructs.items()
-        if _layer_kind(construct) is not None and is_projection(_layer_kind(construct))  # type: ignore[arg-type]
+        if (kind := _layer_kind(construct)) is not None and is_projection(kind)
     )
     scope = class_scope(facts)
     norm_names = frozenset(kinds)
@@ -176,12 +185,13 @@ def _analyse_class(
     return analysis
 
 
-def _layer_kind(construct: Construct):  # noqa: ANN202 - LayerKind | None
+def _layer_kind(construct: Construct) -> LayerKind | None:
+    """Layer kind of a layer, or of the elements of a list of layers."""
     if construct.kind is ChildKind.LAYER:
         return construct.layer_kind
-    if construct.kind is ChildKind.LIST and construct.element is not None:
-        if construct.element.kind is ChildKind.LAYER:
-            return construct.element.layer_kind
+    element = construct.element
+    if construct.kind is ChildKind.LIST and element is not None and element.kind is ChildKind.LAYER:
+        return element.layer_kind
     return None
 
 
@@ -203,7 +213,9 @@ def _assign_kinds(context: Context) -> None:
             kind = ClassKind.MLP
         elif _is_rotary(analysis):
             kind = ClassKind.ROTARY
-        elif any(context.index.qualified_names(base.value) & PRETRAINED_BASES for base in analysis.facts.node.bases):
+        elif any(
+            context.index.qualified_names(base.value) & PRETRAINED_BASES for base in analysis.facts.node.bases
+        ):
             kind = ClassKind.PRETRAINED
         elif context.tree.paths_of(name):
             kind = ClassKind.MODULE
@@ -215,9 +227,12 @@ def _assign_kinds(context: Context) -> None:
 def base_instance_path(context: Context) -> str | None:
     """Path of the base model inside the causal LM (its direct child), None when it is not there."""
     for member in context.tree.members:
-        if member.owner.parent is None and member.construct.kind is ChildKind.CLASS:
-            if member.construct.qualified == context.source.base_model_class:
-                return member.path
+        construct = member.construct
+        is_class = (
+            construct.kind is ChildKind.CLASS and construct.qualified == context.source.base_model_class
+        )
+        if member.owner.parent is None and is_class:
+            return member.path
     return None
 
 
@@ -230,9 +245,11 @@ def decoder_layer_list(context: Context) -> tuple[str, Construct] | None:
     if base is None or base_instance_path(context) is None:
         return None
     for attr, construct in base.constructs.items():
-        if construct.kind is ChildKind.LIST and construct.element is not None:
-            if construct.element.kind is ChildKind.CLASS or construct.heterogeneous:
-                return attr, construct
+        element = construct.element
+        if construct.kind is not ChildKind.LIST or element is None:
+            continue
+        if element.kind is ChildKind.CLASS or construct.heterogeneous:
+            return attr, construct
     return None
 
 
@@ -260,4 +277,6 @@ def _default_config(config_class: type[Any]) -> Any:
     try:
         return config_class()
     except Exception as error:  # a config that cannot be built with defaults is reported, not fatal
-        raise ScaffoldError(f"cannot instantiate {config_class.__name__}() for its defaults: {error}") from error
+        raise ScaffoldError(
+            f"cannot instantiate {config_class.__name__}() for its defaults: {error}"
+        ) from error

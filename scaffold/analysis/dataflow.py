@@ -281,6 +281,9 @@ class _Tracer:
         elif isinstance(target, cst.Tuple | cst.List):
             names = [element.value for element in target.elements]
             parts = self.unpack(value, len(names))
+            if parts is None and _is_helper_call(value) and sources(prov):
+                # A helper method spreading one traced value over several names splits it.
+                self.flow.splits.append(Split("unpack", prov, value))
             for name, part in zip(names, parts or [prov] * len(names)):
                 self.bind(name, part, None)
         elif isinstance(target, cst.Subscript) and isinstance(target.value, cst.Name):
@@ -301,14 +304,13 @@ class _Tracer:
 
     def bind_loop(self, target: cst.BaseExpression, iterable: cst.BaseExpression) -> None:
         handle = self.handle_of(iterable)
-        if handle is None and isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name):
-            if iterable.func.value == "enumerate" and iterable.args:
-                handle = self.handle_of(iterable.args[0].value)
-                if handle is not None and isinstance(target, cst.Tuple) and len(target.elements) == 2:
-                    inner = target.elements[1].value
-                    if isinstance(inner, cst.Name):
-                        self.handles[inner.value] = handle
-                        return
+        if handle is None and _is_enumerate(iterable) and isinstance(target, cst.Tuple):
+            assert isinstance(iterable, cst.Call)
+            handle = self.handle_of(iterable.args[0].value)
+            inner = target.elements[-1].value
+            if handle is not None and len(target.elements) == 2 and isinstance(inner, cst.Name):
+                self.handles[inner.value] = handle
+                return
         if handle is not None and isinstance(target, cst.Name):
             self.handles[target.value] = handle
             return
@@ -428,7 +430,8 @@ class _Tracer:
         if method in _RESHAPES:
             shape = self.shape_of(node)
             text = " ".join(
-                resolved_text(substitute(element, self.flow.local_scope), self.class_scope) for element in shape
+                resolved_text(substitute(element, self.flow.local_scope), self.class_scope)
+                for element in shape
             )
             headed = mentions_heads(text)
             self.flow.reshapes.append(Reshape(base, shape, headed, node))
@@ -453,6 +456,20 @@ class _Tracer:
                 return tuple(element.value for element in only.elements)
             return (only,)
         return tuple(arg.value for arg in args)
+
+
+def _is_enumerate(node: cst.BaseExpression) -> bool:
+    return (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Name)
+        and node.func.value == "enumerate"
+        and bool(node.args)
+    )
+
+
+def _is_helper_call(value: cst.BaseExpression | None) -> bool:
+    """`self.<method>(...)`: a call of the class's own helper (children are classified separately)."""
+    return isinstance(value, cst.Call) and is_self_attribute(value.func)
 
 
 def _merge(first: dict[str, Prov], second: dict[str, Prov]) -> dict[str, Prov]:

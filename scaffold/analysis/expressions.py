@@ -91,10 +91,14 @@ def free_names(node: cst.BaseExpression) -> frozenset[str] | None:
     free: set[str] = set()
     for current in walk(node):
         if isinstance(current, cst.Attribute):
+            if current.attr.value.startswith("__"):
+                return None  # never evaluate dunder access
             skip.add(id(current.attr))
         elif isinstance(current, cst.Arg) and current.keyword is not None:
             skip.add(id(current.keyword))
-        elif isinstance(current, cst.Name) and id(current) not in skip and current.value not in _ALLOWED_NAMES:
+        elif (
+            isinstance(current, cst.Name) and id(current) not in skip and current.value not in _ALLOWED_NAMES
+        ):
             if current.value == "self":
                 return None
             free.add(current.value)

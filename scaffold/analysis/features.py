@@ -134,7 +134,9 @@ def _logit_scales(context: Context, backbone: Backbone) -> tuple[Expr | None, Sc
     attribute = backbone.lm_head.rsplit(".", 1)[-1]
     steps = [step for step in head.forward.scales if attribute in sources(step.inputs)]
     softcap_steps = [
-        step for step in steps if step.op == "*" and any(o.activated for o in step.inputs if o.source == attribute)
+        step
+        for step in steps
+        if step.op == "*" and any(o.activated for o in step.inputs if o.source == attribute)
     ]
     softcap = _scale(context, head.facts.name, softcap_steps[0], attribute).factor if softcap_steps else None
     for step in steps:
@@ -204,5 +206,6 @@ def config_fields(context: Context) -> list[ConfigField]:
 def _is_config(node: cst.BaseExpression) -> bool:
     if isinstance(node, cst.Name):
         return node.value == "config"
-    return isinstance(node, cst.Attribute) and node.attr.value == "config" and isinstance(node.value, cst.Name)
-
+    return (
+        isinstance(node, cst.Attribute) and node.attr.value == "config" and isinstance(node.value, cst.Name)
+    )

@@ -84,7 +84,11 @@ def mlp_block(
         name = facts.activation.callable
         attribute = name[5:] if name.startswith("self.") else None
         value = activation_values.get(attribute) if attribute is not None else None
-        if isinstance(value, cst.Subscript) and len(value.slice) == 1 and isinstance(value.slice[0].slice, cst.Index):
+        if (
+            isinstance(value, cst.Subscript)
+            and len(value.slice) == 1
+            and isinstance(value.slice[0].slice, cst.Index)
+        ):
             activation = to_expr(value.slice[0].slice.value, scope)  # the ACT2FN key
         elif value is not None:
             activation = to_expr(value, scope)

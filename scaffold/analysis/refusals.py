@@ -7,43 +7,53 @@ routed by top-k.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import libcst as cst
 
-from ..blueprint import LayerKind, LayerSite, Location, NormScope, NormSite, Refusal
+from ..blueprint import AttentionGeometry, Expr, LayerKind, LayerSite, Location, NormScope, NormSite, Refusal
 from ..refusal_codes import (
     CONV1D_TRANSPOSED,
     CROSS_ATTENTION,
     FULL_WIDTH_NORM,
     FUSED_PROJECTION,
+    HEAD_SHARDED_NORM,
     INTERLEAVED_QKV,
     LAYER_STACK,
     MOE,
     NON_SOFTMAX_MIXER,
     UNKNOWN_LAYER,
     UNMAPPED_PARAMETER,
+    UNRECOGNISED_ATTENTION,
 )
+from .classes import walk
 from .constructors import ChildKind
 from .context import Context, base_instance_path, class_scope, decoder_layer_class, decoder_layer_list
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
-from .expressions import resolved_text, substitute
+from .expressions import Scope, resolved_text, substitute, to_expr
 from .norms import norm_call_location
 from .parsing import SourceIndex
 from .sites import member_location
 
 
 def detect(
-    context: Context, sites: list[LayerSite], norms: list[NormSite], has_attention: set[str]
+    context: Context, sites: list[LayerSite], norms: list[NormSite], geometries: list[AttentionGeometry]
 ) -> list[Refusal]:
     """Every refusal the structure calls for (role refusals come from `sites.layer_sites`)."""
     found: list[Refusal] = []
+    refused: set[str] = set()  # classes whose attention-like structure is already refused
     found += _mixture_of_experts(context)
     found += _layer_types(context, sites)
-    found += _interleaved_qkv(context)
+    found += _interleaved_qkv(context, refused)
     found += _full_width_norms(context, norms)
-    found += _non_softmax_layers(context, has_attention)
-    found += _cross_attention(context)
-    found += _fused_projections(context)
+    found += _non_softmax_layers(context, {geometry.path for geometry in geometries})
+    found += _per_head_norm_weights(context, norms, geometries)
+    found += _cross_attention(context, refused)
+    found += _fused_projections(context, refused)
+    found += _unrecognised_attention(context, refused)
     found += _parameters_and_unknown_layers(context)
+    found += _learnable_activations(context)
     found += _layer_stack(context)
     return _first_per_line(found)
 
@@ -95,6 +105,16 @@ def _mixture_of_experts(context: Context) -> list[Refusal]:
 def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:
     found: list[Refusal] = []
     for site in sites:
+        subclass = context.classes.get(site.constructor)
+        if subclass is not None and "forward" in subclass.facts.methods:
+            found.append(
+                Refusal(
+                    UNKNOWN_LAYER.code,
+                    f"{site.path} is a {site.constructor}, a subclass of a torch layer with its own forward; "
+                    f"{UNKNOWN_LAYER.why}",
+                    site.location,
+                )
+            )
         if site.kind is LayerKind.CONV1D_TRANSPOSED:
             found.append(
                 Refusal(
@@ -114,7 +134,7 @@ def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:
     return found
 
 
-def _interleaved_qkv(context: Context) -> list[Refusal]:
+def _interleaved_qkv(context: Context, refused: set[str]) -> list[Refusal]:
     """A projection output viewed as (..., heads, 3, head_dim) or (..., 3 * head_dim)."""
     found: list[Refusal] = []
     for name, analysis in context.classes.items():
@@ -126,6 +146,7 @@ def _interleaved_qkv(context: Context) -> list[Refusal]:
                 if not reshape.inputs or not _interleaves_three(reshape.shape, flow.local_scope, scope):
                     continue
                 shape = ", ".join(SourceIndex.code(element) for element in reshape.shape)
+                refused.add(name)
                 found.append(
                     Refusal(
                         INTERLEAVED_QKV.code,
@@ -137,18 +158,29 @@ def _interleaved_qkv(context: Context) -> list[Refusal]:
     return found
 
 
-def _interleaves_three(shape: tuple[cst.BaseExpression, ...], local_scope, scope) -> bool:  # noqa: ANN001
-    texts = [resolved_text(substitute(element, local_scope), scope) for element in shape]
-    if not any(mentions_heads(text) for text in texts):
-        return False
-    for element in shape:
-        if isinstance(element, cst.Integer) and element.evaluated_value == 3:
-            return True
-        if isinstance(element, cst.BinaryOperation) and isinstance(element.operator, cst.Multiply):
-            for side in (element.left, element.right):
-                if isinstance(side, cst.Integer) and side.evaluated_value == 3:
-                    return True
-    return False
+def _interleaves_three(shape: tuple[cst.BaseExpression, ...], local_scope: Scope, scope: Scope) -> bool:
+    """A shape with a 3 next to a head count or head size, or a `3 * head_size` factor, at any depth
+    (locals such as `new_shape = x.size()[:-1] + (heads, 3 * head_size)` are expanded first)."""
+    expanded = [substitute(element, local_scope) for element in shape]
+
+    def heads(node: cst.BaseExpression) -> bool:
+        return mentions_heads(resolved_text(node, scope))
+
+    def three(node: cst.CSTNode) -> bool:
+        return isinstance(node, cst.Integer) and node.evaluated_value == 3
+
+    groups: list[list[cst.BaseExpression]] = [expanded]
+    for element in expanded:
+        for node in walk(element):
+            if isinstance(node, cst.Tuple | cst.List):
+                groups.append([item.value for item in node.elements])
+            elif (
+                isinstance(node, cst.BinaryOperation)
+                and isinstance(node.operator, cst.Multiply)
+                and ((three(node.left) and heads(node.right)) or (three(node.right) and heads(node.left)))
+            ):
+                return True
+    return any(any(three(item) for item in group) and any(heads(item) for item in group) for group in groups)
 
 
 def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
@@ -170,6 +202,37 @@ def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
             )
         )
     return found
+
+
+def _per_head_norm_weights(
+    context: Context, norms: list[NormSite], geometries: list[AttentionGeometry]
+) -> list[Refusal]:
+    """Per-head norms must have a head_dim-sized weight (checked on the default config)."""
+    found: list[Refusal] = []
+    head_dims = {geometry.path: geometry.head_dim for geometry in geometries}
+    for norm in norms:
+        if norm.scope is not NormScope.PER_HEAD:
+            continue
+        head_dim = head_dims.get(norm.path.rpartition(".")[0])
+        if head_dim is None or _same_value(norm.width, head_dim, context.default_config):
+            continue
+        found.append(
+            Refusal(
+                HEAD_SHARDED_NORM.code,
+                f"{norm.owner}.{norm.attribute} has width {norm.width.source}, not head_dim "
+                f"({head_dim.source}); {HEAD_SHARDED_NORM.why}",
+                norm.location,
+            )
+        )
+    return _first_per_line(found)
+
+
+def _same_value(first: Expr, second: Expr, config: object) -> bool:
+    """Equal on the default config (texts compared when either cannot be evaluated there)."""
+    try:
+        return first.evaluate(config) == second.evaluate(config)
+    except Exception:  # not config-only, or needs loop variables
+        return (first.resolved or first.source) == (second.resolved or second.source)
 
 
 def _non_softmax_layers(context: Context, has_attention: set[str]) -> list[Refusal]:
@@ -202,7 +265,7 @@ def _non_softmax_layers(context: Context, has_attention: set[str]) -> list[Refus
     ]
 
 
-def _cross_attention(context: Context) -> list[Refusal]:
+def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
     """Projections feeding the same consumer read different inputs of the forward."""
     found: list[Refusal] = []
     for name, analysis in context.classes.items():
@@ -221,6 +284,7 @@ def _cross_attention(context: Context) -> list[Refusal]:
                         inputs.setdefault(param, set()).add(producer)
             if len(inputs) > 1:
                 described = "; ".join(f"{', '.join(sorted(v))} read {k}" for k, v in sorted(inputs.items()))
+                refused.add(name)
                 found.append(
                     Refusal(
                         CROSS_ATTENTION.code,
@@ -233,7 +297,7 @@ def _cross_attention(context: Context) -> list[Refusal]:
     return found
 
 
-def _fused_projections(context: Context) -> list[Refusal]:
+def _fused_projections(context: Context, refused: set[str]) -> list[Refusal]:
     """A projection's output split or sliced on its features before any split into heads."""
     found: list[Refusal] = []
     for name, analysis in context.classes.items():
@@ -245,6 +309,7 @@ def _fused_projections(context: Context) -> list[Refusal]:
             if len(fed) != 1 or any(origin.headed or origin.activated for origin in split.inputs):
                 continue
             (projection,) = fed
+            refused.add(name)
             found.append(
                 Refusal(
                     FUSED_PROJECTION.code,
@@ -254,6 +319,66 @@ def _fused_projections(context: Context) -> list[Refusal]:
                 )
             )
     return _first_per_line(found)
+
+
+def _unrecognised_attention(context: Context, refused: set[str]) -> list[Refusal]:
+    """Projections split into heads in a class where no attention was recognised."""
+    found: list[Refusal] = []
+    for name, analysis in context.classes.items():
+        flow = analysis.forward
+        if flow is None or analysis.attention is not None or name in refused:
+            continue
+        headed = [r for r in flow.reshapes if r.headed and sources(r.inputs) & analysis.projections]
+        if headed:
+            found.append(
+                Refusal(
+                    UNRECOGNISED_ATTENTION.code,
+                    f"{name}: {', '.join(sorted(sources(headed[0].inputs) & analysis.projections))} "
+                    f"is split into heads here; {UNRECOGNISED_ATTENTION.why}",
+                    context.index.location(headed[0].node),
+                )
+            )
+    return found
+
+
+def _learnable_activations(context: Context) -> list[Refusal]:
+    """`ACT2FN[config.x]` whose default activation has parameters (e.g. xIELU)."""
+    from torch import nn
+    from transformers.activations import ACT2FN
+
+    found: list[Refusal] = []
+    seen: set[tuple[str, str]] = set()
+    for member in context.tree.members:
+        value = member.assign.value
+        key = (member.owner.class_name, member.attribute)
+        if (
+            member.construct.kind is not ChildKind.ACTIVATION
+            or key in seen
+            or not isinstance(value, cst.Subscript)
+        ):
+            continue
+        seen.add(key)
+        index = value.slice[0].slice if len(value.slice) == 1 else None
+        if not isinstance(index, cst.Index):
+            continue
+        name_expr = to_expr(index.value, member.owner.scope)
+        if name_expr.resolved is None or name_expr.variables:
+            continue
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # some activations announce their fallbacks
+                activation = ACT2FN[name_expr.evaluate(context.default_config)]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        if isinstance(activation, nn.Module) and any(True for _ in activation.parameters()):
+            found.append(
+                Refusal(
+                    UNMAPPED_PARAMETER.code,
+                    f"{member.owner.class_name}.{member.attribute} = {SourceIndex.code(value)} builds "
+                    f"{type(activation).__name__}, an activation with learnable parameters; {UNMAPPED_PARAMETER.why}",
+                    member_location(context, member),
+                )
+            )
+    return found
 
 
 def _parameters_and_unknown_layers(context: Context) -> list[Refusal]:
@@ -271,6 +396,24 @@ def _parameters_and_unknown_layers(context: Context) -> list[Refusal]:
                 Refusal(
                     UNMAPPED_PARAMETER.code,
                     f"{owner}.{member.attribute} = {SourceIndex.code(member.assign.value)}; {UNMAPPED_PARAMETER.why}",
+                    member_location(context, member),
+                )
+            )
+        elif (
+            kind is ChildKind.LIST
+            and member.construct.element is not None
+            and member.construct.element.kind
+            not in (
+                ChildKind.CLASS,
+                ChildKind.LAYER,
+            )
+        ):
+            element = member.construct.element
+            found.append(
+                Refusal(
+                    UNKNOWN_LAYER.code,
+                    f"{owner}.{member.attribute} is a list of {element.qualified or element.kind.value} "
+                    f"(one per head or per position?); {UNKNOWN_LAYER.why}",
                     member_location(context, member),
                 )
             )
@@ -312,7 +455,9 @@ def _layer_stack(context: Context) -> list[Refusal]:
     base = context.classes[context.source.base_model_class]
     assign = base.facts.last_assign(attribute)
     location = (
-        context.index.location(assign.statement) if assign is not None else context.index.location(base.facts.node)
+        context.index.location(assign.statement)
+        if assign is not None
+        else context.index.location(base.facts.node)
     )
     return [
         Refusal(

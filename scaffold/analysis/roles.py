@@ -32,9 +32,7 @@ class FlowRole:
     chained: bool = False
 
 
-def dataflow_roles(
-    flow: Flow | None, projections: frozenset[str], head_class: bool
-) -> dict[str, FlowRole]:
+def dataflow_roles(flow: Flow | None, projections: frozenset[str], head_class: bool) -> dict[str, FlowRole]:
     """Roles of a class's projections from its forward's dataflow."""
     if flow is None:
         return {attr: FlowRole(None, "no forward") for attr in projections}
@@ -80,9 +78,7 @@ class Decision:
     refusal: Refusal | None = None
 
 
-def decide_projection(
-    style: str | None, flow_role: FlowRole, location: Location, path: str
-) -> Decision:
+def decide_projection(style: str | None, flow_role: FlowRole, location: Location, path: str) -> Decision:
     """Combine the tp-plan style and the dataflow role of one linear."""
     planned = PLAIN_STYLES.get(style or "")
     noted = f"tp plan '{style}' is not plain sharding; " if style and planned is None else ""

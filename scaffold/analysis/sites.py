@@ -6,6 +6,8 @@ expressions for that instance, and with the tp plan entry for its path.
 
 from __future__ import annotations
 
+import dataclasses
+
 import libcst as cst
 
 from ..blueprint import (
@@ -80,8 +82,8 @@ def layer_sites(context: Context) -> tuple[list[LayerSite], list[Refusal]]:
             analysis = context.classes[member.owner.class_name]
             flow_role = analysis.flow_roles.get(member.attribute, FlowRole(None, "not called in forward"))
             decision = decide_projection(style, flow_role, location, member.path)
-            if kind is LayerKind.CONV1D_TRANSPOSED:
-                decision = type(decision)(decision.role, decision.evidence, None)
+            if kind is LayerKind.CONV1D_TRANSPOSED:  # refused as R002 whatever its role
+                decision = dataclasses.replace(decision, refusal=None)
         else:
             decision = None
         if decision is not None and decision.refusal is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from ..errors import ScaffoldError
-from .classes import ClassFacts, ModuleMap, SelfAssign
+from .classes import ClassFacts, ModuleMap, SelfAssign, walk
 from .constructors import ChildKind, Construct, classify
 from .expressions import Scope, root_scope
 from .parsing import SourceIndex
@@ -87,10 +87,20 @@ def build_tree(
 def _instance_scope(facts: ClassFacts, bindings: Scope) -> Scope:
     """Scope of an instance: parameter bindings, `__init__` locals, then `self.<attr>` values."""
     scope = Scope(
-        names=dict(bindings.names), self_attrs=dict(bindings.self_attrs), loop_variables=bindings.loop_variables
+        names=dict(bindings.names),
+        self_attrs=dict(bindings.self_attrs),
+        loop_variables=bindings.loop_variables,
     )
     for name, value in facts.init_locals.items():
-        scope.names[name] = (value, scope)
+        value = _unwrap_copy(value)
+        if name in scope.names and _mentions(value, name):
+            # `config = copy.deepcopy(config)`, `size = size or config.x`: the inner name is the parameter.
+            before = Scope(
+                names=dict(scope.names), self_attrs=scope.self_attrs, loop_variables=scope.loop_variables
+            )
+            scope.names[name] = (value, before)
+        else:
+            scope.names[name] = (value, scope)
     for assign in facts.assigns:
         scope.self_attrs[assign.attribute] = (assign.value, scope)
     if "config" in scope.names and "config" not in scope.self_attrs:
@@ -149,6 +159,21 @@ def bind_arguments(call: cst.Call, callee: ClassFacts, caller_scope: Scope) -> S
         elif default is not None:
             bindings.names[name] = (default, None)
     return bindings
+
+
+def _unwrap_copy(value: cst.BaseExpression) -> cst.BaseExpression:
+    """`copy.deepcopy(x)` / `copy.copy(x)` stand for `x` as far as sizes go."""
+    if (
+        isinstance(value, cst.Call)
+        and SourceIndex.code(value.func) in {"copy.deepcopy", "copy.copy", "deepcopy"}
+        and len(value.args) == 1
+    ):
+        return value.args[0].value
+    return value
+
+
+def _mentions(value: cst.BaseExpression, name: str) -> bool:
+    return any(isinstance(node, cst.Name) and node.value == name for node in walk(value))
 
 
 def _is_ancestor(instance: Instance | None, class_name: str) -> bool:

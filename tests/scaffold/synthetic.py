@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import textwrap
 
-HEADER = '''
+HEADER = """
 import torch
 import torch.nn as tnn
 from torch.nn import Linear as Dense
@@ -30,9 +30,9 @@ class Norm(tnn.Module):
 
 def kernel(q, k, v):
     return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
-'''
+"""
 
-MIXER = '''
+MIXER = """
 class Mixer(tnn.Module):
     def __init__(self, config):
         super().__init__()
@@ -47,14 +47,14 @@ class Mixer(tnn.Module):
         shape = (*x.shape[:-1], -1, self.size)
         {mixer_forward}
         return self.d(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
-'''
+"""
 
 PLAIN_FORWARD = """first = self.a(x).view(shape).transpose(1, 2)
 second = self.b(x).view(shape).transpose(1, 2)
 third = self.c(x).view(shape).transpose(1, 2)
 out = kernel(first, second, third)"""
 
-REST = '''
+REST = """
 class Feed(tnn.Module):
     def __init__(self, config):
         super().__init__()
@@ -102,7 +102,7 @@ class LlamaForCausalLM(PreTrainedModel):
 
     def forward(self, input_ids):
         return self.out(self.body(input_ids))
-'''
+"""
 
 
 def model_source(mixer_init: str = "", mixer_forward: str = PLAIN_FORWARD, block_init: str = "") -> str:

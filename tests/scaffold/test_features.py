@@ -20,7 +20,13 @@ EXPECTED = {
 def test_biases_norms_and_windows(model_type: str):
     features = blueprint_of(model_type).features
     window = features.sliding_window.source if features.sliding_window else None
-    found = (features.qkv_bias.source, features.o_bias.source, features.mlp_bias.source, features.qk_norm, window)
+    found = (
+        features.qkv_bias.source,
+        features.o_bias.source,
+        features.mlp_bias.source,
+        features.qk_norm,
+        window,
+    )
     assert found == EXPECTED[model_type]
 
 
@@ -62,4 +68,6 @@ def test_granite_scales_point_at_their_lines():
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
 def test_no_scales_where_the_source_has_none(model_type: str):
     features = blueprint_of(model_type).features
-    assert features.embedding_scale is None and features.residual_scales == () and features.logits_scale is None
+    assert (
+        features.embedding_scale is None and features.residual_scales == () and features.logits_scale is None
+    )

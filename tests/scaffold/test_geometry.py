@@ -61,7 +61,11 @@ def starred(name: str) -> str:
 @pytest.mark.parametrize("model_type", TARGETS)
 def test_every_linear_and_embedding_is_a_site(model_type: str):
     _, model = tiny(model_type)
-    expected = {starred(name) for name, module in model.named_modules() if isinstance(module, nn.Linear | nn.Embedding)}
+    expected = {
+        starred(name)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | nn.Embedding)
+    }
     assert {site.path for site in blueprint_of(model_type).sites} == expected
 
 
@@ -111,7 +115,9 @@ def test_per_layer_sliding_window_follows_layer_types(model_type: str):
     (geometry,) = blueprint_of(model_type).attention
     assert geometry.sliding_window is not None and geometry.sliding_window.variables == ("layer_idx",)
     windows = [geometry.sliding_window.evaluate(config, layer_idx=i) for i in range(config.num_hidden_layers)]
-    assert windows == [instance(model, geometry.path, i).sliding_window for i in range(config.num_hidden_layers)]
+    assert windows == [
+        instance(model, geometry.path, i).sliding_window for i in range(config.num_hidden_layers)
+    ]
     assert None in windows and 8 in windows  # max_window_layers=1 mixes both kinds
 
 
@@ -146,4 +152,3 @@ def test_granite_scales_reproduce_the_model_output():
 
 def _needed(expr: Expr, values: dict[str, int]) -> dict[str, int]:
     return {name: values[name] for name in expr.variables}
-

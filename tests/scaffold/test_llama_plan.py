@@ -33,7 +33,12 @@ EXPECTED_SITES = {
         "config.hidden_size",
         "config.attention_bias",
     ),
-    "model.layers.*.mlp.gate_proj": ("column", "self.hidden_size", "self.intermediate_size", "config.mlp_bias"),
+    "model.layers.*.mlp.gate_proj": (
+        "column",
+        "self.hidden_size",
+        "self.intermediate_size",
+        "config.mlp_bias",
+    ),
     "model.layers.*.mlp.up_proj": ("column", "self.hidden_size", "self.intermediate_size", "config.mlp_bias"),
     "model.layers.*.mlp.down_proj": ("row", "self.intermediate_size", "self.hidden_size", "config.mlp_bias"),
     "lm_head": ("lm_head", "config.hidden_size", "config.vocab_size", "False"),
@@ -66,7 +71,9 @@ def test_layer_roles_come_from_the_tp_plan_and_agree_with_dataflow():
     for site in blueprint.sites:
         if site.path.startswith("model.layers."):
             assert site.plan_key == site.path.removeprefix("model.")
-            assert site.evidence.startswith("tp plan 'colwise'" if site.role is Role.COLUMN else "tp plan 'rowwise'")
+            assert site.evidence.startswith(
+                "tp plan 'colwise'" if site.role is Role.COLUMN else "tp plan 'rowwise'"
+            )
             assert "dataflow agrees" in site.evidence
     assert blueprint.site("lm_head").plan_key is None
     assert blueprint.site("lm_head").evidence.startswith("dataflow")
@@ -82,7 +89,12 @@ def test_locations_point_at_the_constructor_lines():
 def test_classes_functions_and_backbone():
     blueprint = blueprint_of("llama")
     assert {plan.name: plan.kind for plan in blueprint.classes} == EXPECTED_CLASSES
-    assert blueprint.functions == ("rotate_half", "apply_rotary_pos_emb", "repeat_kv", "eager_attention_forward")
+    assert blueprint.functions == (
+        "rotate_half",
+        "apply_rotary_pos_emb",
+        "repeat_kv",
+        "eager_attention_forward",
+    )
     backbone = blueprint.backbone
     assert (backbone.base_model_prefix, backbone.embedding, backbone.layers, backbone.decoder_layer) == (
         "model",
@@ -90,7 +102,11 @@ def test_classes_functions_and_backbone():
         "model.layers.*",
         "LlamaDecoderLayer",
     )
-    assert (backbone.final_norm, backbone.rotary, backbone.lm_head) == ("model.norm", "model.rotary_emb", "lm_head")
+    assert (backbone.final_norm, backbone.rotary, backbone.lm_head) == (
+        "model.norm",
+        "model.rotary_emb",
+        "lm_head",
+    )
     assert blueprint.class_plan("LlamaAttention").paths == ("model.layers.*.self_attn",)
 
 

@@ -60,3 +60,17 @@ def test_refusal_messages_name_their_reason_and_codes_are_unique():
         for refusal in blueprint_of(model_type).refusals:
             assert known[refusal.code].why in refusal.message
             assert refusal.location.file == blueprint_of(model_type).source_file
+
+
+def test_replicating_plan_styles_are_not_read_as_sharding():
+    # olmo2's plan says colwise_rep/rowwise_rep for attention (HF gathers around its full-width norms):
+    # the roles come from the dataflow instead, and the plain mlp styles are used as is.
+    blueprint = blueprint_of("olmo2")
+    q_proj = blueprint.site("model.layers.*.self_attn.q_proj")
+    assert q_proj.role.value == "column"
+    assert q_proj.evidence == "tp plan 'colwise_rep' is not plain sharding; dataflow: feeds o_proj"
+    o_proj = blueprint.site("model.layers.*.self_attn.o_proj")
+    assert o_proj.role.value == "row" and o_proj.evidence.startswith("tp plan 'rowwise_rep' is not plain")
+    assert blueprint.site("model.layers.*.mlp.down_proj").evidence.startswith(
+        "tp plan 'rowwise'; dataflow agrees"
+    )

@@ -35,7 +35,9 @@ def test_roles_come_from_dataflow_when_names_say_nothing(tmp_path: Path):
         "out": "lm_head",
     }
     assert all(site.plan_key is None and "tp plan" not in site.evidence for site in blueprint.sites)
-    assert {site.constructor for site in blueprint.sites if site.kind.value == "linear"} == {"torch.nn.Linear"}
+    assert {site.constructor for site in blueprint.sites if site.kind.value == "linear"} == {
+        "torch.nn.Linear"
+    }
     assert blueprint.refusals == ()
 
 
@@ -57,8 +59,10 @@ def test_attention_order_and_gate_come_from_the_dataflow(tmp_path: Path):
 def test_tp_plan_and_dataflow_disagreeing_is_refused(tmp_path: Path):
     # Name the output projection like the plan's column "q_proj" and the query like its row "o_proj".
     text = model_source().replace("self.a", "self.o_proj").replace("self.d", "self.q_proj")
-    text = text.replace("self.mix", "self.self_attn").replace("self.blocks", "self.layers").replace(
-        "self.body", "self.model"
+    text = (
+        text.replace("self.mix", "self.self_attn")
+        .replace("self.blocks", "self.layers")
+        .replace("self.body", "self.model")
     )
     blueprint = analyse_text(tmp_path, text)
     conflicts = [refusal for refusal in blueprint.refusals if refusal.code == "R009"]
@@ -108,11 +112,33 @@ def test_tp_plan_and_dataflow_disagreeing_is_refused(tmp_path: Path):
                 "out = kernel(first, second, third)",
             ),
         ),
-        ("R011", dict(mixer_init="self.sinks = tnn.Parameter(torch.zeros(config.num_attention_heads))  # <-")),
+        (
+            "R011",
+            dict(mixer_init="self.sinks = tnn.Parameter(torch.zeros(config.num_attention_heads))  # <-"),
+        ),
+        (
+            "R014",
+            dict(
+                mixer_forward="first = self.a(x).view(shape).transpose(1, 2)  # <-\n"
+                "out = first + self.b(x).view(shape).transpose(1, 2) + self.c(x).view(shape).transpose(1, 2)"
+            ),
+        ),
+        (
+            "R015",
+            dict(
+                mixer_init="self.qn = Norm((config.num_attention_heads, self.size))  # <-",
+                mixer_forward="first = self.qn(self.a(x).view(shape)).transpose(1, 2)\n"
+                "second = self.b(x).view(shape).transpose(1, 2)\n"
+                "third = self.c(x).view(shape).transpose(1, 2)\n"
+                "out = kernel(first, second, third)",
+            ),
+        ),
         ("R005", dict(block_init="self.conv = tnn.Conv1d(config.hidden_size, config.hidden_size, 4)  # <-")),
         (
             "R001",
-            dict(block_init="self.experts = tnn.ModuleList([Feed(config) for _ in range(config.num_experts)])  # <-"),
+            dict(
+                block_init="self.experts = tnn.ModuleList([Feed(config) for _ in range(config.num_experts)])  # <-"
+            ),
         ),
     ],
 )
@@ -141,7 +167,9 @@ def test_unparsable_file_names_file_and_line(tmp_path: Path):
 def test_missing_classes_are_reported(tmp_path: Path):
     path = tmp_path / "modeling_other.py"
     path.write_text("class Something:\n    pass\n")
-    with pytest.raises(ScaffoldError, match=r"does not define LlamaModel, LlamaForCausalLM \(classes defined: Something\)"):
+    with pytest.raises(
+        ScaffoldError, match=r"does not define LlamaModel, LlamaForCausalLM \(classes defined: Something\)"
+    ):
         analyze(locate("llama", path))
 
 
@@ -149,3 +177,16 @@ def test_analysis_is_deterministic(tmp_path: Path):
     first = analyse_text(tmp_path, model_source()).to_json()
     second = analyse_text(tmp_path, model_source()).to_json()
     assert first == second
+
+
+def test_rebinding_config_in_init_keeps_sizes_resolvable(tmp_path: Path):
+    # transformers' Gemma3TextModel starts with `config = copy.deepcopy(config)`.
+    text = "import copy\n" + model_source().replace(
+        "        self.tok = tnn.Embedding",
+        "        config = copy.deepcopy(config)\n        self.tok = tnn.Embedding",
+    )
+    blueprint = analyse_text(tmp_path, text)
+    assert blueprint.site("body.tok").in_features.resolved == "config.vocab_size"
+    assert blueprint.site("body.blocks.*.mix.a").out_features.resolved == (
+        "config.num_attention_heads * (config.hidden_size // config.num_attention_heads)"
+    )

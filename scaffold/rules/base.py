@@ -1,0 +1,71 @@
+"""What a rule is: one libcst codemod for one concern, with a stable code and its own examples.
+
+A rule reads facts from the Blueprint (never from the source again) and rewrites the module. Imports it
+needs are scheduled through the codemod context (`AddImportsVisitor` / `RemoveImportsVisitor`), never
+spliced by hand. Each rule carries examples: the text of one class or function of a real model's file
+just before the rule runs in the pipeline and just after. The examples are the rule's documentation
+(`scaffold rules`) and its tests (tests/scaffold/test_rule_examples.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import libcst as cst
+from libcst.codemod import CodemodContext, VisitorBasedCodemodCommand
+
+from ..blueprint import Blueprint
+
+BLUEPRINT_KEY = "nxd_scaffold.blueprint"
+OPTIONS_KEY = "nxd_scaffold.options"
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """Switches that reach every rule."""
+
+    allow_unsupported: bool = False  # write TODO(<code>) markers instead of refusing
+
+
+@dataclass(frozen=True)
+class RuleExample:
+    """The definition `scope` (class or function name) of `model_type`'s file, before and after the rule."""
+
+    model_type: str
+    scope: str
+    before: str
+    after: str
+
+
+class Rule(VisitorBasedCodemodCommand):
+    """Base class of every rule. Subclasses set the class variables and override libcst visitor methods."""
+
+    CODE: ClassVar[str]  # "NXS010": stable, never reused
+    NAME: ClassVar[str]  # "parallel-linears": what `--disable` also accepts
+    SUMMARY: ClassVar[str]  # one line for `scaffold rules` and the inspect table
+    EXAMPLES: ClassVar[tuple[RuleExample, ...]] = ()
+
+    @property
+    def blueprint(self) -> Blueprint:
+        return self.context.scratch[BLUEPRINT_KEY]
+
+    @property
+    def options(self) -> RuleOptions:
+        return self.context.scratch[OPTIONS_KEY]
+
+
+def make_context(blueprint: Blueprint, options: RuleOptions) -> CodemodContext:
+    """A codemod context carrying the Blueprint and the options for one rule run."""
+    context = CodemodContext(filename=blueprint.source_file, full_module_name=None)
+    context.scratch[BLUEPRINT_KEY] = blueprint
+    context.scratch[OPTIONS_KEY] = options
+    return context
+
+
+def definition_source(module: cst.Module, scope: str) -> str:
+    """The code of the top-level class or function named `scope` in `module` (KeyError if absent)."""
+    for statement in module.body:
+        if isinstance(statement, cst.ClassDef | cst.FunctionDef) and statement.name.value == scope:
+            return module.code_for_node(statement).strip("\n") + "\n"
+    raise KeyError(scope)
