@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 
 from .modeling_utils import MODEL_PARALLEL_SHARDS_DIR_NAME
 from .transformations_utils import ModelWeightTransformationSpecs, to_original_weights
@@ -203,9 +203,9 @@ def consolidate_model_parallel_checkpoints_to_unified_checkpoint(
             file_name = PEFT_SAFETENSORS_WEIGHTS_NAME if save_format == "safetensors" else PEFT_WEIGHTS_NAME
         else:
             file_name = SAFE_WEIGHTS_NAME if save_format == "safetensors" else WEIGHTS_NAME
-        index_name = SAFE_WEIGHTS_INDEX_NAME if save_format == "safetensors" else WEIGHTS_INDEX_NAME
-        if adapter_name is not None:
-            index_name = index_name.replace("model", "adapter_model", 1)
+        # Named after the files it indexes, as transformers does (`model.safetensors.index.json`,
+        # `pytorch_model.bin.index.json`): `adapter_model.bin.index.json`, not `pytorch_adapter_model...`.
+        index_name = f"{file_name}.index.json"
         target.mkdir(parents=True, exist_ok=True)
 
         state_dict = consolidate_model_parallel_checkpoints(shards_dir, adapter_name=adapter_name)
