@@ -25,6 +25,10 @@ class Command:
 
 def all_commands() -> tuple[Command, ...]:
     """The registered subcommands, in the order `--help` lists them."""
+    from .check import COMMAND as CHECK
     from .inspect import COMMAND as INSPECT
+    from .new_model import COMMAND as NEW_MODEL
+    from .rules import COMMAND as RULES
+    from .update import COMMAND as UPDATE
 
-    return (INSPECT,)
+    return (NEW_MODEL, INSPECT, RULES, CHECK, UPDATE)

@@ -1,0 +1,102 @@
+"""Per-rank gradients of a tensor-parallel model back to one transformers-named gradient dict.
+
+Gradients shard exactly like the weights they belong to, so the host's checkpoint consolidation
+(`transformations_utils.to_original_weights` with the model's specs and `create_parameter_metadata`) turns
+per-rank gradient dicts into transformers names.
+
+K/V heads replicated by NxD's GQA layer (`kv_size_multiplier` m > 1): the original K (or V) matrix is used
+m times, each copy serving a disjoint subset of the query heads, so its true gradient is the sum of what
+the m copies receive locally (d L / d W = sum over copies c of d L / d W_c). NxD's GQA layer already
+performs that sum in its backward: it all-reduces (SUM) grad_k and grad_v over the kv-shared group (NxD
+semantics §10.4), so that the replicas stay identical after an optimizer step. After `loss.backward()`
+every replica's `.grad` therefore holds the sum, and consolidation must take ONE replica (what the host's
+weight consolidation does, replica 0); summing the replicas again would give m times the gradient.
+What can go wrong is a backend or model whose replicas do not receive the all-reduced sum: they then
+disagree, and `kv_replica_disagreement` measures that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+GQA_SPEC = "GQAQKVColumnParallelLinearSpec"
+
+
+def _replicas(shards: list[torch.Tensor], multiplier: int) -> list[torch.Tensor]:
+    """The `multiplier` copies of a K/V tensor from its rank-ordered shards (tiling: `repeat(m, 1)`)."""
+    return list(torch.chunk(torch.cat(shards, dim=0), multiplier, dim=0))
+
+
+def _gqa_kv_shards(
+    sharded: dict[str, list[torch.Tensor]], fqn: str, fields: dict[str, Any]
+) -> dict[str, list[torch.Tensor]]:
+    """`{transformers name of k_proj/v_proj weight or bias: per-rank shards}` for one GQA spec."""
+    prefix = f"{fqn}.{fields['gqa_qkv_projection_name']}"
+    originals = {"k": fields["key_projection_name"], "v": fields["value_projection_name"]}
+    found: dict[str, list[torch.Tensor]] = {}
+    for pn in ("weight", "bias") if fields["bias"] else ("weight",):
+        if fields["fuse_qkv"]:
+            fused = sharded.get(f"{prefix}.{pn}_qkv")
+            if fused is None:
+                continue
+            q_pp, kv_pp = fields["q_output_size_per_partition"], fields["kv_output_size_per_partition"]
+            parts = [shard.split([q_pp, kv_pp, kv_pp], dim=0) for shard in fused]
+            found[f"{fqn}.{originals['k']}.{pn}"] = [p[1] for p in parts]
+            found[f"{fqn}.{originals['v']}.{pn}"] = [p[2] for p in parts]
+        else:
+            for key, original in originals.items():
+                shards = sharded.get(f"{prefix}.{pn}_{key}")
+                if shards is not None:
+                    found[f"{fqn}.{original}.{pn}"] = shards
+    return found
+
+
+def kv_replica_disagreement(
+    sharded: dict[str, list[torch.Tensor]], specs_metadata: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Per replicated K/V tensor (transformers name): max |replica c - replica 0| over the replicas.
+
+    `sharded` maps parameter names to per-rank tensors (rank order); `specs_metadata` is the
+    "model_weight_transformation_specs" section of `create_parameter_metadata`. Only GQA layers with
+    m > 1 appear. Zero means the replicas agree, as NxD's kv-group all-reduce makes them.
+    """
+    spread: dict[str, float] = {}
+    for module in specs_metadata:
+        for class_name, fields in module["specs"]:
+            multiplier = fields.get("kv_size_multiplier", 1)
+            if class_name != GQA_SPEC or multiplier == 1:
+                continue
+            for name, shards in _gqa_kv_shards(
+                sharded, module["module_fully_qualified_name"], fields
+            ).items():
+                copies = _replicas(shards, multiplier)
+                spread[name] = max(float((copy - copies[0]).abs().max()) for copy in copies)
+    return spread
+
+
+def consolidate_gradients(
+    per_rank: list[dict[str, torch.Tensor]], metadata: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Transformers-named gradients from per-TP-rank `{parameter name: gradient}` dicts (rank order), and
+    the K/V replica disagreement (`kv_replica_disagreement`).
+
+    `metadata` is `create_parameter_metadata(model)` of the model that produced them (any rank: it is the
+    same on all). Needs an active backend (the host's consolidation imports `neuronx_distributed`).
+    Replicated parameters take rank 0's gradient: run the sequence-parallel gradient all-reduce first, as
+    the training loop does, so that every rank holds the full one.
+    """
+    from conformance.backends import active
+
+    backend = active()
+    if backend is None:
+        raise RuntimeError(
+            "consolidate_gradients needs an active backend: call conformance.backends.activate()"
+        )
+    transformations = backend.host_module("transformations_utils")
+    sharded = {name: [grads[name] for grads in per_rank] for name in per_rank[0]}
+    specs_metadata = metadata["model_weight_transformation_specs"]
+    specs = [transformations.ModelWeightTransformationSpecs.from_metadata(entry) for entry in specs_metadata]
+    consolidated = transformations.to_original_weights(specs, sharded, metadata["parameters"])
+    return consolidated, kv_replica_disagreement(sharded, specs_metadata)

@@ -1,0 +1,653 @@
+"""Parity: a tensor-parallel model package against the transformers model, on the same tiny checkpoint.
+
+For each case (catalogue variant, TP size T, sequence parallelism on/off, `fuse_qkv` on/off) the package's
+`<X>ForCausalLM.from_pretrained(checkpoint, TrainingNeuronConfig(...), attn_implementation="eager",
+dtype=torch.float32)` runs on T ranks through the active backend; on a fixed batch (sequence length
+divisible by T, some labels -100) its vocab-sharded logits are gathered and compared with transformers'
+`AutoModelForCausalLM` (eager, fp32) on the same checkpoint, and so are the loss and, after
+`loss.backward()` and the sequence-parallel gradient all-reduce the training loop performs, every gradient
+consolidated back to transformers names (`gradient_consolidation`). The attention layout each layer reached
+is read from the modules and must be the one the contributing guide prescribes for the case
+(`reference_models.attention_variant`). A variant the catalogue says cannot be built at T (vocabulary not
+divisible by T) passes when loading is refused with an error naming both numbers.
+
+Every case gives a `ParityResult` with its figures, whether it passes or not. Cases are batched: one
+`run_tensor_parallel` call per T runs all the cases of that T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from reference_models import build, variant
+from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
+
+PASS, FAIL = "pass", "fail"
+COMPARED, REJECTED, ERROR = "compared", "rejected", "error"
+BATCH_SIZE = 2
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Bounds of the comparisons, with the reason for each (kept in every result)."""
+
+    logits_atol: float = 1e-5
+    loss_atol: float = 1e-5
+    grad_rtol: float = 1e-4
+    grad_atol: float = 1e-7
+    reason: str = (
+        "fp32 on both sides with the same weights: the parallel model only reorders sums (row-parallel "
+        "all-reduce, vocab-parallel softmax and loss), a few ulps. Measured over the llama/mistral/qwen2/"
+        "granite matrices: max |d logits| 3e-7 (|logits| <= ~1), |d loss| 1e-6 (2 ulps at ~5.5), gradient "
+        "error 4e-6 of the tensor's max |g|. Logits and loss: absolute 1e-5 (30x and 10x margin). Gradients "
+        "span orders of magnitude between tensors, so each is bounded by its own scale: max |d| <= 1e-4 * "
+        "max |reference| + 1e-7 (25x margin). Every sharding bug seen so far is O(1) relative."
+    )
+
+    def gradient_bound(self, reference_max_abs: float) -> float:
+        return self.grad_rtol * reference_max_abs + self.grad_atol
+
+
+FP32 = Tolerances()
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    """One configuration to check: a catalogue variant (`<model_type>/<name>`) at a TP size and flags."""
+
+    variant: str
+    tp_size: int
+    sequence_parallel: bool = False
+    fuse_qkv: bool = False
+
+    @property
+    def label(self) -> str:
+        sp = "on" if self.sequence_parallel else "off"
+        fused = "on" if self.fuse_qkv else "off"
+        return f"{self.variant} T={self.tp_size} SP={sp} fuse_qkv={fused}"
+
+
+@dataclass(frozen=True)
+class GradientFigure:
+    """One consolidated gradient against the transformers one."""
+
+    max_abs_diff: float
+    reference_max_abs: float
+    bound: float
+
+    @property
+    def within(self) -> bool:
+        return self.max_abs_diff <= self.bound
+
+
+@dataclass
+class ParityResult:
+    """The outcome of one case, with every figure that was measured."""
+
+    case: ParityCase
+    model_dir: str
+    checkpoint: str
+    status: str = FAIL
+    outcome: str = ERROR
+    reasons: list[str] = field(default_factory=list)
+    expected_attention: str | None = None
+    attention: dict[str, str] = field(default_factory=dict)
+    sequence_parallel_effective: bool | None = None
+    logits_max_abs_diff: float | None = None
+    loss: float | None = None
+    reference_loss: float | None = None
+    loss_abs_diff: float | None = None
+    gradients: dict[str, GradientFigure] = field(default_factory=dict)
+    missing_gradients: list[str] = field(default_factory=list)
+    unexpected_gradients: list[str] = field(default_factory=list)
+    no_gradient: list[str] = field(default_factory=list)
+    kv_replica_disagreement: dict[str, float] = field(default_factory=dict)
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    tolerances: Tolerances = FP32
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASS
+
+    def worst_gradients(self, count: int = 3) -> list[tuple[str, GradientFigure]]:
+        """The gradients furthest over (or closest to) their bound, worst first."""
+        ranked = sorted(
+            self.gradients.items(),
+            key=lambda item: item[1].max_abs_diff / max(item[1].bound, 1e-30),
+            reverse=True,
+        )
+        return ranked[:count]
+
+    def summary(self) -> str:
+        """One paragraph: the case, the verdict, the reasons and the figures."""
+        lines = [f"{self.case.label}: {self.status.upper()} ({self.outcome}, {self.seconds:.2f}s)"]
+        lines += [f"  - {reason}" for reason in self.reasons]
+        if self.attention:
+            reached = sorted(set(self.attention.values()))
+            lines.append(f"  attention reached {reached}, expected {self.expected_attention}")
+        if self.logits_max_abs_diff is not None:
+            lines.append(
+                f"  max |d logits| {self.logits_max_abs_diff:.3g} (atol {self.tolerances.logits_atol:g}); "
+                f"loss {self.loss:.6f} vs {self.reference_loss:.6f}, |d| {self.loss_abs_diff:.3g}"
+            )
+        for name, figure in self.worst_gradients():
+            lines.append(
+                f"  grad {name}: max |d| {figure.max_abs_diff:.3g}, bound {figure.bound:.3g} "
+                f"(max |ref| {figure.reference_max_abs:.3g})"
+            )
+        if self.error:
+            lines.append("  " + self.error.strip().splitlines()[-1])
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for reports (`results.json`)."""
+        data = dataclasses.asdict(self)
+        data["label"] = self.case.label
+        data["passed"] = self.passed
+        return data
+
+
+# --- the fixed batch ----------------------------------------------------------------------------------
+
+
+def parity_batch(
+    vocab_size: int, seq_len: int = PARITY_SEQUENCE_LENGTH, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """`input_ids` (B=2, S) from a seeded generator and `labels` = ids with some positions set to -100."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab_size, (BATCH_SIZE, seq_len), generator=generator)
+    labels = input_ids.clone()
+    labels[0, : seq_len // 4] = -100
+    labels[1, -3:] = -100
+    return {"input_ids": input_ids, "labels": labels}
+
+
+# --- public entry points ------------------------------------------------------------------------------
+
+
+def check_parity(
+    model_dir: str | Path,
+    variant_key: str,
+    tp_size: int,
+    *,
+    sequence_parallel: bool = False,
+    fuse_qkv: bool = False,
+    cache_dir: str | Path | None = None,
+    tolerances: Tolerances = FP32,
+    timeout: float = 300.0,
+) -> ParityResult:
+    """Check one case; see `check_parity_cases`."""
+    case = ParityCase(variant_key, tp_size, sequence_parallel, fuse_qkv)
+    (result,) = check_parity_cases(model_dir, [case], cache_dir=cache_dir, tolerances=tolerances, timeout=timeout)
+    return result
+
+
+def check_parity_cases(
+    model_dir: str | Path,
+    cases: Sequence[ParityCase],
+    *,
+    cache_dir: str | Path | None = None,
+    tolerances: Tolerances = FP32,
+    timeout: float = 300.0,
+) -> list[ParityResult]:
+    """Check every case against transformers; results in the order of `cases`.
+
+    `model_dir` is a model package folder (its `__init__.py` imports the host relatively and registers
+    the classes). Checkpoints come from `reference_models.build` (cache `cache_dir`). The cases of one TP
+    size run in one call on T ranks (`timeout` seconds for that call); a call that fails as a whole (a rank
+    crashed or hung) marks each of its cases as an error with the launcher's message.
+    """
+    from conformance.launcher import RankCallFailed
+    from conformance.tensor_parallel_run import run_tensor_parallel
+
+    model_dir = Path(model_dir).resolve()
+    jobs = [_job(case, cache_dir) for case in cases]
+    results: list[ParityResult | None] = [None] * len(cases)
+    for tp_size in sorted({case.tp_size for case in cases}):
+        indices = [i for i, case in enumerate(cases) if case.tp_size == tp_size]
+        batch = [jobs[i] for i in indices]
+        try:
+            per_rank = run_tensor_parallel(
+                _run_jobs_on_rank, tp_size, str(model_dir), batch, tolerances, timeout=timeout
+            )
+            found = per_rank[0]
+        except RankCallFailed as failure:
+            found = [
+                _failed(job, str(model_dir), tolerances, f"the rank call failed: {failure}") for job in batch
+            ]
+        for i, result in zip(indices, found):
+            results[i] = result
+    return [result for result in results if result is not None]
+
+
+def parity_matrix(
+    model_type: str,
+    tp_sizes: Sequence[int] = (1, 2, 4),
+    sequence_parallel: Sequence[bool] = (False, True),
+    variants: Sequence[str] | None = None,
+) -> list[ParityCase]:
+    """The cases that cover an architecture: every catalogue variant (or the named ones) at every T and SP.
+
+    `fuse_qkv` is added where it changes what runs: where it selects the fused `qkv_proj` (heads == kv
+    heads), at every SP setting, and where the GQA layer is reached (its fused `weight_qkv`), with SP on
+    only (SP changes only the layer's input gather, which the unfused GQA cases cover). SP at T=1 is
+    skipped: `TrainingNeuronConfig` turns it off there, so it would repeat the SP-off case.
+    """
+    from reference_models import variants_for
+
+    cases = []
+    for entry in variants_for(model_type):
+        if variants is not None and entry.name not in variants:
+            continue
+        for tp_size in tp_sizes:
+            plain, fused = entry.attention(tp_size, False), entry.attention(tp_size, True)
+            for sp in sequence_parallel:
+                if sp and tp_size == 1:
+                    continue
+                cases.append(ParityCase(entry.key, tp_size, sp, False))
+                if plain != fused or (plain == "gqa" and sp):
+                    cases.append(ParityCase(entry.key, tp_size, sp, True))
+    return cases
+
+
+# --- jobs ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    case: ParityCase
+    checkpoint: str
+    expected_attention: str | None
+    rejection: str | None
+    vocab_size: int
+
+
+def _job(case: ParityCase, cache_dir: str | Path | None) -> _Job:
+    entry = variant(case.variant)
+    return _Job(
+        case=case,
+        checkpoint=str(build(entry, cache_dir)),
+        expected_attention=entry.attention(case.tp_size, case.fuse_qkv),
+        rejection=entry.unsupported_reason(case.tp_size),
+        vocab_size=entry.config().vocab_size,
+    )
+
+
+def _failed(job: _Job, model_dir: str, tolerances: Tolerances, error: str) -> ParityResult:
+    return ParityResult(
+        case=job.case,
+        model_dir=model_dir,
+        checkpoint=job.checkpoint,
+        expected_attention=job.expected_attention,
+        tolerances=tolerances,
+        reasons=[error.strip().splitlines()[-1] if error.strip() else "failed"],
+        error=error,
+    )
+
+
+# --- on the ranks -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _mounted(model_dir: Path) -> Iterator[ModuleType]:
+    """The package mounted through the active backend for the duration of the block.
+
+    Rank processes are pooled and reused, so a mount left by an earlier call from another folder of the
+    same name is dropped first, and a mount made here is dropped afterwards.
+    """
+    from conformance.backends import active
+
+    backend = active()
+    assert backend is not None, "run_tensor_parallel activates the backend on every rank"
+    name = f"{backend.host_package}.{model_dir.name}"
+
+    def unmount() -> None:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+
+    existing = sys.modules.get(name)
+    if existing is not None and Path(existing.__file__ or "").resolve().parent != model_dir:
+        unmount()
+        existing = None
+    package = backend.load_model_package(model_dir)
+    try:
+        yield package
+    finally:
+        if existing is None:
+            unmount()
+
+
+def _run_jobs_on_rank(model_dir: str, jobs: list[_Job], tolerances: Tolerances) -> list[ParityResult] | None:
+    """Every job on this rank; rank 0 returns the results, the others None."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    try:
+        with _mounted(Path(model_dir)) as package:
+            references: dict[str, dict[str, Any]] = {}
+            results = [_run_job(package, job, model_dir, tolerances, references) for job in jobs]
+    except Exception:
+        error = traceback.format_exc()
+        results = [
+            _failed(job, model_dir, tolerances, f"mounting the package failed:\n{error}") for job in jobs
+        ]
+    return results if rank == 0 else None
+
+
+def _any_rank_failed(error: str | None) -> str | None:
+    """Exchange this rank's error (or None) so that every rank takes the same branch afterwards."""
+    import torch.distributed as dist
+
+    errors: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    for rank, found in enumerate(errors):
+        if found is not None:
+            return f"rank {rank}: {found}"
+    return None
+
+
+def _gather_to_rank_0(grads: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]] | None:
+    """Every rank's gradient dict on rank 0 (rank order), None elsewhere.
+
+    One flat tensor gather when all ranks hold the same names and shapes (NxD layers shard evenly);
+    pickled objects otherwise, which is several times slower.
+    """
+    import torch.distributed as dist
+
+    layout = [(name, tuple(grad.shape)) for name, grad in grads.items()]
+    layouts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(layouts, layout)
+    root = dist.get_rank() == 0
+    if any(other != layout for other in layouts):
+        found: list[Any] | None = [None] * dist.get_world_size() if root else None
+        dist.gather_object(grads, found, dst=0)
+        return found
+    flat = torch.cat([grad.reshape(-1) for grad in grads.values()]) if grads else torch.zeros(0)
+    buffers = [torch.empty_like(flat) for _ in layouts] if root else None
+    dist.gather(flat, buffers, dst=0)
+    if buffers is None:
+        return None
+    sizes = [grad.numel() for grad in grads.values()]
+    return [
+        {name: part.view(shape) for (name, shape), part in zip(layout, buffer.split(sizes))}
+        for buffer in buffers
+    ]
+
+
+def _causal_lm_class(package: ModuleType, checkpoint: str) -> type:
+    architectures = json.loads((Path(checkpoint) / "config.json").read_text()).get("architectures") or []
+    for name in architectures:
+        cls = getattr(package, name, None)
+        if cls is None:
+            for module_name, module in list(sys.modules.items()):
+                if module_name.startswith(package.__name__ + ".") and hasattr(module, name):
+                    cls = getattr(module, name)
+                    break
+        if cls is not None:
+            return cls
+    raise LookupError(f"{package.__name__} defines none of the checkpoint's architectures {architectures}")
+
+
+def attention_layouts(model: torch.nn.Module) -> dict[str, str]:
+    """Per attention module: "gqa" (NxD's GQA QKV layer), "fused" (one `qkv_proj`) or "separate" q/k/v."""
+    from neuronx_distributed.modules.qkv_linear import GQAQKVColumnParallelLinear
+
+    found = {}
+    for name, module in model.named_modules():
+        children = dict(module.named_children())
+        if "qkv_proj" in children:
+            found[name] = "gqa" if isinstance(children["qkv_proj"], GQAQKVColumnParallelLinear) else "fused"
+        elif {"q_proj", "k_proj", "v_proj"} <= set(children):
+            found[name] = "separate"
+    return found
+
+
+class _AllParameters:
+    """What the sequence-parallel gradient all-reduce reads from an optimizer: its parameter groups."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.param_groups = [{"params": list(model.parameters())}]
+
+
+def _run_parallel(package: ModuleType, job: _Job, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Load, forward, backward on this rank; the figures every rank needs to hand to rank 0."""
+    from neuronx_distributed.parallel_layers import parallel_state
+    from neuronx_distributed.parallel_layers.grads import allreduce_sequence_parallel_gradients
+    from neuronx_distributed.parallel_layers.mappings import gather_from_tensor_model_parallel_region
+
+    from conformance.backends import active
+
+    host = active()
+    # NxD keeps one kv-shared group size per process (until destroy_kv_group); each case builds a new model.
+    parallel_state.destroy_kv_group()
+    trn_config = host.host_module("config").TrainingNeuronConfig(
+        tensor_parallel_size=job.case.tp_size,
+        sequence_parallel_enabled=job.case.sequence_parallel,
+        fuse_qkv=job.case.fuse_qkv,
+    )
+    model_cls = _causal_lm_class(package, job.checkpoint)
+    model, info = model_cls.from_pretrained(
+        job.checkpoint, trn_config, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
+    )
+    output = model(**batch)
+    output.loss.backward()
+    # The training loop (optimum-neuron's optimizer step) sums these over TP before using them.
+    allreduce_sequence_parallel_gradients(_AllParameters(model))
+    logits = gather_from_tensor_model_parallel_region(output.logits.detach().contiguous())
+    grads = {}
+    no_gradient = []
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            no_gradient.append(name)
+            grads[name] = torch.zeros_like(param.detach())
+        else:
+            grads[name] = param.grad.detach().clone()
+    transformations = host.host_module("transformations_utils")
+    return {
+        "logits": logits,
+        "local_logits_shape": tuple(output.logits.shape),
+        "loss": output.loss.detach(),
+        "grads": grads,
+        "no_gradient": no_gradient,
+        "metadata": transformations.create_parameter_metadata(model),
+        "attention": attention_layouts(model),
+        "sequence_parallel": trn_config.sequence_parallel_enabled,
+        "info": info,
+    }
+
+
+def _reference(checkpoint: str, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """transformers' model on the same checkpoint (eager, fp32): logits, loss and gradients."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="eager", dtype=torch.float32)
+    model.eval()
+    output = model(**batch)
+    output.loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return {"logits": output.logits.detach(), "loss": output.loss.detach(), "grads": grads}
+
+
+def _run_job(
+    package: ModuleType,
+    job: _Job,
+    model_dir: str,
+    tolerances: Tolerances,
+    references: dict[str, dict[str, Any]],
+) -> ParityResult | None:
+    import torch.distributed as dist
+
+    from .gradient_consolidation import consolidate_gradients
+
+    start = time.perf_counter()
+    result = ParityResult(
+        case=job.case,
+        model_dir=model_dir,
+        checkpoint=job.checkpoint,
+        expected_attention=job.expected_attention,
+        tolerances=tolerances,
+    )
+    batch = parity_batch(job.vocab_size)
+    local: dict[str, Any] | None = None
+    error = None
+    try:
+        local = _run_parallel(package, job, batch)
+    except Exception as exc:
+        error = _describe(exc)
+    error = _any_rank_failed(error)
+    if error is not None:
+        _judge_failure(result, job, error)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    assert local is not None
+    gathered = _gather_to_rank_0(local["grads"])
+    if dist.get_rank() != 0:
+        return None
+    if job.rejection is not None:
+        result.reasons.append(f"expected a refusal ({job.rejection}) but the model was built and ran")
+    if job.checkpoint not in references:
+        references[job.checkpoint] = _reference(job.checkpoint, batch)
+    reference = references[job.checkpoint]
+    result.outcome = COMPARED
+    result.sequence_parallel_effective = local["sequence_parallel"]
+    result.missing_keys = list(local["info"].get("missing_keys", []))
+    result.unexpected_keys = list(local["info"].get("unexpected_keys", []))
+    if result.missing_keys or result.unexpected_keys:
+        result.reasons.append(
+            f"checkpoint keys not loaded: missing {result.missing_keys}, unexpected {result.unexpected_keys}"
+        )
+    _judge_attention(result, local["attention"])
+    _judge_outputs(result, local, reference)
+    assert gathered is not None
+    try:
+        consolidated, disagreement = consolidate_gradients(gathered, local["metadata"])
+    except Exception as exc:
+        result.reasons.append(f"gradient consolidation failed: {type(exc).__name__}: {exc}")
+        result.error = traceback.format_exc()
+    else:
+        result.no_gradient = list(local["no_gradient"])
+        _judge_gradients(result, consolidated, reference["grads"])
+        _judge_kv_replicas(result, disagreement)
+    result.status = PASS if not result.reasons else FAIL
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message [at file:line in function]` (innermost frame), then the traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" [at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}]" if frames else ""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}{where}\n{''.join(traceback.format_exception(exc))}"
+
+
+def _judge_failure(result: ParityResult, job: _Job, error: str) -> None:
+    result.error = error
+    if job.rejection is not None:
+        result.outcome = REJECTED
+        first = error.splitlines()[0]
+        numbers = (str(job.vocab_size), str(job.case.tp_size))
+        if all(number in first for number in numbers):
+            result.status = PASS
+        else:
+            result.reasons.append(
+                f"refused as expected ({job.rejection}), but the error does not name vocab size "
+                f"{job.vocab_size} and tensor parallel size {job.case.tp_size}: {first}"
+            )
+        return
+    result.outcome = ERROR
+    result.reasons.append(f"the parallel model failed: {error.splitlines()[0]}")
+
+
+def _judge_attention(result: ParityResult, attention: dict[str, str]) -> None:
+    result.attention = dict(attention)
+    if not attention:
+        result.reasons.append("no attention module found (no qkv_proj, nor q_proj/k_proj/v_proj children)")
+        return
+    wrong = {name: found for name, found in attention.items() if found != result.expected_attention}
+    if wrong:
+        result.reasons.append(f"attention layout should be {result.expected_attention!r}, got {wrong}")
+
+
+def _judge_outputs(result: ParityResult, local: dict[str, Any], reference: dict[str, Any]) -> None:
+    logits, expected = local["logits"], reference["logits"]
+    if logits.shape != expected.shape:
+        result.reasons.append(
+            f"gathered logits have shape {tuple(logits.shape)} (local {local['local_logits_shape']}), "
+            f"transformers' {tuple(expected.shape)}: logits must be (batch, sequence, vocab/T) on each rank"
+        )
+    else:
+        result.logits_max_abs_diff = float((logits - expected).abs().max())
+        if result.logits_max_abs_diff > result.tolerances.logits_atol:
+            result.reasons.append(
+                f"logits differ: max |delta| {result.logits_max_abs_diff:.3g} > {result.tolerances.logits_atol:g}"
+            )
+    result.loss, result.reference_loss = float(local["loss"]), float(reference["loss"])
+    result.loss_abs_diff = abs(result.loss - result.reference_loss)
+    if not result.loss_abs_diff <= result.tolerances.loss_atol:
+        result.reasons.append(
+            f"loss differs: |delta| {result.loss_abs_diff:.3g} > {result.tolerances.loss_atol:g}"
+        )
+
+
+def _judge_gradients(
+    result: ParityResult, consolidated: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    result.missing_gradients = sorted(set(expected) - set(consolidated))
+    result.unexpected_gradients = sorted(set(consolidated) - set(expected))
+    if result.missing_gradients or result.unexpected_gradients:
+        result.reasons.append(
+            f"gradient names differ from transformers': missing {result.missing_gradients}, "
+            f"unexpected {result.unexpected_gradients}"
+        )
+    over = []
+    for name in sorted(set(expected) & set(consolidated)):
+        mine, theirs = consolidated[name], expected[name]
+        if mine.shape != theirs.shape:
+            result.reasons.append(f"gradient {name}: shape {tuple(mine.shape)} != {tuple(theirs.shape)}")
+            continue
+        scale = float(theirs.abs().max())
+        figure = GradientFigure(
+            max_abs_diff=float((mine - theirs).abs().max()),
+            reference_max_abs=scale,
+            bound=result.tolerances.gradient_bound(scale),
+        )
+        result.gradients[name] = figure
+        if not figure.within:
+            over.append(name)
+    if over:
+        worst = max(over, key=lambda n: result.gradients[n].max_abs_diff / result.gradients[n].bound)
+        figure = result.gradients[worst]
+        result.reasons.append(
+            f"{len(over)} gradient(s) out of bounds, worst {worst}: max |delta| {figure.max_abs_diff:.3g} > "
+            f"{figure.bound:.3g}"
+        )
+
+
+def _judge_kv_replicas(result: ParityResult, disagreement: dict[str, float]) -> None:
+    """Every replica of a K/V head must hold the full (kv-group all-reduced) gradient."""
+    result.kv_replica_disagreement = dict(disagreement)
+    for name, spread in sorted(disagreement.items()):
+        figure = result.gradients.get(name)
+        bound = figure.bound if figure is not None else result.tolerances.grad_atol
+        if spread > bound:
+            result.reasons.append(
+                f"K/V replicas of {name} hold different gradients (max |replica - replica 0| {spread:.3g} > "
+                f"{bound:.3g}): the kv-shared group all-reduce is missing, replicas would drift apart"
+            )

@@ -1,0 +1,237 @@
+"""Tiny configurations per architecture, named by what they exercise in a tensor-parallel model.
+
+Every variant is a transformers config built from the installed transformers' own config class
+(`CONFIG_MAPPING[model_type]`), so defaults follow the installed version. Sizes are tiny (hidden 64,
+2 layers, vocabulary 256) and chosen so that, at T in {1, 2, 4}, the three attention variants of the
+contributing guide are all reached:
+
+| variant    | heads/kv | T=1      | T=2      | T=4      | what else                                   |
+|------------|----------|----------|----------|----------|---------------------------------------------|
+| `gqa`      | 8/2      | separate | separate | gqa m=2  | untied embeddings                           |
+| `mqa`      | 8/1      | separate | gqa m=2  | gqa m=4  | kv heads < T already at T=2                 |
+| `mha`      | 4/4      | sep/fused| sep/fused| sep/fused| fused `qkv_proj` when `fuse_qkv`            |
+| `tied`     | 8/4      | separate | separate | separate | tied input/output embeddings                |
+| `head-dim` | 4/2      | separate | separate | gqa m=2  | head_dim 32 != hidden/heads (configs with a `head_dim` field) |
+| `odd-vocab`| 8/2      | separate | separate | rejected | vocabulary 250, not divisible by 4          |
+| `features` | 8/2      | separate | separate | gqa m=2  | the architecture's optional features on     |
+
+Architecture traits are on in every variant of that architecture (mistral: a sliding window of 5, smaller
+than the checks' sequence length of 16; granite: non-trivial embedding/residual/attention/logits
+multipliers). `features` turns on what the architecture offers as options (llama, granite: attention and
+MLP biases; qwen2: a sliding window on layer 1 only; qwen3: attention bias and a sliding window on layer 1).
+qwen2's q/k/v biases and qwen3's per-head q/k norms are part of the architecture, so every variant has them.
+
+Vocabulary not divisible by T (`odd-vocab` at T=4): the vocab-parallel embedding and LM head need
+`V % T == 0`. NxD's `pad=True` padding is inference-only (the layer raises in training mode), and
+optimum-neuron's `resize_token_embeddings` refuses a size that does not divide by T and copies rows per
+rank, so it would not preserve the global row mapping of a checkpoint anyway (training semantics §3.1).
+Padding the checkpoint here would only test a different, divisible model. So the catalogue keeps the odd
+vocabulary and the expected outcome at such a T is a clear rejection when the model is built, naming both
+numbers; `unsupported_reason` states it and the parity check treats that rejection as the right answer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import CONFIG_MAPPING, PretrainedConfig
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite")
+
+# The checks feed sequences of this length (divisible by every T they use, for sequence parallelism);
+# sliding windows below are smaller so that they change the result.
+PARITY_SEQUENCE_LENGTH = 16
+
+_COMMON: dict[str, Any] = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "initializer_range": 0.02,
+    "tie_word_embeddings": False,
+}
+
+_SLIDING_ON_LAYER_1 = {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}
+
+# Traits every variant of an architecture carries.
+_ARCHITECTURE_TRAITS: dict[str, dict[str, Any]] = {
+    "mistral": {"sliding_window": 5},
+    "granite": {
+        "embedding_multiplier": 4.0,
+        "residual_multiplier": 0.5,
+        "attention_multiplier": 0.2,
+        "logits_scaling": 2.0,
+    },
+}
+
+# Optional features, on in the `features` variant: (overrides, summary).
+_ARCHITECTURE_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
+    "llama": ({"attention_bias": True, "mlp_bias": True}, "attention and MLP biases"),
+    "qwen2": (dict(_SLIDING_ON_LAYER_1), "sliding window 5 on layer 1 only"),
+    "qwen3": (
+        {"attention_bias": True, **_SLIDING_ON_LAYER_1},
+        "attention bias, sliding window 5 on layer 1 only",
+    ),
+    "granite": ({"attention_bias": True, "mlp_bias": True}, "attention and MLP biases"),
+}
+
+
+def attention_variant(heads: int, kv_heads: int, tp_size: int, fuse_qkv: bool) -> str:
+    """The attention layout a generated model must pick (contributing guide, DESIGN §3).
+
+    "gqa" (NxD's `GQAQKVColumnParallelLinear`) when `kv_heads < T` or `kv_heads % T != 0`; else "fused"
+    (one stride-3 `qkv_proj`) when `fuse_qkv` and `heads == kv_heads`; else "separate" q/k/v.
+    """
+    if kv_heads < tp_size or kv_heads % tp_size:
+        return "gqa"
+    if fuse_qkv and heads == kv_heads:
+        return "fused"
+    return "separate"
+
+
+def kv_size_multiplier(kv_heads: int, tp_size: int) -> int:
+    """How many times the GQA layer replicates K/V heads so that each rank holds at least one."""
+    return max(1, tp_size // kv_heads)
+
+
+def unsupported_reason(config: PretrainedConfig, tp_size: int) -> str | None:
+    """Why a tensor-parallel training model cannot be built from `config` at `tp_size`, or None.
+
+    Checks the divisibility NxD's layers require: vocabulary (vocab-parallel embedding and LM head),
+    attention heads, MLP intermediate size, and the K/V heads after GQA replication.
+    """
+    problems = []
+    if config.vocab_size % tp_size:
+        problems.append(
+            f"vocab_size {config.vocab_size} is not divisible by tensor parallel size {tp_size} "
+            "(the vocab-parallel embedding and LM head need it; NxD pads only for inference)"
+        )
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if heads % tp_size:
+        problems.append(f"num_attention_heads {heads} is not divisible by {tp_size}")
+    if (kv_heads * kv_size_multiplier(kv_heads, tp_size)) % tp_size:
+        problems.append(f"num_key_value_heads {kv_heads} cannot be spread over {tp_size} ranks")
+    if config.intermediate_size % tp_size:
+        problems.append(f"intermediate_size {config.intermediate_size} is not divisible by {tp_size}")
+    return "; ".join(problems) or None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One catalogue entry: an architecture, a name and the config values that differ from the common base."""
+
+    model_type: str
+    name: str
+    summary: str
+    overrides: tuple[tuple[str, Any], ...]
+
+    @property
+    def key(self) -> str:
+        """`<model_type>/<name>`, the name the CLI and the checks use."""
+        return f"{self.model_type}/{self.name}"
+
+    def config_values(self) -> dict[str, Any]:
+        """The keyword arguments given to the config class.
+
+        Where the config class has a `head_dim` field it is always set (to hidden/heads unless the variant
+        says otherwise): qwen3's default of 128 would make every variant far from tiny.
+        """
+        values = {**_COMMON, **_ARCHITECTURE_TRAITS.get(self.model_type, {}), **dict(self.overrides)}
+        if _takes_head_dim(self.model_type):
+            values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+        return values
+
+    def config(self) -> PretrainedConfig:
+        """A fresh config of the installed transformers' class for this architecture."""
+        return CONFIG_MAPPING[self.model_type](**self.config_values())
+
+    def facts(self) -> dict[str, Any]:
+        """Key figures for listings and reports (config values as the built config holds them)."""
+        config = self.config()
+        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return {
+            "variant": self.key,
+            "config_class": type(config).__name__,
+            "vocab_size": config.vocab_size,
+            "hidden_size": config.hidden_size,
+            "layers": config.num_hidden_layers,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "head_dim": head_dim,
+            "tied": bool(config.tie_word_embeddings),
+            "summary": self.summary,
+        }
+
+    def attention(self, tp_size: int, fuse_qkv: bool = False) -> str | None:
+        """The attention variant expected at `tp_size`, or None when the model cannot be built there."""
+        config = self.config()
+        if unsupported_reason(config, tp_size):
+            return None
+        return attention_variant(config.num_attention_heads, config.num_key_value_heads, tp_size, fuse_qkv)
+
+    def unsupported_reason(self, tp_size: int) -> str | None:
+        """Why this variant cannot be built at `tp_size` (expected to be refused), or None."""
+        return unsupported_reason(self.config(), tp_size)
+
+
+def _takes_head_dim(model_type: str) -> bool:
+    return "head_dim" in inspect.signature(CONFIG_MAPPING[model_type].__init__).parameters
+
+
+def _variants_of(model_type: str) -> list[Variant]:
+    def make(name: str, summary: str, overrides: Mapping[str, Any]) -> Variant:
+        return Variant(model_type, name, summary, tuple(sorted(overrides.items())))
+
+    found = [
+        make("gqa", "8 heads / 2 kv heads: GQA layer at T=4 (m=2), separate q/k/v below", {}),
+        make("mqa", "8 heads / 1 kv head: GQA layer at T=2 (m=2) and T=4 (m=4)", {"num_key_value_heads": 1}),
+        make(
+            "mha",
+            "4 heads / 4 kv heads: fused qkv_proj with fuse_qkv, separate without",
+            {"num_attention_heads": 4, "num_key_value_heads": 4},
+        ),
+        make(
+            "tied",
+            "tied embeddings, 8 heads / 4 kv heads",
+            {"num_key_value_heads": 4, "tie_word_embeddings": True},
+        ),
+    ]
+    if _takes_head_dim(model_type):
+        found.append(
+            make(
+                "head-dim",
+                "head_dim 32 with hidden 64 and 4 heads (not hidden/heads); GQA layer at T=4",
+                {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32},
+            )
+        )
+    found.append(make("odd-vocab", "vocabulary 250: built at T=1, 2; rejected at T=4", {"vocab_size": 250}))
+    if model_type in _ARCHITECTURE_FEATURES:
+        overrides, summary = _ARCHITECTURE_FEATURES[model_type]
+        found.append(make("features", summary, overrides))
+    return found
+
+
+CATALOGUE: dict[str, Variant] = {v.key: v for model_type in ARCHITECTURES for v in _variants_of(model_type)}
+
+
+def variant(key: str) -> Variant:
+    """The variant named `<model_type>/<name>` (KeyError listing the catalogue otherwise)."""
+    try:
+        return CATALOGUE[key]
+    except KeyError:
+        raise KeyError(f"no reference model {key!r}; the catalogue has: {', '.join(CATALOGUE)}") from None
+
+
+def variants_for(model_type: str) -> list[Variant]:
+    """Every variant of one architecture, in catalogue order."""
+    found = [v for v in CATALOGUE.values() if v.model_type == model_type]
+    if not found:
+        raise KeyError(f"no reference models for {model_type!r}; architectures: {', '.join(ARCHITECTURES)}")
+    return found

@@ -1,0 +1,408 @@
+"""NXS002: training has no KV cache; remove its plumbing and the code only generation reaches.
+
+`past_key_values` (and the older `past_key_value`), `use_cache` and `cache_position` stop being
+parameters. Within a function that took them, their values are known: no cache, `use_cache` false, and
+`cache_position` unset until the function computes it. Conditions over those values are decided, so
+cache updates, `DynamicCache` creation and `use_cache` defaults disappear, while `if cache_position is
+None:` keeps its body: the positions of the (whole) sequence are still needed for position ids and for
+the host's causal mask, which is the one callee that keeps its `cache_position=` argument. A name bound
+to a constant by that folding (`past_seen_tokens = 0`) is substituted into its uses. Keyword arguments and
+dict entries that forward the removed values go, as do cache-only class attributes.
+Anything that still reads a removed name afterwards is refused rather than left dangling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from ..errors import ScaffoldError
+from ._edits import docstring_count, dotted, mask_aliases, mask_builders, names_in
+from .base import Rule, RuleExample
+
+NONE = "None"
+FALSE = "False"
+# removed parameter -> the value it has in training
+CACHE_PARAMETERS = {
+    "past_key_values": NONE,
+    "past_key_value": NONE,
+    "use_cache": FALSE,
+    "cache_position": NONE,  # until the function assigns it
+}
+FORWARDED_ONLY = frozenset({"past_key_values", "past_key_value", "use_cache"})
+POSITIONS = "cache_position"
+
+
+class DropKVCache(Rule):
+    CODE = "NXS002"
+    NAME = "drop-kv-cache"
+    SUMMARY = "remove past_key_values / use_cache / cache_position plumbing and cache updates; keep positions"
+
+    def visit_Module(self, node: cst.Module) -> None:
+        self._mask_functions = mask_builders(node)
+
+    def leave_FunctionDef(
+        self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
+    ) -> cst.FunctionDef:
+        return _strip_function(updated_node, self._mask_functions, self.CODE)
+
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+        body = [statement for statement in updated_node.body.body if not _cache_only_attribute(statement)]
+        return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
+
+
+@dataclass
+class _State:
+    known: dict[str, str]  # name -> "None" / "False" while its training value is known
+    mask_functions: set[str]
+    folded: dict[str, cst.BaseExpression] = field(default_factory=dict)
+
+
+def _strip_function(function: cst.FunctionDef, mask_functions: set[str], rule: str) -> cst.FunctionDef:
+    removed = [name for name in _parameter_names(function) if name in CACHE_PARAMETERS]
+    if not removed and not _forwards_cache(function):
+        return function
+    state = _State(
+        known={name: CACHE_PARAMETERS[name] for name in removed},
+        mask_functions=set(mask_functions) | mask_aliases(function, mask_functions),
+    )
+    params = function.params
+    kept = [param for param in params.params if param.name.value not in CACHE_PARAMETERS]
+    if kept:
+        kept[-1] = kept[-1].with_changes(
+            comma=params.params[-1].comma if params.params else cst.MaybeSentinel.DEFAULT
+        )
+    kwonly = [param for param in params.kwonly_params if param.name.value not in CACHE_PARAMETERS]
+    function = function.with_changes(params=params.with_changes(params=kept, kwonly_params=kwonly))
+    body = _block(list(function.body.body), state)
+    body = _substitute_folded(body, state)
+    if docstring_count(body) and any(name in cst.Module(body=[body[0]]).code for name in removed):
+        body = body[1:]
+    if not body:
+        body = [cst.SimpleStatementLine(body=[cst.Pass()])]
+    function = function.with_changes(body=function.body.with_changes(body=body))
+    _check_nothing_dangles(function, removed, rule)
+    return function
+
+
+def _parameter_names(function: cst.FunctionDef) -> list[str]:
+    params = function.params
+    return [param.name.value for param in (*params.posonly_params, *params.params, *params.kwonly_params)]
+
+
+def _forwards_cache(function: cst.FunctionDef) -> bool:
+    return bool(names_in(function.body) & set(CACHE_PARAMETERS))
+
+
+# --- statements ---------------------------------------------------------------------------------------
+
+
+def _block(statements: Sequence[cst.BaseStatement], state: _State) -> list[cst.BaseStatement]:
+    result: list[cst.BaseStatement] = []
+    for statement in statements:
+        result.extend(_statement(statement, state))
+    return result
+
+
+def _statement(statement: cst.BaseStatement, state: _State) -> list[cst.BaseStatement]:
+    if isinstance(statement, cst.If):
+        decided = _truth(statement.test, state.known)
+        if decided is True:
+            return _spliced(statement, _block(list(statement.body.body), state))
+        if decided is False:
+            orelse = statement.orelse
+            if orelse is None:
+                return []
+            if isinstance(orelse, cst.If):
+                return _statement(orelse, state)
+            return _spliced(statement, _block(list(orelse.body.body), state))
+        changed = statement.with_changes(
+            test=_expression(statement.test, state),
+            body=statement.body.with_changes(body=_block(list(statement.body.body), state) or [_pass()]),
+        )
+        if statement.orelse is not None:
+            changed = changed.with_changes(orelse=_else(statement.orelse, state))
+        return [changed]
+    if isinstance(statement, cst.SimpleStatementLine):
+        smalls = []
+        for small in statement.body:
+            if _assigns_known(small, state):
+                continue
+            smalls.append(_small(small, state))
+        if not smalls:
+            return []
+        return [statement.with_changes(body=smalls)]
+    if isinstance(statement, cst.For | cst.While | cst.With | cst.Try):
+        changed = _expression(statement, state, blocks=True)
+        return [changed]  # type: ignore[list-item]
+    return [statement]
+
+
+def _else(orelse: cst.If | cst.Else, state: _State) -> cst.If | cst.Else:
+    if isinstance(orelse, cst.If):
+        result = _statement(orelse, state)
+        return result[0] if result and isinstance(result[0], cst.If) else orelse
+    return orelse.with_changes(
+        body=orelse.body.with_changes(body=_block(list(orelse.body.body), state) or [_pass()])
+    )
+
+
+def _pass() -> cst.SimpleStatementLine:
+    return cst.SimpleStatementLine(body=[cst.Pass()])
+
+
+def _spliced(original: cst.If, body: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+    """The statements of a decided `if`, carrying its leading blank lines and comments."""
+    if body:
+        first = body[0]
+        body[0] = first.with_changes(leading_lines=[*original.leading_lines, *first.leading_lines])
+    return body
+
+
+def _assigns_known(small: cst.BaseSmallStatement, state: _State) -> bool:
+    """`use_cache = ...` or `past_key_values = ...`: the value is fixed in training."""
+    targets: list[cst.BaseExpression] = []
+    if isinstance(small, cst.Assign):
+        targets = [target.target for target in small.targets]
+    elif isinstance(small, cst.AnnAssign):
+        targets = [small.target]
+    names = [target.value for target in targets if isinstance(target, cst.Name)]
+    if not names or len(names) != len(targets):
+        return False
+    if all(name in state.known and name != POSITIONS for name in names):
+        return True
+    for name in names:
+        state.known.pop(name, None)  # cache_position: computed from here on
+    return False
+
+
+def _small(small: cst.BaseSmallStatement, state: _State) -> cst.BaseSmallStatement:
+    if isinstance(small, cst.Assign | cst.AnnAssign) and small.value is not None:
+        value = _expression(small.value, state)
+        target = small.targets[0].target if isinstance(small, cst.Assign) else small.target
+        if (
+            isinstance(small.value, cst.IfExp)
+            and isinstance(value, cst.Integer | cst.Float | cst.Name)
+            and isinstance(target, cst.Name)
+        ):
+            state.folded[target.value] = value
+        return small.with_changes(value=value)
+    return _expression(small, state)  # type: ignore[return-value]
+
+
+# --- expressions --------------------------------------------------------------------------------------
+
+
+def _truth(node: cst.BaseExpression, known: dict[str, str]) -> bool | None:
+    """The value of a condition over the known names, or None when it depends on anything else."""
+    if isinstance(node, cst.Name) and node.value in known:
+        return False  # None and False are both falsy
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Not):
+        inner = _truth(node.expression, known)
+        return None if inner is None else not inner
+    if isinstance(node, cst.BooleanOperation):
+        left, right = _truth(node.left, known), _truth(node.right, known)
+        if isinstance(node.operator, cst.And):
+            if left is False or right is False:
+                return False
+            return True if left is True and right is True else None
+        if left is True or right is True:
+            return True
+        return False if left is False and right is False else None
+    if isinstance(node, cst.Comparison) and len(node.comparisons) == 1:
+        comparison = node.comparisons[0]
+        left, right = node.left, comparison.comparator
+        if isinstance(left, cst.Name) and known.get(left.value) == NONE and dotted(right) == "None":
+            if isinstance(comparison.operator, cst.Is):
+                return True
+            if isinstance(comparison.operator, cst.IsNot):
+                return False
+    return None
+
+
+class _Expressions(cst.CSTTransformer):
+    def __init__(self, state: _State, blocks: bool) -> None:
+        self.state = state
+        self.blocks = blocks
+
+    def visit_IndentedBlock(self, node: cst.IndentedBlock) -> bool:
+        return True
+
+    def leave_IndentedBlock(
+        self, original: cst.IndentedBlock, updated: cst.IndentedBlock
+    ) -> cst.IndentedBlock:
+        if not self.blocks:
+            return updated
+        return updated.with_changes(body=_block(list(original.body), self.state) or [_pass()])
+
+    def leave_IfExp(self, original: cst.IfExp, updated: cst.IfExp) -> cst.BaseExpression:
+        decided = _truth(original.test, self.state.known)
+        if decided is None:
+            return updated
+        return updated.body if decided else updated.orelse
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        callee = dotted(updated.func)
+        keep_positions = callee in self.state.mask_functions
+        args = [
+            arg
+            for arg in updated.args
+            if arg.keyword is None
+            or not (
+                arg.keyword.value in FORWARDED_ONLY or (arg.keyword.value == POSITIONS and not keep_positions)
+            )
+        ]
+        if len(args) == len(updated.args):
+            return updated
+        if args:
+            args[-1] = args[-1].with_changes(comma=updated.args[-1].comma)
+        return updated.with_changes(args=args)
+
+    def leave_Dict(self, original: cst.Dict, updated: cst.Dict) -> cst.Dict:
+        elements = [
+            element
+            for element in updated.elements
+            if not (
+                isinstance(element, cst.DictElement)
+                and isinstance(element.key, cst.SimpleString)
+                and element.key.evaluated_value in FORWARDED_ONLY
+            )
+        ]
+        if len(elements) == len(updated.elements):
+            return updated
+        if elements:
+            elements[-1] = elements[-1].with_changes(comma=updated.elements[-1].comma)
+        return updated.with_changes(elements=elements)
+
+
+def _expression(node: cst.CSTNode, state: _State, *, blocks: bool = False) -> cst.CSTNode:
+    if blocks:
+        # Compound statements: rewrite the header expressions, then the nested blocks statement by statement.
+        return node.visit(_Expressions(state, blocks=True))
+    return node.visit(_Expressions(state, blocks=False))
+
+
+# --- folded constants ---------------------------------------------------------------------------------
+
+
+def _substitute_folded(body: list[cst.BaseStatement], state: _State) -> list[cst.BaseStatement]:
+    if not state.folded:
+        return body
+    module = cst.Module(body=body)
+    counts: dict[str, int] = {}
+
+    class _Count(cst.CSTVisitor):
+        def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+            for name in names_in(node.target):
+                counts[name] = counts.get(name, 0) + 1
+
+    module.visit(_Count())
+    constants = {name: value for name, value in state.folded.items() if counts.get(name) == 1}
+    if not constants:
+        return body
+
+    class _Substitute(cst.CSTTransformer):
+        def leave_IndentedBlock(
+            self, original: cst.IndentedBlock, updated: cst.IndentedBlock
+        ) -> cst.IndentedBlock:
+            return updated.with_changes(body=_without_constants(updated.body, constants) or [_pass()])
+
+        def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
+            return updated.with_changes(body=_without_constants(updated.body, constants))
+
+        def visit_AssignTarget(self, node: cst.AssignTarget) -> bool:
+            return False
+
+        def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+            return constants.get(updated.value, updated)
+
+        def visit_Attribute(self, node: cst.Attribute) -> bool:
+            node.value.visit(self)
+            return True
+
+        def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+            return updated.with_changes(attr=original.attr)
+
+        def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+            return updated.with_changes(keyword=original.keyword)
+
+        def leave_BinaryOperation(
+            self, original: cst.BinaryOperation, updated: cst.BinaryOperation
+        ) -> cst.BaseExpression:
+            if isinstance(updated.operator, cst.Add):
+                if _is_zero(updated.left):
+                    return updated.right
+                if _is_zero(updated.right):
+                    return updated.left
+            return updated
+
+    return list(module.visit(_Substitute()).body)
+
+
+def _without_constants(
+    body: Sequence[cst.BaseStatement], constants: dict[str, cst.BaseExpression]
+) -> list[cst.BaseStatement]:
+    """`body` without the assignments of substituted constants; their blank lines and comments move on."""
+    result: list[cst.BaseStatement] = []
+    carried: list[cst.EmptyLine] = []
+    for statement in body:
+        if _assigns_constant(statement, constants):
+            carried.extend(statement.leading_lines)
+            continue
+        if carried:
+            statement = statement.with_changes(leading_lines=[*carried, *statement.leading_lines])
+            carried = []
+        result.append(statement)
+    return result
+
+
+def _assigns_constant(statement: cst.BaseStatement, constants: dict[str, cst.BaseExpression]) -> bool:
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return False
+    small = statement.body[0]
+    return (
+        isinstance(small, cst.Assign)
+        and len(small.targets) == 1
+        and isinstance(small.targets[0].target, cst.Name)
+        and small.targets[0].target.value in constants
+    )
+
+
+def _is_zero(node: cst.BaseExpression) -> bool:
+    return isinstance(node, cst.Integer) and node.evaluated_value == 0
+
+
+# --- checks and class attributes ----------------------------------------------------------------------
+
+
+def _check_nothing_dangles(function: cst.FunctionDef, removed: list[str], rule: str) -> None:
+    left = names_in(function.body) & (FORWARDED_ONLY & set(removed))
+    if left:
+        raise ScaffoldError(
+            f"{rule}: `{function.name.value}` still reads {', '.join(sorted(left))} after the cache was removed; "
+            "this use of the cache is not one the rule understands"
+        )
+
+
+def _cache_only_attribute(statement: cst.BaseStatement) -> bool:
+    """A class attribute that only lists cache objects (`_skip_keys_device_placement = ["past_key_values"]`)."""
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return False
+    small = statement.body[0]
+    if not isinstance(small, cst.Assign):
+        return False
+    value = small.value
+    strings: list[cst.BaseExpression] = []
+    if isinstance(value, cst.List | cst.Tuple):
+        strings = [element.value for element in value.elements]
+    elif isinstance(value, cst.SimpleString):
+        strings = [value]
+    return bool(strings) and all(
+        isinstance(item, cst.SimpleString) and item.evaluated_value in FORWARDED_ONLY for item in strings
+    )
+
+
+EXAMPLES: tuple[RuleExample, ...] = ()
+DropKVCache.EXAMPLES = EXAMPLES

@@ -1,0 +1,164 @@
+"""NXS001: keep only what training the causal LM needs.
+
+The Blueprint's closure (`classes`, `functions`) is the dependency closure of the base model and the
+causal-LM head; every other class and function goes (sequence-classification heads, ...), as do module
+variables nothing kept reads, `GenerationMixin`, hub/docstring/deprecation decorators, the output
+recorder table of `check_model_inputs` and docstrings that show transformers' own usage (`>>>`).
+Imports are left to NXS003, which drops the unused ones.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from ._edits import docstring_count, dotted, names_in, parse_statements, with_body
+from .base import Rule, RuleExample  # noqa: F401  (RuleExample: the EXAMPLES below)
+
+# Decorators that only serve transformers' docs, the kernel hub, argument deprecation or output capture.
+DROPPED_DECORATORS = frozenset(
+    {
+        "auto_docstring",
+        "add_start_docstrings",
+        "add_start_docstrings_to_model_forward",
+        "add_code_sample_docstrings",
+        "replace_return_docstrings",
+        "check_model_inputs",
+        "use_kernel_forward_from_hub",
+        "deprecate_kwarg",
+    }
+)
+GENERATION_BASES = frozenset({"GenerationMixin"})
+DROPPED_CLASS_ATTRIBUTES = frozenset({"_can_record_outputs"})
+GENERATION_METHODS = frozenset({"prepare_inputs_for_generation", "_reorder_cache"})
+
+
+class PruneToTrainingClosure(Rule):
+    CODE = "NXS001"
+    NAME = "prune-to-training-closure"
+    SUMMARY = "keep the closure of the base model and causal-LM head; drop other heads, generation and doc decorators"
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        blueprint = self.blueprint
+        kept_classes = {plan.name for plan in blueprint.classes}
+        kept_functions = set(blueprint.functions)
+        body: list[cst.BaseStatement] = []
+        for statement in updated_node.body:
+            if isinstance(statement, cst.ClassDef):
+                if statement.name.value in kept_classes:
+                    body.append(_clean_class(statement))
+            elif isinstance(statement, cst.FunctionDef):
+                if statement.name.value in kept_functions:
+                    body.append(_clean_function(statement))
+            else:
+                body.append(statement)
+        return updated_node.with_changes(body=_drop_unread_variables(body, kept_classes | kept_functions))
+
+
+def _clean_function(function: cst.FunctionDef) -> cst.FunctionDef:
+    decorators = [item for item in function.decorators if _decorator_name(item) not in DROPPED_DECORATORS]
+    function = function.with_changes(decorators=decorators)
+    statements = list(function.body.body)
+    if docstring_count(statements) and ">>>" in _docstring_text(statements[0]):
+        statements = statements[1:] or [cst.SimpleStatementLine(body=[cst.Pass()])]
+        function = with_body(function, statements)  # type: ignore[assignment]
+    return function
+
+
+def _clean_class(cls: cst.ClassDef) -> cst.ClassDef:
+    decorators = [item for item in cls.decorators if _decorator_name(item) not in DROPPED_DECORATORS]
+    bases = [arg for arg in cls.bases if dotted(arg.value) not in GENERATION_BASES]
+    if bases:
+        bases[-1] = bases[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+    body: list[cst.BaseStatement] = []
+    for statement in cls.body.body:
+        if isinstance(statement, cst.FunctionDef):
+            if statement.name.value not in GENERATION_METHODS:
+                body.append(_clean_function(statement))
+        elif _assigned_name(statement) not in DROPPED_CLASS_ATTRIBUTES:
+            body.append(statement)
+    return cls.with_changes(decorators=decorators, bases=bases, body=cls.body.with_changes(body=body))
+
+
+def _decorator_name(decorator: cst.Decorator) -> str | None:
+    target = decorator.decorator
+    if isinstance(target, cst.Call):
+        target = target.func
+    name = dotted(target)
+    return None if name is None else name.rsplit(".", 1)[-1]
+
+
+def _docstring_text(statement: cst.BaseStatement) -> str:
+    assert isinstance(statement, cst.SimpleStatementLine)
+    expression = statement.body[0]
+    assert isinstance(expression, cst.Expr)
+    value = expression.value.evaluated_value  # type: ignore[union-attr]
+    return value if isinstance(value, str) else ""
+
+
+def _assigned_name(statement: cst.CSTNode) -> str | None:
+    if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+        small = statement.body[0]
+        if isinstance(small, cst.Assign) and len(small.targets) == 1:
+            return dotted(small.targets[0].target)
+        if isinstance(small, cst.AnnAssign):
+            return dotted(small.target)
+    return None
+
+
+def _drop_unread_variables(body: list[cst.BaseStatement], kept: set[str]) -> list[cst.BaseStatement]:
+    """Module-level assignments survive when a kept definition (or a surviving assignment) reads them.
+
+    `__all__` is narrowed to the kept names.
+    """
+    variables = {
+        index: name
+        for index, statement in enumerate(body)
+        if (name := _assigned_name(statement)) is not None and name != "__all__"
+    }
+    readers = [statement for statement in body if not isinstance(statement, cst.SimpleStatementLine)]
+    read: set[str] = set()
+    for statement in readers:
+        read |= names_in(statement)
+    alive: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for index, name in variables.items():
+            if index not in alive and name in read:
+                alive.add(index)
+                read |= names_in(body[index])
+                changed = True
+    result: list[cst.BaseStatement] = []
+    for index, statement in enumerate(body):
+        if index in variables and index not in alive:
+            continue
+        if _assigned_name(statement) == "__all__":
+            narrowed = _narrow_all(statement, kept)
+            if narrowed is not None:
+                result.append(narrowed)
+            continue
+        result.append(statement)
+    return result
+
+
+def _narrow_all(statement: cst.BaseStatement, kept: set[str]) -> cst.BaseStatement | None:
+    assert isinstance(statement, cst.SimpleStatementLine)
+    assign = statement.body[0]
+    assert isinstance(assign, cst.Assign)
+    if not isinstance(assign.value, cst.List | cst.Tuple):
+        return statement
+    names = [
+        element.value.evaluated_value
+        for element in assign.value.elements
+        if isinstance(element.value, cst.SimpleString) and element.value.evaluated_value in kept
+    ]
+    if not names:
+        return None
+    listed = "".join(f'    "{name}",\n' for name in names)
+    return parse_statements(f"__all__ = [\n{listed}]\n")[0].with_changes(
+        leading_lines=statement.leading_lines
+    )
+
+
+EXAMPLES = ()
+PruneToTrainingClosure.EXAMPLES = EXAMPLES

@@ -1,0 +1,157 @@
+"""NXS004: thread `trn_config: TrainingNeuronConfig` through every constructor that needs it.
+
+A closure class needs it when it builds a parallel layer (a layer site with a column, row, embedding or
+lm-head role), builds a norm over the hidden stream (the sequence-parallel flag comes from it), is one of
+the two models (they take `(config, trn_config)`), or builds an instance of a class that needs it. Such a
+constructor gets the parameter right after `config`, stores it as `self.trn_config` after the parent
+constructor runs, and passes it on to the children that need it, in the position or keyword style the
+call already uses for `config`. Later rules rely on this: `trn_config` in `__init__`, `self.trn_config`
+in `forward`.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+from libcst.codemod.visitors import AddImportsVisitor
+
+from ..blueprint import Blueprint, NormScope, Role
+from ._edits import code, config_parameter, dotted, find_method, insert_after_super_init, parse_statements
+from .base import Rule, RuleExample
+
+TRN_CONFIG = "trn_config"
+TRN_CONFIG_CLASS = "TrainingNeuronConfig"
+HOST_CONFIG_MODULE = "config"  # `from ..config import TrainingNeuronConfig`
+PARALLEL_ROLES = frozenset({Role.COLUMN, Role.ROW, Role.EMBEDDING, Role.LM_HEAD})
+
+
+def classes_needing_trn_config(blueprint: Blueprint) -> frozenset[str]:
+    """Closure classes whose constructor must take `trn_config` (see the module docstring)."""
+    closure = {plan.name for plan in blueprint.classes}
+    needing = {site.owner for site in blueprint.sites if site.role in PARALLEL_ROLES}
+    needing |= {norm.owner for norm in blueprint.norms if norm.scope is NormScope.HIDDEN}
+    needing |= {blueprint.base_model_class, blueprint.causal_lm_class}
+    needing &= closure
+    changed = True
+    while changed:
+        changed = False
+        for plan in blueprint.classes:
+            if plan.name not in needing and any(child in needing for _, child in plan.children):
+                needing.add(plan.name)
+                changed = True
+    return frozenset(needing)
+
+
+class ThreadTrnConfig(Rule):
+    CODE = "NXS004"
+    NAME = "thread-trn-config"
+    SUMMARY = "constructors that build parallel layers or SP norms take, store and pass on trn_config"
+
+    def visit_Module(self, node: cst.Module) -> None:
+        self._needing = classes_needing_trn_config(self.blueprint)
+        self._config_position: dict[str, int] = {}
+        for statement in node.body:
+            if isinstance(statement, cst.ClassDef) and statement.name.value in self._needing:
+                init = find_method(statement, "__init__")
+                if init is not None:
+                    names = [param.name.value for param in init.params.params]
+                    self._config_position[statement.name.value] = (
+                        names.index(config_parameter(init, self.CODE)) - 1
+                    )
+        AddImportsVisitor.add_needed_import(self.context, HOST_CONFIG_MODULE, TRN_CONFIG_CLASS, relative=2)
+
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+        name = updated_node.name.value
+        if name not in self._needing:
+            return updated_node
+        init = find_method(updated_node, "__init__")
+        if init is None:
+            return updated_node
+        init = _pass_to_children(init, self._needing, self._config_position)
+        init = _take_and_store(init, self.CODE)
+        body = [init if _is_init(statement) else statement for statement in updated_node.body.body]
+        return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
+
+
+def _is_init(statement: cst.CSTNode) -> bool:
+    return isinstance(statement, cst.FunctionDef) and statement.name.value == "__init__"
+
+
+def _take_and_store(init: cst.FunctionDef, rule: str) -> cst.FunctionDef:
+    """`trn_config: TrainingNeuronConfig` after the config parameter, then `self.trn_config = trn_config`."""
+    params = list(init.params.params)
+    if any(param.name.value == TRN_CONFIG for param in params):
+        return init
+    config = config_parameter(init, rule)
+    position = next(index for index, param in enumerate(params) if param.name.value == config) + 1
+    new = cst.Param(
+        name=cst.Name(TRN_CONFIG),
+        annotation=cst.Annotation(cst.Name(TRN_CONFIG_CLASS)),
+        comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")),
+    )
+    if position == len(params):
+        previous = params[-1]
+        if isinstance(previous.comma, cst.MaybeSentinel):
+            params[-1] = previous.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        new = new.with_changes(comma=cst.MaybeSentinel.DEFAULT)
+        if init.params.star_kwarg is not None or init.params.star_arg is not cst.MaybeSentinel.DEFAULT:
+            new = new.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    params.insert(position, new)
+    init = init.with_changes(params=init.params.with_changes(params=params))
+    store = parse_statements(f"self.{TRN_CONFIG} = {TRN_CONFIG}")
+    return insert_after_super_init(init, store)
+
+
+def _pass_to_children(
+    init: cst.FunctionDef, needing: frozenset[str], config_position: dict[str, int]
+) -> cst.FunctionDef:
+    """Every call `Child(...)` of a class that needs it passes `trn_config` right after the config."""
+
+    class _Calls(cst.CSTTransformer):
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            callee = dotted(updated.func)
+            if callee not in needing or _passes_trn_config(updated):
+                return updated
+            return _with_trn_config(updated, config_position.get(callee, 0))
+
+    result = init.visit(_Calls())
+    assert isinstance(result, cst.FunctionDef)
+    return result
+
+
+def _passes_trn_config(call: cst.Call) -> bool:
+    return any(
+        (arg.keyword is not None and arg.keyword.value == TRN_CONFIG) or code(arg.value) == TRN_CONFIG
+        for arg in call.args
+    )
+
+
+def _with_trn_config(call: cst.Call, config_position: int) -> cst.Call:
+    args = list(call.args)
+    positional = [index for index, arg in enumerate(args) if arg.keyword is None and not arg.star]
+    if config_position < len(positional):
+        index = positional[config_position] + 1
+        new = cst.Arg(value=cst.Name(TRN_CONFIG))
+    else:
+        keywords = [
+            index
+            for index, arg in enumerate(args)
+            if arg.keyword is not None and arg.keyword.value == "config"
+        ]
+        index = keywords[0] + 1 if keywords else len(args)
+        new = cst.Arg(
+            keyword=cst.Name(TRN_CONFIG),
+            value=cst.Name(TRN_CONFIG),
+            equal=cst.AssignEqual(
+                whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")
+            ),
+        )
+    if index < len(args) or (args and not isinstance(args[-1].comma, cst.MaybeSentinel)):
+        new = new.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    if index == len(args) and args and isinstance(args[-1].comma, cst.MaybeSentinel):
+        args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    args.insert(index, new)
+    return call.with_changes(args=args)
+
+
+EXAMPLES: tuple[RuleExample, ...] = ()
+ThreadTrnConfig.EXAMPLES = EXAMPLES

@@ -1,0 +1,160 @@
+"""The catalogue: real transformers configs, tiny, and reaching every attention variant at T in {1, 2, 4}.
+
+Expected attention layouts are written out by hand from the contributing guide's rule (GQA layer when
+kv heads < T or kv heads % T != 0; fused qkv_proj when fuse_qkv and heads == kv heads; else separate),
+not computed by the function under test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import transformers
+from transformers import CONFIG_MAPPING
+
+from reference_models import (
+    ARCHITECTURES,
+    CATALOGUE,
+    attention_variant,
+    unsupported_reason,
+    variant,
+    variants_for,
+)
+from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
+
+# variant name -> {(T, fuse_qkv): layout}; None: the model cannot be built (vocabulary not divisible by T).
+SEP, FUSED, GQA = "separate", "fused", "gqa"
+EXPECTED = {
+    "gqa": {
+        (1, False): SEP,
+        (2, False): SEP,
+        (4, False): GQA,
+        (1, True): SEP,
+        (2, True): SEP,
+        (4, True): GQA,
+    },
+    "mqa": {
+        (1, False): SEP,
+        (2, False): GQA,
+        (4, False): GQA,
+        (1, True): SEP,
+        (2, True): GQA,
+        (4, True): GQA,
+    },
+    "mha": {
+        (1, False): SEP,
+        (2, False): SEP,
+        (4, False): SEP,
+        (1, True): FUSED,
+        (2, True): FUSED,
+        (4, True): FUSED,
+    },
+    "tied": {(t, f): SEP for t in (1, 2, 4) for f in (False, True)},
+    "head-dim": {(1, False): SEP, (2, False): SEP, (4, False): GQA, (4, True): GQA},
+    "odd-vocab": {(1, False): SEP, (2, False): SEP, (4, False): None, (4, True): None},
+    "features": {(1, False): SEP, (2, False): SEP, (4, False): GQA},
+}
+TAKES_HEAD_DIM = {"llama", "mistral", "qwen3"}  # config classes of transformers 4.57 with a head_dim field
+
+
+@pytest.mark.parametrize("key", list(CATALOGUE))
+def test_every_variant_is_a_tiny_config_of_the_installed_class(key: str) -> None:
+    entry = variant(key)
+    config = entry.config()
+    assert type(config) is CONFIG_MAPPING[entry.model_type]
+    assert config.hidden_size == 64 and config.num_hidden_layers == 2
+    assert 128 <= config.vocab_size <= 512
+    assert entry.facts()["head_dim"] * config.num_attention_heads <= 128
+
+
+@pytest.mark.parametrize("key", list(CATALOGUE))
+def test_attention_layout_per_tp_size_matches_the_hand_written_table(key: str) -> None:
+    entry = variant(key)
+    for (tp_size, fuse_qkv), expected in EXPECTED[entry.name].items():
+        assert entry.attention(tp_size, fuse_qkv) == expected, (key, tp_size, fuse_qkv)
+
+
+def test_each_architecture_reaches_every_layout_at_t2_and_t4() -> None:
+    for model_type in ARCHITECTURES:
+        for tp_size in (2, 4):
+            reached = {
+                entry.attention(tp_size, fuse) for entry in variants_for(model_type) for fuse in (False, True)
+            }
+            assert {SEP, FUSED, GQA} <= reached, (model_type, tp_size, reached)
+
+
+def test_attention_variant_rule() -> None:
+    assert attention_variant(8, 2, 4, False) == GQA  # kv < T
+    assert attention_variant(6, 3, 2, False) == GQA  # kv % T != 0
+    assert attention_variant(4, 4, 2, True) == FUSED
+    assert attention_variant(8, 4, 2, True) == SEP  # fuse_qkv needs heads == kv heads
+    assert attention_variant(4, 4, 4, False) == SEP
+
+
+def test_head_dim_variant_exists_only_where_the_config_has_the_field() -> None:
+    with_variant = {e.model_type for e in CATALOGUE.values() if e.name == "head-dim"}
+    assert with_variant == TAKES_HEAD_DIM
+    for model_type in TAKES_HEAD_DIM:
+        config = variant(f"{model_type}/head-dim").config()
+        assert config.head_dim * config.num_attention_heads != config.hidden_size
+        assert config.head_dim == 32
+        # The other variants pin head_dim to hidden/heads (qwen3's own default is 128).
+        gqa = variant(f"{model_type}/gqa").config()
+        assert gqa.head_dim == gqa.hidden_size // gqa.num_attention_heads
+
+
+def test_odd_vocabulary_is_rejected_only_where_it_does_not_divide() -> None:
+    for model_type in ARCHITECTURES:
+        entry = variant(f"{model_type}/odd-vocab")
+        assert entry.config().vocab_size % 4 != 0
+        assert entry.unsupported_reason(1) is None and entry.unsupported_reason(2) is None
+        reason = entry.unsupported_reason(4)
+        assert reason is not None and "250" in reason and "4" in reason
+        assert variant(f"{model_type}/gqa").unsupported_reason(4) is None
+
+
+def test_unsupported_reason_checks_heads_and_mlp_too() -> None:
+    config = CONFIG_MAPPING["llama"](
+        vocab_size=252, hidden_size=48, intermediate_size=90, num_attention_heads=6, num_key_value_heads=3
+    )
+    reason = unsupported_reason(config, 4)
+    assert "num_attention_heads 6" in reason and "intermediate_size 90" in reason
+    assert "num_key_value_heads 3" in reason  # 3 kv heads x multiplier 1 over 4 ranks
+    assert unsupported_reason(config, 3) is None
+
+
+def test_architecture_traits_change_the_transformers_model() -> None:
+    for entry in variants_for("mistral"):
+        assert entry.config().sliding_window < PARITY_SEQUENCE_LENGTH
+    for entry in variants_for("granite"):
+        config = entry.config()
+        multipliers = (config.embedding_multiplier, config.residual_multiplier, config.logits_scaling)
+        assert all(value != 1.0 for value in multipliers)
+        assert config.attention_multiplier != (config.hidden_size // config.num_attention_heads) ** -0.5
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+def test_qwen_features_put_a_sliding_window_on_layer_1_only(model_type: str) -> None:
+    config = variant(f"{model_type}/features").config()
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    windows = [layer.self_attn.sliding_window for layer in model.model.layers]
+    assert windows == [None, 5]
+    assert all(
+        layer.self_attn.sliding_window is None
+        for layer in type(model)(variant(f"{model_type}/gqa").config()).model.layers
+    )
+
+
+def test_biases_are_on_in_llama_and_granite_features() -> None:
+    for model_type in ("llama", "granite"):
+        config = variant(f"{model_type}/features").config()
+        assert config.attention_bias and config.mlp_bias
+        assert not variant(f"{model_type}/gqa").config().attention_bias
+    assert variant("qwen3/features").config().attention_bias
+
+
+def test_unknown_names_list_the_catalogue() -> None:
+    with pytest.raises(KeyError, match="llama/gqa"):
+        variant("llama/nope")
+    with pytest.raises(KeyError, match="architectures"):
+        variants_for("gpt2")

@@ -1,0 +1,70 @@
+"""The modeling file of a target model at each stage of the rule pipeline (cached per model and rule).
+
+Tests of one rule look at the module just after that rule, as the full pipeline produces it.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+
+import libcst as cst
+
+from scaffold.pipeline import apply_rules
+from scaffold.rules import RULES
+from scaffold.rules.base import RuleOptions, definition_source
+
+from ..conftest import blueprint_of, located
+
+
+@functools.cache
+def stages(model_type: str) -> dict[str, cst.Module]:
+    """The module after each rule, by rule code (the pipeline runs once per model)."""
+    module = cst.parse_module(located(model_type).read_text())
+    found = {}
+    for rule in RULES:
+        module = apply_rules(blueprint_of(model_type), module, rules=(rule,), options=RuleOptions())
+        found[rule.CODE] = module
+    return found
+
+
+def module_after(model_type: str, code: str) -> cst.Module:
+    """The module after every rule up to and including `code`."""
+    return stages(model_type)[code]
+
+
+def definition_after(model_type: str, code: str, scope: str) -> ast.AST:
+    """The parsed top-level definition `scope` after rule `code`."""
+    return ast.parse(definition_source(module_after(model_type, code), scope)).body[0]
+
+
+def method(cls: ast.ClassDef, name: str) -> ast.FunctionDef:
+    (found,) = [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == name]
+    return found
+
+
+def self_assignments(node: ast.AST, attribute: str) -> list[ast.Assign]:
+    """Every `self.<attribute> = ...` under `node`."""
+    return [
+        n
+        for n in ast.walk(node)
+        if isinstance(n, ast.Assign)
+        and len(n.targets) == 1
+        and isinstance(n.targets[0], ast.Attribute)
+        and isinstance(n.targets[0].value, ast.Name)
+        and n.targets[0].value.id == "self"
+        and n.targets[0].attr == attribute
+    ]
+
+
+def keyword(call: ast.Call, name: str) -> str:
+    """The source of keyword argument `name` of `call` (KeyError when absent)."""
+    for kw in call.keywords:
+        if kw.arg == name:
+            return ast.unparse(kw.value)
+    raise KeyError(name)
+
+
+def normalized(expression: str) -> str:
+    """An expression's text as `ast.unparse` writes it (for comparisons with Blueprint sources)."""
+    return ast.unparse(ast.parse(expression, mode="eval").body)
