@@ -12,7 +12,9 @@ semantics §10.4), so that the replicas stay identical after an optimizer step. 
 every replica's `.grad` therefore holds the sum, and consolidation must take ONE replica (what the host's
 weight consolidation does, replica 0); summing the replicas again would give m times the gradient.
 What can go wrong is a backend or model whose replicas do not receive the all-reduced sum: they then
-disagree, and `kv_replica_disagreement` measures that.
+disagree, and `kv_replica_disagreement` measures that. `replicated_disagreement` does the same for
+parameters replicated on every rank (norm weights, row-parallel biases), whose gradients must be full
+and equal on every rank once the training loop's sequence-parallel all-reduce has run.
 """
 
 from __future__ import annotations
@@ -76,11 +78,31 @@ def kv_replica_disagreement(
     return spread
 
 
+def replicated_disagreement(
+    per_rank: list[dict[str, torch.Tensor]], parameters_metadata: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """Per replicated parameter (not tensor-parallel): max |rank r's gradient - rank 0's| over the ranks.
+
+    A replicated parameter must end up with the same, full gradient on every rank. One used only on
+    rank-local data (a per-head q/k norm applied to the rank's own heads, a norm inside the sequence-parallel
+    region without the `sequence_parallel_enabled` mark) gets a partial gradient per rank instead, which
+    nothing sums: the spread is then the size of the missing contributions.
+    """
+    spread: dict[str, float] = {}
+    for name, meta in parameters_metadata.items():
+        if meta.get("tensor_model_parallel") or name not in per_rank[0]:
+            continue
+        first = per_rank[0][name]
+        spread[name] = max(float((grads[name] - first).abs().max()) for grads in per_rank)
+    return spread
+
+
 def consolidate_gradients(
     per_rank: list[dict[str, torch.Tensor]], metadata: dict[str, Any]
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Transformers-named gradients from per-TP-rank `{parameter name: gradient}` dicts (rank order), and
-    the K/V replica disagreement (`kv_replica_disagreement`).
+) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, float]]:
+    """Transformers-named gradients from per-TP-rank `{parameter name: gradient}` dicts (rank order), the
+    K/V replica disagreement (`kv_replica_disagreement`) and the replicated-parameter disagreement
+    (`replicated_disagreement`).
 
     `metadata` is `create_parameter_metadata(model)` of the model that produced them (any rank: it is the
     same on all). Needs an active backend (the host's consolidation imports `neuronx_distributed`).
@@ -99,4 +121,8 @@ def consolidate_gradients(
     specs_metadata = metadata["model_weight_transformation_specs"]
     specs = [transformations.ModelWeightTransformationSpecs.from_metadata(entry) for entry in specs_metadata]
     consolidated = transformations.to_original_weights(specs, sharded, metadata["parameters"])
-    return consolidated, kv_replica_disagreement(sharded, specs_metadata)
+    return (
+        consolidated,
+        kv_replica_disagreement(sharded, specs_metadata),
+        replicated_disagreement(per_rank, metadata["parameters"]),
+    )

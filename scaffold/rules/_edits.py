@@ -146,18 +146,22 @@ def rebuild_call(
     callee: str | None = None,
     add: Iterable[tuple[str, str]] = (),
     after: str | None = None,
+    drop: Iterable[str] = (),
 ) -> cst.Call:
-    """`call` (or `callee` with the same arguments) plus keywords `(name, value text)`.
+    """`call` (or `callee` with the same arguments) without keywords `drop`, plus keywords `(name, value text)`.
 
     Added keywords go right after the keyword `after` when the call passes it, else at the end but before
     a `**mapping`. A keyword the call already passes keeps its place and takes the new value.
     """
     added = dict(add)
+    dropped = set(drop)
     pending = [(name, value) for name, value in added.items() if not _passes(call, name)]
     texts: list[str] = []
     placed = False
     for arg in call.args:
         name = arg.keyword.value if arg.keyword is not None else None
+        if name in dropped:
+            continue
         if arg.star == "**" and not placed:
             texts.extend(f"{key}={value}" for key, value in pending)
             placed = True

@@ -223,10 +223,7 @@ def replace_nodes(
 
     class _Replace(cst.CSTTransformer):
         def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode) -> cst.CSTNode:
-            if callable(replacements):
-                found = replacements(original)
-            else:
-                found = replacements.get(original)
+            found = replacements(original) if callable(replacements) else replacements.get(original)
             return updated if found is None else found
 
     return node.visit(_Replace())

@@ -23,7 +23,7 @@ from ..blueprint import AttentionGeometry
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
 from .attention_variants import FUSED_NAME
-from .base import Rule
+from .base import Rule, RuleExample
 
 SP = "self.trn_config.sequence_parallel_enabled"
 
@@ -31,7 +31,9 @@ SP = "self.trn_config.sequence_parallel_enabled"
 class AttentionSequenceParallel(Rule):
     CODE = "NXS022"
     NAME = "attention-sequence-parallel"
-    SUMMARY = "attention forward under SP: (S, B, h*d) projections to batch-first heads, (S, B, h*d) into o_proj"
+    SUMMARY = (
+        "attention forward under SP: (S, B, h*d) projections to batch-first heads, (S, B, h*d) into o_proj"
+    )
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         for geometry in self.blueprint.attention:
@@ -94,7 +96,9 @@ class AttentionSequenceParallel(Rule):
         """Give the output projection its sequence-first input under SP."""
         calls = pc.self_calls(cst.IndentedBlock(body=body), geometry.o)
         if len(calls) != 1 or len(calls[0].args) != 1:
-            raise ScaffoldError(f"{self.CODE}: {geometry.owner}.forward must call self.{geometry.o}(x) exactly once")
+            raise ScaffoldError(
+                f"{self.CODE}: {geometry.owner}.forward must call self.{geometry.o}(x) exactly once"
+            )
         call = calls[0]
         position = next(i for i, s in enumerate(body) if any(n is call for n in pc.walk(s)))
         argument = call.args[0].value
@@ -193,3 +197,316 @@ def _reads_shape(node: cst.CSTNode, source_input: str) -> bool:
         and node.value.value == source_input
         and node.attr.value in ("shape", "size")
     )
+
+
+# --- examples (regenerated from the full pipeline) ---
+
+EXAMPLES: tuple[RuleExample, ...] = (
+    RuleExample(
+        model_type="qwen3",
+        scope="Qwen3Attention",
+        before="""\
+class Qwen3Attention(nn.Module, CustomModule):
+    \"\"\"Multi-headed attention from 'Attention Is All You Need' paper\"\"\"
+
+    def __init__(self, config: Qwen3Config, trn_config: TrainingNeuronConfig, layer_idx: int):
+        super().__init__()
+        self.trn_config = trn_config
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+
+        # Attention variant, chosen at construction: NxD's GQA layer when the KV heads cannot be split
+        # evenly over the tensor-parallel ranks (it replicates them kv_size_multiplier times), one fused
+        # projection when asked for and every query head has its own K/V head, else separate projections.
+        tp_size = get_tensor_model_parallel_size()
+        self.qkv_linear = config.num_key_value_heads < tp_size or config.num_key_value_heads % tp_size != 0
+        self.kv_size_multiplier = 1
+        if self.qkv_linear:
+            self.kv_size_multiplier = trn_config.kv_size_multiplier
+            if self.kv_size_multiplier is None:
+                self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
+        self.specs = ModelWeightTransformationSpecs()
+        if self.qkv_linear:
+            # With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear
+            # rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.
+            self.qkv_proj = GQAQKVColumnParallelLinear(
+                config.hidden_size,
+                [config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim],
+                bias=config.attention_bias,
+                gather_output=False,
+                kv_size_multiplier=self.kv_size_multiplier,
+                fuse_qkv=trn_config.fuse_qkv,
+                init_method=partial(_init_normal, config.initializer_range),
+                sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+                dtype=config.dtype,
+            )
+            self.specs.add_spec(
+                GQAQKVColumnParallelLinearSpec(
+                    gqa_qkv_projection_name="qkv_proj",
+                    query_projection_name="q_proj",
+                    key_projection_name="k_proj",
+                    value_projection_name="v_proj",
+                    output_projection_name="o_proj",
+                    num_attention_heads=config.num_attention_heads,
+                    num_key_value_heads=config.num_key_value_heads,
+                    kv_size_multiplier=self.kv_size_multiplier,
+                    q_output_size_per_partition=self.qkv_proj.q_output_size_per_partition,
+                    kv_output_size_per_partition=self.qkv_proj.kv_output_size_per_partition,
+                    fuse_qkv=trn_config.fuse_qkv,
+                    bias=config.attention_bias,
+                )
+            )
+        elif trn_config.fuse_qkv and config.num_attention_heads == config.num_key_value_heads:
+            self.qkv_proj = ColumnParallelLinear(
+                config.hidden_size,
+                3 * (config.num_attention_heads * self.head_dim),
+                stride=3,
+                bias=config.attention_bias,
+                gather_output=False,
+                init_method=partial(_init_normal, config.initializer_range),
+                sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+                sequence_dimension=0,
+                dtype=config.dtype,
+            )
+            self.specs.add_spec(
+                FusedLinearsSpec(
+                    fused_linear_name="qkv_proj",
+                    linear_names=["q_proj", "k_proj", "v_proj"],
+                    bias=config.attention_bias,
+                    fuse_axis="column",
+                    original_dims=[config.num_attention_heads * self.head_dim] * 3,
+                )
+            )
+            self.split_size = divide(config.num_attention_heads * self.head_dim, tp_size)
+        else:
+            self.q_proj = nn.Linear(
+                config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias
+            )
+            self.k_proj = nn.Linear(
+                config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias
+            )
+            self.v_proj = nn.Linear(
+                config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias
+            )
+        self.o_proj = nn.Linear(
+            config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_bias
+        )
+        self.q_norm = Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)  # unlike olmo, only on the head dim!
+        self.k_norm = Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)  # thus post q_norm does not need reshape
+        self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
+
+        # Per-rank head counts (K/V heads after replication by kv_size_multiplier).
+        self.num_heads = divide(config.num_attention_heads, tp_size)
+        self.num_key_value_heads = divide(config.num_key_value_heads * self.kv_size_multiplier, tp_size)
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: Optional[torch.Tensor],
+        **kwargs: Unpack[FlashAttentionKwargs],
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        if self.trn_config.fuse_qkv and self.num_heads == self.num_key_value_heads and self.kv_size_multiplier == 1:
+            query_states, key_states, value_states = self.qkv_proj(hidden_states).split(self.split_size, dim=-1)
+        elif self.qkv_linear:
+            query_states, key_states, value_states = self.qkv_proj(hidden_states)
+        else:
+            query_states = self.q_proj(hidden_states)
+            key_states = self.k_proj(hidden_states)
+            value_states = self.v_proj(hidden_states)
+        query_states = self.q_norm(query_states.view(hidden_shape)).transpose(1, 2)
+        key_states = self.k_norm(key_states.view(hidden_shape)).transpose(1, 2)
+        value_states = value_states.view(hidden_shape).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,  # diff with Llama
+            **kwargs,
+        )
+
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+""",
+        after="""\
+class Qwen3Attention(nn.Module, CustomModule):
+    \"\"\"Multi-headed attention from 'Attention Is All You Need' paper\"\"\"
+
+    def __init__(self, config: Qwen3Config, trn_config: TrainingNeuronConfig, layer_idx: int):
+        super().__init__()
+        self.trn_config = trn_config
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+
+        # Attention variant, chosen at construction: NxD's GQA layer when the KV heads cannot be split
+        # evenly over the tensor-parallel ranks (it replicates them kv_size_multiplier times), one fused
+        # projection when asked for and every query head has its own K/V head, else separate projections.
+        tp_size = get_tensor_model_parallel_size()
+        self.qkv_linear = config.num_key_value_heads < tp_size or config.num_key_value_heads % tp_size != 0
+        self.kv_size_multiplier = 1
+        if self.qkv_linear:
+            self.kv_size_multiplier = trn_config.kv_size_multiplier
+            if self.kv_size_multiplier is None:
+                self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
+        self.specs = ModelWeightTransformationSpecs()
+        if self.qkv_linear:
+            # With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear
+            # rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.
+            self.qkv_proj = GQAQKVColumnParallelLinear(
+                config.hidden_size,
+                [config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim],
+                bias=config.attention_bias,
+                gather_output=False,
+                kv_size_multiplier=self.kv_size_multiplier,
+                fuse_qkv=trn_config.fuse_qkv,
+                init_method=partial(_init_normal, config.initializer_range),
+                sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+                dtype=config.dtype,
+            )
+            self.specs.add_spec(
+                GQAQKVColumnParallelLinearSpec(
+                    gqa_qkv_projection_name="qkv_proj",
+                    query_projection_name="q_proj",
+                    key_projection_name="k_proj",
+                    value_projection_name="v_proj",
+                    output_projection_name="o_proj",
+                    num_attention_heads=config.num_attention_heads,
+                    num_key_value_heads=config.num_key_value_heads,
+                    kv_size_multiplier=self.kv_size_multiplier,
+                    q_output_size_per_partition=self.qkv_proj.q_output_size_per_partition,
+                    kv_output_size_per_partition=self.qkv_proj.kv_output_size_per_partition,
+                    fuse_qkv=trn_config.fuse_qkv,
+                    bias=config.attention_bias,
+                )
+            )
+        elif trn_config.fuse_qkv and config.num_attention_heads == config.num_key_value_heads:
+            self.qkv_proj = ColumnParallelLinear(
+                config.hidden_size,
+                3 * (config.num_attention_heads * self.head_dim),
+                stride=3,
+                bias=config.attention_bias,
+                gather_output=False,
+                init_method=partial(_init_normal, config.initializer_range),
+                sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+                sequence_dimension=0,
+                dtype=config.dtype,
+            )
+            self.specs.add_spec(
+                FusedLinearsSpec(
+                    fused_linear_name="qkv_proj",
+                    linear_names=["q_proj", "k_proj", "v_proj"],
+                    bias=config.attention_bias,
+                    fuse_axis="column",
+                    original_dims=[config.num_attention_heads * self.head_dim] * 3,
+                )
+            )
+            self.split_size = divide(config.num_attention_heads * self.head_dim, tp_size)
+        else:
+            self.q_proj = nn.Linear(
+                config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias
+            )
+            self.k_proj = nn.Linear(
+                config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias
+            )
+            self.v_proj = nn.Linear(
+                config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias
+            )
+        self.o_proj = nn.Linear(
+            config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_bias
+        )
+        self.q_norm = Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)  # unlike olmo, only on the head dim!
+        self.k_norm = Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)  # thus post q_norm does not need reshape
+        self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
+
+        # Per-rank head counts (K/V heads after replication by kv_size_multiplier).
+        self.num_heads = divide(config.num_attention_heads, tp_size)
+        self.num_key_value_heads = divide(config.num_key_value_heads * self.kv_size_multiplier, tp_size)
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: Optional[torch.Tensor],
+        **kwargs: Unpack[FlashAttentionKwargs],
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.trn_config.sequence_parallel_enabled:
+            # hidden_states is (S/T, B, D): sequence-first and sharded over the tensor-parallel ranks.
+            input_shape = (hidden_states.shape[1], hidden_states.shape[0] * get_tensor_model_parallel_size())
+        else:
+            input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        if self.trn_config.fuse_qkv and self.num_heads == self.num_key_value_heads and self.kv_size_multiplier == 1:
+            query_states, key_states, value_states = self.qkv_proj(hidden_states).split(self.split_size, dim=-1)
+        elif self.qkv_linear:
+            query_states, key_states, value_states = self.qkv_proj(hidden_states)
+        else:
+            query_states = self.q_proj(hidden_states)
+            key_states = self.k_proj(hidden_states)
+            value_states = self.v_proj(hidden_states)
+        if self.trn_config.sequence_parallel_enabled:
+            # The column layers gathered the sequence: (S, B, h*d) -> batch-first (B, S, h*d).
+            query_states, key_states, value_states = (
+                query_states.transpose(0, 1),
+                key_states.transpose(0, 1),
+                value_states.transpose(0, 1),
+            )
+        query_states = self.q_norm(query_states.view(hidden_shape)).transpose(1, 2)
+        key_states = self.k_norm(key_states.view(hidden_shape)).transpose(1, 2)
+        value_states = value_states.view(hidden_shape).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,  # diff with Llama
+            **kwargs,
+        )
+
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        if self.trn_config.sequence_parallel_enabled:
+            # o_proj reduce-scatters along the sequence: back to sequence-first (S, B, h*d).
+            attn_output = attn_output.transpose(0, 1)
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+""",
+    ),
+)
+AttentionSequenceParallel.EXAMPLES = EXAMPLES

@@ -3,8 +3,8 @@
 - After the `ParallelEmbedding` (NXS010) the hidden stream is `(S/T, B, D)` under sequence parallelism,
   so reads of the sequence length from the embeddings' dim 1 become a `sequence_length` computed from the
   layout; positions (and position ids) then span the whole sequence on every rank.
-- Causal masks come from the host (`..masking_utils.create_causal_mask`, which takes `trn_config` and
-  knows the layout). With `trn_config.recompute_causal_mask` (the default) no mask is built: the
+- Causal masks come from the host (`..masking_utils.create_causal_mask`, which takes `trn_config`, knows
+  the layout and has no cache argument to pass). With `trn_config.recompute_causal_mask` (the default) no mask is built: the
   attention recomputes a causal one. transformers' sliding-window mask becomes a small local helper: the
   host's mask restricted to the window, so sliding windows are kept.
 - Gradient checkpointing wraps each decoder layer call in `..training_utils.checkpoint_with_kwargs` when
@@ -29,7 +29,6 @@ from ._edits import (
     dotted,
     find_method,
     indented,
-    insert_after_super_init,
     insert_module_statements,
     mask_aliases,
     mask_builders,
@@ -46,6 +45,7 @@ CAUSAL_MASK = "create_causal_mask"
 SLIDING_MASK = "create_sliding_window_causal_mask"
 SLIDING_HELPER = "_create_sliding_window_causal_mask"
 CHECKPOINT = "checkpoint_with_kwargs"
+CACHE = "past_key_values"  # NXS002 passes None to transformers' builders; the host's do not need it
 CHECKPOINTING_BASES = frozenset({"GradientCheckpointingLayer"})
 SEQUENCE_LENGTH = "sequence_length"
 RECOMPUTE = "self.trn_config.recompute_causal_mask"
@@ -87,6 +87,7 @@ class BaseModelForward(Rule):
     def visit_Module(self, node: cst.Module) -> None:
         self._mask_names = mask_builders(node)
         self._uses_sliding = False
+        self._uses_masks = False
 
     def leave_ImportFrom(
         self, original_node: cst.ImportFrom, updated_node: cst.ImportFrom
@@ -105,7 +106,8 @@ class BaseModelForward(Rule):
         return updated_node
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        AddImportsVisitor.add_needed_import(self.context, HOST_MASKING_MODULE, CAUSAL_MASK, relative=2)
+        if self._uses_masks:
+            AddImportsVisitor.add_needed_import(self.context, HOST_MASKING_MODULE, CAUSAL_MASK, relative=2)
         if self._uses_sliding:
             updated_node = insert_module_statements(
                 updated_node, parse_statements(SLIDING_HELPER_SOURCE), before=self.blueprint.base_model_class
@@ -200,6 +202,8 @@ class BaseModelForward(Rule):
             )
         if SLIDING_MASK in names_in(forward):
             self._uses_sliding = True
+        if names_in(forward) & mask_names:
+            self._uses_masks = True
         aliases = mask_aliases(forward, mask_names)
         callables = mask_names | aliases
         direct, spread = _mask_call_shapes(forward, callables)
@@ -214,7 +218,7 @@ class BaseModelForward(Rule):
                     return updated
                 if not any(arg.star == "**" for arg in updated.args):
                     updated = rebuild_call(
-                        updated, add=[(pc.TRN_CONFIG, f"self.{pc.TRN_CONFIG}")], after="config"
+                        updated, add=[(pc.TRN_CONFIG, f"self.{pc.TRN_CONFIG}")], after="config", drop=[CACHE]
                     )
                 if original in direct:
                     return updated
@@ -225,8 +229,11 @@ class BaseModelForward(Rule):
                     return updated
                 texts = []
                 for element in updated.elements:
+                    key = element.key.evaluated_value if isinstance(element.key, cst.SimpleString) else None  # type: ignore[union-attr]
+                    if key == CACHE:
+                        continue
                     texts.append(f"{code(element.key)}: {code(element.value)}")  # type: ignore[union-attr]
-                    if isinstance(element.key, cst.SimpleString) and element.key.evaluated_value == "config":
+                    if key == "config":
                         texts.append(f'"{pc.TRN_CONFIG}": self.{pc.TRN_CONFIG}')
                 return _dict(texts)
 
@@ -370,7 +377,21 @@ def _checkpointing_switch(init: cst.FunctionDef) -> cst.FunctionDef:
     assert isinstance(result, cst.FunctionDef)
     if replaced:
         return result
-    return insert_after_super_init(init, parse_statements(f"self.gradient_checkpointing = {code(value)}"))
+    body = list(init.body.body)
+    position = next((index for index, statement in enumerate(body) if _calls_post_init(statement)), len(body))
+    body[position:position] = parse_statements(f"self.gradient_checkpointing = {code(value)}")
+    return init.with_changes(body=init.body.with_changes(body=body))
+
+
+def _calls_post_init(statement: cst.BaseStatement) -> bool:
+    """`self.post_init()`: transformers' end-of-constructor hook."""
+    return (
+        isinstance(statement, cst.SimpleStatementLine)
+        and len(statement.body) == 1
+        and isinstance(statement.body[0], cst.Expr)
+        and isinstance(statement.body[0].value, cst.Call)
+        and dotted(statement.body[0].value.func) == "self.post_init"
+    )
 
 
 def _layer_call(statement: cst.BaseStatement, layer: str) -> cst.Call | None:
@@ -399,5 +420,278 @@ def _checkpointed(statement: cst.SimpleStatementLine, call: cst.Call, layer: str
     return parse_statements(text)[0].with_changes(leading_lines=statement.leading_lines)
 
 
-EXAMPLES: tuple[RuleExample, ...] = ()
+EXAMPLES = (
+    RuleExample(
+        model_type="mistral",
+        scope="MistralModel",
+        before=r"""class MistralModel(NeuronModelMixin, MistralPreTrainedModel):
+    def __init__(self, config: MistralConfig, trn_config: TrainingNeuronConfig):
+        super().__init__(config)
+        self.trn_config = trn_config
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+
+        self.embed_tokens = ParallelEmbedding(
+            config.vocab_size,
+            config.hidden_size,
+            self.padding_idx,
+            init_method=partial(_init_normal, config.initializer_range),
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+            dtype=config.dtype,
+        )
+        self.layers = nn.ModuleList(
+            [MistralDecoderLayer(config, trn_config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = MistralRMSNorm(
+            config.hidden_size,
+            eps=config.rms_norm_eps,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+        )
+        self.rotary_emb = MistralRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+
+        # Initialize weights and apply final processing
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+
+        cache_position = torch.arange(
+            0, inputs_embeds.shape[1], device=inputs_embeds.device
+        )
+
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0)
+
+        mask_function = create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
+        causal_mask = mask_function(
+            config=self.config,
+            input_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache_position=cache_position,
+            position_ids=position_ids,
+        )
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+        )
+""",
+        after=r"""class MistralModel(NeuronModelMixin, MistralPreTrainedModel):
+    def __init__(self, config: MistralConfig, trn_config: TrainingNeuronConfig):
+        super().__init__(config)
+        self.trn_config = trn_config
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+
+        self.embed_tokens = ParallelEmbedding(
+            config.vocab_size,
+            config.hidden_size,
+            self.padding_idx,
+            init_method=partial(_init_normal, config.initializer_range),
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+            dtype=config.dtype,
+        )
+        self.layers = nn.ModuleList(
+            [MistralDecoderLayer(config, trn_config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = MistralRMSNorm(
+            config.hidden_size,
+            eps=config.rms_norm_eps,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+        )
+        self.rotary_emb = MistralRotaryEmbedding(config=config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+
+        # Initialize weights and apply final processing
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+
+        # (B, S, D), or (S/T, B, D) under sequence parallelism
+        sequence_length = (
+            inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+            if self.trn_config.sequence_parallel_enabled
+            else inputs_embeds.size(1)
+        )
+        cache_position = torch.arange(
+            0, sequence_length, device=inputs_embeds.device
+        )
+
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0)
+
+        mask_function = create_causal_mask if self.config.sliding_window is None else _create_sliding_window_causal_mask
+        if self.trn_config.recompute_causal_mask:
+            causal_mask = None
+        else:
+            causal_mask = mask_function(
+                config=self.config,
+                trn_config=self.trn_config,
+                input_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache_position=cache_position,
+                position_ids=position_ids,
+            )
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = checkpoint_with_kwargs(
+                    decoder_layer,
+                    hidden_states,
+                    attention_mask=causal_mask,
+                    position_ids=position_ids,
+                    position_embeddings=position_embeddings,
+                    **kwargs,
+                )
+            else:
+                hidden_states = decoder_layer(
+                    hidden_states,
+                    attention_mask=causal_mask,
+                    position_ids=position_ids,
+                    position_embeddings=position_embeddings,
+                    **kwargs,
+                )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+        )
+""",
+    ),
+    RuleExample(
+        model_type="llama",
+        scope="LlamaDecoderLayer",
+        before=r"""class LlamaDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: LlamaConfig, trn_config: TrainingNeuronConfig, layer_idx: int):
+        super().__init__()
+        self.trn_config = trn_config
+        self.hidden_size = config.hidden_size
+
+        self.self_attn = LlamaAttention(config=config, trn_config=trn_config, layer_idx=layer_idx)
+
+        self.mlp = LlamaMLP(config, trn_config)
+        self.input_layernorm = LlamaRMSNorm(
+            config.hidden_size,
+            eps=config.rms_norm_eps,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+        )
+        self.post_attention_layernorm = LlamaRMSNorm(
+            config.hidden_size,
+            eps=config.rms_norm_eps,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # necessary, but kept here for BC
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        # Self Attention
+        hidden_states, _ = self.self_attn(
+            hidden_states=hidden_states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+
+        # Fully Connected
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = residual + hidden_states
+        return hidden_states
+""",
+        after=r"""class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, trn_config: TrainingNeuronConfig, layer_idx: int):
+        super().__init__()
+        self.trn_config = trn_config
+        self.hidden_size = config.hidden_size
+
+        self.self_attn = LlamaAttention(config=config, trn_config=trn_config, layer_idx=layer_idx)
+
+        self.mlp = LlamaMLP(config, trn_config)
+        self.input_layernorm = LlamaRMSNorm(
+            config.hidden_size,
+            eps=config.rms_norm_eps,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+        )
+        self.post_attention_layernorm = LlamaRMSNorm(
+            config.hidden_size,
+            eps=config.rms_norm_eps,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # necessary, but kept here for BC
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        # Self Attention
+        hidden_states, _ = self.self_attn(
+            hidden_states=hidden_states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+
+        # Fully Connected
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = residual + hidden_states
+        return hidden_states
+""",
+    ),
+)
 BaseModelForward.EXAMPLES = EXAMPLES

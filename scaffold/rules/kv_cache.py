@@ -5,10 +5,11 @@ parameters. Within a function that took them, their values are known: no cache, 
 `cache_position` unset until the function computes it. Conditions over those values are decided, so
 cache updates, `DynamicCache` creation and `use_cache` defaults disappear, while `if cache_position is
 None:` keeps its body: the positions of the (whole) sequence are still needed for position ids and for
-the host's causal mask, which is the one callee that keeps its `cache_position=` argument. A name bound
-to a constant by that folding (`past_seen_tokens = 0`) is substituted into its uses. Keyword arguments and
-dict entries that forward the removed values go, as do cache-only class attributes.
-Anything that still reads a removed name afterwards is refused rather than left dangling.
+the causal mask. A name bound to a constant by that folding (`past_seen_tokens = 0`) is substituted into
+its uses. Keyword arguments and dict entries that forward the removed values go, except into
+transformers' mask builders, which keep `cache_position` and get `past_key_values=None` (so the file
+still runs as plain transformers code; NXS012 moves the masks to the host). Cache-only class attributes
+go too. Anything that still reads a removed name afterwards is refused rather than left dangling.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class DropKVCache(Rule):
 class _State:
     known: dict[str, str]  # name -> "None" / "False" while its training value is known
     mask_functions: set[str]
+    mask_arguments: set[str]  # names of dicts spread into mask builders (`**mask_kwargs`)
     folded: dict[str, cst.BaseExpression] = field(default_factory=dict)
 
 
@@ -64,9 +66,11 @@ def _strip_function(function: cst.FunctionDef, mask_functions: set[str], rule: s
     removed = [name for name in _parameter_names(function) if name in CACHE_PARAMETERS]
     if not removed and not _forwards_cache(function):
         return function
+    builders = set(mask_functions) | mask_aliases(function, mask_functions)
     state = _State(
         known={name: CACHE_PARAMETERS[name] for name in removed},
-        mask_functions=set(mask_functions) | mask_aliases(function, mask_functions),
+        mask_functions=builders,
+        mask_arguments=_spread_into(function, builders),
     )
     params = function.params
     kept = [param for param in params.params if param.name.value not in CACHE_PARAMETERS]
@@ -85,6 +89,23 @@ def _strip_function(function: cst.FunctionDef, mask_functions: set[str], rule: s
     function = function.with_changes(body=function.body.with_changes(body=body))
     _check_nothing_dangles(function, removed, rule)
     return function
+
+
+def _spread_into(function: cst.FunctionDef, callees: set[str]) -> set[str]:
+    """Names spread with `**name` into calls of `callees`."""
+    found: set[str] = set()
+
+    class _Spread(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            if dotted(node.func) in callees:
+                found.update(
+                    arg.value.value
+                    for arg in node.args
+                    if arg.star == "**" and isinstance(arg.value, cst.Name)
+                )
+
+    function.visit(_Spread())
+    return found
 
 
 def _parameter_names(function: cst.FunctionDef) -> list[str]:
@@ -179,17 +200,16 @@ def _assigns_known(small: cst.BaseSmallStatement, state: _State) -> bool:
 
 
 def _small(small: cst.BaseSmallStatement, state: _State) -> cst.BaseSmallStatement:
-    if isinstance(small, cst.Assign | cst.AnnAssign) and small.value is not None:
-        value = _expression(small.value, state)
+    changed = _expression(small, state)
+    if isinstance(small, cst.Assign | cst.AnnAssign) and isinstance(changed, cst.Assign | cst.AnnAssign):
         target = small.targets[0].target if isinstance(small, cst.Assign) else small.target
         if (
             isinstance(small.value, cst.IfExp)
-            and isinstance(value, cst.Integer | cst.Float | cst.Name)
+            and isinstance(changed.value, cst.Integer | cst.Float | cst.Name)
             and isinstance(target, cst.Name)
         ):
-            state.folded[target.value] = value
-        return small.with_changes(value=value)
-    return _expression(small, state)  # type: ignore[return-value]
+            state.folded[target.value] = changed.value
+    return changed  # type: ignore[return-value]
 
 
 # --- expressions --------------------------------------------------------------------------------------
@@ -226,6 +246,7 @@ class _Expressions(cst.CSTTransformer):
     def __init__(self, state: _State, blocks: bool) -> None:
         self.state = state
         self.blocks = blocks
+        self.target: str | None = None  # the name the statement being rewritten assigns
 
     def visit_IndentedBlock(self, node: cst.IndentedBlock) -> bool:
         return True
@@ -243,17 +264,23 @@ class _Expressions(cst.CSTTransformer):
             return updated
         return updated.body if decided else updated.orelse
 
+    def visit_Assign(self, node: cst.Assign) -> None:
+        target = node.targets[0].target if len(node.targets) == 1 else None
+        self.target = target.value if isinstance(target, cst.Name) else None
+
+    def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
+        self.target = None
+        return updated
+
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
-        callee = dotted(updated.func)
-        keep_positions = callee in self.state.mask_functions
-        args = [
-            arg
-            for arg in updated.args
-            if arg.keyword is None
-            or not (
-                arg.keyword.value in FORWARDED_ONLY or (arg.keyword.value == POSITIONS and not keep_positions)
-            )
-        ]
+        if dotted(updated.func) in self.state.mask_functions:
+            # transformers' mask builders take the cache (and positions): no cache in training.
+            args = [
+                arg.with_changes(value=cst.Name("None")) if _keyword(arg) in FORWARDED_ONLY else arg
+                for arg in updated.args
+            ]
+            return updated.with_changes(args=args)
+        args = [arg for arg in updated.args if _keyword(arg) not in FORWARDED_ONLY | {POSITIONS}]
         if len(args) == len(updated.args):
             return updated
         if args:
@@ -261,20 +288,27 @@ class _Expressions(cst.CSTTransformer):
         return updated.with_changes(args=args)
 
     def leave_Dict(self, original: cst.Dict, updated: cst.Dict) -> cst.Dict:
-        elements = [
-            element
-            for element in updated.elements
-            if not (
-                isinstance(element, cst.DictElement)
-                and isinstance(element.key, cst.SimpleString)
-                and element.key.evaluated_value in FORWARDED_ONLY
+        for_masks = self.target in self.state.mask_arguments
+        elements = []
+        for element in updated.elements:
+            key = (
+                element.key.evaluated_value
+                if isinstance(element, cst.DictElement) and isinstance(element.key, cst.SimpleString)
+                else None
             )
-        ]
+            if key not in FORWARDED_ONLY:
+                elements.append(element)
+            elif for_masks:
+                elements.append(element.with_changes(value=cst.Name("None")))
         if len(elements) == len(updated.elements):
-            return updated
+            return updated.with_changes(elements=elements)
         if elements:
             elements[-1] = elements[-1].with_changes(comma=updated.elements[-1].comma)
         return updated.with_changes(elements=elements)
+
+
+def _keyword(arg: cst.Arg) -> str | None:
+    return arg.keyword.value if arg.keyword is not None else None
 
 
 def _expression(node: cst.CSTNode, state: _State, *, blocks: bool = False) -> cst.CSTNode:
@@ -404,5 +438,283 @@ def _cache_only_attribute(statement: cst.BaseStatement) -> bool:
     )
 
 
-EXAMPLES: tuple[RuleExample, ...] = ()
+EXAMPLES = (
+    RuleExample(
+        model_type="llama",
+        scope="LlamaAttention",
+        before=r'''class LlamaAttention(nn.Module):
+    """Multi-headed attention from 'Attention Is All You Need' paper"""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+
+        self.q_proj = nn.Linear(
+            config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias
+        )
+        self.k_proj = nn.Linear(
+            config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias
+        )
+        self.v_proj = nn.Linear(
+            config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias
+        )
+        self.o_proj = nn.Linear(
+            config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_bias
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: Optional[torch.Tensor],
+        past_key_values: Optional[Cache] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+
+        if past_key_values is not None:
+            # sin and cos are specific to RoPE models; cache_position needed for the static cache
+            cache_kwargs = {"sin": sin, "cos": cos, "cache_position": cache_position}
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx, cache_kwargs)
+
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+''',
+        after=r'''class LlamaAttention(nn.Module):
+    """Multi-headed attention from 'Attention Is All You Need' paper"""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+
+        self.q_proj = nn.Linear(
+            config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias
+        )
+        self.k_proj = nn.Linear(
+            config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias
+        )
+        self.v_proj = nn.Linear(
+            config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias
+        )
+        self.o_proj = nn.Linear(
+            config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_bias
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: Optional[torch.Tensor],
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+''',
+    ),
+    RuleExample(
+        model_type="llama",
+        scope="LlamaModel",
+        before=r"""class LlamaModel(LlamaPreTrainedModel):
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+
+        # Initialize weights and apply final processing
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+
+        if inputs_embeds is None:
+            inputs_embeds: torch.Tensor = self.embed_tokens(input_ids)
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+
+        if cache_position is None:
+            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache_position: torch.Tensor = torch.arange(
+                past_seen_tokens, past_seen_tokens + inputs_embeds.shape[1], device=inputs_embeds.device
+            )
+
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            input_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache_position=cache_position,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                cache_position=cache_position,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values,
+        )
+""",
+        after=r"""class LlamaModel(LlamaPreTrainedModel):
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+
+        # Initialize weights and apply final processing
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+
+        if inputs_embeds is None:
+            inputs_embeds: torch.Tensor = self.embed_tokens(input_ids)
+
+        cache_position: torch.Tensor = torch.arange(
+            0, inputs_embeds.shape[1], device=inputs_embeds.device
+        )
+
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            input_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache_position=cache_position,
+            position_ids=position_ids,
+        )
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+        )
+""",
+    ),
+)
 DropKVCache.EXAMPLES = EXAMPLES

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from conformance.checks.gradient_consolidation import kv_replica_disagreement
+from conformance.checks.gradient_consolidation import kv_replica_disagreement, replicated_disagreement
 
 
 def _spec(fuse_qkv: bool, multiplier: int = 2, bias: bool = False) -> list[dict]:
@@ -93,3 +93,16 @@ def test_layers_without_replication_are_not_reported() -> None:
         }
     ]
     assert kv_replica_disagreement(sharded, other) == {}
+
+
+def test_replicated_parameters_are_compared_across_ranks_and_sharded_ones_are_not() -> None:
+    metadata = {
+        "norm.weight": {"tensor_model_parallel": False},
+        "bias": {"tensor_model_parallel": False},
+        "proj.weight": {"tensor_model_parallel": True, "partition_dim": 0},
+    }
+    per_rank = [
+        {"norm.weight": torch.tensor([1.0, 2.0]), "bias": torch.tensor([3.0]), "proj.weight": torch.ones(2)},
+        {"norm.weight": torch.tensor([1.0, 2.5]), "bias": torch.tensor([3.0]), "proj.weight": torch.zeros(2)},
+    ]
+    assert replicated_disagreement(per_rank, metadata) == {"norm.weight": 0.5, "bias": 0.0}

@@ -7,6 +7,7 @@ are checked against transformers' own parameter list.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -117,7 +118,11 @@ def test_figures_are_recorded_and_within_the_stated_tolerances(matrix: list[Pari
             result.case.sequence_parallel and result.case.tp_size > 1
         )
         assert result.seconds > 0 and "fp32" in tol.reason
+        assert json.loads(json.dumps(result.to_dict()))["label"] == result.case.label
         assert not (result.missing_keys or result.unexpected_keys or result.no_gradient)
+        norms = {name for name in result.gradients if name.endswith("norm.weight")}
+        assert norms <= set(result.replicated_disagreement) and len(norms) == 5
+        assert max(result.replicated_disagreement.values()) <= 1e-7, result.case.label
 
 
 def test_replicated_kv_heads_hold_identical_gradients(matrix: list[ParityResult]) -> None:
@@ -176,6 +181,9 @@ def test_norm_not_marked_for_sequence_parallelism_fails_on_gradients_only(
         for norm in ("input_layernorm", "post_attention_layernorm")
     }
     assert any("gradient(s) out of bounds" in reason for reason in on.reasons)
+    # The diagnosis: those replicated gradients differ between the two ranks.
+    assert {name for name, spread in on.replicated_disagreement.items() if spread > 1e-6} == over
+    assert any("different gradients on different ranks" in reason for reason in on.reasons)
     assert off.status == PASS, off.summary()  # without SP the flag is irrelevant
 
 

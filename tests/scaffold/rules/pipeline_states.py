@@ -6,8 +6,6 @@ rule with a smaller code applied, in order); the examples of every rule are chec
 
 from __future__ import annotations
 
-import functools
-
 import libcst as cst
 
 from scaffold.pipeline import apply_rules
@@ -19,33 +17,31 @@ from ..conftest import blueprint_of, located
 IMPORTS_SCOPE = "<imports>"  # pseudo scope of an example: the module's top-level import statements
 
 
-@functools.cache
-def _states(model_type: str) -> tuple[cst.Module, ...]:
-    """The parsed source, then the module after each rule of RULES (index i: after RULES[i - 1])."""
+_STATES: dict[str, list[cst.Module]] = {}
+
+
+def _state(model_type: str, index: int) -> cst.Module:
+    """The module after the first `index` rules of RULES (0: the parsed source), computed once, lazily:
+    a rule's run costs seconds, so nothing past the last rule a test asks for is computed."""
+    states = _STATES.setdefault(model_type, [cst.parse_module(located(model_type).read_text())])
     blueprint = blueprint_of(model_type)
-    module = cst.parse_module(located(model_type).read_text())
-    states = [module]
-    for rule in RULES:
-        module = apply_rules(blueprint, module, rules=[rule])
-        states.append(module)
-    return tuple(states)
+    while len(states) <= index:
+        states.append(apply_rules(blueprint, states[-1], rules=[RULES[len(states) - 1]]))
+    return states[index]
+
+
+def _index(code: str) -> int:
+    return [rule.CODE for rule in RULES].index(code)
 
 
 def module_before(model_type: str, code: str) -> cst.Module:
     """The module just before the rule `code` runs in the full pipeline."""
-    index = [rule.CODE for rule in RULES].index(code)
-    return _states(model_type)[index]
+    return _state(model_type, _index(code))
 
 
 def module_after(model_type: str, code: str) -> cst.Module:
     """The module just after the rule `code` ran in the full pipeline."""
-    index = [rule.CODE for rule in RULES].index(code)
-    return _states(model_type)[index + 1]
-
-
-def final_module(model_type: str) -> cst.Module:
-    """The module after every rule."""
-    return _states(model_type)[-1]
+    return _state(model_type, _index(code) + 1)
 
 
 def example_source(module: cst.Module, scope: str) -> str:

@@ -276,7 +276,8 @@ def test_forward_computes_projections_by_variant(target: str) -> None:
     (dispatch,) = [
         node
         for node in forward.body
-        if isinstance(node, ast.If) and ast.dump(node.test) == ast.dump(ast.parse(FUSED_AT_FORWARD, mode="eval").body)
+        if isinstance(node, ast.If)
+        and ast.dump(node.test) == ast.dump(ast.parse(FUSED_AT_FORWARD, mode="eval").body)
     ]
     assert [ast.unparse(s) for s in dispatch.body] == [
         "query_states, key_states, value_states = self.qkv_proj(hidden_states).split(self.split_size, dim=-1)"
