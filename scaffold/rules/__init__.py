@@ -23,7 +23,9 @@ def _discover() -> tuple[type[Rule], ...]:
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, Rule) and value.__module__ == module.__name__:
                 if value.CODE in found:
-                    raise RuntimeError(f"rule code {value.CODE} is defined twice ({found[value.CODE]}, {value})")
+                    raise RuntimeError(
+                        f"rule code {value.CODE} is defined twice ({found[value.CODE]}, {value})"
+                    )
                 found[value.CODE] = value
     return tuple(found[code] for code in sorted(found))
 

@@ -30,6 +30,7 @@ INIT_HELPER_CODE = f'''def {INIT_HELPER}(std: float, tensor: torch.Tensor) -> to
 NXD_LAYERS = "neuronx_distributed.parallel_layers.layers"
 NXD_STATE = "neuronx_distributed.parallel_layers.parallel_state"
 NXD_UTILS = "neuronx_distributed.parallel_layers.utils"
+NXD_MAPPINGS = "neuronx_distributed.parallel_layers.mappings"
 NXD_QKV = "neuronx_distributed.modules.qkv_linear"
 NXD_FLASH = "neuronx_distributed.kernels.flash_attn"
 HOST_TRANSFORMATIONS = "transformations_utils"  # relative to the generated package's parent (`..`)

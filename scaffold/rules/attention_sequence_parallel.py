@@ -12,7 +12,8 @@ written, and makes their input batch-first over the full sequence:
 Without SP nothing changes: the projections return `(B, S, h_r*d)` as in transformers. Every step is a
 view or a transpose, so gradients flow as in the source.
 
-Needs the projections computed as separate assignments (NXS021).
+Needs the projections computed as separate assignments (NXS021). Stop-gap: the Blueprint does not say
+how the forward reads its input's shape; `_leading_shape` finds `x.shape[:-1]` and refuses other reads.
 """
 
 from __future__ import annotations
@@ -231,8 +232,8 @@ class Qwen3Attention(nn.Module, CustomModule):
                 self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
         self.specs = ModelWeightTransformationSpecs()
         if self.qkv_linear:
-            # With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear
-            # rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.
+            # Attention biases on this layer rely on deviation NXD-09 (NxD 0.18 rejects bias=True here):
+            # on Trainium such a model needs KV heads divisible by the TP size.
             self.qkv_proj = GQAQKVColumnParallelLinear(
                 config.hidden_size,
                 [config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim],
@@ -303,6 +304,10 @@ class Qwen3Attention(nn.Module, CustomModule):
         self.num_heads = divide(config.num_attention_heads, tp_size)
         self.num_key_value_heads = divide(config.num_key_value_heads * self.kv_size_multiplier, tp_size)
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        # q_norm and k_norm are replicated but each rank normalises only its own heads: their
+        # gradients are summed over the tensor-parallel ranks, so every replica gets the full one.
+        for parameter in (*self.q_norm.parameters(), *self.k_norm.parameters()):
+            parameter.register_hook(reduce_from_tensor_model_parallel_region)
 
     def forward(
         self,
@@ -375,8 +380,8 @@ class Qwen3Attention(nn.Module, CustomModule):
                 self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
         self.specs = ModelWeightTransformationSpecs()
         if self.qkv_linear:
-            # With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear
-            # rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.
+            # Attention biases on this layer rely on deviation NXD-09 (NxD 0.18 rejects bias=True here):
+            # on Trainium such a model needs KV heads divisible by the TP size.
             self.qkv_proj = GQAQKVColumnParallelLinear(
                 config.hidden_size,
                 [config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim],
@@ -447,6 +452,10 @@ class Qwen3Attention(nn.Module, CustomModule):
         self.num_heads = divide(config.num_attention_heads, tp_size)
         self.num_key_value_heads = divide(config.num_key_value_heads * self.kv_size_multiplier, tp_size)
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        # q_norm and k_norm are replicated but each rank normalises only its own heads: their
+        # gradients are summed over the tensor-parallel ranks, so every replica gets the full one.
+        for parameter in (*self.q_norm.parameters(), *self.k_norm.parameters()):
+            parameter.register_hook(reduce_from_tensor_model_parallel_region)
 
     def forward(
         self,

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ..blueprint import AttentionGeometry, LayerSite
+from ..blueprint import AttentionGeometry, LayerSite, NormScope
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
 from .base import Rule, RuleExample
 
 FUSED_NAME = "qkv_proj"
 NXD_09_NOTE = (
-    "# With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear\n"
-    "# rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.\n"
+    "# Attention biases on this layer rely on deviation NXD-09 (NxD 0.18 rejects bias=True here):\n"
+    "# on Trainium such a model needs KV heads divisible by the TP size.\n"
 )
 
 
@@ -55,6 +55,11 @@ class AttentionVariants(Rule):
             raise ScaffoldError(
                 f"{self.CODE}: {q.location}: q/k/v projections differ in input size or bias; NxD's fused and "
                 "GQA layers need one input and one bias setting for all three"
+            )
+        if k.out_features.source != v.out_features.source:
+            raise ScaffoldError(
+                f"{self.CODE}: {k.location}: k and v projections differ in size ({k.source} vs {v.source}); "
+                "NxD's GQA layer holds one K/V size"
             )
         if any(site.conditional for site in (q, k, v)):
             raise ScaffoldError(f"{self.CODE}: {q.location}: q/k/v projections built under a condition")
@@ -192,7 +197,31 @@ class AttentionVariants(Rule):
             f"self.num_key_value_heads = divide({pc.operand(kv_heads)} * self.kv_size_multiplier, tp_size)\n"
             "self.num_key_value_groups = self.num_heads // self.num_key_value_heads\n"
         )
+        per_rank += self._per_head_norm_gradients(geometry, body)
         return pc.with_body(init, [*before, *block, *after, *per_rank])
+
+    def _per_head_norm_gradients(
+        self, geometry: AttentionGeometry, body: list[cst.BaseStatement]
+    ) -> list[cst.BaseStatement]:
+        """Sum the gradients of per-head norms over TP: each rank normalises only its own heads."""
+        norms = [
+            norm.attribute
+            for norm in self.blueprint.norms
+            if norm.owner == geometry.owner
+            and norm.scope is NormScope.PER_HEAD
+            and pc.index_of_assignment(body, norm.attribute) is not None
+        ]
+        norms = list(dict.fromkeys(norms))
+        if not norms:
+            return []
+        pc.schedule_layer_imports(self.context, (pc.NXD_MAPPINGS, "reduce_from_tensor_model_parallel_region"))
+        parameters = ", ".join(f"*self.{name}.parameters()" for name in norms)
+        return pc.statements(
+            f"# {' and '.join(norms)} are replicated but each rank normalises only its own heads: their\n"
+            "# gradients are summed over the tensor-parallel ranks, so every replica gets the full one.\n"
+            f"for parameter in ({parameters}):\n"
+            "    parameter.register_hook(reduce_from_tensor_model_parallel_region)\n"
+        )
 
     def _projections(
         self, forward: cst.FunctionDef, geometry: AttentionGeometry, owner: str
@@ -348,8 +377,8 @@ class LlamaAttention(nn.Module, CustomModule):
                 self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
         self.specs = ModelWeightTransformationSpecs()
         if self.qkv_linear:
-            # With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear
-            # rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.
+            # Attention biases on this layer rely on deviation NXD-09 (NxD 0.18 rejects bias=True here):
+            # on Trainium such a model needs KV heads divisible by the TP size.
             self.qkv_proj = GQAQKVColumnParallelLinear(
                 config.hidden_size,
                 [config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim],

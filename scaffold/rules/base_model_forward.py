@@ -467,9 +467,7 @@ EXAMPLES = (
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
 
-        cache_position = torch.arange(
-            0, inputs_embeds.shape[1], device=inputs_embeds.device
-        )
+        cache_position = torch.arange(0, inputs_embeds.shape[1], device=inputs_embeds.device)
 
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0)
@@ -480,6 +478,7 @@ EXAMPLES = (
             input_embeds=inputs_embeds,
             attention_mask=attention_mask,
             cache_position=cache_position,
+            past_key_values=None,
             position_ids=position_ids,
         )
 
@@ -548,9 +547,7 @@ EXAMPLES = (
             if self.trn_config.sequence_parallel_enabled
             else inputs_embeds.size(1)
         )
-        cache_position = torch.arange(
-            0, sequence_length, device=inputs_embeds.device
-        )
+        cache_position = torch.arange(0, sequence_length, device=inputs_embeds.device)
 
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0)

@@ -119,7 +119,11 @@ class FusedGateUp(Rule):
                 f"{self.CODE}: {owner}.forward must call {block.gate} and {block.up} once each to fuse them"
             )
         gate_call, up_call = gate_calls[0], up_calls[0]
-        if pc.code(gate_call.args[0].value) != pc.code(up_call.args[0].value) or len(gate_call.args) != 1:
+        if (
+            len(gate_call.args) != 1
+            or len(up_call.args) != 1
+            or pc.code(gate_call.args[0].value) != pc.code(up_call.args[0].value)
+        ):
             raise ScaffoldError(
                 f"{self.CODE}: {owner}.forward applies {block.gate} and {block.up} to different inputs; "
                 "they cannot be fused"

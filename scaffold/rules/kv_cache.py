@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from ..errors import ScaffoldError
-from ._edits import docstring_count, dotted, mask_aliases, mask_builders, names_in
+from ._edits import (
+    argument_text,
+    build_call,
+    code,
+    docstring_count,
+    dotted,
+    mask_aliases,
+    mask_builders,
+    names_in,
+)
 from .base import Rule, RuleExample
 
 NONE = "None"
@@ -248,9 +257,6 @@ class _Expressions(cst.CSTTransformer):
         self.blocks = blocks
         self.target: str | None = None  # the name the statement being rewritten assigns
 
-    def visit_IndentedBlock(self, node: cst.IndentedBlock) -> bool:
-        return True
-
     def leave_IndentedBlock(
         self, original: cst.IndentedBlock, updated: cst.IndentedBlock
     ) -> cst.IndentedBlock:
@@ -312,10 +318,9 @@ def _keyword(arg: cst.Arg) -> str | None:
 
 
 def _expression(node: cst.CSTNode, state: _State, *, blocks: bool = False) -> cst.CSTNode:
-    if blocks:
-        # Compound statements: rewrite the header expressions, then the nested blocks statement by statement.
-        return node.visit(_Expressions(state, blocks=True))
-    return node.visit(_Expressions(state, blocks=False))
+    """`node` with decided conditionals and forwarded cache arguments rewritten; with `blocks` (loops,
+    `with`, `try`), the statements of nested blocks go through `_block` as well."""
+    return node.visit(_Expressions(state, blocks))
 
 
 # --- folded constants ---------------------------------------------------------------------------------
@@ -352,10 +357,6 @@ def _substitute_folded(body: list[cst.BaseStatement], state: _State) -> list[cst
         def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
             return constants.get(updated.value, updated)
 
-        def visit_Attribute(self, node: cst.Attribute) -> bool:
-            node.value.visit(self)
-            return True
-
         def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
             return updated.with_changes(attr=original.attr)
 
@@ -371,6 +372,12 @@ def _substitute_folded(body: list[cst.BaseStatement], state: _State) -> list[cst
                 if _is_zero(updated.right):
                     return updated.left
             return updated
+
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            if updated.deep_equals(original):
+                return updated
+            # Re-lay out a call whose arguments shrank, as a person would write it.
+            return build_call(code(updated.func), [argument_text(arg) for arg in updated.args])
 
     return list(module.visit(_Substitute()).body)
 
@@ -683,9 +690,7 @@ EXAMPLES = (
         if inputs_embeds is None:
             inputs_embeds: torch.Tensor = self.embed_tokens(input_ids)
 
-        cache_position: torch.Tensor = torch.arange(
-            0, inputs_embeds.shape[1], device=inputs_embeds.device
-        )
+        cache_position: torch.Tensor = torch.arange(0, inputs_embeds.shape[1], device=inputs_embeds.device)
 
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0)
@@ -695,6 +700,7 @@ EXAMPLES = (
             input_embeds=inputs_embeds,
             attention_mask=attention_mask,
             cache_position=cache_position,
+            past_key_values=None,
             position_ids=position_ids,
         )
 

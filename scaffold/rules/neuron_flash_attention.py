@@ -7,9 +7,15 @@
   `trn_config.transpose_nki_inputs`) and returns the eager path's `(B, S, h, d)` layout.
 - The eager function recomputes the causal mask when no mask is passed (`trn_config.recompute_causal_mask`,
   the host default: the base model then builds none): the call passes `causal=attention_mask is None`.
+  The mask is made on the scores' device (optimum-neuron hard-codes `device="xla"`: deviation ON-09).
 - A sliding window the source passes to the attention function is applied to the scores in the eager
   path (transformers applies it through its mask, which the training host does not build); the flash
   kernel has none, so that path refuses windows shorter than the sequence. Softcapping likewise.
+
+Stop-gap facts the Blueprint does not carry yet (`AttentionGeometry.core_call` is only a location), found
+by the helpers marked "stop-gap" below: how the forward picks its attention function (transformers'
+`ALL_ATTENTION_FUNCTIONS` table), the module-level eager function it defaults to, the mask argument of
+the call, and the eager function's `if mask is not None: scores = scores + mask` block.
 """
 
 from __future__ import annotations
@@ -69,7 +75,10 @@ class NeuronFlashAttention(Rule):
     # --- the attention forward ------------------------------------------------------------------------
 
     def _dispatch(self, forward: cst.FunctionDef, geometry: AttentionGeometry) -> tuple[cst.FunctionDef, str]:
-        """Swap the backend table for the flash switch; mark the call causal when no mask is given."""
+        """Swap the backend table for the flash switch; mark the call causal when no mask is given.
+
+        Stop-gap: the eager function is the default assigned to the dispatch variable before the `if`.
+        """
         body = list(forward.body.body)
         index = next((i for i, s in enumerate(body) if _is_table_dispatch(s)), None)
         if index is None:
@@ -278,7 +287,7 @@ def _function_index(body: list[cst.BaseStatement], name: str) -> int | None:
 
 
 def _is_table_dispatch(statement: cst.CSTNode) -> bool:
-    """An `if` that picks the attention function from transformers' backend table."""
+    """Stop-gap: an `if` that picks the attention function from transformers' backend table."""
     return isinstance(statement, cst.If) and any(
         isinstance(n, cst.Subscript) and isinstance(n.value, cst.Name) and n.value.value == ATTENTION_TABLE
         for n in pc.walk(statement.body)
@@ -293,7 +302,7 @@ def _assigned_in(statement: cst.If) -> str:
 
 
 def _mask_argument(call: cst.Call) -> cst.BaseExpression | None:
-    """The attention-mask argument of a transformers attention-function call (keyword or 5th positional)."""
+    """Stop-gap: the attention-mask argument of a transformers attention-function call (keyword or 5th)."""
     for arg in call.args:
         if arg.keyword is not None and arg.keyword.value == "attention_mask":
             return arg.value
@@ -315,7 +324,7 @@ def _tests_not_none(statement: cst.CSTNode, name: str) -> bool:
 
 
 def _scores_name(statement: cst.If) -> str | None:
-    """`s` in the mask block's `s = s + mask`."""
+    """Stop-gap: `s` in the eager function's mask block `s = s + mask` (the attention scores)."""
     for node in pc.walk(statement.body):
         if not isinstance(node, cst.SimpleStatementLine):
             continue
@@ -442,8 +451,8 @@ class LlamaAttention(nn.Module, CustomModule):
                 self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
         self.specs = ModelWeightTransformationSpecs()
         if self.qkv_linear:
-            # With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear
-            # rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.
+            # Attention biases on this layer rely on deviation NXD-09 (NxD 0.18 rejects bias=True here):
+            # on Trainium such a model needs KV heads divisible by the TP size.
             self.qkv_proj = GQAQKVColumnParallelLinear(
                 config.hidden_size,
                 [config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim],
@@ -596,8 +605,8 @@ class LlamaAttention(nn.Module, CustomModule):
                 self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
         self.specs = ModelWeightTransformationSpecs()
         if self.qkv_linear:
-            # With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear
-            # rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.
+            # Attention biases on this layer rely on deviation NXD-09 (NxD 0.18 rejects bias=True here):
+            # on Trainium such a model needs KV heads divisible by the TP size.
             self.qkv_proj = GQAQKVColumnParallelLinear(
                 config.hidden_size,
                 [config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim],

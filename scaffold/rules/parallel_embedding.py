@@ -112,9 +112,7 @@ EXAMPLES = (
         if inputs_embeds is None:
             inputs_embeds: torch.Tensor = self.embed_tokens(input_ids)
 
-        cache_position: torch.Tensor = torch.arange(
-            0, inputs_embeds.shape[1], device=inputs_embeds.device
-        )
+        cache_position: torch.Tensor = torch.arange(0, inputs_embeds.shape[1], device=inputs_embeds.device)
 
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0)
@@ -124,6 +122,7 @@ EXAMPLES = (
             input_embeds=inputs_embeds,
             attention_mask=attention_mask,
             cache_position=cache_position,
+            past_key_values=None,
             position_ids=position_ids,
         )
 
@@ -183,9 +182,7 @@ EXAMPLES = (
         if inputs_embeds is None:
             inputs_embeds: torch.Tensor = self.embed_tokens(input_ids)
 
-        cache_position: torch.Tensor = torch.arange(
-            0, inputs_embeds.shape[1], device=inputs_embeds.device
-        )
+        cache_position: torch.Tensor = torch.arange(0, inputs_embeds.shape[1], device=inputs_embeds.device)
 
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0)
@@ -195,6 +192,7 @@ EXAMPLES = (
             input_embeds=inputs_embeds,
             attention_mask=attention_mask,
             cache_position=cache_position,
+            past_key_values=None,
             position_ids=position_ids,
         )
 

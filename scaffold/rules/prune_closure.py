@@ -3,11 +3,14 @@
 The Blueprint's closure (`classes`, `functions`) is the dependency closure of the base model and the
 causal-LM head; every other class and function goes (sequence-classification heads, ...), as do module
 variables nothing kept reads, `GenerationMixin`, hub/docstring/deprecation decorators, the output
-recorder table of `check_model_inputs` and docstrings that show transformers' own usage (`>>>`).
+recorder table of `check_model_inputs`, docstrings that show transformers' own usage (`>>>`) and the
+"generated from modular_<x>.py, do not edit" banner (the license header stays).
 Imports are left to NXS003, which drops the unused ones.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import libcst as cst
 
@@ -29,6 +32,9 @@ DROPPED_DECORATORS = frozenset(
 )
 GENERATION_BASES = frozenset({"GenerationMixin"})
 DROPPED_CLASS_ATTRIBUTES = frozenset({"_can_record_outputs"})
+# transformers' modular converter frames its banner with lines of this character.
+MODULAR_BANNER_RULE = "\N{POLICE CARS REVOLVING LIGHT}"
+MODULAR_BANNER_TEXT = "automatically generated from"
 GENERATION_METHODS = frozenset({"prepare_inputs_for_generation", "_reorder_cache"})
 
 
@@ -51,7 +57,20 @@ class PruneToTrainingClosure(Rule):
                     body.append(_clean_function(statement))
             else:
                 body.append(statement)
-        return updated_node.with_changes(body=_drop_unread_variables(body, kept_classes | kept_functions))
+        return updated_node.with_changes(
+            header=_without_modular_banner(updated_node.header),
+            body=_drop_unread_variables(body, kept_classes | kept_functions),
+        )
+
+
+def _without_modular_banner(header: Sequence[cst.EmptyLine]) -> list[cst.EmptyLine]:
+    """The header without transformers' "generated from modular_<x>.py, do not edit" banner (it would be
+    wrong in the generated file); the license and copyright lines stay."""
+    comments = [line.comment.value if line.comment is not None else "" for line in header]
+    marks = [index for index, text in enumerate(comments) if MODULAR_BANNER_RULE in text]
+    if len(marks) < 2 or not any(MODULAR_BANNER_TEXT in text for text in comments[marks[0] : marks[1]]):
+        return list(header)
+    return [*header[: marks[0]], *header[marks[1] + 1 :]]
 
 
 def _clean_function(function: cst.FunctionDef) -> cst.FunctionDef:

@@ -5,7 +5,8 @@ computes only part of its weight gradient, so the weight carries `sequence_paral
 all-reduces that gradient over the TP group. The norm class takes the flag (default off) and marks every
 parameter it creates; each hidden-scope construction passes `trn_config.sequence_parallel_enabled`.
 Per-head norms (q/k norms) act after the projections, on full sequences and local heads, so they keep
-the default. A torch `LayerNorm` becomes NxD's, which takes the same flag.
+the default (the sum of their partial gradients over the ranks' heads is NXS021's, with the attention).
+A torch `LayerNorm` becomes NxD's, which takes the same flag.
 """
 
 from __future__ import annotations

@@ -1,36 +1,18 @@
-"""The modeling file of a target model at each stage of the rule pipeline (cached per model and rule).
+"""Parsed views of a target model's file at a stage of the rule pipeline.
 
-Tests of one rule look at the module just after that rule, as the full pipeline produces it.
+Tests of one rule look at the module just after that rule, as the full pipeline produces it; the
+pipeline runs once per model per session (the cache of `pipeline_states`, shared with the examples test).
 """
 
 from __future__ import annotations
 
 import ast
-import functools
 
-import libcst as cst
+from scaffold.rules.base import definition_source
 
-from scaffold.pipeline import apply_rules
-from scaffold.rules import RULES
-from scaffold.rules.base import RuleOptions, definition_source
+from .pipeline_states import module_after
 
-from ..conftest import blueprint_of, located
-
-
-@functools.cache
-def stages(model_type: str) -> dict[str, cst.Module]:
-    """The module after each rule, by rule code (the pipeline runs once per model)."""
-    module = cst.parse_module(located(model_type).read_text())
-    found = {}
-    for rule in RULES:
-        module = apply_rules(blueprint_of(model_type), module, rules=(rule,), options=RuleOptions())
-        found[rule.CODE] = module
-    return found
-
-
-def module_after(model_type: str, code: str) -> cst.Module:
-    """The module after every rule up to and including `code`."""
-    return stages(model_type)[code]
+__all__ = ["definition_after", "keyword", "method", "module_after", "normalized", "self_assignments"]
 
 
 def definition_after(model_type: str, code: str, scope: str) -> ast.AST:

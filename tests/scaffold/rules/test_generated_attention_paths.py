@@ -3,8 +3,9 @@ parallelism: the Neuron flash path (`attn_implementation="flash_attention_2"`) a
 padding mask (`recompute_causal_mask=False`) through the eager function NXS023 rewrote.
 
 Oracle: transformers' model (eager, fp32) on the same checkpoint; logits of the non-padded positions,
-the loss, and gradients of layer 0's o_proj shard and input norm (which the attention's backward
-reaches through the projections and the layout changes of NXS022).
+the loss, and gradients of layer 0's o_proj shard, input norm (which the attention's backward reaches
+through the projections and the layout changes of NXS022) and per-head q_norm (replicated: the full
+gradient on every rank).
 """
 
 from __future__ import annotations
@@ -88,11 +89,13 @@ def _on_rank(packages: dict[str, tuple[str, str]], checkpoints: dict[str, str]) 
             output = model(**_batch(case.startswith("padded")))
             output.loss.backward()
             layer = model.model.layers[0]
+            q_norm = getattr(layer.self_attn, "q_norm", None)
             results[model_type, case] = (
                 gather_from_tensor_model_parallel_region(output.logits.detach()),
                 output.loss.detach(),
                 layer.self_attn.o_proj.weight.grad.clone(),
                 layer.input_layernorm.weight.grad.clone(),
+                None if q_norm is None else q_norm.weight.grad.clone(),
             )
     return results
 
@@ -129,10 +132,13 @@ def test_flash_and_host_mask_paths_match_transformers(
             layer = reference.model.layers[0]
             norm_grad = sum(result[model_type, case][3] for result in results)  # SP: partial per rank
             for rank, result in enumerate(results):
-                logits, loss, o_grad, _ = result[model_type, case]
+                logits, loss, o_grad, _, q_norm_grad = result[model_type, case]
                 where = f"{model_type} {case} rank {rank}"
                 torch.testing.assert_close(logits[keep], expected.logits.detach()[keep], rtol=1e-5, atol=1e-5)
                 torch.testing.assert_close(loss, expected.loss.detach(), rtol=1e-5, atol=1e-6, msg=where)
                 shard = layer.self_attn.o_proj.weight.grad.chunk(TP, dim=1)[rank]
                 torch.testing.assert_close(o_grad, shard, rtol=1e-4, atol=1e-6, msg=where)
+                if q_norm_grad is not None:  # replicated per-head norm: the full gradient on every rank
+                    expected_q_norm = layer.self_attn.q_norm.weight.grad
+                    torch.testing.assert_close(q_norm_grad, expected_q_norm, rtol=1e-4, atol=1e-7, msg=where)
             torch.testing.assert_close(norm_grad, layer.input_layernorm.weight.grad, rtol=1e-4, atol=1e-6)

@@ -37,6 +37,9 @@ class Recorded:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args, self.kwargs = args, kwargs
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
@@ -305,8 +308,29 @@ def test_gqa_bias_is_flagged_with_deviation_nxd_09_only_when_it_can_be_true(targ
 
 
 def test_source_group_count_is_replaced_by_the_per_rank_one(target: str) -> None:
-    (geometry,) = blueprint_of(target).attention
+    (geometry,) = blueprint_of(target).attention  # set last, after every layer is built
     init = method(definition_after(target, "NXS021", geometry.owner), "__init__")
     (groups,) = self_assignments(init, "num_key_value_groups")
     assert ast.unparse(groups.value) == "self.num_heads // self.num_key_value_heads"
-    assert init.body[-1] is groups
+    counts = [
+        s
+        for s in init.body
+        if isinstance(s, ast.Assign) and ast.unparse(s.targets[0]).startswith("self.num_")
+    ]
+    assert counts[-1] is groups and init.body.index(groups) > init.body.index(
+        self_assignments(init, "o_proj")[0]
+    )
+
+
+def test_per_head_norm_gradients_are_summed_over_tensor_parallel_ranks(target: str) -> None:
+    (geometry,) = blueprint_of(target).attention
+    init = ast.unparse(method(definition_after(target, "NXS021", geometry.owner), "__init__"))
+    hook = "parameter.register_hook(reduce_from_tensor_model_parallel_region)"
+    if blueprint_of(target).features.qk_norm == "per_head":
+        assert (
+            f"for parameter in (*self.{geometry.q_norm}.parameters(), *self.{geometry.k_norm}.parameters()):"
+            in init
+        )
+        assert hook in init
+    else:
+        assert hook not in init

@@ -18,7 +18,7 @@ from scaffold.rules import RULES, rule_by_key
 from scaffold.rules.absolute_imports import absolute_module
 from scaffold.source import locate
 
-from ..conftest import TARGETS, blueprint_of
+from ..conftest import TARGETS, blueprint_of, located
 from ..synthetic import model_source
 from .pipeline_states import module_after, module_before
 
@@ -27,7 +27,14 @@ PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qw
 # Hand-written: the classes that build parallel layers or SP norms (so take trn_config), and the others.
 WITH_TRN_CONFIG = ("MLP", "Attention", "DecoderLayer", "Model", "ForCausalLM")
 WITHOUT_TRN_CONFIG = ("RMSNorm", "RotaryEmbedding", "PreTrainedModel")
-HOST_MODULES = {"config", "modeling_utils", "transformations_utils", "loss_utils", "masking_utils", "training_utils"}
+HOST_MODULES = {
+    "config",
+    "modeling_utils",
+    "transformations_utils",
+    "loss_utils",
+    "masking_utils",
+    "training_utils",
+}
 ALLOWED_ROOTS = {"torch", "transformers", "neuronx_distributed", "functools", "typing", "math"}
 
 
@@ -55,16 +62,24 @@ def test_pruning_keeps_exactly_the_training_closure(model_type: str):
     assert set(classes) == expected
     assert functions == ["rotate_half", "apply_rotary_pos_emb", "repeat_kv", "eager_attention_forward"]
     assert set(classes) == {plan.name for plan in blueprint.classes}
-    code = "\n".join(ast.unparse(node) for node in tree.body if not isinstance(node, ast.Import | ast.ImportFrom))
+    code = "\n".join(
+        ast.unparse(node) for node in tree.body if not isinstance(node, ast.Import | ast.ImportFrom)
+    )
     for gone in ("GenerationMixin", "@auto_docstring", "@check_model_inputs", "_can_record_outputs", ">>>"):
         assert gone not in code, gone
     assert "@can_return_tuple" in code  # kept, as in optimum-neuron's hand-written models
+    header = module_after(model_type, "NXS001").code.split("\nimport ", 1)[0]
+    assert "automatically generated from" not in header  # the modular converter's "do not edit" banner
+    licensed = "Licensed under the Apache License" in located(model_type).read_text()
+    assert ("Licensed under the Apache License" in header) == licensed  # the license header stays
 
 
 @pytest.mark.parametrize("model_type", TARGETS)
 def test_no_cache_is_left(model_type: str):
     code = module_after(model_type, LAST).code
-    found = re.findall(r"\b(past_key_values?|use_cache|DynamicCache|Cache|cache_utils|logits_to_keep)\b", code)
+    found = re.findall(
+        r"\b(past_key_values?|use_cache|DynamicCache|Cache|cache_utils|logits_to_keep)\b", code
+    )
     assert not found
 
 
@@ -80,7 +95,12 @@ def test_imports_are_absolute_or_the_host(model_type: str):
             assert node.module.split(".")[0] in ALLOWED_ROOTS, ast.unparse(node)
         elif isinstance(node, ast.Import):
             assert all(alias.name.split(".")[0] in ALLOWED_ROOTS for alias in node.names), ast.unparse(node)
-    imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
     used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     assert imported <= used, f"unused imports: {sorted(imported - used)}"
 
@@ -109,7 +129,10 @@ def test_models_are_neuron_models(model_type: str):
     classes = _classes(_tree(model_type))
     prefix = PREFIX[model_type]
     for name in (f"{prefix}Model", f"{prefix}ForCausalLM"):
-        assert [ast.unparse(base) for base in classes[name].bases] == ["NeuronModelMixin", f"{prefix}PreTrainedModel"]
+        assert [ast.unparse(base) for base in classes[name].bases] == [
+            "NeuronModelMixin",
+            f"{prefix}PreTrainedModel",
+        ]
     pretrained = {
         ast.unparse(node.targets[0]): ast.unparse(node.value)
         for node in classes[f"{prefix}PreTrainedModel"].body
@@ -151,7 +174,7 @@ def test_relative_imports_resolve_against_the_source_package():
 
 # --- NXS002 on small inputs -----------------------------------------------------------------------------
 
-CACHED = '''
+CACHED = """
 from ...masking_utils import create_causal_mask
 
 
@@ -166,27 +189,31 @@ class Model:
         mask = create_causal_mask(x, cache_position=cache_position, past_key_values=past_key_values)
         x = self.layer(x, mask, past_key_values=past_key_values, use_cache=use_cache, cache_position=cache_position)
         return Output(x, past_key_values=past_key_values if use_cache else None)
-'''
+"""
 
-CACHE_FREE = '''
+CACHE_FREE = """
 from ...masking_utils import create_causal_mask
 
 
 class Model:
     def forward(self, x, **kwargs):
-        cache_position = torch.arange(x.shape[1])
+        cache_position = torch.arange(0, x.shape[1])
         mask = create_causal_mask(x, cache_position=cache_position, past_key_values=None)
         x = self.layer(x, mask)
         return Output(x)
-'''
+"""
 
 
 def _drop_cache(source: str) -> str:
-    from scaffold.rules.base import make_context
     from scaffold.rules import RuleOptions
+    from scaffold.rules.base import make_context
 
     rule = rule_by_key("NXS002")
-    return rule(make_context(blueprint_of("llama"), RuleOptions())).transform_module(cst.parse_module(source)).code
+    return (
+        rule(make_context(blueprint_of("llama"), RuleOptions()))
+        .transform_module(cst.parse_module(source))
+        .code
+    )
 
 
 def test_cache_plumbing_is_evaluated_away():
@@ -195,7 +222,7 @@ def test_cache_plumbing_is_evaluated_away():
 
 def test_a_cache_use_the_rule_does_not_understand_is_refused():
     source = CACHED.replace("return Output(", "self.keep = past_key_values\n        return Output(")
-    with pytest.raises(ScaffoldError, match="NXS002.*past_key_values"):
+    with pytest.raises(ScaffoldError, match=r"NXS002.*past_key_values"):
         _drop_cache(source)
 
 
@@ -207,7 +234,9 @@ def test_rules_follow_the_blueprint_not_names(tmp_path: Path):
     path = tmp_path / "modeling_synthetic.py"
     path.write_text(model_source())
     blueprint = analyze(locate("llama", source=path))
-    module = apply_rules(blueprint, cst.parse_module(path.read_text()), rules=[r for r in RULES if r.CODE < LAST])
+    module = apply_rules(
+        blueprint, cst.parse_module(path.read_text()), rules=[r for r in RULES if r.CODE < LAST]
+    )
     classes = _classes(ast.parse(module.code))
     for name in ("Mixer", "Feed", "Block", "LlamaModel", "LlamaForCausalLM"):
         assert [arg.arg for arg in _init(classes[name]).args.args[:3]] == ["self", "config", "trn_config"]

@@ -104,7 +104,7 @@ def _on_rank(cases: dict, folders: dict) -> dict:
     results = {}
     for (model_type, name), (checkpoint, trn_overrides, batch) in cases.items():
         package = backend.load_model_package(Path(folders[model_type]))
-        cls = getattr(package, "CAUSAL_LM")
+        cls = package.CAUSAL_LM
         trn_config = TrainingNeuronConfig(tensor_parallel_size=1, use_xser=False, **trn_overrides)
         model = cls.from_pretrained(checkpoint, trn_config)
         model.train() if trn_config.gradient_checkpointing else model.eval()
