@@ -303,8 +303,8 @@ class LlamaAttention(nn.Module, CustomModule):
                 self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
         self.specs = ModelWeightTransformationSpecs()
         if self.qkv_linear:
-            # With attention biases this layer relies on deviation NXD-09: NxD 0.18's GQAQKVColumnParallelLinear
-            # rejects bias=True, so on Trainium such a model needs KV heads divisible by the TP size.
+            # Attention biases on this layer rely on deviation NXD-09 (NxD 0.18 rejects bias=True here):
+            # on Trainium such a model needs KV heads divisible by the TP size.
             self.qkv_proj = GQAQKVColumnParallelLinear(
                 config.hidden_size,
                 [config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim],
