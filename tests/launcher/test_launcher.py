@@ -6,6 +6,7 @@ can: the failure tests, which kill theirs, come last, and each one's fresh pool 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
@@ -72,6 +73,20 @@ def _assert_gone(pids: list[int], within: float = 3.0) -> None:
     while any(map(_alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [pid for pid in pids if _alive(pid)] == []
+
+
+def _assert_reapable(pid: int, within: float = 5.0) -> None:
+    """Wait until waitpid() can collect `pid`, as the pool's liveness check does.
+
+    A killed multi-threaded process shows as a zombie while its other threads still exit, and
+    waitpid() collects it only after they have; checking /proc alone races the pool's view.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if pid not in {child.pid for child in multiprocessing.active_children()}:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} was killed but never became reapable")
 
 
 # Functions the ranks run. Module-level ones travel by reference (the workers import this module).
@@ -286,6 +301,7 @@ def test_worker_that_died_while_idle_is_replaced_with_a_warning() -> None:
     pids = run_on_ranks(os.getpid, 2, env=env)
     os.kill(pids[1], signal.SIGKILL)
     _assert_gone([pids[1]])
+    _assert_reapable(pids[1])
 
     with pytest.warns(RuntimeWarning, match="died while idle"):
         fresh = run_on_ranks(os.getpid, 2, env=env)
