@@ -18,11 +18,9 @@ Every case gives a `ParityResult` with its figures, whether it passes or not. Ca
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +28,7 @@ from typing import Any
 
 import torch
 
+from conformance.model_package import causal_lm_class, mount
 from reference_models import build, variant
 from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
 
@@ -303,37 +302,13 @@ def _failed(job: _Job, model_dir: str, tolerances: Tolerances, error: str) -> Pa
 # --- on the ranks -------------------------------------------------------------------------------------
 
 
-def _mount(model_dir: Path) -> tuple[ModuleType, Callable[[], None]]:
-    """The package mounted through the active backend, and the function that unmounts it afterwards.
-
-    Rank processes are pooled and reused, so a mount left by an earlier call from another folder of the
-    same name is dropped first, and a mount made here is dropped by the returned function.
-    """
-    from conformance.backends import active
-
-    backend = active()
-    assert backend is not None, "run_tensor_parallel activates the backend on every rank"
-    name = f"{backend.host_package}.{model_dir.name}"
-
-    def unmount() -> None:
-        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-            del sys.modules[key]
-
-    existing = sys.modules.get(name)
-    if existing is not None and Path(existing.__file__ or "").resolve().parent != model_dir:
-        unmount()
-        existing = None
-    package = backend.load_model_package(model_dir)
-    return package, (unmount if existing is None else lambda: None)
-
-
 def _run_jobs_on_rank(model_dir: str, jobs: list[_Job], tolerances: Tolerances) -> list[ParityResult] | None:
     """Every job on this rank; rank 0 returns the results, the others None."""
     import torch.distributed as dist
 
     rank = dist.get_rank()
     try:
-        package, unmount = _mount(Path(model_dir))
+        package, unmount = mount(Path(model_dir))
     except Exception as exc:  # importing the package: the same on every rank, before any collective
         failed = [
             _failed(job, model_dir, tolerances, f"mounting the package failed: {_describe(exc)}")
@@ -388,20 +363,6 @@ def _gather_to_rank_0(grads: dict[str, torch.Tensor]) -> list[dict[str, torch.Te
     ]
 
 
-def _causal_lm_class(package: ModuleType, checkpoint: str) -> type:
-    architectures = json.loads((Path(checkpoint) / "config.json").read_text()).get("architectures") or []
-    for name in architectures:
-        cls = getattr(package, name, None)
-        if cls is None:
-            for module_name, module in list(sys.modules.items()):
-                if module_name.startswith(package.__name__ + ".") and hasattr(module, name):
-                    cls = getattr(module, name)
-                    break
-        if cls is not None:
-            return cls
-    raise LookupError(f"{package.__name__} defines none of the checkpoint's architectures {architectures}")
-
-
 def attention_layouts(model: torch.nn.Module) -> dict[str, str]:
     """Per attention module: "gqa" (NxD's GQA QKV layer), "fused" (one `qkv_proj`) or "separate" q/k/v."""
     from neuronx_distributed.modules.qkv_linear import GQAQKVColumnParallelLinear
@@ -439,7 +400,7 @@ def _run_parallel(package: ModuleType, job: _Job, batch: dict[str, torch.Tensor]
         sequence_parallel_enabled=job.case.sequence_parallel,
         fuse_qkv=job.case.fuse_qkv,
     )
-    model_cls = _causal_lm_class(package, job.checkpoint)
+    model_cls = causal_lm_class(package, job.checkpoint)
     model, info = model_cls.from_pretrained(
         job.checkpoint, trn_config, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
     )

@@ -1,0 +1,159 @@
+"""What a conformance check returns: one `CheckResult` per configuration, plain data the reports render.
+
+Every check records its figures whether it passes or not (DESIGN §5), and every WARN, FAIL or SKIP
+carries the reasons behind it, including the backend deviations it touched (DESIGN §6). `results.json`
+is `RunResults.to_dict()`; its schema is versioned by `SCHEMA_VERSION` (bump the major number when a
+field changes meaning or disappears, the minor one when a field is added).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+
+
+class Status(StrEnum):
+    """The verdict of one check in one configuration."""
+
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+
+
+@dataclass
+class Series:
+    """One line of a plot: `y[i]` at `x[i]`."""
+
+    name: str
+    x: list[float]
+    y: list[float]
+
+
+@dataclass
+class Plot:
+    """A figure a report draws: loss curves, or the error per tensor against its bound."""
+
+    title: str
+    x_label: str
+    y_label: str
+    series: list[Series]
+    log_y: bool = False
+    kind: str = "line"
+    """``"line"`` (curves over steps) or ``"bar"`` (one bar per `x_labels` entry)."""
+    x_labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckResult:
+    """One check in one configuration, with every figure it measured."""
+
+    check: str
+    """``parity``, ``round_trip``, ``topology_change``, ``lora_round_trip``, ``overfit`` or ``bf16_smoke``."""
+    configuration: dict[str, Any]
+    """What was run: variant, tp_size, sequence_parallel, ... (values are plain JSON)."""
+    status: Status
+    figures: dict[str, Any] = field(default_factory=dict)
+    """Scalars and short lists: max |Δ|, tensors compared, per-step losses, ..."""
+    reasons: list[str] = field(default_factory=list)
+    """Why it is not a PASS, each naming the cause; notes are allowed on a PASS too."""
+    tolerance: str = ""
+    """The bound that was applied and why it is that bound."""
+    deviations: list[str] = field(default_factory=list)
+    """Ids of reference-backend deviations (`docs/backend-deviations.md`) the check touched."""
+    plots: list[Plot] = field(default_factory=list)
+    seconds: float = 0.0
+    traceback: str | None = None
+    """The remote traceback of a crashed or failing rank, or the stacks of a hung one."""
+
+    @property
+    def label(self) -> str:
+        """``parity llama/gqa T=2 SP=on``: the check and its configuration, short."""
+        parts = [self.check]
+        for key, value in self.configuration.items():
+            if isinstance(value, bool):
+                parts.append(f"{_SHORT.get(key, key)}={'on' if value else 'off'}")
+            elif key == "variant":
+                parts.append(str(value))
+            else:
+                parts.append(f"{_SHORT.get(key, key)}={value}")
+        return " ".join(parts)
+
+    @property
+    def passed(self) -> bool:
+        """PASS and WARN do not fail a run; FAIL does; SKIP is neither."""
+        return self.status in (Status.PASS, Status.WARN)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        data["label"] = self.label
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        data = {key: value for key, value in data.items() if key != "label"}
+        data["status"] = Status(data["status"])
+        data["plots"] = [
+            Plot(**{**plot, "series": [Series(**series) for series in plot["series"]]})
+            for plot in data.get("plots", [])
+        ]
+        return cls(**data)
+
+
+_SHORT = {"tp_size": "T", "sequence_parallel": "SP", "fuse_qkv": "fuse_qkv", "source_tp_size": "from T"}
+
+
+@dataclass
+class RunResults:
+    """Every result of one model's conformance run, and what it ran on."""
+
+    model_type: str
+    package_dir: str
+    profile: str
+    backend: str
+    environment: dict[str, str]
+    """Versions (python, torch, transformers, nxd-scaffold) and the machine, for the report header."""
+    results: list[CheckResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [result for result in self.results if result.status is Status.FAIL]
+
+    def counts(self) -> dict[str, int]:
+        return {status.value: sum(r.status is status for r in self.results) for status in Status}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model_type": self.model_type,
+            "package_dir": self.package_dir,
+            "profile": self.profile,
+            "backend": self.backend,
+            "environment": dict(self.environment),
+            "seconds": self.seconds,
+            "counts": self.counts(),
+            "results": [result.to_dict() for result in self.results],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResults:
+        major = str(data.get("schema_version", "0")).split(".")[0]
+        if major != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(
+                f"results schema {data.get('schema_version')} is not readable by schema {SCHEMA_VERSION}"
+            )
+        return cls(
+            model_type=data["model_type"],
+            package_dir=data["package_dir"],
+            profile=data["profile"],
+            backend=data["backend"],
+            environment=dict(data["environment"]),
+            results=[CheckResult.from_dict(item) for item in data["results"]],
+            seconds=data.get("seconds", 0.0),
+        )
