@@ -1,4 +1,4 @@
-"""Sessions: `tests` (the CI gate), `lint`, and `demo` (the quick start's first command).
+"""Sessions: `conformance` (the quick start's first command), `tests` (the CI gate), `lint` and `demo`.
 
 Each session installs the project into its own virtualenv with pip, which takes the CPU build of torch
 2.13.0 pinned in pyproject.toml. Virtualenvs are reused between runs; pass `--reuse-venv=no` to rebuild.
@@ -34,3 +34,14 @@ def demo(session: nox.Session) -> None:
     """A TP=2 check of the reference backend's layers against dense torch layers, on CPU."""
     session.install("-e", ".")
     session.run("python", "-m", "conformance.demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """Check generated models: `nox -s conformance -- <type ...> [--profile quick|full] [--backend ...]`.
+
+    With no arguments: scaffold llama into workspace/llama if it is not there yet, run the quick profile
+    and write the reports to conformance-report/llama/.
+    """
+    session.install("-e", ".")
+    session.run("python", "-m", "conformance", *session.posargs, env={"OMP_NUM_THREADS": "1"})

@@ -41,8 +41,22 @@ def run_tensor_parallel(
     device: str = "cpu",
     **kwargs: Any,
 ) -> list[Any]:
-    """`fn(*args, **kwargs)` on every rank of a `world_size` (default `tp_size`) mesh; results in rank order."""
+    """`fn(*args, **kwargs)` on every rank of a `world_size` (default `tp_size`) mesh; results in rank order.
+
+    The reference backend runs on the kit's pooled launcher; the neuron backend on torchrun with the xla
+    process group (`backends.neuron_launch`, the one place that knows what differs on Trainium).
+    """
     world_size = world_size or tp_size * pp_size
+    if backend == "neuron":
+        from .backends.neuron_launch import run_with_torchrun
+
+        return run_with_torchrun(
+            functools.partial(_on_rank, backend, tp_size, pp_size, fn),
+            world_size,
+            *args,
+            timeout=timeout,
+            **kwargs,
+        )
     return run_on_ranks(
         functools.partial(_on_rank, backend, tp_size, pp_size, fn),
         world_size,

@@ -1,0 +1,66 @@
+"""Which package a conformance run checks, scaffolding it first when the default one does not exist yet.
+
+- `--package DIR`: that folder, as is.
+- `--repo PATH`: the package in an optimum-neuron checkout (`optimum/neuron/models/training/<type>/`).
+- neither: `workspace/<type>/`, where `scaffold new-model <type>` writes by default; when it is missing it is
+  generated now, so that one command goes from a model type to a report. An existing package is never
+  regenerated: it may hold a contributor's edits.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+WORKSPACE = Path("workspace")
+
+
+class PackageNotFound(LookupError):
+    """The package to check does not exist and cannot be generated here."""
+
+
+@dataclass(frozen=True)
+class LocatedPackage:
+    """The package folder, and whether this run just generated it."""
+
+    path: Path
+    scaffolded: bool = False
+
+
+def locate_package(
+    model_type: str, *, package: Path | None = None, repo: Path | None = None
+) -> LocatedPackage:
+    """The package folder to check for `model_type` (see the module docstring)."""
+    if package is not None:
+        if not (package / "__init__.py").is_file():
+            raise PackageNotFound(
+                f"--package {package}: no __init__.py there; point at the model package folder"
+            )
+        return LocatedPackage(package.resolve())
+    if repo is not None:
+        found = repo / "optimum" / "neuron" / "models" / "training" / model_type
+        if not (found / "__init__.py").is_file():
+            raise PackageNotFound(
+                f"{found}: no model package; run `scaffold new-model {model_type} --repo {repo}` first"
+            )
+        return LocatedPackage(found.resolve())
+    found = WORKSPACE / model_type
+    if (found / "__init__.py").is_file():
+        return LocatedPackage(found.resolve())
+    _scaffold(model_type)
+    return LocatedPackage(found.resolve(), scaffolded=True)
+
+
+def _scaffold(model_type: str) -> None:
+    from rich.console import Console
+
+    from scaffold.cli import main as scaffold_main
+
+    output = io.StringIO()
+    status = scaffold_main(["new-model", model_type], console=Console(file=output, width=120))
+    if status != 0:
+        raise PackageNotFound(
+            f"no package at {WORKSPACE / model_type} and `scaffold new-model {model_type}` failed "
+            f"(status {status}):\n{output.getvalue()}"
+        )

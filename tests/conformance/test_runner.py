@@ -1,0 +1,149 @@
+"""The conformance runner: profiles, a crashed or hung rank as a FAIL with its traceback, the command line
+end to end (reports written, exit status), and where the checked package comes from."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conformance.checks import RunSettings
+from conformance.cli import main
+from conformance.model_location import locate_package
+from conformance.profiles import PlannedCheck, plan, smallest_gqa_tp
+from conformance.results import Status
+from conformance.runner import run_check
+from reference_models import attention_variant, variant, variants_for
+
+MLP_FORWARD = "        gate, up = self.gate_up_proj(x).split(self.split_size, dim=-1)\n"
+
+
+def _layouts(configurations: tuple[dict, ...], tp_size: int) -> set[str]:
+    found = set()
+    for configuration in configurations:
+        if configuration["tp_size"] != tp_size:
+            continue
+        config = variant(configuration["variant"]).config()
+        found.add(
+            attention_variant(
+                config.num_attention_heads, config.num_key_value_heads, tp_size, configuration["fuse_qkv"]
+            )
+        )
+    return found
+
+
+def test_quick_profile_covers_tp_1_and_2_and_the_smallest_tp_reaching_the_gqa_layer() -> None:
+    (parity,) = [planned for planned in plan("llama", "quick") if planned.check == "parity"]
+    assert {configuration["tp_size"] for configuration in parity.configurations} == {1, 2}
+    # llama/mqa (8 heads, 1 kv head) reaches NxD's GQA layer already at T=2 (kv heads < T).
+    assert smallest_gqa_tp({entry.name: entry for entry in variants_for("llama")}) == ("mqa", 2)
+    assert "gqa" in _layouts(parity.configurations, 2)
+    assert {True, False} == {configuration["sequence_parallel"] for configuration in parity.configurations}
+    assert [planned.check for planned in plan("llama", "quick")] == [
+        "parity",
+        "round_trip",
+        "topology_change",
+        "lora_round_trip",
+        "overfit",
+        "bf16_smoke",
+    ]
+
+
+def test_full_profile_reaches_every_attention_layout_up_to_tp_8_with_sp_and_the_flash_path() -> None:
+    (parity,) = [planned for planned in plan("qwen3", "full") if planned.check == "parity"]
+    for tp_size in (2, 4):
+        assert _layouts(parity.configurations, tp_size) == {"separate", "fused", "gqa"}
+    assert max(configuration["tp_size"] for configuration in parity.configurations) == 8
+    assert any(
+        configuration.get("attn_implementation") == "flash_attention_2"
+        for configuration in parity.configurations
+    )
+    assert {(c["tp_size"] > 1, c["sequence_parallel"]) for c in parity.configurations} >= {
+        (True, True),
+        (True, False),
+    }
+
+
+def test_unknown_profile_and_check_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown profile"):
+        plan("llama", "slow")
+    with pytest.raises(ValueError, match="unknown checks"):
+        plan("llama", "quick", ["parity", "speed"])
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("        if torch.distributed.get_rank() == 1:\n            os._exit(3)\n", "exit code 3"),
+        (
+            "        if torch.distributed.get_rank() == 1:\n            time.sleep(600)\n",
+            "timed out|past|timeout",
+        ),
+    ],
+    ids=["crashed-rank", "hung-rank"],
+)
+def test_a_crashed_or_hung_rank_is_a_fail_with_its_traceback(
+    fault: str,
+    expected: str,
+    broken_copy: Callable[[str, list[tuple[str, str]]], Path],
+    checkpoint_cache: Path,
+) -> None:
+    package = broken_copy("llama", [(MLP_FORWARD, "        import os, time\n" + fault + MLP_FORWARD)])
+    planned = PlannedCheck(
+        "parity", ({"variant": "llama/gqa", "tp_size": 2, "sequence_parallel": False, "fuse_qkv": False},)
+    )
+    (result,) = run_check(planned, package, RunSettings(cache_dir=checkpoint_cache, timeout=20))
+    assert result.status is Status.FAIL
+    assert result.traceback, "the rank's traceback or stacks must reach the report"
+    text = " ".join(result.reasons) + result.traceback
+    assert re.search(expected, text, flags=re.IGNORECASE), text
+
+
+def test_command_line_writes_every_report_and_exits_by_the_verdict(
+    generated: Callable[[str], Path],
+    broken_copy: Callable[[str, list[tuple[str, str]]], Path],
+    checkpoint_cache: Path,
+    tmp_path: Path,
+) -> None:
+    arguments = [
+        "--checks",
+        "round_trip",
+        "--cache-dir",
+        str(checkpoint_cache),
+        "--out",
+        str(tmp_path / "ok"),
+    ]
+    console = Console(width=200, record=True)
+    assert main(["llama", "--package", str(generated("llama")), *arguments], console=console) == 0
+    written = tmp_path / "ok" / "llama"
+    assert {path.name for path in written.iterdir()} == {
+        "report.md",
+        "report.html",
+        "junit.xml",
+        "results.json",
+    }
+    results = json.loads((written / "results.json").read_text())
+    assert [row["check"] for row in results["results"]] == ["round_trip", "round_trip"]
+    assert str(tmp_path / "ok") in console.export_text()
+
+    # A package that cannot load its checkpoint fails the run: exit status 1.
+    broken = broken_copy("llama", [(MLP_FORWARD, MLP_FORWARD)])  # same text: a copy
+    (broken / "__init__.py").write_text("raise ImportError('this package is broken on purpose')\n")
+    arguments[-1] = str(tmp_path / "broken")
+    assert main(["llama", "--package", str(broken), *arguments], console=Console(width=200)) == 1
+
+
+def test_missing_default_package_is_scaffolded_and_an_existing_one_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = locate_package("llama")
+    assert first.scaffolded and (first.path / "modeling_llama.py").is_file()
+    edited = first.path / "modeling_llama.py"
+    edited.write_text(edited.read_text() + "\n# a contributor's edit\n")
+    again = locate_package("llama")
+    assert not again.scaffolded and edited.read_text().endswith("# a contributor's edit\n")
