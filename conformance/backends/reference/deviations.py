@@ -314,6 +314,19 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "Warning text and output_loading_info only; weights are identical for complete checkpoints.",
         "optimum-neuron §3.2",
     ),
+    Deviation(
+        "ON-14",
+        "peft (LoRA layers)",
+        "With sequence parallelism, the replicated half of a LoRA pair (lora_A of a column-parallel or GQA "
+        "base, lora_B of a row-parallel base: a plain nn.Linear) sees only its rank's sequence shard, so "
+        "its gradient is partial, and it is not tagged sequence_parallel_enabled, so the optimizer's "
+        "sequence-parallel all-reduce skips it (read from optimum-neuron 0.4.5, not run).",
+        "Those parameters are tagged sequence_parallel_enabled, so the sequence-parallel all-reduce sums "
+        "their gradient over TP, as it does for norm weights.",
+        "LoRA training with sequence parallelism: the replicated LoRA halves would get partial gradients and "
+        "drift apart across TP ranks on Trainium.",
+        "optimum-neuron peft/tuners/lora/layer.py (0.4.5); accelerate/optimizer.py",
+    ),
 )
 
 

@@ -918,11 +918,13 @@ def _save_model_parallel_checkpoint(
     checkpoint_dir: Path,
     tag: str,
     *,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer | None,
     num_workers: int,
 ) -> None:
     """NxD's `trainer.save_checkpoint` for the plain format: DP rank 0 of each (TP, PP) writes its shard.
+
+    `model` is a module (its `state_dict()` is saved) or, as for PEFT adapters, a state dict itself.
 
     Global rank 0 writes `<tag>/checkpoint` first and `<tag>/done` once every rank has written.
     """
@@ -932,7 +934,8 @@ def _save_model_parallel_checkpoint(
         (tag_dir / "checkpoint").write_text("1")
     items: list[tuple[Any, str]] = []
     if parallel_state.get_data_parallel_rank() == 0:
-        items.append((model.state_dict(), _shard_file_name("model")))
+        state = model if isinstance(model, dict) else model.state_dict()
+        items.append((state, _shard_file_name("model")))
         if optimizer is not None:
             items.append((optimizer.state_dict(), _shard_file_name("optim")))
 
