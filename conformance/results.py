@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 class Status(StrEnum):
@@ -120,6 +120,8 @@ class RunResults:
     """Versions (python, torch, transformers, nxd-scaffold) and the machine, for the report header."""
     results: list[CheckResult] = field(default_factory=list)
     seconds: float = 0.0
+    check_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each check, launcher start-up included (schema 1.1)."""
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -137,6 +139,7 @@ class RunResults:
             "backend": self.backend,
             "environment": dict(self.environment),
             "seconds": self.seconds,
+            "check_seconds": dict(self.check_seconds),
             "counts": self.counts(),
             "results": [result.to_dict() for result in self.results],
         }
@@ -156,4 +159,5 @@ class RunResults:
             environment=dict(data["environment"]),
             results=[CheckResult.from_dict(item) for item in data["results"]],
             seconds=data.get("seconds", 0.0),
+            check_seconds=dict(data.get("check_seconds", {})),
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 from .checks import RunSettings
 from .profiles import FLASH_SEQUENCE_MULTIPLE, PlannedCheck, plan
 from .results import CheckResult, RunResults, Status
+from .tensor_parallel_run import RANK_LOG_LEVEL_ENV
 
 CheckStarted = Callable[[PlannedCheck], None]
 CheckFinished = Callable[[PlannedCheck, list[CheckResult]], None]
@@ -48,7 +49,9 @@ def run_model(
     for planned in plan(model_type, profile, checks):
         if on_start is not None:
             on_start(planned)
+        check_start = time.perf_counter()
         results = run_check(planned, package_dir, settings)
+        run.check_seconds[planned.check] = round(time.perf_counter() - check_start, 3)
         run.results.extend(results)
         if on_finish is not None:
             on_finish(planned, results)
@@ -99,6 +102,7 @@ def environment(settings: RunSettings) -> dict[str, str]:
 def _prepare_environment(settings: RunSettings) -> None:
     """Process-wide settings the ranks inherit (rank pools are spawned from this process's environment)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault(RANK_LOG_LEVEL_ENV, "ERROR")
     if settings.backend == "reference":
         from .backends.reference.neuronx_distributed.kernels.flash_attn import SEQ_MULTIPLE_ENV
 

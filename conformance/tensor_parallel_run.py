@@ -8,16 +8,25 @@ down again, whether the function passed or failed.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from .backends import activate
 from .launcher import run_on_ranks
 
+RANK_LOG_LEVEL_ENV = "NXD_SCAFFOLD_RANK_LOG_LEVEL"
+"""When set (e.g. ``ERROR``), log records below that level are dropped on the ranks: a conformance run keeps
+its progress display readable and reports what matters in its results instead."""
+
 
 def _on_rank(
     backend: str, tp_size: int, pp_size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
+    level = os.environ.get(RANK_LOG_LEVEL_ENV)
+    if level:
+        logging.disable(logging.getLevelName(level.upper()) - 1)
     activate(backend)
     from neuronx_distributed.parallel_layers import parallel_state
 

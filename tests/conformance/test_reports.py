@@ -18,7 +18,7 @@ from conformance.reports import REPORT_FILES, write_reports
 from conformance.reports.markdown import GITHUB_COMMENT_LIMIT, render_markdown
 from conformance.reports.results_json import load_results_json, render_results_json
 from conformance.reports.svg_plots import linear_axis, log_axis, render_plot
-from conformance.results import CheckResult, Plot, RunResults, Series, Status
+from conformance.results import SCHEMA_VERSION, CheckResult, Plot, RunResults, Series, Status
 
 TENSORS = [
     "model.embed_tokens.weight",
@@ -213,7 +213,7 @@ def _strict_json(text: str):
 def test_results_json_round_trips(written: dict[str, Path]):
     text = written["json"].read_text(encoding="utf-8")
     data = _strict_json(text)
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == SCHEMA_VERSION
     assert data["counts"] == {"PASS": 6, "WARN": 1, "FAIL": 1, "SKIP": 1}
     assert [row["label"] for row in data["results"]] == [r.label for r in sample_run().results]
     assert load_results_json(text) == sample_run()
