@@ -23,9 +23,6 @@ CHECK_ORDER = ("parity", "round_trip", "topology_change", "lora_round_trip", "ov
 
 OVERFIT_STEPS = 30
 BF16_STEPS = 8
-FLASH_SEQUENCE_MULTIPLE = 16
-"""The flash kernel wants sequences that are multiples of 2048 on Trainium; the reference kernel is told
-to accept multiples of this instead (`NXD_REFERENCE_FLASH_ATTN_SEQ_MULTIPLE`), so tiny models reach it."""
 
 
 @dataclass(frozen=True)

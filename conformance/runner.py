@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .checks import RunSettings
-from .profiles import FLASH_SEQUENCE_MULTIPLE, PlannedCheck, plan
+from .profiles import PlannedCheck, plan
 from .results import CheckResult, RunResults, Status
 from .tensor_parallel_run import RANK_LOG_LEVEL_ENV
 
@@ -103,10 +103,6 @@ def _prepare_environment(settings: RunSettings) -> None:
     """Process-wide settings the ranks inherit (rank pools are spawned from this process's environment)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault(RANK_LOG_LEVEL_ENV, "ERROR")
-    if settings.backend == "reference":
-        from .backends.reference.neuronx_distributed.kernels.flash_attn import SEQ_MULTIPLE_ENV
-
-        os.environ.setdefault(SEQ_MULTIPLE_ENV, str(FLASH_SEQUENCE_MULTIPLE))
 
 
 def _describe(error: BaseException) -> str:

@@ -17,10 +17,14 @@ Every case gives a `ParityResult` with its figures, whether it passes or not. Ca
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import os
+import re
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -29,12 +33,18 @@ from typing import Any
 import torch
 
 from conformance.model_package import causal_lm_class, mount
+from conformance.results import CheckResult, Plot, Series, Status
 from reference_models import build, variant
 from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
+
+from . import RunSettings
 
 PASS, FAIL = "pass", "fail"
 COMPARED, REJECTED, ERROR = "compared", "rejected", "error"
 BATCH_SIZE = 2
+NEURON_FLASH_SEQUENCE_LENGTH = 2048
+"""The NKI flash kernel takes sequences in multiples of 2048 on Trainium; the reference kernel is told to
+accept the parity batch's length instead (`NXD_REFERENCE_FLASH_ATTN_SEQ_MULTIPLE`, set by the runner)."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,15 @@ class ParityCase:
     tp_size: int
     sequence_parallel: bool = False
     fuse_qkv: bool = False
+    attn_implementation: str = "eager"
+    """``eager``, or ``flash_attention_2`` for the Neuron flash path (transformers stays eager)."""
 
     @property
     def label(self) -> str:
         sp = "on" if self.sequence_parallel else "off"
         fused = "on" if self.fuse_qkv else "off"
-        return f"{self.variant} T={self.tp_size} SP={sp} fuse_qkv={fused}"
+        flash = "" if self.attn_implementation == "eager" else f" attn={self.attn_implementation}"
+        return f"{self.variant} T={self.tp_size} SP={sp} fuse_qkv={fused}{flash}"
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,15 @@ class ParityResult:
     replicated_disagreement: dict[str, float] = field(default_factory=dict)
     missing_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
+    activation_errors: dict[str, float] = field(default_factory=dict)
+    """Per module of the forward (embedding, each layer's attention, MLP and output, final norm), in the
+    order they ran: max |parallel output - transformers output| (gathered, batch-first)."""
+    first_divergent_module: str | None = None
+    partial_gradients: dict[str, float] = field(default_factory=dict)
+    """Replicated parameters whose per-rank gradients, summed over the ranks, give transformers' gradient
+    (max |sum - reference| of each): partial sums nothing reduced."""
+    diagnoses: list[str] = field(default_factory=list)
+    """The likely causes behind the reasons, as far as the figures tell (first in the CheckResult)."""
     tolerances: Tolerances = FP32
     seconds: float = 0.0
     error: str | None = None
@@ -135,7 +157,7 @@ class ParityResult:
     def summary(self) -> str:
         """One paragraph: the case, the verdict, the reasons and the figures."""
         lines = [f"{self.case.label}: {self.status.upper()} ({self.outcome}, {self.seconds:.2f}s)"]
-        lines += [f"  - {reason}" for reason in self.reasons]
+        lines += [f"  - {reason}" for reason in self.diagnoses + self.reasons]
         if self.attention:
             reached = sorted(set(self.attention.values()))
             lines.append(f"  attention reached {reached}, expected {self.expected_attention}")
@@ -203,6 +225,8 @@ def check_parity_cases(
     cache_dir: str | Path | None = None,
     tolerances: Tolerances = FP32,
     timeout: float = 300.0,
+    backend: str = "reference",
+    device: str = "cpu",
 ) -> list[ParityResult]:
     """Check every case against transformers; results in the order of `cases`.
 
@@ -215,14 +239,21 @@ def check_parity_cases(
     from conformance.tensor_parallel_run import run_tensor_parallel
 
     model_dir = Path(model_dir).resolve()
-    jobs = [_job(case, cache_dir) for case in cases]
+    jobs = [_job(case, cache_dir, backend) for case in cases]
     results: list[ParityResult | None] = [None] * len(cases)
     for tp_size in sorted({case.tp_size for case in cases}):
         indices = [i for i, case in enumerate(cases) if case.tp_size == tp_size]
         batch = [jobs[i] for i in indices]
         try:
             per_rank = run_tensor_parallel(
-                _run_jobs_on_rank, tp_size, str(model_dir), batch, tolerances, timeout=timeout
+                _run_jobs_on_rank,
+                tp_size,
+                str(model_dir),
+                batch,
+                tolerances,
+                timeout=timeout,
+                backend=backend,
+                device=device,
             )
             found = per_rank[0]
         except RankCallFailed as failure:
@@ -274,11 +305,16 @@ class _Job:
     expected_attention: str | None
     rejection: str | None
     vocab_size: int
+    sequence_length: int = PARITY_SEQUENCE_LENGTH
 
 
-def _job(case: ParityCase, cache_dir: str | Path | None) -> _Job:
+def _job(case: ParityCase, cache_dir: str | Path | None, backend: str = "reference") -> _Job:
     entry = variant(case.variant)
+    flash = case.attn_implementation == "flash_attention_2"
     return _Job(
+        sequence_length=NEURON_FLASH_SEQUENCE_LENGTH
+        if flash and backend == "neuron"
+        else PARITY_SEQUENCE_LENGTH,
         case=case,
         checkpoint=str(build(entry, cache_dir)),
         expected_attention=entry.attention(case.tp_size, case.fuse_qkv),
@@ -377,11 +413,77 @@ def attention_layouts(model: torch.nn.Module) -> dict[str, str]:
     return found
 
 
+# Modules whose outputs are compared with transformers', to find where a wrong forward first departs.
+_TRACED_MODULE = re.compile(r"^model\.(embed_tokens|norm|layers\.\d+(\.(self_attn|mlp))?)$")
+
+
+class _ActivationRecorder:
+    """Records the output of every traced module during one forward, in the order the modules ran."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [
+            module.register_forward_hook(self._hook(name))
+            for name, module in model.named_modules()
+            if _TRACED_MODULE.match(name)
+        ]
+
+    def _hook(self, name: str) -> Any:
+        def record(module: torch.nn.Module, args: Any, output: Any) -> None:
+            value = output[0] if isinstance(output, tuple) else output
+            if isinstance(value, torch.Tensor) and name not in self.outputs:
+                self.outputs[name] = value.detach()
+
+        return record
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _gather_activations(
+    outputs: dict[str, torch.Tensor], batch_size: int, seq_len: int, sequence_parallel: bool
+) -> dict[str, torch.Tensor]:
+    """Batch-first full-sequence activations: sequence-sharded (S/T, B, D) outputs are gathered over TP
+    (a collective: every rank holds the same names and shapes, so every rank takes the same branches)."""
+    from neuronx_distributed.parallel_layers.mappings import gather_from_sequence_parallel_region
+    from neuronx_distributed.parallel_layers.parallel_state import get_tensor_model_parallel_size
+
+    tp_size = get_tensor_model_parallel_size()
+    gathered = {}
+    for name, value in outputs.items():
+        sharded = value.dim() == 3 and value.shape[0] * tp_size == seq_len and value.shape[1] == batch_size
+        if sequence_parallel and sharded:
+            value = gather_from_sequence_parallel_region(value.contiguous(), 0).transpose(0, 1)
+        gathered[name] = value.contiguous()
+    return gathered
+
+
 class _AllParameters:
     """What the sequence-parallel gradient all-reduce reads from an optimizer: its parameter groups."""
 
     def __init__(self, model: torch.nn.Module):
         self.param_groups = [{"params": list(model.parameters())}]
+
+
+@contextlib.contextmanager
+def _flash_sequence_multiple(backend: str, sequence_length: int) -> Iterator[None]:
+    """On the reference backend, let the flash kernel take the parity batch's length (the real kernel
+    wants multiples of 2048; on the neuron backend flash cases run at that length instead)."""
+    if backend != "reference":
+        yield
+        return
+    from neuronx_distributed.kernels.flash_attn import SEQ_MULTIPLE_ENV
+
+    previous = os.environ.get(SEQ_MULTIPLE_ENV)
+    os.environ[SEQ_MULTIPLE_ENV] = str(sequence_length)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[SEQ_MULTIPLE_ENV]
+        else:
+            os.environ[SEQ_MULTIPLE_ENV] = previous
 
 
 def _run_parallel(package: ModuleType, job: _Job, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -402,10 +504,19 @@ def _run_parallel(package: ModuleType, job: _Job, batch: dict[str, torch.Tensor]
     )
     model_cls = causal_lm_class(package, job.checkpoint)
     model, info = model_cls.from_pretrained(
-        job.checkpoint, trn_config, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
+        job.checkpoint,
+        trn_config,
+        attn_implementation=job.case.attn_implementation,
+        dtype=torch.float32,
+        output_loading_info=True,
     )
-    output = model(**batch)
-    output.loss.backward()
+    recorder = _ActivationRecorder(model)
+    try:
+        with _flash_sequence_multiple(host.name, job.sequence_length):
+            output = model(**batch)
+            output.loss.backward()
+    finally:
+        recorder.remove()
     # optimum-neuron's optimizer step sums the gradients of parameters marked `sequence_parallel_enabled`
     # over TP, and only when sequence parallelism is on; the check sees what that step would use.
     if trn_config.sequence_parallel_enabled:
@@ -419,8 +530,17 @@ def _run_parallel(package: ModuleType, job: _Job, batch: dict[str, torch.Tensor]
             grads[name] = torch.zeros_like(param.detach())
         else:
             grads[name] = param.grad.detach().clone()
+    batch_size, seq_len = batch["input_ids"].shape
+    activations = _gather_activations(
+        recorder.outputs, batch_size, seq_len, bool(trn_config.sequence_parallel_enabled)
+    )
     transformations = host.host_module("transformations_utils")
     return {
+        "activations": activations,
+        "sequence_parallel_flags": {
+            name: bool(getattr(param, "sequence_parallel_enabled", False))
+            for name, param in model.named_parameters()
+        },
         "logits": logits,
         "local_logits_shape": tuple(output.logits.shape),
         "loss": output.loss.detach(),
@@ -439,10 +559,19 @@ def _reference(checkpoint: str, batch: dict[str, torch.Tensor]) -> dict[str, Any
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="eager", dtype=torch.float32)
     model.eval()
-    output = model(**batch)
+    recorder = _ActivationRecorder(model)
+    try:
+        output = model(**batch)
+    finally:
+        recorder.remove()
     output.loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
-    return {"logits": output.logits.detach(), "loss": output.loss.detach(), "grads": grads}
+    return {
+        "logits": output.logits.detach(),
+        "loss": output.loss.detach(),
+        "grads": grads,
+        "activations": recorder.outputs,
+    }
 
 
 def _run_job(
@@ -462,7 +591,7 @@ def _run_job(
         expected_attention=job.expected_attention,
         tolerances=tolerances,
     )
-    batch = parity_batch(job.vocab_size)
+    batch = parity_batch(job.vocab_size, job.sequence_length)
     local: dict[str, Any] | None = None
     error = None
     try:
@@ -503,9 +632,10 @@ def _compare(
 
     if job.rejection is not None:
         result.reasons.append(f"expected a refusal ({job.rejection}) but the model was built and ran")
-    if job.checkpoint not in references:
-        references[job.checkpoint] = _reference(job.checkpoint, batch)
-    reference = references[job.checkpoint]
+    key = f"{job.checkpoint}:{job.sequence_length}"
+    if key not in references:
+        references[key] = _reference(job.checkpoint, batch)
+    reference = references[key]
     result.outcome = COMPARED
     result.sequence_parallel_effective = local["sequence_parallel"]
     result.missing_keys = list(local["info"].get("missing_keys", []))
@@ -516,6 +646,7 @@ def _compare(
         )
     _judge_attention(result, local["attention"])
     _judge_outputs(result, local, reference)
+    _locate_forward_divergence(result, local["activations"], reference["activations"])
     try:
         consolidated, kv_spread, replicated_spread = consolidate_gradients(gathered, local["metadata"])
     except Exception as exc:
@@ -526,6 +657,14 @@ def _compare(
     _judge_gradients(result, consolidated, reference["grads"])
     _judge_kv_replicas(result, kv_spread)
     _judge_replicated(result, replicated_spread)
+    _diagnose_missing_gradients(result)
+    _diagnose_partial_gradients(
+        result,
+        gathered,
+        reference["grads"],
+        local["metadata"]["parameters"],
+        local["sequence_parallel_flags"],
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -541,17 +680,27 @@ def _judge_failure(result: ParityResult, job: _Job, error: str) -> None:
     if job.rejection is not None:
         result.outcome = REJECTED
         first = error.splitlines()[0]
-        numbers = (str(job.vocab_size), str(job.case.tp_size))
-        if all(number in first for number in numbers):
+        offending = _offending_values(job.rejection)
+        if _names(first, job.case.tp_size) and any(_names(first, value) for value in offending):
             result.status = PASS
         else:
             result.reasons.append(
-                f"refused as expected ({job.rejection}), but the error does not name vocab size "
-                f"{job.vocab_size} and tensor parallel size {job.case.tp_size}: {first}"
+                f"refused as expected ({job.rejection}), but the error does not name the tensor parallel "
+                f"size {job.case.tp_size} and the value it does not divide ({', '.join(offending)}): {first}"
             )
         return
     result.outcome = ERROR
     result.reasons.append(f"the parallel model failed: {error.splitlines()[0]}")
+
+
+def _offending_values(rejection: str) -> list[str]:
+    """The config value each problem of a rejection is about: the first number of each `; ` part."""
+    found = (re.search(r"\d+", problem) for problem in rejection.split("; "))
+    return [match.group() for match in found if match]
+
+
+def _names(text: str, value: object) -> bool:
+    return re.search(rf"(?<!\d){value}(?!\d)", text) is not None
 
 
 def _judge_attention(result: ParityResult, attention: dict[str, str]) -> None:
@@ -648,3 +797,251 @@ def _judge_replicated(result: ParityResult, spread: dict[str, float]) -> None:
             "that nothing sums over TP (per-head q/k norms on rank-local heads, or norms in the sequence-"
             "parallel region without `sequence_parallel_enabled`)"
         )
+
+
+# --- diagnoses: from the figures to a likely cause ------------------------------------------------------
+
+_MODULE_HINTS = {
+    "self_attn": "its q/k/v/o projections, the head layout (head order, K/V head per query head, q/k/v split) "
+    "or the rotary embedding",
+    "mlp": "its gate/up/down projections and the gate/up split",
+    "embed_tokens": "the token embedding",
+    "norm": "the final norm",
+}
+
+
+def _locate_forward_divergence(
+    result: ParityResult, parallel: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+) -> None:
+    """The first module (in the order the parallel model ran them) whose output departs from transformers'.
+
+    Bound: the logits tolerance scaled by the activation's size (activations are O(1), a few ulps of drift
+    like the logits); a wrong module is off by O(its output).
+    """
+    for name, value in parallel.items():
+        expected = reference.get(name)
+        if expected is None or expected.shape != value.shape:
+            continue
+        error = float((value.float() - expected.float()).abs().max())
+        result.activation_errors[name] = error
+        bound = result.tolerances.logits_atol * max(1.0, float(expected.abs().max()))
+        if result.first_divergent_module is None and not error <= bound:
+            result.first_divergent_module = name
+    name = result.first_divergent_module
+    if name is None:
+        return
+    kind = name.rsplit(".", 1)[-1]
+    hint = _MODULE_HINTS.get(kind, "the decoder layer's own code (residuals, norms)")
+    result.diagnoses.append(
+        f"the forward first departs from transformers at {name} (max |d output| "
+        f"{result.activation_errors[name]:.3g}; every module that ran before it agrees): look at {hint}"
+    )
+
+
+def _diagnose_missing_gradients(result: ParityResult) -> None:
+    if not result.no_gradient:
+        return
+    forward_right = (
+        result.logits_max_abs_diff is not None and result.logits_max_abs_diff <= result.tolerances.logits_atol
+    )
+    why = (
+        "the forward matches transformers, so something detaches them from the loss (a .detach(), "
+        "torch.no_grad, an in-place or non-differentiable op)"
+        if forward_right
+        else "they are cut off from the loss"
+    )
+    result.diagnoses.append(
+        f"{len(result.no_gradient)} parameter(s) received no gradient: {', '.join(result.no_gradient)}; {why}"
+    )
+
+
+def _diagnose_partial_gradients(
+    result: ParityResult,
+    per_rank: list[dict[str, torch.Tensor]],
+    expected: dict[str, torch.Tensor],
+    parameters: dict[str, dict[str, Any]],
+    sequence_parallel_flags: dict[str, bool],
+) -> None:
+    """A replicated parameter whose gradient is out of bounds but whose per-rank gradients sum to
+    transformers' holds partial sums: each rank saw only its sequence shard (or its own heads)."""
+    tp_size = len(per_rank)
+    if tp_size < 2:
+        return
+    for name, figure in sorted(result.gradients.items()):
+        meta = parameters.get(name, {})
+        if figure.within or meta.get("tensor_model_parallel") or name not in per_rank[0]:
+            continue
+        total = sum(grads[name] for grads in per_rank)
+        if total.shape != expected[name].shape:
+            continue
+        error = float((total - expected[name]).abs().max())
+        if not error <= figure.bound:
+            continue
+        result.partial_gradients[name] = error
+        ratio = float(per_rank[0][name].flatten() @ expected[name].flatten()) / max(
+            float(expected[name].flatten() @ expected[name].flatten()), 1e-30
+        )
+        if result.sequence_parallel_effective and not sequence_parallel_flags.get(name, False):
+            cause = (
+                f"each rank holds only its sequence shard's part (rank 0's is {ratio:.2f} of transformers' "
+                f"gradient, the sum over the {tp_size} ranks matches to {error:.1e}): is the parameter missing "
+                "its sequence_parallel_enabled flag?"
+            )
+        else:
+            cause = (
+                f"each rank holds only the part of its own heads or shard (rank 0's is {ratio:.2f} of "
+                f"transformers' gradient, the sum over the {tp_size} ranks matches to {error:.1e}) and nothing "
+                "sums it over TP"
+            )
+        result.diagnoses.append(f"gradient of {name} is partial: {cause}")
+
+
+# --- the check entry point (conformance.checks.run contract) ---------------------------------------------
+
+CHECK = "parity"
+GRADIENT_PLOT_FLOOR = 1e-6
+"""Bars of the gradient plot are drawn at no less than this (a log axis has no zero); figures keep the
+true ratios."""
+
+
+def touched_deviations(
+    variant_key: str,
+    tp_size: int,
+    sequence_parallel: bool,
+    layouts: Sequence[str],
+    dtype: str = "float32",
+    fuse_qkv: bool = False,
+) -> list[str]:
+    """Ids of the reference-backend deviations (docs/backend-deviations.md) that a run of this configuration
+    goes through: where the reference backend does what the released stack does not."""
+    config = variant(variant_key).config()
+    found = set()
+    if "gqa" in layouts:
+        found |= {"NXD-11", "NXD-12"}  # tile layout of K/V replicas; the GQA backward's collectives
+        if fuse_qkv:
+            found.add("NXD-10")  # weight_qkv keeps its tensor-parallel attributes here
+        if getattr(config, "attention_bias", False):
+            found |= {"NXD-09", "ON-10"}
+    if getattr(config, "pad_token_id", None) is not None:
+        found.add("NXD-05")
+    if dtype != "float32" and tp_size > 1 and not sequence_parallel:
+        found.add("NXD-07")  # column layers' input-gradient all-reduce in bf16
+    return sorted(found)
+
+
+def parity_case(configuration: dict[str, Any]) -> ParityCase:
+    """The case a configuration dict names (`variant`, `tp_size`, `sequence_parallel`, `fuse_qkv`)."""
+    return ParityCase(
+        variant=str(configuration["variant"]),
+        tp_size=int(configuration["tp_size"]),
+        sequence_parallel=bool(configuration.get("sequence_parallel", False)),
+        fuse_qkv=bool(configuration.get("fuse_qkv", False)),
+        attn_implementation=str(configuration.get("attn_implementation", "eager")),
+    )
+
+
+def run(
+    package_dir: Path, configurations: Sequence[dict[str, Any]], settings: RunSettings
+) -> list[CheckResult]:
+    """Parity of `package_dir` in each configuration, one `CheckResult` each, in order (all the
+    configurations of one TP size run in one launcher call)."""
+    cases = [parity_case(configuration) for configuration in configurations]
+    results = check_parity_cases(
+        package_dir,
+        cases,
+        cache_dir=settings.cache_dir,
+        timeout=settings.timeout,
+        backend=settings.backend,
+        device=settings.device,
+    )
+    return [to_check_result(result) for result in results]
+
+
+def to_check_result(result: ParityResult) -> CheckResult:
+    """A `ParityResult` as the reports see it: status, figures, reasons (diagnoses first) and plots."""
+    case = result.case
+    layouts = sorted(set(result.attention.values()))
+    ratios = {
+        name: figure.max_abs_diff / figure.bound if figure.bound > 0 else math.inf
+        for name, figure in result.gradients.items()
+    }
+    worst = sorted(ratios.items(), key=lambda item: (-item[1], item[0]))[:5]
+    figures: dict[str, Any] = {
+        "outcome": result.outcome,
+        "expected_attention": result.expected_attention,
+        "attention_layouts": layouts,
+        "sequence_parallel_effective": result.sequence_parallel_effective,
+        "logits_max_abs_diff": result.logits_max_abs_diff,
+        "loss": result.loss,
+        "reference_loss": result.reference_loss,
+        "loss_abs_diff": result.loss_abs_diff,
+        "tensors_compared": len(result.gradients),
+        "tensors_within_bound": sum(figure.within for figure in result.gradients.values()),
+        "worst_gradient_ratios": dict(worst),
+        "missing_gradients": list(result.missing_gradients),
+        "unexpected_gradients": list(result.unexpected_gradients),
+        "no_gradient": list(result.no_gradient),
+        "partial_gradients": sorted(result.partial_gradients),
+        "max_kv_replica_disagreement": max(result.kv_replica_disagreement.values(), default=None),
+        "max_replicated_disagreement": max(result.replicated_disagreement.values(), default=None),
+        "first_divergent_module": result.first_divergent_module,
+        "activation_errors": dict(result.activation_errors),
+    }
+    plots = []
+    if ratios:
+        names = sorted(ratios)
+        plots.append(
+            Plot(
+                title=f"gradient error relative to its bound, {case.label}",
+                x_label="tensor (transformers name)",
+                y_label=f"max |d grad| / bound (drawn at >= {GRADIENT_PLOT_FLOOR:g}; > 1 fails)",
+                series=[
+                    Series(
+                        name="gradient error / bound",
+                        x=[float(i) for i in range(len(names))],
+                        y=[max(ratios[name], GRADIENT_PLOT_FLOOR) for name in names],
+                    )
+                ],
+                log_y=True,
+                kind="bar",
+                x_labels=names,
+            )
+        )
+    if result.activation_errors:
+        names = list(result.activation_errors)
+        plots.append(
+            Plot(
+                title=f"forward error per module (in execution order), {case.label}",
+                x_label="module",
+                y_label=f"max |d output| (drawn at >= {GRADIENT_PLOT_FLOOR:g})",
+                series=[
+                    Series(
+                        name="max |parallel - transformers|",
+                        x=[float(i) for i in range(len(names))],
+                        y=[max(result.activation_errors[name], GRADIENT_PLOT_FLOOR) for name in names],
+                    )
+                ],
+                log_y=True,
+                kind="bar",
+                x_labels=names,
+            )
+        )
+    return CheckResult(
+        check=CHECK,
+        configuration={
+            "variant": case.variant,
+            "tp_size": case.tp_size,
+            "sequence_parallel": case.sequence_parallel,
+            "fuse_qkv": case.fuse_qkv,
+        },
+        status=Status.PASS if result.passed else Status.FAIL,
+        figures=figures,
+        reasons=list(result.diagnoses) + list(result.reasons),
+        tolerance=result.tolerances.reason,
+        deviations=touched_deviations(
+            case.variant, case.tp_size, case.sequence_parallel, layouts, fuse_qkv=case.fuse_qkv
+        ),
+        plots=plots,
+        seconds=result.seconds,
+        traceback=result.error,
+    )

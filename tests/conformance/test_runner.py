@@ -78,7 +78,7 @@ def test_unknown_profile_and_check_are_refused() -> None:
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [
-        ("        if torch.distributed.get_rank() == 1:\n            os._exit(3)\n", "exit code 3"),
+        ("        if torch.distributed.get_rank() == 1:\n            os._exit(3)\n", "exited with status 3"),
         (
             "        if torch.distributed.get_rank() == 1:\n            time.sleep(600)\n",
             "timed out|past|timeout",
