@@ -23,6 +23,7 @@ from .figures import (
     format_counts,
     format_figures,
     format_value,
+    key_figures,
     verdict,
 )
 from .svg_plots import render_plot
@@ -115,7 +116,7 @@ def _summary(results: list[CheckResult]) -> str:
             f'<tr class="{escape(result.status.value)}"><td><a href="#result-{number}">{number}</a></td>'
             f"<td>{escape(result.check)}</td><td>{escape(_configuration(result))}</td>"
             f"<td>{_badge(result.status.value)}</td>"
-            f'<td class="figures-cell">{escape(format_figures(result.figures, 300))}</td>'
+            f'<td class="figures-cell">{escape(format_figures(key_figures(result), 300))}</td>'
             f"<td>{result.seconds:.1f}</td></tr>"
         )
     head = "<tr><th>#</th><th>check</th><th>configuration</th><th>status</th><th>figures</th><th>s</th></tr>"

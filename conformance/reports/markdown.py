@@ -19,6 +19,7 @@ from .figures import (
     format_counts,
     format_environment,
     format_figures,
+    key_figures,
     not_passing,
     shorten,
     verdict,
@@ -90,7 +91,7 @@ def _status(result: CheckResult) -> str:
 
 
 def _row(number: int, result: CheckResult, figure_width: int) -> str:
-    figures = cell(format_figures(result.figures, figure_width)) if figure_width else ""
+    figures = cell(format_figures(key_figures(result), figure_width)) if figure_width else ""
     return (
         f"| {number} | {cell(result.check)} | {cell(_configuration(result))} | {_status(result)} | "
         f"{figures} | {result.seconds:.1f} |"

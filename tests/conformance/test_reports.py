@@ -467,3 +467,18 @@ def test_an_empty_run_and_an_empty_plot_still_render(tmp_path: Path):
     parse_html(written["html"].read_text(encoding="utf-8"))
     svg = render_plot(Plot("loss", "step", "loss", [Series("a", [], [])], log_y=True), "p")
     assert "no data" in svg and "<polyline" not in svg
+
+
+def test_summary_rows_show_each_check_s_key_figures_and_details_show_them_all(tmp_path: Path):
+    run = sample_run()
+    overfit = next(result for result in run.results if result.check == "overfit")
+    overfit.status = Status.FAIL
+    written = write_reports(run, tmp_path)
+    table_row = next(
+        line
+        for line in written["markdown"].read_text().splitlines()
+        if line.startswith("| ") and "overfit" in line
+    )
+    assert "final_loss=" in table_row and "threshold=" in table_row
+    assert "losses=" not in table_row  # the per-step curve belongs to the details and the plot
+    assert "losses=[" in written["markdown"].read_text()  # ... and the details of the FAIL show it
