@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,26 +20,6 @@ NAMES_SHOWN = 8
 
 
 # --- on the ranks -------------------------------------------------------------------------------------
-
-
-def describe(exc: BaseException) -> str:
-    """`Type: message [at file:line in function]` (innermost frame), then the traceback."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" [at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}]" if frames else ""
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}{where}\n{''.join(traceback.format_exception(exc))}"
-
-
-def first_rank_error(error: str | None) -> str | None:
-    """Every rank's error (or None) exchanged, so that all ranks take the same branch: the first one found."""
-    import torch.distributed as dist
-
-    errors: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    for rank, found in enumerate(errors):
-        if found is not None:
-            return f"rank {rank}: {found}"
-    return None
 
 
 def gathered_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

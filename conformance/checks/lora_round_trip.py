@@ -29,7 +29,6 @@ import re
 import shutil
 import tempfile
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from conformance.results import CheckResult, Status
 
 from . import RunSettings
+from .rank_errors import describe, first_rank_error
 
 CHECK = "lora_round_trip"
 LORA_RANK = 4
@@ -74,6 +74,7 @@ class Tolerances:
 
 
 FP32 = Tolerances()
+TOLERANCE = FP32.reason
 
 
 @dataclass(frozen=True)
@@ -197,25 +198,6 @@ def _peft_package(backend: Any) -> Any:
     return importlib.import_module("optimum.neuron.peft")
 
 
-def _describe(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" [at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}]" if frames else ""
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}{where}\n{''.join(traceback.format_exception(exc))}"
-
-
-def _first_error(error: str | None) -> str | None:
-    """Every rank's error (or None) exchanged, so that every rank takes the same branch afterwards."""
-    import torch.distributed as dist
-
-    errors: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    for rank, found in enumerate(errors):
-        if found is not None:
-            return f"rank {rank}: {found}"
-    return None
-
-
 def _run_jobs_on_rank(model_dir: str, jobs: list[_Job]) -> list[dict[str, Any]] | None:
     import torch.distributed as dist
 
@@ -225,7 +207,7 @@ def _run_jobs_on_rank(model_dir: str, jobs: list[_Job]) -> list[dict[str, Any]] 
     try:
         package, unmount = mount(Path(model_dir))
     except Exception as exc:  # the same on every rank, before any collective
-        error = f"mounting the package failed: {_describe(exc)}"
+        error = f"mounting the package failed: {describe(exc)}"
         return [{"error": error, "seconds": 0.0} for _ in jobs] if rank == 0 else None
     try:
         outputs = []
@@ -236,8 +218,8 @@ def _run_jobs_on_rank(model_dir: str, jobs: list[_Job]) -> list[dict[str, Any]] 
             try:
                 output = _round_trip_on_rank(package, job)
             except Exception as exc:
-                error = _describe(exc)
-            output["error"] = _first_error(error)
+                error = describe(exc)
+            output["error"] = first_rank_error(error)
             output["seconds"] = time.perf_counter() - start
             outputs.append(output)
     finally:
@@ -426,8 +408,8 @@ def _judge(job: _Job, output: dict[str, Any], tolerances: Tolerances, call_secon
     try:
         _judge_completed(result, job, output, tolerances)
     except Exception as exc:  # a fault of the comparison itself, e.g. an unreadable consolidated file
-        result.reasons.append(f"the comparison failed: {_describe(exc).splitlines()[0]}")
-        result.traceback = _describe(exc)
+        result.reasons.append(f"the comparison failed: {describe(exc).splitlines()[0]}")
+        result.traceback = describe(exc)
     result.status = Status.FAIL if result.reasons else Status.PASS
     result.seconds = call_seconds + time.perf_counter() - start
     return result

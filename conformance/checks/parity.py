@@ -23,7 +23,6 @@ import math
 import os
 import re
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from reference_models import build, variant
 from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
 
 from . import RunSettings
+from .rank_errors import describe, first_rank_error
 
 PASS, FAIL = "pass", "fail"
 COMPARED, REJECTED, ERROR = "compared", "rejected", "error"
@@ -69,6 +69,7 @@ class Tolerances:
 
 
 FP32 = Tolerances()
+TOLERANCE = FP32.reason
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ def _run_jobs_on_rank(model_dir: str, jobs: list[_Job], tolerances: Tolerances) 
         package, unmount = mount(Path(model_dir))
     except Exception as exc:  # importing the package: the same on every rank, before any collective
         failed = [
-            _failed(job, model_dir, tolerances, f"mounting the package failed: {_describe(exc)}")
+            _failed(job, model_dir, tolerances, f"mounting the package failed: {describe(exc)}")
             for job in jobs
         ]
         return failed if rank == 0 else None
@@ -357,18 +358,6 @@ def _run_jobs_on_rank(model_dir: str, jobs: list[_Job], tolerances: Tolerances) 
     finally:
         unmount()
     return results if rank == 0 else None
-
-
-def _any_rank_failed(error: str | None) -> str | None:
-    """Exchange this rank's error (or None) so that every rank takes the same branch afterwards."""
-    import torch.distributed as dist
-
-    errors: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    for rank, found in enumerate(errors):
-        if found is not None:
-            return f"rank {rank}: {found}"
-    return None
 
 
 def _gather_to_rank_0(grads: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]] | None:
@@ -597,8 +586,8 @@ def _run_job(
     try:
         local = _run_parallel(package, job, batch)
     except Exception as exc:
-        error = _describe(exc)
-    error = _any_rank_failed(error)
+        error = describe(exc)
+    error = first_rank_error(error)
     if error is not None:
         _judge_failure(result, job, error)
         result.seconds = time.perf_counter() - start
@@ -612,8 +601,8 @@ def _run_job(
     try:
         _compare(result, job, local, gathered, references, batch)
     except Exception as exc:  # rank 0 alone: record it, never leave the other ranks waiting
-        result.reasons.append(f"the comparison itself failed: {_describe(exc).splitlines()[0]}")
-        result.error = _describe(exc)
+        result.reasons.append(f"the comparison itself failed: {describe(exc).splitlines()[0]}")
+        result.error = describe(exc)
     result.status = PASS if not result.reasons else FAIL
     result.seconds = time.perf_counter() - start
     return result
@@ -650,8 +639,8 @@ def _compare(
     try:
         consolidated, kv_spread, replicated_spread = consolidate_gradients(gathered, local["metadata"])
     except Exception as exc:
-        result.reasons.append(f"gradient consolidation failed: {_describe(exc).splitlines()[0]}")
-        result.error = _describe(exc)
+        result.reasons.append(f"gradient consolidation failed: {describe(exc).splitlines()[0]}")
+        result.error = describe(exc)
         return
     result.no_gradient = list(local["no_gradient"])
     _judge_gradients(result, consolidated, reference["grads"])
@@ -665,14 +654,6 @@ def _compare(
         local["metadata"]["parameters"],
         local["sequence_parallel_flags"],
     )
-
-
-def _describe(exc: BaseException) -> str:
-    """`Type: message [at file:line in function]` (innermost frame), then the traceback."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" [at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}]" if frames else ""
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}{where}\n{''.join(traceback.format_exception(exc))}"
 
 
 def _judge_failure(result: ParityResult, job: _Job, error: str) -> None:

@@ -33,13 +33,12 @@ from reference_models import build, variant
 from . import RunSettings
 from ._checkpoint_io import (
     consolidate,
-    describe,
     diff_state_dicts,
     explain,
-    first_rank_error,
     loading_reasons,
     original_state_dict,
 )
+from .rank_errors import describe, first_rank_error
 
 CHECK = "round_trip"
 TOLERANCE = (

@@ -40,15 +40,14 @@ from . import RunSettings
 from ._checkpoint_io import (
     bias_keys,
     consolidate,
-    describe,
     diff_state_dicts,
     explain,
-    first_rank_error,
     gathered_logits,
     loading_reasons,
     names,
     original_state_dict,
 )
+from .rank_errors import describe, first_rank_error
 
 CHECK = "topology_change"
 SEED = 0

@@ -27,7 +27,8 @@ import torch
 from conformance.model_package import causal_lm_class, mount
 from reference_models import build, variant
 
-from .parity import _any_rank_failed, _describe, attention_layouts, parity_batch
+from .parity import attention_layouts, parity_batch
+from .rank_errors import describe, first_rank_error
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def _train_jobs_on_rank(model_dir: str, jobs: list[TrainingJob]) -> list[Trainin
     try:
         package, unmount = mount(Path(model_dir))
     except Exception as exc:  # the same on every rank, before any collective
-        error = f"mounting the package failed: {_describe(exc)}"
+        error = f"mounting the package failed: {describe(exc)}"
         return [TrainingRun(job=job, error=error) for job in jobs] if rank == 0 else None
     try:
         runs = [_train_job(package, job) for job in jobs]
@@ -179,13 +180,13 @@ def _train_job(package: ModuleType, job: TrainingJob) -> TrainingRun:
     try:
         _train_parallel(package, job, batch, run)
     except Exception as exc:
-        error = _describe(exc)
-    run.error = _any_rank_failed(error)
+        error = describe(exc)
+    run.error = first_rank_error(error)
     if run.error is None and dist.get_rank() == 0:
         try:
             run.reference_losses = _train_reference(job, batch)
         except Exception as exc:  # rank 0 alone, after the last collective
-            run.error = f"training the transformers model failed: {_describe(exc)}"
+            run.error = f"training the transformers model failed: {describe(exc)}"
     run.seconds = time.perf_counter() - start
     return run
 

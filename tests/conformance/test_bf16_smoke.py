@@ -68,3 +68,24 @@ def test_judgement_on_hand_made_curves() -> None:
     ]
     # bf16 without sequence parallelism at T > 1 goes through NXD-07 (column layers' input-gradient reduce).
     assert "NXD-07" in flat.deviations
+
+
+def test_norm_that_forgets_to_cast_back_fails_in_bf16_only(
+    broken_copy: Callable[[str, list[tuple[str, str]]], Path], checkpoint_cache: Path
+) -> None:
+    # A contributor drops the cast back to the input dtype: harmless in fp32 (parity passes), but in bf16 the
+    # norm hands fp32 activations to bf16 parallel layers.
+    package = broken_copy(
+        "llama",
+        [
+            (
+                "        return self.weight * hidden_states.to(input_dtype)\n",
+                "        return self.weight * hidden_states\n",
+            )
+        ],
+    )
+    settings = RunSettings(cache_dir=checkpoint_cache)
+    (result,) = bf16_smoke.run(package, [CONFIGURATION], settings)
+    assert result.status is Status.FAIL
+    reasons = " ".join(result.reasons)
+    assert "dtype" in reasons.lower() and "modeling_llama.py" in reasons, reasons
