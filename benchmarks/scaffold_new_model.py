@@ -1,10 +1,17 @@
 """Time `scaffold new-model` for the target models, in-process and as a fresh subprocess.
 
-    python benchmarks/scaffold_new_model.py [--models llama mistral ...] [--repeat N]
+    python benchmarks/scaffold_new_model.py [--models llama mistral ...] [--repeat N] [--stages]
 
-In-process timings run in one interpreter, in the order given (the first one also pays for importing
-transformers and torch); the subprocess timings are what a user waits for at the command line. Each
-figure is the best of `--repeat` runs. Output goes to a temporary folder (`--out ... --force`).
+- in-process: one interpreter that has imported transformers and torch (as tests do), in the order
+  given (the first model also pays for importing the scaffolder); the transformers facts are read live;
+- subprocess, cold: `python -m scaffold new-model` with an empty facts cache (`$NXD_SCAFFOLD_CACHE`
+  pointed at a fresh folder), so it reads the facts in a subprocess that imports transformers and torch:
+  what the first run after installing or upgrading transformers costs;
+- subprocess, warm: the same command again with that cache filled: what a user waits for afterwards.
+
+Each figure is the best of `--repeat` runs. Output goes to a temporary folder (`--out ... --force`). The
+exit status is 1 when a warm subprocess or in-process figure reaches the target (cold ones are reported,
+not judged: they are paid once per transformers installation).
 """
 
 from __future__ import annotations
@@ -38,10 +45,11 @@ def _in_process(model_type: str, out: Path) -> float:
     return elapsed
 
 
-def _subprocess(model_type: str, out: Path) -> float:
+def _subprocess(model_type: str, out: Path, cache: Path) -> float:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "NXD_SCAFFOLD_CACHE": str(cache),
     }
     command = [sys.executable, "-m", "scaffold", "new-model", model_type, "--out", str(out), "--force"]
     start = time.perf_counter()
@@ -97,17 +105,39 @@ def main() -> int:
             print(f"{model_type}: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in times.items()))
     rows = []
     with tempfile.TemporaryDirectory(prefix="scaffold-bench-") as folder:
-        out = Path(folder)
+        out = Path(folder) / "out"
         for model_type in args.models:
-            inside = min(_in_process(model_type, out) for _ in range(args.repeat))
-            outside = min(_subprocess(model_type, out) for _ in range(args.repeat))
-            rows.append((model_type, inside, outside))
-    print(f"{'model':10} {'in-process (s)':>15} {'subprocess (s)':>15}  target < {TARGET_SECONDS:.0f} s")
-    for model_type, inside, outside in rows:
-        verdict = "ok" if max(inside, outside) < TARGET_SECONDS else "over"
-        print(f"{model_type:10} {inside:15.2f} {outside:15.2f}  {verdict}")
+            cold = min(
+                _subprocess(model_type, out, _fresh(Path(folder), model_type)) for _ in range(args.repeat)
+            )
+            warm = min(
+                _subprocess(model_type, out, Path(folder) / f"cache-{model_type}") for _ in range(args.repeat)
+            )
+            rows.append((model_type, cold, warm))
+        import transformers.models.llama.modeling_llama  # noqa: F401  (in-process callers have it loaded)
+
+        rows = [(*row, min(_in_process(row[0], out) for _ in range(args.repeat))) for row in rows]
+    print(
+        f"{'model':10} {'subprocess cold (s)':>20} {'subprocess warm (s)':>20} {'in-process (s)':>15}"
+        f"  target < {TARGET_SECONDS:.0f} s (warm, in-process)"
+    )
+    over = []
+    for model_type, cold, warm, inside in rows:
+        verdict = "ok" if max(warm, inside) < TARGET_SECONDS else "over"
+        if verdict == "over":
+            over.append(model_type)
+        print(f"{model_type:10} {cold:20.2f} {warm:20.2f} {inside:15.2f}  {verdict}")
     print(f"(cpus: {os.cpu_count()}, load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
-    return 0
+    return 1 if over else 0
+
+
+def _fresh(folder: Path, model_type: str) -> Path:
+    """An empty facts cache for a cold run (the warm runs reuse it afterwards)."""
+    import shutil
+
+    cache = folder / f"cache-{model_type}"
+    shutil.rmtree(cache, ignore_errors=True)
+    return cache
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def analyze(source: ModelSource) -> Blueprint:
         model_type=source.model_type,
         transformers_version=source.transformers_version,
         source_file=source.display_path,
-        config_class=source.config_class.__name__,
+        config_class=source.config.class_name,
         base_model_class=source.base_model_class,
         causal_lm_class=source.causal_lm_class,
         tp_plan=tuple(context.tp_plan.items()),

@@ -9,12 +9,12 @@ parses or traces again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import libcst as cst
 
 from ..blueprint import ClassKind, LayerKind
 from ..errors import ScaffoldError
+from ..facts import ConfigFacts, DefaultConfig
 from ..source import ModelSource
 from .attention import AttentionFacts, find_attention
 from .classes import ClassFacts, ModuleMap, collect_classes, map_module, walk
@@ -60,8 +60,8 @@ class Context:
     classes: dict[str, ClassAnalysis]
     tree: InstanceTree
     norm_kinds: dict[str, str]
-    config_class: type[Any]
-    default_config: Any
+    config: ConfigFacts
+    default_config: DefaultConfig
     tp_plan: dict[str, str]
 
     @property
@@ -100,7 +100,7 @@ def gather(source: ModelSource) -> Context:
         )
         for name in closure_classes
     }
-    config = _default_config(source.config_class)
+    config = source.config.defaults()
     context = Context(
         source=source,
         index=index,
@@ -109,9 +109,9 @@ def gather(source: ModelSource) -> Context:
         classes=classes,
         tree=tree,
         norm_kinds=kinds,
-        config_class=source.config_class,
+        config=source.config,
         default_config=config,
-        tp_plan=dict(getattr(source.config_class, "base_model_tp_plan", None) or {}),
+        tp_plan=dict(source.config.tp_plan),
     )
     _assign_kinds(context)
     return context
@@ -271,12 +271,3 @@ def _is_rotary(analysis: ClassAnalysis) -> bool:
         if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
     }
     return {"cos", "sin"} <= methods
-
-
-def _default_config(config_class: type[Any]) -> Any:
-    try:
-        return config_class()
-    except Exception as error:  # a config that cannot be built with defaults is reported, not fatal
-        raise ScaffoldError(
-            f"cannot instantiate {config_class.__name__}() for its defaults: {error}"
-        ) from error

@@ -8,8 +8,6 @@ factor applied after a `tanh` of the logits. Defaults come from instantiating th
 from __future__ import annotations
 
 import ast
-import inspect
-from typing import Any
 
 import libcst as cst
 
@@ -75,7 +73,7 @@ def features(
         logits_scale=logits_scale,
         tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         tied_weights_keys=_tied_weights_keys(context),
-        explicit_head_dim="head_dim" in _config_parameters(context.config_class),
+        explicit_head_dim="head_dim" in context.config.init_parameters,
         norm_kinds=tuple(sorted({norm.kind for norm in norms})),
         activation=mlp.activation if mlp else None,
         rotary=backbone.rotary is not None,
@@ -150,7 +148,7 @@ def _logit_scales(context: Context, backbone: Backbone) -> tuple[Expr | None, Sc
 
 
 def _partial_rotary(context: Context) -> Expr | None:
-    if "partial_rotary_factor" in _config_parameters(context.config_class) or hasattr(
+    if "partial_rotary_factor" in context.config.init_parameters or hasattr(
         context.default_config, "partial_rotary_factor"
     ):
         return Expr("config.partial_rotary_factor", "config.partial_rotary_factor")
@@ -169,13 +167,6 @@ def _tied_weights_keys(context: Context) -> tuple[str, ...]:
     except (ValueError, SyntaxError):
         return ()
     return tuple(str(key) for key in keys)
-
-
-def _config_parameters(config_class: type[Any]) -> set[str]:
-    try:
-        return set(inspect.signature(config_class.__init__).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def config_fields(context: Context) -> list[ConfigField]:

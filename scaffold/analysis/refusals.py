@@ -7,9 +7,6 @@ routed by top-k.
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import libcst as cst
 
 from ..blueprint import AttentionGeometry, Expr, LayerKind, LayerSite, Location, NormScope, NormSite, Refusal
@@ -343,9 +340,7 @@ def _unrecognised_attention(context: Context, refused: set[str]) -> list[Refusal
 
 def _learnable_activations(context: Context) -> list[Refusal]:
     """`ACT2FN[config.x]` whose default activation has parameters (e.g. xIELU)."""
-    from torch import nn
-    from transformers.activations import ACT2FN
-
+    learnable = dict(context.source.facts.learnable_activations)
     found: list[Refusal] = []
     seen: set[tuple[str, str]] = set()
     for member in context.tree.members:
@@ -365,16 +360,15 @@ def _learnable_activations(context: Context) -> list[Refusal]:
         if name_expr.resolved is None or name_expr.variables:
             continue
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # some activations announce their fallbacks
-                activation = ACT2FN[name_expr.evaluate(context.default_config)]
-        except (KeyError, TypeError, ValueError, AttributeError):
+            activation = learnable.get(name_expr.evaluate(context.default_config))
+        except (TypeError, ValueError, AttributeError):
             continue
-        if isinstance(activation, nn.Module) and any(True for _ in activation.parameters()):
+        if activation is not None:
             found.append(
                 Refusal(
                     UNMAPPED_PARAMETER.code,
                     f"{member.owner.class_name}.{member.attribute} = {SourceIndex.code(value)} builds "
-                    f"{type(activation).__name__}, an activation with learnable parameters; {UNMAPPED_PARAMETER.why}",
+                    f"{activation}, an activation with learnable parameters; {UNMAPPED_PARAMETER.why}",
                     member_location(context, member),
                 )
             )

@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         console.print_json(blueprint.to_json()) if console.is_terminal else print(blueprint.to_json())
         return 0
-    print_plan(blueprint, console, defaults=source.config_class())
+    print_plan(blueprint, console, defaults=source.config.defaults())
     return 0
 
 

@@ -74,6 +74,21 @@ def module_imports(module: cst.Module) -> dict[str, tuple[str, str | None]]:
     return found
 
 
+def qualified_name(node: cst.CSTNode, imports: dict[str, tuple[str, str | None]]) -> str | None:
+    """`a.b.c` resolved through the top-level imports `imports` (see `module_imports`), else None."""
+    name = dotted(node)
+    if name is None:
+        return None
+    head, _, rest = name.partition(".")
+    if head not in imports:
+        return None
+    module, obj = imports[head]
+    if obj is not None:
+        return ".".join(filter(None, [module, obj, rest]))
+    # `import a.b` binds `a`; `import a.b as c` binds `c` to `a.b`
+    return ".".join(filter(None, [head if module.split(".")[0] == head else module, rest]))
+
+
 def mask_builders(module: cst.Module) -> set[str]:
     """Names imported from transformers' `masking_utils` (relative or absolute): the mask builders."""
     found: set[str] = set()

@@ -9,13 +9,16 @@ just before the rule runs in the pipeline and just after. The examples are the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import libcst as cst
-from libcst.codemod import CodemodContext, VisitorBasedCodemodCommand
+from libcst.codemod import Codemod, CodemodContext, VisitorBasedCodemodCommand
+from libcst.metadata import MetadataWrapper
 
 from ..blueprint import Blueprint
+from ._descent import StatementDescent, descent_for_hooks
+from ._imports import TopImportAdder, UnusedImportRemover
 
 BLUEPRINT_KEY = "nxd_scaffold.blueprint"
 OPTIONS_KEY = "nxd_scaffold.options"
@@ -38,13 +41,17 @@ class RuleExample:
     after: str
 
 
-class Rule(VisitorBasedCodemodCommand):
+class Rule(StatementDescent, VisitorBasedCodemodCommand):
     """Base class of every rule. Subclasses set the class variables and override libcst visitor methods."""
 
     CODE: ClassVar[str]  # "NXS010": stable, never reused
     NAME: ClassVar[str]  # "parallel-linears": what `--disable` also accepts
     SUMMARY: ClassVar[str]  # one line for `scaffold rules` and the inspect table
     EXAMPLES: ClassVar[tuple[RuleExample, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.DESCENT = descent_for_hooks(list(cls.__mro__[: cls.__mro__.index(Rule)]))
 
     @property
     def blueprint(self) -> Blueprint:
@@ -53,6 +60,32 @@ class Rule(VisitorBasedCodemodCommand):
     @property
     def options(self) -> RuleOptions:
         return self.context.scratch[OPTIONS_KEY]
+
+    def transform_module(self, tree: cst.Module) -> cst.Module:
+        """Run the rule, then the imports it scheduled, in place: no copy of the tree per pass.
+
+        libcst's own `transform_module` deep-copies the module for every pass (the rule, then each
+        import visitor) so that metadata can key on node identity; rules never share nodes between
+        places, so the copies only cost time.
+        """
+        tree = _run_in_place(self, tree)
+        for visitor in (TopImportAdder, UnusedImportRemover):
+            key = visitor.CONTEXT_KEY
+            if key in self.context.scratch:
+                tree = _run_in_place(visitor(self.context), tree)
+        return tree
+
+
+def _run_in_place(codemod: Codemod, tree: cst.Module) -> cst.Module:
+    """`codemod.transform_module(tree)` without the defensive deep copy of the tree."""
+    wrapper = MetadataWrapper(tree, unsafe_skip_copy=True)
+    previous = codemod.context
+    with codemod.resolve(wrapper):
+        codemod.context = replace(previous, wrapper=wrapper)
+        try:
+            return codemod.transform_module_impl(wrapper.module)
+        finally:
+            codemod.context = previous
 
 
 def make_context(blueprint: Blueprint, options: RuleOptions) -> CodemodContext:

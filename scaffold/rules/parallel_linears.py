@@ -16,11 +16,11 @@ initializer_range), `sequence_parallel_enabled` from `trn_config` and `sequence_
 from __future__ import annotations
 
 import libcst as cst
-from libcst.metadata import QualifiedNameProvider
 
 from ..blueprint import LayerSite, Role
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
+from ._edits import module_imports, qualified_name
 from .base import Rule, RuleExample
 
 LINEAR = "torch.nn.Linear"
@@ -32,13 +32,16 @@ class ParallelLinears(Rule):
     CODE = "NXS024"
     NAME = "parallel-linears"
     SUMMARY = "remaining nn.Linear by role: column -> ColumnParallelLinear, row -> RowParallelLinear"
-    METADATA_DEPENDENCIES = (QualifiedNameProvider,)
 
     def __init__(self, context: cst.codemod.CodemodContext) -> None:
         super().__init__(context)
         self._classes: list[str] = []
         self._configs: list[str | None] = []
         self._converted = False
+        self._imports: dict[str, tuple[str, str | None]] = {}
+
+    def visit_Module(self, node: cst.Module) -> None:
+        self._imports = module_imports(node)
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self._classes.append(node.name.value)
@@ -74,8 +77,8 @@ class ParallelLinears(Rule):
         return pc.ensure_init_helper(updated_node) if self._converted else updated_node
 
     def _is_linear(self, call: cst.Call) -> bool:
-        names = self.get_metadata(QualifiedNameProvider, call.func, set())
-        return any(name.name == LINEAR for name in names)
+        """The callee is `torch.nn.Linear` through the module's imports (`nn.Linear`, `torch.nn.Linear`, ...)."""
+        return qualified_name(call.func, self._imports) == LINEAR
 
     def _site(self, owner: str, attribute: str) -> LayerSite | None:
         found = [s for s in self.blueprint.sites if s.owner == owner and s.attribute == attribute]
