@@ -133,7 +133,7 @@ def _full(model_type: str, variants: dict[str, Variant]) -> dict[str, list[dict[
     ]
     topology = [
         {"variant": base, "source_tp_size": source, "tp_size": target}
-        for source, target in ((1, 2), (2, 1), (2, 4), (4, 2), (8, 2))
+        for source, target in ((1, 2), (2, 1), (4, 8), (8, 4), (2, 4), (8, 2))
     ]
     lora = [
         {"variant": base, "tp_size": 2, "fuse_qkv": False},

@@ -15,7 +15,10 @@ For each configuration (`{"variant": "llama/gqa", "source_tp_size": 2, "tp_size"
    the T=a checkpoint bit for bit. This is what a wrong stride breaks: a fused `gate_up_proj` with
    stride 1 at T=2 hands rank 0 the whole gate rows and rank 1 the up rows, a different model that is
    saved and reloaded consistently (steps 2-3 pass) but is not the model the seed gives at T=1, and its
-   recorded stride no longer describes its layout.
+   recorded stride no longer describes its layout. Step 4 applies when both sizes reach the same attention
+   layout and it is not NxD's GQA layer: that layer's spec orders Q heads (and o_proj's input columns) by
+   the kv-size multiplier, which depends on T, so there the seed gives another model by design
+   (`init_compared` in the figures says whether step 4 ran).
 
 Configurations are batched: one launcher call per source T, then one per target T.
 """
@@ -87,6 +90,8 @@ class _Outcome:
     reasons: list[str] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
     attention: list[str] = field(default_factory=list)
+    init_reasons: list[str] = field(default_factory=list)
+    """Why the seeded init at T=b differs from the one at T=a (target side only; judged with the layouts)."""
     seconds: float = 0.0
     traceback: str | None = None
 
@@ -348,7 +353,7 @@ def _target(package: ModuleType, job: _Job) -> _Outcome | None:
         outcome.figures["init_tensors_compared"] = diff.compared
         outcome.figures["init_tensors_differing"] = dict(diff.differing)
         outcome.figures["has_biases"] = bias_keys(state_dict)
-        outcome.reasons += _init_reasons(job, diff, metadata)
+        outcome.init_reasons = _init_reasons(job, diff, metadata)
     outcome.seconds = time.perf_counter() - start
     return outcome
 
@@ -480,6 +485,13 @@ def _judge(job: _Job, source: _Outcome, reference: _Outcome | None, target: _Out
         result.figures["target_attention"] = target.attention
         result.figures.update(target.figures)
         result.reasons += [f"T={b}: {reason}" for reason in target.reasons]
+        if target.attention == source.attention and "gqa" not in source.attention:
+            result.reasons += [f"T={b}: {reason}" for reason in target.init_reasons]
+            result.figures["init_compared"] = True
+        else:
+            # A seeded init is one model at every T only while no GQA layer is involved: the GQA spec
+            # reorders Q heads (and o_proj's columns) by the kv-size multiplier, which changes with T.
+            result.figures["init_compared"] = False
         result.reasons += _logits_reason(
             f"T={b}", target.logits, source.logits, result.figures, "target_logits_max_abs_diff"
         )

@@ -8,43 +8,23 @@ conformance/checks/parity.py for what is compared and the tolerances.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conformance.checks.parity import check_parity_cases, parity_matrix
 from reference_models import ARCHITECTURES
-from scaffold.cli import main
-from scaffold.commands import all_commands
-
-# Temporary guard while `scaffold new-model` is being written; the lead removes it once it has landed.
-if "new-model" not in {command.name for command in all_commands()}:
-    pytest.skip("`scaffold new-model` is not registered yet", allow_module_level=True)
 
 LAYOUTS = {"separate", "fused", "gqa"}
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("generated")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("reference-models")
-
-
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
 def test_generated_model_matches_transformers(
-    model_type: str, workspace: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+    model_type: str, generated: Callable[[str], Path], checkpoint_cache: Path
 ) -> None:
-    status = main(["new-model", model_type, "--out", str(workspace)])
-    generated = capsys.readouterr()
-    assert status == 0, f"scaffold new-model {model_type} failed:\n{generated.err}{generated.out}"
-    package = workspace / model_type
-    assert (package / "__init__.py").is_file(), generated.out
-
-    results = check_parity_cases(package, parity_matrix(model_type), cache_dir=cache)
+    package = generated(model_type)  # `scaffold new-model <type> --out DIR`, once per session
+    results = check_parity_cases(package, parity_matrix(model_type), cache_dir=checkpoint_cache)
 
     failed = [result.summary() for result in results if not result.passed]
     assert not failed, f"{len(failed)}/{len(results)} parity cases failed:\n" + "\n".join(failed)
