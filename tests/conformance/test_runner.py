@@ -96,7 +96,7 @@ def test_a_crashed_or_hung_rank_is_a_fail_with_its_traceback(
     planned = PlannedCheck(
         "parity", ({"variant": "llama/gqa", "tp_size": 2, "sequence_parallel": False, "fuse_qkv": False},)
     )
-    (result,) = run_check(planned, package, RunSettings(cache_dir=checkpoint_cache, timeout=20))
+    (result,) = run_check(planned, package, RunSettings(cache_dir=checkpoint_cache, timeout=8))
     assert result.status is Status.FAIL
     assert result.traceback, "the rank's traceback or stacks must reach the report"
     text = " ".join(result.reasons) + result.traceback
