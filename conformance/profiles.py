@@ -35,6 +35,24 @@ class PlannedCheck:
     def __len__(self) -> int:
         return len(self.configurations)
 
+    @property
+    def tp_sizes(self) -> tuple[int, ...]:
+        """The TP sizes the configurations run at, in order of first appearance (none for a check whose
+        configurations span two sizes, a topology change)."""
+        if any("source_tp_size" in c or "tp_size" not in c for c in self.configurations):
+            return ()
+        return tuple(dict.fromkeys(int(c["tp_size"]) for c in self.configurations))
+
+    def parts(self) -> list[PlannedCheck]:
+        """The configurations split by TP size (one launcher call each, reported as it finishes); checks
+        whose configurations span two sizes (a topology change) stay whole."""
+        if not self.tp_sizes:
+            return [self]
+        return [
+            PlannedCheck(self.check, tuple(c for c in self.configurations if int(c["tp_size"]) == tp_size))
+            for tp_size in self.tp_sizes
+        ]
+
 
 def plan(model_type: str, profile: str = "quick", checks: Iterable[str] | None = None) -> list[PlannedCheck]:
     """The checks of `profile` for `model_type`, in `CHECK_ORDER`, optionally limited to `checks`."""

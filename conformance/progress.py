@@ -24,11 +24,15 @@ class Progress:
         self.console = console
         self.total = total_checks
         self.done = 0
+        self._current: str | None = None
         self._status: AbstractContextManager[Any] = nullcontext()
 
     def started(self, planned: PlannedCheck) -> None:
-        self.done += 1
-        text = f"[{self.done}/{self.total}] {planned.check}: {len(planned)} configuration(s)"
+        if planned.check != self._current:
+            self._current = planned.check
+            self.done += 1
+        sizes = "" if len(planned.tp_sizes) != 1 else f" T={planned.tp_sizes[0]}"
+        text = f"[{self.done}/{self.total}] {planned.check}{sizes}: {len(planned)} configuration(s)"
         if self.console.is_terminal:
             self._status = self.console.status(text)
             self._status.__enter__()

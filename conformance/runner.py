@@ -35,7 +35,8 @@ def run_model(
     on_start: CheckStarted | None = None,
     on_finish: CheckFinished | None = None,
 ) -> RunResults:
-    """Every check of `profile` on the package at `package_dir`, in order; never raises for a model fault."""
+    """Every check of `profile` on the package at `package_dir`, in order, each split by TP size where
+    its configurations allow (`PlannedCheck.parts`); never raises for a model fault."""
     settings = settings or RunSettings()
     _prepare_environment(settings)
     run = RunResults(
@@ -47,14 +48,15 @@ def run_model(
     )
     start = time.perf_counter()
     for planned in plan(model_type, profile, checks):
-        if on_start is not None:
-            on_start(planned)
         check_start = time.perf_counter()
-        results = run_check(planned, package_dir, settings)
+        for part in planned.parts():
+            if on_start is not None:
+                on_start(part)
+            results = run_check(part, package_dir, settings)
+            run.results.extend(results)
+            if on_finish is not None:
+                on_finish(part, results)
         run.check_seconds[planned.check] = round(time.perf_counter() - check_start, 3)
-        run.results.extend(results)
-        if on_finish is not None:
-            on_finish(planned, results)
     run.seconds = round(time.perf_counter() - start, 3)
     return run
 

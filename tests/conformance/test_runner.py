@@ -147,3 +147,12 @@ def test_missing_default_package_is_scaffolded_and_an_existing_one_left_alone(
     edited.write_text(edited.read_text() + "\n# a contributor's edit\n")
     again = locate_package("llama")
     assert not again.scaffolded and edited.read_text().endswith("# a contributor's edit\n")
+
+
+def test_checks_run_in_parts_by_tp_size_and_a_topology_change_stays_whole() -> None:
+    planned = {entry.check: entry for entry in plan("llama", "full")}
+    parts = planned["parity"].parts()
+    assert [part.tp_sizes for part in parts] == [(1,), (2,), (4,), (8,)]
+    together = [configuration for part in parts for configuration in part.configurations]
+    assert sorted(map(repr, together)) == sorted(map(repr, planned["parity"].configurations))
+    assert planned["topology_change"].parts() == [planned["topology_change"]]
