@@ -88,7 +88,7 @@ def _stages(model_type: str) -> dict[str, float]:
     times["ruff"] = clock() - start
     start = clock()
     render_package(EmittedModel(Request(model_type), source, blueprint, text))
-    times["copier"] = clock() - start
+    times["package"] = clock() - start
     return times
 
 

@@ -1,7 +1,9 @@
 """A generated model package as bytes: the modeling file, the copier-rendered files, the answers file.
 
 The copier template (scaffold/templates/model_package) renders everything beside the modeling file.
-Its answers file is normalised here so that it is deterministic and self-sufficient:
+`new-model` renders it here with Jinja, as copier would (same environment options, same exclusions):
+importing copier costs more than the whole rendering, and only `scaffold update` needs copier's
+machinery (its three-way merge). The answers file is written here, deterministic and self-sufficient:
 
 - `_src_path` / `_commit` are fixed labels (copier records the temporary or install path otherwise);
   `scaffold update` points them at the temporary template repository it builds (scaffold.update);
@@ -14,7 +16,7 @@ Its answers file is normalised here so that it is deterministic and self-suffici
 from __future__ import annotations
 
 import base64
-import tempfile
+import fnmatch
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,18 +99,46 @@ def answers_for(emitted: EmittedModel, test_model: str) -> dict[str, Any]:
 
 
 def render_package(emitted: EmittedModel, test_model: str | None = None) -> Generation:
-    """Render the copier template with the generation's answers and add the modeling file (in memory)."""
-    from copier import run_copy
-
+    """Render the template with the generation's answers and add the modeling file (in memory)."""
     answers = answers_for(emitted, test_model or default_test_model(emitted.request.model_type))
-    with tempfile.TemporaryDirectory(prefix="nxd-scaffold-render-") as folder:
-        run_copy(str(TEMPLATE_DIR), folder, data=answers, defaults=True, overwrite=True, quiet=True)
-        files = read_tree(Path(folder))
-    files.pop(ANSWERS_FILE, None)
+    files = render_template(answers)
     files[emitted.filename] = emitted.text.encode("utf-8")
     files = dict(sorted(files.items()))
     files[ANSWERS_FILE] = answers_text(answers, pristine=files).encode("utf-8")
     return Generation(emitted=emitted, answers=answers, files=files)
+
+
+def render_template(answers: dict[str, Any]) -> dict[str, bytes]:
+    """The template's files rendered with `answers` as `copier.run_copy` renders them, less the answers file.
+
+    Files are taken as copier takes them: the ones `_exclude` in copier.yml leaves, `*<suffix>` files
+    rendered by Jinja with copier's environment options (`keep_trailing_newline`), others copied as they
+    are. Templated file names (only the answers file, which `answers_text` writes) are skipped.
+    """
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    config = yaml.safe_load((TEMPLATE_DIR / "copier.yml").read_text(encoding="utf-8"))
+    suffix = config.get("_templates_suffix", ".jinja")
+    excluded = tuple(config.get("_exclude", ()))
+    environment = SandboxedEnvironment(keep_trailing_newline=True, undefined=StrictUndefined)
+    files: dict[str, bytes] = {}
+    for path in sorted(TEMPLATE_DIR.rglob("*")):
+        relative = path.relative_to(TEMPLATE_DIR)
+        if not path.is_file() or "{{" in relative.as_posix() or _excluded(relative.parts, excluded):
+            continue
+        if suffix and path.name.endswith(suffix):
+            template = environment.from_string(path.read_text(encoding="utf-8"))
+            name = relative.as_posix().removesuffix(suffix)
+            files[name] = template.render(**answers).encode("utf-8")
+        else:
+            files[relative.as_posix()] = path.read_bytes()
+    return files
+
+
+def _excluded(parts: tuple[str, ...], patterns: tuple[str, ...]) -> bool:
+    """Whether a template path matches an `_exclude` pattern (a name or glob matching one of its parts)."""
+    return any(fnmatch.fnmatchcase(part, pattern) for part in parts for pattern in patterns)
 
 
 def answers_text(

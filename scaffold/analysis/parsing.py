@@ -1,21 +1,25 @@
 """Parse a modeling file once and answer position and qualified-name questions about its nodes.
 
-Qualified names come from libcst's `QualifiedNameProvider`, so `nn.Linear`, `torch.nn.Linear` and
-`from torch.nn import Linear as L` all resolve to `torch.nn.Linear`. Relative imports
-(`from ...pytorch_utils import Conv1D`) are made absolute against the file's package, giving
-`transformers.pytorch_utils.Conv1D`.
+Qualified names are the names a node refers to through the module's imports, so `nn.Linear`,
+`torch.nn.Linear` and `from torch.nn import Linear as L` all resolve to `torch.nn.Linear`; local
+definitions and variables have none. They come from the module's import table (`imported_names`), or
+from libcst's scope analysis (`QualifiedNameProvider`, its import-sourced names) where that table would
+not be exact. Relative imports (`from ...pytorch_utils import Conv1D`) are made absolute against the
+file's package, giving `transformers.pytorch_utils.Conv1D`. Lines are libcst's `PositionProvider` start
+lines, computed by `positions`.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 
 import libcst as cst
-from libcst._metadata_dependent import LazyValue
-from libcst.metadata import MetadataWrapper, PositionProvider, QualifiedNameProvider
 
 from ..blueprint import Location
 from ..errors import ScaffoldError
+from .imported_names import ImportTable
+from .positions import start_lines
 
 _EMPTY_MODULE = cst.Module(body=[])
 
@@ -24,27 +28,32 @@ class SourceIndex:
     """A parsed module with node positions and absolute qualified names."""
 
     def __init__(self, module: cst.Module, display_path: str, package: str) -> None:
-        wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-        self.module = wrapper.module
+        self.module = module
         self.display_path = display_path
         self.package = package
-        self._positions = wrapper.resolve(PositionProvider)
-        self._qualified = wrapper.resolve(QualifiedNameProvider)
+        self._lines: dict[cst.CSTNode, int] | None = None
+        self._resolve: Callable[[cst.CSTNode], frozenset[str]] | None = None
+        self._cache: dict[cst.CSTNode, frozenset[str]] = {}
 
     def line(self, node: cst.CSTNode) -> int:
         """1-based line where `node` starts."""
-        return self._positions[node].start.line
+        if self._lines is None:
+            self._lines = start_lines(self.module)
+        return self._lines[node]
 
     def location(self, node: cst.CSTNode) -> Location:
         """Location of `node` for messages."""
         return Location(self.display_path, self.line(node))
 
     def qualified_names(self, node: cst.CSTNode) -> frozenset[str]:
-        """Absolute qualified names `node` may refer to (empty when unknown)."""
-        names = self._qualified.get(node, set())
-        if isinstance(names, LazyValue):
-            names = names()
-        return frozenset(absolute_name(name.name, self.package) for name in names)
+        """Absolute qualified names `node` refers to through imports (empty when none)."""
+        found = self._cache.get(node)
+        if found is None:
+            if self._resolve is None:
+                self._resolve = _resolver(self.module)
+            found = frozenset(absolute_name(name, self.package) for name in self._resolve(node))
+            self._cache[node] = found
+        return found
 
     def refers_to(self, node: cst.CSTNode, *candidates: str) -> bool:
         """Whether `node` resolves to one of the given absolute qualified names."""
@@ -54,6 +63,29 @@ class SourceIndex:
     def code(node: cst.CSTNode) -> str:
         """Source text of `node`, whitespace inside it as written."""
         return _EMPTY_MODULE.code_for_node(node)
+
+
+def _resolver(module: cst.Module) -> Callable[[cst.CSTNode], frozenset[str]]:
+    """Imported names of a node of `module`: by the import table, else by libcst's scope analysis."""
+    table = ImportTable.of(ast.parse(module.code))
+    if table is not None:
+        return table.qualified_names
+    return libcst_imported_names(module)
+
+
+def libcst_imported_names(module: cst.Module) -> Callable[[cst.CSTNode], frozenset[str]]:
+    """libcst's import-sourced qualified names of the nodes of `module` (a full scope analysis)."""
+    from libcst.metadata import MetadataWrapper, QualifiedNameProvider, QualifiedNameSource
+
+    names = MetadataWrapper(module, unsafe_skip_copy=True).resolve(QualifiedNameProvider)
+
+    def resolve(node: cst.CSTNode) -> frozenset[str]:
+        found = names.get(node, set())
+        if callable(found):  # libcst's lazy values
+            found = found()
+        return frozenset(name.name for name in found if name.source is QualifiedNameSource.IMPORT)
+
+    return resolve
 
 
 def parse_module(text: str, display_path: str) -> cst.Module:

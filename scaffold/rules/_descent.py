@@ -1,10 +1,10 @@
-"""Plain, pruned visitor dispatch for libcst codemod transformers whose hooks are all on statements.
+"""Plain, pruned visitor dispatch for the rules' libcst transformers.
 
-libcst's codemod transformers gather matcher-decorated methods when built (a scan of every attribute),
-dispatch through the matcher machinery at every node, and visit every node of the tree. The rules use no
-matcher decorators, and most of them only hook statements (classes, functions, imports, assignments):
-`StatementDescent` skips the scan, dispatches to the `visit_X`/`leave_X` hooks directly and does not
-descend into nodes that cannot contain a hooked node.
+libcst's own codemod transformers gather matcher-decorated methods when built, dispatch through the
+matcher machinery at every node and visit every node of the tree. The rules use no matchers, and most
+of them only hook statements (classes, functions, imports, assignments): `StatementDescent` dispatches
+to the `visit_X`/`leave_X` hooks directly and does not descend into nodes that cannot contain a
+hooked node.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 import libcst as cst
-from libcst.codemod import Codemod, CodemodContext, ContextAwareTransformer
+
+from ._context import RuleContext
 
 # Nodes whose children may hold statements.
 STATEMENT_CONTAINERS: tuple[type[cst.CSTNode], ...] = (
@@ -28,18 +29,17 @@ STATEMENT_CONTAINERS: tuple[type[cst.CSTNode], ...] = (
 _STATEMENT_TYPES = (cst.Module, cst.BaseStatement, cst.BaseSuite, cst.BaseSmallStatement)
 
 
-class StatementDescent(ContextAwareTransformer):
-    """A codemod transformer without matcher support; listed after a libcst visitor class in the bases
-    (`class X(AddImportsVisitor, StatementDescent)`), it replaces that class's matcher machinery.
+class StatementDescent(cst.CSTTransformer):
+    """A transformer holding a `RuleContext`, with direct hook dispatch.
 
     `DESCENT` holds the node types whose children are visited; None visits everything.
     """
 
     DESCENT: ClassVar[tuple[type[cst.CSTNode], ...] | None] = None
 
-    def __init__(self, context: CodemodContext) -> None:
-        Codemod.__init__(self, context)
-        cst.CSTTransformer.__init__(self)  # not the matcher scan of MatcherDecoratableTransformer
+    def __init__(self, context: RuleContext) -> None:
+        super().__init__()
+        self.context = context
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         if getattr(self, f"visit_{type(node).__name__}")(node) is False:

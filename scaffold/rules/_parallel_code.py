@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import libcst as cst
-from libcst.codemod import CodemodContext
-from libcst.codemod.visitors import AddImportsVisitor
 
 from ..errors import ScaffoldError
+from ._context import RuleContext
+from ._imports import schedule_import
 
 TRN_CONFIG = "trn_config"
 INIT_HELPER = "_init_normal"
@@ -268,16 +268,16 @@ def layer_call(
     return f"{constructor}(\n{body}\n)"
 
 
-def schedule_layer_imports(context: CodemodContext, *names: tuple[str, str]) -> None:
+def schedule_layer_imports(context: RuleContext, *names: tuple[str, str]) -> None:
     """Imports for generated layer code: `(module, name)` pairs plus `functools.partial`."""
-    AddImportsVisitor.add_needed_import(context, "functools", "partial")
+    schedule_import(context, "functools", "partial")
     for module, name in names:
-        AddImportsVisitor.add_needed_import(context, module, name)
+        schedule_import(context, module, name)
 
 
-def schedule_host_import(context: CodemodContext, module: str, name: str) -> None:
+def schedule_host_import(context: RuleContext, module: str, name: str) -> None:
     """`from ..<module> import <name>` (the training host, by relative import)."""
-    AddImportsVisitor.add_needed_import(context, module, name, relative=2)
+    schedule_import(context, module, name, relative=2)
 
 
 def ensure_init_helper(module: cst.Module) -> cst.Module:

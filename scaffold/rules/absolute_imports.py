@@ -10,11 +10,11 @@ Imports the pruned and cache-free module no longer uses are removed.
 from __future__ import annotations
 
 import libcst as cst
-from libcst.codemod.visitors import RemoveImportsVisitor
 
 from ..blueprint import Blueprint
 from ..errors import ScaffoldError
 from ._edits import dotted
+from ._imports import schedule_removal
 from .base import Rule, RuleExample
 
 
@@ -60,16 +60,12 @@ class AbsoluteTransformersImports(Rule):
             )
         if module is not None and not isinstance(updated_node.names, cst.ImportStar):
             for alias in updated_node.names:
-                RemoveImportsVisitor.remove_unused_import(
-                    self.context, module, alias.evaluated_name, alias.evaluated_alias
-                )
+                schedule_removal(self.context, module, alias.evaluated_name, alias.evaluated_alias)
         return updated_node
 
     def leave_Import(self, original_node: cst.Import, updated_node: cst.Import) -> cst.Import:
         for alias in updated_node.names:
-            RemoveImportsVisitor.remove_unused_import(
-                self.context, alias.evaluated_name, None, alias.evaluated_alias
-            )
+            schedule_removal(self.context, alias.evaluated_name, None, alias.evaluated_alias)
         return updated_node
 
 

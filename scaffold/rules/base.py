@@ -1,7 +1,7 @@
 """What a rule is: one libcst codemod for one concern, with a stable code and its own examples.
 
 A rule reads facts from the Blueprint (never from the source again) and rewrites the module. Imports it
-needs are scheduled through the codemod context (`AddImportsVisitor` / `RemoveImportsVisitor`), never
+needs are scheduled through its context (`schedule_import` / `schedule_removal` in `_imports`), never
 spliced by hand. Each rule carries examples: the text of one class or function of a real model's file
 just before the rule runs in the pipeline and just after. The examples are the rule's documentation
 (`scaffold rules`) and its tests (tests/scaffold/test_rule_examples.py).
@@ -9,16 +9,15 @@ just before the rule runs in the pipeline and just after. The examples are the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import libcst as cst
-from libcst.codemod import Codemod, CodemodContext, VisitorBasedCodemodCommand
-from libcst.metadata import MetadataWrapper
 
 from ..blueprint import Blueprint
+from ._context import RuleContext
 from ._descent import StatementDescent, descent_for_hooks
-from ._imports import TopImportAdder, UnusedImportRemover
+from ._imports import ADD_KEY, REMOVE_KEY, UnusedImportRemover, add_scheduled_imports
 
 BLUEPRINT_KEY = "nxd_scaffold.blueprint"
 OPTIONS_KEY = "nxd_scaffold.options"
@@ -41,7 +40,7 @@ class RuleExample:
     after: str
 
 
-class Rule(StatementDescent, VisitorBasedCodemodCommand):
+class Rule(StatementDescent):
     """Base class of every rule. Subclasses set the class variables and override libcst visitor methods."""
 
     CODE: ClassVar[str]  # "NXS010": stable, never reused
@@ -62,35 +61,18 @@ class Rule(StatementDescent, VisitorBasedCodemodCommand):
         return self.context.scratch[OPTIONS_KEY]
 
     def transform_module(self, tree: cst.Module) -> cst.Module:
-        """Run the rule, then the imports it scheduled, in place: no copy of the tree per pass.
-
-        libcst's own `transform_module` deep-copies the module for every pass (the rule, then each
-        import visitor) so that metadata can key on node identity; rules never share nodes between
-        places, so the copies only cost time.
-        """
-        tree = _run_in_place(self, tree)
-        for visitor in (TopImportAdder, UnusedImportRemover):
-            key = visitor.CONTEXT_KEY
-            if key in self.context.scratch:
-                tree = _run_in_place(visitor(self.context), tree)
+        """Run the rule, then add and remove the imports it scheduled."""
+        tree = tree.visit(self)
+        if ADD_KEY in self.context.scratch:
+            tree = add_scheduled_imports(tree, self.context)
+        if REMOVE_KEY in self.context.scratch:
+            tree = tree.visit(UnusedImportRemover(self.context))
         return tree
 
 
-def _run_in_place(codemod: Codemod, tree: cst.Module) -> cst.Module:
-    """`codemod.transform_module(tree)` without the defensive deep copy of the tree."""
-    wrapper = MetadataWrapper(tree, unsafe_skip_copy=True)
-    previous = codemod.context
-    with codemod.resolve(wrapper):
-        codemod.context = replace(previous, wrapper=wrapper)
-        try:
-            return codemod.transform_module_impl(wrapper.module)
-        finally:
-            codemod.context = previous
-
-
-def make_context(blueprint: Blueprint, options: RuleOptions) -> CodemodContext:
-    """A codemod context carrying the Blueprint and the options for one rule run."""
-    context = CodemodContext(filename=blueprint.source_file, full_module_name=None)
+def make_context(blueprint: Blueprint, options: RuleOptions) -> RuleContext:
+    """A rule context carrying the Blueprint and the options for one rule run."""
+    context = RuleContext(filename=blueprint.source_file)
     context.scratch[BLUEPRINT_KEY] = blueprint
     context.scratch[OPTIONS_KEY] = options
     return context

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import libcst as cst
-from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
 
 from ..blueprint import Blueprint
 from ..errors import ScaffoldError
@@ -36,6 +35,7 @@ from ._edits import (
     parse_statements,
     rebuild_call,
 )
+from ._imports import schedule_import, schedule_removal
 from .base import Rule, RuleExample
 
 TRANSFORMERS_MASKING = "transformers.masking_utils"
@@ -107,12 +107,12 @@ class BaseModelForward(Rule):
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         if self._uses_masks:
-            AddImportsVisitor.add_needed_import(self.context, HOST_MASKING_MODULE, CAUSAL_MASK, relative=2)
+            schedule_import(self.context, HOST_MASKING_MODULE, CAUSAL_MASK, relative=2)
         if self._uses_sliding:
             updated_node = insert_module_statements(
                 updated_node, parse_statements(SLIDING_HELPER_SOURCE), before=self.blueprint.base_model_class
             )
-            AddImportsVisitor.add_needed_import(self.context, "torch")
+            schedule_import(self.context, "torch")
         return updated_node
 
     # --- decoder layer ---------------------------------------------------------------------------------
@@ -123,8 +123,8 @@ class BaseModelForward(Rule):
             name = dotted(arg.value)
             if name in CHECKPOINTING_BASES:
                 arg = arg.with_changes(value=cst.parse_expression("nn.Module"))
-                AddImportsVisitor.add_needed_import(self.context, "torch", "nn")
-                RemoveImportsVisitor.remove_unused_import(self.context, "transformers.modeling_layers", name)
+                schedule_import(self.context, "torch", "nn")
+                schedule_removal(self.context, "transformers.modeling_layers", name)
             bases.append(arg)
         return cls.with_changes(bases=bases)
 
@@ -285,7 +285,7 @@ class BaseModelForward(Rule):
             raise ScaffoldError(
                 f"{rule}: no call of a decoder layer inside a loop over self.{layers} in forward"
             )
-        AddImportsVisitor.add_needed_import(self.context, HOST_TRAINING_MODULE, CHECKPOINT, relative=2)
+        schedule_import(self.context, HOST_TRAINING_MODULE, CHECKPOINT, relative=2)
         assert isinstance(result, cst.FunctionDef)
         return result
 

@@ -21,11 +21,11 @@ the call, and the eager function's `if mask is not None: scores = scores + mask`
 from __future__ import annotations
 
 import libcst as cst
-from libcst.codemod.visitors import RemoveImportsVisitor
 
 from ..blueprint import AttentionGeometry
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
+from ._imports import schedule_removal
 from .base import Rule, RuleExample
 
 FLASH_FUNCTION = "neuron_flash_attention_forward"
@@ -56,7 +56,7 @@ class NeuronFlashAttention(Rule):
             body[index] = pc.with_method(cls, forward)
             eager_functions.add(eager)
         # transformers' backend table is no longer read (NXS003 made its import absolute).
-        RemoveImportsVisitor.remove_unused_import(self.context, TABLE_MODULE, ATTENTION_TABLE)
+        schedule_removal(self.context, TABLE_MODULE, ATTENTION_TABLE)
         for eager in sorted(eager_functions):
             index = _function_index(body, eager)
             if index is None:

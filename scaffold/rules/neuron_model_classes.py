@@ -14,10 +14,10 @@
 from __future__ import annotations
 
 import libcst as cst
-from libcst.codemod.visitors import AddImportsVisitor
 
 from ..blueprint import Blueprint, ClassKind
 from ._edits import dotted, parse_statements
+from ._imports import schedule_import
 from .base import Rule, RuleExample
 
 MIXIN = "NeuronModelMixin"
@@ -54,7 +54,7 @@ class NeuronModelClasses(Rule):
             updated_node = _pretrained_attributes(updated_node, blueprint.config_class)
         if name in (blueprint.base_model_class, blueprint.causal_lm_class):
             updated_node = _mix_in(updated_node)
-            AddImportsVisitor.add_needed_import(self.context, HOST_MODELING_MODULE, MIXIN, relative=2)
+            schedule_import(self.context, HOST_MODELING_MODULE, MIXIN, relative=2)
         if name == blueprint.causal_lm_class:
             updated_node = _causal_lm_attributes(updated_node, blueprint)
         return updated_node

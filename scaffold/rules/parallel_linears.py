@@ -20,6 +20,7 @@ import libcst as cst
 from ..blueprint import LayerSite, Role
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
+from ._context import RuleContext
 from ._edits import module_imports, qualified_name
 from .base import Rule, RuleExample
 
@@ -33,7 +34,7 @@ class ParallelLinears(Rule):
     NAME = "parallel-linears"
     SUMMARY = "remaining nn.Linear by role: column -> ColumnParallelLinear, row -> RowParallelLinear"
 
-    def __init__(self, context: cst.codemod.CodemodContext) -> None:
+    def __init__(self, context: RuleContext) -> None:
         super().__init__(context)
         self._classes: list[str] = []
         self._configs: list[str | None] = []

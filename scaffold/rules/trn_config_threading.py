@@ -12,10 +12,10 @@ in `forward`.
 from __future__ import annotations
 
 import libcst as cst
-from libcst.codemod.visitors import AddImportsVisitor
 
 from ..blueprint import Blueprint, NormScope, Role
 from ._edits import code, config_parameter, dotted, find_method, insert_after_super_init, parse_statements
+from ._imports import schedule_import
 from .base import Rule, RuleExample
 
 TRN_CONFIG = "trn_config"
@@ -57,7 +57,7 @@ class ThreadTrnConfig(Rule):
                     self._config_position[statement.name.value] = (
                         names.index(config_parameter(init, self.CODE)) - 1
                     )
-        AddImportsVisitor.add_needed_import(self.context, HOST_CONFIG_MODULE, TRN_CONFIG_CLASS, relative=2)
+        schedule_import(self.context, HOST_CONFIG_MODULE, TRN_CONFIG_CLASS, relative=2)
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         name = updated_node.name.value

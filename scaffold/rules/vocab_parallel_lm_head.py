@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import libcst as cst
-from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
 
 from ..blueprint import LayerSite, Role
 from ..errors import ScaffoldError
@@ -30,6 +29,7 @@ from ._edits import (
     names_in,
     parse_statements,
 )
+from ._imports import schedule_import, schedule_removal
 from .base import Rule, RuleExample
 
 LM_HEAD_CLASS = "ColumnParallelLinear"
@@ -78,7 +78,7 @@ class VocabParallelLMHead(Rule):
             (pc.NXD_STATE, "get_tensor_model_parallel_size"),
             (pc.NXD_UTILS, "divide"),
         )
-        AddImportsVisitor.add_needed_import(self.context, HOST_LOSS_MODULE, LOSS, relative=2)
+        schedule_import(self.context, HOST_LOSS_MODULE, LOSS, relative=2)
         return updated_node
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
@@ -132,7 +132,7 @@ class VocabParallelLMHead(Rule):
                 for name in names_in(param.annotation):  # `Union` of `Union[int, torch.Tensor]`
                     if name in self._imports:
                         module, obj = self._imports[name]
-                        RemoveImportsVisitor.remove_unused_import(self.context, module, obj)
+                        schedule_removal(self.context, module, obj)
         forward = _without_generation_parameters(forward)
         body = list(forward.body.body)
         position = None

@@ -1,4 +1,4 @@
-"""The fast rule machinery: import edits against libcst's own visitors, pruned descent, static names."""
+"""The fast rule machinery: import edits against libcst's own codemod visitors, pruned descent, static names."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import pytest
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
 
+from scaffold.rules._context import RuleContext
 from scaffold.rules._descent import STATEMENT_CONTAINERS, descent_for_hooks
 from scaffold.rules._edits import module_imports, qualified_name
-from scaffold.rules._imports import TopImportAdder, UnusedImportRemover
-from scaffold.rules.base import _run_in_place
+from scaffold.rules._imports import (
+    UnusedImportRemover,
+    add_scheduled_imports,
+    schedule_import,
+    schedule_removal,
+)
 
 SOURCE = '''"""Docstring."""
 from typing import Callable, Optional, Union  # trailing comment
@@ -68,15 +73,15 @@ def _libcst(source: str, adds: list, removes: list) -> str:
 
 def _fast(source: str, adds: list, removes: list) -> str:
     module = cst.parse_module(source)
-    context = CodemodContext()
+    context = RuleContext()
     for item in adds:
-        AddImportsVisitor.add_needed_import(context, *item)
+        schedule_import(context, *item)
     for item in removes:
-        RemoveImportsVisitor.remove_unused_import(context, *item)
+        schedule_removal(context, *item)
     if adds:
-        module = _run_in_place(TopImportAdder(context), module)
+        module = add_scheduled_imports(module, context)
     if removes:
-        module = _run_in_place(UnusedImportRemover(context), module)
+        module = module.visit(UnusedImportRemover(context))
     return module.code
 
 
@@ -87,6 +92,38 @@ def _fast(source: str, adds: list, removes: list) -> str:
 )
 def test_import_edits_match_libcst(adds, removes):
     assert _fast(SOURCE, adds, removes) == _libcst(SOURCE, adds, removes)
+
+
+SOURCES_WITHOUT_DOCSTRING = [
+    "import torch\n# comment first\nx = 1\n",
+    "__strict__ = True\nfrom torch import (\n    nn,  # why\n    Tensor,\n)\n\nclass A:\n    pass\n",
+    "x = 1\n",
+    "from .local import thing\nfrom typing import *\ny = thing\n",
+]
+MORE_ADDITIONS = [
+    ("torch", None, None, 0),
+    ("numpy", None, "np", 0),
+    ("torch", "Tensor", None, 0),
+    ("torch", "nn", "tnn", 0),
+    ("typing", "Any", None, 0),
+    ("__future__", "annotations", None, 0),
+    ("..modeling_utils", "Mixin", None, 0),
+    ("local", "other", None, 1),
+]
+MORE_REMOVALS = [
+    ("torch", "nn", None),
+    ("torch", "Tensor", None),
+    ("torch", None, None),
+    (".local", "thing", None),
+]
+
+
+@pytest.mark.parametrize("source", SOURCES_WITHOUT_DOCSTRING)
+@pytest.mark.parametrize("count", [1, 3, len(MORE_ADDITIONS)])
+def test_additions_match_libcst_on_other_layouts(source, count):
+    adds = MORE_ADDITIONS[:count]
+    assert _fast(source, adds, []) == _libcst(source, adds, [])
+    assert _fast(source, adds, MORE_REMOVALS) == _libcst(source, adds, MORE_REMOVALS)
 
 
 def test_removal_keeps_exported_annotated_and_dotted_uses():
