@@ -1,6 +1,7 @@
 """A generated model package as bytes: the modeling file, the copier-rendered files, the answers file.
 
-The copier template (scaffold/templates/model_package) renders everything beside the modeling file.
+The copier template (templates/model_package, reached through the scaffold/templates link so that it
+ships as package data) renders everything beside the modeling file.
 `new-model` renders it here with Jinja, as copier would (same environment options, same exclusions):
 importing copier costs more than the whole rendering, and only `scaffold update` needs copier's
 machinery (its three-way merge). The answers file is written here, deterministic and self-sufficient:
