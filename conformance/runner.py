@@ -82,7 +82,25 @@ def run_check(planned: PlannedCheck, package_dir: Path, settings: RunSettings) -
             f"the {planned.check} check returned {len(results)} results for {len(planned)} configurations"
         )
         return _all(planned, Status.FAIL, reason, None, time.perf_counter() - start)
+    if settings.backend == "reference":
+        for result in results:
+            warn_where_trainium_differs(result)
     return results
+
+
+def warn_where_trainium_differs(result: CheckResult) -> None:
+    """A PASS that touched a deviation after which Trainium behaves differently becomes a WARN, with the
+    deviation's Trainium impact as the reason (`deviations.RESULT_CHANGING`)."""
+    from .backends.reference.deviations import by_id, carries_over
+
+    differing = [deviation_id for deviation_id in result.deviations if not carries_over(deviation_id)]
+    if result.status is not Status.PASS or not differing:
+        return
+    result.status = Status.WARN
+    for deviation_id in differing:
+        result.reasons.append(
+            f"passes on the reference backend, but {deviation_id} applies: {by_id(deviation_id).trainium_impact}"
+        )
 
 
 def environment(settings: RunSettings) -> dict[str, str]:

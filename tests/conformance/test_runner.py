@@ -156,3 +156,26 @@ def test_checks_run_in_parts_by_tp_size_and_a_topology_change_stays_whole() -> N
     together = [configuration for part in parts for configuration in part.configurations]
     assert sorted(map(repr, together)) == sorted(map(repr, planned["parity"].configurations))
     assert planned["topology_change"].parts() == [planned["topology_change"]]
+
+
+def test_a_pass_that_touched_a_result_changing_deviation_is_a_warn_naming_it() -> None:
+    from conformance.backends.reference.deviations import by_id
+    from conformance.results import CheckResult
+    from conformance.runner import warn_where_trainium_differs
+
+    layout_only = CheckResult("round_trip", {"tp_size": 2}, Status.PASS, deviations=["ON-11"])
+    warn_where_trainium_differs(layout_only)
+    assert layout_only.status is Status.PASS and layout_only.reasons == []
+
+    bf16_without_sp = CheckResult("bf16_smoke", {"tp_size": 2}, Status.PASS, deviations=["ON-11", "NXD-07"])
+    warn_where_trainium_differs(bf16_without_sp)
+    assert bf16_without_sp.status is Status.WARN
+    assert bf16_without_sp.reasons == [
+        f"passes on the reference backend, but NXD-07 applies: {by_id('NXD-07').trainium_impact}"
+    ]
+
+    failed = CheckResult(
+        "parity", {"tp_size": 2}, Status.FAIL, reasons=["logits differ"], deviations=["NXD-07"]
+    )
+    warn_where_trainium_differs(failed)
+    assert failed.status is Status.FAIL and failed.reasons == ["logits differ"]
