@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from conformance.results import CheckResult, Status
+from conformance.results import CheckResult
 
 from . import RunSettings
-from .overfit import loss_plot
 from .parity import touched_deviations
-from .training_loop import TrainingRun, run_training_jobs, training_job
+from .training_loop import TrainingRun
+from .training_results import train_configurations, training_result
 
 CHECK = "bf16_smoke"
 DEFAULT_STEPS = 10
@@ -39,13 +39,7 @@ def run(
 ) -> list[CheckResult]:
     """One `CheckResult` per configuration (`variant`, `tp_size`, `sequence_parallel`, `steps`, optional
     `fuse_qkv`), in order."""
-    jobs = [
-        training_job({"steps": DEFAULT_STEPS, **configuration}, "bfloat16", settings.cache_dir)
-        for configuration in configurations
-    ]
-    runs = run_training_jobs(
-        package_dir, jobs, backend=settings.backend, device=settings.device, timeout=settings.timeout
-    )
+    runs = train_configurations(package_dir, configurations, settings, "bfloat16", DEFAULT_STEPS)
     return [judge(run) for run in runs]
 
 
@@ -70,29 +64,11 @@ def judge(run: TrainingRun) -> CheckResult:
         "never_updated": list(run.never_updated),
         "attention_layouts": layouts,
     }
-    reasons = _reasons(run, drop)
-    configuration = {
-        "variant": job.variant,
-        "tp_size": job.tp_size,
-        "sequence_parallel": job.sequence_parallel,
-    }
-    if job.fuse_qkv:
-        configuration["fuse_qkv"] = True
-    configuration["steps"] = job.steps
-    return CheckResult(
-        check=CHECK,
-        configuration=configuration,
-        status=Status.FAIL if reasons else Status.PASS,
-        figures=figures,
-        reasons=reasons,
-        tolerance=TOLERANCE,
-        deviations=touched_deviations(
-            job.variant, job.tp_size, job.sequence_parallel, layouts, job.dtype, job.fuse_qkv
-        ),
-        plots=[loss_plot(run, f"bf16 loss per step, {job.variant} T={job.tp_size}")] if run.losses else [],
-        seconds=run.seconds,
-        traceback=run.error,
+    deviations = touched_deviations(
+        job.variant, job.tp_size, job.sequence_parallel, layouts, job.dtype, job.fuse_qkv
     )
+    reasons = _reasons(run, drop)
+    return training_result(CHECK, run, figures, reasons, TOLERANCE, deviations, "bf16 loss per step")
 
 
 def _reasons(run: TrainingRun, drop: float | None) -> list[str]:

@@ -39,6 +39,7 @@ import torch
 from conformance.results import CheckResult, Status
 
 from . import RunSettings
+from .batching import each_job_on_rank, run_by_tp_size
 from .rank_errors import describe, first_rank_error
 
 CHECK = "lora_round_trip"
@@ -105,35 +106,18 @@ def run(
     package_dir: Path, configurations: Sequence[Mapping[str, Any]], settings: RunSettings
 ) -> list[CheckResult]:
     """One `CheckResult` per configuration, in order; the configurations of one TP size share a rank call."""
-    from conformance.launcher import RankCallFailed
-    from conformance.tensor_parallel_run import run_tensor_parallel
-
-    package_dir = Path(package_dir).resolve()
-    results: list[CheckResult | None] = [None] * len(configurations)
     with tempfile.TemporaryDirectory(prefix="lora-round-trip-") as scratch:
         jobs = [
             _job(dict(cfg), Path(scratch) / f"case-{i}", settings) for i, cfg in enumerate(configurations)
         ]
-        for tp_size in sorted({job.tp_size for job in jobs}):
-            indices = [i for i, job in enumerate(jobs) if job.tp_size == tp_size]
-            batch = [jobs[i] for i in indices]
-            start = time.perf_counter()
-            try:
-                outputs = run_tensor_parallel(
-                    _run_jobs_on_rank,
-                    tp_size,
-                    str(package_dir),
-                    batch,
-                    backend=settings.backend,
-                    timeout=settings.timeout,
-                    device=settings.device,
-                )[0]
-            except RankCallFailed as failure:
-                outputs = [{"error": f"the rank call failed: {failure}", "seconds": 0.0} for _ in batch]
-            elapsed = time.perf_counter() - start
-            for i, job, output in zip(indices, batch, outputs):
-                results[i] = _judge(job, output, FP32, elapsed / len(batch))
-    return [result for result in results if result is not None]
+        found = run_by_tp_size(
+            _run_jobs_on_rank, package_dir, jobs, lambda job: job.tp_size, _call_failed, settings
+        )
+        return [_judge(job, output, FP32, seconds) for job, (output, seconds) in zip(jobs, found)]
+
+
+def _call_failed(job: _Job, failure: Exception, seconds: float) -> dict[str, Any]:
+    return {"error": f"the rank call failed: {failure}", "seconds": 0.0}
 
 
 # --- the adapter and the jobs (this process) -----------------------------------------------------------
@@ -199,32 +183,25 @@ def _peft_package(backend: Any) -> Any:
 
 
 def _run_jobs_on_rank(model_dir: str, jobs: list[_Job]) -> list[dict[str, Any]] | None:
-    import torch.distributed as dist
+    return each_job_on_rank(model_dir, jobs, _round_trip_job, _mount_failed)
 
-    from conformance.model_package import mount
 
-    rank = dist.get_rank()
+def _mount_failed(job: _Job, error: str) -> dict[str, Any]:
+    return {"error": f"mounting the package failed: {error}", "seconds": 0.0}
+
+
+def _round_trip_job(package: Any, job: _Job) -> dict[str, Any]:
+    """`_round_trip_on_rank` with its error (any rank's, exchanged) and seconds recorded in its output."""
+    start = time.perf_counter()
+    output: dict[str, Any] = {}
+    error = None
     try:
-        package, unmount = mount(Path(model_dir))
-    except Exception as exc:  # the same on every rank, before any collective
-        error = f"mounting the package failed: {describe(exc)}"
-        return [{"error": error, "seconds": 0.0} for _ in jobs] if rank == 0 else None
-    try:
-        outputs = []
-        for job in jobs:
-            start = time.perf_counter()
-            output: dict[str, Any] = {}
-            error = None
-            try:
-                output = _round_trip_on_rank(package, job)
-            except Exception as exc:
-                error = describe(exc)
-            output["error"] = first_rank_error(error)
-            output["seconds"] = time.perf_counter() - start
-            outputs.append(output)
-    finally:
-        unmount()
-    return outputs if rank == 0 else None
+        output = _round_trip_on_rank(package, job)
+    except Exception as exc:
+        error = describe(exc)
+    output["error"] = first_rank_error(error)
+    output["seconds"] = time.perf_counter() - start
+    return output
 
 
 def _round_trip_on_rank(package: Any, job: _Job) -> dict[str, Any]:

@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from conformance.results import CheckResult, Plot, Series, Status
+from conformance.results import CheckResult
 
 from . import RunSettings
 from .parity import touched_deviations
-from .training_loop import TrainingRun, run_training_jobs, training_job
+from .training_loop import TrainingRun
+from .training_results import train_configurations, training_result
 
 CHECK = "overfit"
 DEFAULT_STEPS = 30
@@ -49,13 +50,7 @@ def run(
 ) -> list[CheckResult]:
     """One `CheckResult` per configuration (`variant`, `tp_size`, `sequence_parallel`, `steps`, optional
     `fuse_qkv`), in order."""
-    jobs = [
-        training_job({"steps": DEFAULT_STEPS, **configuration}, "float32", settings.cache_dir)
-        for configuration in configurations
-    ]
-    runs = run_training_jobs(
-        package_dir, jobs, backend=settings.backend, device=settings.device, timeout=settings.timeout
-    )
+    runs = train_configurations(package_dir, configurations, settings, "float32", DEFAULT_STEPS)
     return [judge(run) for run in runs]
 
 
@@ -81,41 +76,11 @@ def judge(run: TrainingRun) -> CheckResult:
         "attention_layouts": sorted(set(run.attention.values())),
         "sequence_parallel_effective": run.sequence_parallel_effective,
     }
-    reasons = _reasons(run, diffs, departed, limit)
-    layouts = figures["attention_layouts"]
-    return CheckResult(
-        check=CHECK,
-        configuration=_configuration(job),
-        status=Status.FAIL if reasons else Status.PASS,
-        figures=figures,
-        reasons=reasons,
-        tolerance=TOLERANCE,
-        deviations=touched_deviations(
-            job.variant, job.tp_size, job.sequence_parallel, layouts, fuse_qkv=job.fuse_qkv
-        ),
-        plots=[loss_plot(run, f"overfit loss per step, {job.variant} T={job.tp_size}")] if run.losses else [],
-        seconds=run.seconds,
-        traceback=run.error,
+    deviations = touched_deviations(
+        job.variant, job.tp_size, job.sequence_parallel, figures["attention_layouts"], fuse_qkv=job.fuse_qkv
     )
-
-
-def loss_plot(run: TrainingRun, title: str) -> Plot:
-    """Both loss curves over the steps."""
-    job = run.job
-    label = f"parallel model (T={job.tp_size}, SP={'on' if job.sequence_parallel else 'off'})"
-    series = [Series(label, [float(i) for i in range(len(run.losses))], list(run.losses))]
-    if run.reference_losses:
-        steps = [float(i) for i in range(len(run.reference_losses))]
-        series.append(Series("transformers", steps, list(run.reference_losses)))
-    return Plot(title=title, x_label="step", y_label="loss", series=series)
-
-
-def _configuration(job: Any) -> dict[str, Any]:
-    found = {"variant": job.variant, "tp_size": job.tp_size, "sequence_parallel": job.sequence_parallel}
-    if job.fuse_qkv:
-        found["fuse_qkv"] = True
-    found["steps"] = job.steps
-    return found
+    reasons = _reasons(run, diffs, departed, limit)
+    return training_result(CHECK, run, figures, reasons, TOLERANCE, deviations, "overfit loss per step")
 
 
 def _reasons(run: TrainingRun, diffs: list[float], departed: int | None, limit: float) -> list[str]:

@@ -31,13 +31,14 @@ from typing import Any
 
 import torch
 
-from conformance.model_package import causal_lm_class, mount
+from conformance.model_package import causal_lm_class
 from conformance.results import CheckResult, Plot, Series, Status
 from reference_models import build, variant
 from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
 
 from . import RunSettings
-from .rank_errors import describe, first_rank_error
+from .batching import each_job_on_rank, run_by_tp_size
+from .rank_errors import describe, first_line, first_rank_error
 
 PASS, FAIL = "pass", "fail"
 COMPARED, REJECTED, ERROR = "compared", "rejected", "error"
@@ -236,34 +237,17 @@ def check_parity_cases(
     size run in one call on T ranks (`timeout` seconds for that call); a call that fails as a whole (a rank
     crashed or hung) marks each of its cases as an error with the launcher's message.
     """
-    from conformance.launcher import RankCallFailed
-    from conformance.tensor_parallel_run import run_tensor_parallel
-
     model_dir = Path(model_dir).resolve()
     jobs = [_job(case, cache_dir, backend) for case in cases]
-    results: list[ParityResult | None] = [None] * len(cases)
-    for tp_size in sorted({case.tp_size for case in cases}):
-        indices = [i for i, case in enumerate(cases) if case.tp_size == tp_size]
-        batch = [jobs[i] for i in indices]
-        try:
-            per_rank = run_tensor_parallel(
-                _run_jobs_on_rank,
-                tp_size,
-                str(model_dir),
-                batch,
-                tolerances,
-                timeout=timeout,
-                backend=backend,
-                device=device,
-            )
-            found = per_rank[0]
-        except RankCallFailed as failure:
-            found = [
-                _failed(job, str(model_dir), tolerances, f"the rank call failed: {failure}") for job in batch
-            ]
-        for i, result in zip(indices, found):
-            results[i] = result
-    return [result for result in results if result is not None]
+
+    def call_failed(job: _Job, failure: Exception, seconds: float) -> ParityResult:
+        return _failed(job, str(model_dir), tolerances, f"the rank call failed: {failure}")
+
+    settings = RunSettings(backend=backend, timeout=timeout, device=device)
+    found = run_by_tp_size(
+        _run_jobs_on_rank, model_dir, jobs, lambda job: job.case.tp_size, call_failed, settings, tolerances
+    )
+    return [result for result, _ in found]
 
 
 def parity_matrix(
@@ -331,7 +315,7 @@ def _failed(job: _Job, model_dir: str, tolerances: Tolerances, error: str) -> Pa
         checkpoint=job.checkpoint,
         expected_attention=job.expected_attention,
         tolerances=tolerances,
-        reasons=[error.strip().splitlines()[0] if error.strip() else "failed"],
+        reasons=[first_line(error)],
         error=error,
     )
 
@@ -341,23 +325,15 @@ def _failed(job: _Job, model_dir: str, tolerances: Tolerances, error: str) -> Pa
 
 def _run_jobs_on_rank(model_dir: str, jobs: list[_Job], tolerances: Tolerances) -> list[ParityResult] | None:
     """Every job on this rank; rank 0 returns the results, the others None."""
-    import torch.distributed as dist
+    references: dict[str, dict[str, Any]] = {}
 
-    rank = dist.get_rank()
-    try:
-        package, unmount = mount(Path(model_dir))
-    except Exception as exc:  # importing the package: the same on every rank, before any collective
-        failed = [
-            _failed(job, model_dir, tolerances, f"mounting the package failed: {describe(exc)}")
-            for job in jobs
-        ]
-        return failed if rank == 0 else None
-    try:
-        references: dict[str, dict[str, Any]] = {}
-        results = [_run_job(package, job, model_dir, tolerances, references) for job in jobs]
-    finally:
-        unmount()
-    return results if rank == 0 else None
+    def step(package: ModuleType, job: _Job) -> ParityResult:
+        return _run_job(package, job, model_dir, tolerances, references)
+
+    def mount_failed(job: _Job, error: str) -> ParityResult:
+        return _failed(job, model_dir, tolerances, f"mounting the package failed: {error}")
+
+    return each_job_on_rank(model_dir, jobs, step, mount_failed)
 
 
 def _gather_to_rank_0(grads: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]] | None:
@@ -970,41 +946,23 @@ def to_check_result(result: ParityResult) -> CheckResult:
     }
     plots = []
     if ratios:
-        names = sorted(ratios)
         plots.append(
-            Plot(
-                title=f"gradient error relative to its bound, {case.label}",
-                x_label="tensor (transformers name)",
-                y_label=f"max |d grad| / bound (drawn at >= {GRADIENT_PLOT_FLOOR:g}; > 1 fails)",
-                series=[
-                    Series(
-                        name="gradient error / bound",
-                        x=[float(i) for i in range(len(names))],
-                        y=[max(ratios[name], GRADIENT_PLOT_FLOOR) for name in names],
-                    )
-                ],
-                log_y=True,
-                kind="bar",
-                x_labels=names,
+            _bar_plot(
+                f"gradient error relative to its bound, {case.label}",
+                "tensor (transformers name)",
+                f"max |d grad| / bound (drawn at >= {GRADIENT_PLOT_FLOOR:g}; > 1 fails)",
+                "gradient error / bound",
+                {name: ratios[name] for name in sorted(ratios)},
             )
         )
     if result.activation_errors:
-        names = list(result.activation_errors)
         plots.append(
-            Plot(
-                title=f"forward error per module (in execution order), {case.label}",
-                x_label="module",
-                y_label=f"max |d output| (drawn at >= {GRADIENT_PLOT_FLOOR:g})",
-                series=[
-                    Series(
-                        name="max |parallel - transformers|",
-                        x=[float(i) for i in range(len(names))],
-                        y=[max(result.activation_errors[name], GRADIENT_PLOT_FLOOR) for name in names],
-                    )
-                ],
-                log_y=True,
-                kind="bar",
-                x_labels=names,
+            _bar_plot(
+                f"forward error per module (in execution order), {case.label}",
+                "module",
+                f"max |d output| (drawn at >= {GRADIENT_PLOT_FLOOR:g})",
+                "max |parallel - transformers|",
+                result.activation_errors,
             )
         )
     return CheckResult(
@@ -1025,4 +983,23 @@ def to_check_result(result: ParityResult) -> CheckResult:
         plots=plots,
         seconds=result.seconds,
         traceback=result.error,
+    )
+
+
+def _bar_plot(title: str, x_label: str, y_label: str, name: str, values: dict[str, float]) -> Plot:
+    """One log-scale bar per entry of `values`, in its order, drawn at least at `GRADIENT_PLOT_FLOOR`."""
+    names = list(values)
+    series = Series(
+        name=name,
+        x=[float(i) for i in range(len(names))],
+        y=[max(values[label], GRADIENT_PLOT_FLOOR) for label in names],
+    )
+    return Plot(
+        title=title,
+        x_label=x_label,
+        y_label=y_label,
+        series=[series],
+        log_y=True,
+        kind="bar",
+        x_labels=names,
     )

@@ -30,6 +30,11 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}{where}\n{''.join(traceback.format_exception(exc))}"
 
 
+def first_line(error: str) -> str:
+    """The first line of an error message, for a reason (the whole message goes to the traceback)."""
+    return error.strip().splitlines()[0] if error.strip() else "failed"
+
+
 def first_rank_error(error: str | None) -> str | None:
     """Every rank's error (or None) exchanged; the first one found, prefixed with its rank, or None."""
     import torch.distributed as dist

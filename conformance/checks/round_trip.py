@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from conformance.results import CheckResult, Status
-from reference_models import build, variant
+from reference_models import build
 
 from . import RunSettings
 from ._checkpoint_io import (
@@ -38,7 +38,8 @@ from ._checkpoint_io import (
     loading_reasons,
     original_state_dict,
 )
-from .rank_errors import describe, first_rank_error
+from .batching import each_job_on_rank, run_by_tp_size, split_unbuildable
+from .rank_errors import describe, first_line, first_rank_error
 
 CHECK = "round_trip"
 TOLERANCE = (
@@ -62,60 +63,31 @@ def run(
     package_dir: Path, configurations: Sequence[Mapping[str, Any]], settings: RunSettings
 ) -> list[CheckResult]:
     """One `CheckResult` per configuration, in order (see the module docstring)."""
-    from conformance.launcher import RankCallFailed
-    from conformance.tensor_parallel_run import run_tensor_parallel
-
-    package_dir = Path(package_dir).resolve()
-    results: list[CheckResult | None] = [None] * len(configurations)
+    results, buildable = split_unbuildable(
+        CHECK, configurations, TOLERANCE, lambda configuration: [int(configuration["tp_size"])]
+    )
     with tempfile.TemporaryDirectory(prefix="round-trip-") as scratch:
-        jobs = []
-        for index, configuration in enumerate(configurations):
-            configuration = dict(configuration)
-            entry = variant(configuration["variant"])
-            tp_size = int(configuration["tp_size"])
-            refusal = entry.unsupported_reason(tp_size)
-            if refusal is not None:
-                results[index] = CheckResult(
-                    CHECK,
-                    configuration,
-                    Status.SKIP,
-                    reasons=[
-                        f"{entry.key} cannot be built at T={tp_size}: {refusal} (parity checks the refusal)"
-                    ],
-                    tolerance=TOLERANCE,
-                )
-                continue
-            jobs.append(
-                _Job(
-                    index=index,
-                    configuration=configuration,
-                    tp_size=tp_size,
-                    fuse_qkv=bool(configuration.get("fuse_qkv", False)),
-                    checkpoint=str(build(entry, settings.cache_dir)),
-                    workdir=str(Path(scratch) / f"case-{index}"),
-                )
+        jobs = [
+            _Job(
+                index=index,
+                configuration=configuration,
+                tp_size=int(configuration["tp_size"]),
+                fuse_qkv=bool(configuration.get("fuse_qkv", False)),
+                checkpoint=str(build(entry, settings.cache_dir)),
+                workdir=str(Path(scratch) / f"case-{index}"),
             )
-        for tp_size in sorted({job.tp_size for job in jobs}):
-            batch = [job for job in jobs if job.tp_size == tp_size]
-            start = time.perf_counter()
-            try:
-                found = run_tensor_parallel(
-                    _run_on_rank,
-                    tp_size,
-                    str(package_dir),
-                    batch,
-                    backend=settings.backend,
-                    timeout=settings.timeout,
-                    device=settings.device,
-                )[0]
-            except RankCallFailed as failure:
-                share = (time.perf_counter() - start) / len(batch)
-                found = [
-                    _failed(job, f"the rank call failed: {failure}", str(failure), share) for job in batch
-                ]
-            for job, result in zip(batch, found):
-                results[job.index] = result
-    return [result for result in results if result is not None]
+            for index, configuration, entry in buildable
+        ]
+        found = run_by_tp_size(
+            _run_on_rank, package_dir, jobs, lambda job: job.tp_size, _call_failed, settings
+        )
+        for job, (result, _) in zip(jobs, found):
+            results[job.index] = result
+    return [results[index] for index in range(len(configurations))]
+
+
+def _call_failed(job: _Job, failure: Exception, seconds: float) -> CheckResult:
+    return _failed(job, f"the rank call failed: {failure}", str(failure), seconds)
 
 
 def _failed(job: _Job, reason: str, trace: str | None, seconds: float = 0.0) -> CheckResult:
@@ -123,7 +95,7 @@ def _failed(job: _Job, reason: str, trace: str | None, seconds: float = 0.0) -> 
         CHECK,
         job.configuration,
         Status.FAIL,
-        reasons=[reason.strip().splitlines()[0] if reason.strip() else "failed"],
+        reasons=[first_line(reason)],
         tolerance=TOLERANCE,
         deviations=["ON-11"],
         seconds=seconds,
@@ -136,22 +108,11 @@ def _failed(job: _Job, reason: str, trace: str | None, seconds: float = 0.0) -> 
 
 def _run_on_rank(model_dir: str, jobs: list[_Job]) -> list[CheckResult] | None:
     """Every job on this rank; rank 0 returns the results, the others None."""
-    import torch.distributed as dist
+    return each_job_on_rank(model_dir, jobs, _round_trip, _mount_failed)
 
-    from conformance.model_package import mount
 
-    rank = dist.get_rank()
-    try:
-        package, unmount = mount(Path(model_dir))
-    except Exception as exc:  # the same on every rank, before any collective
-        error = describe(exc)
-        failed = [_failed(job, f"mounting the package failed: {error}", error) for job in jobs]
-        return failed if rank == 0 else None
-    try:
-        results = [_round_trip(package, job) for job in jobs]
-    finally:
-        unmount()
-    return results if rank == 0 else None
+def _mount_failed(job: _Job, error: str) -> CheckResult:
+    return _failed(job, f"mounting the package failed: {error}", error)
 
 
 def _deviations(attention: list[str], fuse_qkv: bool, original: Mapping[str, torch.Tensor]) -> list[str]:

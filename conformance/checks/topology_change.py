@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from conformance.results import CheckResult, Status
-from reference_models import build, variant
+from reference_models import build
 
 from . import RunSettings
 from ._checkpoint_io import (
@@ -50,7 +50,8 @@ from ._checkpoint_io import (
     names,
     original_state_dict,
 )
-from .rank_errors import describe, first_rank_error
+from .batching import each_job_on_rank, run_by_tp_size, split_unbuildable
+from .rank_errors import describe, first_line, first_rank_error
 
 CHECK = "topology_change"
 SEED = 0
@@ -95,42 +96,36 @@ class _Outcome:
     seconds: float = 0.0
     traceback: str | None = None
 
+    def record_failure(self, what: str, exc: Exception) -> None:
+        """A step that raised: `what: <the error's first line>` as a reason, and its traceback."""
+        error = describe(exc)
+        self.reasons.append(f"{what}: {error.splitlines()[0]}")
+        self.traceback = error
+
 
 def run(
     package_dir: Path, configurations: Sequence[Mapping[str, Any]], settings: RunSettings
 ) -> list[CheckResult]:
     """One `CheckResult` per configuration, in order (see the module docstring)."""
-    package_dir = Path(package_dir).resolve()
-    results: list[CheckResult | None] = [None] * len(configurations)
+    results, buildable = split_unbuildable(
+        CHECK,
+        configurations,
+        TOLERANCE,
+        lambda configuration: [int(configuration["source_tp_size"]), int(configuration["tp_size"])],
+    )
     with tempfile.TemporaryDirectory(prefix="topology-change-") as scratch:
-        jobs: list[_Job] = []
-        for index, configuration in enumerate(configurations):
-            configuration = dict(configuration)
-            entry = variant(configuration["variant"])
-            sizes = (int(configuration["source_tp_size"]), int(configuration["tp_size"]))
-            refusals = [f"T={t}: {r}" for t in sorted(set(sizes)) if (r := entry.unsupported_reason(t))]
-            if refusals:
-                results[index] = CheckResult(
-                    CHECK,
-                    configuration,
-                    Status.SKIP,
-                    reasons=[
-                        f"{entry.key} cannot be built at {'; '.join(refusals)} (parity checks the refusal)"
-                    ],
-                    tolerance=TOLERANCE,
-                )
-                continue
-            jobs.append(
-                _Job(
-                    index=index,
-                    configuration=configuration,
-                    source_tp_size=sizes[0],
-                    tp_size=sizes[1],
-                    checkpoint=str(build(entry, settings.cache_dir)),
-                    workdir=str(Path(scratch) / f"case-{index}"),
-                    vocab_size=entry.config().vocab_size,
-                )
+        jobs = [
+            _Job(
+                index=index,
+                configuration=configuration,
+                source_tp_size=int(configuration["source_tp_size"]),
+                tp_size=int(configuration["tp_size"]),
+                checkpoint=str(build(entry, settings.cache_dir)),
+                workdir=str(Path(scratch) / f"case-{index}"),
+                vocab_size=entry.config().vocab_size,
             )
+            for index, configuration, entry in buildable
+        ]
         sources = _by_tp_size(jobs, "source_tp_size", _source_on_rank, package_dir, settings)
         ready = [job for job in jobs if not sources[job.index].reasons]
         references = {job.index: _transformers_logits(job) for job in ready}
@@ -139,78 +134,40 @@ def run(
             results[job.index] = _judge(
                 job, sources[job.index], references.get(job.index), targets.get(job.index)
             )
-    return [result for result in results if result is not None]
+    return [results[index] for index in range(len(configurations))]
 
 
 def _by_tp_size(
     jobs: list[_Job], size_field: str, on_rank: Any, package_dir: Path, settings: RunSettings
 ) -> dict[int, _Outcome]:
     """`on_rank` for the jobs of each T in one launcher call; a failed call fails each of its jobs."""
-    from conformance.launcher import RankCallFailed
-    from conformance.tensor_parallel_run import run_tensor_parallel
 
-    outcomes: dict[int, _Outcome] = {}
-    for tp_size in sorted({getattr(job, size_field) for job in jobs}):
-        batch = [job for job in jobs if getattr(job, size_field) == tp_size]
-        start = time.perf_counter()
-        try:
-            found = run_tensor_parallel(
-                on_rank,
-                tp_size,
-                str(package_dir),
-                batch,
-                backend=settings.backend,
-                timeout=settings.timeout,
-                device=settings.device,
-            )[0]
-        except RankCallFailed as failure:
-            share = (time.perf_counter() - start) / len(batch)
-            message = str(failure).strip().splitlines()[0] if str(failure).strip() else "failed"
-            found = [
-                _Outcome(
-                    reasons=[f"the rank call at T={tp_size} failed: {message}"],
-                    seconds=share,
-                    traceback=str(failure),
-                )
-                for _ in batch
-            ]
-        for job, outcome in zip(batch, found):
-            outcomes[job.index] = outcome
-    return outcomes
+    def call_failed(job: _Job, failure: Exception, seconds: float) -> _Outcome:
+        return _Outcome(
+            reasons=[f"the rank call at T={getattr(job, size_field)} failed: {first_line(str(failure))}"],
+            seconds=seconds,
+            traceback=str(failure),
+        )
+
+    found = run_by_tp_size(
+        on_rank, package_dir, jobs, lambda job: getattr(job, size_field), call_failed, settings
+    )
+    return {job.index: outcome for job, (outcome, _) in zip(jobs, found)}
 
 
 # --- on the ranks -------------------------------------------------------------------------------------
 
 
-def _on_rank(model_dir: str, jobs: list[_Job], step: Any) -> list[_Outcome] | None:
-    """`step(package, job)` for every job on this rank; rank 0 returns the outcomes, the others None."""
-    import torch.distributed as dist
-
-    from conformance.model_package import mount
-
-    rank = dist.get_rank()
-    try:
-        package, unmount = mount(Path(model_dir))
-    except Exception as exc:  # the same on every rank, before any collective
-        error = describe(exc)
-        failed = [
-            _Outcome(reasons=[f"mounting the package failed: {error.splitlines()[0]}"], traceback=error)
-            for _ in jobs
-        ]
-        return failed if rank == 0 else None
-    try:
-        outcomes = [step(package, job) for job in jobs]
-    finally:
-        unmount()
-    return outcomes if rank == 0 else None
+def _mount_failed(job: _Job, error: str) -> _Outcome:
+    return _Outcome(reasons=[f"mounting the package failed: {error.splitlines()[0]}"], traceback=error)
 
 
 def _source_on_rank(model_dir: str, jobs: list[_Job]) -> list[_Outcome] | None:
-    return _on_rank(model_dir, jobs, _source)
+    return each_job_on_rank(model_dir, jobs, _source, _mount_failed)
 
 
 def _target_on_rank(model_dir: str, jobs: list[_Job]) -> list[_Outcome] | None:
-    return _on_rank(model_dir, jobs, _target)
+    return each_job_on_rank(model_dir, jobs, _target, _mount_failed)
 
 
 def _input_ids(job: _Job) -> torch.Tensor:
@@ -279,11 +236,7 @@ def _source(package: ModuleType, job: _Job) -> _Outcome | None:
         checkpointing.consolidate_model_parallel_checkpoints_to_unified_checkpoint(saved, job.consolidated)
         shutil.copy(saved / "config.json", Path(job.consolidated) / "config.json")
     except Exception as exc:
-        error = describe(exc)
-        outcome.reasons.append(
-            f"consolidating the T={job.source_tp_size} checkpoint failed: {error.splitlines()[0]}"
-        )
-        outcome.traceback = error
+        outcome.record_failure(f"consolidating the T={job.source_tp_size} checkpoint failed", exc)
     outcome.seconds = time.perf_counter() - start
     return outcome
 
@@ -346,9 +299,7 @@ def _target(package: ModuleType, job: _Job) -> _Outcome | None:
         state_dict, metadata = consolidate(saved)
         diff = diff_state_dicts(state_dict, original_state_dict(Path(job.consolidated)))
     except Exception as exc:
-        error = describe(exc)
-        outcome.reasons.append(f"consolidating the T={job.tp_size} init failed: {error.splitlines()[0]}")
-        outcome.traceback = error
+        outcome.record_failure(f"consolidating the T={job.tp_size} init failed", exc)
     else:
         outcome.figures["init_tensors_compared"] = diff.compared
         outcome.figures["init_tensors_differing"] = dict(diff.differing)
@@ -436,11 +387,7 @@ def _transformers_logits(job: _Job) -> _Outcome:
                     f"transformers loading the consolidated checkpoint reports {kind}: {names(found)}"
                 )
     except Exception as exc:
-        error = describe(exc)
-        outcome.reasons.append(
-            f"transformers could not load the consolidated checkpoint: {error.splitlines()[0]}"
-        )
-        outcome.traceback = error
+        outcome.record_failure("transformers could not load the consolidated checkpoint", exc)
     outcome.seconds = time.perf_counter() - start
     return outcome
 

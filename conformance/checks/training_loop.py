@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
-from conformance.model_package import causal_lm_class, mount
+from conformance.model_package import causal_lm_class
 from reference_models import build, variant
 
+from . import RunSettings
+from .batching import each_job_on_rank, run_by_tp_size
 from .parity import attention_layouts, parity_batch
 from .rank_errors import describe, first_rank_error
 
@@ -127,47 +129,26 @@ def run_training_jobs(
 ) -> list[TrainingRun]:
     """Every job, in order; the jobs of one TP size run in one launcher call. A call that fails as a whole
     (a rank crashed or hung) gives each of its jobs a run whose `error` is the launcher's message."""
-    from conformance.launcher import RankCallFailed
-    from conformance.tensor_parallel_run import run_tensor_parallel
+    settings = RunSettings(backend=backend, timeout=timeout, device=device)
+    found = run_by_tp_size(
+        _train_jobs_on_rank, model_dir, jobs, lambda job: job.tp_size, _call_failed, settings
+    )
+    return [run for run, _ in found]
 
-    model_dir = Path(model_dir).resolve()
-    runs: dict[int, TrainingRun] = {}
-    for tp_size in sorted({job.tp_size for job in jobs}):
-        indices = [i for i, job in enumerate(jobs) if job.tp_size == tp_size]
-        batch = [jobs[i] for i in indices]
-        try:
-            found = run_tensor_parallel(
-                _train_jobs_on_rank,
-                tp_size,
-                str(model_dir),
-                batch,
-                backend=backend,
-                device=device,
-                timeout=timeout,
-            )[0]
-        except RankCallFailed as failure:
-            found = [TrainingRun(job=job, error=f"the rank call failed: {failure}") for job in batch]
-        runs.update(zip(indices, found))
-    return [runs[i] for i in range(len(jobs))]
+
+def _call_failed(job: TrainingJob, failure: Exception, seconds: float) -> TrainingRun:
+    return TrainingRun(job=job, error=f"the rank call failed: {failure}")
 
 
 # --- on the ranks -------------------------------------------------------------------------------------
 
 
 def _train_jobs_on_rank(model_dir: str, jobs: list[TrainingJob]) -> list[TrainingRun] | None:
-    import torch.distributed as dist
+    return each_job_on_rank(model_dir, jobs, _train_job, _mount_failed)
 
-    rank = dist.get_rank()
-    try:
-        package, unmount = mount(Path(model_dir))
-    except Exception as exc:  # the same on every rank, before any collective
-        error = f"mounting the package failed: {describe(exc)}"
-        return [TrainingRun(job=job, error=error) for job in jobs] if rank == 0 else None
-    try:
-        runs = [_train_job(package, job) for job in jobs]
-    finally:
-        unmount()
-    return runs if rank == 0 else None
+
+def _mount_failed(job: TrainingJob, error: str) -> TrainingRun:
+    return TrainingRun(job=job, error=f"mounting the package failed: {error}")
 
 
 def _train_job(package: ModuleType, job: TrainingJob) -> TrainingRun:
