@@ -15,7 +15,7 @@ from ..blueprint import Blueprint
 from ..errors import ScaffoldError
 from ._edits import dotted
 from ._imports import schedule_removal
-from .base import Rule, RuleExample
+from .base import Rule, stored_example
 
 
 def source_package(blueprint: Blueprint) -> str:
@@ -44,6 +44,7 @@ class AbsoluteTransformersImports(Rule):
     CODE = "NXS003"
     NAME = "absolute-transformers-imports"
     SUMMARY = "relative imports of the source -> absolute transformers imports; unused imports removed"
+    EXAMPLES = (stored_example(CODE, "llama", "<imports>"),)
 
     def visit_Module(self, node: cst.Module) -> None:
         self._package = source_package(self.blueprint)
@@ -67,56 +68,3 @@ class AbsoluteTransformersImports(Rule):
         for alias in updated_node.names:
             schedule_removal(self.context, alias.evaluated_name, None, alias.evaluated_alias)
         return updated_node
-
-
-EXAMPLES = (
-    RuleExample(
-        model_type="llama",
-        scope="<imports>",
-        before=r"""from typing import Callable, Optional, Union
-import torch
-from torch import nn
-from ...activations import ACT2FN
-from ...cache_utils import Cache, DynamicCache
-from ...generation import GenerationMixin
-from ...integrations import use_kernel_forward_from_hub
-from ...masking_utils import create_causal_mask
-from ...modeling_layers import (
-    GenericForQuestionAnswering,
-    GenericForSequenceClassification,
-    GenericForTokenClassification,
-    GradientCheckpointingLayer,
-)
-from ...modeling_outputs import (
-    BaseModelOutputWithPast,
-    CausalLMOutputWithPast,
-)
-from ...modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
-from ...modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from ...processing_utils import Unpack
-from ...utils import TransformersKwargs, auto_docstring, can_return_tuple, logging
-from ...utils.deprecation import deprecate_kwarg
-from ...utils.generic import check_model_inputs
-from .configuration_llama import LlamaConfig
-""",
-        after=r"""from typing import Callable, Optional, Union
-import torch
-from torch import nn
-from transformers.activations import ACT2FN
-from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import (
-    GradientCheckpointingLayer,
-)
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
-    CausalLMOutputWithPast,
-)
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
-from transformers.models.llama.configuration_llama import LlamaConfig
-""",
-    ),
-)
-AbsoluteTransformersImports.EXAMPLES = EXAMPLES

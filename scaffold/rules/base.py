@@ -4,12 +4,16 @@ A rule reads facts from the Blueprint (never from the source again) and rewrites
 needs are scheduled through its context (`schedule_import` / `schedule_removal` in `_imports`), never
 spliced by hand. Each rule carries examples: the text of one class or function of a real model's file
 just before the rule runs in the pipeline and just after. The examples are the rule's documentation
-(`scaffold rules`) and its tests (tests/scaffold/test_rule_examples.py).
+(`scaffold rules`) and its tests (tests/scaffold/rules/test_rule_examples.py). Their texts are data files
+beside the rules, `examples/<folder>/before.py.txt` and `after.py.txt` (package data, not code: ruff and
+pytest leave them alone); a rule declares each example in one line, `stored_example(CODE, model, scope)`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from importlib import resources
 from typing import ClassVar
 
 import libcst as cst
@@ -19,6 +23,9 @@ from ._context import RuleContext
 from ._descent import StatementDescent, descent_for_hooks
 from ._imports import ADD_KEY, REMOVE_KEY, UnusedImportRemover, add_scheduled_imports
 
+EXAMPLES_FOLDER = "examples"  # beside this module: one folder of texts per example
+BEFORE_FILE = "before.py.txt"
+AFTER_FILE = "after.py.txt"
 BLUEPRINT_KEY = "nxd_scaffold.blueprint"
 OPTIONS_KEY = "nxd_scaffold.options"
 
@@ -38,6 +45,18 @@ class RuleExample:
     scope: str
     before: str
     after: str
+
+
+def example_folder(code: str, model_type: str, scope: str) -> str:
+    """The folder name of an example's texts: `NXS024-qwen2-Qwen2MLP` (`<imports>` reads `imports`)."""
+    return "-".join((code, model_type, re.sub(r"[^A-Za-z0-9_]", "", scope)))
+
+
+def stored_example(code: str, model_type: str, scope: str) -> RuleExample:
+    """Rule `code`'s example for `scope` of `model_type`'s file, read from its folder under `examples/`."""
+    folder = resources.files(__package__).joinpath(EXAMPLES_FOLDER, example_folder(code, model_type, scope))
+    before, after = (folder.joinpath(name).read_text(encoding="utf-8") for name in (BEFORE_FILE, AFTER_FILE))
+    return RuleExample(model_type=model_type, scope=scope, before=before, after=after)
 
 
 class Rule(StatementDescent):

@@ -13,7 +13,7 @@ import libcst as cst
 from ..blueprint import MLPBlock
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
-from .base import Rule, RuleExample
+from .base import Rule, stored_example
 
 FUSED_NAME = "gate_up_proj"
 
@@ -22,6 +22,7 @@ class FusedGateUp(Rule):
     CODE = "NXS020"
     NAME = "fused-gate-up"
     SUMMARY = "gated MLP: gate/up -> gate_up_proj = ColumnParallelLinear(stride=2) + FusedLinearsSpec"
+    EXAMPLES = (stored_example(CODE, "llama", "LlamaMLP"),)
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         for block in self.blueprint.mlps:
@@ -142,71 +143,3 @@ class FusedGateUp(Rule):
         rest, split = pc.leading_to(rest, split)
         body[position : position + 1] = [split, rest]
         return pc.with_body(forward, body)
-
-
-# --- examples (regenerated from the full pipeline) ---
-
-EXAMPLES: tuple[RuleExample, ...] = (
-    RuleExample(
-        model_type="llama",
-        scope="LlamaMLP",
-        before="""\
-class LlamaMLP(nn.Module):
-    def __init__(self, config, trn_config: TrainingNeuronConfig):
-        super().__init__()
-        self.trn_config = trn_config
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = config.intermediate_size
-        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=config.mlp_bias)
-        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=config.mlp_bias)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x):
-        down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-        return down_proj
-""",
-        after="""\
-class LlamaMLP(nn.Module, CustomModule):
-    def __init__(self, config, trn_config: TrainingNeuronConfig):
-        super().__init__()
-        self.trn_config = trn_config
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = config.intermediate_size
-        # gate_proj and up_proj fused along the output features; with stride 2 each rank holds its
-        # shard of both, so the local output splits into (gate, up) by the per-rank sizes.
-        self.gate_up_proj = ColumnParallelLinear(
-            self.hidden_size,
-            2 * self.intermediate_size,
-            stride=2,
-            bias=config.mlp_bias,
-            gather_output=False,
-            init_method=partial(_init_normal, config.initializer_range),
-            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
-            sequence_dimension=0,
-            dtype=config.dtype,
-        )
-        self.split_size = divide(self.intermediate_size, get_tensor_model_parallel_size())
-        self.specs = ModelWeightTransformationSpecs()
-        self.specs.add_spec(
-            FusedLinearsSpec(
-                fused_linear_name="gate_up_proj",
-                linear_names=["gate_proj", "up_proj"],
-                bias=config.mlp_bias,
-                fuse_axis="column",
-                original_dims=[self.intermediate_size, self.intermediate_size],
-            )
-        )
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=config.mlp_bias)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.split_size, dim=-1)
-        down_proj = self.down_proj(self.act_fn(gate) * up)
-        return down_proj
-""",
-    ),
-)
-FusedGateUp.EXAMPLES = EXAMPLES

@@ -18,7 +18,7 @@ import libcst as cst
 from ..blueprint import Blueprint, ClassKind
 from ._edits import dotted, parse_statements
 from ._imports import schedule_import
-from .base import Rule, RuleExample
+from .base import Rule, stored_example
 
 MIXIN = "NeuronModelMixin"
 HOST_MODELING_MODULE = "modeling_utils"  # `from ..modeling_utils import NeuronModelMixin`
@@ -44,6 +44,10 @@ class NeuronModelClasses(Rule):
     NAME = "neuron-model-classes"
     SUMMARY = (
         "NeuronModelMixin on the models; Neuron pretrained attributes, tied weights and PIPELINE_* attributes"
+    )
+    EXAMPLES = (
+        stored_example(CODE, "llama", "LlamaPreTrainedModel"),
+        stored_example(CODE, "llama", "LlamaForCausalLM"),
     )
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
@@ -182,145 +186,3 @@ def _space_pipeline_block(cls: cst.ClassDef) -> cst.ClassDef:
         ):
             body[index] = statement.with_changes(leading_lines=[cst.EmptyLine(indent=False)])
     return cls.with_changes(body=cls.body.with_changes(body=body))
-
-
-EXAMPLES = (
-    RuleExample(
-        model_type="llama",
-        scope="LlamaPreTrainedModel",
-        before=r"""class LlamaPreTrainedModel(PreTrainedModel):
-    config: LlamaConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamaDecoderLayer"]
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_flex_attn = True
-
-    _can_compile_fullgraph = True
-    _supports_attention_backend = True
-""",
-        after=r"""class LlamaPreTrainedModel(PreTrainedModel):
-    # transformers reads `config_class`; optimum-neuron's `from_pretrained` reads `config`.
-    config_class = LlamaConfig
-    config = LlamaConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamaDecoderLayer"]
-    _supports_flash_attn = True
-    _supports_sdpa = False
-    _supports_flex_attn = False
-
-    _can_compile_fullgraph = False
-    _supports_attention_backend = True
-""",
-    ),
-    RuleExample(
-        model_type="llama",
-        scope="LlamaForCausalLM",
-        before=r"""class LlamaForCausalLM(LlamaPreTrainedModel):
-    _tied_weights_keys = ["lm_head.weight"]
-    _tp_plan = {"lm_head": "colwise_rep"}
-    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
-
-    def __init__(self, config, trn_config: TrainingNeuronConfig):
-        super().__init__(config)
-        self.trn_config = trn_config
-        self.model = LlamaModel(config, trn_config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-        # Initialize weights and apply final processing
-        self.post_init()
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        logits_to_keep: Union[int, torch.Tensor] = 0,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> CausalLMOutputWithPast:
-        outputs: BaseModelOutputWithPast = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
-
-        hidden_states = outputs.last_hidden_state
-        # Only compute necessary logits, and do not upcast them to float if we are not computing the loss
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-""",
-        after=r"""class LlamaForCausalLM(NeuronModelMixin, LlamaPreTrainedModel):
-    _tied_weights_keys = ["lm_head.weight"]
-
-    SUPPORTS_PIPELINE_PARALLELISM = True
-    PIPELINE_TRANSFORMER_LAYER_CLS = LlamaDecoderLayer
-    PIPELINE_INPUT_NAMES = ["input_ids", "attention_mask", "labels"]
-    PIPELINE_LEAF_MODULE_CLASSE_NAMES = ["LlamaRMSNorm", "LlamaRotaryEmbedding"]
-
-    def __init__(self, config, trn_config: TrainingNeuronConfig):
-        super().__init__(config)
-        self.trn_config = trn_config
-        self.model = LlamaModel(config, trn_config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-        # Initialize weights and apply final processing
-        self.post_init()
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        logits_to_keep: Union[int, torch.Tensor] = 0,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> CausalLMOutputWithPast:
-        outputs: BaseModelOutputWithPast = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
-
-        hidden_states = outputs.last_hidden_state
-        # Only compute necessary logits, and do not upcast them to float if we are not computing the loss
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-""",
-    ),
-)
-NeuronModelClasses.EXAMPLES = EXAMPLES

@@ -16,7 +16,7 @@ from ..blueprint import LayerSite, Role
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
 from ._edits import argument_text, config_parameter, find_method, self_attribute
-from .base import Rule, RuleExample
+from .base import Rule, stored_example
 
 EMBEDDING_CLASS = "ParallelEmbedding"
 
@@ -30,6 +30,7 @@ class ParallelEmbeddingRule(Rule):
     CODE = "NXS010"
     NAME = "parallel-embedding"
     SUMMARY = "token embedding -> ParallelEmbedding (vocab-sharded, SP output, init from initializer_range)"
+    EXAMPLES = (stored_example(CODE, "llama", "LlamaModel"),)
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         sites = [
@@ -74,145 +75,3 @@ def _replace_constructor(init: cst.FunctionDef, site: LayerSite, config: str, ru
         raise ScaffoldError(f"{rule}: {site.location}: no `self.{site.attribute} = {site.source}` to convert")
     assert isinstance(result, cst.FunctionDef)
     return result
-
-
-EXAMPLES = (
-    RuleExample(
-        model_type="llama",
-        scope="LlamaModel",
-        before=r"""class LlamaModel(NeuronModelMixin, LlamaPreTrainedModel):
-    def __init__(self, config: LlamaConfig, trn_config: TrainingNeuronConfig):
-        super().__init__(config)
-        self.trn_config = trn_config
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList(
-            [LlamaDecoderLayer(config, trn_config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
-        )
-        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = LlamaRotaryEmbedding(config=config)
-        self.gradient_checkpointing = False
-
-        # Initialize weights and apply final processing
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithPast:
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-
-        if inputs_embeds is None:
-            inputs_embeds: torch.Tensor = self.embed_tokens(input_ids)
-
-        cache_position: torch.Tensor = torch.arange(0, inputs_embeds.shape[1], device=inputs_embeds.device)
-
-        if position_ids is None:
-            position_ids = cache_position.unsqueeze(0)
-
-        causal_mask = create_causal_mask(
-            config=self.config,
-            input_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache_position=cache_position,
-            past_key_values=None,
-            position_ids=position_ids,
-        )
-
-        hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids)
-
-        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
-            hidden_states = decoder_layer(
-                hidden_states,
-                attention_mask=causal_mask,
-                position_ids=position_ids,
-                position_embeddings=position_embeddings,
-                **kwargs,
-            )
-
-        hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-        )
-""",
-        after=r"""class LlamaModel(NeuronModelMixin, LlamaPreTrainedModel):
-    def __init__(self, config: LlamaConfig, trn_config: TrainingNeuronConfig):
-        super().__init__(config)
-        self.trn_config = trn_config
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-
-        self.embed_tokens = ParallelEmbedding(
-            config.vocab_size,
-            config.hidden_size,
-            self.padding_idx,
-            init_method=partial(_init_normal, config.initializer_range),
-            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
-            dtype=config.dtype,
-        )
-        self.layers = nn.ModuleList(
-            [LlamaDecoderLayer(config, trn_config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
-        )
-        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = LlamaRotaryEmbedding(config=config)
-        self.gradient_checkpointing = False
-
-        # Initialize weights and apply final processing
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithPast:
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-
-        if inputs_embeds is None:
-            inputs_embeds: torch.Tensor = self.embed_tokens(input_ids)
-
-        cache_position: torch.Tensor = torch.arange(0, inputs_embeds.shape[1], device=inputs_embeds.device)
-
-        if position_ids is None:
-            position_ids = cache_position.unsqueeze(0)
-
-        causal_mask = create_causal_mask(
-            config=self.config,
-            input_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache_position=cache_position,
-            past_key_values=None,
-            position_ids=position_ids,
-        )
-
-        hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids)
-
-        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
-            hidden_states = decoder_layer(
-                hidden_states,
-                attention_mask=causal_mask,
-                position_ids=position_ids,
-                position_embeddings=position_embeddings,
-                **kwargs,
-            )
-
-        hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-        )
-""",
-    ),
-)
-ParallelEmbeddingRule.EXAMPLES = EXAMPLES

@@ -22,7 +22,7 @@ from ..errors import ScaffoldError
 from . import _parallel_code as pc
 from ._context import RuleContext
 from ._edits import module_imports, qualified_name
-from .base import Rule, RuleExample
+from .base import Rule, stored_example
 
 LINEAR = "torch.nn.Linear"
 LAYERS = {Role.COLUMN: "ColumnParallelLinear", Role.ROW: "RowParallelLinear"}
@@ -33,6 +33,7 @@ class ParallelLinears(Rule):
     CODE = "NXS024"
     NAME = "parallel-linears"
     SUMMARY = "remaining nn.Linear by role: column -> ColumnParallelLinear, row -> RowParallelLinear"
+    EXAMPLES = (stored_example(CODE, "qwen2", "Qwen2MLP"),)
 
     def __init__(self, context: RuleContext) -> None:
         super().__init__(context)
@@ -109,103 +110,3 @@ class ParallelLinears(Rule):
             layer, [pc.code(sizes[0]), pc.code(sizes[1]), f"bias={bias}", ROLE_ARGUMENT[site.role]], config
         )
         return cst.parse_expression(text)
-
-
-# --- examples (regenerated from the full pipeline) ---
-
-EXAMPLES: tuple[RuleExample, ...] = (
-    RuleExample(
-        model_type="qwen2",
-        scope="Qwen2MLP",
-        before="""\
-class Qwen2MLP(nn.Module, CustomModule):
-    def __init__(self, config, trn_config: TrainingNeuronConfig):
-        super().__init__()
-        self.trn_config = trn_config
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = config.intermediate_size
-        # gate_proj and up_proj fused along the output features; with stride 2 each rank holds its
-        # shard of both, so the local output splits into (gate, up) by the per-rank sizes.
-        self.gate_up_proj = ColumnParallelLinear(
-            self.hidden_size,
-            2 * self.intermediate_size,
-            stride=2,
-            bias=False,
-            gather_output=False,
-            init_method=partial(_init_normal, config.initializer_range),
-            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
-            sequence_dimension=0,
-            dtype=config.dtype,
-        )
-        self.split_size = divide(self.intermediate_size, get_tensor_model_parallel_size())
-        self.specs = ModelWeightTransformationSpecs()
-        self.specs.add_spec(
-            FusedLinearsSpec(
-                fused_linear_name="gate_up_proj",
-                linear_names=["gate_proj", "up_proj"],
-                bias=False,
-                fuse_axis="column",
-                original_dims=[self.intermediate_size, self.intermediate_size],
-            )
-        )
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.split_size, dim=-1)
-        down_proj = self.down_proj(self.act_fn(gate) * up)
-        return down_proj
-""",
-        after="""\
-class Qwen2MLP(nn.Module, CustomModule):
-    def __init__(self, config, trn_config: TrainingNeuronConfig):
-        super().__init__()
-        self.trn_config = trn_config
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = config.intermediate_size
-        # gate_proj and up_proj fused along the output features; with stride 2 each rank holds its
-        # shard of both, so the local output splits into (gate, up) by the per-rank sizes.
-        self.gate_up_proj = ColumnParallelLinear(
-            self.hidden_size,
-            2 * self.intermediate_size,
-            stride=2,
-            bias=False,
-            gather_output=False,
-            init_method=partial(_init_normal, config.initializer_range),
-            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
-            sequence_dimension=0,
-            dtype=config.dtype,
-        )
-        self.split_size = divide(self.intermediate_size, get_tensor_model_parallel_size())
-        self.specs = ModelWeightTransformationSpecs()
-        self.specs.add_spec(
-            FusedLinearsSpec(
-                fused_linear_name="gate_up_proj",
-                linear_names=["gate_proj", "up_proj"],
-                bias=False,
-                fuse_axis="column",
-                original_dims=[self.intermediate_size, self.intermediate_size],
-            )
-        )
-        self.down_proj = RowParallelLinear(
-            self.intermediate_size,
-            self.hidden_size,
-            bias=False,
-            input_is_parallel=True,
-            init_method=partial(_init_normal, config.initializer_range),
-            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
-            sequence_dimension=0,
-            dtype=config.dtype,
-        )
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.split_size, dim=-1)
-        down_proj = self.down_proj(self.act_fn(gate) * up)
-        return down_proj
-""",
-    ),
-)
-ParallelLinears.EXAMPLES = EXAMPLES

@@ -17,7 +17,7 @@ from ..blueprint import Blueprint, NormScope, NormSite
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
 from ._edits import assigned_self_attribute, find_method, parse_statements, rebuild_call, self_attribute
-from .base import Rule, RuleExample
+from .base import Rule, stored_example
 
 FLAG = "sequence_parallel_enabled"
 PARAMETER_CONSTRUCTOR = "torch.nn.Parameter"
@@ -45,6 +45,10 @@ class SequenceParallelNorms(Rule):
     NAME = "sequence-parallel-norms"
     SUMMARY = (
         "hidden-stream norms take sequence_parallel_enabled and mark their weights; per-head norms do not"
+    )
+    EXAMPLES = (
+        stored_example(CODE, "qwen3", "Qwen3RMSNorm"),
+        stored_example(CODE, "qwen3", "Qwen3DecoderLayer"),
     )
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
@@ -151,143 +155,3 @@ def _flag_norm_class(cls: cst.ClassDef, parameters: list[str], rule: str) -> cst
         )
     assert isinstance(result, cst.FunctionDef)
     return pc.with_method(cls, result)
-
-
-EXAMPLES = (
-    RuleExample(
-        model_type="qwen3",
-        scope="Qwen3RMSNorm",
-        before=r'''class Qwen3RMSNorm(nn.Module):
-    def __init__(self, hidden_size, eps: float = 1e-6) -> None:
-        """
-        Qwen3RMSNorm is equivalent to T5LayerNorm
-        """
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-    def extra_repr(self):
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
-''',
-        after=r'''class Qwen3RMSNorm(nn.Module):
-    def __init__(self, hidden_size, eps: float = 1e-6, sequence_parallel_enabled: bool = False) -> None:
-        """
-        Qwen3RMSNorm is equivalent to T5LayerNorm
-        """
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.weight.sequence_parallel_enabled = sequence_parallel_enabled
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-    def extra_repr(self):
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
-''',
-    ),
-    RuleExample(
-        model_type="qwen3",
-        scope="Qwen3DecoderLayer",
-        before=r"""class Qwen3DecoderLayer(GradientCheckpointingLayer):
-    def __init__(self, config: Qwen3Config, trn_config: TrainingNeuronConfig, layer_idx: int):
-        super().__init__()
-        self.trn_config = trn_config
-        self.hidden_size = config.hidden_size
-
-        self.self_attn = Qwen3Attention(config=config, trn_config=trn_config, layer_idx=layer_idx)
-
-        self.mlp = Qwen3MLP(config, trn_config)
-        self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.attention_type = config.layer_types[layer_idx]
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # necessary, but kept here for BC
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> torch.Tensor:
-        residual = hidden_states
-        hidden_states = self.input_layernorm(hidden_states)
-        # Self Attention
-        hidden_states, _ = self.self_attn(
-            hidden_states=hidden_states,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-            **kwargs,
-        )
-        hidden_states = residual + hidden_states
-
-        # Fully Connected
-        residual = hidden_states
-        hidden_states = self.post_attention_layernorm(hidden_states)
-        hidden_states = self.mlp(hidden_states)
-        hidden_states = residual + hidden_states
-        return hidden_states
-""",
-        after=r"""class Qwen3DecoderLayer(GradientCheckpointingLayer):
-    def __init__(self, config: Qwen3Config, trn_config: TrainingNeuronConfig, layer_idx: int):
-        super().__init__()
-        self.trn_config = trn_config
-        self.hidden_size = config.hidden_size
-
-        self.self_attn = Qwen3Attention(config=config, trn_config=trn_config, layer_idx=layer_idx)
-
-        self.mlp = Qwen3MLP(config, trn_config)
-        self.input_layernorm = Qwen3RMSNorm(
-            config.hidden_size,
-            eps=config.rms_norm_eps,
-            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
-        )
-        self.post_attention_layernorm = Qwen3RMSNorm(
-            config.hidden_size,
-            eps=config.rms_norm_eps,
-            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
-        )
-        self.attention_type = config.layer_types[layer_idx]
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,  # necessary, but kept here for BC
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> torch.Tensor:
-        residual = hidden_states
-        hidden_states = self.input_layernorm(hidden_states)
-        # Self Attention
-        hidden_states, _ = self.self_attn(
-            hidden_states=hidden_states,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-            **kwargs,
-        )
-        hidden_states = residual + hidden_states
-
-        # Fully Connected
-        residual = hidden_states
-        hidden_states = self.post_attention_layernorm(hidden_states)
-        hidden_states = self.mlp(hidden_states)
-        hidden_states = residual + hidden_states
-        return hidden_states
-""",
-    ),
-)
-SequenceParallelNorms.EXAMPLES = EXAMPLES

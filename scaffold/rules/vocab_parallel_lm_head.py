@@ -30,7 +30,7 @@ from ._edits import (
     parse_statements,
 )
 from ._imports import schedule_import, schedule_removal
-from .base import Rule, RuleExample
+from .base import Rule, stored_example
 
 LM_HEAD_CLASS = "ColumnParallelLinear"
 LOSS = "ForCausalLMLoss"
@@ -49,6 +49,7 @@ class VocabParallelLMHead(Rule):
     SUMMARY = (
         "lm_head -> ColumnParallelLinear(gather_output=False) + vocab-parallel ForCausalLMLoss (V/T per rank)"
     )
+    EXAMPLES = (stored_example(CODE, "granite", "GraniteForCausalLM"),)
 
     def visit_Module(self, node: cst.Module) -> None:
         self._imports = module_imports(node)
@@ -211,148 +212,3 @@ def _without_generation_parameters(forward: cst.FunctionDef) -> cst.FunctionDef:
     if left:
         raise ScaffoldError(f"NXS013: {', '.join(sorted(left))} still used in {forward.name.value}")
     return result
-
-
-EXAMPLES = (
-    RuleExample(
-        model_type="granite",
-        scope="GraniteForCausalLM",
-        before=r"""class GraniteForCausalLM(NeuronModelMixin, GranitePreTrainedModel):
-    _tied_weights_keys = ["lm_head.weight"]
-
-    SUPPORTS_PIPELINE_PARALLELISM = True
-    PIPELINE_TRANSFORMER_LAYER_CLS = GraniteDecoderLayer
-    PIPELINE_INPUT_NAMES = ["input_ids", "attention_mask", "labels"]
-    PIPELINE_LEAF_MODULE_CLASSE_NAMES = ["GraniteRMSNorm", "GraniteRotaryEmbedding"]
-
-    def __init__(self, config, trn_config: TrainingNeuronConfig):
-        super().__init__(config)
-        self.trn_config = trn_config
-        self.model = GraniteModel(config, trn_config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-        # Initialize weights and apply final processing
-        self.post_init()
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        logits_to_keep: Union[int, torch.Tensor] = 0,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> CausalLMOutputWithPast:
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-
-        # decoder outputs consists of (dec_features, layer_state, dec_hidden, dec_attn)
-        outputs: BaseModelOutputWithPast = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            **kwargs,
-        )
-
-        hidden_states = outputs.last_hidden_state
-        # Only compute necessary logits, and do not upcast them to float if we are not computing the loss
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
-        logits = logits / self.config.logits_scaling  # main diff with Llama
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-""",
-        after=r"""class GraniteForCausalLM(NeuronModelMixin, GranitePreTrainedModel):
-    _tied_weights_keys = ["lm_head.weight"]
-
-    SUPPORTS_PIPELINE_PARALLELISM = True
-    PIPELINE_TRANSFORMER_LAYER_CLS = GraniteDecoderLayer
-    PIPELINE_INPUT_NAMES = ["input_ids", "attention_mask", "labels"]
-    PIPELINE_LEAF_MODULE_CLASSE_NAMES = ["GraniteRMSNorm", "GraniteRotaryEmbedding"]
-
-    def __init__(self, config, trn_config: TrainingNeuronConfig):
-        super().__init__(config)
-        self.trn_config = trn_config
-        self.model = GraniteModel(config, trn_config)
-        self.vocab_size = divide(config.vocab_size, get_tensor_model_parallel_size())
-        self.lm_head = ColumnParallelLinear(
-            config.hidden_size,
-            config.vocab_size,
-            bias=False,
-            gather_output=False,
-            init_method=partial(_init_normal, config.initializer_range),
-            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
-            sequence_dimension=0,
-            dtype=config.dtype,
-        )
-
-        # Initialize weights and apply final processing
-        self.post_init()
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> CausalLMOutputWithPast:
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-
-        # decoder outputs consists of (dec_features, layer_state, dec_hidden, dec_attn)
-        outputs: BaseModelOutputWithPast = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            **kwargs,
-        )
-
-        hidden_states = outputs.last_hidden_state
-        logits = self.lm_head(hidden_states)
-        if self.trn_config.sequence_parallel_enabled:
-            logits = logits.transpose(0, 1).contiguous()
-        logits = logits / self.config.logits_scaling  # main diff with Llama
-
-        loss = None
-        if labels is not None:
-            loss = ForCausalLMLoss(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
-
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-""",
-    ),
-)
-VocabParallelLMHead.EXAMPLES = EXAMPLES
