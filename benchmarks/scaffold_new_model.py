@@ -5,8 +5,8 @@
 - in-process: one interpreter that has imported transformers and torch (as tests do), in the order
   given (the first model also pays for importing the scaffolder); the transformers facts are read live;
 - subprocess, cold: `python -m scaffold new-model` with an empty facts cache (`$NXD_SCAFFOLD_CACHE`
-  pointed at a fresh folder), so it reads the facts in a subprocess that imports transformers and torch:
-  what the first run after installing or upgrading transformers costs;
+  pointed at a fresh folder), so it reads the facts in a subprocess that imports transformers' config
+  modules (not torch): what the first run after installing or upgrading transformers costs;
 - subprocess, warm: the same command again with that cache filled: what a user waits for afterwards.
 
 Each figure is the best of `--repeat` runs. Output goes to a temporary folder (`--out ... --force`). The

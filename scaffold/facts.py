@@ -2,32 +2,33 @@
 
 The auto-mapping tables, the config class (its `__init__` parameters, tensor-parallel plan and the
 values of a default instance), the modeling module and the activations with learnable parameters.
-Reading them means importing transformers and torch, which costs seconds; `scaffold.facts_cache` keeps
-them as JSON so that a command line run does not. `python -m scaffold.facts <model_type>` prints the
-facts (or the error) as JSON: the cache runs it in a subprocess.
+Reading them means importing transformers' config and auto modules, which costs a second or more;
+`scaffold.facts_cache` keeps them as JSON so that a command line run does not. None of it needs torch:
+the auto modules are imported by name (transformers' package namespace hides them without torch) and
+the activation table is read from the sources of transformers' activations and `torch.nn`
+(`scaffold.activation_sources`).
+`python -m scaffold.facts <model_type>` prints the facts (or the error) as JSON: the cache runs it in a
+subprocess with transformers' torch support switched off (`USE_TORCH=0`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
-import io
 import json
 import sys
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .activation_sources import activation_facts, quiet
 from .errors import ScaffoldError
 
-SCHEMA = 1  # bump when the facts or their JSON change
+SCHEMA = 2  # bump when the facts or their JSON change (2: torch sources among the inputs)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def file_digest(path: str | Path) -> str:
 
 @functools.cache
 def collect(model_type: str) -> ModelFacts:
-    """Read the facts of `model_type` from the installed transformers (imports it, and torch).
+    """Read the facts of `model_type` from the installed transformers (imports its config modules).
 
     Cached for the life of the process (the installed transformers does not change under it).
 
@@ -169,7 +170,10 @@ def collect(model_type: str) -> ModelFacts:
     causal-LM or base-model class.
     """
     import transformers
-    from transformers.models.auto import configuration_auto, modeling_auto
+
+    # by name: without torch, `from transformers.models.auto import modeling_auto` gives a stand-in
+    configuration_auto = importlib.import_module("transformers.models.auto.configuration_auto")
+    modeling_auto = importlib.import_module("transformers.models.auto.modeling_auto")
 
     causal_types = sorted(modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     if model_type not in configuration_auto.CONFIG_MAPPING_NAMES:
@@ -190,25 +194,21 @@ def collect(model_type: str) -> ModelFacts:
             f"model type {model_type!r} has no base-model class in transformers' auto mapping"
         )
     config_class = configuration_auto.CONFIG_MAPPING[model_type]
-    with _quiet():
+    with quiet():
         config = config_facts(config_class)
-        activations_table = learnable_activations()
+    activations = activation_facts()
     module_name = _defining_module(transformers, causal_lm_class)
     spec = importlib.util.find_spec(module_name)
     if spec is None or spec.origin is None:
         raise ScaffoldError(f"cannot find the module {module_name} that defines {causal_lm_class}")
-    from transformers import activations
-
     inputs = sorted(
         {
-            str(Path(module.__file__))
-            for module in (
-                configuration_auto,
-                modeling_auto,
-                activations,
-                sys.modules[config_class.__module__],
-            )
-            if module.__file__
+            *(
+                str(Path(module.__file__))
+                for module in (configuration_auto, modeling_auto, sys.modules[config_class.__module__])
+                if module.__file__
+            ),
+            *activations.sources,
         }
     )
     return ModelFacts(
@@ -219,24 +219,9 @@ def collect(model_type: str) -> ModelFacts:
         modeling_module=module_name,
         modeling_file=spec.origin,
         config=config,
-        learnable_activations=activations_table,
+        learnable_activations=activations.learnable,
         inputs=tuple((path, file_digest(path)) for path in inputs),
     )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence what reading every attribute and activation prints (deprecations, fallbacks)."""
-    from transformers.utils import logging
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.set_verbosity(verbosity)
 
 
 def config_facts(config_class: type[Any]) -> ConfigFacts:
@@ -291,23 +276,6 @@ def _same_types(first: Any, second: Any) -> bool:
     if isinstance(first, dict):
         return all(_same_types(first[key], second[key]) for key in first)
     return True
-
-
-@functools.cache
-def learnable_activations() -> tuple[tuple[str, str], ...]:
-    """(ACT2FN key, class name) of the activations whose modules hold parameters."""
-    from torch import nn
-    from transformers.activations import ACT2FN
-
-    found: list[tuple[str, str]] = []
-    for name in sorted(ACT2FN):
-        try:
-            activation = ACT2FN[name]
-        except Exception:  # not buildable here: cannot hold parameters either
-            continue
-        if isinstance(activation, nn.Module) and any(True for _ in activation.parameters()):
-            found.append((name, type(activation).__name__))
-    return tuple(found)
 
 
 def _defining_module(transformers: Any, class_name: str) -> str:

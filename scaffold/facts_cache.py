@@ -5,8 +5,9 @@ A process that already imported transformers (tests, notebooks) reads the facts 
 command line run looks in the cache, `$NXD_SCAFFOLD_CACHE/scaffold-facts` (default
 `~/.cache/nxd-scaffold/scaffold-facts`): one JSON file per model type, under a folder named after the
 transformers version, its install location and the facts schema. An entry is used only while the
-transformers files it was read from have the same hashes; otherwise (or when absent) the facts are read
-in a subprocess (`python -m scaffold.facts`) and the entry is rewritten.
+transformers (and torch) files it was read from have the same hashes; otherwise (or when absent) the
+facts are read in a subprocess (`python -m scaffold.facts`, with transformers' torch support switched
+off so that it imports only transformers' config modules) and the entry is rewritten.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def _load(path: Path) -> ModelFacts | None:
     return None
 
 
+# transformers reads these when imported: no torch (nor TensorFlow, Flax) and no advice about it
+WITHOUT_FRAMEWORKS = {
+    "USE_TORCH": "0",
+    "USE_TF": "0",
+    "USE_FLAX": "0",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
 def _collect_in_subprocess(model_type: str) -> ModelFacts:
     result = subprocess.run(
         [sys.executable, "-m", "scaffold.facts", model_type],
@@ -75,6 +85,7 @@ def _collect_in_subprocess(model_type: str) -> ModelFacts:
         check=False,
         env={
             **os.environ,
+            **WITHOUT_FRAMEWORKS,
             "PYTHONPATH": os.pathsep.join(filter(None, [_root(), os.environ.get("PYTHONPATH")])),
         },
     )
