@@ -7,7 +7,7 @@ to rewrite: that comes from the Blueprint in each rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import libcst as cst
 
@@ -291,3 +291,25 @@ def insert_module_statements(
     ]
     body[index:index] = spaced
     return module.with_changes(body=body)
+
+
+def rewrite_assigned_call(
+    function: cst.FunctionDef, attribute: str, rewrite: Callable[[cst.Call], cst.BaseExpression]
+) -> tuple[cst.FunctionDef, int]:
+    """`function` with each `self.<attribute> = <call>(...)` given the value `rewrite(call)`, and how many
+    such assignments there were (callers refuse when there are none)."""
+    found = 0
+
+    class _Rewriter(cst.CSTTransformer):
+        def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
+            nonlocal found
+            if len(updated.targets) != 1 or self_attribute(updated.targets[0].target) != attribute:
+                return updated
+            if not isinstance(updated.value, cst.Call):
+                return updated
+            found += 1
+            return updated.with_changes(value=rewrite(updated.value))
+
+    result = function.visit(_Rewriter())
+    assert isinstance(result, cst.FunctionDef)
+    return result, found

@@ -18,6 +18,7 @@ import libcst as cst
 
 from ..errors import ScaffoldError
 from ._context import RuleContext
+from ._edits import assigned_self_attribute, self_attribute
 from ._imports import schedule_import
 
 TRN_CONFIG = "trn_config"
@@ -125,25 +126,6 @@ def first_parameter(function: cst.FunctionDef) -> str:
     if len(names) < 2:
         raise ScaffoldError(f"{function.name.value}() takes no input")
     return names[1]
-
-
-def self_attribute(node: cst.CSTNode) -> str | None:
-    """`attr` when `node` is `self.attr`."""
-    if isinstance(node, cst.Attribute) and isinstance(node.value, cst.Name) and node.value.value == "self":
-        return node.attr.value
-    return None
-
-
-def assigned_self_attribute(statement: cst.CSTNode) -> str | None:
-    """`attr` when `statement` is the simple statement `self.attr = ...` (one target)."""
-    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
-        return None
-    small = statement.body[0]
-    if isinstance(small, cst.Assign) and len(small.targets) == 1:
-        return self_attribute(small.targets[0].target)
-    if isinstance(small, cst.AnnAssign):
-        return self_attribute(small.target)
-    return None
 
 
 def assigned_value(statement: cst.CSTNode) -> cst.BaseExpression | None:

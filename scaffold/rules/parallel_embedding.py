@@ -15,7 +15,7 @@ import libcst as cst
 from ..blueprint import LayerSite, Role
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
-from ._edits import argument_text, config_parameter, find_method, self_attribute
+from ._edits import argument_text, config_parameter, find_method, rewrite_assigned_call
 from .base import Rule, stored_example
 
 EMBEDDING_CLASS = "ParallelEmbedding"
@@ -56,22 +56,13 @@ class ParallelEmbeddingRule(Rule):
 
 
 def _replace_constructor(init: cst.FunctionDef, site: LayerSite, config: str, rule: str) -> cst.FunctionDef:
-    replaced = 0
+    def parallel(call: cst.Call) -> cst.BaseExpression:
+        arguments = [argument_text(arg) for arg in call.args]
+        return cst.parse_expression(
+            pc.layer_call(EMBEDDING_CLASS, arguments, config, sequence_dimension=False)
+        )
 
-    class _Constructor(cst.CSTTransformer):
-        def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
-            nonlocal replaced
-            if len(updated.targets) != 1 or self_attribute(updated.targets[0].target) != site.attribute:
-                return updated
-            if not isinstance(updated.value, cst.Call):
-                return updated
-            replaced += 1
-            arguments = [argument_text(arg) for arg in updated.value.args]
-            layer = pc.layer_call(EMBEDDING_CLASS, arguments, config, sequence_dimension=False)
-            return updated.with_changes(value=cst.parse_expression(layer))
-
-    result = init.visit(_Constructor())
+    result, replaced = rewrite_assigned_call(init, site.attribute, parallel)
     if not replaced:
         raise ScaffoldError(f"{rule}: {site.location}: no `self.{site.attribute} = {site.source}` to convert")
-    assert isinstance(result, cst.FunctionDef)
     return result

@@ -16,7 +16,13 @@ import libcst as cst
 from ..blueprint import Blueprint, NormScope, NormSite
 from ..errors import ScaffoldError
 from . import _parallel_code as pc
-from ._edits import assigned_self_attribute, find_method, parse_statements, rebuild_call, self_attribute
+from ._edits import (
+    assigned_self_attribute,
+    find_method,
+    parse_statements,
+    rebuild_call,
+    rewrite_assigned_call,
+)
 from .base import Rule, stored_example
 
 FLAG = "sequence_parallel_enabled"
@@ -84,29 +90,19 @@ class SequenceParallelNorms(Rule):
         replacement = TORCH_TO_NXD_NORMS.get(norm.norm_class)
         if replacement is not None:
             pc.schedule_layer_imports(self.context, replacement)
-        found = 0
 
-        class _Construction(cst.CSTTransformer):
-            def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
-                nonlocal found
-                if len(updated.targets) != 1 or self_attribute(updated.targets[0].target) != norm.attribute:
-                    return updated
-                if not isinstance(updated.value, cst.Call):
-                    return updated
-                found += 1
-                call = rebuild_call(
-                    updated.value,
-                    callee=replacement[1] if replacement else None,
-                    add=[(FLAG, f"{pc.TRN_CONFIG}.{FLAG}")],
-                )
-                return updated.with_changes(value=call)
+        def flagged(call: cst.Call) -> cst.BaseExpression:
+            return rebuild_call(
+                call,
+                callee=replacement[1] if replacement else None,
+                add=[(FLAG, f"{pc.TRN_CONFIG}.{FLAG}")],
+            )
 
-        result = init.visit(_Construction())
+        result, found = rewrite_assigned_call(init, norm.attribute, flagged)
         if not found:
             raise ScaffoldError(
                 f"{self.CODE}: {norm.location}: no `self.{norm.attribute} = ...(...)` to flag"
             )
-        assert isinstance(result, cst.FunctionDef)
         return result
 
 
