@@ -93,7 +93,7 @@ def test_model_package_is_mounted_under_the_host_and_uses_relative_host_imports(
         activate("reference")
         # Mount under the reference package itself, whose sibling module `deviations` stands in for a host
         # module: the mechanism is the same for the training host.
-        backend = Backend("reference", "conformance.backends.reference")
+        backend = Backend("reference", "conformance.backends.reference", "conformance.backends.reference.training.peft")
         module = backend.load_model_package(Path({str(package)!r}))
         print(module.describe())
         assert backend.load_model_package(Path({str(package)!r})) is module

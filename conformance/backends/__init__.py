@@ -29,6 +29,7 @@ BACKEND_NAMES = ("reference", "neuron")
 _REFERENCE_NXD = "conformance.backends.reference.neuronx_distributed"
 _REFERENCE_HOST = "conformance.backends.reference.training"
 _NEURON_HOST = "optimum.neuron.models.training"
+_NEURON_PEFT = "optimum.neuron.peft"
 
 
 class BackendError(RuntimeError):
@@ -41,6 +42,8 @@ class Backend:
 
     name: str
     host_package: str
+    peft_package: str
+    """optimum-neuron's PEFT support (`optimum.neuron.peft`, or its twin beside the reference host)."""
 
     def host(self) -> ModuleType:
         """The training host package (`optimum.neuron.models.training` or its reference twin)."""
@@ -118,7 +121,7 @@ def _activate_reference() -> Backend:
                 "shadow it. Run with --backend neuron, or use an environment without the Neuron packages."
             )
         install_alias("neuronx_distributed", _REFERENCE_NXD)
-    return Backend("reference", _REFERENCE_HOST)
+    return Backend("reference", _REFERENCE_HOST, f"{_REFERENCE_HOST}.peft")
 
 
 def _activate_neuron(repo: Path | None) -> Backend:
@@ -133,4 +136,4 @@ def _activate_neuron(repo: Path | None) -> Backend:
                 f"the neuron backend needs {package}, which is not importable here; it runs on a Trainium "
                 "host with the Neuron SDK installed. Use --backend reference on other machines."
             )
-    return Backend("neuron", _NEURON_HOST)
+    return Backend("neuron", _NEURON_HOST, _NEURON_PEFT)

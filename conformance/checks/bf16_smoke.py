@@ -43,14 +43,14 @@ def run(
     return [judge(run) for run in runs]
 
 
+def _relative_drop(losses: Sequence[float]) -> float | None:
+    """How much of the first loss the last step removed, or None for fewer than two steps."""
+    return (losses[0] - losses[-1]) / losses[0] if len(losses) >= 2 else None
+
+
 def judge(run: TrainingRun) -> CheckResult:
     job = run.job
-    drop = (run.losses[0] - run.losses[-1]) / run.losses[0] if len(run.losses) >= 2 else None
-    reference_drop = (
-        (run.reference_losses[0] - run.reference_losses[-1]) / run.reference_losses[0]
-        if len(run.reference_losses) >= 2
-        else None
-    )
+    drop, reference_drop = _relative_drop(run.losses), _relative_drop(run.reference_losses)
     layouts = sorted(set(run.attention.values()))
     figures: dict[str, Any] = {
         "steps": job.steps,

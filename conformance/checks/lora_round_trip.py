@@ -25,6 +25,7 @@ not from the model's own specs, so a model that drops or renames a fusion spec i
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import tempfile
@@ -173,15 +174,6 @@ def _job(configuration: dict[str, Any], work_dir: Path, settings: RunSettings) -
 # --- on the ranks ---------------------------------------------------------------------------------------
 
 
-def _peft_package(backend: Any) -> Any:
-    """The host's PEFT package: `optimum.neuron.peft` on Trainium, its twin beside the reference host."""
-    import importlib
-
-    if backend.name == "reference":
-        return importlib.import_module(f"{backend.host_package}.peft")
-    return importlib.import_module("optimum.neuron.peft")
-
-
 def _run_jobs_on_rank(model_dir: str, jobs: list[_Job]) -> list[dict[str, Any]] | None:
     return each_job_on_rank(model_dir, jobs, _round_trip_job, _mount_failed)
 
@@ -227,7 +219,7 @@ def _round_trip_on_rank(package: Any, job: _Job) -> dict[str, Any]:
         job.checkpoint, trn_config, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
     )
     attention = attention_layouts(model)  # before PEFT wraps the projections
-    peft = _peft_package(host)
+    peft = importlib.import_module(host.peft_package)
     peft_model = peft.get_peft_model(model, LoraConfig.from_pretrained(job.adapter_dir))
     loaded = peft_model.load_adapter(job.adapter_dir, "default")
     peft_model.eval()
