@@ -13,8 +13,6 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-WORKSPACE = Path("workspace")
-
 
 class PackageNotFound(LookupError):
     """The package to check does not exist and cannot be generated here."""
@@ -38,16 +36,19 @@ def locate_package(
                 f"--package {package}: no __init__.py there; point at the model package folder"
             )
         return LocatedPackage(package.resolve())
-    if repo is not None:
-        found = repo / "optimum" / "neuron" / "models" / "training" / model_type
-        if not (found / "__init__.py").is_file():
-            raise PackageNotFound(
-                f"{found}: no model package; run `scaffold new-model {model_type} --repo {repo}` first"
-            )
-        return LocatedPackage(found.resolve())
-    found = WORKSPACE / model_type
+    from scaffold.destination import resolve_destination
+    from scaffold.errors import ScaffoldError
+
+    try:  # where `scaffold new-model` writes: the checkout's package folder, else workspace/<type>/
+        found = resolve_destination(model_type, repo, None).package_dir
+    except ScaffoldError as error:
+        raise PackageNotFound(str(error)) from error
     if (found / "__init__.py").is_file():
         return LocatedPackage(found.resolve())
+    if repo is not None:
+        raise PackageNotFound(
+            f"{found}: no model package; run `scaffold new-model {model_type} --repo {repo}` first"
+        )
     _scaffold(model_type)
     return LocatedPackage(found.resolve(), scaffolded=True)
 
@@ -61,6 +62,6 @@ def _scaffold(model_type: str) -> None:
     status = scaffold_main(["new-model", model_type], console=Console(file=output, width=120))
     if status != 0:
         raise PackageNotFound(
-            f"no package at {WORKSPACE / model_type} and `scaffold new-model {model_type}` failed "
+            f"no package at workspace/{model_type} and `scaffold new-model {model_type}` failed "
             f"(status {status}):\n{output.getvalue()}"
         )
