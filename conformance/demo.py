@@ -35,10 +35,13 @@ def _dense(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _parallel(x: torch.Tensor, sequence_parallel: bool) -> dict[str, torch.Tensor]:
-    from neuronx_distributed.parallel_layers import comm, parallel_state
+    from neuronx_distributed.parallel_layers import parallel_state
     from neuronx_distributed.parallel_layers.layers import ColumnParallelLinear, RowParallelLinear
+    from neuronx_distributed.parallel_layers.mappings import (
+        gather_from_tensor_model_parallel_region_with_dim as gather_along,
+    )
 
-    group = parallel_state.get_tensor_model_parallel_group()
+    rank, size = parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_size()
     torch.manual_seed(0)  # the same draws as the dense layers: CPU init is "full master, then split"
     up = ColumnParallelLinear(
         HIDDEN,
@@ -54,17 +57,17 @@ def _parallel(x: torch.Tensor, sequence_parallel: bool) -> dict[str, torch.Tenso
         sequence_parallel_enabled=sequence_parallel,
         sequence_dimension=0,
     )
-    local = comm.split(x, 0, group) if sequence_parallel else x
+    local = x.chunk(size, 0)[rank] if sequence_parallel else x
     local = local.clone().requires_grad_()
     out = down(torch.nn.functional.gelu(up(local)))
     out.square().sum().backward()
-    gather = (lambda t: comm.all_gather(t, 0, group)) if sequence_parallel else (lambda t: t)
+    gather = (lambda t: gather_along(t, 0)) if sequence_parallel else (lambda t: t)
     # The column weight is sharded on its rows, the row weight on its columns.
     return {
         "output": gather(out.detach()),
         "input grad": gather(local.grad),
-        "up weight grad": comm.all_gather(up.weight.grad, 0, group),
-        "down weight grad": comm.all_gather(down.weight.grad, 1, group),
+        "up weight grad": gather_along(up.weight.grad, 0),
+        "down weight grad": gather_along(down.weight.grad, 1),
     }
 
 

@@ -8,6 +8,7 @@ from conformance.backends.reference.neuronx_distributed.parallel_layers.parallel
     arrange_kv_groups,
     build_mesh,
 )
+from conformance.backends.reference.neuronx_distributed.utils.utils import hardware
 from conformance.tensor_parallel_run import run_tensor_parallel
 
 
@@ -40,10 +41,14 @@ def test_mesh_rejects_a_world_that_does_not_divide():
 
 
 def test_kv_groups_are_strided_for_the_tile_layout_and_consecutive_on_request():
-    assert arrange_kv_groups([0, 1, 2, 3], 2, sequential_ranks_in_group=False) == [[0, 2], [1, 3]]
-    assert arrange_kv_groups([0, 1, 2, 3], 2, sequential_ranks_in_group=True) == [[0, 1], [2, 3]]
-    groups = arrange_kv_groups(list(range(32)), 4, sequential_ranks_in_group=False)
+    # NxD's docstring example: TP group [0, 1, 2, 3], pairs of ranks share K/V.
+    assert arrange_kv_groups(1, 4, 2, sequential_ranks_in_group=False) == [[0, 2], [1, 3]]
+    assert arrange_kv_groups(1, 4, 2, sequential_ranks_in_group=True) == [[0, 1], [2, 3]]
+    assert arrange_kv_groups(1, 4, 2, hardware_type=hardware.TRN2) == [[0, 1], [2, 3]]
+    assert arrange_kv_groups(2, 4, 2) == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    groups = arrange_kv_groups(1, 32, 4)
     assert groups[0] == [0, 8, 16, 24] and groups[1] == [1, 9, 17, 25] and len(groups) == 8
+    assert arrange_kv_groups() == [[0]]
 
 
 def _describe_rank():
@@ -64,6 +69,7 @@ def _describe_rank():
         "dp_src": ps.get_data_parallel_src_rank(),
         "tp_sum": tp_sum.item(),
         "kv_sum": kv_sum.item(),
+        "world": (ps.get_world_group() is dist.group.WORLD, ps.get_world_group(as_list=True)),
     }
 
 
@@ -78,3 +84,4 @@ def test_groups_and_getters_on_four_ranks():
     assert [r["dp_src"] for r in results] == [0, 1, 0, 1]
     assert [r["tp_sum"] for r in results] == [1.0, 1.0, 5.0, 5.0]
     assert [r["kv_sum"] for r in results] == [1.0, 1.0, 5.0, 5.0]
+    assert [r["world"] for r in results] == [(True, [[0, 1, 2, 3]])] * 4

@@ -20,22 +20,21 @@ contribution of the shared row is `G_shared @ W` once. Equivalently, the result 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ..parallel_layers import comm, parallel_state
-from ..parallel_layers.layers import create_local_weight
+from ..parallel_layers import _collectives as comm
+from ..parallel_layers import parallel_state
 from ..parallel_layers.mappings import gather_from_tensor_model_parallel_region
+from ..parallel_layers.sharded_init import (
+    InitMethod,
+    create_local_weight,
+    default_linear_init,
+    linear_bias_bound,
+)
 from ..parallel_layers.utils import divide, set_tensor_model_parallel_attributes
-
-InitMethod = Callable[[torch.Tensor], object]
-
-
-def _default_init(weight: torch.Tensor) -> None:
-    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
 
 
 class _GQAQKVLinear(torch.autograd.Function):
@@ -194,7 +193,7 @@ class GQAQKVColumnParallelLinear(nn.Module):
         self.master_weight_qkv = None
         self.master_weight_q = self.master_weight_k = self.master_weight_v = None
         if device is None or device.type != "meta":
-            self._initialize(init_method or _default_init, q_size, kv_size)
+            self._initialize(init_method or default_linear_init, q_size, kv_size)
 
     def _initialize(self, init_method: InitMethod, q_size: int, kv_size: int) -> None:
         """fp32 masters Q, K, V (then biases Q, K, V) from the default RNG, replicated and sliced."""
@@ -205,7 +204,7 @@ class GQAQKVColumnParallelLinear(nn.Module):
                 master = torch.empty(rows, self.input_size, dtype=torch.float32)
                 init_method(master)
                 masters.append(master)
-            bound = 1.0 / math.sqrt(self.input_size) if self.input_size > 0 else 0.0
+            bound = linear_bias_bound(self.input_size)
             bias_masters = (
                 [torch.empty(n).uniform_(-bound, bound) for n in (q_size, kv_size, kv_size)]
                 if self.use_bias

@@ -1,4 +1,7 @@
-"""Out-of-place collectives over a process group, in group-rank order.
+"""Out-of-place collectives over a process group, in group-rank order (the reference's own helpers).
+
+NxD's `parallel_layers/comm.py` wraps XLA collectives with other signatures; no model uses it, so this
+backend does not provide that module.
 
 Unlike NxD's CPU-mode wrappers these never modify their input (deviation NXD-08). gloo has no
 reduce-scatter, so it is an all-reduce followed by taking this rank's chunk; nccl uses the native op.

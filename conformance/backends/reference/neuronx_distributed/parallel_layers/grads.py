@@ -183,8 +183,10 @@ def allreduce_context_parallel_gradients(optimizer) -> None:
             dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=group)
 
 
-def bucket_allreduce_gradients(grads: Sequence[torch.Tensor], reduce_over_ep_group: bool = False) -> None:
-    """Data-parallel mean of `grads`, in place: divide by the DP size, then all-reduce (SUM) over DP.
+def bucket_allreduce_gradients(
+    grads_list: Sequence[torch.Tensor], reduce_over_ep_group: bool = False
+) -> None:
+    """Data-parallel mean of `grads_list`, in place: divide by the DP size, then all-reduce (SUM) over DP.
 
     Gradients of one dtype are packed into buckets of at most `ALLREDUCE_BUCKET_CAP_MB` (default 512) MB,
     last gradient first, as NxD does; bucketing changes only the number of collectives.
@@ -193,7 +195,7 @@ def bucket_allreduce_gradients(grads: Sequence[torch.Tensor], reduce_over_ep_gro
     group = ps.get_data_parallel_group()
     cap = int(os.environ.get("ALLREDUCE_BUCKET_CAP_MB", _ALLREDUCE_BUCKET_CAP_MB)) * 1024 * 1024
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for grad in grads:
+    for grad in grads_list:
         by_dtype.setdefault(grad.dtype, []).append(grad)
     for same_dtype in by_dtype.values():
         bucket: list[torch.Tensor] = []

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import comm
+from . import _collectives as comm
 from .parallel_state import get_tensor_model_parallel_group
 
 
@@ -73,7 +73,8 @@ class LinearWithAsyncCommunication(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[Any, ...]:
+    def backward(ctx, *grad_outputs: torch.Tensor) -> tuple[Any, ...]:
+        (grad_output,) = grad_outputs
         if not ctx.saved:
             raise RuntimeError(
                 "LinearWithAsyncCommunication was run with save_for_backward=False; no backward"

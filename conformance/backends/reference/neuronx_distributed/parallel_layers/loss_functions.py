@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from . import comm
+from . import _collectives as comm
 from .parallel_state import (
     get_tensor_model_parallel_group,
     get_tensor_model_parallel_rank,

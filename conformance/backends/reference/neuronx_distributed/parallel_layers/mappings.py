@@ -6,106 +6,80 @@ and gather work on contiguous chunks in group-rank order.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from . import comm
+from . import _collectives as comm
 from .parallel_state import get_tensor_model_parallel_group
 
-
-def _tp(group):
-    return group if group is not None else get_tensor_model_parallel_group()
+Collective = Callable[[torch.Tensor, int, Any], torch.Tensor]
 
 
-class _CopyToRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
+class _RegionMapping(torch.autograd.Function):
+    """`forward_op(x, dim, group)` in forward, `backward_op(grad, dim, group)` in backward.
+
+    Each mapping below pairs a collective with its adjoint (copy / all-reduce, split / all-gather, ...).
+    """
 
     @staticmethod
-    def backward(ctx, grad):
-        return comm.all_reduce(grad, ctx.group), None
-
-
-class _ReduceFromRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        return comm.all_reduce(x, group)
+    def forward(ctx, x, dim, group, forward_op: Collective, backward_op: Collective):
+        ctx.dim, ctx.group, ctx.backward_op = dim, group, backward_op
+        return forward_op(x, dim, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        return ctx.backward_op(grad, ctx.dim, ctx.group), None, None, None, None
 
 
-class _ScatterToRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return comm.split(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return comm.all_gather(grad, ctx.dim, ctx.group), None, None
+def _identity(tensor: torch.Tensor, dim: int, group) -> torch.Tensor:
+    return tensor
 
 
-class _GatherFromRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group, backward_reduce_scatter):
-        ctx.dim, ctx.group, ctx.reduce_scatter = dim, group, backward_reduce_scatter
-        return comm.all_gather(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.reduce_scatter:
-            return comm.reduce_scatter(grad, ctx.dim, ctx.group), None, None, None
-        return comm.split(grad, ctx.dim, ctx.group), None, None, None
+def _all_reduce(tensor: torch.Tensor, dim: int, group) -> torch.Tensor:
+    return comm.all_reduce(tensor, group)
 
 
-class _ReduceScatterToRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group, grad_dtype):
-        ctx.dim, ctx.group, ctx.grad_dtype = dim, group, grad_dtype
-        return comm.reduce_scatter(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.grad_dtype is not None:
-            grad = grad.to(ctx.grad_dtype)
-        return comm.all_gather(grad, ctx.dim, ctx.group), None, None, None
+def _all_gather_as(dtype: torch.dtype | None, tensor: torch.Tensor, dim: int, group) -> torch.Tensor:
+    """All-gather along `dim`, after a cast to `dtype` when it is given."""
+    if dtype is not None:
+        tensor = tensor.to(dtype)
+    return comm.all_gather(tensor, dim, group)
 
 
-def _single(group) -> bool:
-    return comm.group_size(group) == 1
+def _map(input_, process_group, dim: int, forward_op: Collective, backward_op: Collective):
+    """Apply the mapping over `process_group` (default: the TP group); the identity for a group of one."""
+    group = process_group if process_group is not None else get_tensor_model_parallel_group()
+    if comm.group_size(group) == 1:
+        return input_
+    return _RegionMapping.apply(input_, dim, group, forward_op, backward_op)
 
 
 def copy_to_tensor_model_parallel_region(input_, process_group=None):
     """Identity forward; all-reduce of the gradient."""
-    group = _tp(process_group)
-    return input_ if _single(group) else _CopyToRegion.apply(input_, group)
+    return _map(input_, process_group, -1, _identity, _all_reduce)
 
 
 def reduce_from_tensor_model_parallel_region(input_, process_group=None):
     """All-reduce (sum) forward; identity backward."""
-    group = _tp(process_group)
-    return input_ if _single(group) else _ReduceFromRegion.apply(input_, group)
+    return _map(input_, process_group, -1, _all_reduce, _identity)
 
 
 def scatter_to_tensor_model_parallel_region(input_, process_group=None):
     """Keep this rank's chunk of the last dimension; gather in backward."""
-    group = _tp(process_group)
-    return input_ if _single(group) else _ScatterToRegion.apply(input_, input_.dim() - 1, group)
+    return _map(input_, process_group, input_.dim() - 1, comm.split, comm.all_gather)
 
 
 def gather_from_tensor_model_parallel_region(input_, process_group=None):
     """Concatenate the last dimension across ranks; split in backward."""
-    group = _tp(process_group)
-    return input_ if _single(group) else _GatherFromRegion.apply(input_, input_.dim() - 1, group, False)
+    return _map(input_, process_group, input_.dim() - 1, comm.all_gather, comm.split)
 
 
 def scatter_to_sequence_parallel_region(input_, sequence_dimension: int = 0, process_group=None):
     """Keep this rank's chunk of the sequence dimension; gather in backward."""
-    group = _tp(process_group)
-    return input_ if _single(group) else _ScatterToRegion.apply(input_, sequence_dimension, group)
+    return _map(input_, process_group, sequence_dimension, comm.split, comm.all_gather)
 
 
 def gather_from_sequence_parallel_region(
@@ -116,29 +90,26 @@ def gather_from_sequence_parallel_region(
     tile_cc: bool = False,
 ):
     """Gather the sequence dimension; backward reduce-scatters (into a TP region) or splits."""
-    group = _tp(process_group)
-    if _single(group):
-        return input_
-    return _GatherFromRegion.apply(input_, sequence_dimension, group, to_model_parallel)
+    backward_op = comm.reduce_scatter if to_model_parallel else comm.split
+    return _map(input_, process_group, sequence_dimension, comm.all_gather, backward_op)
 
 
 def reduce_scatter_to_sequence_parallel_region(
     input_, sequence_dimension: int = 0, process_group=None, dtype=None
 ):
-    """Sum across ranks and keep this rank's chunk of the sequence dimension; gather in backward."""
-    group = _tp(process_group)
-    return (
-        input_ if _single(group) else _ReduceScatterToRegion.apply(input_, sequence_dimension, group, dtype)
-    )
+    """Sum across ranks and keep this rank's chunk of the sequence dimension; gather in backward.
+
+    The gradient is cast to `dtype` (when given) before the gather.
+    """
+    backward_op = functools.partial(_all_gather_as, dtype)
+    return _map(input_, process_group, sequence_dimension, comm.reduce_scatter, backward_op)
 
 
 def gather_from_tensor_model_parallel_region_with_dim(input_, gather_dim: int, process_group=None):
     """Gather along `gather_dim`; split in backward."""
-    group = _tp(process_group)
-    return input_ if _single(group) else _GatherFromRegion.apply(input_, gather_dim, group, False)
+    return _map(input_, process_group, gather_dim, comm.all_gather, comm.split)
 
 
 def reduce_scatter_to_tensor_model_parallel_region_with_dim(input_, partition_dim: int, process_group=None):
     """Reduce-scatter along `partition_dim`; gather in backward."""
-    group = _tp(process_group)
-    return input_ if _single(group) else _ReduceScatterToRegion.apply(input_, partition_dim, group, None)
+    return _map(input_, process_group, partition_dim, comm.reduce_scatter, comm.all_gather)

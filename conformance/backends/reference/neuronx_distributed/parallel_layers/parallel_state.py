@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..utils.utils import hardware
+
 ProcessGroup = Any
 
 _TENSOR_MODEL_PARALLEL_GROUP: ProcessGroup | None = None
@@ -288,24 +290,43 @@ def get_expert_data_parallel_rank() -> int:
 # --- kv-shared groups (GQA K/V replicas) ---------------------------------------------------------------
 
 
-def arrange_kv_groups(
-    tp_group: list[int], kv_shared_group_size: int, sequential_ranks_in_group: bool
-) -> list[list[int]]:
+def _kv_groups_in(tp_group: list[int], kv_shared_group_size: int, consecutive: bool) -> list[list[int]]:
     """Split one TP group into the groups of ranks holding the same K/V rows.
 
     With the tile layout (deviation NXD-11) TP rank r holds the rows of replica block r mod (T/m), so the
-    ranks sharing rows are strided by T/m. `sequential_ranks_in_group` gives consecutive blocks instead.
+    ranks sharing rows are strided by T/m; `consecutive` gives consecutive blocks instead.
     """
     T, m = len(tp_group), kv_shared_group_size
     if T % m != 0:
         raise AssertionError(f"kv shared group size {m} must divide the tensor parallel size {T}")
-    if sequential_ranks_in_group:
+    if consecutive:
         return [tp_group[k * m : (k + 1) * m] for k in range(T // m)]
     stride = T // m
     return [[tp_group[j + k * stride] for k in range(m)] for j in range(stride)]
 
 
-def initialize_kv_group(kv_shared_group_size: int, sequential_ranks_in_group: bool = False) -> None:
+def arrange_kv_groups(
+    num_tensor_model_parallel_groups: int = 1,
+    tensor_model_parallel_size: int = 1,
+    kv_shared_group_size: int = 1,
+    sequential_ranks_in_group: bool = False,
+    hardware_type: hardware = hardware.TRN1,
+) -> list[list[int]]:
+    """The kv-shared groups of every TP group (TP groups are consecutive rank ranges), NxD's signature.
+
+    Strided inside each TP group for the tile layout; consecutive with `sequential_ranks_in_group` or on
+    TRN2, whose replicas sit on adjacent ranks.
+    """
+    T = tensor_model_parallel_size
+    consecutive = sequential_ranks_in_group or hardware_type is hardware.TRN2
+    return [
+        group
+        for i in range(num_tensor_model_parallel_groups)
+        for group in _kv_groups_in(list(range(i * T, (i + 1) * T)), kv_shared_group_size, consecutive)
+    ]
+
+
+def initialize_kv_group(kv_shared_group_size: int = 1, sequential_ranks_in_group: bool = False) -> None:
     """Create the kv-shared groups once per process (a second call with another size is an error)."""
     global _KV_SHARED_GROUP, _KV_MESH, _KV_SHARED_GROUP_SIZE
     if _KV_SHARED_GROUP_SIZE is not None:
@@ -318,7 +339,7 @@ def initialize_kv_group(kv_shared_group_size: int, sequential_ranks_in_group: bo
     mesh = [
         group
         for tp_group in get_tensor_model_parallel_replica_groups()
-        for group in arrange_kv_groups(tp_group, kv_shared_group_size, sequential_ranks_in_group)
+        for group in _kv_groups_in(tp_group, kv_shared_group_size, sequential_ranks_in_group)
     ]
     _KV_MESH = mesh
     _KV_SHARED_GROUP = _new_groups(mesh)
@@ -343,7 +364,10 @@ def destroy_kv_group() -> None:
 # --- misc ----------------------------------------------------------------------------------------------
 
 
-def get_world_group():
+def get_world_group(as_list: bool = False):
+    """The default process group, or with `as_list` its one-group mesh `[[0, ..., W-1]]`."""
+    if as_list:
+        return [list(range(dist.get_world_size()))]
     return dist.group.WORLD
 
 

@@ -58,10 +58,12 @@ def set_defaults_if_not_set_tensor_model_parallel_attributes(tensor: torch.Tenso
             setattr(tensor, attribute, value)
 
 
-def copy_tensor_model_parallel_attributes(destination: torch.Tensor, source: torch.Tensor) -> None:
+def copy_tensor_model_parallel_attributes(
+    destination_tensor: torch.Tensor, source_tensor: torch.Tensor
+) -> None:
     for attribute in _TP_ATTRIBUTE_DEFAULTS:
-        if hasattr(source, attribute):
-            setattr(destination, attribute, getattr(source, attribute))
+        if hasattr(source_tensor, attribute):
+            setattr(destination_tensor, attribute, getattr(source_tensor, attribute))
 
 
 def param_is_not_tensor_parallel_duplicate(param: torch.Tensor) -> bool:

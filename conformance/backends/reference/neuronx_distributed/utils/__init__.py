@@ -1,0 +1,1 @@
+"""NxD's `utils` package: only the platform enum that parallel-state signatures name."""
