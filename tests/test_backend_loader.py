@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -93,7 +95,9 @@ def test_model_package_is_mounted_under_the_host_and_uses_relative_host_imports(
         activate("reference")
         # Mount under the reference package itself, whose sibling module `deviations` stands in for a host
         # module: the mechanism is the same for the training host.
-        backend = Backend("reference", "conformance.backends.reference", "conformance.backends.reference.training.peft")
+        backend = Backend(
+            "reference", "conformance.backends.reference", "conformance.backends.reference.training.peft", None
+        )
         module = backend.load_model_package(Path({str(package)!r}))
         print(module.describe())
         assert backend.load_model_package(Path({str(package)!r})) is module
@@ -107,3 +111,43 @@ def test_model_package_is_mounted_under_the_host_and_uses_relative_host_imports(
     lines = result.stdout.splitlines()
     assert lines[0] == "('conformance.backends.reference.toy.modeling_toy', 2, 'NXD-01')"
     assert lines[1].startswith("refused: conformance.backends.reference.toy is already mounted from")
+
+
+def test_flash_sequence_lengths_follow_each_kernel():
+    """The NKI kernel takes multiples of 2048 (NxD raises otherwise); the reference kernel can be told to take
+    the parity batch's own length, and is told so only inside the block."""
+    from conformance.backends import BackendError, described
+
+    neuron, reference = described("neuron"), described("reference")
+    assert [neuron.flash_sequence_length(n) for n in (1, 16, 2048, 2049)] == [2048, 2048, 2048, 4096]
+    assert [reference.flash_sequence_length(n) for n in (1, 16, 2049)] == [1, 16, 2049]
+    with neuron.flash_kernel_taking(4096):
+        pass
+    with pytest.raises(BackendError, match="multiples of 2048, not 16"), neuron.flash_kernel_taking(16):
+        pass
+    with pytest.raises(BackendError, match="unknown backend 'xla'"):
+        described("xla")
+
+    result = _run(
+        """
+        import os
+        import torch
+        from conformance.backends import activate
+        backend = activate("reference")
+        from neuronx_distributed.kernels.flash_attn import SEQ_MULTIPLE_ENV, nki_flash_attn_func
+        q = k = v = torch.randn(1, 2, 4, 16)  # (batch, heads, head_dim, sequence): transpose_nki_inputs
+        try:
+            nki_flash_attn_func(q, k, v)
+        except Exception as error:
+            print("outside:", isinstance(error, NotImplementedError), "multiples of 2048" in str(error))
+        with backend.flash_kernel_taking(16):
+            print("inside:", tuple(nki_flash_attn_func(q, k, v).shape), os.environ[SEQ_MULTIPLE_ENV])
+        print("after:", os.environ.get(SEQ_MULTIPLE_ENV))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "outside: True True",
+        "inside: (1, 2, 16, 4) 16",
+        "after: None",
+    ]

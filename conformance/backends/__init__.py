@@ -15,9 +15,12 @@ and for a model package.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +33,8 @@ _REFERENCE_NXD = "conformance.backends.reference.neuronx_distributed"
 _REFERENCE_HOST = "conformance.backends.reference.training"
 _NEURON_HOST = "optimum.neuron.models.training"
 _NEURON_PEFT = "optimum.neuron.peft"
+NKI_FLASH_SEQUENCE_MULTIPLE = 2048
+"""The NKI flash-attention kernel takes sequences in multiples of 2048 on Trainium."""
 
 
 class BackendError(RuntimeError):
@@ -44,6 +49,38 @@ class Backend:
     host_package: str
     peft_package: str
     """optimum-neuron's PEFT support (`optimum.neuron.peft`, or its twin beside the reference host)."""
+    flash_sequence_multiple: int | None
+    """Sequence lengths the flash-attention kernel takes are multiples of this; None where the kernel can be
+    told to take any length (the reference kernel, so tiny models run the flash path at their own length)."""
+
+    def flash_sequence_length(self, preferred: int) -> int:
+        """The sequence length a flash-attention run uses: `preferred`, rounded up to the kernel's multiple."""
+        multiple = self.flash_sequence_multiple
+        return preferred if multiple is None else -(-preferred // multiple) * multiple
+
+    @contextlib.contextmanager
+    def flash_kernel_taking(self, sequence_length: int) -> Iterator[None]:
+        """Within the block, the flash kernel takes `sequence_length` (reference backend: lowers its multiple;
+        a real kernel's multiple cannot be changed, so there the length must already be one of its own)."""
+        if self.flash_sequence_multiple is not None:
+            if sequence_length % self.flash_sequence_multiple:
+                raise BackendError(
+                    f"the {self.name} flash kernel takes sequences in multiples of {self.flash_sequence_multiple}, "
+                    f"not {sequence_length}; use flash_sequence_length() to choose the length"
+                )
+            yield
+            return
+        # The reference kernel reads its multiple from the environment at every call.
+        variable = importlib.import_module(f"{_REFERENCE_NXD}.kernels.flash_attn").SEQ_MULTIPLE_ENV
+        previous = os.environ.get(variable)
+        os.environ[variable] = str(sequence_length)
+        try:
+            yield
+        finally:
+            if previous is None:
+                del os.environ[variable]
+            else:
+                os.environ[variable] = previous
 
     def host(self) -> ModuleType:
         """The training host package (`optimum.neuron.models.training` or its reference twin)."""
@@ -89,12 +126,27 @@ class Backend:
 
 _ACTIVE: Backend | None = None
 
+_BACKENDS = {
+    "reference": Backend(
+        "reference", _REFERENCE_HOST, f"{_REFERENCE_HOST}.peft", flash_sequence_multiple=None
+    ),
+    "neuron": Backend(
+        "neuron", _NEURON_HOST, _NEURON_PEFT, flash_sequence_multiple=NKI_FLASH_SEQUENCE_MULTIPLE
+    ),
+}
+
+
+def described(name: str) -> Backend:
+    """The backend of that name as data (its packages and kernel facts), without activating it."""
+    if name not in BACKEND_NAMES:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    return _BACKENDS[name]
+
 
 def activate(name: str = "reference", repo: Path | None = None) -> Backend:
     """Activate a backend for this process (idempotent for the same choice) and return it."""
     global _ACTIVE
-    if name not in BACKEND_NAMES:
-        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    described(name)
     if _ACTIVE is not None:
         if _ACTIVE.name != name:
             raise BackendError(
@@ -121,7 +173,7 @@ def _activate_reference() -> Backend:
                 "shadow it. Run with --backend neuron, or use an environment without the Neuron packages."
             )
         install_alias("neuronx_distributed", _REFERENCE_NXD)
-    return Backend("reference", _REFERENCE_HOST, f"{_REFERENCE_HOST}.peft")
+    return _BACKENDS["reference"]
 
 
 def _activate_neuron(repo: Path | None) -> Backend:
@@ -136,4 +188,4 @@ def _activate_neuron(repo: Path | None) -> Backend:
                 f"the neuron backend needs {package}, which is not importable here; it runs on a Trainium "
                 "host with the Neuron SDK installed. Use --backend reference on other machines."
             )
-    return Backend("neuron", _NEURON_HOST, _NEURON_PEFT)
+    return _BACKENDS["neuron"]

@@ -17,13 +17,11 @@ Every case gives a `ParityResult` with its figures, whether it passes or not. Ca
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +29,7 @@ from typing import Any
 
 import torch
 
+from conformance.backends import described
 from conformance.model_package import causal_lm_class
 from conformance.results import CheckResult, Plot, Series, Status
 from reference_models import build, variant
@@ -43,9 +42,6 @@ from .rank_errors import describe, first_line, first_rank_error
 PASS, FAIL = "pass", "fail"
 COMPARED, REJECTED, ERROR = "compared", "rejected", "error"
 BATCH_SIZE = 2
-NEURON_FLASH_SEQUENCE_LENGTH = 2048
-"""The NKI flash kernel takes sequences in multiples of 2048 on Trainium; the reference kernel is told to
-accept the parity batch's length instead (`NXD_REFERENCE_FLASH_ATTN_SEQ_MULTIPLE`, set by the runner)."""
 
 
 @dataclass(frozen=True)
@@ -297,8 +293,9 @@ def _job(case: ParityCase, cache_dir: str | Path | None, backend: str = "referen
     entry = variant(case.variant)
     flash = case.attn_implementation == "flash_attention_2"
     return _Job(
-        sequence_length=NEURON_FLASH_SEQUENCE_LENGTH
-        if flash and backend == "neuron"
+        # The flash kernel's length: the reference kernel takes the parity length, the NKI one multiples of 2048.
+        sequence_length=described(backend).flash_sequence_length(PARITY_SEQUENCE_LENGTH)
+        if flash
         else PARITY_SEQUENCE_LENGTH,
         case=case,
         checkpoint=str(build(entry, cache_dir)),
@@ -431,26 +428,6 @@ class _AllParameters:
         self.param_groups = [{"params": list(model.parameters())}]
 
 
-@contextlib.contextmanager
-def _flash_sequence_multiple(backend: str, sequence_length: int) -> Iterator[None]:
-    """On the reference backend, let the flash kernel take the parity batch's length (the real kernel
-    wants multiples of 2048; on the neuron backend flash cases run at that length instead)."""
-    if backend != "reference":
-        yield
-        return
-    from neuronx_distributed.kernels.flash_attn import SEQ_MULTIPLE_ENV
-
-    previous = os.environ.get(SEQ_MULTIPLE_ENV)
-    os.environ[SEQ_MULTIPLE_ENV] = str(sequence_length)
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[SEQ_MULTIPLE_ENV]
-        else:
-            os.environ[SEQ_MULTIPLE_ENV] = previous
-
-
 def _run_parallel(package: ModuleType, job: _Job, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Load, forward, backward on this rank; the figures every rank needs to hand to rank 0."""
     from neuronx_distributed.parallel_layers import parallel_state
@@ -477,7 +454,7 @@ def _run_parallel(package: ModuleType, job: _Job, batch: dict[str, torch.Tensor]
     )
     recorder = _ActivationRecorder(model)
     try:
-        with _flash_sequence_multiple(host.name, job.sequence_length):
+        with host.flash_kernel_taking(job.sequence_length):
             output = model(**batch)
             output.loss.backward()
     finally:
