@@ -26,7 +26,6 @@ _EXPORTS = {
     "NeuronModelForCausalLM": "modeling_auto",
     "ALL_ATTENTION_FUNCTIONS": "modeling_utils",
     "NeuronModelMixin": "modeling_utils",
-    "register_neuron_model_for_training": "auto_models",
     "get_pipeline_parameters_for_current_stage": "pipeline_utils",
     "CustomModule": "transformations_utils",
     "FusedLinearsSpec": "transformations_utils",

@@ -156,23 +156,16 @@ def ForCausalLMLoss(
     reduction: str = "mean",
     ignore_index: int = -100,
     num_items_in_batch: torch.Tensor | int | None = None,
-    shift_labels: torch.Tensor | None = None,
     **kwargs,
 ) -> torch.Tensor:
     """Next-token loss of `(B, S, V/T)` vocab-parallel logits; `vocab_size` is the per-rank size V/T.
 
-    Logits are upcast to fp32; position s predicts `labels[s + 1]`, or `shift_labels[s]` when already
-    shifted labels are given (as transformers accepts). Other keyword arguments (the trainer's extra
-    model kwargs) are ignored.
+    Logits are upcast to fp32; position s predicts `labels[s + 1]`. Other keyword arguments (the trainer's
+    extra model kwargs, and transformers' `shift_labels`) are ignored, as by the released host.
     """
     logits = logits.float()
-    if shift_labels is None:
-        shift_logits = logits[..., :-1, :].contiguous()
-        shift_labels = labels.to(logits.device)[..., 1:].contiguous()
-    else:
-        shift_logits = logits
-    shift_logits = shift_logits.view(-1, vocab_size)
-    shift_labels = shift_labels.reshape(-1).to(shift_logits.device)
+    shift_logits = logits[..., :-1, :].contiguous().view(-1, vocab_size)
+    shift_labels = labels.to(logits.device)[..., 1:].contiguous().reshape(-1)
     return fixed_cross_entropy(
         shift_logits,
         shift_labels,

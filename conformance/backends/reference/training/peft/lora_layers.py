@@ -25,6 +25,7 @@ merging into the sharded base weights, and LoRA on `ParallelEmbedding`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -195,8 +196,23 @@ class _ParallelLoraLayer(nn.Module, LoraLayer):
             if name in self.lora_A
         ]
 
+    def _adapter_outputs(self, x: torch.Tensor) -> Iterator[tuple[Any, float]]:
+        """Each active adapter's unscaled `lora_B(lora_A(dropout(x)))`, with its scaling."""
+        for lora_a, lora_b, dropout, scaling in self._active_pairs():
+            inputs = self._cast_input_dtype(x, lora_a.weight.dtype)
+            yield lora_b(lora_a(dropout(inputs))), scaling
+
     def __repr__(self) -> str:
         return "lora." + super().__repr__()
+
+
+def _sequence_parallel_settings(base: ColumnParallelLinear | RowParallelLinear) -> dict[str, Any]:
+    """The sequence-parallel settings and process group a parallel LoRA half copies from its base layer."""
+    return {
+        "sequence_parallel_enabled": base.sequence_parallel_enabled,
+        "sequence_dimension": base.sequence_dimension,
+        "tensor_model_parallel_group": base.tensor_parallel_group,
+    }
 
 
 class ParallelLinear(_ParallelLoraLayer):
@@ -204,40 +220,28 @@ class ParallelLinear(_ParallelLoraLayer):
 
     def _adapter_pair(self, r: int, lora_bias: bool) -> tuple[nn.Module, nn.Module]:
         base = self.get_base_layer()
+        if not isinstance(base, (RowParallelLinear, ColumnParallelLinear)):
+            raise TypeError(
+                f"ParallelLinear wraps NxD's column or row parallel linears, not {type(base).__name__}"
+            )
+        copied = _sequence_parallel_settings(base)
         if isinstance(base, RowParallelLinear):
             lora_a = RowParallelLinear(
-                self.in_features,
-                r,
-                bias=False,
-                input_is_parallel=base.input_is_parallel,
-                sequence_parallel_enabled=base.sequence_parallel_enabled,
-                sequence_dimension=base.sequence_dimension,
-                tensor_model_parallel_group=base.tensor_parallel_group,
+                self.in_features, r, bias=False, input_is_parallel=base.input_is_parallel, **copied
             )
             return lora_a, nn.Linear(r, self.out_features, bias=lora_bias)
-        if isinstance(base, ColumnParallelLinear):
-            lora_b = ColumnParallelLinear(
-                r,
-                self.out_features,
-                bias=lora_bias,
-                gather_output=base.gather_output,
-                sequence_parallel_enabled=base.sequence_parallel_enabled,
-                sequence_dimension=base.sequence_dimension,
-                tensor_model_parallel_group=base.tensor_parallel_group,
-            )
-            return nn.Linear(self.in_features, r, bias=False), lora_b
-        raise TypeError(
-            f"ParallelLinear wraps NxD's column or row parallel linears, not {type(base).__name__}"
+        lora_b = ColumnParallelLinear(
+            r, self.out_features, bias=lora_bias, gather_output=base.gather_output, **copied
         )
+        return nn.Linear(self.in_features, r, bias=False), lora_b
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if kwargs.pop("adapter_names", None) is not None:
             raise ValueError("Mixed adapter batches are not supported on NxD parallel linears.")
         result = self.base_layer(x, *args, **kwargs)
         result_dtype = result.dtype
-        for lora_a, lora_b, dropout, scaling in self._active_pairs():
-            inputs = self._cast_input_dtype(x, lora_a.weight.dtype)
-            result = result + lora_b(lora_a(dropout(inputs))) * scaling
+        for delta, scaling in self._adapter_outputs(x):
+            result = result + delta * scaling
         return result.to(result_dtype)
 
 
@@ -274,9 +278,7 @@ class GQAQKVColumnParallelLinear(_ParallelLoraLayer):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.base_layer(x, *args, **kwargs)
         dtype = q.dtype
-        for lora_a, lora_b, dropout, scaling in self._active_pairs():
-            inputs = self._cast_input_dtype(x, lora_a.weight.dtype)
-            dq, dk, dv = lora_b(lora_a(dropout(inputs)))
+        for (dq, dk, dv), scaling in self._adapter_outputs(x):
             q, k, v = q + dq * scaling, k + dk * scaling, v + dv * scaling
         return q.to(dtype), k.to(dtype), v.to(dtype)
 
