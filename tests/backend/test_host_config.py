@@ -156,13 +156,14 @@ def test_trn_config_json_is_the_dataclass(tmp_path: Path) -> None:
 
 
 def test_registry_lookup_and_error_message() -> None:
-    host = _host()
+    _host()
+    from conformance.backends.reference.training.auto_models import register_neuron_model_for_training
     from conformance.backends.reference.training.model_registry import get_neuron_model_class
 
     class Dummy:
         pass
 
-    assert host.register_neuron_model_for_training("dummy-type", "model")(Dummy) is Dummy
+    assert register_neuron_model_for_training("dummy-type", "model")(Dummy) is Dummy
     assert get_neuron_model_class("dummy-type", "model", "training") is Dummy
     with pytest.raises(ValueError) as info:
         get_neuron_model_class("bert", "model", "training")

@@ -230,7 +230,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "checkpointing",
         "Consolidation shards the output with a file name that has no {suffix}, so a model over 5 GB keeps "
         "only its last shard.",
-        "Sharded output files are numbered and indexed as transformers does.",
+        "Sharded output files are numbered and indexed as transformers does; the consolidation function takes "
+        "an extra `max_shard_size` (default 5 GB, the release's fixed size) so that tests can shard small models.",
         "Consolidating models over 5 GB loses tensors on Trainium.",
         "optimum-neuron §3.4, §8.5",
     ),
