@@ -90,9 +90,6 @@ DISCREPANCIES: dict[str, str] = {}
 NOT_PROVIDED: dict[str, str] = {
     "modeling_utils:_wait_previous_async_save": "async_save saves synchronously here (ON-11)",
     "modeling_utils:_load_state_dict_into_model": "private loading helper; ours loads through its own private modules",
-    "modeling_utils:NeuronModelMixin.resize_token_embeddings": (
-        "vocabulary resizing of a ParallelEmbedding model; generated models and the kit never resize"
-    ),
     "masking_utils:_LOGGED_WARNING_FLASH_ATTENTION_2": "private once-only warning flag",
     **{
         f"config:TrainingNeuronConfig.{method}": (

@@ -328,12 +328,45 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "drift apart across TP ranks on Trainium.",
         "optimum-neuron peft/tuners/lora/layer.py (0.4.5); accelerate/optimizer.py",
     ),
+    Deviation(
+        "ON-15",
+        "modeling_utils (resize_token_embeddings)",
+        "At TP > 1 the resized ParallelEmbedding and ColumnParallelLinear lm_head keep each rank's first "
+        "min(old, new)/T local rows, so existing tokens change rows (growing 64 -> 80 at T=2: old rows 32..63 "
+        "become ids 40..71, ids 32..39 get new rows; shrinking drops rows on every rank); new rows are drawn "
+        "per rank from that rank's RNG; the padding row's local index is passed on as a global one, so the "
+        "padding row is usually lost (run on the reference layers, T=2).",
+        "Global row i of the embedding and of the lm_head is the old row i for every i below both sizes (the "
+        "old table is gathered over TP); new rows come from the model's _init_weights, drawn as at T=1 and "
+        "broadcast from the first TP rank, so they do not depend on T; the padding row keeps its global "
+        "index.",
+        "After resize_token_embeddings at TP > 1, existing tokens read other tokens' embeddings and lm_head "
+        "rows: training starts from a scrambled vocabulary, and the padding row receives gradient.",
+        "optimum-neuron 0.4.5 modeling_utils.py, NeuronModelMixin._get_resized_parallel_embeddings and "
+        "_get_resized_parallel_lm_head",
+    ),
+    Deviation(
+        "ON-16",
+        "modeling_utils (resize_token_embeddings)",
+        "resize_token_embeddings sets the model's vocab_size to the global size, even when nothing is "
+        "resized; Llama and Qwen3 keep the per-rank size there for the loss's view(-1, vocab_size) of the "
+        "local logits. With pad_to_multiple_of, transformers passes the embedding's local row count as the "
+        "lm_head's new size, so at T > 1 the lm_head gets (padded V)/T outputs while the embedding has padded "
+        "V rows (run on the reference layers, T=2).",
+        "A vocab_size attribute that held the per-rank size keeps the per-rank size (new size / T); the "
+        "lm_head is resized to the embedding's global size; config.vocab_size is the new global size in "
+        "both.",
+        "After resize_token_embeddings at TP > 1 the Llama/Qwen3 loss fails (its view of the logits no longer "
+        "matches the labels); with pad_to_multiple_of the lm_head and the embedding disagree in size.",
+        "optimum-neuron §8 item 16; 0.4.5 NeuronModelMixin.resize_token_embeddings; transformers 4.57 "
+        "PreTrainedModel._resize_token_embeddings",
+    ),
 )
 
 
 RESULT_CHANGING: frozenset[str] = frozenset(
     {"NXD-05", "NXD-07", "NXD-09", "NXD-13", "ON-02", "ON-03", "ON-04", "ON-05", "ON-06", "ON-07", "ON-10",
-     "ON-12", "ON-14"}
+     "ON-12", "ON-14", "ON-15", "ON-16"}
 )  # fmt: skip
 """Deviations after which a result on the reference backend does not carry over to Trainium as it is (the
 model would train, load or fail differently there). A check that passes while touching one of them is a

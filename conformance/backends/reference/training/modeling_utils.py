@@ -14,6 +14,7 @@ module of its own:
                                  what no file covered: _uncovered_modules)
     _parallel_checkpoint_writing the saved layout (config.json, trn_config.json, shards/...)
     _rank_steps                  local ranks taking turns at reading and writing files
+    _token_resizing              resize_token_embeddings of a ParallelEmbedding model (ON-15, ON-16)
 
 Scope of the reference backend: local folders (or what `huggingface_hub.snapshot_download` resolves),
 pipeline parallelism 1, and the plain (non-xser) shard format: `use_xser=True` writes the same plain
@@ -46,6 +47,7 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.modeling_utils import get_parameter_dtype, no_init_weights
 
 from ..neuronx_distributed.parallel_layers import parallel_state
+from ..neuronx_distributed.parallel_layers.layers import ParallelEmbedding
 from ._checkpoint_folder import check_safetensors_format, checkpoint_files, resolve_model_dir
 from ._checkpoint_loading import load_checkpoint_files
 from ._dtype_resolution import resolve_dtype
@@ -66,6 +68,7 @@ from ._pretrained_arguments import (
     reject_unsupported_arguments,
 )
 from ._rank_steps import barrier, by_rank_groups
+from ._token_resizing import resize_parallel_token_embeddings
 from .config import TrainingNeuronConfig
 from .pipeline_utils import get_pipeline_parameters_for_current_stage
 from .transformations_utils import specialize_transformation_specs_for_model
@@ -329,6 +332,24 @@ class NeuronModelMixin:
         `weights_only`.
         """
         return load_checkpoint_files(cls, model, files, name_or_path, **options)
+
+    # --- vocabulary resizing --------------------------------------------------------------------------
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = False,
+    ) -> nn.Embedding | ParallelEmbedding:
+        """Resize the vocabulary to a global `new_num_tokens` (rounded up to `pad_to_multiple_of`).
+
+        A ParallelEmbedding model keeps every existing token's rows in the embedding and the lm_head, at
+        any TP size; the size must divide by the TP size and `mean_resizing` is not supported
+        (`_token_resizing`). Other models resize as in transformers.
+        """
+        if isinstance(self.get_input_embeddings(), ParallelEmbedding):
+            return resize_parallel_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     # --- save_pretrained -------------------------------------------------------------------------------
 
