@@ -41,7 +41,10 @@ def _parallel(x: torch.Tensor, sequence_parallel: bool) -> dict[str, torch.Tenso
         gather_from_tensor_model_parallel_region_with_dim as gather_along,
     )
 
-    rank, size = parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_size()
+    rank, size = (
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_size(),
+    )
     torch.manual_seed(0)  # the same draws as the dense layers: CPU init is "full master, then split"
     up = ColumnParallelLinear(
         HIDDEN,
