@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..neuronx_distributed.parallel_layers import _collectives
 from ..neuronx_distributed.parallel_layers.layers import ColumnParallelLinear, ParallelEmbedding
 
 
@@ -90,7 +91,11 @@ def _check_supported(embeddings: ParallelEmbedding, head: nn.Module | None) -> N
 def _resize_embedding(model: Any, old: ParallelEmbedding, new_size: int) -> ParallelEmbedding:
     group = old.tensor_model_parallel_group
     count = new_size - old.num_embeddings
-    added = _drawn_rows(model, nn.Embedding, count, old.embedding_dim, group).weight if count > 0 else None
+    added = None
+    if count > 0:
+        added = _drawn_rows(
+            model, nn.Embedding, count, old.embedding_dim, group, device=old.weight.device
+        ).weight
     padding_idx = _global_padding_idx(old, group)
     with torch.random.fork_rng(devices=[]):
         new = ParallelEmbedding(
@@ -125,7 +130,15 @@ def _resize_lm_head(
     count = new_size - old.output_size
     drawn = None
     if draw_rows and count > 0:
-        drawn = _drawn_rows(model, nn.Linear, count, old.input_size, group, bias=old.bias is not None)
+        drawn = _drawn_rows(
+            model,
+            nn.Linear,
+            count,
+            old.input_size,
+            group,
+            bias=old.bias is not None,
+            device=old.weight.device,
+        )
     with torch.random.fork_rng(devices=[]):
         new = ColumnParallelLinear(
             old.input_size,
@@ -182,7 +195,7 @@ def _fill(
     The new table is the old global rows followed by `added` (zeros when None), cut to the new size. Rows
     are dim 0 of every table; `partition_dim` is the dimension split over TP (None: replicated).
     """
-    full_old = old.detach() if partition_dim is None else _all_gather(old.detach(), partition_dim, group)
+    full_old = old.detach() if partition_dim is None else _collectives.all_gather(old, partition_dim, group)
     size = new.shape[0] * (dist.get_world_size(group) if partition_dim == 0 else 1)
     if added is None:
         added = full_old.new_zeros((max(size - full_old.shape[0], 0), *full_old.shape[1:]))
@@ -198,19 +211,13 @@ def _fill(
     return full_new
 
 
-def _all_gather(tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
-    if dist.get_world_size(group) == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
-
-
 def _global_padding_idx(embeddings: ParallelEmbedding, group: Any) -> int | None:
     """The padding row's global index (the layer keeps a local index on the rank that holds it)."""
     if embeddings.shard_across_embedding or dist.get_world_size(group) == 1:
         return embeddings.padding_idx
     local = embeddings.padding_idx
-    found = torch.tensor([-1 if local is None else embeddings.start_index + local])
+    found = torch.tensor(
+        [-1 if local is None else embeddings.start_index + local], device=embeddings.weight.device
+    )
     dist.all_reduce(found, op=dist.ReduceOp.MAX, group=group)
     return None if found.item() < 0 else int(found.item())
