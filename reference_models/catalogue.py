@@ -21,6 +21,13 @@ multipliers). `features` turns on what the architecture offers as options (llama
 MLP biases; qwen2: a sliding window on layer 1 only; qwen3: attention bias and a sliding window on layer 1).
 qwen2's q/k/v biases and qwen3's per-head q/k norms are part of the architecture, so every variant has them.
 
+Other architectures: `variants_for(<model_type>)` derives the same variants for any decoder-only causal LM
+of the installed transformers whose config class takes the standard decoder fields (`vocab_size`,
+`hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads`), so
+that a model scaffolded from another architecture can be checked as well. Its `features` variant turns on
+the boolean options the config class offers with a False default (`attention_bias`, `mlp_bias`); traits
+are the installed defaults. A type that does not fit is refused with the fields it lacks.
+
 Vocabulary not divisible by T (`odd-vocab` at T=4): the vocab-parallel embedding and LM head need
 `V % T == 0`. NxD's `pad=True` padding is inference-only (the layer raises in training mode), and
 optimum-neuron's `resize_token_embeddings` refuses a size that does not divide by T and copies rows per
@@ -32,12 +39,14 @@ numbers; `unsupported_reason` states it and the parity check treats that rejecti
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import CONFIG_MAPPING, PretrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite")
 
@@ -56,6 +65,19 @@ _COMMON: dict[str, Any] = {
     "initializer_range": 0.02,
     "tie_word_embeddings": False,
 }
+
+# What a config class must take for the catalogue to describe it (as `__init__` parameters or aliases).
+_DECODER_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+# Boolean options turned on by the `features` variant of an architecture outside the tables below.
+_OPTIONAL_BIASES = ("attention_bias", "mlp_bias")
 
 _SLIDING_ON_LAYER_1 = {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}
 
@@ -140,11 +162,16 @@ class Variant:
         """The keyword arguments given to the config class.
 
         Where the config class has a `head_dim` field it is always set (to hidden/heads unless the variant
-        says otherwise): qwen3's default of 128 would make every variant far from tiny.
+        says otherwise): qwen3's default of 128 would make every variant far from tiny. A default
+        `pad_token_id` outside the tiny vocabulary is taken modulo its size.
         """
         values = {**_COMMON, **_ARCHITECTURE_TRAITS.get(self.model_type, {}), **dict(self.overrides)}
         if _takes_head_dim(self.model_type):
             values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+        pad = _config_parameters(self.model_type).get("pad_token_id")
+        if pad is not None and isinstance(pad.default, int) and pad.default >= values["vocab_size"]:
+            # The embedding's padding row must exist in the tiny vocabulary (e.g. smollm3's default 128004).
+            values.setdefault("pad_token_id", pad.default % values["vocab_size"])
         return values
 
     def config(self) -> PretrainedConfig:
@@ -181,8 +208,37 @@ class Variant:
         return unsupported_reason(self.config(), tp_size)
 
 
+def _config_parameters(model_type: str) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(CONFIG_MAPPING[model_type].__init__).parameters)
+
+
 def _takes_head_dim(model_type: str) -> bool:
-    return "head_dim" in inspect.signature(CONFIG_MAPPING[model_type].__init__).parameters
+    return "head_dim" in _config_parameters(model_type)
+
+
+def _features_of(model_type: str) -> tuple[dict[str, Any], str] | None:
+    """The `features` overrides: the architecture's table entry, else its optional biases (False by default)."""
+    if model_type in _ARCHITECTURE_FEATURES:
+        return _ARCHITECTURE_FEATURES[model_type]
+    parameters = _config_parameters(model_type)
+    options = [name for name in _OPTIONAL_BIASES if name in parameters and parameters[name].default is False]
+    if not options:
+        return None
+    return dict.fromkeys(options, True), " and ".join(options) + " on"
+
+
+def _why_not_described(model_type: str) -> str | None:
+    """Why the generic variants cannot describe `model_type`, or None when they can."""
+    if model_type not in CONFIG_MAPPING:
+        return "transformers has no config class for it"
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "transformers has no causal LM class for it"
+    config_class = CONFIG_MAPPING[model_type]
+    accepted = set(_config_parameters(model_type)) | set(getattr(config_class, "attribute_map", {}))
+    missing = [field for field in _DECODER_FIELDS if field not in accepted]
+    if missing:
+        return f"its config class {config_class.__name__} does not take {', '.join(missing)}"
+    return None
 
 
 def _variants_of(model_type: str) -> list[Variant]:
@@ -212,26 +268,40 @@ def _variants_of(model_type: str) -> list[Variant]:
             )
         )
     found.append(make("odd-vocab", "vocabulary 250: built at T=1, 2; rejected at T=4", {"vocab_size": 250}))
-    if model_type in _ARCHITECTURE_FEATURES:
-        overrides, summary = _ARCHITECTURE_FEATURES[model_type]
+    features = _features_of(model_type)
+    if features is not None:
+        overrides, summary = features
         found.append(make("features", summary, overrides))
     return found
+
+
+@functools.cache
+def _derived_variants(model_type: str) -> tuple[Variant, ...]:
+    """The variants of an architecture outside `ARCHITECTURES` (KeyError saying why it does not fit)."""
+    reason = _why_not_described(model_type)
+    if reason is not None:
+        raise KeyError(
+            f"no reference models for {model_type!r}: {reason}. The catalogue describes decoder-only causal LMs "
+            f"with the standard config fields ({', '.join(_DECODER_FIELDS)}); built in: {', '.join(ARCHITECTURES)}"
+        )
+    return tuple(_variants_of(model_type))
 
 
 CATALOGUE: dict[str, Variant] = {v.key: v for model_type in ARCHITECTURES for v in _variants_of(model_type)}
 
 
 def variant(key: str) -> Variant:
-    """The variant named `<model_type>/<name>` (KeyError listing the catalogue otherwise)."""
-    try:
+    """The variant named `<model_type>/<name>` (KeyError listing what there is otherwise)."""
+    if key in CATALOGUE:
         return CATALOGUE[key]
-    except KeyError:
-        raise KeyError(f"no reference model {key!r}; the catalogue has: {', '.join(CATALOGUE)}") from None
+    known = variants_for(key.partition("/")[0])
+    for entry in known:
+        if entry.key == key:
+            return entry
+    raise KeyError(f"no reference model {key!r}; the catalogue has: {', '.join(e.key for e in known)}")
 
 
 def variants_for(model_type: str) -> list[Variant]:
-    """Every variant of one architecture, in catalogue order."""
+    """Every variant of one architecture, in catalogue order (derived for architectures outside the tables)."""
     found = [v for v in CATALOGUE.values() if v.model_type == model_type]
-    if not found:
-        raise KeyError(f"no reference models for {model_type!r}; architectures: {', '.join(ARCHITECTURES)}")
-    return found
+    return found or list(_derived_variants(model_type))

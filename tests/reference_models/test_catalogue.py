@@ -156,5 +156,48 @@ def test_biases_are_on_in_llama_and_granite_features() -> None:
 def test_unknown_names_list_the_catalogue() -> None:
     with pytest.raises(KeyError, match="llama/gqa"):
         variant("llama/nope")
-    with pytest.raises(KeyError, match="architectures"):
-        variants_for("gpt2")
+    with pytest.raises(KeyError, match="gemma/mqa"):
+        variant("gemma/nope")
+
+
+@pytest.mark.parametrize(
+    ("model_type", "reason"),
+    [
+        ("gpt2", "GPT2Config does not take intermediate_size, num_key_value_heads"),
+        ("mamba", "MambaConfig does not take intermediate_size, num_attention_heads, num_key_value_heads"),
+        ("t5", "no causal LM class"),
+        ("no-such-model", "no config class"),
+    ],
+)
+def test_architectures_without_the_decoder_fields_are_refused_with_what_they_lack(
+    model_type: str, reason: str
+) -> None:
+    with pytest.raises(KeyError, match=reason):
+        variants_for(model_type)
+
+
+def test_other_architectures_get_the_generic_variants_from_their_config_class() -> None:
+    gemma = {entry.name: entry for entry in variants_for("gemma")}
+    assert list(gemma) == ["gqa", "mqa", "mha", "tied", "head-dim", "odd-vocab", "features"]
+    config = gemma["gqa"].config()
+    assert type(config).__name__ == "GemmaConfig"
+    asked = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2}
+    assert {name: getattr(config, name) for name in asked} == asked
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (8, 2, 8)
+    # GemmaConfig offers attention_bias (default False) and no mlp_bias: `features` turns on what exists.
+    assert gemma["features"].config().attention_bias and not config.attention_bias
+    assert gemma["features"].summary == "attention_bias on"
+    assert variant("gemma/mqa").config().num_key_value_heads == 1
+    # starcoder2 takes no head_dim and has no False-by-default bias option.
+    assert [entry.name for entry in variants_for("starcoder2")] == ["gqa", "mqa", "mha", "tied", "odd-vocab"]
+
+
+def test_a_default_pad_token_outside_the_tiny_vocabulary_is_brought_inside() -> None:
+    from transformers import CONFIG_MAPPING
+
+    assert CONFIG_MAPPING["smollm3"]().pad_token_id >= 256
+    for entry in variants_for("smollm3"):
+        config = entry.config()
+        assert 0 <= config.pad_token_id < config.vocab_size
+    # The built-in architectures keep their own defaults: their checkpoints do not change.
+    assert not any("pad_token_id" in entry.config_values() for entry in CATALOGUE.values())

@@ -1,0 +1,38 @@
+"""An architecture outside the built-in catalogue: scaffolded, then checked end to end (quick profile).
+
+starcoder2 differs from the built-in five where it matters to the rules: LayerNorm with biases, an MLP
+named `c_fc`/`c_proj` with biases, and biased q/k/v/o projections. The catalogue derives its variants from
+its config class, so `nox -s conformance -- starcoder2` works as the scaffolder's "Next:" line says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from conformance.cli import main
+
+
+def test_a_scaffolded_architecture_outside_the_catalogue_passes_the_quick_profile(
+    generated: Callable[[str], Path], checkpoint_cache: Path, tmp_path: Path
+) -> None:
+    package = generated("starcoder2")
+    console = Console(width=200, record=True)
+    arguments = ["--cache-dir", str(checkpoint_cache), "--out", str(tmp_path)]
+    status = main(["starcoder2", "--package", str(package), *arguments], console=console)
+    assert status == 0, console.export_text()
+    results = json.loads((tmp_path / "starcoder2" / "results.json").read_text())
+    rows = results["results"]
+    assert {row["status"] for row in rows} == {"PASS"}, console.export_text()
+    assert {row["check"] for row in rows} == {
+        "parity",
+        "round_trip",
+        "topology_change",
+        "lora_round_trip",
+        "overfit",
+        "bf16_smoke",
+    }
+    assert all(row["configuration"]["variant"].startswith("starcoder2/") for row in rows)
