@@ -74,14 +74,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference_models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="print the catalogue with the key facts of each variant")
-    listing.add_argument("--arch", choices=ARCHITECTURES, help="only this architecture")
+    listing.add_argument(
+        "--arch", help=f"only this architecture (built in: {', '.join(ARCHITECTURES)}; others are derived)"
+    )
     building = commands.add_parser("build", help="build checkpoints (all, or the named variants)")
     building.add_argument("variants", nargs="*", metavar="ARCH/VARIANT", help="default: the whole catalogue")
     building.add_argument("--cache", help="cache folder (default: $NXD_SCAFFOLD_CACHE/reference-models)")
     args = parser.parse_args(argv)
 
     if args.command == "list":
-        entries = variants_for(args.arch) if args.arch else list(CATALOGUE.values())
+        try:
+            entries = variants_for(args.arch) if args.arch else list(CATALOGUE.values())
+        except KeyError as error:
+            print(f"python -m reference_models list: error: {error.args[0]}", file=sys.stderr)
+            return 2
         print(format_table(catalogue_rows(entries)))
         print(
             "\nattention: 'a|b' is a without fuse_qkv, b with it; 'rejected': the vocabulary does not divide by T"

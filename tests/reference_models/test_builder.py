@@ -102,6 +102,10 @@ def test_cli_lists_and_builds(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "separate, separate, gqa" in listing  # gqa: T=1, 2, 4
     assert "separate|fused" in listing  # mha with fuse_qkv
     assert "rejected" in listing  # odd-vocab at T=4
+    assert main(["list", "--arch", "gemma"]) == 0
+    assert "gemma/head-dim" in capsys.readouterr().out
+    assert main(["list", "--arch", "gpt2"]) == 2
+    assert "GPT2Config does not take" in capsys.readouterr().err
 
     assert main(["build", "qwen3/mha", "--cache", str(tmp_path)]) == 0
     out = capsys.readouterr().out
