@@ -9,7 +9,9 @@ divisible by T, some labels -100) its vocab-sharded logits are gathered and comp
 consolidated back to transformers names (`gradient_consolidation`). The attention layout each layer reached
 is read from the modules and must be the one the contributing guide prescribes for the case
 (`reference_models.attention_variant`). A variant the catalogue says cannot be built at T (vocabulary not
-divisible by T) passes when loading is refused with an error naming both numbers.
+divisible by T) passes when loading is refused with an error naming both numbers; a flash-attention case
+whose config needs what the NKI kernel lacks (a sliding window shorter than the sequence, logit
+softcapping: `flash_kernel_limits`) passes when the model refuses it naming flash attention and the feature.
 
 Every case gives a `ParityResult` with its figures, whether it passes or not. Cases are batched: one
 `run_tensor_parallel` call per T runs all the cases of that T.
@@ -37,6 +39,8 @@ from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
 
 from . import RunSettings
 from .batching import each_job_on_rank, run_by_tp_size
+from .flash_kernel_limits import describe as describe_limits
+from .flash_kernel_limits import flash_kernel_limits, refusal_names_a_limit
 from .rank_errors import describe, first_line, first_rank_error
 
 PASS, FAIL = "pass", "fail"
@@ -112,6 +116,8 @@ class ParityResult:
     outcome: str = ERROR
     reasons: list[str] = field(default_factory=list)
     expected_attention: str | None = None
+    refused: str | None = None
+    """The expected refusal this case passed as (a TP size the config does not divide, a flash-kernel limit)."""
     attention: dict[str, str] = field(default_factory=dict)
     sequence_parallel_effective: bool | None = None
     logits_max_abs_diff: float | None = None
@@ -286,22 +292,26 @@ class _Job:
     expected_attention: str | None
     rejection: str | None
     vocab_size: int
+    flash_limits: tuple[str, ...] = ()
+    """What the flash kernel cannot compute for this config (flash cases only): a refusal naming it passes."""
     sequence_length: int = PARITY_SEQUENCE_LENGTH
 
 
 def _job(case: ParityCase, cache_dir: str | Path | None, backend: str = "reference") -> _Job:
     entry = variant(case.variant)
     flash = case.attn_implementation == "flash_attention_2"
+    # The flash kernel's length: the reference kernel takes the parity length, the NKI one multiples of 2048.
+    length = (
+        described(backend).flash_sequence_length(PARITY_SEQUENCE_LENGTH) if flash else PARITY_SEQUENCE_LENGTH
+    )
     return _Job(
-        # The flash kernel's length: the reference kernel takes the parity length, the NKI one multiples of 2048.
-        sequence_length=described(backend).flash_sequence_length(PARITY_SEQUENCE_LENGTH)
-        if flash
-        else PARITY_SEQUENCE_LENGTH,
+        sequence_length=length,
         case=case,
         checkpoint=str(build(entry, cache_dir)),
         expected_attention=entry.attention(case.tp_size, case.fuse_qkv),
         rejection=entry.unsupported_reason(case.tp_size),
         vocab_size=entry.config().vocab_size,
+        flash_limits=tuple(flash_kernel_limits(entry.config(), length)) if flash else (),
     )
 
 
@@ -611,12 +621,24 @@ def _compare(
 
 def _judge_failure(result: ParityResult, job: _Job, error: str) -> None:
     result.error = error
+    if job.flash_limits and job.rejection is None:
+        result.outcome = REJECTED
+        first = error.splitlines()[0]
+        expected = describe_limits(list(job.flash_limits), job.sequence_length)
+        if refusal_names_a_limit(first, list(job.flash_limits)):
+            result.status, result.refused = PASS, expected
+        else:
+            result.reasons.append(
+                f"a refusal was expected ({expected}), but the error does not name flash attention and "
+                f"the {' or '.join(job.flash_limits)}: {first}"
+            )
+        return
     if job.rejection is not None:
         result.outcome = REJECTED
         first = error.splitlines()[0]
         offending = _offending_values(job.rejection)
         if _names(first, job.case.tp_size) and any(_names(first, value) for value in offending):
-            result.status = PASS
+            result.status, result.refused = PASS, job.rejection
         else:
             result.reasons.append(
                 f"refused as expected ({job.rejection}), but the error does not name the tensor parallel "
@@ -902,6 +924,7 @@ def to_check_result(result: ParityResult) -> CheckResult:
     worst = sorted(ratios.items(), key=lambda item: (-item[1], item[0]))[:5]
     figures: dict[str, Any] = {
         "outcome": result.outcome,
+        "refused_as_expected": result.refused,
         "expected_attention": result.expected_attention,
         "attention_layouts": layouts,
         "sequence_parallel_effective": result.sequence_parallel_effective,

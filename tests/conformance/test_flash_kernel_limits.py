@@ -1,0 +1,76 @@
+"""Flash-attention cases whose config needs what the NKI kernel lacks: a refusal naming it is the answer.
+
+Oracle for the limits: the configs themselves (a sliding window shorter than the sequence on some layer,
+logit softcapping). End to end, mistral's sliding window (5 < 16 in every catalogue variant): the
+generated model refuses its flash path naming the window, which passes; a copy whose guard was removed
+runs the kernel over the whole sequence, and parity against transformers' windowed attention fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conformance.checks import RunSettings, parity
+from conformance.checks.flash_kernel_limits import (
+    SLIDING_WINDOW,
+    SOFTCAPPING,
+    flash_kernel_limits,
+    refusal_names_a_limit,
+)
+from conformance.results import Status
+from reference_models import variant
+
+SLIDING_WINDOW_GUARD = (
+    "    if sliding_window is not None and sliding_window < query.shape[-2]:\n"
+    "        raise NotImplementedError(",
+    "    if False:\n        raise NotImplementedError(",
+)
+FLASH = {"attn_implementation": "flash_attention_2"}
+
+
+@pytest.mark.parametrize(
+    ("key", "length", "limits"),
+    [
+        ("llama/gqa", 16, []),
+        ("mistral/gqa", 16, [SLIDING_WINDOW]),  # window 5 on every layer
+        ("mistral/gqa", 4, []),  # the window covers the whole sequence
+        ("qwen2/gqa", 16, []),  # use_sliding_window=False: no layer is windowed
+        ("qwen2/features", 16, [SLIDING_WINDOW]),  # layer 1 is windowed
+        ("gemma2/gqa", 16, [SOFTCAPPING]),  # window 4096 > 16, logits softcapped at 50
+        ("gemma2/gqa", 8192, [SLIDING_WINDOW, SOFTCAPPING]),
+    ],
+)
+def test_limits_are_read_from_the_config(key: str, length: int, limits: list[str]) -> None:
+    assert flash_kernel_limits(variant(key).config(), length) == limits
+
+
+def test_a_refusal_must_name_flash_attention_and_the_limit() -> None:
+    named = "NotImplementedError: the NKI flash-attention kernel has no sliding window; use eager"
+    assert refusal_names_a_limit(named, [SLIDING_WINDOW])
+    assert not refusal_names_a_limit(named, [SOFTCAPPING])
+    assert not refusal_names_a_limit("RuntimeError: sliding window too short", [SLIDING_WINDOW])
+
+
+@pytest.fixture
+def settings(checkpoint_cache: Path) -> RunSettings:
+    return RunSettings(cache_dir=checkpoint_cache)
+
+
+def test_the_generated_refusal_passes_and_a_missing_guard_fails(
+    generated: Callable[[str], Path],
+    broken_copy: Callable[[str, list[tuple[str, str]]], Path],
+    settings: RunSettings,
+) -> None:
+    configurations = [{"variant": "mistral/gqa", "tp_size": 2, "sequence_parallel": True, **FLASH}]
+    (refused,) = parity.run(generated("mistral"), configurations, settings)
+    assert refused.status is Status.PASS, refused.reasons
+    assert refused.figures["outcome"] == "rejected"
+    assert "no sliding window" in refused.figures["refused_as_expected"]
+
+    (unguarded,) = parity.run(broken_copy("mistral", [SLIDING_WINDOW_GUARD]), configurations, settings)
+    assert unguarded.status is Status.FAIL
+    assert unguarded.figures["outcome"] == "compared"
+    assert any(reason.startswith("logits differ") for reason in unguarded.reasons), unguarded.reasons
