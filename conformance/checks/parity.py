@@ -878,8 +878,9 @@ def touched_deviations(
             found.add("NXD-10")  # weight_qkv keeps its tensor-parallel attributes here
         if getattr(config, "attention_bias", False):
             found |= {"NXD-09", "ON-10"}
-    if getattr(config, "pad_token_id", None) is not None:
-        found.add("NXD-05")
+    pad = getattr(config, "pad_token_id", None)
+    if pad == 0 or (pad is not None and dtype == "float16"):
+        found.add("NXD-05")  # NxD drops padding_idx 0 (its row gets gradient); fp16 embeddings return bf16
     if dtype != "float32" and tp_size > 1 and not sequence_parallel:
         found.add("NXD-07")  # column layers' input-gradient all-reduce in bf16
     return sorted(found)

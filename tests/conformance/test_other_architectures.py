@@ -31,3 +31,18 @@ def test_a_scaffolded_architecture_outside_the_catalogue_passes_the_quick_profil
     assert {row["check"] for row in rows} == {planned.check for planned in plan("starcoder2", "quick")}
     assert len({row["check"] for row in rows}) == 6
     assert all(row["configuration"]["variant"].startswith("starcoder2/") for row in rows)
+
+
+def test_a_padding_token_is_a_trainium_difference_only_where_nxd_treats_it_differently() -> None:
+    """NxD drops padding_idx 0 (its row then gets gradient) and returns bf16 from fp16 embeddings; a
+    nonzero padding index in fp32 or bf16 behaves as nn.Embedding's (NXD-05, semantics doc §6)."""
+    from conformance.checks.parity import touched_deviations
+    from reference_models import variant
+
+    assert variant("gemma/gqa").config().pad_token_id == 0
+    assert variant("helium/gqa").config().pad_token_id == 3
+    assert "NXD-05" in touched_deviations("gemma/gqa", 2, True, ["separate"])
+    assert "NXD-05" not in touched_deviations("helium/gqa", 2, True, ["separate"])
+    assert "NXD-05" not in touched_deviations("helium/gqa", 2, True, ["separate"], dtype="bfloat16")
+    assert "NXD-05" in touched_deviations("helium/gqa", 2, True, ["separate"], dtype="float16")
+    assert "NXD-05" not in touched_deviations("llama/gqa", 2, True, ["separate"], dtype="float16")
