@@ -208,6 +208,7 @@ class Variant:
         return unsupported_reason(self.config(), tp_size)
 
 
+@functools.cache
 def _config_parameters(model_type: str) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(CONFIG_MAPPING[model_type].__init__).parameters)
 

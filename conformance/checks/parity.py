@@ -299,6 +299,7 @@ class _Job:
 
 def _job(case: ParityCase, cache_dir: str | Path | None, backend: str = "reference") -> _Job:
     entry = variant(case.variant)
+    config = entry.config()
     flash = case.attn_implementation == "flash_attention_2"
     # The flash kernel's length: the reference kernel takes the parity length, the NKI one multiples of 2048.
     length = (
@@ -310,8 +311,8 @@ def _job(case: ParityCase, cache_dir: str | Path | None, backend: str = "referen
         checkpoint=str(build(entry, cache_dir)),
         expected_attention=entry.attention(case.tp_size, case.fuse_qkv),
         rejection=entry.unsupported_reason(case.tp_size),
-        vocab_size=entry.config().vocab_size,
-        flash_limits=tuple(flash_kernel_limits(entry.config(), length)) if flash else (),
+        vocab_size=config.vocab_size,
+        flash_limits=tuple(flash_kernel_limits(config, length)) if flash else (),
     )
 
 

@@ -65,12 +65,14 @@ def save_model_parallel_checkpoint(
     barrier()
 
 
-def write_parameter_metadata(model: nn.Module, save_directory: Path) -> None:
-    """`shards/mp_metadata_pp_rank_{p}.json`, written by DP rank 0 and TP rank 0 of each pipeline stage."""
+def write_parameter_metadata(
+    model: nn.Module, save_directory: Path, tag: str = MODEL_PARALLEL_SHARDS_DIR_NAME
+) -> None:
+    """`<tag>/mp_metadata_pp_rank_{p}.json`, written by DP rank 0 and TP rank 0 of each pipeline stage."""
     if parallel_state.get_data_parallel_rank() != 0 or parallel_state.get_tensor_model_parallel_rank() != 0:
         return
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
-    metadata_path = save_directory / MODEL_PARALLEL_SHARDS_DIR_NAME / f"mp_metadata_pp_rank_{pp_rank}.json"
+    metadata_path = save_directory / tag / f"mp_metadata_pp_rank_{pp_rank}.json"
     metadata_path.parent.mkdir(parents=True, exist_ok=True)
     metadata_path.write_text(json.dumps(create_parameter_metadata(model), indent=4))
 

@@ -200,13 +200,9 @@ def _fill(
     if added is None:
         added = full_old.new_zeros((max(size - full_old.shape[0], 0), *full_old.shape[1:]))
     full_new = torch.cat([full_old[:size], added.detach().to(full_old.dtype)])[:size]
-    if partition_dim is not None:
-        local = new.shape[partition_dim]
-        full_new_part = full_new.narrow(partition_dim, dist.get_rank(group) * local, local)
-    else:
-        full_new_part = full_new
+    part = full_new if partition_dim is None else _collectives.split(full_new, partition_dim, group)
     with torch.no_grad():
-        new.copy_(full_new_part)
+        new.copy_(part)
     new.requires_grad_(old.requires_grad)
     return full_new
 
@@ -216,8 +212,8 @@ def _global_padding_idx(embeddings: ParallelEmbedding, group: Any) -> int | None
     if embeddings.shard_across_embedding or dist.get_world_size(group) == 1:
         return embeddings.padding_idx
     local = embeddings.padding_idx
-    found = torch.tensor(
+    mine = torch.tensor(
         [-1 if local is None else embeddings.start_index + local], device=embeddings.weight.device
     )
-    dist.all_reduce(found, op=dist.ReduceOp.MAX, group=group)
-    return None if found.item() < 0 else int(found.item())
+    found = int(_collectives.all_reduce(mine, group, op=dist.ReduceOp.MAX).item())
+    return None if found < 0 else found

@@ -53,12 +53,9 @@ from ._checkpoint_loading import load_checkpoint_files
 from ._dtype_resolution import resolve_dtype
 from ._parallel_checkpoint_writing import (
     MODEL_PARALLEL_SHARDS_DIR_NAME,
+    save_model_parallel_checkpoint,
     write_configs,
     write_parameter_metadata,
-)
-from ._parallel_checkpoint_writing import TRN_CONFIG_NAME as TRN_CONFIG_NAME
-from ._parallel_checkpoint_writing import (  # imported from here by peft_model
-    save_model_parallel_checkpoint as _save_model_parallel_checkpoint,
 )
 from ._pretrained_arguments import (
     check_constructor_kwargs,
@@ -279,7 +276,6 @@ class NeuronModelMixin:
         ranks_per_step = trn_config.num_local_ranks_per_step
         dtype = resolve_dtype(dtype, config, files, sharded_metadata, weights_only, ranks_per_step)
 
-        config = copy.deepcopy(config)
         config.name_or_path = str(pretrained_model_name_or_path)
         config.dtype = dtype if dtype is not None else torch.get_default_dtype()
         model = cls._build_without_init(config, trn_config, dtype, model_args, model_kwargs)
@@ -413,7 +409,7 @@ class NeuronModelMixin:
         self.config.architectures = [self.__class__.__name__]
         self.config._attn_implementation_autoset = False
 
-        _save_model_parallel_checkpoint(
+        save_model_parallel_checkpoint(
             save_directory,
             MODEL_PARALLEL_SHARDS_DIR_NAME,
             model=self,

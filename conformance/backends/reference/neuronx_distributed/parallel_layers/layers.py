@@ -24,9 +24,9 @@ the master-then-slice init), `linear_base` and `linears` (the linears), `embeddi
 
 from __future__ import annotations
 
-# This module re-exports: besides `__all__`, every name it held before the split stays importable from here.
+# This module re-exports what NxD's `layers` module makes importable (its own names are in `__all__`).
 # ruff: noqa: F401
-from .embedding import ParallelEmbedding, _checked_padding_idx
+from .embedding import ParallelEmbedding
 from .layers_utils import LinearWithAsyncCommunication, linear_with_async_allreduce
 from .linear_base import BaseParallelLayer, BaseParallelLinear
 from .linears import ColumnParallelLinear, RowParallelLinear
@@ -44,11 +44,6 @@ from .parallel_state import (
     get_tensor_model_parallel_size,
 )
 from .sharded_init import InitMethod, create_local_weight
-from .sharded_init import draw_master as _draw_master
-from .sharded_init import initialize_parameter_cpu as _initialize_parameter_cpu
-from .sharded_init import is_materialised as _materialised
-from .sharded_init import linear_bias_master as _linear_bias_master
-from .sharded_init import padding_length as _padding_length
 from .spmd_rank import SPMDRank
 from .utils import (
     EmbeddingUtility,

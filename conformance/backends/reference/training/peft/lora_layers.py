@@ -125,10 +125,9 @@ class _ParallelLoraLayer(nn.Module, LoraLayer):
                     parameter.sequence_parallel_enabled = True
 
     def _zero_lora_b(self, adapter_name: str) -> None:
-        lora_b = self.lora_B[adapter_name]
-        nn.init.zeros_(lora_b.weight)
-        if self.lora_bias[adapter_name]:
-            nn.init.zeros_(lora_b.bias)
+        """lora_B starts at zero (with its bias, which it has exactly when `lora_bias` is set)."""
+        for parameter in self.lora_B[adapter_name].parameters():
+            nn.init.zeros_(parameter)
 
     def update_layer(
         self,
@@ -268,10 +267,6 @@ class GQAQKVColumnParallelLinear(_ParallelLoraLayer):
             fuse_qkv=base.fuse_qkv,
         )
         return nn.Linear(self.in_features, r, bias=False), lora_b
-
-    def _zero_lora_b(self, adapter_name: str) -> None:
-        for parameter in self.lora_B[adapter_name].parameters():
-            nn.init.zeros_(parameter)
 
     def forward(
         self, x: torch.Tensor, *args: Any, **kwargs: Any

@@ -19,7 +19,6 @@ Not supported: prompt-learning methods, X-LoRA, PiSSA/CorDA/OLoRA conversion on 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -27,19 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import peft.peft_model
-from neuronx_distributed.parallel_layers import parallel_state
 from peft import PeftConfig, PeftModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from torch import nn
 
-from ..modeling_utils import _save_model_parallel_checkpoint
+from .._parallel_checkpoint_writing import save_model_parallel_checkpoint, write_parameter_metadata
 from ..pipeline_utils import get_pipeline_parameters_for_current_stage
 from ..transformations_utils import (
     adapt_peft_config_for_model,
     adapt_state_dict,
     check_no_upstanding_sharded_params,
-    create_parameter_metadata,
     specialize_transformation_specs_for_model,
     to_original_peft_config_for_model,
 )
@@ -247,16 +244,8 @@ class NeuronPeftModel(PeftModel):
             save_embedding_layers=save_embedding_layers,
         )
         output_dir = save_directory / f"adapter_{adapter_name}"
-        shards_dir = output_dir / ADAPTER_MODEL_PARALLEL_SHARDS_DIR_NAME
-        if (
-            parallel_state.get_data_parallel_rank() == 0
-            and parallel_state.get_tensor_model_parallel_rank() == 0
-        ):
-            pp_rank = parallel_state.get_pipeline_model_parallel_rank()
-            shards_dir.mkdir(parents=True, exist_ok=True)
-            metadata = json.dumps(create_parameter_metadata(self), indent=4)
-            (shards_dir / f"mp_metadata_pp_rank_{pp_rank}.json").write_text(metadata)
-        _save_model_parallel_checkpoint(
+        write_parameter_metadata(self, output_dir, ADAPTER_MODEL_PARALLEL_SHARDS_DIR_NAME)
+        save_model_parallel_checkpoint(
             output_dir,
             ADAPTER_MODEL_PARALLEL_SHARDS_DIR_NAME,
             model=state_dict,
