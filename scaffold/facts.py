@@ -13,6 +13,7 @@ subprocess with transformers' torch support switched off (`USE_TORCH=0`).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -107,7 +108,7 @@ class ModelFacts:
     inputs: tuple[tuple[str, str], ...]  # file -> sha256 of the transformers files the facts come from
 
     def to_json(self) -> str:
-        return json.dumps(_plain(self), indent=1, sort_keys=False) + "\n"
+        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> ModelFacts:
@@ -124,29 +125,6 @@ class ModelFacts:
                 values=tuple((name, value) for name, value in config["values"]),
             ),
         )
-
-
-def _plain(facts: ModelFacts) -> dict[str, Any]:
-    config = facts.config
-    return {
-        "model_type": facts.model_type,
-        "transformers_version": facts.transformers_version,
-        "causal_lm_class": facts.causal_lm_class,
-        "base_model_class": facts.base_model_class,
-        "modeling_module": facts.modeling_module,
-        "modeling_file": facts.modeling_file,
-        "config": {
-            "class_name": config.class_name,
-            "init_parameters": list(config.init_parameters),
-            "tp_plan": [list(item) for item in config.tp_plan],
-            "values": [[name, value] for name, value in config.values],
-            "opaque": [list(item) for item in config.opaque],
-            "methods": list(config.methods),
-            "default_error": config.default_error,
-        },
-        "learnable_activations": [list(item) for item in facts.learnable_activations],
-        "inputs": [list(item) for item in facts.inputs],
-    }
 
 
 def _tuples(value: list[Any]) -> tuple[Any, ...]:

@@ -12,7 +12,6 @@ from typing import Any
 
 @dataclass
 class RuleContext:
-    """The source file a rule rewrites and its scratch space (Blueprint, options, scheduled imports)."""
+    """A rule run's scratch space (Blueprint, options, scheduled imports)."""
 
-    filename: str | None = None
     scratch: dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,9 @@ import libcst as cst
 from ..errors import ScaffoldError
 from ._context import RuleContext
 from ._edits import assigned_self_attribute, self_attribute
+from ._edits import code as code  # re-exported: the rules call these through this module
+from ._edits import find_method as method
+from ._edits import with_body as with_body
 from ._imports import schedule_import
 
 TRN_CONFIG = "trn_config"
@@ -35,13 +38,6 @@ NXD_MAPPINGS = "neuronx_distributed.parallel_layers.mappings"
 NXD_QKV = "neuronx_distributed.modules.qkv_linear"
 NXD_FLASH = "neuronx_distributed.kernels.flash_attn"
 HOST_TRANSFORMATIONS = "transformations_utils"  # relative to the generated package's parent (`..`)
-
-_EMPTY = cst.Module(body=[])
-
-
-def code(node: cst.CSTNode) -> str:
-    """Source text of a node."""
-    return _EMPTY.code_for_node(node)
 
 
 def statements(text: str) -> list[cst.BaseStatement]:
@@ -69,14 +65,6 @@ def operand(text: str) -> str:
 # --- classes and methods ------------------------------------------------------------------------------
 
 
-def method(cls: cst.ClassDef, name: str) -> cst.FunctionDef | None:
-    """The method `name` defined directly in the class body."""
-    for statement in cls.body.body:
-        if isinstance(statement, cst.FunctionDef) and statement.name.value == name:
-            return statement
-    return None
-
-
 def required_method(cls: cst.ClassDef, name: str, code_: str) -> cst.FunctionDef:
     """`method`, or a ScaffoldError from rule `code_` when the class does not define it."""
     found = method(cls, name)
@@ -92,11 +80,6 @@ def with_method(cls: cst.ClassDef, function: cst.FunctionDef) -> cst.ClassDef:
         for s in cls.body.body
     ]
     return cls.with_changes(body=cls.body.with_changes(body=body))
-
-
-def with_body(function: cst.FunctionDef, body: Sequence[cst.BaseStatement]) -> cst.FunctionDef:
-    """`function` with new top-level statements."""
-    return function.with_changes(body=function.body.with_changes(body=list(body)))
 
 
 def with_base(cls: cst.ClassDef, base: str) -> cst.ClassDef:

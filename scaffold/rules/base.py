@@ -91,7 +91,7 @@ class Rule(StatementDescent):
 
 def make_context(blueprint: Blueprint, options: RuleOptions) -> RuleContext:
     """A rule context carrying the Blueprint and the options for one rule run."""
-    context = RuleContext(filename=blueprint.source_file)
+    context = RuleContext()
     context.scratch[BLUEPRINT_KEY] = blueprint
     context.scratch[OPTIONS_KEY] = options
     return context
