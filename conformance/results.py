@@ -105,7 +105,13 @@ class CheckResult:
         return cls(**data)
 
 
-_SHORT = {"tp_size": "T", "sequence_parallel": "SP", "fuse_qkv": "fuse_qkv", "source_tp_size": "from T"}
+_SHORT = {
+    "tp_size": "T",
+    "sequence_parallel": "SP",
+    "fuse_qkv": "fuse_qkv",
+    "source_tp_size": "from T",
+    "attn_implementation": "attn",
+}
 
 
 @dataclass

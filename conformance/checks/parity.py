@@ -974,6 +974,12 @@ def to_check_result(result: ParityResult) -> CheckResult:
             "tp_size": case.tp_size,
             "sequence_parallel": case.sequence_parallel,
             "fuse_qkv": case.fuse_qkv,
+            # Flash cases name their attention, so that they do not share a label with the eager case.
+            **(
+                {}
+                if case.attn_implementation == "eager"
+                else {"attn_implementation": case.attn_implementation}
+            ),
         },
         status=Status.PASS if result.passed else Status.FAIL,
         figures=figures,

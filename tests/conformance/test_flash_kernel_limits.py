@@ -74,3 +74,14 @@ def test_the_generated_refusal_passes_and_a_missing_guard_fails(
     assert unguarded.status is Status.FAIL
     assert unguarded.figures["outcome"] == "compared"
     assert any(reason.startswith("logits differ") for reason in unguarded.reasons), unguarded.reasons
+
+
+def test_a_flash_case_is_labelled_apart_from_its_eager_twin(
+    generated: Callable[[str], Path], settings: RunSettings
+) -> None:
+    eager = {"variant": "mistral/gqa", "tp_size": 2, "sequence_parallel": True}
+    results = parity.run(generated("mistral"), [eager, {**eager, **FLASH}], settings)
+    assert [result.label for result in results] == [
+        "parity mistral/gqa T=2 SP=on fuse_qkv=off",
+        "parity mistral/gqa T=2 SP=on fuse_qkv=off attn=flash_attention_2",
+    ]
