@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .rank_errors import describe, first_rank_error
+
 SHARDS_DIR = "shards"
 NAMES_SHOWN = 8
 """How many tensor names one reason lists before it says "and N more"."""
@@ -29,6 +31,16 @@ def gathered_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Te
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits
         return gather_from_tensor_model_parallel_region(logits.detach().contiguous()).float()
+
+
+def save_on_every_rank(model: torch.nn.Module, folder: Path) -> str | None:
+    """`save_pretrained` on every rank; the error of any rank, exchanged, or None."""
+    error = None
+    try:
+        model.save_pretrained(folder)
+    except Exception as exc:
+        error = describe(exc)
+    return first_rank_error(error)
 
 
 def consolidate(saved_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -40,6 +40,7 @@ import torch
 from conformance.results import CheckResult, Status
 
 from . import RunSettings
+from ._checkpoint_io import gathered_logits
 from .batching import each_job_on_rank, run_by_tp_size
 from .rank_errors import describe, first_rank_error
 
@@ -200,7 +201,6 @@ def _round_trip_on_rank(package: Any, job: _Job) -> dict[str, Any]:
     """Load, apply the adapter, forward, save and (rank 0) consolidate; what rank 0 reports."""
     import torch.distributed as dist
     from neuronx_distributed.parallel_layers import parallel_state
-    from neuronx_distributed.parallel_layers.mappings import gather_from_tensor_model_parallel_region
     from peft import LoraConfig
     from peft.tuners.lora import LoraLayer
 
@@ -223,10 +223,7 @@ def _round_trip_on_rank(package: Any, job: _Job) -> dict[str, Any]:
     peft_model = peft.get_peft_model(model, LoraConfig.from_pretrained(job.adapter_dir))
     loaded = peft_model.load_adapter(job.adapter_dir, "default")
     peft_model.eval()
-    batch = parity_batch(job.vocab_size)
-    with torch.no_grad():
-        output = peft_model(input_ids=batch["input_ids"])
-    logits = gather_from_tensor_model_parallel_region(output.logits.detach().contiguous())
+    logits = gathered_logits(peft_model, parity_batch(job.vocab_size)["input_ids"])
     lora_layers = {
         name: type(module).__name__
         for name, module in peft_model.named_modules()

@@ -37,6 +37,7 @@ from ._checkpoint_io import (
     explain,
     loading_reasons,
     original_state_dict,
+    save_on_every_rank,
 )
 from .batching import each_job_on_rank, run_by_tp_size, split_unbuildable
 from .rank_errors import describe, first_line, first_rank_error
@@ -161,12 +162,9 @@ def _round_trip(package: ModuleType, job: _Job) -> CheckResult | None:
         return result if dist.get_rank() == 0 else None
 
     assert model is not None
-    try:
-        model.save_pretrained(job.workdir)
-    except Exception as exc:
-        error = describe(exc)
+    error = save_on_every_rank(model, Path(job.workdir))
     del model
-    if (error := first_rank_error(error)) is not None:
+    if error is not None:
         result = _failed(job, f"save_pretrained at T={job.tp_size} failed: {error}", error)
         result.seconds = time.perf_counter() - start
         return result if dist.get_rank() == 0 else None

@@ -50,6 +50,7 @@ from ._checkpoint_io import (
     loading_reasons,
     names,
     original_state_dict,
+    save_on_every_rank,
 )
 from .batching import each_job_on_rank, run_by_tp_size, split_unbuildable
 from .rank_errors import describe, first_line, first_rank_error
@@ -195,16 +196,6 @@ def _seeded_model(package: ModuleType, job: _Job, tp_size: int) -> torch.nn.Modu
     return model.to(torch.float32).eval()
 
 
-def _save_on_every_rank(model: torch.nn.Module, folder: Path) -> str | None:
-    """`save_pretrained` on every rank; the error of any rank, exchanged, or None."""
-    error = None
-    try:
-        model.save_pretrained(folder)
-    except Exception as exc:
-        error = describe(exc)
-    return first_rank_error(error)
-
-
 def _source(package: ModuleType, job: _Job) -> _Outcome | None:
     """T=a: seeded init, logits, save; rank 0 consolidates into a transformers checkpoint folder."""
     import torch.distributed as dist
@@ -228,7 +219,7 @@ def _source(package: ModuleType, job: _Job) -> _Outcome | None:
         )
     assert model is not None
     saved = Path(job.workdir) / "source"
-    if (error := _save_on_every_rank(model, saved)) is not None:
+    if (error := save_on_every_rank(model, saved)) is not None:
         return _stopped(outcome, f"save_pretrained at T={job.source_tp_size} failed: {error}", error, start)
     if dist.get_rank() != 0:
         return None
@@ -292,7 +283,7 @@ def _target(package: ModuleType, job: _Job) -> _Outcome | None:
         return _stopped(outcome, f"building from config at T={job.tp_size} failed: {error}", error, start)
     assert init is not None
     saved = Path(job.workdir) / "target-init"
-    if (error := _save_on_every_rank(init, saved)) is not None:
+    if (error := save_on_every_rank(init, saved)) is not None:
         return _stopped(outcome, f"save_pretrained at T={job.tp_size} failed: {error}", error, start)
     if dist.get_rank() != 0:
         return None
