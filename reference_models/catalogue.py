@@ -76,6 +76,9 @@ _DECODER_FIELDS = (
     "num_key_value_heads",
 )
 
+# Parameter names of attention projection biases (what NxD's GQA layer cannot hold: NXD-09, ON-10).
+_QKV_BIASES = ("q_proj.bias", "k_proj.bias", "v_proj.bias", "qkv_proj.bias")
+
 # Boolean options turned on by the `features` variant of an architecture outside the tables below.
 _OPTIONAL_BIASES = ("attention_bias", "mlp_bias")
 
@@ -207,6 +210,11 @@ class Variant:
         """Why this variant cannot be built at `tp_size` (expected to be refused), or None."""
         return unsupported_reason(self.config(), tp_size)
 
+    def has_attention_biases(self) -> bool:
+        """Whether transformers' model of this variant has q/k/v projection biases, whichever config field
+        (or none: qwen2 always has them) turns them on."""
+        return _attention_biases(self.key)
+
 
 @functools.cache
 def _config_parameters(model_type: str) -> dict[str, inspect.Parameter]:
@@ -289,6 +297,17 @@ def _derived_variants(model_type: str) -> tuple[Variant, ...]:
 
 
 CATALOGUE: dict[str, Variant] = {v.key: v for model_type in ARCHITECTURES for v in _variants_of(model_type)}
+
+
+@functools.cache
+def _attention_biases(key: str) -> bool:
+    """Read from transformers' model built on the meta device (no memory, no init)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(variant(key).config())
+    return any(name.endswith(_QKV_BIASES) for name, _ in model.named_parameters())
 
 
 def variant(key: str) -> Variant:

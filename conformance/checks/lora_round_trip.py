@@ -350,9 +350,13 @@ def _transformers_logits(job: _Job, input_ids: torch.Tensor) -> dict[str, torch.
 
 
 def _deviations(job: _Job) -> list[str]:
+    from reference_models import variant
+
     touched = ["ON-11"]  # the adapter shards are plain torch.save files
     if job.attention == "gqa" and job.fuse_qkv:
         touched.append("ON-02")  # the fused GQA lora_B is loaded under its parameter's own name
+    if job.attention == "gqa" and variant(str(job.configuration["variant"])).has_attention_biases():
+        touched += ["NXD-09", "ON-10"]  # the GQA layer cannot hold q/k/v biases on Trainium
     return touched
 
 

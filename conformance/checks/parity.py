@@ -877,7 +877,7 @@ def touched_deviations(
         found |= {"NXD-11", "NXD-12"}  # tile layout of K/V replicas; the GQA backward's collectives
         if fuse_qkv:
             found.add("NXD-10")  # weight_qkv keeps its tensor-parallel attributes here
-        if getattr(config, "attention_bias", False):
+        if variant(variant_key).has_attention_biases():
             found |= {"NXD-09", "ON-10"}
     pad = getattr(config, "pad_token_id", None)
     if pad == 0 or (pad is not None and dtype == "float16"):

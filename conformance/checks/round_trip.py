@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from conformance.results import CheckResult, Status
-from reference_models import build
+from reference_models import build, variant
 
 from . import RunSettings
 from ._checkpoint_io import (
@@ -116,13 +116,13 @@ def _mount_failed(job: _Job, error: str) -> CheckResult:
     return _failed(job, f"mounting the package failed: {error}", error)
 
 
-def _deviations(attention: list[str], fuse_qkv: bool, original: Mapping[str, torch.Tensor]) -> list[str]:
+def _deviations(attention: list[str], fuse_qkv: bool, variant_key: str) -> list[str]:
     """ON-11 (shard format) always; the GQA layer's deviations where this case reached it."""
     touched = {"ON-11"}
     if "gqa" in attention:
         if fuse_qkv:
             touched.add("NXD-10")
-        if any(key.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")) for key in original):
+        if variant(variant_key).has_attention_biases():
             touched.update({"NXD-09", "ON-10"})
     return sorted(touched)
 
@@ -181,7 +181,7 @@ def _judge(job: _Job, info: dict[str, Any], attention: list[str], start: float) 
         job.configuration,
         Status.FAIL,
         tolerance=TOLERANCE,
-        deviations=_deviations(attention, job.fuse_qkv, original),
+        deviations=_deviations(attention, job.fuse_qkv, str(job.configuration["variant"])),
     )
     result.figures["attention"] = attention
     result.figures["load_missing_keys"] = sorted(info.get("missing_keys", []))

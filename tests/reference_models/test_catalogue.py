@@ -201,3 +201,16 @@ def test_a_default_pad_token_outside_the_tiny_vocabulary_is_brought_inside() -> 
         assert 0 <= config.pad_token_id < config.vocab_size
     # The built-in architectures keep their own defaults: their checkpoints do not change.
     assert not any("pad_token_id" in entry.config_values() for entry in CATALOGUE.values())
+
+
+def test_attention_biases_are_read_from_the_model_whatever_turns_them_on() -> None:
+    # qwen2 hard-codes q/k/v biases (no config field), llama and qwen3 take `attention_bias`,
+    # starcoder2 `use_bias` (default True).
+    assert variant("qwen2/gqa").has_attention_biases()
+    assert not hasattr(variant("qwen2/gqa").config(), "attention_bias")
+    assert not variant("llama/gqa").has_attention_biases()
+    assert variant("llama/features").has_attention_biases()
+    assert (
+        variant("qwen3/features").has_attention_biases() and not variant("qwen3/gqa").has_attention_biases()
+    )
+    assert variant("starcoder2/gqa").has_attention_biases()
