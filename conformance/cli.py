@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         if problem:
             console.print(f"error: {problem}", style="red", markup=False)
             return EXIT_ERROR
-    settings = RunSettings(backend=args.backend, cache_dir=args.cache_dir, timeout=args.timeout)
+    settings = RunSettings(
+        backend=args.backend, cache_dir=args.cache_dir, timeout=args.timeout, repo=args.repo
+    )
     status = 0
     for model_type in args.model_types:
         try:

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .backends import activate
@@ -48,12 +49,14 @@ def run_tensor_parallel(
     backend: str = "reference",
     timeout: float = 120.0,
     device: str = "cpu",
+    repo: Path | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """`fn(*args, **kwargs)` on every rank of a `world_size` (default `tp_size`) mesh; results in rank order.
 
     The reference backend runs on the kit's pooled launcher; the neuron backend on torchrun with the xla
-    process group (`backends.neuron_launch`, the one place that knows what differs on Trainium).
+    process group (`backends.neuron_launch`, the one place that knows what differs on Trainium), its ranks
+    importing the training host of the optimum-neuron checkout `repo`.
     """
     world_size = world_size or tp_size * pp_size
     if backend == "neuron":
@@ -64,6 +67,7 @@ def run_tensor_parallel(
             world_size,
             *args,
             timeout=timeout,
+            repo=repo,
             **kwargs,
         )
     return run_on_ranks(

@@ -32,3 +32,5 @@ class RunSettings:
     timeout: float = 180.0
     """Seconds one launcher call (one batch of configurations on the ranks) may take before it is a FAIL."""
     device: str = "cpu"
+    repo: Path | None = None
+    """The optimum-neuron checkout whose training host the neuron backend's ranks import (`--repo`)."""

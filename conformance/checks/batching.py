@@ -84,6 +84,7 @@ def run_by_tp_size(
                 backend=settings.backend,
                 timeout=settings.timeout,
                 device=settings.device,
+                repo=settings.repo,
             )[0]
             share = (time.perf_counter() - start) / len(batch)
         except RankCallFailed as failure:

@@ -70,3 +70,21 @@ def test_cli_refuses_the_neuron_backend_without_the_sdk(capsys: pytest.CaptureFi
     status = main(["llama", "--backend", "neuron", "--repo", "."], console=Console(width=200))
     assert status == 2
     assert "Neuron SDK" in capsys.readouterr().out
+
+
+def test_checks_hand_the_repo_to_the_torchrun_ranks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--repo` reaches the neuron backend's ranks: the checks' settings carry it down to torchrun."""
+    from conformance.backends import neuron_launch
+    from conformance.checks import RunSettings
+    from conformance.checks.batching import run_by_tp_size
+
+    seen: list[Path | None] = []
+
+    def fake_torchrun(fn, world_size, *args, repo=None, timeout=600.0, **kwargs):
+        seen.append(repo)
+        return [[f"job {job}" for job in args[1]]] * world_size
+
+    monkeypatch.setattr(neuron_launch, "run_with_torchrun", fake_torchrun)
+    settings = RunSettings(backend="neuron", repo=tmp_path)
+    found = run_by_tp_size(print, tmp_path, [1, 2], lambda job: 2, None, settings)
+    assert [outcome for outcome, _ in found] == ["job 1", "job 2"] and seen == [tmp_path]
