@@ -3,7 +3,8 @@
 Weights are kept as transformers keeps them (one `nn.Linear` per expert): router `[E, H]`, gate `[E, I, H]`
 (Mixtral's w1), up `[E, I, H]` (w3), down `[E, H, I]` (w2). The forward is the plain per-token loop of a
 top-k MoE: softmax (or sigmoid) over the router logits, the k best experts, their affinities (optionally
-L1-normalised), the gated MLP of each chosen expert, the weighted sum. With a capacity factor, each
+L1-normalised), the gated MLP `down(silu(gate x) * up x)` of each chosen expert (without a gate:
+`down(silu(up x))`), the weighted sum. With a capacity factor, each
 expert keeps the first C tokens (in the order given) that chose it and the others are dropped for that
 expert; the normalisation then runs over the experts a token kept. `test_moe_oracle.py` checks this
 against transformers' Mixtral and Qwen3-MoE blocks where their semantics agree (no capacity).
@@ -29,7 +30,7 @@ class DenseWeights:
     """Per-expert weights in transformers' layout (each requires grad); shared experts optional."""
 
     router: torch.Tensor
-    gate: torch.Tensor
+    gate: torch.Tensor | None
     up: torch.Tensor
     down: torch.Tensor
     shared_gate: torch.Tensor | None = None
@@ -40,8 +41,10 @@ class DenseWeights:
         return {name: value for name, value in vars(self).items() if value is not None}
 
 
-def make_dense(seed: int, experts: int, hidden: int, inter: int, shared_width: int = 0) -> DenseWeights:
-    """Random weights; the router is scaled up so that routing decisions have clear margins."""
+def make_dense(
+    seed: int, experts: int, hidden: int, inter: int, shared_width: int = 0, gated: bool = True
+) -> DenseWeights:
+    """Random weights (the gate is drawn either way, then dropped when not `gated`)."""
     gen = torch.Generator().manual_seed(seed)
 
     def draw(*shape: int, scale: float) -> torch.Tensor:
@@ -53,6 +56,8 @@ def make_dense(seed: int, experts: int, hidden: int, inter: int, shared_width: i
         up=draw(experts, inter, hidden, scale=hidden**-0.5),
         down=draw(experts, hidden, inter, scale=inter**-0.5),
     )
+    if not gated:
+        weights.gate = None
     if shared_width:
         weights.shared_gate = draw(shared_width, hidden, scale=hidden**-0.5)
         weights.shared_up = draw(shared_width, hidden, scale=hidden**-0.5)
@@ -104,7 +109,8 @@ def dense_moe(
             if keep[t, j]:
                 e = int(chosen[t, j])
                 x = tokens[t]
-                mlp = (F.silu(w.gate[e] @ x) * (w.up[e] @ x)) @ w.down[e].T
+                hidden = F.silu(w.up[e] @ x) if w.gate is None else F.silu(w.gate[e] @ x) * (w.up[e] @ x)
+                mlp = hidden @ w.down[e].T
                 row = row + picked[t, j] * mlp
         if w.shared_gate is not None:
             x = tokens[t]
@@ -130,16 +136,19 @@ def nxd_expert_shards(
     """This rank's NxD tensors for the dense weights (module names relative to `MoE`)."""
     experts = w.router.shape[0]
     local = slice(ep_rank * experts // ep, (ep_rank + 1) * experts // ep)
-    gate_t = w.gate.transpose(1, 2)[local]  # [E/EP, H, I]
-    up_t = w.up.transpose(1, 2)[local]
+    up_t = w.up.transpose(1, 2)[local]  # [E/EP, H, I]
     down_t = w.down.transpose(1, 2)[local]  # [E/EP, I, H]
     shards = {
         "router.linear_router.weight": w.router,
-        "expert_mlps.mlp_op.gate_up_proj.weight": torch.cat(
-            [_columns(gate_t, tp_rank, tp, 2), _columns(up_t, tp_rank, tp, 2)], dim=2
-        ),
         "expert_mlps.mlp_op.down_proj.weight": _columns(down_t, tp_rank, tp, 1),
     }
+    if w.gate is None:
+        shards["expert_mlps.mlp_op.up_proj.weight"] = _columns(up_t, tp_rank, tp, 2)
+    else:
+        gate_t = w.gate.transpose(1, 2)[local]
+        shards["expert_mlps.mlp_op.gate_up_proj.weight"] = torch.cat(
+            [_columns(gate_t, tp_rank, tp, 2), _columns(up_t, tp_rank, tp, 2)], dim=2
+        )
     if w.shared_gate is not None:
         shards["shared_experts.gate_proj.weight"] = _columns(w.shared_gate, tp_rank, tp, 0)
         shards["shared_experts.up_proj.weight"] = _columns(w.shared_up, tp_rank, tp, 0)

@@ -49,11 +49,13 @@ class Case:
     routing: Routing
     router_sp: bool = False
     shared: str | None = None  # None, "separate" or "fused" gate/up projections
+    gated: bool = True  # a GLU (gate_up_proj) or a plain MLP (up_proj)
     extra_checks: tuple[str, ...] = ()
 
 
 WORLD_2 = (
-    Case("tp1-ep1-dp2", 1, 1, False, MIXTRAL),
+    Case("tp1-ep1-dp2", 1, 1, False, MIXTRAL, extra_checks=("sinkhorn",)),
+    Case("tp2-plain-mlp", 2, 1, False, QWEN3_MOE, gated=False),
     Case("tp2-shared", 2, 1, False, QWEN3_MOE, shared="separate", extra_checks=("init", "wrong_layout")),
     Case("tp2-sp-capacity", 2, 1, True, DROPPING),
     Case("tp2-sp-router-sp-over-topk", 2, 1, True, Routing(top_k=K, over_top_k=True), router_sp=True),
@@ -69,7 +71,7 @@ WORLD_4 = (
         False,
         Routing(top_k=K, normalize=True, act_fn="sigmoid", capacity_factor=0.75),
     ),
-    Case("tp2-ep2-sp", 2, 2, True, QWEN3_MOE, extra_checks=("init",)),
+    Case("tp2-ep2-sp", 2, 2, True, QWEN3_MOE, extra_checks=("init", "scatter_gather")),
     Case("tp2-ep2-capacity", 2, 2, False, DROPPING, shared="separate"),
     Case("tp2-ep2-sp-router-sp-capacity", 2, 2, True, DROPPING, router_sp=True),
     Case("tp1-ep2-edp2", 1, 2, False, MIXTRAL),
@@ -103,7 +105,7 @@ def _build(case: Case):
         H,
         INTER,
         "silu",
-        True,
+        case.gated,
         routing.capacity_factor,
         sequence_parallel_enabled=case.router_sp,
         normalize_top_k_affinities=routing.normalize,
@@ -122,7 +124,7 @@ def _build(case: Case):
 
 
 def _grads_as_weights(w: DenseWeights) -> DenseWeights:
-    return DenseWeights(**{name: value.grad for name, value in w.named().items()})
+    return DenseWeights(**{name: None if value is None else value.grad for name, value in vars(w).items()})
 
 
 def _attributes(model: torch.nn.Module) -> dict[str, tuple]:
@@ -190,6 +192,71 @@ def _check_seeded_init(results: dict) -> None:
     )
 
 
+def _sinkhorn_choice(logits: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Sinkhorn-Knopp on exp(logits): rows scaled to sum 1/T, columns to 1/E, alternately; then argmax."""
+    kernel = logits.double().exp()
+    tokens, experts = kernel.shape
+    row, col = torch.ones(tokens, dtype=torch.float64), torch.ones(experts, dtype=torch.float64)
+    for _ in range(iterations):
+        row = 1.0 / (tokens * (kernel @ col))
+        col = 1.0 / (experts * (kernel.T @ row))
+    return torch.argmax(row[:, None] * kernel * col[None, :], dim=1, keepdim=True)
+
+
+def _check_sinkhorn(results: dict) -> None:
+    """RouterSinkhorn: top-1 from the balanced scores in training, from the logits in evaluation; sigmoid
+    affinities; `sinkhorn_tol` enforced (NXD-24)."""
+    from neuronx_distributed.modules.moe import RouterSinkhorn
+
+    torch.manual_seed(5)
+    router = RouterSinkhorn(E, 1, H, sinkhorn_iterations=8)
+    with torch.no_grad():
+        router.linear_router.weight[0] += 1.5  # expert 0 is everyone's favourite: balancing must move tokens
+    x = torch.randn(16, H, generator=torch.Generator().manual_seed(6))
+    logits, affinities, index = router(x)
+    expected_logits = x @ router.linear_router.weight.detach().T
+    balanced = _sinkhorn_choice(expected_logits, 8)
+    results["sinkhorn_index_matches"] = bool(torch.equal(index, balanced))
+    results["sinkhorn_moves_tokens"] = int((balanced != expected_logits.argmax(1, keepdim=True)).sum())
+    results["sinkhorn_logits"] = _max_error(logits.detach(), expected_logits)
+    results["sinkhorn_affinities"] = _max_error(affinities.detach(), torch.sigmoid(expected_logits))
+    router.eval()
+    results["sinkhorn_eval_is_argmax"] = bool(
+        torch.equal(router(x)[2], expected_logits.argmax(1, keepdim=True))
+    )
+    strict = RouterSinkhorn(E, 1, H, sinkhorn_iterations=1, sinkhorn_tol=1e-12)
+    try:
+        strict(x)
+        results["sinkhorn_tol_raises"] = False
+    except AssertionError:
+        results["sinkhorn_tol_raises"] = True
+
+
+def _check_scatter_gather(results: dict) -> None:
+    """enter/exit_expert_parallel_region with scatter_gather (TP ranks drop their copies around the exchange)
+    give what the plain exchange gives, gradients included."""
+    from neuronx_distributed.parallel_layers import parallel_state as ps
+    from neuronx_distributed.parallel_layers.mappings import (
+        enter_expert_parallel_region,
+        exit_expert_parallel_region,
+    )
+
+    me = ps.get_expert_model_parallel_rank()
+    base = torch.randn(E, 4, H, generator=torch.Generator().manual_seed(50 + me))
+    outputs, grads = [], []
+    for scatter_gather in (False, True):
+        x = base.clone().requires_grad_()
+        entered = enter_expert_parallel_region(x, scatter_gather=scatter_gather)
+        out = exit_expert_parallel_region(
+            entered * torch.arange(1.0, 1.0 + entered.shape[1]).view(1, -1, 1, 1), scatter_gather
+        )
+        out.sum().backward()
+        outputs.append(out.detach())
+        grads.append(x.grad)
+    results["scatter_gather_output"] = _max_error(outputs[1], outputs[0])
+    results["scatter_gather_grad"] = _max_error(grads[1], grads[0])
+
+
 def _check_wrong_layout_is_detected(
     case: Case, w: DenseWeights, x: torch.Tensor, expected: torch.Tensor, results: dict
 ) -> None:
@@ -241,7 +308,7 @@ def _run_case(case: Case) -> dict:
     def shard(t: torch.Tensor) -> torch.Tensor:
         return t.chunk(tp, dim=0)[tp_rank] if case.sp else t
 
-    w = make_dense(11, E, H, INTER, SHARED_WIDTH if case.shared else 0)
+    w = make_dense(11, E, H, INTER, SHARED_WIDTH if case.shared else 0, gated=case.gated)
     batches = [
         layout(torch.randn(B, S, H, generator=torch.Generator().manual_seed(100 + i))) for i in range(dp)
     ]
@@ -298,6 +365,10 @@ def _run_case(case: Case) -> dict:
         _check_all_to_all(results)
     if "init" in case.extra_checks:
         _check_seeded_init(results)
+    if "sinkhorn" in case.extra_checks:
+        _check_sinkhorn(results)
+    if "scatter_gather" in case.extra_checks:
+        _check_scatter_gather(results)
     if "wrong_layout" in case.extra_checks:
         _check_wrong_layout_is_detected(case, w, shard(batches[d]), shard(dense_out), results)
     return results
@@ -349,12 +420,6 @@ def test_parameters_carry_nxd_layout_and_attributes(request, case: Case) -> None
     expert_parallel = case.ep > 1
     expected = {
         "router.linear_router.weight": ((E, H), (None, None, None, None), False, case.router_sp),
-        "expert_mlps.mlp_op.gate_up_proj.weight": (
-            (local_experts, H, 2 * width),
-            (True, 2, 2, case.tp),
-            expert_parallel,
-            None,
-        ),
         "expert_mlps.mlp_op.down_proj.weight": (
             (local_experts, width, H),
             (True, 1, 1, case.tp),
@@ -362,6 +427,20 @@ def test_parameters_carry_nxd_layout_and_attributes(request, case: Case) -> None
             None,
         ),
     }
+    if case.gated:
+        expected["expert_mlps.mlp_op.gate_up_proj.weight"] = (
+            (local_experts, H, 2 * width),
+            (True, 2, 2, case.tp),
+            expert_parallel,
+            None,
+        )
+    else:
+        expected["expert_mlps.mlp_op.up_proj.weight"] = (
+            (local_experts, H, width),
+            (True, 2, 1, case.tp),
+            expert_parallel,
+            None,
+        )
     shared = SHARED_WIDTH // case.tp
     if case.shared == "fused":
         expected["shared_experts.gate_up_proj.weight"] = ((2 * shared, H), (True, 0, 2, case.tp), False, None)
@@ -404,6 +483,21 @@ def test_seeded_init_is_a_slice_of_the_per_expert_master(request, world: str, ca
     # as in NxD, experts j and j + E/EP start equal in a model built from config.
     for results in (rank[case] for rank in request.getfixturevalue(world)):
         assert results["init_gate_up"][0] == 0.0 and results["init_down"][0] == 0.0
+
+
+def test_sinkhorn_router_balances_top_1_choices(world_2) -> None:
+    for results in (rank["tp1-ep1-dp2"] for rank in world_2):
+        assert results["sinkhorn_index_matches"]
+        assert results["sinkhorn_moves_tokens"] > 0, "the data does not exercise the balancing"
+        assert results["sinkhorn_logits"][0] <= 1e-6 and results["sinkhorn_affinities"][0] <= 1e-6
+        assert results["sinkhorn_eval_is_argmax"]
+        assert results["sinkhorn_tol_raises"]
+
+
+def test_expert_parallel_scatter_gather_variant(world_4) -> None:
+    for results in (rank["tp2-ep2-sp"] for rank in world_4):
+        assert results["scatter_gather_output"][0] == 0.0
+        assert results["scatter_gather_grad"][0] == 0.0
 
 
 def test_a_wrong_gate_up_layout_is_detected(world_2) -> None:
