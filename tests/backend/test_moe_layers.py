@@ -332,6 +332,9 @@ def _run_case(case: Case) -> dict:
 
     model = _build(case)
     results["attributes"] = _attributes(model)
+    results["state_dict_tags"] = {
+        name: getattr(tensor, "expert_model_parallel", False) for name, tensor in model.state_dict().items()
+    }
     _load(model, nxd_expert_shards(w, tp_rank, tp, ep_rank, ep))
     x = shard(batches[d]).clone().requires_grad_()
     out, logits = model(x)
@@ -451,6 +454,8 @@ def test_parameters_carry_nxd_layout_and_attributes(request, case: Case) -> None
         expected["shared_experts.down_proj.weight"] = ((H, shared), (True, 1, 1, case.tp), False, None)
     for results in _ranks(request, case):
         assert results["attributes"] == expected
+        # Savers tell expert shards apart by the tag on the state-dict tensors.
+        assert results["state_dict_tags"] == {name: row[2] for name, row in expected.items()}
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
