@@ -19,7 +19,6 @@ With sequence parallelism out of training the masked affinities are all-gathered
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -35,8 +34,6 @@ from ...parallel_layers.spmd_rank import SPMDRank
 from .experts import Experts
 from .model_utils import ACT2FN
 from .moe_configs import BlockwiseMatmulConfig, RoutedExpertsMLPOpsConfig
-
-logger = logging.getLogger(__name__)
 
 
 class ExpertMLPsV2(torch.nn.Module):
