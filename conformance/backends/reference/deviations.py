@@ -419,14 +419,17 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "NXD-22",
         "modules.moe (kernels)",
         "capacity_factor <= 0 selects the blockwise NKI matmul (bf16 kernels, its own summation order); "
-        "without it training falls back to forward_all_experts. Evaluation picks selective loading, all "
-        "experts or a blockwise path by token count. DEFAULT_LNC_SIZE follows the platform.",
+        "without it training falls back to forward_all_experts, but with an activation other than SiLU or "
+        "glu_mlp=False it runs the capacity path with that factor: capacity 0, every routed token dropped. "
+        "Evaluation picks selective loading, all experts or a blockwise path by token count. "
+        "DEFAULT_LNC_SIZE follows the platform.",
         "Every dropless path (capacity_factor None or <= 0, training and evaluation) is forward_all_experts "
         "in the parameters' dtype; the kernel arguments are stored and ignored; logical_nc_config defaults "
         "to 1.",
         "Same routing and the same sums; on Trainium the blockwise kernel's numerics differ, so dropless MoE "
-        "parity needs bf16-sized tolerances there.",
-        "NxD modules/moe/expert_mlps_v2.py:691-916, 1407-1499; model_utils.py:96",
+        "parity needs bf16-sized tolerances there. A non-SiLU or non-GLU MoE with capacity_factor <= 0 "
+        "loses its routed experts on Trainium: use capacity_factor=None for those.",
+        "NxD modules/moe/expert_mlps_v2.py:484-593, 691-916, 1407-1499; model_utils.py:96",
     ),
     Deviation(
         "NXD-23",
