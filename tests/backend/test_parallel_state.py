@@ -6,6 +6,7 @@ import pytest
 
 from conformance.backends.reference.neuronx_distributed.parallel_layers.parallel_state import (
     arrange_kv_groups,
+    build_expert_mesh,
     build_mesh,
 )
 from conformance.backends.reference.neuronx_distributed.utils.utils import hardware
@@ -38,6 +39,24 @@ def test_mesh_with_context_parallel_follows_the_rank_formula():
 def test_mesh_rejects_a_world_that_does_not_divide():
     with pytest.raises(RuntimeError, match="not divisible"):
         build_mesh(6, 4, 1)
+
+
+def test_expert_mesh_matches_nxd_docstring_example():
+    # initialize_model_parallel's docstring, "EXAMPLE 3 (WITH EP)": 128 ranks, TP=8, PP=4, EP=2.
+    model, data = build_expert_mesh(128, 8, 4, 2)
+    assert len(model) == 64 and all(len(g) == 2 for g in model)
+    assert model[:2] == [[0, 8], [1, 9]] and model[-2:] == [[118, 126], [119, 127]]
+    assert len(data) == 64 and all(len(g) == 2 for g in data)
+    assert data[:2] == [[0, 16], [1, 17]] and data[-2:] == [[110, 126], [111, 127]]
+    # EP carved out of DP: every expert group lies inside one PP stage and one TP position.
+    _, dp, _, _ = build_mesh(128, 8, 4)
+    for group in model + data:
+        assert any(set(group) <= set(d) for d in dp)
+
+
+def test_expert_mesh_rejects_a_world_without_integer_expert_dp():
+    with pytest.raises(RuntimeError, match="expert parallel size"):
+        build_expert_mesh(6, 1, 1, 4)
 
 
 def test_kv_groups_are_strided_for_the_tile_layout_and_consecutive_on_request():

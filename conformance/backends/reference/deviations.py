@@ -380,6 +380,81 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "PreTrainedModel._resize_token_embeddings",
         carries_over=False,
     ),
+    Deviation(
+        "NXD-20",
+        "modules.moe (expert parallelism)",
+        "With EP > 1 the MoE layer reduces the experts' output over the world group (all-reduce, or "
+        "reduce-scatter with SP), the router gathers SP logits over the world group, and the TP all-reduce of "
+        "the affinity gradient is skipped: the forward treats every rank as holding the same tokens. The "
+        "gradient reduction (grads.bucket_allreduce_gradients, as optimum-neuron's optimizer calls it), the "
+        "capacity path's all-to-all and optimum-neuron's data sharding by DP rank treat EP ranks as "
+        "data-parallel ranks with their own tokens (read, not run).",
+        "EP ranks are data-parallel ranks with their own tokens throughout: the experts exchange token slots "
+        "by all-to-all over the EP group (gloo's all_to_all_single), and the router, the SP gather / "
+        "reduce-scatter, the affinity-gradient all-reduce and the output reduction all stay on the TP group. "
+        "Each rank's output equals the dense MoE on its batch, and after the optimizer's reductions every "
+        "gradient equals the dense one.",
+        "MoE training with EP > 1 through NxD's MoE layer mixes the outputs of different batches on Trainium "
+        "(and, where tokens are replicated, expert gradients come out 1/EP too small): an EP > 1 result here "
+        "does not carry over.",
+        "NxD modules/moe/model.py:206-245, routing.py:66-70, experts.py:182-213, parallel_layers/grads.py:259; "
+        "optimum-neuron 0.4.5 accelerate/optimizer.py:126-129",
+        carries_over=False,
+    ),
+    Deviation(
+        "NXD-21",
+        "modules.moe (expert parallelism)",
+        "Experts exchange tokens over EP only in training: in evaluation an EP > 1 layer multiplies all E "
+        "experts' slots with its E/EP local weights and fails. forward_all_experts (capacity_factor=None, and "
+        "the CPU fallback of the blockwise path) all-to-alls a (1, T, H) tensor whose dim 0 cannot be split "
+        "over EP. ExpertMLPs with EP > 1 needs enable_spmd_rank=True, else AttributeError (spmd_rank).",
+        "The exchange runs in training and evaluation; a shared (1, T, H) input is expanded to every expert "
+        "first, so dropless routing works with EP; enable_spmd_rank is optional.",
+        "Dropless MoE training (capacity_factor=None) and any evaluation with EP > 1 fail on Trainium unless "
+        "the blockwise NKI kernel path is taken (capacity_factor <= 0 with a SiLU GLU on trn2).",
+        "NxD modules/moe/experts.py:182, expert_mlps_v2.py:133-138, 366-392",
+        carries_over=False,
+    ),
+    Deviation(
+        "NXD-22",
+        "modules.moe (kernels)",
+        "capacity_factor <= 0 selects the blockwise NKI matmul (bf16 kernels, its own summation order); "
+        "without it training falls back to forward_all_experts, but with an activation other than SiLU or "
+        "glu_mlp=False it runs the capacity path with that factor: capacity 0, every routed token dropped. "
+        "Evaluation picks selective loading, all experts or a blockwise path by token count. "
+        "DEFAULT_LNC_SIZE follows the platform.",
+        "Every dropless path (capacity_factor None or <= 0, training and evaluation) is forward_all_experts "
+        "in the parameters' dtype; the kernel arguments are stored and ignored; logical_nc_config defaults "
+        "to 1.",
+        "Same routing and the same sums; on Trainium the blockwise kernel's numerics differ, so dropless MoE "
+        "parity needs bf16-sized tolerances there. A non-SiLU or non-GLU MoE with capacity_factor <= 0 "
+        "loses its routed experts on Trainium: use capacity_factor=None for those.",
+        "NxD modules/moe/expert_mlps_v2.py:484-593, 691-916, 1407-1499; model_utils.py:96",
+    ),
+    Deviation(
+        "NXD-23",
+        "modules.moe (not provided)",
+        "NxD also offers expert biases (the down-projection bias is added on every TP rank before the "
+        "reduction), clamped gate/up projections, early_expert_affinity_modulation, uneven or redundant "
+        "expert_distribution, hybrid sharding, token shuffling, SharedExperts with replicated (SP) or "
+        "transposed weights, the fused token-generation module, and GroupLimitedRouter (which reads an "
+        "e_score_correction_bias it never defines).",
+        "Asking for any of them raises NotImplementedError naming the feature; GroupLimitedRouter, "
+        "token_shuffling and the kernel modules are absent.",
+        "None for models that do not use them; a model that needs one (gpt-oss-style biases and clamps, "
+        "DeepSeek-V3 routing, Llama 4's early modulation) cannot be checked on the reference backend.",
+        "NxD modules/moe/ (moe_parallel_layers.py, experts.py, expert_mlps_v2.py, routing.py:316-404, "
+        "shared_experts.py, token_shuffling.py)",
+    ),
+    Deviation(
+        "NXD-24",
+        "modules.moe.routing",
+        "RouterSinkhorn stores sinkhorn_tol but never passes it to _sinkhorn, so the tolerance is never "
+        "checked.",
+        "The tolerance is checked: AssertionError when the last iteration's change is not below it.",
+        "None unless sinkhorn_tol is set; then Trainium trains on where the reference stops.",
+        "NxD modules/moe/routing.py:269-314",
+    ),
 )
 
 

@@ -1,8 +1,9 @@
 """Gradient norms, clipping and gradient reductions over the model-parallel mesh (NxD's `grads`).
 
 Sharded parameters (`tensor_model_parallel=True`) contribute their shard on every TP rank and the shares
-are summed over TP (then PP); replicated parameters are counted once. Gradients are assumed to be
-data-parallel reduced already, as in NxD.
+are summed over TP (then PP); replicated parameters are counted once. Expert-parallel parameters
+(`expert_model_parallel=True`) are summed over the expert-model-parallel group first. Gradients are assumed
+to be data-parallel reduced already, as in NxD.
 """
 
 from __future__ import annotations
@@ -43,11 +44,28 @@ def _zero1_group(groups: Sequence[Sequence[int]]):
     return _ZERO1_GROUPS[key]
 
 
-def _reduce_over_mesh(total: torch.Tensor, op, zero1_optimizer: bool, zero1_optimizer_groups) -> None:
-    """In place: over the world (zero1 without groups), else over TP, then PP, then the zero1 groups."""
+def _is_expert_parallel(param: torch.Tensor) -> bool:
+    return bool(getattr(param, "expert_model_parallel", False))
+
+
+def _reduce_over_mesh(
+    total: torch.Tensor, expert_total: torch.Tensor, op, zero1_optimizer: bool, zero1_optimizer_groups
+) -> torch.Tensor:
+    """Combine the norm shares of this rank over the mesh, as NxD does.
+
+    zero1 without groups: each share over the world, then combined. Otherwise the expert share over the EP
+    group, combined with the rest, then over TP, PP and the zero1 groups.
+    """
+    combine = torch.maximum if op == dist.ReduceOp.MAX else torch.add
+    expert_parallel = ps.get_expert_model_parallel_size() > 1
     if zero1_optimizer and zero1_optimizer_groups is None:
         dist.all_reduce(total, op=op)
-        return
+        if expert_parallel:
+            dist.all_reduce(expert_total, op=op)
+        return combine(total, expert_total)
+    if expert_parallel:
+        dist.all_reduce(expert_total, op=op, group=ps.get_expert_model_parallel_group())
+    total = combine(total, expert_total)
     if ps.get_tensor_model_parallel_size() > 1:
         dist.all_reduce(total, op=op, group=ps.get_tensor_model_parallel_group())
     if ps.get_pipeline_model_parallel_size() > 1:
@@ -56,6 +74,7 @@ def _reduce_over_mesh(total: torch.Tensor, op, zero1_optimizer: bool, zero1_opti
         group = _zero1_group(zero1_optimizer_groups)
         if group is not None:
             dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return total
 
 
 def get_grad_norm(
@@ -85,35 +104,38 @@ def get_grad_norm(
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     device = params[0].device if params else torch.device("cpu")
 
-    sharded, duplicated = [], []
+    # (gradient, is expert-parallel) pairs
+    sharded: list[tuple[torch.Tensor, bool]] = []
+    duplicated: list[tuple[torch.Tensor, bool]] = []
     for param in params:
         if param.grad is None or not param_is_not_shared(param):
             continue
-        grad = param.grad.detach()
+        entry = (param.grad.detach(), _is_expert_parallel(param))
         if getattr(param, "tensor_model_parallel", False) or (
             not force_spmd and param_is_not_tensor_parallel_duplicate(param)
         ):
-            sharded.append(grad)
+            sharded.append(entry)
         elif force_spmd:
-            duplicated.append(grad)
+            duplicated.append(entry)
 
+    # [non-expert share, expert share]
+    shares = [torch.zeros(1, dtype=acc_dtype, device=device) for _ in range(2)]
     if math.isinf(norm_type):
         # Every rank holds the whole replicated gradient, so a MAX over shards needs no weighting.
-        total = torch.zeros(1, dtype=acc_dtype, device=device)
-        for grad in sharded + duplicated:
+        for grad, expert in sharded + duplicated:
             if grad.numel():
-                total = torch.maximum(total, grad.abs().max().to(acc_dtype))
-        _reduce_over_mesh(total, dist.ReduceOp.MAX, zero1_optimizer, zero1_optimizer_groups)
+                shares[expert] = torch.maximum(shares[expert], grad.abs().max().to(acc_dtype))
+        total = _reduce_over_mesh(*shares, dist.ReduceOp.MAX, zero1_optimizer, zero1_optimizer_groups)
         return total[0].item()
 
-    total = torch.zeros(1, dtype=acc_dtype, device=device)
-    for grad in duplicated:
-        total += torch.linalg.vector_norm(grad.to(acc_dtype), norm_type) ** norm_type
+    for grad, expert in duplicated:
+        shares[expert] += torch.linalg.vector_norm(grad.to(acc_dtype), norm_type) ** norm_type
     if duplicated:
-        total /= ps.get_tensor_model_parallel_size()
-    for grad in sharded:
-        total += torch.linalg.vector_norm(grad.to(acc_dtype), norm_type) ** norm_type
-    _reduce_over_mesh(total, dist.ReduceOp.SUM, zero1_optimizer, zero1_optimizer_groups)
+        tp_size = ps.get_tensor_model_parallel_size()
+        shares = [share / tp_size for share in shares]
+    for grad, expert in sharded:
+        shares[expert] += torch.linalg.vector_norm(grad.to(acc_dtype), norm_type) ** norm_type
+    total = _reduce_over_mesh(*shares, dist.ReduceOp.SUM, zero1_optimizer, zero1_optimizer_groups)
     return total.pow(1.0 / norm_type).to(dtype)
 
 
@@ -186,13 +208,21 @@ def allreduce_context_parallel_gradients(optimizer) -> None:
 def bucket_allreduce_gradients(
     grads_list: Sequence[torch.Tensor], reduce_over_ep_group: bool = False
 ) -> None:
-    """Data-parallel mean of `grads_list`, in place: divide by the DP size, then all-reduce (SUM) over DP.
+    """Data-parallel reduction of `grads_list`, in place, as NxD does it.
+
+    By default: divide by the (non-expert) DP size, then all-reduce (SUM) over the expert-data-parallel group,
+    which is the DP group when EP = 1. With `reduce_over_ep_group`: no division, all-reduce over the
+    expert-model-parallel group. optimum-neuron's optimizer runs the first on every gradient and, when some
+    parameters are expert-parallel, the second on the others, so that those are averaged over the whole DP
+    group while expert weights are averaged over the ranks holding the same experts only.
 
     Gradients of one dtype are packed into buckets of at most `ALLREDUCE_BUCKET_CAP_MB` (default 512) MB,
     last gradient first, as NxD does; bucketing changes only the number of collectives.
     """
-    dp_size = 1 if reduce_over_ep_group else ps.get_data_parallel_size()
-    group = ps.get_data_parallel_group()
+    if reduce_over_ep_group:
+        dp_size, group = 1, ps.get_expert_model_parallel_group()
+    else:
+        dp_size, group = ps.get_data_parallel_size(), ps.get_expert_data_parallel_group()
     cap = int(os.environ.get("ALLREDUCE_BUCKET_CAP_MB", _ALLREDUCE_BUCKET_CAP_MB)) * 1024 * 1024
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for grad in grads_list:

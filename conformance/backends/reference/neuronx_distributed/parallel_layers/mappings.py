@@ -1,7 +1,8 @@
 """Autograd-aware collectives between the tensor-parallel regions of a model (NxD's `mappings`).
 
 Every function is the identity when the group has one member. `group` defaults to the TP group. Split
-and gather work on contiguous chunks in group-rank order.
+and gather work on contiguous chunks in group-rank order. Entering and leaving the expert-parallel region
+is an all-to-all over the expert-model-parallel group (NxD's is XLA-only; this one runs on gloo too).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from . import _collectives as comm
-from .parallel_state import get_tensor_model_parallel_group
+from .parallel_state import get_expert_model_parallel_group, get_tensor_model_parallel_group
 
 Collective = Callable[[torch.Tensor, int, Any], torch.Tensor]
 
@@ -113,3 +114,51 @@ def gather_from_tensor_model_parallel_region_with_dim(input_, gather_dim: int, p
 def reduce_scatter_to_tensor_model_parallel_region_with_dim(input_, partition_dim: int, process_group=None):
     """Reduce-scatter along `partition_dim`; gather in backward."""
     return _map(input_, process_group, partition_dim, comm.reduce_scatter, comm.all_gather)
+
+
+class _AllToAllInExpertParallelRegion(torch.autograd.Function):
+    """All-to-all over the expert-model-parallel group; the backward swaps the split and concat dims."""
+
+    @staticmethod
+    def forward(ctx, input_: torch.Tensor, split_dim: int, concat_dim: int) -> torch.Tensor:
+        ctx.split_dim, ctx.concat_dim = split_dim, concat_dim
+        return _all_to_all_in_expert_parallel_region(input_, split_dim, concat_dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _all_to_all_in_expert_parallel_region(grad, ctx.concat_dim, ctx.split_dim), None, None
+
+
+def _all_to_all_in_expert_parallel_region(x: torch.Tensor, split_dim: int, concat_dim: int) -> torch.Tensor:
+    group = get_expert_model_parallel_group()
+    if comm.group_size(group) == 1:
+        return x
+    return comm.all_to_all(x, split_dim, concat_dim, group)
+
+
+def enter_expert_parallel_region(x: torch.Tensor, scatter_gather: bool) -> torch.Tensor:
+    """`(e, c, h)` token slots for every expert -> `(e/ep, ep, c, h)`: this EP rank's experts, with the slots
+    every EP rank sent it (index 1 is the sender's EP rank).
+
+    `scatter_gather` drops the copies the TP ranks hold before the exchange and gathers them back after
+    (less traffic, same result); it needs `c` divisible by TP.
+    """
+    e, c, h = x.shape
+    x = x.view(e, 1, c, h)
+    if scatter_gather:
+        x = scatter_to_sequence_parallel_region(x, 2)
+    x = _AllToAllInExpertParallelRegion.apply(x, 0, 1)
+    if scatter_gather:
+        x = gather_from_sequence_parallel_region(x, 2, to_model_parallel=False)
+    return x
+
+
+def exit_expert_parallel_region(x: torch.Tensor, scatter_gather: bool) -> torch.Tensor:
+    """The inverse of `enter_expert_parallel_region`: `(e/ep, ep, c, h)` -> `(e, c, h)`, each slot back on the
+    EP rank that sent it."""
+    if scatter_gather:
+        x = scatter_to_sequence_parallel_region(x, 2)
+    x = _AllToAllInExpertParallelRegion.apply(x, 1, 0)
+    if scatter_gather:
+        x = gather_from_sequence_parallel_region(x, 2, to_model_parallel=False)
+    return x.squeeze(1)

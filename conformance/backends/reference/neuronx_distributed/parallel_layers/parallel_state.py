@@ -5,6 +5,12 @@ Global rank of mesh coordinate (pipeline p, data d, context c, tensor t) is
 strided TP=4 groups on TRN1 are not reproduced (deviation NXD-01). A rank's position inside a group is its
 index in the group's sorted member list, as for torch's `new_group`.
 
+Expert parallelism (EP = E) is carved out of data parallelism, as in NxD: the same ranks are laid out a
+second time as `[P, D_exp, E, T]` with `D_exp = W / (T * P * E)`, so `d = d_exp * E + e` (with C = 1). The
+expert-model-parallel group of a rank holds the E ranks with its (p, d_exp, t); its expert-data-parallel
+group the D_exp ranks with its (p, e, t). Expert weights are sharded over the first and replicated (their
+gradients averaged) over the second.
+
 Requires `torch.distributed` to be initialised first, as NxD does.
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections import namedtuple
 from typing import Any
 
 import torch
@@ -25,18 +32,24 @@ _TENSOR_MODEL_PARALLEL_GROUP: ProcessGroup | None = None
 _DATA_PARALLEL_GROUP: ProcessGroup | None = None
 _PIPELINE_MODEL_PARALLEL_GROUP: ProcessGroup | None = None
 _CONTEXT_MODEL_PARALLEL_GROUP: ProcessGroup | None = None
+_EXPERT_MODEL_PARALLEL_GROUP: ProcessGroup | None = None
+_EXP_DATA_PARALLEL_GROUP: ProcessGroup | None = None
 _KV_SHARED_GROUP: ProcessGroup | None = None
 
 _TP_MESH: list[list[int]] | None = None
 _DP_MESH: list[list[int]] | None = None
 _PP_MESH: list[list[int]] | None = None
 _CP_MESH: list[list[int]] | None = None
+_EP_MODEL_MESH: list[list[int]] | None = None
+_EP_DATA_MESH: list[list[int]] | None = None
 _KV_MESH: list[list[int]] | None = None
 _KV_SHARED_GROUP_SIZE: int | None = None
 
 _PIPELINE_GLOBAL_RANKS: list[int] | None = None
 _MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE: int | None = None
 _MPU_TENSOR_MODEL_PARALLEL_RANK: int | None = None
+_MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE: int | None = None
+_MPU_EXPERT_MODEL_PARALLEL_RANK: int | None = None
 _AOT_MODE = False
 
 # Every group this module created, so destroy_model_parallel can release them.
@@ -53,6 +66,13 @@ def _new_groups(mesh: list[list[int]]) -> ProcessGroup | None:
         if me in ranks:
             mine = group
     return mine
+
+
+ParallelGroups = namedtuple(
+    "ParallelGroups",
+    ["tp_groups", "dp_groups", "pp_groups", "ep_model_groups", "ep_data_groups", "cp_groups"],
+)
+"""What `initialize_model_parallel(mesh_only=True)` returns: every group list, as NxD returns it."""
 
 
 def build_mesh(
@@ -77,6 +97,35 @@ def build_mesh(
     return tp, dp, pp, cp
 
 
+def build_expert_mesh(
+    world_size: int, tensor_size: int, pipeline_size: int, expert_size: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The (expert-model, expert-data) group lists of NxD's LOGIC1 layout, each ordered as NxD orders them.
+
+    The ranks are laid out as `[P, D_exp, E, T]`: rank `((p * D_exp + x) * E + e) * T + t`. An expert-model
+    group runs over e for a fixed (p, x, t), listed in `product(p, x, t)` order; an expert-data group over x
+    for a fixed (p, e, t), listed in `product(p, e, t)` order.
+    """
+    T, P, E = tensor_size, pipeline_size, expert_size
+    if world_size % (T * P * E) != 0:
+        raise RuntimeError(
+            f"world size ({world_size}) is not divisible by tensor parallel size ({T}) x pipeline parallel "
+            f"size ({P}) x expert parallel size ({E}): no integer expert data parallel size"
+        )
+    X = world_size // (T * P * E)
+
+    def rank(p: int, x: int, e: int, t: int) -> int:
+        return ((p * X + x) * E + e) * T + t
+
+    model = [
+        [rank(p, x, e, t) for e in range(E)] for p, x, t in itertools.product(range(P), range(X), range(T))
+    ]
+    data = [
+        [rank(p, x, e, t) for x in range(X)] for p, e, t in itertools.product(range(P), range(E), range(T))
+    ]
+    return model, data
+
+
 def initialize_model_parallel(
     tensor_model_parallel_size: int = 1,
     pipeline_model_parallel_size: int = 1,
@@ -86,26 +135,34 @@ def initialize_model_parallel(
     lnc_size: int = 1,
     mesh_only: bool = False,
 ):
-    """Build the TP/DP/PP/CP groups over the default process group (sizes are clamped to the world size)."""
+    """Build the TP/DP/PP/expert/CP groups over the default process group (sizes are clamped to the world size).
+
+    With `mesh_only` nothing is created: the `ParallelGroups` lists come back instead.
+    """
     global _TENSOR_MODEL_PARALLEL_GROUP, _DATA_PARALLEL_GROUP, _PIPELINE_MODEL_PARALLEL_GROUP
     global _CONTEXT_MODEL_PARALLEL_GROUP, _TP_MESH, _DP_MESH, _PP_MESH, _CP_MESH, _PIPELINE_GLOBAL_RANKS
+    global _EXPERT_MODEL_PARALLEL_GROUP, _EXP_DATA_PARALLEL_GROUP, _EP_MODEL_MESH, _EP_DATA_MESH
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed must be initialized before initialize_model_parallel")
-    if expert_model_parallel_size != 1:
-        raise NotImplementedError("the reference backend does not implement expert parallelism")
     world = dist.get_world_size()
     T = min(tensor_model_parallel_size, world)
     P = min(pipeline_model_parallel_size, world)
     C = min(context_parallel_size, world)
+    E = min(expert_model_parallel_size, world)
     tp, dp, pp, cp = build_mesh(world, T, P, C)
+    ep_model, ep_data = build_expert_mesh(world, T, P, E)
     if mesh_only:
-        return tp, dp, pp, cp
+        return ParallelGroups(tp, dp, pp, ep_model, ep_data, cp)
     if model_parallel_is_initialized():
         raise RuntimeError("model parallel groups are already initialized; call destroy_model_parallel first")
     _TP_MESH, _DP_MESH, _PP_MESH, _CP_MESH = tp, dp, pp, cp
+    _EP_MODEL_MESH, _EP_DATA_MESH = ep_model, ep_data
+    # NxD's creation order: TP, DP, PP, expert data, expert model, CP.
     _TENSOR_MODEL_PARALLEL_GROUP = _new_groups(tp)
     _DATA_PARALLEL_GROUP = _new_groups(dp)
     _PIPELINE_MODEL_PARALLEL_GROUP = _new_groups(pp)
+    _EXP_DATA_PARALLEL_GROUP = _new_groups(ep_data)
+    _EXPERT_MODEL_PARALLEL_GROUP = _new_groups(ep_model)
     _CONTEXT_MODEL_PARALLEL_GROUP = _new_groups(cp)
     me = dist.get_rank()
     _PIPELINE_GLOBAL_RANKS = next(g for g in pp if me in g)
@@ -122,12 +179,16 @@ def destroy_model_parallel() -> None:
     global _TENSOR_MODEL_PARALLEL_GROUP, _DATA_PARALLEL_GROUP, _PIPELINE_MODEL_PARALLEL_GROUP
     global _CONTEXT_MODEL_PARALLEL_GROUP, _TP_MESH, _DP_MESH, _PP_MESH, _CP_MESH, _PIPELINE_GLOBAL_RANKS
     global _MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE, _MPU_TENSOR_MODEL_PARALLEL_RANK
+    global _EXPERT_MODEL_PARALLEL_GROUP, _EXP_DATA_PARALLEL_GROUP, _EP_MODEL_MESH, _EP_DATA_MESH
+    global _MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE, _MPU_EXPERT_MODEL_PARALLEL_RANK
     destroy_kv_group()
     _TENSOR_MODEL_PARALLEL_GROUP = _DATA_PARALLEL_GROUP = None
     _PIPELINE_MODEL_PARALLEL_GROUP = _CONTEXT_MODEL_PARALLEL_GROUP = None
-    _TP_MESH = _DP_MESH = _PP_MESH = _CP_MESH = None
+    _EXPERT_MODEL_PARALLEL_GROUP = _EXP_DATA_PARALLEL_GROUP = None
+    _TP_MESH = _DP_MESH = _PP_MESH = _CP_MESH = _EP_MODEL_MESH = _EP_DATA_MESH = None
     _PIPELINE_GLOBAL_RANKS = None
     _MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE = _MPU_TENSOR_MODEL_PARALLEL_RANK = None
+    _MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE = _MPU_EXPERT_MODEL_PARALLEL_RANK = None
     while _OWNED_GROUPS:
         group = _OWNED_GROUPS.pop()
         if group is not None and dist.is_initialized():
@@ -254,7 +315,7 @@ def get_pipeline_model_parallel_prev_rank() -> int:
     return ranks[(get_pipeline_model_parallel_rank() - 1) % len(ranks)]
 
 
-# --- context and expert parallel (sizes only: the reference backend runs C = E = 1) -----------------------
+# --- context parallel ----------------------------------------------------------------------------------
 
 
 def get_context_model_parallel_group(as_list: bool = False):
@@ -271,20 +332,96 @@ def get_context_model_parallel_rank() -> int:
     return dist.get_rank(group=get_context_model_parallel_group())
 
 
+# --- expert parallel -----------------------------------------------------------------------------------
+
+
+def get_expert_model_parallel_group(as_list: bool = False):
+    """The caller's expert-model-parallel group (the ranks that split the experts), or the whole mesh."""
+    if as_list:
+        return get_expert_model_parallel_replica_groups()
+    return _require(_EXPERT_MODEL_PARALLEL_GROUP, "expert model parallel")
+
+
+def get_expert_model_parallel_replica_groups() -> list[list[int]]:
+    return _mesh(_EP_MODEL_MESH, "expert model parallel")
+
+
+def set_expert_model_parallel_size(world_size: int | None) -> None:
+    """Override the EP size (as NxD allows); None clears the override."""
+    global _MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE
+    _MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE = world_size
+
+
 def get_expert_model_parallel_size() -> int:
-    return 1
+    """The EP size, cached on first call like NxD's."""
+    global _MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE
+    if _MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE is None:
+        _MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE = dist.get_world_size(group=get_expert_model_parallel_group())
+    return _MPU_EXPERT_MODEL_PARALLEL_WORLD_SIZE
+
+
+def set_expert_model_parallel_rank(rank: int | None) -> None:
+    """Override the EP rank (as NxD allows); None clears the override."""
+    global _MPU_EXPERT_MODEL_PARALLEL_RANK
+    _MPU_EXPERT_MODEL_PARALLEL_RANK = rank
 
 
 def get_expert_model_parallel_rank() -> int:
-    return 0
+    """The caller's position in its expert-model-parallel group, cached on first call like NxD's."""
+    global _MPU_EXPERT_MODEL_PARALLEL_RANK
+    if _MPU_EXPERT_MODEL_PARALLEL_RANK is None:
+        _MPU_EXPERT_MODEL_PARALLEL_RANK = dist.get_rank(group=get_expert_model_parallel_group())
+    return _MPU_EXPERT_MODEL_PARALLEL_RANK
+
+
+def get_expert_data_parallel_group(as_list: bool = False):
+    """The caller's expert-data-parallel group (the ranks holding the same experts), or the whole mesh."""
+    if as_list:
+        return get_expert_data_parallel_replica_groups()
+    return _require(_EXP_DATA_PARALLEL_GROUP, "expert data parallel")
+
+
+def get_expert_data_parallel_replica_groups() -> list[list[int]]:
+    return _mesh(_EP_DATA_MESH, "expert data parallel")
 
 
 def get_expert_data_parallel_size() -> int:
-    return get_data_parallel_size()
+    return dist.get_world_size(group=get_expert_data_parallel_group())
 
 
 def get_expert_data_parallel_rank() -> int:
-    return get_data_parallel_rank()
+    return dist.get_rank(group=get_expert_data_parallel_group())
+
+
+def get_experts_for_expert_parallel_rank(
+    expert_parallel_rank: int,
+    total_number_of_experts: int,
+    expert_model_parallel_size: int,
+    expert_distribution: list[list[int]] | None = None,
+) -> list[int]:
+    """The global indices of the experts an EP rank holds: a contiguous block, or its `expert_distribution` row."""
+    if total_number_of_experts % expert_model_parallel_size != 0:
+        raise AssertionError(
+            f"total_number_of_experts: {total_number_of_experts} is not a multiple of "
+            f"expert_model_parallel_size: {expert_model_parallel_size}"
+        )
+    if expert_parallel_rank >= expert_model_parallel_size:
+        raise AssertionError(
+            f"expert_parallel_rank: {expert_parallel_rank} is not less than "
+            f"expert_model_parallel_size: {expert_model_parallel_size}"
+        )
+    if expert_distribution:
+        if len(expert_distribution) != expert_model_parallel_size:
+            raise AssertionError(
+                f"expert_distribution has {len(expert_distribution)} rows for {expert_model_parallel_size} ranks"
+            )
+        if {e for row in expert_distribution for e in row} != set(range(total_number_of_experts)):
+            raise AssertionError(
+                f"expert_distribution does not cover the experts 0..{total_number_of_experts - 1}"
+            )
+        return list(expert_distribution[expert_parallel_rank])
+    per_rank = total_number_of_experts // expert_model_parallel_size
+    return list(range(expert_parallel_rank * per_rank, (expert_parallel_rank + 1) * per_rank))
 
 
 # --- kv-shared groups (GQA K/V replicas) ---------------------------------------------------------------
