@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .backends import BACKEND_NAMES
+from .backends.reference.deviations import DEFAULT_PLATFORM, PLATFORMS
 from .checks import RunSettings
 from .model_location import PackageNotFound, locate_package
 from .profiles import CHECK_ORDER, PROFILES, plan
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checks", help=f"comma-separated subset of: {', '.join(CHECK_ORDER)} (default: all of the profile)"
     )
+    parser.add_argument(
+        "--platform",
+        choices=PLATFORMS,
+        default=DEFAULT_PLATFORM,
+        help="the Trainium generation verdicts are for: a pass that relies on a deviation which does not carry "
+        "over to it is a WARN (default: %(default)s, what optimum-neuron's training targets)",
+    )
     parser.add_argument("--timeout", type=float, default=RunSettings.timeout, help="seconds per check call")
     parser.add_argument("--cache-dir", type=Path, help="reference-model checkpoint cache")
     return parser
@@ -63,7 +71,11 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             console.print(f"error: {problem}", style="red", markup=False)
             return EXIT_ERROR
     settings = RunSettings(
-        backend=args.backend, cache_dir=args.cache_dir, timeout=args.timeout, repo=args.repo
+        backend=args.backend,
+        cache_dir=args.cache_dir,
+        timeout=args.timeout,
+        repo=args.repo,
+        platform=args.platform,
     )
     status = 0
     for model_type in args.model_types:

@@ -4,8 +4,9 @@ Generated models import `neuronx_distributed.*` and, by relative import, optimum
 modules (`..config`, `..modeling_utils`, ...). A backend supplies both:
 
 - `reference`: this kit's implementation on torch.distributed (gloo on CPU, nccl on CUDA). Activating it
-  aliases `neuronx_distributed` to `conformance.backends.reference.neuronx_distributed`; the host package
-  is `conformance.backends.reference.training`.
+  aliases `neuronx_distributed` to `conformance.backends.reference.neuronx_distributed` and `torch_xla` to
+  `conformance.backends.reference.torch_xla` (the few pieces optimum-neuron's released code uses); the host
+  package is `conformance.backends.reference.training`.
 - `neuron`: the real packages of a Trainium host; the host package is `optimum.neuron.models.training`
   from the installed optimum-neuron or from a checkout given with `repo`.
 
@@ -26,10 +27,12 @@ from pathlib import Path
 from types import ModuleType
 
 from .aliasing import install_alias, is_aliased
+from .model_folders import is_model_package, mounted_folder, serve_model_folders
 
 BACKEND_NAMES = ("reference", "neuron")
 
 _REFERENCE_NXD = "conformance.backends.reference.neuronx_distributed"
+_REFERENCE_TORCH_XLA = "conformance.backends.reference.torch_xla"
 _REFERENCE_HOST = "conformance.backends.reference.training"
 _NEURON_HOST = "optimum.neuron.models.training"
 _NEURON_PEFT = "optimum.neuron.peft"
@@ -91,36 +94,35 @@ class Backend:
         return importlib.import_module(f"{self.host_package}.{name}")
 
     def load_model_package(self, model_dir: Path) -> ModuleType:
-        """Import a generated model folder as the subpackage `<host>.<folder name>`.
+        """Import a model folder as the subpackage `<host>.<folder name>`.
 
-        Its relative imports (`..config`, `..modeling_utils`) then resolve to this backend's host. A
-        folder already mounted from the same path is returned as is; one mounted from another path is
-        an error rather than a silent swap.
+        Its relative imports (`..config`, `..modeling_utils`) then resolve to this backend's host, and those
+        of sibling models (`..llama.modeling_llama`) to the folders beside it (`model_folders`). The folder
+        may be an implicit namespace package (no `__init__.py`). A folder already mounted from the same path
+        is returned as is; one mounted from another path is an error rather than a silent swap.
         """
         model_dir = Path(model_dir).resolve()
-        init_file = model_dir / "__init__.py"
-        if not init_file.is_file():
-            raise BackendError(f"{model_dir}: not a model package (no __init__.py)")
+        if not is_model_package(model_dir):
+            raise BackendError(f"{model_dir}: not a model package (no __init__.py and no Python module)")
         name = f"{self.host_package}.{model_dir.name}"
         existing = sys.modules.get(name)
         if existing is not None:
-            mounted = Path(existing.__file__ or "").resolve().parent
+            mounted = mounted_folder(existing)
             if mounted != model_dir:
                 raise BackendError(f"{name} is already mounted from {mounted}, cannot mount {model_dir}")
             return existing
         self.host()
-        spec = importlib.util.spec_from_file_location(
-            name, init_file, submodule_search_locations=[str(model_dir)]
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        serve_model_folders(self.host_package, model_dir.parent)
         try:
-            spec.loader.exec_module(module)
+            module = importlib.import_module(name)
         except BaseException:
             for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
                 del sys.modules[key]
             raise
+        if mounted_folder(module) != model_dir:
+            raise BackendError(
+                f"{model_dir}: its name is taken by the host's own module {name}; rename the folder"
+            )
         return module
 
 
@@ -163,16 +165,15 @@ def active() -> Backend | None:
 
 
 def _activate_reference() -> Backend:
-    if not is_aliased("neuronx_distributed"):
-        if (
-            "neuronx_distributed" in sys.modules
-            or importlib.util.find_spec("neuronx_distributed") is not None
-        ):
+    aliases = {"neuronx_distributed": _REFERENCE_NXD, "torch_xla": _REFERENCE_TORCH_XLA}
+    for public in aliases:
+        if not is_aliased(public) and (public in sys.modules or importlib.util.find_spec(public) is not None):
             raise BackendError(
-                "a real neuronx_distributed is installed in this environment; the reference backend will not "
+                f"a real {public} is installed in this environment; the reference backend will not "
                 "shadow it. Run with --backend neuron, or use an environment without the Neuron packages."
             )
-        install_alias("neuronx_distributed", _REFERENCE_NXD)
+    for public, internal in aliases.items():
+        install_alias(public, internal)
     return _BACKENDS["reference"]
 
 

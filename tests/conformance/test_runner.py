@@ -179,3 +179,23 @@ def test_a_pass_that_touched_a_result_changing_deviation_is_a_warn_naming_it() -
     )
     warn_where_trainium_differs(failed)
     assert failed.status is Status.FAIL and failed.reasons == ["logits differ"]
+
+
+def test_a_pass_with_replicated_kv_heads_carries_over_to_trn1_but_is_a_warn_on_trn2() -> None:
+    """NXD-11: the reference always uses TRN1's K/V layout; TRN2 pairs other ranks (deviations.py)."""
+    from conformance.backends.reference.deviations import by_id
+    from conformance.results import CheckResult
+    from conformance.runner import warn_where_trainium_differs
+
+    on_trn1 = CheckResult("parity", {"tp_size": 4}, Status.PASS, deviations=["NXD-11", "NXD-12"])
+    warn_where_trainium_differs(on_trn1, "trn1")
+    assert on_trn1.status is Status.PASS and on_trn1.reasons == []
+
+    on_trn2 = CheckResult("parity", {"tp_size": 4}, Status.PASS, deviations=["NXD-11", "NXD-12"])
+    warn_where_trainium_differs(on_trn2, "trn2")
+    assert on_trn2.status is Status.WARN
+    assert on_trn2.reasons == [
+        f"passes on the reference backend, but NXD-11 applies: {by_id('NXD-11').trainium_impact}"
+    ]
+    with pytest.raises(ValueError, match="unknown platform 'trn9'"):
+        warn_where_trainium_differs(on_trn1, "trn9")

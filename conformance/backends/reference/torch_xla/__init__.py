@@ -1,0 +1,8 @@
+"""The few torch_xla pieces that optimum-neuron's released model and host code use, on torch.
+
+Served under the name `torch_xla` only in a process that activated the reference backend, and only where no
+real torch_xla is installed (`conformance.backends.activate` refuses otherwise). Nothing here compiles or
+traces: an "xla" device is the rank's own device (`conformance.backends.reference.xla_device`), activation
+checkpointing is torch's reentrant checkpoint (torch_xla's is a reentrant copy of it), and `xla_model`'s
+helpers answer from torch.distributed.
+"""
