@@ -65,13 +65,15 @@ def run_tensor_parallel(
     timeout: float = 120.0,
     device: str = "cpu",
     repo: Path | None = None,
+    host: str = "reference",
     **kwargs: Any,
 ) -> list[Any]:
     """`fn(*args, **kwargs)` on every rank of a `world_size` (default `tp_size`) mesh; results in rank order.
 
     The reference backend runs on the kit's pooled launcher; the neuron backend on torchrun with the xla
     process group (`backends.neuron_launch`, the one place that knows what differs on Trainium), its ranks
-    importing the training host of the optimum-neuron checkout `repo`.
+    importing the training host of the optimum-neuron checkout `repo`. On the reference backend `host`
+    chooses the kit's host (`reference`) or the host modules of the checkout `repo` (`checkout`).
     """
     world_size = world_size or tp_size * pp_size
     if backend == "neuron":
@@ -91,6 +93,6 @@ def run_tensor_parallel(
         *args,
         timeout=timeout,
         device=device,
-        worker_init=functools.partial(activate, backend),
+        worker_init=functools.partial(activate, backend, *((repo, host) if host == "checkout" else ())),
         **kwargs,
     )

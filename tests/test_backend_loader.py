@@ -281,3 +281,48 @@ def test_namespace_model_packages_mount_and_import_their_siblings(tmp_path):
         "refused: not a model package (no __init__.py and no Python module)",
         f"refused: its name is taken by the host's own module {host}.training_utils; rename the folder",
     ]
+
+
+def test_libraries_that_probe_for_torch_xla_do_not_take_the_reference_pieces_for_it():
+    """accelerate imports torch_xla.core.xla_model and torch_xla.runtime to decide whether it runs on XLA;
+    both exist on the reference backend, so activation sets their documented USE_TORCH_XLA=0 switch."""
+    result = _run(
+        """
+        import os
+        from conformance.backends import activate
+        activate("reference")
+        import accelerate.utils.imports as accelerate_imports
+        import transformers.utils.import_utils as transformers_imports
+        import torch_xla.runtime  # the pieces exist...
+        print(os.environ["USE_TORCH_XLA"], accelerate_imports.is_torch_xla_available(),
+              transformers_imports.is_torch_xla_available())  # ...and are not taken for torch_xla
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "False", "False"]
+
+
+def test_checkout_host_imports_the_checkouts_own_modules_and_cannot_be_switched(released_checkout):
+    result = _run(
+        f"""
+        import sys
+        from pathlib import Path
+        from conformance.backends import BackendError, activate
+        backend = activate("reference", Path({str(released_checkout)!r}), "checkout")
+        print(backend.host_package, backend.host_name, backend.peft_package)
+        print(backend.host_module("modeling_utils").__file__)
+        print(backend.host_module("config").TrainingNeuronConfig.__module__)
+        try:
+            activate("reference", host="reference")
+        except BackendError as error:
+            print("refused:", error)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    training = released_checkout / "optimum" / "neuron" / "models" / "training"
+    assert result.stdout.splitlines() == [
+        "optimum.neuron.models.training checkout optimum.neuron.peft",
+        str(training / "modeling_utils.py"),
+        "optimum.neuron.models.training.config",
+        "refused: the checkout host is already active in this process, cannot switch to the reference host",
+    ]

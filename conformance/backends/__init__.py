@@ -27,6 +27,13 @@ from pathlib import Path
 from types import ModuleType
 
 from .aliasing import install_alias, is_aliased
+from .checkout_host import (
+    CHECKOUT_HOST_PACKAGE,
+    CHECKOUT_PEFT_PACKAGE,
+    HOSTS,
+    CheckoutHostError,
+    import_checkout_host,
+)
 from .model_folders import is_model_package, mounted_folder, serve_model_folders
 
 BACKEND_NAMES = ("reference", "neuron")
@@ -55,6 +62,9 @@ class Backend:
     flash_sequence_multiple: int | None
     """Sequence lengths the flash-attention kernel takes are multiples of this; None where the kernel can be
     told to take any length (the reference kernel, so tiny models run the flash path at their own length)."""
+    host_name: str = "reference"
+    """Whose training host runs: `reference` (this kit's) or `checkout` (an optimum-neuron checkout's own
+    modules: always on the neuron backend, with `--host checkout` on the reference one)."""
 
     def flash_sequence_length(self, preferred: int) -> int:
         """The sequence length a flash-attention run uses: `preferred`, rounded up to the kernel's multiple."""
@@ -133,7 +143,11 @@ _BACKENDS = {
         "reference", _REFERENCE_HOST, f"{_REFERENCE_HOST}.peft", flash_sequence_multiple=None
     ),
     "neuron": Backend(
-        "neuron", _NEURON_HOST, _NEURON_PEFT, flash_sequence_multiple=NKI_FLASH_SEQUENCE_MULTIPLE
+        "neuron",
+        _NEURON_HOST,
+        _NEURON_PEFT,
+        flash_sequence_multiple=NKI_FLASH_SEQUENCE_MULTIPLE,
+        host_name="checkout",
     ),
 }
 
@@ -145,17 +159,34 @@ def described(name: str) -> Backend:
     return _BACKENDS[name]
 
 
-def activate(name: str = "reference", repo: Path | None = None) -> Backend:
-    """Activate a backend for this process (idempotent for the same choice) and return it."""
+def activate(name: str = "reference", repo: Path | None = None, host: str | None = None) -> Backend:
+    """Activate a backend for this process (idempotent for the same choice) and return it.
+
+    `host` (reference backend only): `reference` (the default) or `checkout`, the host modules of the
+    optimum-neuron checkout `repo` (`checkout_host`); None accepts whichever host is already active.
+    """
     global _ACTIVE
     described(name)
+    if host is not None and host not in HOSTS:
+        raise BackendError(f"unknown host {host!r}; choose one of {', '.join(HOSTS)}")
     if _ACTIVE is not None:
         if _ACTIVE.name != name:
             raise BackendError(
                 f"backend {_ACTIVE.name!r} is already active in this process, cannot switch to {name!r}"
             )
+        if host is not None and host != _ACTIVE.host_name:
+            raise BackendError(
+                f"the {_ACTIVE.host_name} host is already active in this process, cannot switch to the {host} host"
+            )
         return _ACTIVE
-    _ACTIVE = _activate_reference() if name == "reference" else _activate_neuron(repo)
+    if name == "reference":
+        _ACTIVE = _activate_reference(host or "reference", repo)
+    elif host == "reference":
+        raise BackendError(
+            "the neuron backend always runs the checkout's own host; --host reference is for the reference backend"
+        )
+    else:
+        _ACTIVE = _activate_neuron(repo)
     return _ACTIVE
 
 
@@ -164,7 +195,7 @@ def active() -> Backend | None:
     return _ACTIVE
 
 
-def _activate_reference() -> Backend:
+def _activate_reference(host: str, repo: Path | None) -> Backend:
     aliases = {"neuronx_distributed": _REFERENCE_NXD, "torch_xla": _REFERENCE_TORCH_XLA}
     for public in aliases:
         if not is_aliased(public) and (public in sys.modules or importlib.util.find_spec(public) is not None):
@@ -172,9 +203,24 @@ def _activate_reference() -> Backend:
                 f"a real {public} is installed in this environment; the reference backend will not "
                 "shadow it. Run with --backend neuron, or use an environment without the Neuron packages."
             )
+    # Libraries that probe for torch_xla (accelerate, transformers) must not take the aliased pieces for a
+    # real torch_xla and switch to XLA code paths: this is their documented switch for a native torch job.
+    os.environ["USE_TORCH_XLA"] = "0"
     for public, internal in aliases.items():
         install_alias(public, internal)
-    return _BACKENDS["reference"]
+    if host == "reference":
+        return _BACKENDS["reference"]
+    try:
+        import_checkout_host(repo)  # type: ignore[arg-type]  (checked there)
+    except CheckoutHostError as error:
+        raise BackendError(str(error)) from error
+    return Backend(
+        "reference",
+        CHECKOUT_HOST_PACKAGE,
+        CHECKOUT_PEFT_PACKAGE,
+        flash_sequence_multiple=None,
+        host_name="checkout",
+    )
 
 
 def _activate_neuron(repo: Path | None) -> Backend:

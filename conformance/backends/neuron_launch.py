@@ -83,10 +83,14 @@ def run_with_torchrun(
     backend: str = "neuron",
     process_group: str = NEURON_PROCESS_GROUP,
     repo: Path | None = None,
+    host: str | None = None,
     timeout: float = 600.0,
     **kwargs: Any,
 ) -> list[Any]:
     """`fn(*args, **kwargs)` on each of `world_size` torchrun ranks with `backend` active; rank-ordered results.
+
+    The ranks see the checkout `repo` (the neuron backend's host, or with `host="checkout"` the reference
+    backend.s).
 
     A rank that raises makes this raise `TorchrunFailed` with torchrun's output (which holds the
     traceback); so does a run past `timeout`.
@@ -94,7 +98,7 @@ def run_with_torchrun(
     with tempfile.TemporaryDirectory(prefix="nxd-torchrun-") as scratch:
         payload, results = Path(scratch) / "payload.pkl", Path(scratch) / "results"
         results.mkdir()
-        payload.write_bytes(cloudpickle.dumps((backend, fn, args, kwargs)))
+        payload.write_bytes(cloudpickle.dumps((backend, host, fn, args, kwargs)))
         env = dict(os.environ)
         if repo is not None:
             env[REPO_ENV] = str(Path(repo).resolve())

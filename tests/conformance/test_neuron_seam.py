@@ -1,8 +1,8 @@
 """The neuron backend's seam: its prerequisites are refused clearly here, and its torchrun launcher — the
 part that differs from the reference launcher — really runs ranks (with gloo and the reference backend):
-the ranks of `run_with_torchrun` import optimum-neuron's released llama from a checkout given as `repo`
-(the installed release laid out as one), load a transformers checkpoint at TP=2 and give transformers'
-loss; a failing rank comes back with its traceback."""
+the ranks of `run_with_torchrun` import optimum-neuron's released llama and its own training host
+(`host="checkout"`) from the checkout given as `repo` (the installed release laid out as one), load a
+transformers checkpoint at TP=2 and give transformers' loss; a failing rank comes back with its traceback."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def _released_llama_loss(model_dir: str, checkpoint: str) -> dict[str, object]:
     package, unmount = mount(Path(model_dir))
     try:
         cls = causal_lm_class(package, checkpoint)
+        mixin = next(base for base in cls.__mro__ if base.__name__ == "NeuronModelMixin")
         trn_config = active().host_module("config").TrainingNeuronConfig(tensor_parallel_size=2)
         model = cls.from_pretrained(checkpoint, trn_config).eval()
         ids = (torch.arange(24).reshape(2, 12) * 7) % model.config.vocab_size
@@ -47,6 +48,7 @@ def _released_llama_loss(model_dir: str, checkpoint: str) -> dict[str, object]:
         return {
             "rank": dist.get_rank(),
             "module_file": sys.modules[cls.__module__].__file__,
+            "host_file": sys.modules[mixin.__module__].__file__,
             "repo": os.environ[REPO_ENV],
             "loss": loss,
             "transformers_loss": reference(input_ids=ids, labels=ids).loss.item(),
@@ -77,11 +79,13 @@ def test_torchrun_ranks_import_the_released_llama_from_the_checkout_and_match_tr
         backend="reference",
         process_group="gloo",
         repo=released_checkout,
+        host="checkout",
         timeout=300,
     )
     assert [result["rank"] for result in results] == [0, 1]
     for result in results:
         assert result["module_file"] == str(located / "modeling_llama.py")
+        assert result["host_file"] == str(located.parent / "modeling_utils.py")  # the checkout's own host
         assert result["repo"] == str(released_checkout.resolve())
         assert abs(result["loss"] - result["transformers_loss"]) <= 1e-5 * abs(result["transformers_loss"])
 

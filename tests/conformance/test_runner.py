@@ -199,3 +199,29 @@ def test_a_pass_with_replicated_kv_heads_carries_over_to_trn1_but_is_a_warn_on_t
     ]
     with pytest.raises(ValueError, match="unknown platform 'trn9'"):
         warn_where_trainium_differs(on_trn1, "trn9")
+
+
+def test_with_the_checkout_host_the_kit_hosts_deviations_are_not_cited() -> None:
+    """ON-* deviations describe the kit's host; with --host checkout the release's own host ran."""
+    from conformance.results import CheckResult
+    from conformance.runner import drop_kit_host_deviations, warn_where_trainium_differs
+
+    result = CheckResult("overfit", {"tp_size": 2}, Status.PASS, deviations=["NXD-12", "ON-07", "ON-11"])
+    drop_kit_host_deviations(result)
+    warn_where_trainium_differs(result)
+    assert result.deviations == ["NXD-12"] and result.status is Status.PASS
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--host", "checkout"], "--host checkout needs --repo PATH"),
+        (["--host", "checkout", "--repo", "."], "not an optimum-neuron checkout"),
+    ],
+)
+def test_the_checkout_host_without_a_checkout_is_a_usage_error(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["llama", "--checks", "parity", *arguments], console=Console(width=300))
+    assert status == 2
+    assert message in capsys.readouterr().out

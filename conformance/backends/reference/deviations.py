@@ -240,6 +240,18 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "NxD kernels/flash_attn.py",
     ),
     Deviation(
+        "NXD-19",
+        "trainer",
+        "trainer.save_checkpoint writes torch-xla's serialized format (reference files plus `.tensors` "
+        "folders) with use_xser=True and saves in a background thread with async_save=True; it also saves "
+        "schedulers, user content, ZeRO-1 optimizer shards and rotates old checkpoints.",
+        "Always plain torch.save files of the same layout and names, written synchronously; the other options "
+        "raise NotImplementedError. The pipeline package's names exist for import only: pipeline "
+        "parallelism raises NotImplementedError.",
+        "File format only: optimum-neuron's consolidation reads both formats and gives the same tensors.",
+        "NxD trainer/checkpoint.py save_checkpoint (0.18); optimum-neuron 0.4.5 modeling_utils.save_pretrained",
+    ),
+    Deviation(
         "ON-01",
         "transformations_utils",
         "FusedLinearsSpec's LoRA consolidation for row fusions (fuse_axis=1) always raises ValueError, and the "
@@ -429,6 +441,12 @@ platform (`differs_on` adds platform-specific ones)."""
 def carries_over(deviation_id: str, platform: str = DEFAULT_PLATFORM) -> bool:
     """Whether a reference-backend verdict that touched this deviation holds on `platform` as it is."""
     return by_id(deviation_id).carries_over_on(platform)
+
+
+def is_kit_host_deviation(deviation_id: str) -> bool:
+    """Whether the deviation is one of the kit's training host (ON-*): with `--host checkout` the checkout's
+    own host runs instead, so it does not apply."""
+    return by_id(deviation_id).id.startswith("ON-")
 
 
 def by_id(deviation_id: str) -> Deviation:
