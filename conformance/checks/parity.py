@@ -875,8 +875,10 @@ def touched_deviations(
     found = set()
     if "gqa" in layouts:
         found.add("NXD-12")  # the GQA backward's collectives
-        if kv_size_multiplier(config.num_key_value_heads, tp_size) > 1:
-            found.add("NXD-11")  # K/V replicas in TRN1's tile layout, whatever the platform
+        if 1 < kv_size_multiplier(config.num_key_value_heads, tp_size) < tp_size:
+            # K/V replicas in TRN1's tile layout with strided kv groups; TRN2 groups other ranks (with m == T
+            # both platforms form one group of every rank)
+            found.add("NXD-11")
         if fuse_qkv:
             found.add("NXD-10")  # weight_qkv keeps its tensor-parallel attributes here
         if variant(variant_key).has_attention_biases():

@@ -451,7 +451,7 @@ def _judge(job: _Job, source: _Outcome, reference: _Outcome | None, target: _Out
     if any(
         kv_size_multiplier(kv_heads, t) > 1 for t in (a, b)
     ) and "gqa" in source.attention + result.figures.get("target_attention", []):
-        touched.add("NXD-11")  # K/V replicas in TRN1's tile layout, whatever the platform
+        touched.add("NXD-11")  # from_config: K/V replicas in TRN1's tile layout (TRN2 repeats rows instead)
     result.deviations = sorted(touched)
     result.status = Status.FAIL if result.reasons else Status.PASS
     return result
