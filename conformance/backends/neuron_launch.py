@@ -8,7 +8,7 @@ On a Trainium host the checks are the same code; only these things change, and t
 | process group | gloo (CPU) or nccl (CUDA) | `xla` (torch-xla's backend, over the Neuron runtime) |
 | device | cpu / cuda | the XLA device of each NeuronCore |
 | neuronx_distributed | `conformance.backends.reference.neuronx_distributed` (aliased) | the installed package |
-| training host | `conformance.backends.reference.training` | `optimum.neuron.models.training` from `--repo` |
+| training host | `conformance.backends.reference.training` (or, with `--host checkout`, the `--repo` checkout's) | `optimum.neuron.models.training` from `--repo` |
 | flash attention | reference kernel, told to take the parity length (`Backend.flash_kernel_taking`) | NKI kernel: sequences a multiple of 2048 (`Backend.flash_sequence_length`) |
 
 `run_with_torchrun` starts `torchrun` on `conformance.backends.neuron_worker`, which joins the process
