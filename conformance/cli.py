@@ -16,6 +16,8 @@ from pathlib import Path
 from rich.console import Console
 
 from .backends import BACKEND_NAMES
+from .backends.checkout_host import HOSTS, checkout_host_problem
+from .backends.reference.deviations import DEFAULT_PLATFORM, PLATFORMS
 from .checks import RunSettings
 from .model_location import PackageNotFound, locate_package
 from .profiles import CHECK_ORDER, PROFILES, plan
@@ -43,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checks", help=f"comma-separated subset of: {', '.join(CHECK_ORDER)} (default: all of the profile)"
     )
+    parser.add_argument(
+        "--platform",
+        choices=PLATFORMS,
+        default=DEFAULT_PLATFORM,
+        help="the Trainium generation verdicts are for: a pass that relies on a deviation which does not carry "
+        "over to it is a WARN (default: %(default)s, what optimum-neuron's training targets)",
+    )
+    parser.add_argument(
+        "--host",
+        choices=HOSTS,
+        help="reference backend: run the models over the kit's training host (reference, the default) or over "
+        "the --repo checkout's own host modules (checkout); the neuron backend always runs the checkout's",
+    )
     parser.add_argument("--timeout", type=float, default=RunSettings.timeout, help="seconds per check call")
     parser.add_argument("--cache-dir", type=Path, help="reference-model checkpoint cache")
     return parser
@@ -62,8 +77,18 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         if problem:
             console.print(f"error: {problem}", style="red", markup=False)
             return EXIT_ERROR
+    host = args.host or ("checkout" if args.backend == "neuron" else "reference")
+    problem = _host_problem(args.backend, host, args.repo)
+    if problem:
+        console.print(f"error: {problem}", style="red", markup=False)
+        return EXIT_ERROR
     settings = RunSettings(
-        backend=args.backend, cache_dir=args.cache_dir, timeout=args.timeout, repo=args.repo
+        backend=args.backend,
+        cache_dir=args.cache_dir,
+        timeout=args.timeout,
+        repo=args.repo,
+        platform=args.platform,
+        host=host,
     )
     status = 0
     for model_type in args.model_types:
@@ -101,6 +126,16 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     report_dir = args.out.resolve()
     console.print(f"reports: {report_dir}", highlight=False)
     return status
+
+
+def _host_problem(backend: str, host: str, repo: Path | None) -> str | None:
+    if backend == "neuron":
+        return (
+            None
+            if host == "checkout"
+            else "--host reference: the neuron backend runs the checkout's own host"
+        )
+    return checkout_host_problem(repo) if host == "checkout" else None
 
 
 if __name__ == "__main__":

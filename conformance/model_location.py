@@ -1,7 +1,8 @@
 """Which package a conformance run checks, scaffolding it first when the default one does not exist yet.
 
 - `--package DIR`: that folder, as is.
-- `--repo PATH`: the package in an optimum-neuron checkout (`optimum/neuron/models/training/<type>/`).
+- `--repo PATH`: the package in an optimum-neuron checkout (`optimum/neuron/models/training/<type>/`), with
+  or without `__init__.py`.
 - neither: `workspace/<type>/`, where `scaffold new-model <type>` writes by default; when it is missing it is
   generated now, so that one command goes from a model type to a report. An existing package is never
   regenerated: it may hold a contributor's edits.
@@ -30,10 +31,12 @@ def locate_package(
     model_type: str, *, package: Path | None = None, repo: Path | None = None
 ) -> LocatedPackage:
     """The package folder to check for `model_type` (see the module docstring)."""
+    from conformance.backends.model_folders import is_model_package
+
     if package is not None:
-        if not (package / "__init__.py").is_file():
+        if not is_model_package(package):
             raise PackageNotFound(
-                f"--package {package}: no __init__.py there; point at the model package folder"
+                f"--package {package}: no __init__.py and no Python module there; point at the model package folder"
             )
         return LocatedPackage(package.resolve())
     from scaffold.destination import resolve_destination
@@ -43,7 +46,7 @@ def locate_package(
         found = resolve_destination(model_type, repo, None).package_dir
     except ScaffoldError as error:
         raise PackageNotFound(str(error)) from error
-    if (found / "__init__.py").is_file():
+    if is_model_package(found):  # with or without __init__.py (optimum-neuron's llama/ has none)
         return LocatedPackage(found.resolve())
     if repo is not None:
         raise PackageNotFound(

@@ -84,16 +84,25 @@ def run_check(planned: PlannedCheck, package_dir: Path, settings: RunSettings) -
         return _all(planned, Status.FAIL, reason, None, time.perf_counter() - start)
     if settings.backend == "reference":
         for result in results:
-            warn_where_trainium_differs(result)
+            if settings.host == "checkout":
+                drop_kit_host_deviations(result)
+            warn_where_trainium_differs(result, settings.platform)
     return results
 
 
-def warn_where_trainium_differs(result: CheckResult) -> None:
-    """A PASS that touched a deviation after which Trainium behaves differently becomes a WARN, with the
-    deviation's Trainium impact as the reason (`deviations.RESULT_CHANGING`)."""
+def drop_kit_host_deviations(result: CheckResult) -> None:
+    """With `--host checkout` the checkout's own host ran, so the kit host's deviations (ON-*) did not."""
+    from .backends.reference.deviations import is_kit_host_deviation
+
+    result.deviations = [d for d in result.deviations if not is_kit_host_deviation(d)]
+
+
+def warn_where_trainium_differs(result: CheckResult, platform: str = "trn1") -> None:
+    """A PASS that touched a deviation after which Trainium (`platform`) behaves differently becomes a WARN,
+    with the deviation's Trainium impact as the reason (`Deviation.carries_over_on`)."""
     from .backends.reference.deviations import by_id, carries_over
 
-    differing = [deviation_id for deviation_id in result.deviations if not carries_over(deviation_id)]
+    differing = [d for d in result.deviations if not carries_over(d, platform)]
     if result.status is not Status.PASS or not differing:
         return
     result.status = Status.WARN
@@ -116,6 +125,8 @@ def environment(settings: RunSettings) -> dict[str, str]:
         found.pop("optimum-neuron", None)
     found["backend"] = settings.backend
     found["device"] = settings.device
+    found["platform"] = settings.platform
+    found["host"] = f"checkout {settings.repo}" if settings.host == "checkout" else settings.host
     return found
 
 

@@ -7,6 +7,7 @@ down again, whether the function passed or failed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -22,9 +23,12 @@ RANK_LOG_LEVEL_ENV = "NXD_SCAFFOLD_RANK_LOG_LEVEL"
 its progress display readable and reports what matters in its results instead."""
 
 
-def _on_rank(
+def on_rank(
     backend: str, tp_size: int, pp_size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
+    """What every rank runs under either launcher: `fn(*args, **kwargs)` with the backend active, the
+    model-parallel groups built (and torn down afterwards) and, on the reference backend, "xla" device
+    arguments mapped to the rank's device. Bind the first four arguments with functools.partial."""
     level = os.environ.get(RANK_LOG_LEVEL_ENV)
     if level:
         logging.disable(logging.getLevelName(level.upper()) - 1)
@@ -35,9 +39,20 @@ def _on_rank(
         tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size
     )
     try:
-        return fn(*args, **kwargs)
+        with _xla_device_on_rank(backend):
+            return fn(*args, **kwargs)
     finally:
         parallel_state.destroy_model_parallel()
+
+
+def _xla_device_on_rank(backend: str) -> contextlib.AbstractContextManager[object]:
+    """On the reference backend, "xla" device arguments mean the rank's device (released optimum-neuron code
+    creates tensors there); on Trainium the device is real."""
+    if backend != "reference":
+        return contextlib.nullcontext()
+    from .backends.reference.xla_device import XlaDeviceOnRank
+
+    return XlaDeviceOnRank()
 
 
 def run_tensor_parallel(
@@ -50,20 +65,22 @@ def run_tensor_parallel(
     timeout: float = 120.0,
     device: str = "cpu",
     repo: Path | None = None,
+    host: str = "reference",
     **kwargs: Any,
 ) -> list[Any]:
     """`fn(*args, **kwargs)` on every rank of a `world_size` (default `tp_size`) mesh; results in rank order.
 
     The reference backend runs on the kit's pooled launcher; the neuron backend on torchrun with the xla
     process group (`backends.neuron_launch`, the one place that knows what differs on Trainium), its ranks
-    importing the training host of the optimum-neuron checkout `repo`.
+    importing the training host of the optimum-neuron checkout `repo`. On the reference backend `host`
+    chooses the kit's host (`reference`) or the host modules of the checkout `repo` (`checkout`).
     """
     world_size = world_size or tp_size * pp_size
     if backend == "neuron":
         from .backends.neuron_launch import run_with_torchrun
 
         return run_with_torchrun(
-            functools.partial(_on_rank, backend, tp_size, pp_size, fn),
+            functools.partial(on_rank, backend, tp_size, pp_size, fn),
             world_size,
             *args,
             timeout=timeout,
@@ -71,11 +88,11 @@ def run_tensor_parallel(
             **kwargs,
         )
     return run_on_ranks(
-        functools.partial(_on_rank, backend, tp_size, pp_size, fn),
+        functools.partial(on_rank, backend, tp_size, pp_size, fn),
         world_size,
         *args,
         timeout=timeout,
         device=device,
-        worker_init=functools.partial(activate, backend),
+        worker_init=functools.partial(activate, backend, *((repo, host) if host == "checkout" else ())),
         **kwargs,
     )

@@ -49,3 +49,12 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
         return made[model_type]
 
     return package
+
+
+@pytest.fixture(scope="session")
+def released_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The installed optimum-neuron release laid out as a checkout (`conformance.released_checkout`): its
+    own llama (no __init__.py), qwen3 and granite, unmodified. Do not modify it."""
+    from conformance.released_checkout import lay_out_release
+
+    return lay_out_release(tmp_path_factory.mktemp("optimum-neuron-checkout"))

@@ -4,8 +4,9 @@ Generated models import `neuronx_distributed.*` and, by relative import, optimum
 modules (`..config`, `..modeling_utils`, ...). A backend supplies both:
 
 - `reference`: this kit's implementation on torch.distributed (gloo on CPU, nccl on CUDA). Activating it
-  aliases `neuronx_distributed` to `conformance.backends.reference.neuronx_distributed`; the host package
-  is `conformance.backends.reference.training`.
+  aliases `neuronx_distributed` to `conformance.backends.reference.neuronx_distributed` and `torch_xla` to
+  `conformance.backends.reference.torch_xla` (the few pieces optimum-neuron's released code uses); the host
+  package is `conformance.backends.reference.training`.
 - `neuron`: the real packages of a Trainium host; the host package is `optimum.neuron.models.training`
   from the installed optimum-neuron or from a checkout given with `repo`.
 
@@ -26,10 +27,19 @@ from pathlib import Path
 from types import ModuleType
 
 from .aliasing import install_alias, is_aliased
+from .checkout_host import (
+    CHECKOUT_HOST_PACKAGE,
+    CHECKOUT_PEFT_PACKAGE,
+    HOSTS,
+    CheckoutHostError,
+    import_checkout_host,
+)
+from .model_folders import is_model_package, mounted_folder, serve_model_folders
 
 BACKEND_NAMES = ("reference", "neuron")
 
 _REFERENCE_NXD = "conformance.backends.reference.neuronx_distributed"
+_REFERENCE_TORCH_XLA = "conformance.backends.reference.torch_xla"
 _REFERENCE_HOST = "conformance.backends.reference.training"
 _NEURON_HOST = "optimum.neuron.models.training"
 _NEURON_PEFT = "optimum.neuron.peft"
@@ -52,6 +62,9 @@ class Backend:
     flash_sequence_multiple: int | None
     """Sequence lengths the flash-attention kernel takes are multiples of this; None where the kernel can be
     told to take any length (the reference kernel, so tiny models run the flash path at their own length)."""
+    host_name: str = "reference"
+    """Whose training host runs: `reference` (this kit's) or `checkout` (an optimum-neuron checkout's own
+    modules: always on the neuron backend, with `--host checkout` on the reference one)."""
 
     def flash_sequence_length(self, preferred: int) -> int:
         """The sequence length a flash-attention run uses: `preferred`, rounded up to the kernel's multiple."""
@@ -91,36 +104,35 @@ class Backend:
         return importlib.import_module(f"{self.host_package}.{name}")
 
     def load_model_package(self, model_dir: Path) -> ModuleType:
-        """Import a generated model folder as the subpackage `<host>.<folder name>`.
+        """Import a model folder as the subpackage `<host>.<folder name>`.
 
-        Its relative imports (`..config`, `..modeling_utils`) then resolve to this backend's host. A
-        folder already mounted from the same path is returned as is; one mounted from another path is
-        an error rather than a silent swap.
+        Its relative imports (`..config`, `..modeling_utils`) then resolve to this backend's host, and those
+        of sibling models (`..llama.modeling_llama`) to the folders beside it (`model_folders`). The folder
+        may be an implicit namespace package (no `__init__.py`). A folder already mounted from the same path
+        is returned as is; one mounted from another path is an error rather than a silent swap.
         """
         model_dir = Path(model_dir).resolve()
-        init_file = model_dir / "__init__.py"
-        if not init_file.is_file():
-            raise BackendError(f"{model_dir}: not a model package (no __init__.py)")
+        if not is_model_package(model_dir):
+            raise BackendError(f"{model_dir}: not a model package (no __init__.py and no Python module)")
         name = f"{self.host_package}.{model_dir.name}"
         existing = sys.modules.get(name)
         if existing is not None:
-            mounted = Path(existing.__file__ or "").resolve().parent
+            mounted = mounted_folder(existing)
             if mounted != model_dir:
                 raise BackendError(f"{name} is already mounted from {mounted}, cannot mount {model_dir}")
             return existing
         self.host()
-        spec = importlib.util.spec_from_file_location(
-            name, init_file, submodule_search_locations=[str(model_dir)]
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        serve_model_folders(self.host_package, model_dir.parent)
         try:
-            spec.loader.exec_module(module)
+            module = importlib.import_module(name)
         except BaseException:
             for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
                 del sys.modules[key]
             raise
+        if mounted_folder(module) != model_dir:
+            raise BackendError(
+                f"{model_dir}: its name is taken by the host's own module {name}; rename the folder"
+            )
         return module
 
 
@@ -131,7 +143,11 @@ _BACKENDS = {
         "reference", _REFERENCE_HOST, f"{_REFERENCE_HOST}.peft", flash_sequence_multiple=None
     ),
     "neuron": Backend(
-        "neuron", _NEURON_HOST, _NEURON_PEFT, flash_sequence_multiple=NKI_FLASH_SEQUENCE_MULTIPLE
+        "neuron",
+        _NEURON_HOST,
+        _NEURON_PEFT,
+        flash_sequence_multiple=NKI_FLASH_SEQUENCE_MULTIPLE,
+        host_name="checkout",
     ),
 }
 
@@ -143,17 +159,34 @@ def described(name: str) -> Backend:
     return _BACKENDS[name]
 
 
-def activate(name: str = "reference", repo: Path | None = None) -> Backend:
-    """Activate a backend for this process (idempotent for the same choice) and return it."""
+def activate(name: str = "reference", repo: Path | None = None, host: str | None = None) -> Backend:
+    """Activate a backend for this process (idempotent for the same choice) and return it.
+
+    `host` (reference backend only): `reference` (the default) or `checkout`, the host modules of the
+    optimum-neuron checkout `repo` (`checkout_host`); None accepts whichever host is already active.
+    """
     global _ACTIVE
     described(name)
+    if host is not None and host not in HOSTS:
+        raise BackendError(f"unknown host {host!r}; choose one of {', '.join(HOSTS)}")
     if _ACTIVE is not None:
         if _ACTIVE.name != name:
             raise BackendError(
                 f"backend {_ACTIVE.name!r} is already active in this process, cannot switch to {name!r}"
             )
+        if host is not None and host != _ACTIVE.host_name:
+            raise BackendError(
+                f"the {_ACTIVE.host_name} host is already active in this process, cannot switch to the {host} host"
+            )
         return _ACTIVE
-    _ACTIVE = _activate_reference() if name == "reference" else _activate_neuron(repo)
+    if name == "reference":
+        _ACTIVE = _activate_reference(host or "reference", repo)
+    elif host == "reference":
+        raise BackendError(
+            "the neuron backend always runs the checkout's own host; --host reference is for the reference backend"
+        )
+    else:
+        _ACTIVE = _activate_neuron(repo)
     return _ACTIVE
 
 
@@ -162,18 +195,32 @@ def active() -> Backend | None:
     return _ACTIVE
 
 
-def _activate_reference() -> Backend:
-    if not is_aliased("neuronx_distributed"):
-        if (
-            "neuronx_distributed" in sys.modules
-            or importlib.util.find_spec("neuronx_distributed") is not None
-        ):
+def _activate_reference(host: str, repo: Path | None) -> Backend:
+    aliases = {"neuronx_distributed": _REFERENCE_NXD, "torch_xla": _REFERENCE_TORCH_XLA}
+    for public in aliases:
+        if not is_aliased(public) and (public in sys.modules or importlib.util.find_spec(public) is not None):
             raise BackendError(
-                "a real neuronx_distributed is installed in this environment; the reference backend will not "
+                f"a real {public} is installed in this environment; the reference backend will not "
                 "shadow it. Run with --backend neuron, or use an environment without the Neuron packages."
             )
-        install_alias("neuronx_distributed", _REFERENCE_NXD)
-    return _BACKENDS["reference"]
+    # Libraries that probe for torch_xla (accelerate, transformers) must not take the aliased pieces for a
+    # real torch_xla and switch to XLA code paths: this is their documented switch for a native torch job.
+    os.environ["USE_TORCH_XLA"] = "0"
+    for public, internal in aliases.items():
+        install_alias(public, internal)
+    if host == "reference":
+        return _BACKENDS["reference"]
+    try:
+        import_checkout_host(repo)  # type: ignore[arg-type]  (checked there)
+    except CheckoutHostError as error:
+        raise BackendError(str(error)) from error
+    return Backend(
+        "reference",
+        CHECKOUT_HOST_PACKAGE,
+        CHECKOUT_PEFT_PACKAGE,
+        flash_sequence_multiple=None,
+        host_name="checkout",
+    )
 
 
 def _activate_neuron(repo: Path | None) -> Backend:

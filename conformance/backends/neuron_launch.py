@@ -8,7 +8,7 @@ On a Trainium host the checks are the same code; only these things change, and t
 | process group | gloo (CPU) or nccl (CUDA) | `xla` (torch-xla's backend, over the Neuron runtime) |
 | device | cpu / cuda | the XLA device of each NeuronCore |
 | neuronx_distributed | `conformance.backends.reference.neuronx_distributed` (aliased) | the installed package |
-| training host | `conformance.backends.reference.training` | `optimum.neuron.models.training` from `--repo` |
+| training host | `conformance.backends.reference.training` (or, with `--host checkout`, the `--repo` checkout's) | `optimum.neuron.models.training` from `--repo` |
 | flash attention | reference kernel, told to take the parity length (`Backend.flash_kernel_taking`) | NKI kernel: sequences a multiple of 2048 (`Backend.flash_sequence_length`) |
 
 `run_with_torchrun` starts `torchrun` on `conformance.backends.neuron_worker`, which joins the process
@@ -83,10 +83,14 @@ def run_with_torchrun(
     backend: str = "neuron",
     process_group: str = NEURON_PROCESS_GROUP,
     repo: Path | None = None,
+    host: str | None = None,
     timeout: float = 600.0,
     **kwargs: Any,
 ) -> list[Any]:
     """`fn(*args, **kwargs)` on each of `world_size` torchrun ranks with `backend` active; rank-ordered results.
+
+    The ranks see the checkout `repo` (the neuron backend's host, or with `host="checkout"` the reference
+    backend.s).
 
     A rank that raises makes this raise `TorchrunFailed` with torchrun's output (which holds the
     traceback); so does a run past `timeout`.
@@ -94,7 +98,7 @@ def run_with_torchrun(
     with tempfile.TemporaryDirectory(prefix="nxd-torchrun-") as scratch:
         payload, results = Path(scratch) / "payload.pkl", Path(scratch) / "results"
         results.mkdir()
-        payload.write_bytes(cloudpickle.dumps((backend, fn, args, kwargs)))
+        payload.write_bytes(cloudpickle.dumps((backend, host, fn, args, kwargs)))
         env = dict(os.environ)
         if repo is not None:
             env[REPO_ENV] = str(Path(repo).resolve())

@@ -23,11 +23,11 @@ def main(payload: Path, results: Path, process_group: str) -> None:
     if process_group == "xla":
         import torch_xla.distributed.xla_backend  # noqa: F401  (registers the "xla" process group)
     dist.init_process_group(process_group)
-    backend, fn, args, kwargs = pickle.loads(payload.read_bytes())
+    backend, host, fn, args, kwargs = pickle.loads(payload.read_bytes())
     from conformance.backends import activate
 
     repo = os.environ.get(REPO_ENV)
-    activate(backend, Path(repo) if repo else None)
+    activate(backend, Path(repo) if repo else None, host)
     try:
         value = fn(*args, **kwargs)
         (results / f"rank{dist.get_rank()}.pkl").write_bytes(pickle.dumps(value))

@@ -34,3 +34,9 @@ class RunSettings:
     device: str = "cpu"
     repo: Path | None = None
     """The optimum-neuron checkout whose training host the neuron backend's ranks import (`--repo`)."""
+    platform: str = "trn1"
+    """The Trainium generation verdicts are for (`--platform`, `deviations.PLATFORMS`): a pass that touched a
+    deviation which does not carry over to it is a WARN. The reference backend computes the same either way."""
+    host: str = "reference"
+    """Which training host the model runs over on the reference backend (`--host`, `host_choice.HOSTS`):
+    the kit's reference host, or the optimum-neuron checkout's own host modules."""

@@ -85,6 +85,7 @@ def run_by_tp_size(
                 timeout=settings.timeout,
                 device=settings.device,
                 repo=settings.repo,
+                host=settings.host,
             )[0]
             share = (time.perf_counter() - start) / len(batch)
         except RankCallFailed as failure:

@@ -371,6 +371,8 @@ EXPECTED: dict[str, tuple[int, list[tuple[Any, ...]]]] = {
         [("destination_tensor", POS), ("source_tensor", POS)],
     ),
     "parallel_layers.utils:divide": (96, [("numerator", POS), ("denominator", POS)]),
+    "parallel_layers.utils:get_local_world_size": (246, []),
+    "parallel_layers.utils:move_model_to_device": (259, [("model", POS), ("device", POS)]),
     "parallel_layers.utils:ensure_divisibility": (91, [("numerator", POS), ("denominator", POS)]),
     "parallel_layers.utils:param_is_not_tensor_parallel_duplicate": (49, [("param", POS)]),
     "parallel_layers.utils:set_defaults_if_not_set_tensor_model_parallel_attributes": (77, [("tensor", POS)]),
@@ -450,6 +452,25 @@ EXPECTED: dict[str, tuple[int, list[tuple[Any, ...]]]] = {
             ("seed", POS, None),
             ("hardware_type", POS, None),
             ("transpose_nki_inputs", POS, True),
+        ],
+    ),
+    # src/neuronx_distributed/trainer/checkpoint.py
+    "trainer.checkpoint:save_checkpoint": (
+        654,
+        [
+            ("checkpoint_dir_str", POS),
+            ("tag", POS),
+            ("model", POS, None),
+            ("optimizer", POS, None),
+            ("scheduler", POS, None),
+            ("user_content", POS, None),
+            ("num_workers", POS, 8),
+            ("use_xser", POS, False),
+            ("num_kept_ckpts", POS, None),
+            ("async_save", POS, False),
+            ("zero1_optimizer", POS, False),
+            ("use_zero1_dcp", POS, False),
+            ("avoid_saving_lower_precision_weights", POS, False),
         ],
     ),
 }
@@ -541,6 +562,7 @@ OUR_MODULES = (
     "modules.qkv_linear",
     "modules.rms_norm",
     "kernels.flash_attn",
+    "trainer.checkpoint",
 )
 
 

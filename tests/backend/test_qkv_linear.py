@@ -332,3 +332,57 @@ def test_master_copies_are_plain_tensors_and_meta_layers_are_not_initialised():
         # m = T = 2: each rank holds the whole (single-head) K master.
         assert res["master_k_rows_on_rank"]
         assert res["meta"] == [("weight_qkv", "meta", True, (8, 4)), ("bias_qkv", "meta", True, (8,))]
+
+
+def _agreement_with_dense_under(trn2_groups: bool) -> dict[str, bool]:
+    """The tile layout (what optimum-neuron's spec loads) with TRN1's strided or TRN2's adjacent kv-shared
+    groups (T=4, 2 KV heads, m=2): which of output and gradients still equal the dense projections'."""
+    from neuronx_distributed.modules.qkv_linear import GQAQKVColumnParallelLinear
+    from neuronx_distributed.parallel_layers import parallel_state as ps
+
+    T, r = ps.get_tensor_model_parallel_size(), ps.get_tensor_model_parallel_rank()
+    heads, kv_heads, d, m = 8, 2, 2, 2
+    q_size, kv_size = heads * d, kv_heads * d
+    ps.initialize_kv_group(m, sequential_ranks_in_group=trn2_groups)  # the layer keeps a kv group of its size
+    torch.manual_seed(5)
+    layer = GQAQKVColumnParallelLinear(
+        IN, [q_size, kv_size], bias=False, gather_output=False, kv_size_multiplier=m, fuse_qkv=False
+    )
+    dense = _dense_from_seed(5, q_size, kv_size, False)
+    q_pp, kv_pp = q_size // T, kv_size * m // T
+    kv_rows = _kv_rows(r, kv_pp, kv_size)
+    gen = torch.Generator().manual_seed(77)
+    x_full = torch.randn(*LEAD, IN, generator=gen)
+    gq, gk, gv = (torch.randn(T, *LEAD, n, generator=gen) for n in (q_pp, kv_pp, kv_pp))
+    x = x_full.clone().requires_grad_(True)
+    q, k, v = layer(x)
+    ((q * gq[r]).sum() + (k * gk[r]).sum() + (v * gv[r]).sum()).backward()
+    x_dense = x_full.clone().requires_grad_(True)
+    qd, kd, vd = (lin(x_dense) for lin in dense)
+    gk_dense, gv_dense = torch.zeros_like(kd), torch.zeros_like(vd)
+    for rank in range(T):
+        for j, row in enumerate(_kv_rows(rank, kv_pp, kv_size)):
+            gk_dense[..., row] += gk[rank][..., j]
+            gv_dense[..., row] += gv[rank][..., j]
+    ((qd * torch.cat(list(gq), dim=-1)).sum() + (kd * gk_dense).sum() + (vd * gv_dense).sum()).backward()
+    q_rows = list(range(r * q_pp, (r + 1) * q_pp))
+    agree = {
+        "outputs": torch.allclose(k, kd[..., kv_rows]) and torch.allclose(q, qd[..., q_rows]),
+        "Q weight grad": torch.allclose(layer.weight_q.grad, dense[0].weight.grad[q_rows], atol=1e-6),
+        "K weight grad": torch.allclose(layer.weight_k.grad, dense[1].weight.grad[kv_rows], atol=1e-6),
+        "V weight grad": torch.allclose(layer.weight_v.grad, dense[2].weight.grad[kv_rows], atol=1e-6),
+        "input grad": torch.allclose(x.grad, x_dense.grad, atol=1e-6),
+    }
+    ps.destroy_kv_group()
+    return agree
+
+
+def test_trn2_kv_groups_with_the_loaded_tile_layout_give_wrong_kv_and_input_gradients():
+    """Why NXD-11 does not carry over to TRN2 (deviations.py): NxD pairs adjacent ranks there, which hold
+    different KV heads of the tile layout optimum-neuron loads; TRN1's strided groups give dense gradients."""
+    trn1 = run_tensor_parallel(_agreement_with_dense_under, 4, False)
+    trn2 = run_tensor_parallel(_agreement_with_dense_under, 4, True)
+    assert all(all(rank.values()) for rank in trn1), trn1
+    for rank in trn2:
+        assert rank["outputs"] and rank["Q weight grad"], rank
+        assert not rank["K weight grad"] and not rank["V weight grad"] and not rank["input grad"], rank

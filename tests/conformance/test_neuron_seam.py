@@ -1,8 +1,13 @@
 """The neuron backend's seam: its prerequisites are refused clearly here, and its torchrun launcher — the
-part that differs from the reference launcher — really runs ranks (with gloo and the reference backend)."""
+part that differs from the reference launcher — really runs ranks (with gloo and the reference backend):
+the ranks of `run_with_torchrun` import optimum-neuron's released llama and its own training host
+(`host="checkout"`) from the checkout given as `repo` (the installed release laid out as one), load a
+transformers checkpoint at TP=2 and give transformers' loss; a failing rank comes back with its traceback."""
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,15 +20,41 @@ from conformance.backends.neuron_launch import (
     torchrun_command,
 )
 from conformance.cli import main
+from conformance.model_location import locate_package
+from conformance.tensor_parallel_run import on_rank
+from reference_models import build, variant
 
 
-def _all_reduce_rank_and_read_nxd() -> tuple[int, float, str]:
+def _released_llama_loss(model_dir: str, checkpoint: str) -> dict[str, object]:
+    """On each torchrun rank: the checkout's llama at TP=2 and transformers, same batch, eval mode."""
+    import os
+
     import torch.distributed as dist
-    from neuronx_distributed.parallel_layers import parallel_state
+    from transformers import AutoModelForCausalLM
 
-    value = torch.tensor([float(dist.get_rank() + 1)])
-    dist.all_reduce(value)
-    return dist.get_rank(), value.item(), parallel_state.__name__
+    from conformance.backends import active
+    from conformance.backends.neuron_launch import REPO_ENV
+    from conformance.model_package import causal_lm_class, mount
+
+    package, unmount = mount(Path(model_dir))
+    try:
+        cls = causal_lm_class(package, checkpoint)
+        mixin = next(base for base in cls.__mro__ if base.__name__ == "NeuronModelMixin")
+        trn_config = active().host_module("config").TrainingNeuronConfig(tensor_parallel_size=2)
+        model = cls.from_pretrained(checkpoint, trn_config).eval()
+        ids = (torch.arange(24).reshape(2, 12) * 7) % model.config.vocab_size
+        loss = model(input_ids=ids, labels=ids).loss.item()
+        reference = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="eager").eval()
+        return {
+            "rank": dist.get_rank(),
+            "module_file": sys.modules[cls.__module__].__file__,
+            "host_file": sys.modules[mixin.__module__].__file__,
+            "repo": os.environ[REPO_ENV],
+            "loss": loss,
+            "transformers_loss": reference(input_ids=ids, labels=ids).loss.item(),
+        }
+    finally:
+        unmount()
 
 
 def _raise_on_rank_1() -> None:
@@ -33,13 +64,30 @@ def _raise_on_rank_1() -> None:
         raise ValueError("rank one refuses")
 
 
-def test_torchrun_launcher_runs_every_rank_with_the_backend_active() -> None:
+@pytest.mark.slow
+def test_torchrun_ranks_import_the_released_llama_from_the_checkout_and_match_transformers(
+    released_checkout: Path, checkpoint_cache: Path
+) -> None:
+    located = locate_package("llama", repo=released_checkout).path
+    assert not (located / "__init__.py").exists()  # optimum-neuron's llama is a namespace package
+    checkpoint = str(build(variant("llama/gqa"), checkpoint_cache))
     results = run_with_torchrun(
-        _all_reduce_rank_and_read_nxd, 2, backend="reference", process_group="gloo", timeout=120
+        functools.partial(on_rank, "reference", 2, 1, _released_llama_loss),
+        2,
+        str(located),
+        checkpoint,
+        backend="reference",
+        process_group="gloo",
+        repo=released_checkout,
+        host="checkout",
+        timeout=300,
     )
-    assert [rank for rank, _, _ in results] == [0, 1]
-    assert [total for _, total, _ in results] == [3.0, 3.0]  # 1 + 2 on both ranks
-    assert all(module.startswith("conformance.backends.reference.") for _, _, module in results)
+    assert [result["rank"] for result in results] == [0, 1]
+    for result in results:
+        assert result["module_file"] == str(located / "modeling_llama.py")
+        assert result["host_file"] == str(located.parent / "modeling_utils.py")  # the checkout's own host
+        assert result["repo"] == str(released_checkout.resolve())
+        assert abs(result["loss"] - result["transformers_loss"]) <= 1e-5 * abs(result["transformers_loss"])
 
 
 def test_torchrun_launcher_reports_a_failing_rank_with_its_traceback() -> None:
@@ -70,21 +118,3 @@ def test_cli_refuses_the_neuron_backend_without_the_sdk(capsys: pytest.CaptureFi
     status = main(["llama", "--backend", "neuron", "--repo", "."], console=Console(width=200))
     assert status == 2
     assert "Neuron SDK" in capsys.readouterr().out
-
-
-def test_checks_hand_the_repo_to_the_torchrun_ranks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`--repo` reaches the neuron backend's ranks: the checks' settings carry it down to torchrun."""
-    from conformance.backends import neuron_launch
-    from conformance.checks import RunSettings
-    from conformance.checks.batching import run_by_tp_size
-
-    seen: list[Path | None] = []
-
-    def fake_torchrun(fn, world_size, *args, repo=None, timeout=600.0, **kwargs):
-        seen.append(repo)
-        return [[f"job {job}" for job in args[1]]] * world_size
-
-    monkeypatch.setattr(neuron_launch, "run_with_torchrun", fake_torchrun)
-    settings = RunSettings(backend="neuron", repo=tmp_path)
-    found = run_by_tp_size(print, tmp_path, [1, 2], lambda job: 2, None, settings)
-    assert [outcome for outcome, _ in found] == ["job 1", "job 2"] and seen == [tmp_path]

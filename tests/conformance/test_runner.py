@@ -179,3 +179,59 @@ def test_a_pass_that_touched_a_result_changing_deviation_is_a_warn_naming_it() -
     )
     warn_where_trainium_differs(failed)
     assert failed.status is Status.FAIL and failed.reasons == ["logits differ"]
+
+
+def test_a_pass_with_replicated_kv_heads_carries_over_to_trn1_but_is_a_warn_on_trn2() -> None:
+    """NXD-11: the reference always uses TRN1's K/V layout; TRN2 pairs other ranks (deviations.py)."""
+    from conformance.backends.reference.deviations import by_id
+    from conformance.results import CheckResult
+    from conformance.runner import warn_where_trainium_differs
+
+    on_trn1 = CheckResult("parity", {"tp_size": 4}, Status.PASS, deviations=["NXD-11", "NXD-12"])
+    warn_where_trainium_differs(on_trn1, "trn1")
+    assert on_trn1.status is Status.PASS and on_trn1.reasons == []
+
+    on_trn2 = CheckResult("parity", {"tp_size": 4}, Status.PASS, deviations=["NXD-11", "NXD-12"])
+    warn_where_trainium_differs(on_trn2, "trn2")
+    assert on_trn2.status is Status.WARN
+    assert on_trn2.reasons == [
+        f"passes on the reference backend, but NXD-11 applies: {by_id('NXD-11').trainium_impact}"
+    ]
+    with pytest.raises(ValueError, match="unknown platform 'trn9'"):
+        warn_where_trainium_differs(on_trn1, "trn9")
+
+
+def test_with_the_checkout_host_the_kit_hosts_deviations_are_not_cited() -> None:
+    """ON-* deviations describe the kit's host; with --host checkout the release's own host ran."""
+    from conformance.results import CheckResult
+    from conformance.runner import drop_kit_host_deviations, warn_where_trainium_differs
+
+    result = CheckResult("overfit", {"tp_size": 2}, Status.PASS, deviations=["NXD-12", "ON-07", "ON-11"])
+    drop_kit_host_deviations(result)
+    warn_where_trainium_differs(result)
+    assert result.deviations == ["NXD-12"] and result.status is Status.PASS
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--host", "checkout"], "--host checkout needs --repo PATH"),
+        (["--host", "checkout", "--repo", "."], "not an optimum-neuron checkout"),
+    ],
+)
+def test_the_checkout_host_without_a_checkout_is_a_usage_error(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["llama", "--checks", "parity", *arguments], console=Console(width=300))
+    assert status == 2
+    assert message in capsys.readouterr().out
+
+
+def test_parity_cites_nxd_11_only_where_trn2_groups_other_ranks() -> None:
+    """kv_size_multiplier m = T / kv heads: TRN2's adjacent groups differ from the tile layout's strided ones
+    only when 1 < m < T (2 KV heads at T=4); with one KV head (m = T) both are one group of every rank."""
+    from conformance.checks.parity import touched_deviations
+
+    assert "NXD-11" in touched_deviations("llama/gqa", 4, False, ["gqa"])
+    assert "NXD-11" not in touched_deviations("llama/mqa", 4, False, ["gqa"])
+    assert "NXD-11" not in touched_deviations("llama/gqa", 2, False, ["separate"])

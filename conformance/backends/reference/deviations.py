@@ -30,6 +30,24 @@ class Deviation:
     """Whether a check that passes while touching this deviation passes on Trainium as it is. False where the
     model would train, load or fail differently there: such a pass is a WARN whose reason is the Trainium
     impact. True where only file layouts, rank pairing, random init or warnings change."""
+    differs_on: tuple[str, ...] = ()
+    """Platforms on which a pass does not carry over although `carries_over` is True: the released code
+    behaves differently on them only (NXD-11: TRN2's kv-shared groups)."""
+
+    def carries_over_on(self, platform: str) -> bool:
+        """Whether a pass that touched this deviation holds on `platform` (`PLATFORMS`) as it is."""
+        if platform not in PLATFORMS:
+            raise ValueError(f"unknown platform {platform!r}; choose one of {', '.join(PLATFORMS)}")
+        return self.carries_over and platform not in self.differs_on
+
+
+PLATFORMS = ("trn1", "trn2")
+"""The Trainium generations a verdict can be asked for (`--platform`)."""
+
+DEFAULT_PLATFORM = "trn1"
+"""optimum-neuron's training documentation, tutorials and tests target trn1.32xlarge, and the package itself
+sets the compilation target to trn1 on a machine without Neuron devices: verdicts are for TRN1 unless
+`--platform trn2` asks otherwise."""
 
 
 DEVIATIONS: tuple[Deviation, ...] = (
@@ -105,10 +123,13 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "NXD-08",
         "mappings",
         "reduce_from_tensor_model_parallel_region and the comm all-reduce work in place on their input in "
-        "CPU mode.",
+        "CPU mode; so does the CPU-mode reduce-scatter on a contiguous input (the forward of "
+        "reduce_scatter_to_sequence_parallel_region) and on the upstream gradient (the backward of "
+        "gather_from_sequence_parallel_region), since `x.contiguous()` is `x` itself.",
         "Collectives never modify the caller's tensor.",
-        "None on XLA devices (functional there).",
-        "NxD §8, §18.9",
+        "None on XLA devices (functional there), and no effect on model results: no model reads the "
+        "reduced input again.",
+        "NxD §8, §9, §18.9; parallel_layers/comm.py cpu_reduce_scatter, mappings.py _reduce_scatter_along_dim",
     ),
     Deviation(
         "NXD-09",
@@ -133,13 +154,20 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "NXD-11",
         "modules.qkv_linear",
-        "K/V replication depends on the platform: TRN1 tiles (repeat(m, 1)), TRN2 repeats rows "
-        "(repeat_interleave), which is not head-aligned when head_dim > 1.",
-        "Always the TRN1 tile layout, the one optimum-neuron's GQAQKVColumnParallelLinearSpec loads; the "
-        "kv-shared groups are the matching strided groups.",
-        "Random init (from_config) of the GQA layer on TRN2 places K/V rows differently; from_pretrained "
-        "goes through the spec and is unaffected.",
-        "NxD §10.2, §10.4, §18.10",
+        "GQAQKVColumnParallelLinear's K/V layout depends on the platform. TRN1 tiles the K/V masters "
+        "(repeat(m, 1)) and all-reduces the K/V gradients over strided kv-shared groups ([[0,2],[1,3]] at "
+        "T=4, m=2), the ranks that hold the same rows of the tile. TRN2 repeats rows (repeat_interleave, not "
+        "head-aligned when head_dim > 1) and builds adjacent groups ([[0,1],[2,3]]); optimum-neuron's "
+        "GQAQKVColumnParallelLinearSpec always loads the tile layout, so on TRN2 each group holds different "
+        "K/V heads.",
+        "Always the TRN1 layout: tiled K/V and the matching strided kv-shared groups, on every platform.",
+        "TRN1: none, the layouts are the same. TRN2 with kv_size_multiplier m > 1: after from_pretrained, "
+        "when m < T the K/V output gradients of different heads are summed together, so the K/V weight "
+        "gradients and the input gradients of the attention are wrong (forward and Q gradients are right); "
+        "after from_config, the K/V replicas hold different rows on different ranks, so the trained model "
+        "is not a GQA model and consolidation (which keeps the first replica) does not give what was trained.",
+        "NxD §10.2, §10.4, §18.10; differential run on NxD 0.18 (tools/nxd-differential, *_trn2 runs)",
+        differs_on=("trn2",),
     ),
     Deviation(
         "NXD-12",
@@ -153,12 +181,19 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "NXD-13",
         "loss_functions",
-        "parallel_cross_entropy subtracts the max from its input in place; label smoothing uses the local "
-        "vocab size, a local mean and an inverted mask in the backward.",
+        "parallel_cross_entropy subtracts the max from its input in place. With label smoothing a, at every "
+        "TP size (T=1 included), the forward spreads a over the K-1 non-target classes (NeMo's convention: "
+        "s = a*K/(K-1), loss = (1-s)*nll - s*mean(log p)) instead of torch's a/K on every class, with K the "
+        "local vocabulary and the mean over the local shard only, so at T > 1 each rank computes a different "
+        "loss; the backward is not the gradient of that forward: it gives softmax - s/K, dropping the -(1-s) at "
+        "the target (its mask is inverted: it subtracts (1-s) at local index 0 on the ranks that do not hold "
+        "the target).",
         "The input is left untouched; label smoothing matches F.cross_entropy(label_smoothing=a) on the full "
         "vocabulary, values and gradients.",
-        "Label smoothing with TP > 1 trains differently on Trainium.",
-        "NxD §11.1, §18.11",
+        "Any use of label_smoothing > 0 trains differently on Trainium, at every TP size: the gradient no longer "
+        "pulls the target logit up (only the uniform -s/K remains), so the model does not learn the labels.",
+        "NxD §11.1, §18.11; parallel_layers/loss_functions.py _ParallelCrossEntropy (NxD 0.18, fbac349b); "
+        "differential run (w2_tp1_dp2)",
         carries_over=False,
     ),
     Deviation(
@@ -203,6 +238,18 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "The flash path agrees with fp32 eager attention only to bf16 precision on Trainium: flash parity "
         "tolerances must be bf16-sized there.",
         "NxD kernels/flash_attn.py",
+    ),
+    Deviation(
+        "NXD-19",
+        "trainer",
+        "trainer.save_checkpoint writes torch-xla's serialized format (reference files plus `.tensors` "
+        "folders) with use_xser=True and saves in a background thread with async_save=True; it also saves "
+        "schedulers, user content, ZeRO-1 optimizer shards and rotates old checkpoints.",
+        "Always plain torch.save files of the same layout and names, written synchronously; the other options "
+        "raise NotImplementedError. The pipeline package's names exist for import only: pipeline "
+        "parallelism raises NotImplementedError.",
+        "File format only: optimum-neuron's consolidation reads both formats and gives the same tensors.",
+        "NxD trainer/checkpoint.py save_checkpoint (0.18); optimum-neuron 0.4.5 modeling_utils.save_pretrained",
     ),
     Deviation(
         "ON-01",
@@ -313,12 +360,15 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "ON-12",
         "loss_utils",
-        "The host's _ParallelCrossEntropy subtracts the max from its input in place; label smoothing uses the "
-        "local vocabulary size and a local mean.",
+        "The host's _ParallelCrossEntropy (a copy of NxD's with ignore_index and reduction) subtracts the max "
+        "from its input in place, and its label smoothing is NxD's (NXD-13): the K/(K-1) convention over the "
+        "local vocabulary and a local mean in the forward, at every TP size, and a backward that is not the "
+        "gradient of that forward.",
         "The input is left untouched; label smoothing equals F.cross_entropy(label_smoothing=a) over the full "
-        "vocabulary.",
-        "Label smoothing through the host's parallel_cross_entropy at TP > 1 (ForCausalLMLoss never passes it).",
-        "optimum-neuron §5.1",
+        "vocabulary, values and gradients.",
+        "Label smoothing through the host's parallel_cross_entropy trains differently on Trainium at every TP "
+        "size (ForCausalLMLoss never passes it).",
+        "optimum-neuron §5.1; 0.4.5 loss_utils.py _ParallelCrossEntropy",
         carries_over=False,
     ),
     Deviation(
@@ -459,12 +509,19 @@ DEVIATIONS: tuple[Deviation, ...] = (
 
 
 RESULT_CHANGING: frozenset[str] = frozenset(d.id for d in DEVIATIONS if not d.carries_over)
-"""Deviations after which a result on the reference backend does not carry over to Trainium as it is."""
+"""Deviations after which a result on the reference backend does not carry over to Trainium as it is, on any
+platform (`differs_on` adds platform-specific ones)."""
 
 
-def carries_over(deviation_id: str) -> bool:
-    """Whether a reference-backend verdict that touched this deviation holds on Trainium as it is."""
-    return by_id(deviation_id).carries_over
+def carries_over(deviation_id: str, platform: str = DEFAULT_PLATFORM) -> bool:
+    """Whether a reference-backend verdict that touched this deviation holds on `platform` as it is."""
+    return by_id(deviation_id).carries_over_on(platform)
+
+
+def is_kit_host_deviation(deviation_id: str) -> bool:
+    """Whether the deviation is one of the kit's training host (ON-*): with `--host checkout` the checkout's
+    own host runs instead, so it does not apply."""
+    return by_id(deviation_id).id.startswith("ON-")
 
 
 def by_id(deviation_id: str) -> Deviation:
@@ -487,18 +544,26 @@ def render_markdown() -> str:
         "the places below, where the released code has a bug or a surprise. There it does the right thing.",
         "Conformance reports cite these ids when a check touches one of them.",
         "",
-        "A check that passes while touching a deviation marked *no* in the last column is reported as a WARN:",
-        "its verdict does not carry over to Trainium as it is.",
+        "A check that passes while touching a deviation marked *no* in the last column (for the platform the",
+        f"run targets: `--platform {'|'.join(PLATFORMS)}`, default {DEFAULT_PLATFORM}) is reported as a WARN: its verdict",
+        "does not carry over to Trainium as it is.",
         "",
         "| id | component | released Neuron stack | reference backend | impact on a Trainium run | source "
         "| a pass carries over |",
         "|---|---|---|---|---|---|---|",
     ]
     for d in DEVIATIONS:
-        carries = "yes" if d.carries_over else "no"
+        carries = _carries_cell(d)
         cells = (d.id, d.component, d.upstream, d.reference, d.trainium_impact, d.source, carries)
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _carries_cell(deviation: Deviation) -> str:
+    answers = {platform: deviation.carries_over_on(platform) for platform in PLATFORMS}
+    if len(set(answers.values())) == 1:
+        return "yes" if deviation.carries_over else "no"
+    return "; ".join(f"{platform}: {'yes' if ok else 'no'}" for platform, ok in answers.items())
 
 
 if __name__ == "__main__":

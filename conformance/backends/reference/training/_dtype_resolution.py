@@ -13,7 +13,7 @@ import torch
 from transformers import PretrainedConfig
 from transformers.modeling_utils import load_state_dict
 
-from ._rank_steps import by_rank_groups
+from ..local_rank_turns import by_rank_groups
 
 
 def to_torch_dtype(value: Any, what: str) -> torch.dtype:

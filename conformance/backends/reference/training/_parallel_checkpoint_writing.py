@@ -1,12 +1,10 @@
-"""Writing NxD's model-parallel checkpoint layout, with what `checkpointing` needs to consolidate it:
+"""What `save_pretrained` writes beside NxD's model-parallel shards, for `checkpointing` to consolidate them:
 
     <dir>/config.json, <dir>/trn_config.json (and generation_config.json if the model can generate)
-    <dir>/shards/checkpoint, <dir>/shards/done                      marker files, content "1"
     <dir>/shards/mp_metadata_pp_rank_{p}.json                       create_parameter_metadata(model)
-    <dir>/shards/model/dp_rank_00_tp_rank_{TT:02d}_pp_rank_{PP:02d}.pt   torch.save(rank state_dict)
 
-Shards are plain torch.save files, written synchronously (deviation ON-11: the real host writes
-torch-xla's serialized format when `use_xser=True` and can save asynchronously).
+The shards themselves (`<dir>/shards/model/...`) are written by NxD's `trainer.save_checkpoint`, as the
+real host does: plain torch.save files, synchronously (deviations ON-11, NXD-19).
 """
 
 from __future__ import annotations
@@ -14,55 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..neuronx_distributed.parallel_layers import parallel_state
-from ._rank_steps import barrier, by_rank_groups
 from .transformations_utils import create_parameter_metadata
 
 MODEL_PARALLEL_SHARDS_DIR_NAME = "shards"
 TRN_CONFIG_NAME = "trn_config.json"
-
-
-def save_model_parallel_checkpoint(
-    checkpoint_dir: Path,
-    tag: str,
-    *,
-    model: nn.Module | dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer | None,
-    num_workers: int,
-) -> None:
-    """NxD's `trainer.save_checkpoint` for the plain format: DP rank 0 of each (TP, PP) writes its shard.
-
-    `model` is a module (its `state_dict()` is saved) or, as for PEFT adapters, a state dict itself.
-
-    Global rank 0 writes `<tag>/checkpoint` first and `<tag>/done` once every rank has written.
-    """
-    tag_dir = checkpoint_dir / tag
-    if dist.get_rank() == 0:
-        tag_dir.mkdir(parents=True, exist_ok=True)
-        (tag_dir / "checkpoint").write_text("1")
-    items: list[tuple[Any, str]] = []
-    if parallel_state.get_data_parallel_rank() == 0:
-        state = model if isinstance(model, dict) else model.state_dict()
-        items.append((state, _shard_file_name("model")))
-        if optimizer is not None:
-            items.append((optimizer.state_dict(), _shard_file_name("optim")))
-
-    def write() -> None:
-        for obj, relative in items:
-            path = tag_dir / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(_cpu_copy(obj), path)
-
-    by_rank_groups(num_workers, write)
-    if dist.get_rank() == 0:
-        (tag_dir / "done").write_text("1")
-    barrier()
 
 
 def write_parameter_metadata(
@@ -96,23 +53,3 @@ def write_configs(model: nn.Module, save_directory: Path) -> None:
     if isinstance(trn_config_data["checkpoint_dir"], Path):
         trn_config_data["checkpoint_dir"] = trn_config_data["checkpoint_dir"].as_posix()
     (save_directory / TRN_CONFIG_NAME).write_text(json.dumps(trn_config_data, indent=4))
-
-
-def _cpu_copy(value: Any) -> Any:
-    """Tensors of a (nested) state dict on CPU; views are copied so a file holds only its own data."""
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu()
-        if tensor.untyped_storage().nbytes() > tensor.nbytes:
-            tensor = tensor.clone()
-        return tensor
-    if isinstance(value, dict):
-        return type(value)((k, _cpu_copy(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cpu_copy(v) for v in value)
-    return value
-
-
-def _shard_file_name(kind: str) -> str:
-    tp = parallel_state.get_tensor_model_parallel_rank()
-    pp = parallel_state.get_pipeline_model_parallel_rank()
-    return f"{kind}/dp_rank_00_tp_rank_{tp:02d}_pp_rank_{pp:02d}.pt"

@@ -13,7 +13,7 @@ module of its own:
     _checkpoint_loading          streaming the files into this rank's shards (keys: _checkpoint_keys;
                                  what no file covered: _uncovered_modules)
     _parallel_checkpoint_writing the saved layout (config.json, trn_config.json, shards/...)
-    _rank_steps                  local ranks taking turns at reading and writing files
+    ..local_rank_turns           local ranks taking turns at reading and writing files
     _token_resizing              resize_token_embeddings of a ParallelEmbedding model (ON-15, ON-16)
 
 Scope of the reference backend: local folders (or what `huggingface_hub.snapshot_download` resolves),
@@ -46,14 +46,15 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 from transformers.modeling_utils import get_parameter_dtype, no_init_weights
 
+from ..local_rank_turns import barrier, by_rank_groups
 from ..neuronx_distributed.parallel_layers import parallel_state
 from ..neuronx_distributed.parallel_layers.layers import ParallelEmbedding
+from ..neuronx_distributed.trainer import save_checkpoint
 from ._checkpoint_folder import check_safetensors_format, checkpoint_files, resolve_model_dir
 from ._checkpoint_loading import load_checkpoint_files
 from ._dtype_resolution import resolve_dtype
 from ._parallel_checkpoint_writing import (
     MODEL_PARALLEL_SHARDS_DIR_NAME,
-    save_model_parallel_checkpoint,
     write_configs,
     write_parameter_metadata,
 )
@@ -64,7 +65,6 @@ from ._pretrained_arguments import (
     pop_token,
     reject_unsupported_arguments,
 )
-from ._rank_steps import barrier, by_rank_groups
 from ._token_resizing import resize_parallel_token_embeddings
 from .config import TrainingNeuronConfig
 from .pipeline_utils import get_pipeline_parameters_for_current_stage
@@ -409,8 +409,8 @@ class NeuronModelMixin:
         self.config.architectures = [self.__class__.__name__]
         self.config._attn_implementation_autoset = False
 
-        save_model_parallel_checkpoint(
-            save_directory,
+        save_checkpoint(
+            save_directory.as_posix(),
             MODEL_PARALLEL_SHARDS_DIR_NAME,
             model=self,
             optimizer=optimizer,

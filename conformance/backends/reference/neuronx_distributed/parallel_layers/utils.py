@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 
 _TP_ATTRIBUTE_DEFAULTS = {
     "tensor_model_parallel": False,
@@ -87,3 +89,14 @@ class EmbeddingUtility:
     def range_from_global_vocab_size(global_vocab_size: int, rank: int, world_size: int) -> tuple[int, int]:
         per_partition = divide(global_vocab_size, world_size)
         return EmbeddingUtility.range_from_per_partition_vocab_size(per_partition, rank, world_size)
+
+
+def get_local_world_size() -> int:
+    """The number of ranks on this host (torchrun's LOCAL_WORLD_SIZE; the world without it)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def move_model_to_device(model: torch.nn.Module, device: torch.device) -> None:
+    """Move the model's parameters and buffers to `device`, keeping parameter identities (NxD's helper)."""
+    model.to(device)

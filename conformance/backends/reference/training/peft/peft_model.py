@@ -31,7 +31,8 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from torch import nn
 
-from .._parallel_checkpoint_writing import save_model_parallel_checkpoint, write_parameter_metadata
+from ...neuronx_distributed.trainer import save_checkpoint
+from .._parallel_checkpoint_writing import write_parameter_metadata
 from ..pipeline_utils import get_pipeline_parameters_for_current_stage
 from ..transformations_utils import (
     adapt_peft_config_for_model,
@@ -245,8 +246,8 @@ class NeuronPeftModel(PeftModel):
         )
         output_dir = save_directory / f"adapter_{adapter_name}"
         write_parameter_metadata(self, output_dir, ADAPTER_MODEL_PARALLEL_SHARDS_DIR_NAME)
-        save_model_parallel_checkpoint(
-            output_dir,
+        save_checkpoint(
+            output_dir.as_posix(),
             ADAPTER_MODEL_PARALLEL_SHARDS_DIR_NAME,
             model=state_dict,
             optimizer=None,

@@ -1,4 +1,5 @@
-"""Local ranks taking turns at a memory-heavy step (`TrainingNeuronConfig.num_local_ranks_per_step`).
+"""Local ranks taking turns at a memory-heavy step (`TrainingNeuronConfig.num_local_ranks_per_step`, NxD's
+`save_checkpoint(num_workers=...)`); shared by the reference NxD and the reference host.
 
 Loading and saving read or write whole files per rank; running them a few local ranks at a time bounds
 the host memory they use together. Every rank meets every barrier, so none hangs when another fails.

@@ -1,0 +1,1 @@
+"""`torch_xla.core`: only `xla_model` is provided."""

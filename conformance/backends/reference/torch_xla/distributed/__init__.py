@@ -1,0 +1,1 @@
+"""`torch_xla.distributed`: only `xla_backend` is provided."""

@@ -1,0 +1,74 @@
+"""optimum-neuron's own released models, checked unmodified from a checkout (`--repo`) on the reference
+backend: llama has no __init__.py, qwen3 imports `..llama.modeling_llama`, and both create tensors on the
+"xla" device and checkpoint activations with torch_xla's checkpoint, which the reference backend supplies.
+llama runs over the checkout's own host (`--host checkout`), qwen3 over the kit's.
+The oracle is transformers; qwen3's per-head q/k norms are a real defect of the release (their gradients are
+partial on each TP rank and nothing sums them), so its TP=2 parity must FAIL naming them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conformance.checks import RunSettings
+from conformance.checks.parity import run
+from conformance.cli import main
+from conformance.results import Status
+
+TRAINING = Path("optimum/neuron/models/training")
+
+
+@pytest.mark.slow
+def test_released_llama_passes_parity_over_its_own_host_from_a_checkout(
+    released_checkout: Path, checkpoint_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not (released_checkout / TRAINING / "llama" / "__init__.py").exists()
+    out = tmp_path / "report"
+    status = main(
+        [
+            "llama",
+            "--repo",
+            str(released_checkout),
+            "--host",
+            "checkout",
+            "--checks",
+            "parity",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(checkpoint_cache),
+        ],
+        console=Console(width=200),
+    )
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    report = json.loads((out / "llama" / "results.json").read_text())
+    assert report["package_dir"] == str((released_checkout / TRAINING / "llama").resolve())
+    assert report["environment"]["host"] == f"checkout {released_checkout}"
+    assert report["environment"]["platform"] == "trn1"
+    assert [(r["configuration"]["tp_size"], r["status"]) for r in report["results"]] == [
+        (1, "PASS"),
+        (2, "PASS"),
+        (2, "PASS"),
+        (2, "PASS"),
+    ]
+
+
+@pytest.mark.slow
+def test_released_qwen3_imports_its_llama_sibling_and_fails_on_its_partial_qk_norm_gradients(
+    released_checkout: Path, checkpoint_cache: Path
+) -> None:
+    configurations = [
+        {"variant": "qwen3/gqa", "tp_size": 1, "sequence_parallel": False, "fuse_qkv": False},
+        {"variant": "qwen3/gqa", "tp_size": 2, "sequence_parallel": False, "fuse_qkv": False},
+    ]
+    settings = RunSettings(cache_dir=checkpoint_cache, timeout=240.0)
+    at_1, at_2 = run(released_checkout / TRAINING / "qwen3", configurations, settings)
+    assert at_1.status is Status.PASS, at_1.reasons
+    assert at_2.status is Status.FAIL
+    partial = [reason for reason in at_2.reasons if "is partial" in reason]
+    assert partial and all("q_norm" in reason or "k_norm" in reason for reason in partial), at_2.reasons
