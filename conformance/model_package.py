@@ -8,6 +8,7 @@ checkpoint names.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -41,6 +42,9 @@ def mount(model_dir: Path) -> tuple[ModuleType, Callable[[], None]]:
 
 def causal_lm_class(package: ModuleType, checkpoint: str) -> type:
     architectures = json.loads((Path(checkpoint) / "config.json").read_text()).get("architectures") or []
+    for module_file in sorted(Path(package.__file__ or "").parent.glob("modeling_*.py")):
+        # its `__init__.py` may export nothing, as optimum-neuron's own model packages do
+        importlib.import_module(f"{package.__name__}.{module_file.stem}")
     for name in architectures:
         cls = getattr(package, name, None)
         if cls is None:
