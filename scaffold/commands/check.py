@@ -71,9 +71,12 @@ def _report(console: Console, result: PackageCheck, strict: bool, root: Path) ->
     if result.status == "error":
         out(f"error  {shown}: {result.error}", highlight=False)
         return True
+    if result.status == "ok" and failed:
+        out(f"fail   {shown} ({result.model_type}): up to date, but see the line(s) above", highlight=False)
+        return True
     if result.status == "ok":
         out(f"ok     {shown} ({result.model_type})", highlight=False)
-        return failed
+        return False
     if result.status == "edited":
         out(f"edited {shown} ({result.model_type}): hand edits only, no drift", highlight=False)
         if strict:

@@ -76,7 +76,10 @@ def previous_generation(package_dir: Path, writing: bool) -> GenerationRecord | 
     writing over it is refused, `--force` or not; a preview (`--diff`, `--dry-run`) is allowed.
     """
     if (package_dir / RECORD_FILE).is_file():
-        return read_record(package_dir)
+        try:
+            return read_record(package_dir)
+        except ScaffoldError:  # a damaged record is still ours: --force may replace the package
+            return None
     if has_record(package_dir) or not package_dir.is_dir() or not read_tree(package_dir):
         return None
     if writing:

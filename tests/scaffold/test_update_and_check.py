@@ -321,6 +321,7 @@ def test_check_flags_a_placeholder_left_in_the_test_lists(tmp_path: Path, fast_e
     assert status == 1
     for line in expected:
         assert line in out
+    assert "fail   " in out and "ok     " not in out
     assert (
         run(["new-model", "mistral", "--repo", str(root), "--force", "--test-model", "someone/mistral-tiny"])[
             0
