@@ -50,7 +50,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         )
     scaffolding = sum(verdict.scaffolds for verdict in verdicts)
     shown = [verdict for verdict in verdicts if not (args.refused and verdict.scaffolds)]
-    console.print(_table(shown, f"transformers {transformers_version}, rule set {RULESET_VERSION}"))
+    console.print(
+        _table(shown, f"transformers {transformers_version}, rule set {RULESET_VERSION}", console.width)
+    )
     console.out(
         f"{scaffolding} of {len(verdicts)} scaffold; `scaffold inspect TYPE` shows a plan, "
         "`scaffold rules CODE` what a refusal means",
@@ -59,12 +61,17 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _table(verdicts: list[Verdict], versions: str) -> Table:
+WIDE = 140  # below this, the architecture column gives its room to the reasons
+
+
+def _table(verdicts: list[Verdict], versions: str, width: int) -> Table:
+    wide = width >= WIDE
     table = Table(title=f"Decoder-only causal LMs ({versions})", title_justify="left")
     table.add_column("type", no_wrap=True)
-    table.add_column("architecture")
+    if wide:
+        table.add_column("architecture")
     table.add_column("verdict", no_wrap=True)
-    table.add_column("codes")
+    table.add_column("codes", max_width=14)
     table.add_column("first reason", overflow="fold", ratio=1)
     for verdict in verdicts:
         if verdict.error is not None:
@@ -76,7 +83,7 @@ def _table(verdicts: list[Verdict], versions: str) -> Table:
         else:
             cells = ("scaffolds", "", "")
             style = "green"
-        row = (verdict.model_type, verdict.display_name, *cells)
+        row = (verdict.model_type, *([verdict.display_name] if wide else []), *cells)
         table.add_row(*(Text(cell) for cell in row), style=style)
     return table
 
