@@ -34,6 +34,7 @@ from libcst.metadata import MetadataWrapper, PositionProvider
 
 from .checkout_style import conform
 from .errors import ScaffoldError
+from .record import placeholder_test_model
 from .supported_architectures import DOCS_PAGE, TrainingRow, add_row
 
 TRAINING_DIR = Path("optimum/neuron/models/training")
@@ -138,8 +139,6 @@ def plan_registration(repo: Path, names: ModelNames) -> Registration:
 def placeholder_uses(package_dir: Path, model_type: str) -> list[tuple[Path, int]]:
     """(file, line) of every placeholder checkpoint of `model_type` left in the test lists of the checkout
     that holds `package_dir` (none when it is not in a checkout)."""
-    from .record import placeholder_test_model
-
     repo = checkout_of(package_dir)
     if repo is None:
         return []
