@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 from rich.console import Console
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m conformance",
         description="Check generated optimum-neuron training models against transformers (DESIGN §5).",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s (nxd-scaffold) {version('nxd-scaffold')}"
     )
     parser.add_argument(
         "model_types", nargs="*", default=list(DEFAULT_MODELS), help="model types to check (default: llama)"

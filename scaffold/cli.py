@@ -7,6 +7,7 @@ turns a `ScaffoldError` into one error message on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from .commands import all_commands
 from .errors import ScaffoldError
 
 EXIT_ERROR = 2
+DISTRIBUTION = "nxd-scaffold"
 CAPTURE_WIDTH = 180
 
 
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scaffold",
         description="Scaffold optimum-neuron training models from installed transformers models.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in all_commands():
         subparser = subparsers.add_parser(command.name, help=command.help, description=command.help)
@@ -33,10 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_line() -> str:
+    """`scaffold <version> (rule set N)`: the distribution's version and the rule set it generates with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .ruleset import RULESET_VERSION
+
+    try:
+        installed = version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        installed = "unknown"
+    return f"scaffold ({DISTRIBUTION}) {installed}, rule set {RULESET_VERSION}"
+
+
 def _console() -> Console:
-    """Rich console; when piped, a fixed width keeps the tables readable and the output deterministic."""
+    """Rich console at the terminal's width (`COLUMNS` when set); when piped without `COLUMNS`, a fixed width
+    keeps the tables readable and the output deterministic."""
     console = Console()
-    return console if console.is_terminal else Console(width=CAPTURE_WIDTH)
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(width=CAPTURE_WIDTH)
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:

@@ -1,26 +1,36 @@
 """`scaffold check`: regenerate every generated package in a tree and compare.
 
-A package is found by its answers file (or, when that is missing, by a modeling file carrying the
-generated-file header, which is then reported as uncheckable). Each is regenerated from its recorded
-request (model type, --source, disabled rules, --allow-unsupported) against the installed transformers
-and the current rule set, then compared file by file:
+A package is found by its generation record (scaffold.record); a modeling file carrying the
+generated-file header without one is reported as uncheckable. Each package is first searched for
+unresolved conflict markers (a conflicting `scaffold update` leaves them, and the package fails the check
+until they are gone) and, inside an optimum-neuron checkout, the test lists for the placeholder checkpoint
+`--test-model` replaces. Then it is regenerated from its record against the installed transformers and
+the current rule set, and compared:
 
-- drift: the regeneration differs from the recorded pristine generation (from the files on disk when
-  the answers hold no pristine copy): transformers or the rules moved on; `scaffold update` merges it;
-- edited: the files on disk differ from the pristine generation while the regeneration does not:
-  hand edits, which are expected (contributors finish TODOs) and fail the check only with `strict`.
+- drift: the regeneration's digest differs from the recorded one: transformers or the rules moved on;
+  `scaffold update` merges it. The diff is shown against the last generation when the cache has it
+  (scaffold.generations), else against the files on disk;
+- edited: the files on disk differ from the regeneration while the regeneration equals the last
+  generation: hand edits, which are expected (contributors finish TODOs) and fail only with `strict`.
+
+A regeneration equal to the recorded one is stored in the cache: a `check` with the recorded versions
+installed restores the merge base of the next update on any machine.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .emit import HEADER_MARK, emit_model
+from . import generations
+from .emit import emit_model, is_generated
 from .errors import ScaffoldError
-from .package import ANSWERS_FILE, read_answers, read_tree, render_package
+from .merge import conflict_markers
+from .package import read_tree, render_package
+from .record import LEGACY_ANSWERS_FILE, RECORD_FILE, read_record
+from .registration import placeholder_uses
 
 _SKIPPED_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
@@ -29,32 +39,37 @@ FileDiff = tuple[bytes | None, bytes | None]  # (before, after); None = absent
 
 @dataclass(frozen=True)
 class PackageCheck:
-    """The outcome for one package: `status` is "ok", "edited", "drift" or "error"."""
+    """The outcome for one package: `status` is "ok", "edited", "drift", "conflict" or "error".
+
+    `problems` ("where: what") fail the check whatever the status: conflict markers, placeholders.
+    """
 
     package_dir: Path
     model_type: str
     status: str
-    drift: dict[str, FileDiff] = field(default_factory=dict)  # base -> regenerated
+    drift: dict[str, FileDiff] = field(default_factory=dict)  # drift_base -> regenerated
+    drift_base: str = "the last generation"
     edits: dict[str, FileDiff] = field(default_factory=dict)  # on disk -> regenerated
+    problems: tuple[str, ...] = ()
     error: str | None = None
 
 
 def find_packages(root: Path) -> tuple[list[Path], list[Path]]:
-    """Package folders with an nxd-scaffold answers file under `root`, and orphan generated files.
+    """Package folders with a generation record under `root`, and orphan generated modeling files.
 
     Hidden folders (.git, .venv, ...) and caches are not searched.
     """
     packages: list[Path] = []
     orphans: list[Path] = []
     for folder, subfolders, names in _walk(root):
-        if ANSWERS_FILE in names and _is_ours(folder / ANSWERS_FILE):
+        if RECORD_FILE in names or (LEGACY_ANSWERS_FILE in names and _legacy_record(folder)):
             packages.append(folder)
             subfolders.clear()
             continue
         orphans += [
             folder / name
             for name in sorted(names)
-            if name.startswith("modeling_") and _generated(folder / name)
+            if name.startswith("modeling_") and name.endswith(".py") and _generated(folder / name)
         ]
     return sorted(packages), sorted(orphans)
 
@@ -65,48 +80,70 @@ def _walk(root: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
         yield Path(folder), subfolders, names
 
 
-def _is_ours(path: Path) -> bool:
+def _legacy_record(folder: Path) -> bool:
+    """Whether a copier answers file there is one that an earlier nxd-scaffold wrote."""
     try:
-        return "ruleset_version:" in path.read_text(encoding="utf-8", errors="replace")
+        return "ruleset_version:" in (folder / LEGACY_ANSWERS_FILE).read_text(
+            encoding="utf-8", errors="replace"
+        )
     except OSError:
         return False
 
 
 def _generated(path: Path) -> bool:
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            return handle.readline().startswith(HEADER_MARK)
+        return is_generated(path.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return False
 
 
-def check_package(package_dir: Path) -> PackageCheck:
-    """Regenerate the package at `package_dir` and compare (regeneration failures become status "error")."""
+def check_package(package_dir: Path, sources: Mapping[str, Path] | None = None) -> PackageCheck:
+    """Check the package at `package_dir`; `sources` maps a `--source` file name to its path."""
     try:
-        recorded = read_answers(package_dir)
-        model_type = recorded.answers["model_type"]
-        generation = render_package(emit_model(recorded.request()), recorded.test_model)
+        record = read_record(package_dir)
     except ScaffoldError as error:
-        return PackageCheck(
-            package_dir, model_type=_model_type_hint(package_dir), status="error", error=str(error)
+        return PackageCheck(package_dir, package_dir.name, status="error", error=str(error))
+    on_disk = read_tree(package_dir)
+    conflicts = conflict_markers(on_disk)
+    if conflicts:
+        problems = tuple(
+            f"{package_dir / str(conflict)}: unresolved conflict marker" for conflict in conflicts
         )
+        return PackageCheck(package_dir, record.model_type, status="conflict", problems=problems)
+    problems = tuple(
+        f"{path}:{line}: placeholder checkpoint {record.test_model!r}; rerun `scaffold new-model "
+        f"{record.model_type} --repo ... --force --test-model REPO_ID` or replace it by hand"
+        for path, line in placeholder_uses(package_dir, record.model_type)
+    )
+    source = (sources or {}).get(record.source_file) if record.source_given else None
+    try:
+        generation = render_package(emit_model(record.request(source=source)), record.test_model)
+    except ScaffoldError as error:
+        return PackageCheck(package_dir, record.model_type, "error", problems=problems, error=str(error))
     regenerated = generation.content_files
-    on_disk = {name: data for name, data in read_tree(package_dir).items() if name != ANSWERS_FILE}
-    base = recorded.pristine if recorded.pristine is not None else on_disk
-    names = sorted(set(regenerated) | set(base))
-    drift = {
-        name: (base.get(name), regenerated.get(name))
-        for name in names
-        if base.get(name) != regenerated.get(name)
-    }
-    edits = {
-        name: (on_disk.get(name), regenerated.get(name))
-        for name in names
-        if on_disk.get(name) != regenerated.get(name)
-    }
-    status = "drift" if drift else "edited" if edits else "ok"
-    return PackageCheck(package_dir, model_type, status, drift=drift, edits=edits)
+    files = {name: data for name, data in on_disk.items() if name != RECORD_FILE}
+    if generation.record.generation_sha256 == record.generation_sha256:
+        generations.store(regenerated)
+        edits = _differences(files, regenerated)
+        return PackageCheck(
+            package_dir, record.model_type, "edited" if edits else "ok", edits=edits, problems=problems
+        )
+    base = generations.load(record.generation_sha256)
+    drift = _differences(base if base is not None else files, regenerated)
+    return PackageCheck(
+        package_dir,
+        record.model_type,
+        "drift",
+        drift=drift,
+        drift_base="the last generation"
+        if base is not None
+        else "the files on disk (the last generation is not cached)",
+        problems=problems,
+    )
 
 
-def _model_type_hint(package_dir: Path) -> str:
-    return package_dir.name
+def _differences(before: Mapping[str, bytes], after: Mapping[str, bytes]) -> dict[str, FileDiff]:
+    names = sorted(set(before) | set(after))
+    return {
+        name: (before.get(name), after.get(name)) for name in names if before.get(name) != after.get(name)
+    }

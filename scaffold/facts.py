@@ -29,7 +29,7 @@ from typing import Any
 from .activation_sources import activation_facts, quiet
 from .errors import ScaffoldError
 
-SCHEMA = 2  # bump when the facts or their JSON change (2: torch sources among the inputs)
+SCHEMA = 3  # bump when the facts or their JSON change (2: torch sources among the inputs; 3: display_name)
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class ModelFacts:
     """Everything `scaffold.source.locate` and the analysis read from transformers for one model type."""
 
     model_type: str
+    display_name: str  # transformers' name for the architecture in its docs ("Mistral", "Qwen2")
     transformers_version: str
     causal_lm_class: str
     base_model_class: str
@@ -191,6 +192,7 @@ def collect(model_type: str) -> ModelFacts:
     )
     return ModelFacts(
         model_type=model_type,
+        display_name=configuration_auto.MODEL_NAMES_MAPPING.get(model_type, model_type),
         transformers_version=transformers.__version__,
         causal_lm_class=causal_lm_class,
         base_model_class=base_model_class,

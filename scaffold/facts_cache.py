@@ -29,11 +29,15 @@ CACHE_ENV = "NXD_SCAFFOLD_CACHE"  # shared with reference_models (checkpoints)
 FOLDER = "scaffold-facts"
 
 
+def cache_root() -> Path:
+    """The kit's user cache: `$NXD_SCAFFOLD_CACHE`, default `~/.cache/nxd-scaffold`."""
+    base = os.environ.get(CACHE_ENV)
+    return Path(base) if base else Path.home() / ".cache" / "nxd-scaffold"
+
+
 def cache_dir() -> Path:
     """Folder of the facts cache for the installed transformers."""
-    base = os.environ.get(CACHE_ENV)
-    root = (Path(base) if base else Path.home() / ".cache" / "nxd-scaffold") / FOLDER
-    return root / _installation_key()
+    return cache_root() / FOLDER / _installation_key()
 
 
 def _installation_key() -> str:

@@ -5,16 +5,21 @@ The edits follow the contributing guide, on the files' real shape in optimum-neu
 - `optimum/neuron/models/training/auto_models.py`: import the two classes and register them with
   `register_neuron_model_for_training("<type>", "model")` / `("<type>", "text-generation")`, each call
   after the last existing one of its task;
-- `optimum/neuron/models/training/__init__.py`: import both classes (and list them in `__all__` when the
-  file has one);
+- `optimum/neuron/models/training/__init__.py`: import the causal-LM class, as optimum-neuron does for its
+  own models (and list it in `__all__` when the file has one);
 - `tests/training/test_custom_modeling.py` (`CUSTOM_MODELINGS_TO_TEST`), `test_overfit.py` (the
   parametrize rows of `test_overfit_custom_modeling_causal_lm`) and `test_modeling_auto.py` (the
-  checkpoint loops of the two `*_with_supported_architecture` tests): add the model.
+  checkpoint loops of the two `*_with_supported_architecture` tests): add the model with its test
+  checkpoint, or replace the checkpoint an earlier run put there (the placeholder, or the previously
+  recorded `--test-model`) by the new one;
+- `docs/source/supported_architectures.mdx`: a row in the training table (scaffold.supported_architectures).
 
-Every edit is a libcst rewrite that keeps the rest of the file byte for byte, inserts imports where
-isort would put them, and is idempotent: what is already there is left alone, so a second run changes
-nothing. When the expected anchor (a list, a decorator, a registration call) is missing, the edit is
-refused with the file and, where known, the line, rather than guessed.
+Every Python edit is a libcst rewrite that keeps the rest of the file byte for byte and inserts imports
+where isort would put them; the edited file is then finished by the checkout's own ruff
+(scaffold.checkout_style), so it passes the checkout's `ruff check` and `ruff format --check` whatever the
+lengths of the inserted names. Every edit is idempotent: what is already there is left alone, so a second
+run changes nothing. When the expected anchor (a list, a decorator, a registration call) is missing, the
+edit is refused with the file and, where known, the line, rather than guessed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from pathlib import Path
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from .checkout_style import conform
 from .errors import ScaffoldError
+from .record import placeholder_test_model
+from .supported_architectures import DOCS_PAGE, TrainingRow, add_row
 
 TRAINING_DIR = Path("optimum/neuron/models/training")
 TESTS_DIR = Path("tests/training")
@@ -57,7 +65,11 @@ OVERFIT_DEFAULTS = {
 
 @dataclass(frozen=True)
 class ModelNames:
-    """The names a registration needs."""
+    """The names a registration needs.
+
+    `replaceable_test_models`: checkpoints an earlier run may have put in the test lists for this model
+    (the placeholder, the previously recorded `--test-model`), replaced by `test_model` where found.
+    """
 
     model_type: str
     package_name: str
@@ -65,6 +77,13 @@ class ModelNames:
     base_model_class: str
     causal_lm_class: str
     test_model: str
+    display_name: str = ""
+    pipeline_parallelism: bool = False
+    replaceable_test_models: tuple[str, ...] = ()
+
+    @property
+    def replaceable(self) -> tuple[str, ...]:
+        return tuple(name for name in self.replaceable_test_models if name != self.test_model)
 
 
 @dataclass(frozen=True)
@@ -99,13 +118,60 @@ def plan_registration(repo: Path, names: ModelNames) -> Registration:
     notes: list[str] = []
     for relative, edit in edits:
         editor = _Editor.load(repo, relative)
+        original = editor.module.code
         changes = edit(editor, names)
         if changes:
-            files[repo / relative] = editor.module.code.encode("utf-8")
+            files[repo / relative] = conform(repo / relative, original, editor.module.code).encode("utf-8")
             notes.append(f"{relative}: " + "; ".join(changes))
         else:
             notes.append(f"{relative}: already registered, unchanged")
+    docs = repo / DOCS_PAGE
+    text = _read_text(repo, DOCS_PAGE)
+    new_text, change = add_row(
+        text, TrainingRow(names.display_name or names.model_type, names.pipeline_parallelism)
+    )
+    if change is not None:
+        files[docs] = new_text.encode("utf-8")
+    notes.append(f"{DOCS_PAGE}: {change or 'already listed, unchanged'}")
     return Registration(files=files, notes=tuple(notes))
+
+
+def placeholder_uses(package_dir: Path, model_type: str) -> list[tuple[Path, int]]:
+    """(file, line) of every placeholder checkpoint of `model_type` left in the test lists of the checkout
+    that holds `package_dir` (none when it is not in a checkout)."""
+    repo = checkout_of(package_dir)
+    if repo is None:
+        return []
+    placeholder = placeholder_test_model(model_type)
+    found = []
+    for relative in (CUSTOM_MODELING_TEST, OVERFIT_TEST, MODELING_AUTO_TEST):
+        try:
+            lines = (repo / relative).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        found += [(repo / relative, number) for number, line in enumerate(lines, 1) if placeholder in line]
+    return found
+
+
+def checkout_of(package_dir: Path) -> Path | None:
+    """The optimum-neuron checkout whose training package holds `package_dir`, if it is one."""
+    package_dir = package_dir.resolve()
+    depth = len(TRAINING_DIR.parts)
+    if len(package_dir.parents) <= depth:
+        return None
+    repo = package_dir.parents[depth]
+    return repo if package_dir.parent == repo / TRAINING_DIR and (repo / AUTO_MODELS).is_file() else None
+
+
+def _read_text(repo: Path, relative: Path) -> str:
+    try:
+        return (repo / relative).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ScaffoldError(
+            f"{relative}: missing from {repo}", hint="is --repo the root of an optimum-neuron checkout?"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScaffoldError(f"{repo / relative}: cannot read: {error}") from error
 
 
 class _Editor:
@@ -118,15 +184,7 @@ class _Editor:
 
     @classmethod
     def load(cls, repo: Path, relative: Path) -> _Editor:
-        path = repo / relative
-        try:
-            text = path.read_bytes().decode("utf-8")  # not read_text: keep the file's line endings
-        except FileNotFoundError:
-            raise ScaffoldError(
-                f"{relative}: missing from {repo}", hint="is --repo the root of an optimum-neuron checkout?"
-            ) from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ScaffoldError(f"{path}: cannot read: {error}") from error
+        text = _read_text(repo, relative)  # bytes decoded, not read_text: keep the file's line endings
         try:
             return cls(relative, cst.parse_module(text))
         except cst.ParserSyntaxError as error:
@@ -190,7 +248,7 @@ def _edit_training_init(editor: _Editor, names: ModelNames) -> list[str]:
         raise editor.refuse(
             "does not import `auto_models` (`from . import auto_models`), so registrations never run"
         )
-    wanted = [names.base_model_class, names.causal_lm_class]
+    wanted = [names.causal_lm_class]  # optimum-neuron's own models export only their causal LM here
     module, added = _ensure_import(module, names, wanted)
     changes = [f"imported {', '.join(added)}"] if added else []
     for index, statement in enumerate(module.body):
@@ -215,8 +273,13 @@ def _edit_custom_modeling_test(editor: _Editor, names: ModelNames) -> list[str]:
         target = _assigned_list(statement, CUSTOM_MODELINGS_LIST)
         if target is None:
             continue
-        if names.causal_lm_class in (_first_string(element.value) for element in target.elements):
-            return []
+        entry = next(
+            (e.value for e in target.elements if _first_string(e.value) == names.causal_lm_class), None
+        )
+        if entry is not None:
+            return _replace_test_model(
+                editor, entry, names, f"for {names.causal_lm_class} in {CUSTOM_MODELINGS_LIST}"
+            )
         entry = cst.parse_expression(f"({_string(names.causal_lm_class)}, {_string(names.test_model)})")
         editor.module = _replace_in_body(editor.module, index, target, _append(target, entry))
         return [f"added {names.causal_lm_class} to {CUSTOM_MODELINGS_LIST}"]
@@ -241,8 +304,13 @@ def _edit_overfit_test(editor: _Editor, names: ModelNames) -> list[str]:
         rows = call.args[1].value
         if not isinstance(rows, cst.List):
             raise editor.refuse("the model rows of the parametrize are not a list literal", decorator)
-        if names.causal_lm_class in (_first_string(element.value) for element in rows.elements):
-            return []
+        existing = next(
+            (e.value for e in rows.elements if _first_string(e.value) == names.causal_lm_class), None
+        )
+        if existing is not None:
+            return _replace_test_model(
+                editor, function, names, f"in the {names.causal_lm_class} row of {OVERFIT_FUNCTION}"
+            )
         values = {
             "model_class_name": _string(names.causal_lm_class),
             "model_name_or_path": _string(names.test_model),
@@ -254,7 +322,7 @@ def _edit_overfit_test(editor: _Editor, names: ModelNames) -> list[str]:
             raise editor.refuse(
                 f"unknown overfit parameter(s) {', '.join(unknown)}: cannot build a row", decorator
             )
-        row = cst.parse_expression("[" + ", ".join(values[name] for name in row_names) + "]")
+        row = _row_like(rows, [cst.parse_expression(values[name]) for name in row_names])
         new_args = list(call.args)
         new_args[1] = new_args[1].with_changes(value=_append(rows, row))
         for position, argument in enumerate(new_args):
@@ -292,12 +360,60 @@ def _edit_modeling_auto_test(editor: _Editor, names: ModelNames) -> list[str]:
                 f"{name} has no `for ... in [<checkpoints>]:` loop to add the model to", function
             )
         assert isinstance(loop.iter, cst.List)
-        if names.test_model in _strings(loop.iter.elements):
+        present = _strings(loop.iter.elements)
+        if names.test_model in present:
+            continue
+        if any(old in present for old in names.replaceable):
+            changes += _replace_test_model(editor, loop, names, f"in {name}")
             continue
         new_loop = loop.with_changes(iter=_append(loop.iter, cst.SimpleString(_string(names.test_model))))
         editor.module = editor.module.deep_replace(loop, new_loop)
         changes.append(f"added {names.test_model} to {name}")
     return changes
+
+
+def _replace_test_model(editor: _Editor, scope: cst.CSTNode, names: ModelNames, where: str) -> list[str]:
+    """Replace, inside `scope`, the string literals holding a replaceable checkpoint by `test_model`.
+
+    In the overfit test `scope` is the whole function, so the row and its `ids=` entry change together.
+    """
+    replacer = _StringReplacer(set(names.replaceable), _string(names.test_model))
+    new_scope = scope.visit(replacer)
+    if not replacer.replaced:
+        return []
+    editor.module = editor.module.deep_replace(scope, new_scope)
+    return [f"replaced {', '.join(sorted(replacer.replaced))} by {names.test_model} {where}"]
+
+
+class _StringReplacer(cst.CSTTransformer):
+    """Replaces every string literal whose value is in `olds` by the literal `new` (in one pass)."""
+
+    def __init__(self, olds: set[str], new: str) -> None:
+        super().__init__()
+        self.olds = olds
+        self.new = new
+        self.replaced: set[str] = set()
+
+    def leave_SimpleString(
+        self, original_node: cst.SimpleString, updated_node: cst.SimpleString
+    ) -> cst.SimpleString:
+        value = _literal(original_node)
+        if isinstance(value, str) and value in self.olds:
+            self.replaced.add(value)
+            return updated_node.with_changes(value=self.new)
+        return updated_node
+
+
+def _row_like(rows: cst.List, values: list[cst.BaseExpression]) -> cst.BaseExpression:
+    """A list row holding `values`, laid out as the last list row of `rows` (one value per line...)."""
+    siblings = [e.value for e in rows.elements if isinstance(e.value, cst.List)]
+    model = siblings[-1] if siblings else None
+    if model is None or len(model.elements) != len(values):
+        return cst.List(elements=[cst.Element(value=value) for value in values])
+    elements = [
+        element.with_changes(value=value) for element, value in zip(model.elements, values, strict=True)
+    ]
+    return model.with_changes(elements=elements)
 
 
 # --- libcst helpers ---------------------------------------------------------------------------------------

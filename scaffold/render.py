@@ -1,4 +1,9 @@
-"""Render a Blueprint as the `scaffold inspect` report (rich tables; plain text when not a terminal)."""
+"""Render a Blueprint as the `scaffold inspect` report (rich tables; plain text when not a terminal).
+
+The module table has seven columns; below `WIDE` characters they cannot all be read side by side, so a
+narrower console gets a compact table of four (module, becomes, spec, line), the source layer under the
+module and the role and evidence under what it becomes.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,15 @@ from rich.text import Text
 from .blueprint import Blueprint, Expr, Features, Scale
 from .targets import attention_variants, plan_rows
 
+WIDE = 150
 
-def render_plan(blueprint: Blueprint, defaults: Any | None = None) -> Group:
-    """The whole conversion plan; `defaults` (a default config instance) adds evaluated values."""
+
+def render_plan(blueprint: Blueprint, defaults: Any | None = None, width: int = WIDE) -> Group:
+    """The whole conversion plan for a console `width` wide; `defaults` (a default config instance) adds
+    evaluated values."""
     return Group(
         _header(blueprint),
-        _plan_table(blueprint),
+        _plan_table(blueprint) if width >= WIDE else _compact_plan_table(blueprint),
         *[_attention_table(blueprint, index, defaults) for index in range(len(blueprint.attention))],
         _features_table(blueprint.features, defaults),
         _refusals(blueprint),
@@ -25,7 +33,7 @@ def render_plan(blueprint: Blueprint, defaults: Any | None = None) -> Group:
 
 def print_plan(blueprint: Blueprint, console: Console, defaults: Any | None = None) -> None:
     """Print the plan to `console`."""
-    console.print(render_plan(blueprint, defaults))
+    console.print(render_plan(blueprint, defaults, console.width))
 
 
 def _header(blueprint: Blueprint) -> Text:
@@ -63,6 +71,23 @@ def _plan_table(blueprint: Blueprint) -> Table:
             str(row.location.line),
             style=style,
         )
+    return table
+
+
+def _compact_plan_table(blueprint: Blueprint) -> Table:
+    table = Table(title="Modules", title_justify="left", show_lines=True)
+    table.add_column("module, source layer", overflow="fold", ratio=1)
+    table.add_column("becomes, spec, role: evidence", overflow="fold", ratio=1)
+    table.add_column("line", no_wrap=True)
+    for row in plan_rows(blueprint):
+        module = Text(row.module)
+        module.append(f"\n{row.source_layer}", style="dim")
+        becomes = Text(row.becomes)
+        if row.spec != "—":
+            becomes.append(f"\nspec: {row.spec}")
+        becomes.append(f"\n{row.role}: {row.evidence}", style="dim")
+        style = "red" if "refused" in row.becomes else None
+        table.add_row(module, becomes, Text(str(row.location.line)), style=style)
     return table
 
 

@@ -1,187 +1,124 @@
-"""`scaffold update`: merge a regeneration with the contributor's edits, through copier's three-way update.
+"""`scaffold update`: merge a regeneration with the contributor's edits, three ways, file by file.
 
-copier updates a project by rendering the old template version (the merge base), diffing it against the
-project (the user's edits), rendering the new version and re-applying the edits, resolving rejected hunks
-with `git merge-file` (inline conflict markers) or leaving `.rej` files. It needs a git-tagged template
-and a clean git project. A generated package has neither, and its "template" includes the modeling file,
-which is not a template at all but the output of the rules. So each update builds, in a temporary folder:
+The three versions of each file (scaffold.merge) are:
 
-- a template repository with two tagged versions: `1` = the pristine previous generation (stored in the
-  answers file's `_scaffold_pristine`, see scaffold.package) and `2` = the new generation, both as plain
-  files plus the bundled `copier.yml` and answers-file template;
-- a git project holding a copy of the package as it is on disk (edits included), its answers pointing at
-  that repository at version `1`;
+- base: the pristine generation the package was made from, named by the digest in its record. It comes
+  from the user cache (scaffold.generations), or, when the cache does not have it, is regenerated from the
+  record: possible only while the installed transformers, the rule set and the source text are the
+  recorded ones (their versions and the source's SHA-256 are in the record), and accepted only when the
+  regenerated files have the recorded digest. Otherwise the update stops and says why and what to do:
+  merging against a guessed base could drop an edit;
+- yours: the package as it is on disk;
+- new: the regeneration with the installed transformers and rule set.
 
-then runs `copier.run_update` there and reads the merged files back. The real package is replaced
-only after that, in one atomic step (scaffold.writing), so a failure never leaves it half-merged, and the
-contributor's tree needs neither to be a git repository nor to be clean. Conflicts stay in the files
-(markers) or beside them (`.rej`), never dropped; the new pristine generation is recorded as the base of
-the next update.
+Nothing is written here (scaffold.writing does that, all or nothing). A package that still holds
+conflict markers from an earlier update is refused before anything else.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from . import generations, ruleset
+from .emit import emit_model
 from .errors import ScaffoldError
-from .package import ANSWERS_FILE, TEMPLATE_DIR, Generation, Recorded, answers_text, read_tree
-
-BASE_TAG = "1"
-TARGET_TAG = "2"
-CONFLICT_MARKERS = (b"<<<<<<< before updating", b">>>>>>> after updating")
-_GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "nxd-scaffold",
-    "GIT_AUTHOR_EMAIL": "nxd-scaffold@localhost",
-    "GIT_COMMITTER_NAME": "nxd-scaffold",
-    "GIT_COMMITTER_EMAIL": "nxd-scaffold@localhost",
-    # The sandbox must not depend on the user's git configuration (hooks, signing, default branch).
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
+from .merge import Conflict, conflict_markers, merge_trees
+from .package import Generation, read_tree, render_package
+from .record import RECORD_FILE, GenerationRecord
+from .source import locate
 
 
 @dataclass(frozen=True)
 class UpdateResult:
-    """The package contents after the merge, and the files that hold conflicts."""
+    """The package contents after the merge (record included), and the conflicts they hold."""
 
     files: dict[str, bytes]
-    conflicts: tuple[str, ...]
-    up_to_date: bool  # the regeneration equals the previous one: only the answers were refreshed
+    conflicts: tuple[Conflict, ...]
+    up_to_date: bool  # the regeneration equals the previous one: at most the record changed
+
+
+class UnresolvedConflicts(ScaffoldError):
+    """The package holds conflict markers: nothing is regenerated or merged until they are resolved."""
+
+    def __init__(self, package_dir: Path, conflicts: tuple[Conflict, ...]) -> None:
+        places = ", ".join(str(package_dir / str(conflict)) for conflict in conflicts)
+        super().__init__(
+            f"{len(conflicts)} unresolved conflict marker(s) in {package_dir}: {places}",
+            hint="resolve them (keep what you want between <<<<<<< and >>>>>>>, remove the markers), then rerun",
+        )
+        self.conflicts = conflicts
+
+
+def refuse_unresolved(package_dir: Path, files: dict[str, bytes]) -> None:
+    """UnresolvedConflicts when any file of the package holds a conflict marker."""
+    conflicts = conflict_markers(files)
+    if conflicts:
+        raise UnresolvedConflicts(package_dir, conflicts)
 
 
 def merge_update(
-    package_dir: Path,
-    recorded: Recorded,
-    generation: Generation,
-    conflict: Literal["inline", "rej"] = "inline",
+    package_dir: Path, record: GenerationRecord, generation: Generation, source: Path | None = None
 ) -> UpdateResult:
-    """Merge `generation` into the package at `package_dir` (nothing is written to it here)."""
-    if recorded.pristine is None:
-        raise ScaffoldError(
-            f"{package_dir / ANSWERS_FILE}: no pristine copy of the last generation, so there is no merge base",
-            hint="regenerate with `scaffold new-model --force` (your edits there are lost) and re-apply them",
-        )
-    current = read_tree(package_dir)
-    new_answers = answers_text(generation.answers, pristine=generation.content_files).encode("utf-8")
-    if recorded.pristine == generation.content_files:
-        files = {**current, ANSWERS_FILE: new_answers}
-        return UpdateResult(files=files, conflicts=(), up_to_date=True)
-    with tempfile.TemporaryDirectory(prefix="nxd-scaffold-update-") as folder, _isolated_git():
-        template = Path(folder) / "template"
-        project = Path(folder) / "project"
-        _template_repository(template, recorded.pristine, generation.content_files)
-        _project_repository(project, current, recorded, template)
-        _run_copier_update(project, generation, conflict)
-        merged = read_tree(project)
-    merged[ANSWERS_FILE] = new_answers
-    conflicts = tuple(sorted(name for name, data in merged.items() if _has_conflict(name, data)))
-    return UpdateResult(files=dict(sorted(merged.items())), conflicts=conflicts, up_to_date=False)
+    """Merge `generation` into the package at `package_dir` (nothing is written to it here).
 
-
-def _has_conflict(name: str, data: bytes) -> bool:
-    return name.endswith(".rej") or any(line.rstrip() in CONFLICT_MARKERS for line in data.splitlines())
-
-
-def _template_repository(folder: Path, base: dict[str, bytes], target: dict[str, bytes]) -> None:
-    """A git repository whose tag `1` renders `base` and tag `2` renders `target`, verbatim."""
-    folder.mkdir()
-    _git(folder, "init", "--quiet")
-    scaffolding = [TEMPLATE_DIR / "copier.yml", *TEMPLATE_DIR.glob("{{*}}.jinja")]
-    for path in scaffolding:
-        shutil.copyfile(path, folder / path.name)
-    for tag, files in ((BASE_TAG, base), (TARGET_TAG, target)):
-        for stale in _plain_files(folder):
-            stale.unlink()
-        _write_tree(folder, files)
-        _git(folder, "add", "--all")
-        _git(folder, "commit", "--quiet", "--allow-empty", "--no-verify", "-m", f"generation {tag}")
-        _git(folder, "tag", tag)
-
-
-def _plain_files(folder: Path) -> list[Path]:
-    """Snapshot files of the template repository (everything but .git and the copier scaffolding)."""
-    keep = {"copier.yml"}
-    return [
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and ".git" not in path.relative_to(folder).parts
-        and path.name not in keep
-        and not path.name.startswith("{{")
-    ]
-
-
-def _project_repository(folder: Path, current: dict[str, bytes], recorded: Recorded, template: Path) -> None:
-    """A committed git copy of the package whose answers point at `template` version 1."""
-    folder.mkdir()
-    files = {name: data for name, data in current.items() if name != ANSWERS_FILE}
-    _write_tree(folder, files)
-    base_answers = answers_text(recorded.answers, pristine={}, src_path=str(template), commit=BASE_TAG)
-    (folder / ANSWERS_FILE).write_text(base_answers, encoding="utf-8")
-    _git(folder, "init", "--quiet")
-    _git(folder, "add", "--all", "--force")
-    _git(folder, "commit", "--quiet", "--no-verify", "-m", "package as on disk")
-
-
-def _run_copier_update(project: Path, generation: Generation, conflict: Literal["inline", "rej"]) -> None:
-    from copier import run_update
-    from copier.errors import CopierError
-
-    try:
-        run_update(
-            str(project),
-            data=generation.answers,
-            defaults=True,
-            overwrite=True,
-            quiet=True,
-            conflict=conflict,
-            vcs_ref=TARGET_TAG,
-            skip_answered=False,
-        )
-    except (CopierError, subprocess.CalledProcessError, OSError) as error:
-        raise ScaffoldError(f"copier could not merge the regeneration: {error}") from error
-
-
-def _write_tree(folder: Path, files: dict[str, bytes]) -> None:
-    for name, data in files.items():
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def _git(folder: Path, *args: str) -> None:
-    try:
-        result = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=False)
-    except FileNotFoundError as error:
-        raise ScaffoldError("`scaffold update` needs git on PATH (copier merges with it)") from error
-    if result.returncode != 0:
-        raise ScaffoldError(f"git {' '.join(args)} failed in {folder}: {result.stderr.strip()}")
-
-
-@contextmanager
-def _isolated_git() -> Iterator[None]:
-    """Identity and config isolation for every git call in the sandbox (ours and copier's).
-
-    copier runs git through plumbum, whose environment is a copy taken at import, so both are set.
+    `source` is the `--source` file of this update, if any: it can serve to regenerate the base when its
+    text is the recorded one.
     """
-    from plumbum import local
+    on_disk = read_tree(package_dir)
+    refuse_unresolved(package_dir, on_disk)
+    new_record = generation.files[RECORD_FILE]
+    if generation.record.generation_sha256 == record.generation_sha256:
+        return UpdateResult(files={**on_disk, RECORD_FILE: new_record}, conflicts=(), up_to_date=True)
+    base = merge_base(record, package_dir, source)
+    ours = {name: data for name, data in on_disk.items() if name != RECORD_FILE}
+    label = f"regenerated (transformers {generation.record.transformers_version}, rule set {generation.record.ruleset_version})"
+    result = merge_trees(base, ours, generation.content_files, label)
+    files = {name: data for name, data in result.files.items() if data is not None}
+    files[RECORD_FILE] = new_record
+    return UpdateResult(files=dict(sorted(files.items())), conflicts=result.conflicts, up_to_date=False)
 
-    saved = {key: os.environ.get(key) for key in _GIT_IDENTITY}
-    os.environ.update(_GIT_IDENTITY)
-    try:
-        with local.env(**_GIT_IDENTITY):
-            yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+def merge_base(record: GenerationRecord, package_dir: Path, source: Path | None = None) -> dict[str, bytes]:
+    """The pristine files of the recorded generation: from the cache, else regenerated (see the module doc).
+
+    `source` is the `--source` file the package was generated from, when it was.
+    """
+    stored = generations.load(record.generation_sha256)
+    if stored is not None:
+        return stored
+    obstacle = why_not_reproducible(record, source)
+    if obstacle is None:
+        base_request = record.request(source=source if record.source_given else None)
+        regenerated = render_package(emit_model(base_request), record.test_model).content_files
+        if generations.digest(regenerated) == record.generation_sha256:
+            generations.store(regenerated)
+            return regenerated
+        obstacle = "regenerating it with the recorded versions gives different files (the digest differs)"
+    raise ScaffoldError(
+        f"{package_dir}: no merge base. The generation it was made from (transformers "
+        f"{record.transformers_version}, rule set {record.ruleset_version}, {RECORD_FILE} "
+        f"generation_sha256 {record.generation_sha256[:12]}...) is not in the cache "
+        f"({generations.store_dir()}) and cannot be regenerated here: {obstacle}",
+        hint=(
+            f"run `scaffold check {package_dir}` once where transformers {record.transformers_version} and "
+            f"rule set {record.ruleset_version} are installed (it restores the base into the cache), or "
+            "update on the machine that generated the package"
+        ),
+    )
+
+
+def why_not_reproducible(record: GenerationRecord, source: Path | None = None) -> str | None:
+    """Why the recorded generation cannot be regenerated with what is installed (None: it can)."""
+    installed = locate(record.model_type, source if record.source_given else None)
+    reasons = []
+    if installed.transformers_version != record.transformers_version:
+        reasons.append(f"transformers {installed.transformers_version} is installed")
+    if ruleset.RULESET_VERSION != record.ruleset_version:
+        reasons.append(f"this nxd-scaffold has rule set {ruleset.RULESET_VERSION}")
+    if record.source_given and source is None:
+        reasons.append(f"the --source file {record.source_file} is not given")
+    elif hashlib.sha256(installed.read_text().encode("utf-8")).hexdigest() != record.source_sha256:
+        reasons.append(f"the source text of {installed.display_path} differs from the recorded one")
+    return "; ".join(reasons) or None

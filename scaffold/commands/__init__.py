@@ -27,8 +27,9 @@ def all_commands() -> tuple[Command, ...]:
     """The registered subcommands, in the order `--help` lists them."""
     from .check import COMMAND as CHECK
     from .inspect import COMMAND as INSPECT
+    from .list_types import COMMAND as LIST
     from .new_model import COMMAND as NEW_MODEL
     from .rules import COMMAND as RULES
     from .update import COMMAND as UPDATE
 
-    return (NEW_MODEL, INSPECT, RULES, CHECK, UPDATE)
+    return (NEW_MODEL, INSPECT, LIST, RULES, CHECK, UPDATE)

@@ -14,6 +14,7 @@ import functools
 import pytest
 
 from scaffold import drift
+from scaffold import update as update_merge
 from scaffold.commands import new_model, update
 from scaffold.emit import EmittedModel, Request, emit_model
 from scaffold.rules import RULES
@@ -28,7 +29,7 @@ def cached_emit(request: Request) -> EmittedModel:
 @pytest.fixture
 def fast_emit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make `scaffold new-model`, `update` and `check` use the session's cached emissions."""
-    for module in (new_model, update, drift):
+    for module in (new_model, update, drift, update_merge):
         monkeypatch.setattr(module, "emit_model", cached_emit)
 
 

@@ -7,22 +7,25 @@ are shared through `fast_emit`.
 
 from __future__ import annotations
 
-import ast
 import io
 import subprocess
 import sys
+from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from ruff import find_ruff_bin
 
 from scaffold.cli import EXIT_ERROR, main
 from scaffold.emit import Request
-from scaffold.package import ANSWERS_FILE, read_answers, render_package
+from scaffold.package import render_package
+from scaffold.record import RECORD_FILE, read_record
 from scaffold.registration import AUTO_MODELS, TRAINING_DIR
 from scaffold.rules import RULES
 
 from . import mini_checkout
+from .conftest import located
 from .emission import cached_emit, fast_emit, no_rules
 
 __all__ = ["fast_emit"]
@@ -50,22 +53,19 @@ def test_default_destination_is_the_workspace_folder(in_tmp: Path, fast_emit):
     assert status == 0, out
     expected = render_package(cached_emit(Request("llama", disabled=NO_RULES))).files
     assert files(in_tmp) == {f"workspace/llama/{name}": data for name, data in expected.items()}
-    assert "wrote workspace/llama/" in out and "Next: nox -s conformance -- llama" in out
-    # The package __init__ re-exports the two classes the modeling file defines.
+    assert "wrote workspace/llama/" in out and out.endswith("Next: python -m conformance llama\n")
     package = in_tmp / "workspace" / "llama"
-    defined = {
-        node.name
-        for node in ast.parse((package / "modeling_llama.py").read_text()).body
-        if isinstance(node, ast.ClassDef)
-    }
-    (init_import,) = [
-        node
-        for node in ast.parse((package / "__init__.py").read_text()).body
-        if isinstance(node, ast.ImportFrom)
-    ]
-    assert init_import.module == "modeling_llama" and init_import.level == 1
-    assert {alias.name for alias in init_import.names} == {"LlamaForCausalLM", "LlamaModel"} <= defined
-    assert read_answers(package).request() == Request("llama", disabled=NO_RULES)
+    # The package __init__ exports nothing, as optimum-neuron's own packages (the released qwen3's is empty).
+    released = Path(
+        distribution("optimum-neuron").locate_file("optimum/neuron/models/training/qwen3/__init__.py")
+    )
+    assert (package / "__init__.py").read_bytes() == released.read_bytes() == b""
+    assert read_record(package).request() == Request("llama", disabled=NO_RULES)
+
+
+def test_next_names_the_package_written_elsewhere(in_tmp: Path, fast_emit):
+    status, out = run(["new-model", "qwen3", "--out", "models", *no_rules()])
+    assert status == 0 and out.endswith("Next: python -m conformance qwen3 --package models/qwen3\n")
 
 
 def test_out_folder_existing_output_and_force(in_tmp: Path, fast_emit):
@@ -167,20 +167,65 @@ def test_unknown_disabled_rule(in_tmp: Path, capsys: pytest.CaptureFixture[str])
 
 def test_repo_writes_the_package_and_registers_it_once(tmp_path: Path, fast_emit):
     root = mini_checkout.build(tmp_path / "optimum-neuron")
-    argv = ["new-model", "mistral", "--repo", str(root), "--test-model", "someone/mistral-tiny", *no_rules()]
+    argv = ["new-model", "mistral", "--repo", str(root), "--test-model", "someone/mistral-tiny"]
     status, out = run(argv)
     assert status == 0, out
     package = root / TRAINING_DIR / "mistral"
-    assert sorted(p.name for p in package.iterdir()) == [ANSWERS_FILE, "__init__.py", "modeling_mistral.py"]
+    assert sorted(p.name for p in package.iterdir()) == [RECORD_FILE, "__init__.py", "modeling_mistral.py"]
     auto = (root / AUTO_MODELS).read_text()
     assert 'register_neuron_model_for_training("mistral", "text-generation")(MistralForCausalLM)' in auto
     assert "optimum/neuron/models/training/auto_models.py: imported MistralForCausalLM, MistralModel" in out
+    assert "docs/source/supported_architectures.mdx: added Mistral to the training table" in out
+    assert out.endswith(f"Next: python -m conformance mistral --package {package}\n")
     after_first = mini_checkout.snapshot(root)
 
     status, out = run([*argv, "--force"])
     assert status == 0
     assert mini_checkout.snapshot(root) == after_first  # same package bytes, no registration change
-    assert out.count("already registered, unchanged") == 5
+    assert out.count("already registered, unchanged") == 5 and "already listed, unchanged" in out
+
+
+LONG_TEST_MODEL = (
+    "a-rather-long-organisation-name/mistral-tiny-random-4kv-heads-4layers-for-optimum-neuron-ci"
+)
+
+
+@pytest.mark.parametrize("test_model", ["someone/m", LONG_TEST_MODEL])
+def test_repo_output_is_what_a_maintainer_merges(tmp_path: Path, fast_emit, test_model: str):
+    root = mini_checkout.build(tmp_path / "optimum-neuron")
+    argv = ["new-model", "mistral", "--repo", str(root), "--test-model", test_model]
+    assert run(argv)[0] == 0
+    for command in (["check", "."], ["format", "--check", "."]):  # the checkout's own ruff and settings
+        result = subprocess.run([find_ruff_bin(), *command], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+    package = root / TRAINING_DIR / "mistral"
+    modeling = (package / "modeling_mistral.py").read_text()
+    configuration = (located("mistral").modeling_file.parent / "configuration_mistral.py").read_text()
+    license_end = configuration.index("# limitations under the License.\n") + len(
+        "# limitations under the License.\n"
+    )
+    assert modeling.startswith(configuration[:license_end])  # transformers' mistral license, on top
+    assert {p.name for p in package.iterdir() if p.stat().st_size > 4096} == {"modeling_mistral.py"}
+    written = mini_checkout.snapshot(root)
+    assert not [name for name, data in written.items() if b"<org>/" in data]  # no placeholder anywhere
+    assert not [name for name, data in written.items() if str(tmp_path).encode() in data]  # no machine path
+    assert run([*argv, "--force"])[0] == 0
+    assert mini_checkout.snapshot(root) == written
+
+
+def test_a_hand_written_package_is_never_overwritten(
+    tmp_path: Path, fast_emit, capsys: pytest.CaptureFixture[str]
+):
+    root = mini_checkout.build(tmp_path / "optimum-neuron")  # its llama is optimum-neuron's own
+    before = mini_checkout.snapshot(root)
+    assert run(["new-model", "llama", "--repo", str(root), "--force"])[0] == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert f"{root / TRAINING_DIR / 'llama'} was not generated by nxd-scaffold (no {RECORD_FILE})" in err
+    assert "never overwritten, not even with --force" in err
+    assert mini_checkout.snapshot(root) == before
+    status, out = run(["new-model", "llama", "--repo", str(root), "--diff"])  # comparing is harmless
+    assert status == 0 and "+++ b/optimum/neuron/models/training/llama/modeling_llama.py" in out
+    assert mini_checkout.snapshot(root) == before
 
 
 def test_repo_with_a_missing_anchor_writes_nothing(

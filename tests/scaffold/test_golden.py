@@ -11,7 +11,9 @@ import difflib
 from pathlib import Path
 
 from scaffold.emit import Request
-from scaffold.package import ANSWERS_FILE, read_answers, read_tree, render_package
+from scaffold.generations import digest
+from scaffold.package import read_tree, render_package
+from scaffold.record import RECORD_FILE, read_record
 
 from .emission import cached_emit
 
@@ -41,11 +43,11 @@ def test_regeneration_matches_the_golden_llama():
         )
 
 
-def test_golden_answers_record_the_generation():
-    recorded = read_answers(GOLDEN)
-    assert recorded.answers["model_type"] == "llama"
-    assert recorded.answers["causal_lm_class"] == "LlamaForCausalLM"
-    assert recorded.request() == Request("llama")
-    assert recorded.pristine == {
-        name: data for name, data in read_tree(GOLDEN).items() if name != ANSWERS_FILE
-    }
+def test_golden_record_names_the_generation():
+    record = read_record(GOLDEN)
+    assert record.model_type == "llama" and not record.source_given
+    assert record.request() == Request("llama")
+    assert record.source_file == "transformers/models/llama/modeling_llama.py"
+    files = {name: data for name, data in read_tree(GOLDEN).items() if name != RECORD_FILE}
+    assert set(files) == {"__init__.py", "modeling_llama.py"}
+    assert record.generation_sha256 == digest(files)

@@ -1,12 +1,16 @@
-"""Registration edits in a miniature optimum-neuron checkout: content, placement, idempotence, anchors."""
+"""Registration edits in a miniature optimum-neuron checkout: content, placement, idempotence, anchors,
+the test checkpoint, the docs table, and the checkout's own ruff."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
+import subprocess
 from pathlib import Path
 
 import pytest
+from ruff import find_ruff_bin
 
 from scaffold.errors import ScaffoldError
 from scaffold.registration import (
@@ -19,6 +23,7 @@ from scaffold.registration import (
     model_package_dir,
     plan_registration,
 )
+from scaffold.supported_architectures import DOCS_PAGE
 
 from . import mini_checkout
 
@@ -29,6 +34,9 @@ MISTRAL = ModelNames(
     base_model_class="MistralModel",
     causal_lm_class="MistralForCausalLM",
     test_model="someone/mistral-tiny",
+    display_name="Mistral",
+    pipeline_parallelism=True,
+    replaceable_test_models=("<org>/mistral-tiny-random",),
 )
 
 
@@ -37,6 +45,11 @@ def _register(root: Path, names: ModelNames = MISTRAL) -> dict[Path, bytes]:
     for path, data in registration.files.items():
         path.write_bytes(data)
     return registration.files
+
+
+def _line(text: str, start: str) -> int:
+    """1-based line of the first line of a fixture text that starts with `start`."""
+    return next(number for number, line in enumerate(text.splitlines(), 1) if line.startswith(start))
 
 
 def _tree(path: Path) -> ast.Module:
@@ -101,7 +114,7 @@ def test_only_the_registration_lines_are_added(tmp_path: Path):
                 ] == old_lines[i1:i2]
 
 
-def test_training_init_imports_both_classes_in_order(tmp_path: Path):
+def test_training_init_imports_the_causal_lm_in_order(tmp_path: Path):
     root = mini_checkout.build(tmp_path)
     _register(root)
     imports = _relative_imports(_tree(root / TRAINING_INIT))
@@ -113,9 +126,12 @@ def test_training_init_imports_both_classes_in_order(tmp_path: Path):
         "mistral.modeling_mistral",
         "modeling_auto",
         "qwen3.modeling_qwen3",
+        "training_utils",
         "transformations_utils",
     ]
-    assert dict(imports)["mistral.modeling_mistral"] == ["MistralForCausalLM", "MistralModel"]
+    # optimum-neuron's own models are imported there by their causal LM only
+    assert dict(imports)["llama.modeling_llama"] == ["LlamaForCausalLM"]
+    assert dict(imports)["mistral.modeling_mistral"] == ["MistralForCausalLM"]
 
 
 def test_training_init_all_is_extended_when_present(tmp_path: Path):
@@ -131,11 +147,8 @@ def test_training_init_all_is_extended_when_present(tmp_path: Path):
         "LlamaForCausalLM",
         "TrainingNeuronConfig",
         "MistralForCausalLM",
-        "MistralModel",
     ]
-    assert (
-        '    "TrainingNeuronConfig",\n    "MistralForCausalLM",\n    "MistralModel",\n]' in init.read_text()
-    )
+    assert '    "TrainingNeuronConfig",\n    "MistralForCausalLM",\n]' in init.read_text()
 
 
 def test_test_lists_get_the_model(tmp_path: Path):
@@ -158,15 +171,22 @@ def test_test_lists_get_the_model(tmp_path: Path):
     loops = [node for node in ast.walk(_tree(root / MODELING_AUTO_TEST)) if isinstance(node, ast.For)]
     assert [ast.literal_eval(loop.iter)[-1] for loop in loops] == ["someone/mistral-tiny"] * 2
     assert [len(loop.iter.elts) for loop in loops] == [4, 4]
+    # the new overfit row is laid out like its neighbours: one value per line
+    assert (
+        '        [\n            "MistralForCausalLM",\n            "someone/mistral-tiny",\n'
+        in (root / OVERFIT_TEST).read_text()
+    )
 
 
 def test_second_run_changes_nothing(tmp_path: Path):
     root = mini_checkout.build(tmp_path)
-    assert set(_register(root)) == {root / path for path in mini_checkout.FILES}
+    assert set(_register(root)) == {root / path for path in mini_checkout.EDITED}
     after_first = mini_checkout.snapshot(root)
     second = plan_registration(root, MISTRAL)
     assert second.files == {}
-    assert all(note.endswith("already registered, unchanged") for note in second.notes)
+    assert all(
+        note.endswith(("already registered, unchanged", "already listed, unchanged")) for note in second.notes
+    )
     assert mini_checkout.snapshot(root) == after_first
 
 
@@ -186,7 +206,7 @@ def test_a_model_already_present_in_part_gets_the_rest(tmp_path: Path):
 
 def test_registration_under_another_class_is_refused(tmp_path: Path):
     root = mini_checkout.build(tmp_path)
-    names = ModelNames("llama", "llama", "modeling_llama", "OtherModel", "LlamaForCausalLM", "x/y")
+    names = ModelNames("llama", "llama", "modeling_llama", "OtherModel", "LlamaForCausalLM", "x/y", "Llama")
     with pytest.raises(
         ScaffoldError, match=r"auto_models\.py:\d+: 'llama' is already registered for 'model' as LlamaModel"
     ):
@@ -224,13 +244,14 @@ def test_registration_under_another_class_is_refused(tmp_path: Path):
             OVERFIT_TEST,
             '"model_class_name,model_name_or_path',
             '"model_name_or_path,model_class_name',
-            ":37: test_overfit_custom_modeling_causal_lm has no `@pytest.mark.parametrize",
+            f":{_line(mini_checkout.OVERFIT_TEST, 'def test_overfit_custom_modeling_causal_lm')}: "
+            "test_overfit_custom_modeling_causal_lm has no `@pytest.mark.parametrize",
         ),
         (
             OVERFIT_TEST,
             "training_kwargs,use",
             "extra_kwargs,use",
-            ":4: unknown overfit parameter(s) extra_kwargs",
+            f":{_line(mini_checkout.OVERFIT_TEST, '@pytest.mark.parametrize(')}: unknown overfit parameter(s) extra_kwargs",
         ),
         (
             MODELING_AUTO_TEST,
@@ -242,7 +263,8 @@ def test_registration_under_another_class_is_refused(tmp_path: Path):
             MODELING_AUTO_TEST,
             '    for model_name_or_path in [\n        "someone',
             '    for model_name_or_path in tuple([\n        "someone',
-            ":5: test_auto_model_with_supported_architecture has no `for ... in [<checkpoints>]:` loop",
+            f":{_line(mini_checkout.MODELING_AUTO_TEST, 'def test_auto_model_with_supported_architecture')}: "
+            "test_auto_model_with_supported_architecture has no `for ... in [<checkpoints>]:` loop",
         ),
     ],
 )
@@ -254,7 +276,7 @@ def test_missing_anchor_is_refused_with_its_place(
     text = path.read_text()
     assert old in text
     path.write_text(
-        text.replace(old, new).replace("]:\n        print", "]):\n        print", 1)
+        text.replace(old, new, 1).replace("]:\n        print", "]):\n        print", 1)
         if "tuple([" in new
         else text.replace(old, new)
     )
@@ -287,3 +309,109 @@ def test_line_endings_are_kept(tmp_path: Path):
     data = auto.read_bytes()
     assert b"MistralModel)\r\n" in data and data.count(b"\n") == data.count(b"\r\n")
     assert plan_registration(root, MISTRAL).files == {}
+
+
+def _ruff_in_checkout(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """ruff as the checkout's maintainers run it: from its root, with its pyproject settings."""
+    return subprocess.run([find_ruff_bin(), *args], cwd=root, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(
+    "test_model",
+    [
+        "a/b",
+        "some-very-long-organisation-name/mistral-tiny-random-4kv-heads-4layers-checkpoint-for-ci-runs",
+    ],
+)
+def test_edited_files_pass_the_checkouts_own_ruff(tmp_path: Path, test_model: str):
+    root = mini_checkout.build(tmp_path)
+    assert _ruff_in_checkout(root, "check", ".").returncode == 0  # the fixture is clean, as upstream is
+    long_names = dataclasses.replace(
+        MISTRAL,
+        test_model=test_model,
+        package_name="mistral_with_a_rather_long_package_name_for_wrapping",
+        modeling_module="modeling_mistral_with_a_rather_long_package_name_for_wrapping",
+        causal_lm_class="MistralWithARatherLongPackageNameForWrappingForCausalLM",
+        base_model_class="MistralWithARatherLongPackageNameForWrappingModel",
+    )
+    _register(root, long_names)
+    checked = _ruff_in_checkout(root, "check", ".")
+    formatted = _ruff_in_checkout(root, "format", "--check", ".")
+    assert checked.returncode == 0, checked.stdout
+    assert formatted.returncode == 0, formatted.stdout
+    overfit = _tree(root / OVERFIT_TEST).body[1]
+    assert isinstance(overfit, ast.FunctionDef)
+    assert ast.literal_eval(overfit.decorator_list[0].args[1].elts[-1])[1] == test_model
+
+
+def _entries(root: Path, test_model: str) -> int:
+    """How often `test_model` appears as a string literal in the three test files."""
+    count = 0
+    for relative in (CUSTOM_MODELING_TEST, OVERFIT_TEST, MODELING_AUTO_TEST):
+        for node in ast.walk(_tree(root / relative)):
+            count += isinstance(node, ast.Constant) and node.value == test_model
+    return count
+
+
+def test_a_new_test_model_replaces_the_placeholder_in_every_list(tmp_path: Path):
+    root = mini_checkout.build(tmp_path)
+    placeholder = "<org>/mistral-tiny-random"
+    _register(root, dataclasses.replace(MISTRAL, test_model=placeholder))
+    # one entry in the custom-modeling list, the overfit row and its id, the two auto-model loops
+    assert _entries(root, placeholder) == 5
+    registration = plan_registration(root, MISTRAL)  # MISTRAL may replace the placeholder
+    for path, data in registration.files.items():
+        path.write_bytes(data)
+    assert _entries(root, placeholder) == 0
+    assert _entries(root, "someone/mistral-tiny") == 5
+    assert (
+        len(
+            [
+                n
+                for n in registration.notes
+                if "replaced <org>/mistral-tiny-random by someone/mistral-tiny" in n
+            ]
+        )
+        == 3
+    )
+    assert plan_registration(root, MISTRAL).files == {}
+
+
+def test_a_checkpoint_set_by_hand_is_kept(tmp_path: Path):
+    root = mini_checkout.build(tmp_path)
+    _register(root, dataclasses.replace(MISTRAL, test_model="maintainer/choice"))
+    # a later run whose test model is new, but which may only replace the placeholder
+    assert plan_registration(root, dataclasses.replace(MISTRAL, test_model="other/x")).files.keys() == {
+        root / MODELING_AUTO_TEST  # the loops are lists of ids: the new id is added beside the kept one
+    }
+    assert _entries(root, "maintainer/choice") == 5
+
+
+def test_the_docs_table_gets_a_padded_row(tmp_path: Path):
+    root = mini_checkout.build(tmp_path)
+    _register(root)
+    lines = (root / DOCS_PAGE).read_text(encoding="utf-8").splitlines()
+    granite = lines.index(
+        "| Granite                  | text-generation | ✓                  | ✗                    |"
+    )
+    assert (
+        lines[granite + 1]
+        == "| Mistral                  | text-generation | ✓                  | ✓                    |"
+    )
+    assert lines[granite + 2] == ""
+    _register(root, dataclasses.replace(MISTRAL, display_name="Llama 2"))  # named among "Llama, Llama 2, ..."
+    assert (root / DOCS_PAGE).read_text(encoding="utf-8").count("| Llama 2 ") == 0
+
+
+def test_a_docs_page_without_the_training_table_is_refused(tmp_path: Path):
+    root = mini_checkout.build(tmp_path)
+    page = root / DOCS_PAGE
+    page.write_text(
+        page.read_text(encoding="utf-8").replace("## Training", "## Fine-tuning"), encoding="utf-8"
+    )
+    before = mini_checkout.snapshot(root)
+    with pytest.raises(
+        ScaffoldError, match=r"docs/source/supported_architectures\.mdx: no `## Training` section"
+    ):
+        plan_registration(root, MISTRAL)
+    assert mini_checkout.snapshot(root) == before
