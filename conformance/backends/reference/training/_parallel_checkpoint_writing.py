@@ -5,6 +5,11 @@
     <dir>/shards/mp_metadata_pp_rank_{p}.json                       create_parameter_metadata(model)
     <dir>/shards/model/dp_rank_00_tp_rank_{TT:02d}_pp_rank_{PP:02d}.pt   torch.save(rank state_dict)
 
+With expert parallelism (EP > 1) the shard names carry the EP rank, as NxD's `save_checkpoint` names them:
+`dp_rank_00_ep_rank_{EE:02d}_tp_rank_{TT:02d}_pp_rank_{PP:02d}.pt`, one per (EP, TP, PP) rank, written by
+expert-data-parallel rank 0 and holding that rank's whole state dict (its experts and a copy of everything
+else); the metadata marks expert-parallel parameters (deviation ON-17).
+
 Shards are plain torch.save files, written synchronously (deviation ON-11: the real host writes
 torch-xla's serialized format when `use_xser=True` and can save asynchronously).
 """
@@ -38,7 +43,9 @@ def save_model_parallel_checkpoint(
 ) -> None:
     """NxD's `trainer.save_checkpoint` for the plain format: DP rank 0 of each (TP, PP) writes its shard.
 
-    `model` is a module (its `state_dict()` is saved) or, as for PEFT adapters, a state dict itself.
+    With EP > 1, expert-data-parallel rank 0 of each (EP, TP, PP) writes the model shard and the optimizer
+    state (deviation ON-17). `model` is a module (its `state_dict()` is saved) or, as for PEFT adapters, a
+    state dict itself.
 
     Global rank 0 writes `<tag>/checkpoint` first and `<tag>/done` once every rank has written.
     """
@@ -47,7 +54,7 @@ def save_model_parallel_checkpoint(
         tag_dir.mkdir(parents=True, exist_ok=True)
         (tag_dir / "checkpoint").write_text("1")
     items: list[tuple[Any, str]] = []
-    if parallel_state.get_data_parallel_rank() == 0:
+    if _writes_shards():
         state = model if isinstance(model, dict) else model.state_dict()
         items.append((state, _shard_file_name("model")))
         if optimizer is not None:
@@ -112,7 +119,19 @@ def _cpu_copy(value: Any) -> Any:
     return value
 
 
+def _expert_parallel() -> bool:
+    return parallel_state.get_expert_model_parallel_size() > 1
+
+
+def _writes_shards() -> bool:
+    """Whether this rank writes its shard: the first of the ranks that hold the same one."""
+    if _expert_parallel():
+        return parallel_state.get_expert_data_parallel_rank() == 0
+    return parallel_state.get_data_parallel_rank() == 0
+
+
 def _shard_file_name(kind: str) -> str:
     tp = parallel_state.get_tensor_model_parallel_rank()
     pp = parallel_state.get_pipeline_model_parallel_rank()
-    return f"{kind}/dp_rank_00_tp_rank_{tp:02d}_pp_rank_{pp:02d}.pt"
+    ep = f"ep_rank_{parallel_state.get_expert_model_parallel_rank():02d}_" if _expert_parallel() else ""
+    return f"{kind}/dp_rank_00_{ep}tp_rank_{tp:02d}_pp_rank_{pp:02d}.pt"
