@@ -24,11 +24,17 @@ its progress display readable and reports what matters in its results instead.""
 
 
 def on_rank(
-    backend: str, tp_size: int, pp_size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    backend: str,
+    tp_size: int,
+    pp_size: int,
+    ep_size: int,
+    fn: Callable[..., Any],
+    *args: Any,
+    **kwargs: Any,
 ) -> Any:
     """What every rank runs under either launcher: `fn(*args, **kwargs)` with the backend active, the
     model-parallel groups built (and torn down afterwards) and, on the reference backend, "xla" device
-    arguments mapped to the rank's device. Bind the first four arguments with functools.partial."""
+    arguments mapped to the rank's device. Bind the first five arguments with functools.partial."""
     level = os.environ.get(RANK_LOG_LEVEL_ENV)
     if level:
         logging.disable(logging.getLevelName(level.upper()) - 1)
@@ -36,7 +42,9 @@ def on_rank(
     from neuronx_distributed.parallel_layers import parallel_state
 
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size
+        tensor_model_parallel_size=tp_size,
+        pipeline_model_parallel_size=pp_size,
+        expert_model_parallel_size=ep_size,
     )
     try:
         with _xla_device_on_rank(backend):
@@ -61,6 +69,7 @@ def run_tensor_parallel(
     *args: Any,
     world_size: int | None = None,
     pp_size: int = 1,
+    ep_size: int = 1,
     backend: str = "reference",
     timeout: float = 120.0,
     device: str = "cpu",
@@ -68,19 +77,23 @@ def run_tensor_parallel(
     host: str = "reference",
     **kwargs: Any,
 ) -> list[Any]:
-    """`fn(*args, **kwargs)` on every rank of a `world_size` (default `tp_size`) mesh; results in rank order.
+    """`fn(*args, **kwargs)` on every rank of a `world_size` mesh; results in rank order.
+
+    `world_size` defaults to `tp_size * pp_size * ep_size`. With `ep_size > 1` the experts of NxD's MoE
+    layers are split over expert-parallel ranks, which are data-parallel ranks as well (NxD's layout); a
+    `TrainingNeuronConfig` created inside `fn` keeps these groups, as optimum-neuron's does.
 
     The reference backend runs on the kit's pooled launcher; the neuron backend on torchrun with the xla
     process group (`backends.neuron_launch`, the one place that knows what differs on Trainium), its ranks
     importing the training host of the optimum-neuron checkout `repo`. On the reference backend `host`
     chooses the kit's host (`reference`) or the host modules of the checkout `repo` (`checkout`).
     """
-    world_size = world_size or tp_size * pp_size
+    world_size = world_size or tp_size * pp_size * ep_size
     if backend == "neuron":
         from .backends.neuron_launch import run_with_torchrun
 
         return run_with_torchrun(
-            functools.partial(on_rank, backend, tp_size, pp_size, fn),
+            functools.partial(on_rank, backend, tp_size, pp_size, ep_size, fn),
             world_size,
             *args,
             timeout=timeout,
@@ -88,7 +101,7 @@ def run_tensor_parallel(
             **kwargs,
         )
     return run_on_ranks(
-        functools.partial(on_rank, backend, tp_size, pp_size, fn),
+        functools.partial(on_rank, backend, tp_size, pp_size, ep_size, fn),
         world_size,
         *args,
         timeout=timeout,

@@ -72,7 +72,7 @@ def test_torchrun_ranks_import_the_released_llama_from_the_checkout_and_match_tr
     assert not (located / "__init__.py").exists()  # optimum-neuron's llama is a namespace package
     checkpoint = str(build(variant("llama/gqa"), checkpoint_cache))
     results = run_with_torchrun(
-        functools.partial(on_rank, "reference", 2, 1, _released_llama_loss),
+        functools.partial(on_rank, "reference", 2, 1, 1, _released_llama_loss),
         2,
         str(located),
         checkpoint,

@@ -505,6 +505,24 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "None unless sinkhorn_tol is set; then Trainium trains on where the reference stops.",
         "NxD modules/moe/routing.py:269-314",
     ),
+    Deviation(
+        "ON-17",
+        "checkpointing",
+        "optimum-neuron 0.4.5 knows no expert parallelism: save_pretrained lets NxD write one shard per (EP, TP) "
+        "rank (dp_rank_00_ep_rank_XX_tp_rank_XX_pp_rank_XX.pt, each holding the rank's whole state dict), but "
+        "the metadata does not mark expert-parallel parameters and consolidation hands every parameter the "
+        "tensors of every file, so each non-expert tensor-parallel parameter (FusedLinearsSpec and GQA groups "
+        "included) comes out EP times too long.",
+        'The metadata marks expert-parallel parameters ("expert_model_parallel": true); consolidation reads '
+        "them from every (EP, TP) file in EP-major order and every other parameter from EP rank 0's files; in "
+        "NxD's xser layout a tensor absent from an EP rank's folder is read from EP rank 0's, as NxD's loader "
+        "does. Expert-data-parallel rank 0 of each (EP, TP) rank writes the model and optimizer shards.",
+        "Expert-parallel checkpoints cannot be consolidated with optimum-neuron 0.4.5 on Trainium (wrong "
+        "shapes); loading and training are unaffected, and EP = 1 checkpoints are identical.",
+        "NxD trainer/checkpoint.py (save_checkpoint, _xser_save_data, _xser_load_data); optimum-neuron §2.8, "
+        "§3.3-3.4",
+        carries_over=False,
+    ),
 )
 
 

@@ -4,7 +4,8 @@
     <dir>/shards/mp_metadata_pp_rank_{p}.json                       create_parameter_metadata(model)
 
 The shards themselves (`<dir>/shards/model/...`) are written by NxD's `trainer.save_checkpoint`, as the
-real host does: plain torch.save files, synchronously (deviations ON-11, NXD-19).
+real host does: plain torch.save files, synchronously (deviations ON-11, NXD-19). With expert parallelism
+(EP > 1) their names carry the EP rank and the metadata marks expert-parallel parameters (deviation ON-17).
 """
 
 from __future__ import annotations

@@ -5,11 +5,20 @@ Reads what `NeuronModelMixin.save_pretrained` (and NxD on Trainium) writes: per-
 format (a reference file plus `<file>.tensors/tensor_<id>.pt`), and `<shards>/mp_metadata_pp_rank_<p>.json`
 (or `.pt`). The weight-transformation specs recorded in the metadata undo fusions and GQA permutations.
 Only CPU tensors are involved: consolidating a Trainium checkpoint needs neither torch_xla nor a device.
+
+Expert parallelism (deviation ON-17): files named `dp_rank_00_ep_rank_XX_tp_rank_XX_pp_rank_XX.pt` hold
+one (EP, TP) rank each. A parameter the metadata marks `expert_model_parallel` reaches the specs as the
+tensors of every file in (EP rank, TP rank) order; any other parameter as EP rank 0's tensors, in TP rank
+order, since every EP rank saved the same copy. optimum-neuron 0.4.5 hands every parameter the tensors of
+every file, so it concatenates non-expert parameters EP times over. In NxD's xser format only EP rank 0
+writes the tensors of non-expert parameters; the other EP ranks' reference files point to them, and they
+are read from EP rank 0's folder, as NxD's loader does.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import pickle
 import re
@@ -23,6 +32,7 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 
+from .adapter_names import remove_adapter_name
 from .modeling_utils import MODEL_PARALLEL_SHARDS_DIR_NAME
 from .transformations_utils import ModelWeightTransformationSpecs, to_original_weights
 
@@ -31,7 +41,8 @@ ADAPTER_MODEL_PARALLEL_SHARDS_DIR_NAME = "adapter_shards"
 PEFT_SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.bin"
 
-_SHARD_NAME = re.compile(r"tp_rank_(\d+)_pp_rank_(\d+)(?:\.pt)?$")
+_SHARD_NAME = re.compile(r"(?:ep_rank_(\d+)_)?tp_rank_(\d+)_pp_rank_(\d+)(?:\.pt)?$")
+_EP_RANK = re.compile(r"ep_rank_\d+")
 _XSER_REFERENCE = ("torch_xla.utils.serialization", "TensorReference")
 
 
@@ -65,10 +76,14 @@ def xser_load_on_cpu(path: str | Path) -> Any:
     path = Path(path)
     reference = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_xser_pickle)
     tensors_dir = Path(f"{path}.tensors")
+    # NxD writes the tensors of non-expert parameters under EP rank 0 only (ON-17).
+    ep_rank_0_dir = tensors_dir.with_name(_EP_RANK.sub("ep_rank_00", tensors_dir.name))
 
     def resolve(value: Any) -> Any:
         if isinstance(value, _TensorReference):
-            return torch.load(tensors_dir / f"tensor_{value.tid}.pt", map_location="cpu", weights_only=True)
+            name = f"tensor_{value.tid}.pt"
+            found = tensors_dir / name if (tensors_dir / name).is_file() else ep_rank_0_dir / name
+            return torch.load(found, map_location="cpu", weights_only=True)
         if isinstance(value, dict):
             return type(value)((k, resolve(v)) for k, v in value.items())
         if isinstance(value, (list, tuple)):
@@ -78,12 +93,48 @@ def xser_load_on_cpu(path: str | Path) -> Any:
     return resolve(reference)
 
 
-def _rank_of(path: Path) -> tuple[int, int]:
-    """(pp rank, tp rank) from a shard file name."""
+def _rank_of(path: Path) -> tuple[int, int, int]:
+    """(pp rank, ep rank, tp rank) from a shard file name; the EP rank is 0 when the name has none."""
     match = _SHARD_NAME.search(path.name)
     if match is None:
-        raise ValueError(f"{path} is not a model-parallel shard (expected ..._tp_rank_XX_pp_rank_XX.pt)")
-    return int(match.group(2)), int(match.group(1))
+        raise ValueError(
+            f"{path} is not a model-parallel shard (expected ..._[ep_rank_XX_]tp_rank_XX_pp_rank_XX.pt)"
+        )
+    return int(match.group(3)), int(match.group(1) or 0), int(match.group(2))
+
+
+def rank_ordered_shards(
+    state_dicts: dict[tuple[int, int], dict[str, torch.Tensor]], parameters_metadata: dict[str, Any]
+) -> dict[str, list[torch.Tensor]]:
+    """The per-rank tensors of each saved name, as the specs read them, from `{(ep rank, tp rank): state dict}`.
+
+    Without expert parallelism: TP rank order. With it (ON-17): every (EP, TP) rank's tensor for the names
+    the metadata marks `expert_model_parallel`, EP rank 0's TP ranks for the others.
+    """
+    ep_size = 1 + max(ep for ep, _ in state_dicts)
+    tp_size = 1 + max(tp for _, tp in state_dicts)
+    missing = sorted(set(itertools.product(range(ep_size), range(tp_size))) - set(state_dicts))
+    if missing:
+        raise ValueError(f"shard files are missing for these (ep rank, tp rank) pairs: {missing}")
+    first = [state_dicts[0, tp] for tp in range(tp_size)]
+    sharded = {name: [sd[name] for sd in first] for name in first[0]}
+    if ep_size == 1:
+        return sharded
+    experts = {
+        remove_adapter_name(name)
+        for name, meta in parameters_metadata.items()
+        if meta.get("expert_model_parallel")
+    }
+    if not experts:
+        raise ValueError(
+            f"the checkpoint has {ep_size} expert-parallel ranks, but its metadata marks no parameter "
+            "`expert_model_parallel`, so the experts cannot be told apart from the copies every EP rank saves "
+            "of the other parameters (optimum-neuron 0.4.5 does not record it; deviation ON-17). Save it "
+            "with the reference host's save_pretrained."
+        )
+    for name in experts & set(sharded):
+        sharded[name] = [state_dicts[ep, tp][name] for ep in range(ep_size) for tp in range(tp_size)]
+    return sharded
 
 
 def consolidate_tensor_parallel_checkpoints(
@@ -92,16 +143,16 @@ def consolidate_tensor_parallel_checkpoints(
     metadata: dict[str, Any],
     adapter_name: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The original state dict of one pipeline stage from its per-TP-rank shard files."""
-    paths = sorted((p for p in sharded_checkpoints if Path(p).is_file()), key=lambda p: _rank_of(Path(p))[1])
+    """The original state dict of one pipeline stage from its per-rank shard files (per TP and EP rank)."""
+    paths = [Path(p) for p in sharded_checkpoints if Path(p).is_file()]
     if not paths:
         raise ValueError(f"None of the shard files exist: {[str(p) for p in sharded_checkpoints]}")
-    state_dicts = [load_function(Path(p).as_posix()) for p in paths]
+    state_dicts = {_rank_of(p)[1:]: load_function(p.as_posix()) for p in paths}
     specs = [
         ModelWeightTransformationSpecs.from_metadata(entry)
         for entry in metadata["model_weight_transformation_specs"]
     ]
-    sharded = {name: [sd[name] for sd in state_dicts] for name in state_dicts[0]}
+    sharded = rank_ordered_shards(state_dicts, metadata["parameters"])
     return to_original_weights(specs, sharded, metadata["parameters"], adapter_name=adapter_name)
 
 
@@ -135,7 +186,7 @@ def consolidate_model_parallel_checkpoints(
 
     by_pp: dict[int, list[Path]] = {}
     for path in files:
-        pp_rank, _ = _rank_of(path)
+        pp_rank = _rank_of(path)[0]
         by_pp.setdefault(pp_rank, []).append(path)
     consolidated: dict[str, torch.Tensor] = {}
     for pp_rank in range(max(by_pp) + 1):

@@ -36,6 +36,11 @@ class TrainingNeuronConfig:
     After `__post_init__`, `tensor_parallel_size` and `pipeline_parallel_size` are the sizes of the live
     model-parallel groups, `data_parallel_size` (not a dataclass field, so not serialised) is set, and
     sequence parallelism is off when TP is 1.
+
+    Expert parallelism has no field, here as in optimum-neuron 0.4.5: build NxD's groups with
+    `parallel_state.initialize_model_parallel(..., expert_model_parallel_size=EP)` (what
+    `run_tensor_parallel(..., ep_size=EP)` does) before creating the config, which keeps them. EP ranks
+    are data-parallel ranks, so `data_parallel_size` counts them.
     """
 
     tensor_parallel_size: int = 1

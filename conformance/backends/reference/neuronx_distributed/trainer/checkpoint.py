@@ -4,7 +4,10 @@
     <checkpoint_dir>/<tag>/model/dp_rank_00_tp_rank_{TT:02d}_pp_rank_{PP:02d}.pt   the rank's state dict
     <checkpoint_dir>/<tag>/optim/dp_rank_00_tp_rank_{TT:02d}_pp_rank_{PP:02d}.pt   with an optimizer
 
-DP rank 0 of each (TP, PP) position writes; local ranks take turns `num_workers` at a time. Files are always
+DP rank 0 of each (TP, PP) position writes. With expert parallelism (EP > 1) the names carry the EP rank,
+`dp_rank_00_ep_rank_{EE:02d}_tp_rank_{TT:02d}_pp_rank_{PP:02d}.pt`, and expert-data-parallel rank 0 of each
+(EP, TP, PP) position writes its whole state dict (its experts and a copy of everything else). Local ranks
+take turns `num_workers` at a time. Files are always
 plain torch.save files, written synchronously (deviation NXD-19: the real trainer writes torch-xla's
 serialized format with `use_xser=True` and can save asynchronously). Schedulers, user content, checkpoint
 rotation and ZeRO-1 optimizer sharding are not implemented: asking for them is an error.
@@ -63,7 +66,7 @@ def save_checkpoint(
         tag_dir.mkdir(parents=True, exist_ok=True)
         (tag_dir / "checkpoint").write_text("1")
     items: list[tuple[Any, str]] = []
-    if parallel_state.get_data_parallel_rank() == 0:
+    if _writes_shards():
         if model is not None:
             state = model if isinstance(model, dict) else model.state_dict()
             items.append((state, _shard_file_name("model")))
@@ -96,7 +99,19 @@ def _cpu_copy(value: Any) -> Any:
     return value
 
 
+def _expert_parallel() -> bool:
+    return parallel_state.get_expert_model_parallel_size() > 1
+
+
+def _writes_shards() -> bool:
+    """Whether this rank writes its shard: the first of the ranks that hold the same one."""
+    if _expert_parallel():
+        return parallel_state.get_expert_data_parallel_rank() == 0
+    return parallel_state.get_data_parallel_rank() == 0
+
+
 def _shard_file_name(kind: str) -> str:
     tp = parallel_state.get_tensor_model_parallel_rank()
     pp = parallel_state.get_pipeline_model_parallel_rank()
-    return f"{kind}/dp_rank_00_tp_rank_{tp:02d}_pp_rank_{pp:02d}.pt"
+    ep = f"ep_rank_{parallel_state.get_expert_model_parallel_rank():02d}_" if _expert_parallel() else ""
+    return f"{kind}/dp_rank_00_{ep}tp_rank_{tp:02d}_pp_rank_{pp:02d}.pt"

@@ -28,6 +28,10 @@ def create_parameter_metadata(model: nn.Module) -> dict[str, Any]:
     `{"parameters": {in-memory name: tensor-parallel attributes or {"tensor_model_parallel": False}},
     "model_weight_transformation_specs": [specs.to_metadata(...) for every custom module]}`; call
     `specialize_transformation_specs_for_model(model)` first so the specs are named.
+
+    A parameter tagged `expert_model_parallel` (NxD's expert weights with EP > 1) also gets
+    `"expert_model_parallel": true`, which consolidation needs to tell the experts apart from the copies
+    every EP rank saves of the other parameters (deviation ON-17: optimum-neuron 0.4.5 records no such key).
     """
     stage = parameters_for_current_stage(model)
     parameters: dict[str, dict[str, Any]] = {}
@@ -38,6 +42,8 @@ def create_parameter_metadata(model: nn.Module) -> dict[str, Any]:
             parameters[name] = get_tensor_model_parallel_attributes(param)
         else:
             parameters[name] = {"tensor_model_parallel": False}
+        if getattr(param, "expert_model_parallel", False):
+            parameters[name]["expert_model_parallel"] = True
     stage_without_adapter = adapter_free(stage)
     specs = [
         module.specs.to_metadata(parameters_for_current_stage=stage_without_adapter)

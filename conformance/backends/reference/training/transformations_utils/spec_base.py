@@ -151,7 +151,11 @@ def _spec_class(name: str) -> type[ModelWeightTransformationSpec]:
     """A spec class of this package by name (checkpoint metadata names the class of each spec)."""
     cls = getattr(importlib.import_module(__package__), name, None)
     if not (isinstance(cls, type) and issubclass(cls, ModelWeightTransformationSpec)):
-        raise ValueError(f"unknown transformation spec class {name!r} in checkpoint metadata")
+        raise ValueError(
+            f"unknown transformation spec class {name!r} in checkpoint metadata. A spec class defined by a model "
+            "package (such as the MoE specs of moe_expert_weights.py) is registered here when that package is "
+            "imported: import the model package before consolidating its checkpoints."
+        )
     return cls
 
 
