@@ -17,8 +17,9 @@ from rich.console import Console
 
 from .backends import BACKEND_NAMES
 from .checks import RunSettings
+from .harness.registry import check_names
 from .model_location import PackageNotFound, locate_package
-from .profiles import CHECK_ORDER, PROFILES, plan
+from .profiles import PROFILES, plan
 from .progress import Progress, summary_line
 from .runner import run_model
 
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--package", type=Path, help="check this package folder (one model type only)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default: %(default)s)")
     parser.add_argument(
-        "--checks", help=f"comma-separated subset of: {', '.join(CHECK_ORDER)} (default: all of the profile)"
+        "--checks",
+        help=f"comma-separated subset of: {', '.join(check_names())} (default: all of the profile)",
     )
     parser.add_argument("--timeout", type=float, default=RunSettings.timeout, help="seconds per check call")
     parser.add_argument("--cache-dir", type=Path, help="reference-model checkpoint cache")

@@ -14,7 +14,13 @@ from rich.console import Console
 from .profiles import PlannedCheck
 from .results import CheckResult, RunResults, Status
 
-STYLES = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
+STYLES = {
+    Status.PASS: "green",
+    Status.WARN: "yellow",
+    Status.UNSUPPORTED: "magenta",
+    Status.FAIL: "bold red",
+    Status.SKIP: "dim",
+}
 
 
 class Progress:
@@ -28,11 +34,11 @@ class Progress:
         self._status: AbstractContextManager[Any] = nullcontext()
 
     def started(self, planned: PlannedCheck) -> None:
-        if planned.check != self._current:
-            self._current = planned.check
+        if planned.name != self._current:
+            self._current = planned.name
             self.done += 1
         sizes = "" if len(planned.tp_sizes) != 1 else f" T={planned.tp_sizes[0]}"
-        text = f"[{self.done}/{self.total}] {planned.check}{sizes}: {len(planned)} configuration(s)"
+        text = f"[{self.done}/{self.total}] {planned.name}{sizes}: {len(planned)} configuration(s)"
         if self.console.is_terminal:
             self._status = self.console.status(text)
             self._status.__enter__()

@@ -74,40 +74,11 @@ def format_figures(figures: Mapping[str, Any], max_chars: int = 240) -> str:
     return shorten(text, max_chars)
 
 
-KEY_FIGURES: dict[str, tuple[str, ...]] = {
-    "parity": (
-        "logits_max_abs_diff",
-        "loss_abs_diff",
-        "tensors_within_bound",
-        "tensors_compared",
-        "attention_layouts",
-    ),
-    "round_trip": ("tensors_equal", "keys_compared", "keys_missing", "keys_extra", "max_abs_diff"),
-    "topology_change": (
-        "transformers_logits_max_abs_diff",
-        "target_logits_max_abs_diff",
-        "logits_bound",
-        "init_tensors_differing",
-    ),
-    "lora_round_trip": (
-        "keys_compared",
-        "lora_B_max_abs_diff",
-        "lora_A_max_abs_diff",
-        "lora_A_fused_vs_mean_max_abs_diff",
-        "logits_max_abs_diff",
-    ),
-    "overfit": ("final_loss", "threshold", "max_step_abs_diff", "step_tolerance", "first_departing_step"),
-    "bf16_smoke": ("relative_drop", "min_relative_drop", "reference_relative_drop"),
-}
-"""The figures a summary row shows for each check (a reviewer's first look); details show them all."""
-
-
 def key_figures(result: CheckResult) -> dict[str, Any]:
-    """The headline figures of `result` that it has, in `KEY_FIGURES` order; all figures for other checks."""
-    names = KEY_FIGURES.get(result.check)
-    if names is None:
+    """The headline figures of `result` its check names (`CheckResult.key_figures`); all figures otherwise."""
+    if not result.key_figures:
         return dict(result.figures)
-    return {name: result.figures[name] for name in names if name in result.figures}
+    return {name: result.figures[name] for name in result.key_figures if name in result.figures}
 
 
 def format_configuration(configuration: Mapping[str, Any]) -> str:

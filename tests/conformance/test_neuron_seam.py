@@ -76,15 +76,19 @@ def test_checks_hand_the_repo_to_the_torchrun_ranks(monkeypatch: pytest.MonkeyPa
     """`--repo` reaches the neuron backend's ranks: the checks' settings carry it down to torchrun."""
     from conformance.backends import neuron_launch
     from conformance.checks import RunSettings
-    from conformance.checks.batching import run_by_tp_size
+    from conformance.checks.parity import CHECK
+    from conformance.harness.dispatch import run_jobs
 
     seen: list[Path | None] = []
 
     def fake_torchrun(fn, world_size, *args, repo=None, timeout=600.0, **kwargs):
         seen.append(repo)
-        return [[f"job {job}" for job in args[1]]] * world_size
+        return [[f"job {job.tp_size}" for job in args[2]]] * world_size
+
+    class Job:
+        tp_size = 2
 
     monkeypatch.setattr(neuron_launch, "run_with_torchrun", fake_torchrun)
     settings = RunSettings(backend="neuron", repo=tmp_path)
-    found = run_by_tp_size(print, tmp_path, [1, 2], lambda job: 2, None, settings)
-    assert [outcome for outcome, _ in found] == ["job 1", "job 2"] and seen == [tmp_path]
+    found = run_jobs(CHECK, tmp_path, [Job(), Job()], settings)
+    assert found == ["job 2", "job 2"] and seen == [tmp_path]

@@ -101,6 +101,7 @@ def sample_run() -> RunResults:
             status=Status.PASS,
             figures={"final_loss": neuron[-1], "threshold": 0.5, "max_step_rel_diff": 1e-4, "losses": neuron},
             tolerance="per-step |Δ loss| <= 1e-3 relative",
+            key_figures=["final_loss", "threshold", "max_step_rel_diff"],
             plots=[
                 Plot(
                     title="Training loss, llama/gqa T=2",
@@ -214,7 +215,7 @@ def test_results_json_round_trips(written: dict[str, Path]):
     text = written["json"].read_text(encoding="utf-8")
     data = _strict_json(text)
     assert data["schema_version"] == SCHEMA_VERSION
-    assert data["counts"] == {"PASS": 6, "WARN": 1, "FAIL": 1, "SKIP": 1}
+    assert data["counts"] == {"PASS": 6, "WARN": 1, "UNSUPPORTED": 0, "FAIL": 1, "SKIP": 1}
     assert [row["label"] for row in data["results"]] == [r.label for r in sample_run().results]
     assert load_results_json(text) == sample_run()
     assert render_results_json(load_results_json(text)) == text
@@ -237,7 +238,13 @@ def test_markdown_has_the_header_every_row_and_every_reason(written: dict[str, P
     run = sample_run()
     assert len(text) <= GITHUB_COMMENT_LIMIT
     assert "## Conformance: llama: FAIL" in text
-    for expected in ("quick", "reference", "torch 2.13.0", "6 PASS, 1 WARN, 1 FAIL, 1 SKIP", "56.2 s"):
+    for expected in (
+        "quick",
+        "reference",
+        "torch 2.13.0",
+        "6 PASS, 1 WARN, 0 UNSUPPORTED, 1 FAIL, 1 SKIP",
+        "56.2 s",
+    ):
         assert expected in text
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == len(run.results)

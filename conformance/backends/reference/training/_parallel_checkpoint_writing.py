@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..deviation_record import note
 from ..neuronx_distributed.parallel_layers import parallel_state
 from ._rank_steps import barrier, by_rank_groups
 from .transformations_utils import create_parameter_metadata
@@ -42,6 +43,7 @@ def save_model_parallel_checkpoint(
 
     Global rank 0 writes `<tag>/checkpoint` first and `<tag>/done` once every rank has written.
     """
+    note("ON-11")  # plain torch.save shards, written synchronously
     tag_dir = checkpoint_dir / tag
     if dist.get_rank() == 0:
         tag_dir.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 from transformers.modeling_utils import get_parameter_dtype, no_init_weights
 
+from ..deviation_record import discarding_random_init
 from ..neuronx_distributed.parallel_layers import parallel_state
 from ..neuronx_distributed.parallel_layers.layers import ParallelEmbedding
 from ._checkpoint_folder import check_safetensors_format, checkpoint_files, resolve_model_dir
@@ -313,7 +314,7 @@ class NeuronModelMixin:
         try:
             if dtype is not None and dtype.is_floating_point:
                 torch.set_default_dtype(dtype)
-            with no_init_weights():
+            with no_init_weights(), discarding_random_init():
                 return cls(config, trn_config, *model_args, **model_kwargs)
         finally:
             torch.set_default_dtype(default_dtype)
