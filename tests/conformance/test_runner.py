@@ -52,6 +52,7 @@ def test_quick_profile_covers_tp_1_and_2_and_the_smallest_tp_reaching_the_gqa_la
         "lora_round_trip",
         "overfit",
         "bf16_smoke",
+        "dropout",
     ]
 
 
