@@ -28,6 +28,8 @@ OPTIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
 )
 """`TrainingNeuronConfig` options that change the computation path, and the values each can take."""
 FLASH = "flash_attention_2"
+FLASH_ONLY = frozenset({"transpose_nki_inputs"})
+"""Options that only change the flash-attention path."""
 
 
 def not_tested(model_type: str, planned: Sequence[PlannedCheck], check_names: Iterable[str]) -> list[str]:
@@ -39,13 +41,18 @@ def not_tested(model_type: str, planned: Sequence[PlannedCheck], check_names: It
     if missing_sizes:
         found.append(f"TP sizes {', '.join(map(str, missing_sizes))}: no check runs at them")
     if not any(facts.attn_implementation == FLASH for _, facts in exercised):
-        found.append("the Neuron flash-attention path (attn_implementation=flash_attention_2)")
+        found.append(
+            "the Neuron flash-attention path (attn_implementation=flash_attention_2, transpose_nki_inputs)"
+        )
     if not any(facts.pipeline_parallel_size > 1 for _, facts in exercised):
         found.append(
             "pipeline parallelism (PP > 1): no check runs it (the reference backend does not implement it)"
         )
     seen = {(name, value) for _, facts in exercised for name, value in facts.options}
+    flash_run = any(facts.attn_implementation == FLASH for _, facts in exercised)
     for name, values in OPTIONS:
+        if name in FLASH_ONLY and not flash_run:
+            continue  # the flash-path line above covers it
         for value in values:
             if (name, value) not in seen:
                 found.append(f"TrainingNeuronConfig {name}={value}")

@@ -60,6 +60,7 @@ class Progress:
 
 
 def summary_line(run: RunResults) -> str:
-    """``llama: 14 PASS, 1 FAIL (quick profile, 62.1 s)``."""
-    counts = ", ".join(f"{count} {status}" for status, count in run.counts().items() if count)
-    return f"{run.model_type}: {counts or 'nothing ran'} ({run.profile} profile, {run.seconds:.1f} s)"
+    """``llama: WARN (9 PASS, 2 WARN, 1 SKIP) (quick profile, 62.1 s)``."""
+    from .reports.figures import headline
+
+    return f"{run.model_type}: {headline(run)} ({run.profile} profile, {run.seconds:.1f} s)"

@@ -116,7 +116,7 @@ def judge_run(run: TrainingRun) -> Verdict:
         f"overfit loss per step, {job.variant} T={job.tp_size}",
         [(parallel, run.losses), (reference, run.reference_losses)],
         threshold=limit,
-        threshold_label=f"learning threshold {limit:.3g} (a tenth of ln V)",
+        threshold_label="learning threshold (a tenth of ln V)",
     )
     reasons, notes = _reasons(run, diffs, departed, limit)
     return Verdict(figures=figures, reasons=reasons, notes=notes, plots=[plot] if run.losses else [])

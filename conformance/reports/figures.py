@@ -16,8 +16,12 @@ from conformance.results import CheckResult, RunResults, Status
 DEVIATIONS_DOC = "docs/backend-deviations.md"
 """Where the deviation table lives in the repository; reports cite its ids."""
 
-NOT_PASSING = (Status.FAIL, Status.WARN, Status.SKIP)
+NOT_PASSING = (Status.FAIL, Status.WARN, Status.UNSUPPORTED, Status.SKIP)
 """Statuses whose reasons every report spells out, in this order of importance."""
+
+VERDICT_ORDER = (Status.FAIL, Status.WARN, Status.PASS, Status.UNSUPPORTED, Status.SKIP)
+"""The run's verdict is the first of these any row has: one FAIL fails the run; a WARN is the verdict of a
+run that passes here but not necessarily on Trainium; a run of only UNSUPPORTED or SKIP rows says so."""
 
 _BY_ID: dict[str, Deviation] = {deviation.id: deviation for deviation in DEVIATIONS}
 
@@ -97,10 +101,19 @@ def format_counts(run: RunResults) -> str:
 
 
 def verdict(run: RunResults) -> str:
-    """The run as one word: FAIL if any check failed, PASS otherwise (an empty run is NO RESULTS)."""
-    if not run.results:
-        return "NO RESULTS"
-    return "FAIL" if run.failed else "PASS"
+    """The run as one word (`VERDICT_ORDER`): FAIL, WARN, PASS, UNSUPPORTED, SKIP, or NO RESULTS."""
+    statuses = {result.status for result in run.results}
+    for status in VERDICT_ORDER:
+        if status in statuses:
+            return status.value
+    return "NO RESULTS"
+
+
+def headline(run: RunResults) -> str:
+    """``WARN (9 PASS, 2 WARN, 1 UNSUPPORTED)``: the verdict and every status a row has, so that a PASS
+    headline never hides WARN, UNSUPPORTED or SKIP rows."""
+    counts = ", ".join(f"{count} {status}" for status, count in run.counts().items() if count)
+    return f"{verdict(run)} ({counts})" if counts else verdict(run)
 
 
 def deviation_title(deviation_id: str) -> str:
@@ -125,6 +138,7 @@ def cited_deviations(results: Iterable[CheckResult]) -> list[str]:
 
 
 def not_passing(results: Iterable[CheckResult]) -> list[tuple[int, CheckResult]]:
-    """(row number, result) of every FAIL, then WARN, then SKIP, each in run order; rows count from 1."""
+    """(row number, result) of every FAIL, then WARN, UNSUPPORTED, SKIP, each in run order; rows count
+    from 1."""
     numbered = list(enumerate(results, start=1))
     return [(number, r) for status in NOT_PASSING for number, r in numbered if r.status is status]
