@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from conformance.comparisons.bound_text import number
 from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
 from conformance.harness.rank_steps import is_rank_zero, rank_step
 from conformance.model_runs.compared_checkpoints import dropout_fields
@@ -37,10 +38,10 @@ LIVE_MIN = 1e-3
 EVAL_ATOL = 1e-5
 SEED = 1234
 TOLERANCE = (
-    f"train mode: two forwards differ by more than {LIVE_MIN:g} (max |Δ logits|), 100x the fp32 reordering "
+    f"train mode: two forwards differ by more than {number(LIVE_MIN)} (max |Δ logits|), 100x the fp32 reordering "
     "noise of the parity bound: with the catalogue's probabilities (0.1) a dropped activation moves the "
     "logits by 1e-2 and more (seed_oss T=2: 0.45), while a model whose dropout is never applied repeats its "
-    f"logits exactly. eval mode: the two forwards are identical and within {EVAL_ATOL:g} of transformers' "
+    f"logits exactly. eval mode: the two forwards are identical and within {number(EVAL_ATOL)} of transformers' "
     "eval logits (the parity bound: the same weights, sums reordered)."
 )
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from conformance.comparisons.bound_text import number
 from conformance.comparisons.plots import loss_curves
 from conformance.harness.protocol import Check, Exercised, Verdict, Workspace
 from conformance.model_runs.training_loop import (
@@ -42,7 +43,8 @@ THRESHOLD_FRACTION = 0.1
 TOLERANCE = (
     "fp32 on both sides, same weights, batch and AdamW: the parallel model only reorders sums, and Adam "
     "carries those ulps forward. Measured on llama/gqa over 30 steps at lr 5e-3: max per-step |d loss| "
-    "1.1e-6 at T=2 SP=on, 7e-7 at T=1, 1e-6 at T=4 SP=on (GQA layer). Bound 1e-4 per step (~90x margin); a "
+    f"1.1e-6 at T=2 SP=on, 7e-7 at T=1, 1e-6 at T=4 SP=on (GQA layer). Bound {number(STEP_TOLERANCE)} per step "
+    "(~90x margin); a "
     "parameter left untrained or a wrong gradient moves the curve by 1e-2 or more within a few steps. "
     "Learning threshold: a tenth of ln(V), the loss of a uniform guess (0.55 for V=256); transformers "
     "reaches 0.076 after 30 steps (0.54 after 20), so 30 steps clear it with a 7x margin."

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from conformance.comparisons.bound_text import number
 from conformance.comparisons.diagnosis import (
     locate_forward_divergence,
     missing_gradient_diagnosis,
@@ -78,14 +79,19 @@ class Tolerances:
     loss_atol: float = 1e-5
     grad_rtol: float = 1e-4
     grad_atol: float = 1e-7
-    reason: str = (
-        "fp32 on both sides with the same weights: the parallel model only reorders sums (row-parallel "
-        "all-reduce, vocab-parallel softmax and loss), a few ulps. Measured over the llama/mistral/qwen2/"
-        "granite matrices: max |d logits| 3e-7, |d loss| 1e-6 (2 ulps at ~5.5), gradient "
-        "error 4e-6 of the tensor's max |g|. Logits and loss: absolute 1e-5 (30x and 10x margin). Gradients "
-        "span orders of magnitude between tensors, so each is bounded by its own scale: max |d| <= 1e-4 * "
-        "max |reference| + 1e-7 (25x margin). Every sharding bug seen so far is O(1) relative."
-    )
+
+    @property
+    def reason(self) -> str:
+        """The bound in words, with the numbers applied (docs/conformance-checks.md)."""
+        return (
+            "fp32 on both sides with the same weights: the parallel model only reorders sums (row-parallel "
+            "all-reduce, vocab-parallel softmax and loss), a few ulps. Measured over the llama/mistral/qwen2/"
+            "granite matrices: max |d logits| 3e-7, |d loss| 1e-6 (2 ulps at ~5.5), gradient "
+            f"error 4e-6 of the tensor's max |g|. Logits and loss: absolute {number(self.logits_atol)} (30x and "
+            "10x margin). Gradients span orders of magnitude between tensors, so each is bounded by its own "
+            f"scale: max |d| <= {number(self.grad_rtol)} * max |reference| + {number(self.grad_atol)} (25x "
+            "margin). Every sharding bug seen so far is O(1) relative."
+        )
 
     @property
     def gradient(self) -> GradientBound:

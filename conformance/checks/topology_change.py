@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from conformance.comparisons.bound_text import number
 from conformance.comparisons.state_dicts import bias_keys, diff_state_dicts, explain, loading_reasons, names
 from conformance.harness.dispatch import run_jobs
 from conformance.harness.protocol import Check, CheckConfig, Exercised, RankReport, Verdict, Workspace
@@ -58,7 +59,7 @@ SEED = 0
 LOGITS_RTOL = 1e-5
 LOGITS_ATOL = 1e-7
 TOLERANCE = (
-    f"logits: max |Δ| <= {LOGITS_RTOL:g} * max |reference logits| + {LOGITS_ATOL:g}, fp32 on every side. "
+    f"logits: max |Δ| <= {number(LOGITS_RTOL)} * max |reference logits| + {number(LOGITS_ATOL)}, fp32 on every side. "
     "The same weights at another T (or in transformers) only reorder sums (row-parallel all-reduce, "
     "vocab-parallel gather): a few ulps of the logits' scale, which a random init keeps small (max |logits| "
     "0.5-1.3), hence a relative bound. Measured on llama gqa/mqa/tied/features, 2->1 and 1->2: max |Δ| "

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .bound_text import number
+
 MLP_GROUP = ("gate_proj", "up_proj")
 QKV_GROUP = ("q_proj", "k_proj", "v_proj")
 LISTED = 6  # names listed in a reason before "... and N more"
@@ -27,14 +29,19 @@ class Tolerances:
 
     logits_atol: float = 1e-5
     mean_ulps: float = 4.0
-    reason: str = (
-        "Adapter tensors: lora_B and unfused lora_A are only sliced, permuted and concatenated on the way "
-        "through the ranks, so they must come back bit for bit. A fused lora_A is the mean of 2 or 3 fp32 "
-        "tensors; summed in another order it may differ by an ulp, so it is bounded by 4 ulps of its "
-        "magnitude (4 * eps32 * max |mean|). Logits: fp32 on both sides with the same (consolidated) "
-        "adapter; the parallel model only reorders sums (row-parallel all-reduce, vocab-parallel "
-        "logits), a few ulps, as in parity: absolute 1e-5."
-    )
+
+    @property
+    def reason(self) -> str:
+        """The bounds in words, with the numbers applied (docs/conformance-checks.md)."""
+        ulps = number(self.mean_ulps)
+        return (
+            "Adapter tensors: lora_B and unfused lora_A are only sliced, permuted and concatenated on the way "
+            "through the ranks, so they must come back bit for bit. A fused lora_A is the mean of 2 or 3 fp32 "
+            f"tensors; summed in another order it may differ by an ulp, so it is bounded by {ulps} ulps of its "
+            f"magnitude ({ulps} * eps32 * max |mean|). Logits: fp32 on both sides with the same (consolidated) "
+            "adapter; the parallel model only reorders sums (row-parallel all-reduce, vocab-parallel "
+            f"logits), a few ulps, as in parity: absolute {number(self.logits_atol)}."
+        )
 
     def mean_bound(self, expected: torch.Tensor) -> float:
         return self.mean_ulps * torch.finfo(torch.float32).eps * float(expected.abs().max())
