@@ -5,7 +5,9 @@ the same loop and AdamW as `overfit` (`training_loop`; parameters and optimizer 
 bf16 run does). bf16 keeps 8 bits of mantissa, so the parallel curve is not compared step by step with
 transformers' (it drifts by 1e-2 within 10 steps from reordered sums alone); transformers' bf16 curve is
 recorded beside it for the reader. It passes when every loss is finite and the last one is at least
-`MIN_RELATIVE_DROP` below the first.
+`MIN_RELATIVE_DROP` below the first. Should transformers itself not drop that much in bf16 (a tiny model
+that cannot learn the batch that fast), the row says so and the parallel model must drop at least
+`REFERENCE_SHARE` of what transformers dropped: the catalogue's choice does not fail the model.
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ if TYPE_CHECKING:
 
 DEFAULT_STEPS = 8
 MIN_RELATIVE_DROP = 0.25
+REFERENCE_SHARE = 0.5
+"""Where transformers' own bf16 curve drops less than `MIN_RELATIVE_DROP` (the tiny model cannot learn the
+batch that fast), the parallel model must drop at least this share of transformers' drop."""
 TOLERANCE = (
     f"Every loss finite, and the last at least {MIN_RELATIVE_DROP:.0%} below the first. Measured on llama/gqa at T=2 (SP on and "
     "off), 10 steps of AdamW at lr 5e-3 in bf16: 5.516 -> 2.356, a 57% drop, the same as transformers in "
     "bf16 (5.516 -> 2.347); 25% leaves a 2x margin for other architectures and shorter runs (8 steps: 47%), "
     "while a model that does not learn in bf16 (NaN, overflow, frozen or wrong gradients) stays near ln(V). "
-    "Step-by-step agreement is the fp32 overfit check's job: bf16 curves drift apart by 1e-2 from rounding."
+    "Step-by-step agreement is the fp32 overfit check's job: bf16 curves drift apart by 1e-2 from rounding. "
+    f"Where transformers itself drops less than {MIN_RELATIVE_DROP:.0%} in bf16 (a tiny model that cannot learn "
+    f"the batch that fast), the bound is {REFERENCE_SHARE:.0%} of transformers' drop, and the row says so."
 )
 FULL_TP_SIZES = (2, 4)
 
@@ -106,7 +113,16 @@ def judge_run(run: TrainingRun) -> Verdict:
         threshold=limit,
         threshold_label=f"{MIN_RELATIVE_DROP:.0%} below the first loss",
     )
-    return Verdict(figures=figures, reasons=_reasons(run, drop), plots=[plot] if run.losses else [])
+    notes = []
+    if reference_drop is not None and reference_drop < MIN_RELATIVE_DROP:
+        notes.append(
+            f"transformers itself drops only {reference_drop:.0%} in bf16 (< {MIN_RELATIVE_DROP:.0%}): the "
+            f"parallel model is held to {REFERENCE_SHARE:.0%} of that drop (the catalogue's tiny model cannot "
+            "learn this batch faster, not a fault of the model)"
+        )
+    return Verdict(
+        figures=figures, reasons=_reasons(run, drop), notes=notes, plots=[plot] if run.losses else []
+    )
 
 
 def _reasons(run: TrainingRun, drop: float | None) -> list[str]:
@@ -116,7 +132,15 @@ def _reasons(run: TrainingRun, drop: float | None) -> list[str]:
     if not_finite:
         return [f"the bf16 loss is not finite at step(s) {not_finite} (first: {run.losses[not_finite[0]]})"]
     reasons = []
-    if drop is None or not drop >= MIN_RELATIVE_DROP:
+    reference = relative_drop(run.reference_losses)
+    if reference is not None and reference < MIN_RELATIVE_DROP:
+        # transformers itself cannot learn the batch this fast: judge against what it does, not the model.
+        if drop is None or not drop >= REFERENCE_SHARE * reference:
+            reasons.append(
+                f"the bf16 loss falls {drop:.0%} ({run.losses[0]:.4f} -> {run.losses[-1]:.4f}), less than "
+                f"{REFERENCE_SHARE:.0%} of transformers' own {reference:.0%} drop in bf16"
+            )
+    elif drop is None or not drop >= MIN_RELATIVE_DROP:
         reasons.append(
             f"the bf16 loss does not fall enough: {run.losses[0]:.4f} -> {run.losses[-1]:.4f} in {run.job.steps} "
             f"steps, a {drop:.0%} drop < {MIN_RELATIVE_DROP:.0%}"

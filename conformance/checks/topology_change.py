@@ -169,18 +169,8 @@ class TopologyChange(Check[TopologyConfig, Any, Any]):
     ) -> list[CheckResult]:
         """Source sizes first (one call each), transformers on each consolidated checkpoint here, then the
         target sizes of the jobs whose source side completed."""
-        results: dict[int, CheckResult] = {}
         with tempfile.TemporaryDirectory(prefix=f"{self.name}-") as scratch:
-            workspace = Workspace(settings, Path(scratch))
-            jobs: list[tuple[int, TopologyConfig, SourceJob]] = []
-            for index, config in enumerate(configs):
-                reason = self.skip_reason(config)
-                if reason is not None:
-                    from conformance.results import Status
-
-                    results[index] = self.result(config, Verdict(status=Status.SKIP, reasons=[reason]))
-                else:
-                    jobs.append((index, config, self.prepare(config, workspace, index)))
+            results, jobs = self.prepare_all(configs, Workspace(settings, Path(scratch)))
             sources = run_jobs(self, package_dir, [job for _, _, job in jobs], settings)
             ready = [position for position, report in enumerate(sources) if report.error is None]
             references = {position: _transformers_logits(jobs[position][2]) for position in ready}

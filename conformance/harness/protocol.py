@@ -218,20 +218,26 @@ class Check(abc.ABC, Generic[ConfigT, JobT, ValueT]):
         launcher call per TP size) and judged."""
         from .dispatch import run_jobs
 
-        results: dict[int, CheckResult] = {}
-        pending: list[tuple[int, ConfigT, JobT]] = []
         with tempfile.TemporaryDirectory(prefix=f"{self.name}-") as scratch:
-            workspace = Workspace(settings, Path(scratch))
-            for index, config in enumerate(configs):
-                reason = self.skip_reason(config)
-                if reason is not None:
-                    results[index] = self.result(config, Verdict(status=Status.SKIP, reasons=[reason]))
-                    continue
-                pending.append((index, config, self.prepare(config, workspace, index)))
+            results, pending = self.prepare_all(configs, Workspace(settings, Path(scratch)))
             reports = run_jobs(self, package_dir, [job for _, _, job in pending], settings)
             for (index, config, job), report in zip(pending, reports):
                 results[index] = self.finish(config, job, report, settings)
         return [results[index] for index in range(len(configs))]
+
+    def prepare_all(
+        self, configs: Sequence[ConfigT], workspace: Workspace
+    ) -> tuple[dict[int, CheckResult], list[tuple[int, ConfigT, JobT]]]:
+        """SKIP results by index for what cannot run, and (index, config, job) for the rest."""
+        results: dict[int, CheckResult] = {}
+        pending: list[tuple[int, ConfigT, JobT]] = []
+        for index, config in enumerate(configs):
+            reason = self.skip_reason(config)
+            if reason is not None:
+                results[index] = self.result(config, Verdict(status=Status.SKIP, reasons=[reason]))
+            else:
+                pending.append((index, config, self.prepare(config, workspace, index)))
+        return results, pending
 
     def finish(
         self, config: ConfigT, job: JobT, report: RankReport[ValueT], settings: RunSettings
