@@ -14,7 +14,13 @@ from rich.console import Console
 from .profiles import PlannedCheck
 from .results import CheckResult, RunResults, Status
 
-STYLES = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
+STYLES = {
+    Status.PASS: "green",
+    Status.WARN: "yellow",
+    Status.UNSUPPORTED: "magenta",
+    Status.FAIL: "bold red",
+    Status.SKIP: "dim",
+}
 
 
 class Progress:
@@ -28,11 +34,11 @@ class Progress:
         self._status: AbstractContextManager[Any] = nullcontext()
 
     def started(self, planned: PlannedCheck) -> None:
-        if planned.check != self._current:
-            self._current = planned.check
+        if planned.name != self._current:
+            self._current = planned.name
             self.done += 1
         sizes = "" if len(planned.tp_sizes) != 1 else f" T={planned.tp_sizes[0]}"
-        text = f"[{self.done}/{self.total}] {planned.check}{sizes}: {len(planned)} configuration(s)"
+        text = f"[{self.done}/{self.total}] {planned.name}{sizes}: {len(planned)} configuration(s)"
         if self.console.is_terminal:
             self._status = self.console.status(text)
             self._status.__enter__()
@@ -54,6 +60,7 @@ class Progress:
 
 
 def summary_line(run: RunResults) -> str:
-    """``llama: 14 PASS, 1 FAIL (quick profile, 62.1 s)``."""
-    counts = ", ".join(f"{count} {status}" for status, count in run.counts().items() if count)
-    return f"{run.model_type}: {counts or 'nothing ran'} ({run.profile} profile, {run.seconds:.1f} s)"
+    """``llama: WARN (9 PASS, 2 WARN, 1 SKIP) (quick profile, 62.1 s)``."""
+    from .reports.figures import headline
+
+    return f"{run.model_type}: {headline(run)} ({run.profile} profile, {run.seconds:.1f} s)"

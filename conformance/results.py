@@ -1,9 +1,15 @@
 """What a conformance check returns: one `CheckResult` per configuration, plain data the reports render.
 
-Every check records its figures whether it passes or not (DESIGN §5), and every WARN, FAIL or SKIP
-carries the reasons behind it, including the backend deviations it touched (DESIGN §6). `results.json`
-is `RunResults.to_dict()`; its schema is versioned by `SCHEMA_VERSION` (bump the major number when a
-field changes meaning or disappears, the minor one when a field is added).
+Every check records its figures whether it passes or not (DESIGN §5), and every WARN, UNSUPPORTED, FAIL or
+SKIP carries the reasons behind it; every row lists the backend deviations it touched (DESIGN §6).
+`results.json` is `RunResults.to_dict()`; its schema is versioned by `SCHEMA_VERSION` (bump the major
+number when a field changes meaning or disappears, or a value appears that older readers cannot take; the
+minor one when a field is added).
+
+Schema 2.0: the UNSUPPORTED status; deviations on every row (recorded where they happen, not only on rows
+that are not PASS); plots carry their pass/fail `threshold`; the run carries `models` (the tiny model of
+each variant: shape and traits) and `not_tested` (what the profile did not exercise); the environment
+names the host code that ran (`host`).
 """
 
 from __future__ import annotations
@@ -13,14 +19,24 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "2.0"
 
 
 class Status(StrEnum):
-    """The verdict of one check in one configuration."""
+    """The verdict of one check in one configuration (DESIGN §5).
+
+    - PASS: it holds here, and nothing known says Trainium differs.
+    - WARN: it holds here, but a deviation it went through says Trainium behaves differently.
+    - UNSUPPORTED: the model refused the configuration with a clear error (a feature it does not support):
+      listed, not a pass, not a defect.
+    - FAIL: a defect, a crash or a hang; the reasons name the cause.
+    - SKIP: cannot run here (the catalogue cannot build the variant at that size, the config has nothing
+      for the check to show), with the reason.
+    """
 
     PASS = "PASS"
     WARN = "WARN"
+    UNSUPPORTED = "UNSUPPORTED"
     FAIL = "FAIL"
     SKIP = "SKIP"
 
@@ -46,6 +62,9 @@ class Plot:
     kind: str = "line"
     """``"line"`` (curves over steps) or ``"bar"`` (one bar per `x_labels` entry)."""
     x_labels: list[str] = field(default_factory=list)
+    threshold: float | None = None
+    """The pass/fail line (drawn across the plot), or None."""
+    threshold_label: str = ""
 
 
 @dataclass
@@ -53,7 +72,7 @@ class CheckResult:
     """One check in one configuration, with every figure it measured."""
 
     check: str
-    """``parity``, ``round_trip``, ``topology_change``, ``lora_round_trip``, ``overfit`` or ``bf16_smoke``."""
+    """The check's name (`conformance.harness.registry`): ``parity``, ``round_trip``, ..."""
     configuration: dict[str, Any]
     """What was run: variant, tp_size, sequence_parallel, ... (values are plain JSON)."""
     status: Status
@@ -69,23 +88,17 @@ class CheckResult:
     seconds: float = 0.0
     traceback: str | None = None
     """The remote traceback of a crashed or failing rank, or the stacks of a hung one."""
+    key_figures: list[str] = field(default_factory=list)
+    """The figures a summary row shows (a reviewer's first look), in order; details show them all."""
 
     @property
     def label(self) -> str:
         """``parity llama/gqa T=2 SP=on``: the check and its configuration, short."""
-        parts = [self.check]
-        for key, value in self.configuration.items():
-            if isinstance(value, bool):
-                parts.append(f"{_SHORT.get(key, key)}={'on' if value else 'off'}")
-            elif key == "variant":
-                parts.append(str(value))
-            else:
-                parts.append(f"{_SHORT.get(key, key)}={value}")
-        return " ".join(parts)
+        return f"{self.check} {configuration_label(self.configuration)}".rstrip()
 
     @property
     def passed(self) -> bool:
-        """PASS and WARN do not fail a run; FAIL does; SKIP is neither."""
+        """PASS and WARN hold here; FAIL fails the run; UNSUPPORTED and SKIP are neither."""
         return self.status in (Status.PASS, Status.WARN)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +116,19 @@ class CheckResult:
             for plot in data.get("plots", [])
         ]
         return cls(**data)
+
+
+def configuration_label(configuration: dict[str, Any]) -> str:
+    """``llama/gqa T=2 SP=on fuse_qkv=off``: a configuration, short (booleans as on/off)."""
+    parts = []
+    for key, value in configuration.items():
+        if isinstance(value, bool):
+            parts.append(f"{_SHORT.get(key, key)}={'on' if value else 'off'}")
+        elif key == "variant":
+            parts.append(str(value))
+        else:
+            parts.append(f"{_SHORT.get(key, key)}={value}")
+    return " ".join(parts)
 
 
 _SHORT = {
@@ -128,6 +154,10 @@ class RunResults:
     seconds: float = 0.0
     check_seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds of each check, launcher start-up included (schema 1.1)."""
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per variant the run used: the tiny model's shape and traits (`conformance.model_traits`)."""
+    not_tested: list[str] = field(default_factory=list)
+    """What the profile did not exercise, computed from its plan (`conformance.coverage`)."""
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -147,6 +177,8 @@ class RunResults:
             "seconds": self.seconds,
             "check_seconds": dict(self.check_seconds),
             "counts": self.counts(),
+            "models": {key: dict(value) for key, value in self.models.items()},
+            "not_tested": list(self.not_tested),
             "results": [result.to_dict() for result in self.results],
         }
 
@@ -166,4 +198,6 @@ class RunResults:
             results=[CheckResult.from_dict(item) for item in data["results"]],
             seconds=data.get("seconds", 0.0),
             check_seconds=dict(data.get("check_seconds", {})),
+            models={key: dict(value) for key, value in data.get("models", {}).items()},
+            not_tested=list(data.get("not_tested", [])),
         )

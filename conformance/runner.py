@@ -1,13 +1,13 @@
 """Run a profile's checks on one model package and collect a `RunResults`.
 
-Each planned check is one call of its module's `run(package_dir, configurations, settings)`. A check that
-raises — a crashed rank, a hung rank past the timeout, a bug in the check — becomes one FAIL per
-configuration carrying the traceback or the stacks; the run goes on with the next check.
+Each planned check is one or more calls of `Check.run(package_dir, configurations, settings)` (one per TP
+size, so progress shows as each finishes). A check that raises — a bug in the check, or a failure outside
+its jobs — becomes one FAIL per configuration carrying the traceback; the run goes on with the next check.
+The run also records what the profile did not test and the tiny model of every variant it used.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import time
@@ -17,12 +17,19 @@ from importlib import metadata
 from pathlib import Path
 
 from .checks import RunSettings
+from .coverage import not_tested
+from .harness.registry import check_names
+from .model_traits import traits
 from .profiles import PlannedCheck, plan
 from .results import CheckResult, RunResults, Status
 from .tensor_parallel_run import RANK_LOG_LEVEL_ENV
 
 CheckStarted = Callable[[PlannedCheck], None]
 CheckFinished = Callable[[PlannedCheck, list[CheckResult]], None]
+
+HOST_NAMES = {"reference": "nxd-scaffold reference host (conformance/backends/reference/training)"}
+"""How the report names the kit's host (the checkout host is named by its folder; the neuron backend's
+host is optimum-neuron's)."""
 
 
 def run_model(
@@ -39,24 +46,27 @@ def run_model(
     its configurations allow (`PlannedCheck.parts`); never raises for a model fault."""
     settings = settings or RunSettings()
     _prepare_environment(settings)
+    planned = plan(model_type, profile, checks)
     run = RunResults(
         model_type=model_type,
         package_dir=str(package_dir),
         profile=profile,
         backend=settings.backend,
         environment=environment(settings),
+        models={key: traits(key) for key in _variants(planned)},
+        not_tested=not_tested(model_type, planned, check_names()),
     )
     start = time.perf_counter()
-    for planned in plan(model_type, profile, checks):
+    for entry in planned:
         check_start = time.perf_counter()
-        for part in planned.parts():
+        for part in entry.parts():
             if on_start is not None:
                 on_start(part)
             results = run_check(part, package_dir, settings)
             run.results.extend(results)
             if on_finish is not None:
                 on_finish(part, results)
-        run.check_seconds[planned.check] = round(time.perf_counter() - check_start, 3)
+        run.check_seconds[entry.name] = round(time.perf_counter() - check_start, 3)
     run.seconds = round(time.perf_counter() - start, 3)
     return run
 
@@ -65,55 +75,18 @@ def run_check(planned: PlannedCheck, package_dir: Path, settings: RunSettings) -
     """One planned check; an exception becomes a FAIL per configuration with its traceback."""
     start = time.perf_counter()
     try:
-        module = importlib.import_module(f"{__package__}.checks.{planned.check}")
-    except ModuleNotFoundError as error:
-        if error.name != f"{__package__}.checks.{planned.check}":
-            raise
-        return _all(
-            planned, Status.SKIP, f"the {planned.check} check is not available in this version", None, 0.0
-        )
-    try:
-        results = module.run(package_dir, list(planned.configurations), settings)
-    except Exception as error:  # a crashed or hung rank, or a bug: a FAIL, and the run goes on
+        results = planned.check.run(package_dir, list(planned.configurations), settings)
+    except Exception as error:  # a bug outside the jobs: a FAIL, and the run goes on
         reason = _describe(error)
         return _all(planned, Status.FAIL, reason, traceback.format_exc(), time.perf_counter() - start)
     if len(results) != len(planned.configurations):
-        reason = (
-            f"the {planned.check} check returned {len(results)} results for {len(planned)} configurations"
-        )
+        reason = f"the {planned.name} check returned {len(results)} results for {len(planned)} configurations"
         return _all(planned, Status.FAIL, reason, None, time.perf_counter() - start)
-    if settings.backend == "reference":
-        for result in results:
-            if settings.host == "checkout":
-                drop_kit_host_deviations(result)
-            warn_where_trainium_differs(result, settings.platform)
     return results
 
 
-def drop_kit_host_deviations(result: CheckResult) -> None:
-    """With `--host checkout` the checkout's own host ran, so the kit host's deviations (ON-*) did not."""
-    from .backends.reference.deviations import is_kit_host_deviation
-
-    result.deviations = [d for d in result.deviations if not is_kit_host_deviation(d)]
-
-
-def warn_where_trainium_differs(result: CheckResult, platform: str = "trn1") -> None:
-    """A PASS that touched a deviation after which Trainium (`platform`) behaves differently becomes a WARN,
-    with the deviation's Trainium impact as the reason (`Deviation.carries_over_on`)."""
-    from .backends.reference.deviations import by_id, carries_over
-
-    differing = [d for d in result.deviations if not carries_over(d, platform)]
-    if result.status is not Status.PASS or not differing:
-        return
-    result.status = Status.WARN
-    for deviation_id in differing:
-        result.reasons.append(
-            f"passes on the reference backend, but {deviation_id} applies: {by_id(deviation_id).trainium_impact}"
-        )
-
-
 def environment(settings: RunSettings) -> dict[str, str]:
-    """Versions and machine facts for the report header."""
+    """Versions and machine facts for the report header, and which host code ran."""
     found = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     for package in ("torch", "transformers", "nxd-scaffold", "neuronx-distributed", "optimum-neuron"):
         try:
@@ -126,8 +99,23 @@ def environment(settings: RunSettings) -> dict[str, str]:
     found["backend"] = settings.backend
     found["device"] = settings.device
     found["platform"] = settings.platform
-    found["host"] = f"checkout {settings.repo}" if settings.host == "checkout" else settings.host
+    found["host"] = host_description(settings)
     return found
+
+
+def host_description(settings: RunSettings) -> str:
+    """Which training-host code the ranks import, in words."""
+    if settings.backend == "neuron":
+        where = f"checkout {settings.repo}" if settings.repo is not None else "installed package"
+        return f"optimum-neuron ({where})"
+    if settings.host == "checkout":
+        return f"optimum-neuron host modules of the checkout {settings.repo}, over the reference NxD"
+    return HOST_NAMES.get(settings.host, settings.host)
+
+
+def _variants(planned: list[PlannedCheck]) -> list[str]:
+    """The catalogue variants the plan uses, in order of first use."""
+    return list(dict.fromkeys(config.variant for entry in planned for config in entry.configurations))
 
 
 def _prepare_environment(settings: RunSettings) -> None:
@@ -147,8 +135,8 @@ def _all(
     share = round(seconds / max(len(planned), 1), 3)
     return [
         CheckResult(
-            check=planned.check,
-            configuration=dict(configuration),
+            check=planned.name,
+            configuration=configuration.as_dict(),
             status=status,
             reasons=[reason],
             seconds=share,

@@ -4,8 +4,10 @@ Usage:
     .venv/bin/python scripts/open_report_in_chromium.py REPORT_HTML [--screenshot PNG] [--size 1100x1400]
 
 Chromium renders the page (``--headless --dump-dom``); the script lists every plot found in the rendered
-DOM and checks that at least one loss-curve plot (``<svg class="plot line-plot loss-curve">``) has lines.
-With ``--screenshot`` it also saves a PNG of the top of the page and checks that it is not blank.
+DOM and checks that at least one loss-curve plot (``<svg class="plot line-plot loss-curve">``) has lines,
+and, from the layout Chromium produced, that no plot text lies outside its plot and which plots carry a
+pass/fail line. With ``--screenshot`` it also saves a PNG of the top of the page and checks that it is not
+blank.
 
 Chromium comes from the system packages: ``apt-get install -y --no-install-recommends chromium`` on Debian
 (about 30 s). Exit status: 0 the loss plot is there, 1 it is not (or the screenshot is blank), 2 no Chromium
@@ -20,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conformance.reports.browser_check import check_report, find_chromium
+from conformance.reports.browser_check import check_report, find_chromium, measure_plots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         width, height = (int(part) for part in args.size.lower().split("x"))
         seen = check_report(args.report, chromium, args.screenshot, (width, height), args.timeout)
+        layouts = {layout.id: layout for layout in measure_plots(args.report, chromium, args.timeout)}
     except (RuntimeError, OSError, ValueError) as error:
         print(f"Chromium could not render {args.report}: {error}", file=sys.stderr)
         return 2
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             drawn = f"{plot.bars} bars"
         print(f"  [{' '.join(plot.classes)}] {plot.title!r}: {drawn}")
+    clipped = {plot_id: layout.clipped() for plot_id, layout in layouts.items() if layout.clipped()}
+    with_line = sum(bool(layout.thresholds) for layout in layouts.values())
+    print(
+        f"layout: {with_line} of {len(layouts)} plots carry a pass/fail line; clipped text: {clipped or 'none'}"
+    )
     if seen.image is not None:
         print(
             f"screenshot {seen.screenshot}: {seen.image.width}x{seen.image.height}, {seen.image.colours} colours, "
@@ -58,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "loss plot: " + ("found" if seen.loss_curves else "MISSING") + ("" if seen.ok else " (check failed)")
     )
-    return 0 if seen.ok else 1
+    return 0 if seen.ok and not clipped else 1
 
 
 if __name__ == "__main__":

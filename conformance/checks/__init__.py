@@ -1,20 +1,15 @@
-"""Conformance checks (DESIGN §5): each runs a model package on the active backend and returns one
-`CheckResult` per configuration, with figures, whether the check passes or not.
+"""Conformance checks (DESIGN §5): one module per check, each defining `CHECK`, an instance of the check
+protocol (`conformance.harness.protocol.Check`): a typed configuration, a plan per profile, one function
+run on the ranks through the shared harness, and a judge that gives one `CheckResult` per configuration.
+The registry (`conformance.harness.registry`) finds them here; nothing else lists them.
 
-Every check module exposes the same entry point, which the runner calls:
+    from conformance.checks import RunSettings, parity
 
-    run(package_dir: Path, configurations: Sequence[Mapping[str, Any]], settings: RunSettings)
-        -> list[CheckResult]          # one per configuration, in order
+    results = parity.CHECK.run(package_dir, [parity.ParityConfig("llama/gqa", 2)], RunSettings())
 
-A fault of the model (it does not load, a tensor is off, keys are missing) is a FAIL result whose reasons
-name the cause; an exception escaping `run` (a crashed or hung rank) is turned into FAIL results by the
-runner, with the rank's traceback.
-
-- `parity`: logits, loss and consolidated gradients against transformers, per TP size, SP and attention
-  variant.
-- `round_trip`, `topology_change`, `lora_round_trip`: checkpoints through the host's save and consolidation.
-- `overfit`, `bf16_smoke`: training on a fixed batch, against transformers trained identically.
-- `gradient_consolidation`: per-rank gradients back to transformers names (a helper of parity).
+A fault of the model (it does not load, a tensor is off, keys are missing) is a FAIL whose reasons name the
+cause; a clear refusal of the configuration while the model is built is UNSUPPORTED; a crashed or hung
+rank is a FAIL of each job of its launcher call, with the rank's traceback or stacks.
 """
 
 from __future__ import annotations
@@ -25,7 +20,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How checks run: the backend, the checkpoint cache, the per-call timeout and the device."""
+    """How checks run: the backend, the host code, the checkpoint cache, the per-call timeout, the device."""
 
     backend: str = "reference"
     cache_dir: Path | None = None

@@ -1,57 +1,98 @@
 """bf16 smoke: the package's model loads in bfloat16 and trains, with finite and falling losses.
 
-The model is loaded with `dtype=torch.bfloat16` at TP = T and trains `steps` steps on the parity batch with
+The model is loaded with `dtype=torch.bfloat16` at TP = T and trains `steps` steps on the fixed batch with
 the same loop and AdamW as `overfit` (`training_loop`; parameters and optimizer state in bf16, as a pure
 bf16 run does). bf16 keeps 8 bits of mantissa, so the parallel curve is not compared step by step with
 transformers' (it drifts by 1e-2 within 10 steps from reordered sums alone); transformers' bf16 curve is
 recorded beside it for the reader. It passes when every loss is finite and the last one is at least
-`MIN_RELATIVE_DROP` below the first.
+`MIN_RELATIVE_DROP` below the first. Should transformers itself not drop that much in bf16 (a tiny model
+that cannot learn the batch that fast), the row says so and the parallel model must drop at least
+`REFERENCE_SHARE` of what transformers dropped: the catalogue's choice does not fail the model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from conformance.results import CheckResult
+from conformance.comparisons.plots import loss_curves
+from conformance.harness.protocol import Check, Exercised, Verdict, Workspace
+from conformance.model_runs.training_loop import (
+    TrainingConfig,
+    TrainingJob,
+    TrainingRun,
+    loss_series_names,
+    train_on_rank,
+    training_job,
+)
+from reference_models import variant
 
-from . import RunSettings
-from .parity import touched_deviations
-from .training_loop import TrainingRun
-from .training_results import train_configurations, training_result
+if TYPE_CHECKING:
+    from conformance.profiles import ModelCatalogue
 
-CHECK = "bf16_smoke"
-DEFAULT_STEPS = 10
+DEFAULT_STEPS = 8
 MIN_RELATIVE_DROP = 0.25
+REFERENCE_SHARE = 0.5
+"""Where transformers' own bf16 curve drops less than `MIN_RELATIVE_DROP` (the tiny model cannot learn the
+batch that fast), the parallel model must drop at least this share of transformers' drop."""
 TOLERANCE = (
-    "Every loss finite, and the last at least 25% below the first. Measured on llama/gqa at T=2 (SP on and "
+    f"Every loss finite, and the last at least {MIN_RELATIVE_DROP:.0%} below the first. Measured on llama/gqa at T=2 (SP on and "
     "off), 10 steps of AdamW at lr 5e-3 in bf16: 5.516 -> 2.356, a 57% drop, the same as transformers in "
     "bf16 (5.516 -> 2.347); 25% leaves a 2x margin for other architectures and shorter runs (8 steps: 47%), "
     "while a model that does not learn in bf16 (NaN, overflow, frozen or wrong gradients) stays near ln(V). "
-    "Step-by-step agreement is the fp32 overfit check's job: bf16 curves drift apart by 1e-2 from rounding."
+    "Step-by-step agreement is the fp32 overfit check's job: bf16 curves drift apart by 1e-2 from rounding. "
+    f"Where transformers itself drops less than {MIN_RELATIVE_DROP:.0%} in bf16 (a tiny model that cannot learn "
+    f"the batch that fast), the bound is {REFERENCE_SHARE:.0%} of transformers' drop, and the row says so."
 )
+FULL_TP_SIZES = (2, 4)
 
 
-def run(
-    package_dir: Path, configurations: Sequence[dict[str, Any]], settings: RunSettings
-) -> list[CheckResult]:
-    """One `CheckResult` per configuration (`variant`, `tp_size`, `sequence_parallel`, `steps`, optional
-    `fuse_qkv`), in order."""
-    runs = train_configurations(package_dir, configurations, settings, "bfloat16", DEFAULT_STEPS)
-    return [judge(run) for run in runs]
+@dataclass(frozen=True)
+class Bf16Config(TrainingConfig):
+    """A training run in bfloat16."""
+
+    steps: int = DEFAULT_STEPS
+
+    def exercised(self) -> Exercised:
+        return self.exercised_in("bfloat16")
 
 
-def _relative_drop(losses: Sequence[float]) -> float | None:
+class Bf16Smoke(Check[Bf16Config, TrainingJob, TrainingRun | None]):
+    name = "bf16_smoke"
+    order = 60
+    config_type = Bf16Config
+    tolerance = TOLERANCE
+    key_figures = ("relative_drop", "min_relative_drop", "reference_relative_drop")
+
+    def plan(self, profile: str, catalogue: ModelCatalogue) -> list[Bf16Config]:
+        sizes = (2,) if profile == "quick" else FULL_TP_SIZES
+        return [Bf16Config(catalogue.base, tp, sequence_parallel=True) for tp in sizes]
+
+    def prepare(self, config: Bf16Config, workspace: Workspace, index: int) -> TrainingJob:
+        return training_job(config, "bfloat16", workspace.checkpoint(variant(config.variant)))
+
+    def on_rank(self, package: ModuleType, job: TrainingJob) -> TrainingRun | None:
+        return train_on_rank(package, job)
+
+    def judge(self, job: TrainingJob, value: TrainingRun | None) -> Verdict:
+        assert value is not None
+        return judge_run(value)
+
+
+CHECK = Bf16Smoke()
+
+
+def relative_drop(losses: Sequence[float]) -> float | None:
     """How much of the first loss the last step removed, or None for fewer than two steps."""
     return (losses[0] - losses[-1]) / losses[0] if len(losses) >= 2 else None
 
 
-def judge(run: TrainingRun) -> CheckResult:
+def judge_run(run: TrainingRun) -> Verdict:
     job = run.job
-    drop, reference_drop = _relative_drop(run.losses), _relative_drop(run.reference_losses)
-    layouts = sorted(set(run.attention.values()))
+    drop, reference_drop = relative_drop(run.losses), relative_drop(run.reference_losses)
     figures: dict[str, Any] = {
         "steps": job.steps,
         "lr": job.optimizer.lr,
@@ -62,25 +103,44 @@ def judge(run: TrainingRun) -> CheckResult:
         "reference_relative_drop": reference_drop,
         "min_relative_drop": MIN_RELATIVE_DROP,
         "never_updated": list(run.never_updated),
-        "attention_layouts": layouts,
+        "attention_layouts": sorted(set(run.attention.values())),
     }
-    deviations = touched_deviations(
-        job.variant, job.tp_size, job.sequence_parallel, layouts, job.dtype, job.fuse_qkv
+    parallel, reference = loss_series_names(job)
+    limit = run.losses[0] * (1 - MIN_RELATIVE_DROP) if run.losses and math.isfinite(run.losses[0]) else None
+    plot = loss_curves(
+        f"bf16 loss per step, {job.variant} T={job.tp_size}",
+        [(parallel, run.losses), (reference, run.reference_losses)],
+        threshold=limit,
+        threshold_label=f"{MIN_RELATIVE_DROP:.0%} below the first loss",
     )
-    reasons = _reasons(run, drop)
-    return training_result(CHECK, run, figures, reasons, TOLERANCE, deviations, "bf16 loss per step")
+    notes = []
+    if reference_drop is not None and reference_drop < MIN_RELATIVE_DROP:
+        notes.append(
+            f"transformers itself drops only {reference_drop:.0%} in bf16 (< {MIN_RELATIVE_DROP:.0%}): the "
+            f"parallel model is held to {REFERENCE_SHARE:.0%} of that drop (the catalogue's tiny model cannot "
+            "learn this batch faster, not a fault of the model)"
+        )
+    return Verdict(
+        figures=figures, reasons=_reasons(run, drop), notes=notes, plots=[plot] if run.losses else []
+    )
 
 
 def _reasons(run: TrainingRun, drop: float | None) -> list[str]:
-    if run.error is not None:
-        return [f"bf16 training did not complete: {run.error.strip().splitlines()[0]}"]
     if len(run.losses) < 2:
         return [f"expected {run.job.steps} losses (at least 2), got {len(run.losses)}"]
     not_finite = [i for i, loss in enumerate(run.losses) if not math.isfinite(loss)]
     if not_finite:
         return [f"the bf16 loss is not finite at step(s) {not_finite} (first: {run.losses[not_finite[0]]})"]
     reasons = []
-    if drop is None or not drop >= MIN_RELATIVE_DROP:
+    reference = relative_drop(run.reference_losses)
+    if reference is not None and reference < MIN_RELATIVE_DROP:
+        # transformers itself cannot learn the batch this fast: judge against what it does, not the model.
+        if drop is None or not drop >= REFERENCE_SHARE * reference:
+            reasons.append(
+                f"the bf16 loss falls {drop:.0%} ({run.losses[0]:.4f} -> {run.losses[-1]:.4f}), less than "
+                f"{REFERENCE_SHARE:.0%} of transformers' own {reference:.0%} drop in bf16"
+            )
+    elif drop is None or not drop >= MIN_RELATIVE_DROP:
         reasons.append(
             f"the bf16 loss does not fall enough: {run.losses[0]:.4f} -> {run.losses[-1]:.4f} in {run.job.steps} "
             f"steps, a {drop:.0%} drop < {MIN_RELATIVE_DROP:.0%}"

@@ -1,43 +1,55 @@
 """Overfit: the package's model memorises one fixed batch, step for step like transformers' model.
 
-Both models start from the same catalogue checkpoint (fp32, eager attention) and train `steps` steps of
-AdamW (lr 5e-3, no weight decay, no clipping) on the parity batch (2 x 16 tokens, some labels -100); the
-parallel one at TP = T with the configuration's sequence parallelism and the SP gradient all-reduce of
-optimum-neuron's optimizer step (`training_loop`). Two things must hold:
+Both models start from the same catalogue checkpoint (fp32, eager attention, dropout off) and train
+`steps` steps of AdamW (lr 5e-3, no weight decay, no clipping) on the fixed batch (2 x 16 tokens, some
+labels -100); the parallel one at TP = T with the configuration's sequence parallelism and the SP gradient
+all-reduce of optimum-neuron's optimizer step (`training_loop`). Two things must hold:
 
 - learning: the last step's loss is below `threshold(vocab)`, a tenth of the uniform-guess loss ln(V);
 - fidelity: every step's loss is within `STEP_TOLERANCE` of transformers' loss at that step.
 
 A threshold alone passes a model that learns differently (a frozen MLP still memorises 30 tokens); the
-curve comparison catches it, and its first departing step says when the two trainings parted.
+curve comparison catches it, and its first departing step says when the two trainings parted. Should
+transformers itself not reach the threshold, the row says so: the tiny model cannot learn the batch, which
+does not blame the package (the curves are still compared step by step).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from conformance.results import CheckResult
+from conformance.comparisons.bound_text import number
+from conformance.comparisons.plots import loss_curves
+from conformance.harness.protocol import Check, Exercised, Verdict, Workspace
+from conformance.model_runs.training_loop import (
+    TrainingConfig,
+    TrainingJob,
+    TrainingRun,
+    loss_series_names,
+    train_on_rank,
+    training_job,
+)
+from reference_models import variant
 
-from . import RunSettings
-from .parity import touched_deviations
-from .training_loop import TrainingRun
-from .training_results import train_configurations, training_result
+if TYPE_CHECKING:
+    from conformance.profiles import ModelCatalogue
 
-CHECK = "overfit"
 DEFAULT_STEPS = 30
 STEP_TOLERANCE = 1e-4
 THRESHOLD_FRACTION = 0.1
 TOLERANCE = (
     "fp32 on both sides, same weights, batch and AdamW: the parallel model only reorders sums, and Adam "
     "carries those ulps forward. Measured on llama/gqa over 30 steps at lr 5e-3: max per-step |d loss| "
-    "1.1e-6 at T=2 SP=on, 7e-7 at T=1, 1e-6 at T=4 SP=on (GQA layer). Bound 1e-4 per step (~90x margin); a "
+    f"1.1e-6 at T=2 SP=on, 7e-7 at T=1, 1e-6 at T=4 SP=on (GQA layer). Bound {number(STEP_TOLERANCE)} per step "
+    "(~90x margin); a "
     "parameter left untrained or a wrong gradient moves the curve by 1e-2 or more within a few steps. "
     "Learning threshold: a tenth of ln(V), the loss of a uniform guess (0.55 for V=256); transformers "
     "reaches 0.076 after 30 steps (0.54 after 20), so 30 steps clear it with a 7x margin."
 )
+FULL_RUNS = ((1, False), (2, False), (2, True), (4, True))
 
 
 def threshold(vocab_size: int) -> float:
@@ -45,22 +57,46 @@ def threshold(vocab_size: int) -> float:
     return THRESHOLD_FRACTION * math.log(vocab_size)
 
 
-def run(
-    package_dir: Path, configurations: Sequence[dict[str, Any]], settings: RunSettings
-) -> list[CheckResult]:
-    """One `CheckResult` per configuration (`variant`, `tp_size`, `sequence_parallel`, `steps`, optional
-    `fuse_qkv`), in order."""
-    runs = train_configurations(package_dir, configurations, settings, "float32", DEFAULT_STEPS)
-    return [judge(run) for run in runs]
+@dataclass(frozen=True)
+class OverfitConfig(TrainingConfig):
+    """A training run compared step by step with transformers."""
+
+    def exercised(self) -> Exercised:
+        return self.exercised_in("float32")
 
 
-def judge(run: TrainingRun) -> CheckResult:
+class Overfit(Check[OverfitConfig, TrainingJob, TrainingRun | None]):
+    name = "overfit"
+    order = 50
+    config_type = OverfitConfig
+    tolerance = TOLERANCE
+    key_figures = ("final_loss", "threshold", "max_step_abs_diff", "step_tolerance", "first_departing_step")
+
+    def plan(self, profile: str, catalogue: ModelCatalogue) -> list[OverfitConfig]:
+        runs = ((2, True),) if profile == "quick" else FULL_RUNS
+        return [OverfitConfig(catalogue.base, tp, sp, steps=DEFAULT_STEPS) for tp, sp in runs]
+
+    def prepare(self, config: OverfitConfig, workspace: Workspace, index: int) -> TrainingJob:
+        return training_job(config, "float32", workspace.checkpoint(variant(config.variant)))
+
+    def on_rank(self, package: ModuleType, job: TrainingJob) -> TrainingRun | None:
+        return train_on_rank(package, job)
+
+    def judge(self, job: TrainingJob, value: TrainingRun | None) -> Verdict:
+        assert value is not None
+        return judge_run(value)
+
+
+CHECK = Overfit()
+
+
+def judge_run(run: TrainingRun) -> Verdict:
     """The verdict on one training run, with its figures and the loss-curve plot."""
     job = run.job
     limit = threshold(job.vocab_size)
     diffs = [abs(a - b) for a, b in zip(run.losses, run.reference_losses)]
     departed = next((i for i, d in enumerate(diffs) if not d <= STEP_TOLERANCE), None)
-    final = run.losses[-1] if run.losses else None
+    reference_final = run.reference_losses[-1] if run.reference_losses else None
     figures: dict[str, Any] = {
         "steps": job.steps,
         "lr": job.optimizer.lr,
@@ -68,25 +104,31 @@ def judge(run: TrainingRun) -> CheckResult:
         "reference_losses": list(run.reference_losses),
         "max_step_abs_diff": max(diffs, default=None),
         "first_departing_step": departed,
-        "final_loss": final,
-        "reference_final_loss": run.reference_losses[-1] if run.reference_losses else None,
+        "final_loss": run.losses[-1] if run.losses else None,
+        "reference_final_loss": reference_final,
+        "reference_reaches_threshold": reference_final is not None and reference_final < limit,
         "threshold": limit,
         "step_tolerance": STEP_TOLERANCE,
         "never_updated": list(run.never_updated),
         "attention_layouts": sorted(set(run.attention.values())),
         "sequence_parallel_effective": run.sequence_parallel_effective,
     }
-    deviations = touched_deviations(
-        job.variant, job.tp_size, job.sequence_parallel, figures["attention_layouts"], fuse_qkv=job.fuse_qkv
+    parallel, reference = loss_series_names(job)
+    plot = loss_curves(
+        f"overfit loss per step, {job.variant} T={job.tp_size}",
+        [(parallel, run.losses), (reference, run.reference_losses)],
+        threshold=limit,
+        threshold_label="learning threshold (a tenth of ln V)",
     )
-    reasons = _reasons(run, diffs, departed, limit)
-    return training_result(CHECK, run, figures, reasons, TOLERANCE, deviations, "overfit loss per step")
+    reasons, notes = _reasons(run, diffs, departed, limit)
+    return Verdict(figures=figures, reasons=reasons, notes=notes, plots=[plot] if run.losses else [])
 
 
-def _reasons(run: TrainingRun, diffs: list[float], departed: int | None, limit: float) -> list[str]:
-    if run.error is not None:
-        return [f"training did not complete: {run.error.strip().splitlines()[0]}"]
-    reasons = []
+def _reasons(
+    run: TrainingRun, diffs: list[float], departed: int | None, limit: float
+) -> tuple[list[str], list[str]]:
+    reasons: list[str] = []
+    notes: list[str] = []
     if len(run.losses) != run.job.steps or len(run.reference_losses) != run.job.steps:
         reasons.append(
             f"expected {run.job.steps} losses from each model, got {len(run.losses)} and "
@@ -109,10 +151,21 @@ def _reasons(run: TrainingRun, diffs: list[float], departed: int | None, limit: 
             f"{', '.join(run.never_updated)}"
         )
     if run.losses and not run.losses[-1] < limit:
-        reasons.append(
-            f"the loss after {run.job.steps} steps is {run.losses[-1]:.4f}, not below the threshold {limit:.3f} "
-            f"(transformers: {run.reference_losses[-1]:.4f})"
-            if run.reference_losses
-            else f"the loss after {run.job.steps} steps is {run.losses[-1]:.4f}, not below {limit:.3f}"
-        )
-    return reasons
+        reference_final = run.reference_losses[-1] if run.reference_losses else None
+        if reference_final is not None and not reference_final < limit:
+            # transformers cannot learn the batch either: the tiny model's limit, not the package's fault.
+            notes.append(
+                f"transformers itself does not reach the threshold {limit:.3f} in {run.job.steps} steps "
+                f"({reference_final:.4f}); the parallel model's {run.losses[-1]:.4f} is judged by the step-by-step "
+                "comparison only (the catalogue's tiny model cannot learn this batch, not a fault of the model)"
+            )
+        elif reference_final is not None:
+            reasons.append(
+                f"the loss after {run.job.steps} steps is {run.losses[-1]:.4f}, not below the threshold "
+                f"{limit:.3f} (transformers: {reference_final:.4f})"
+            )
+        else:
+            reasons.append(
+                f"the loss after {run.job.steps} steps is {run.losses[-1]:.4f}, not below {limit:.3f}"
+            )
+    return reasons, notes

@@ -1,12 +1,12 @@
 """Round trip (DESIGN §5): transformers checkpoint -> `from_pretrained` at TP=T -> `save_pretrained` ->
 the host's consolidation == the original state dict, bit for bit, with the same keys.
 
-For each configuration (`{"variant": "llama/gqa", "tp_size": 2, "fuse_qkv": False}`) the package's
-`<X>ForCausalLM.from_pretrained(checkpoint, TrainingNeuronConfig(tensor_parallel_size=T, fuse_qkv=...),
-output_loading_info=True)` runs on T ranks; every rank calls `save_pretrained` (shards plus the metadata
-that drives consolidation); rank 0 consolidates with the host's `checkpointing` and compares with the
-tensors transformers wrote. Tied weights need no special case: transformers writes the tied tensor once
-and the host consolidates the model's parameters, which hold it once too.
+For each configuration (variant, T, `fuse_qkv`) the package's `<X>ForCausalLM.from_pretrained(checkpoint,
+TrainingNeuronConfig(tensor_parallel_size=T, fuse_qkv=...), output_loading_info=True)` runs on T ranks;
+every rank calls `save_pretrained` (shards plus the metadata that drives consolidation); rank 0
+consolidates with the host's `checkpointing` and compares with the tensors transformers wrote. Tied
+weights need no special case: transformers writes the tied tensor once and the host consolidates the
+model's parameters, which hold it once too.
 
 Nothing in the trip does arithmetic (loading slices, saving copies, consolidation concatenates), so any
 difference, even one ulp, is a fault. Reasons name the tensors and the likely cause: a missing key whose
@@ -17,188 +17,112 @@ launcher call.
 
 from __future__ import annotations
 
-import tempfile
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from conformance.comparisons.state_dicts import diff_state_dicts, explain, loading_reasons
+from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
+from conformance.harness.rank_steps import is_rank_zero, local_step
+from conformance.model_runs.attention_layouts import attention_layouts
+from conformance.model_runs.checkpoint_io import consolidate, original_state_dict, save_on_every_rank
+from conformance.model_runs.parallel_model import load_parallel
+from reference_models import variant
 
-from conformance.results import CheckResult, Status
-from reference_models import build, variant
+if TYPE_CHECKING:
+    from conformance.profiles import ModelCatalogue
 
-from . import RunSettings
-from ._checkpoint_io import (
-    consolidate,
-    diff_state_dicts,
-    explain,
-    loading_reasons,
-    original_state_dict,
-    save_on_every_rank,
-)
-from .batching import each_job_on_rank, run_by_tp_size, split_unbuildable
-from .rank_errors import describe, first_line, first_rank_error
-
-CHECK = "round_trip"
 TOLERANCE = (
     "bit for bit (same keys, dtypes, shapes, torch.equal values): loading slices the checkpoint, saving "
     "copies the shards and consolidation concatenates them; no step does arithmetic, so any difference "
     "is a wrong slice, order or name."
 )
+CHECKED_TP_SIZES = (2, 4)
 
 
 @dataclass(frozen=True)
-class _Job:
-    index: int
-    configuration: dict[str, Any]
+class RoundTripConfig(CheckConfig):
+    """A catalogue variant loaded and saved at a TP size, with or without `fuse_qkv`."""
+
     tp_size: int
-    fuse_qkv: bool
+    fuse_qkv: bool = False
+
+    def exercised(self) -> Exercised:
+        return Exercised((self.tp_size,), (("fuse_qkv", self.fuse_qkv),))
+
+
+@dataclass(frozen=True)
+class RoundTripJob:
+    config: RoundTripConfig
     checkpoint: str
     workdir: str
 
+    @property
+    def tp_size(self) -> int:
+        return self.config.tp_size
 
-def run(
-    package_dir: Path, configurations: Sequence[Mapping[str, Any]], settings: RunSettings
-) -> list[CheckResult]:
-    """One `CheckResult` per configuration, in order (see the module docstring)."""
-    results, buildable = split_unbuildable(
-        CHECK, configurations, TOLERANCE, lambda configuration: [int(configuration["tp_size"])]
-    )
-    with tempfile.TemporaryDirectory(prefix="round-trip-") as scratch:
-        jobs = [
-            _Job(
-                index=index,
-                configuration=configuration,
-                tp_size=int(configuration["tp_size"]),
-                fuse_qkv=bool(configuration.get("fuse_qkv", False)),
-                checkpoint=str(build(entry, settings.cache_dir)),
-                workdir=str(Path(scratch) / f"case-{index}"),
-            )
-            for index, configuration, entry in buildable
+
+@dataclass
+class RoundTripOutcome:
+    """What rank 0 found: the layouts, the loading info, and the consolidated state dict's difference."""
+
+    attention: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    diff_figures: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+
+class RoundTrip(Check[RoundTripConfig, RoundTripJob, RoundTripOutcome | None]):
+    name = "round_trip"
+    order = 20
+    config_type = RoundTripConfig
+    tolerance = TOLERANCE
+    key_figures = ("tensors_equal", "keys_compared", "keys_missing", "keys_extra", "max_abs_diff")
+
+    def plan(self, profile: str, catalogue: ModelCatalogue) -> list[RoundTripConfig]:
+        if profile == "quick":
+            found = [RoundTripConfig(catalogue.base, 2)]
+            if "tied" in catalogue.variants:
+                found.append(RoundTripConfig(catalogue.key("tied"), 2))
+            return found
+        return [
+            RoundTripConfig(entry.key, tp, entry.attention(tp, True) == "fused")
+            for entry, tp in catalogue.buildable(CHECKED_TP_SIZES)
         ]
-        found = run_by_tp_size(
-            _run_on_rank, package_dir, jobs, lambda job: job.tp_size, _call_failed, settings
+
+    def prepare(self, config: RoundTripConfig, workspace: Workspace, index: int) -> RoundTripJob:
+        return RoundTripJob(
+            config, workspace.checkpoint(variant(config.variant)), str(workspace.folder(index) / "saved")
         )
-        for job, (result, _) in zip(jobs, found):
-            results[job.index] = result
-    return [results[index] for index in range(len(configurations))]
 
-
-def _call_failed(job: _Job, failure: Exception, seconds: float) -> CheckResult:
-    return _failed(job, f"the rank call failed: {failure}", str(failure), seconds)
-
-
-def _failed(job: _Job, reason: str, trace: str | None, seconds: float = 0.0) -> CheckResult:
-    return CheckResult(
-        CHECK,
-        job.configuration,
-        Status.FAIL,
-        reasons=[first_line(reason)],
-        tolerance=TOLERANCE,
-        deviations=["ON-11"],
-        seconds=seconds,
-        traceback=trace,
-    )
-
-
-# --- on the ranks -------------------------------------------------------------------------------------
-
-
-def _run_on_rank(model_dir: str, jobs: list[_Job]) -> list[CheckResult] | None:
-    """Every job on this rank; rank 0 returns the results, the others None."""
-    return each_job_on_rank(model_dir, jobs, _round_trip, _mount_failed)
-
-
-def _mount_failed(job: _Job, error: str) -> CheckResult:
-    return _failed(job, f"mounting the package failed: {error}", error)
-
-
-def _deviations(attention: list[str], fuse_qkv: bool, variant_key: str) -> list[str]:
-    """ON-11 (shard format) always; the GQA layer's deviations where this case reached it."""
-    touched = {"ON-11"}
-    if "gqa" in attention:
-        if fuse_qkv:
-            touched.add("NXD-10")
-        if variant(variant_key).has_attention_biases():
-            touched.update({"NXD-09", "ON-10"})
-    return sorted(touched)
-
-
-def _round_trip(package: ModuleType, job: _Job) -> CheckResult | None:
-    """Load, save (every rank), consolidate and compare (rank 0). Every rank takes the same branches."""
-    import torch.distributed as dist
-    from neuronx_distributed.parallel_layers import parallel_state
-
-    from conformance.backends import active
-    from conformance.model_package import causal_lm_class
-
-    from .parity import attention_layouts
-
-    start = time.perf_counter()
-    host = active()
-    # NxD keeps one kv-shared group size per process; each case builds a new model.
-    parallel_state.destroy_kv_group()
-    model = None
-    info: dict[str, Any] = {}
-    attention: list[str] = []
-    error = None
-    try:
-        trn_config = host.host_module("config").TrainingNeuronConfig(
-            tensor_parallel_size=job.tp_size, fuse_qkv=job.fuse_qkv
-        )
-        model_cls = causal_lm_class(package, job.checkpoint)
-        model, info = model_cls.from_pretrained(
-            job.checkpoint, trn_config, dtype=torch.float32, output_loading_info=True
-        )
+    def on_rank(self, package: ModuleType, job: RoundTripJob) -> RoundTripOutcome | None:
+        """Load, save (every rank), consolidate and compare (rank 0)."""
+        model, _, info = load_parallel(package, job.checkpoint, job.tp_size, fuse_qkv=job.config.fuse_qkv)
         attention = sorted(set(attention_layouts(model).values()))
-    except Exception as exc:
-        error = describe(exc)
-    if (error := first_rank_error(error)) is not None:
-        result = _failed(job, f"from_pretrained at T={job.tp_size} failed: {error}", error)
-        result.seconds = time.perf_counter() - start
-        return result if dist.get_rank() == 0 else None
+        save_on_every_rank(model, Path(job.workdir), job.tp_size)
+        del model
+        if not is_rank_zero():
+            return None
+        outcome = RoundTripOutcome(attention=attention, info=dict(info))
+        consolidated, metadata = local_step(
+            "consolidating the saved checkpoint", lambda: consolidate(Path(job.workdir))
+        )
+        diff = diff_state_dicts(consolidated, original_state_dict(Path(job.checkpoint)))
+        outcome.diff_figures = diff.figures()
+        outcome.reasons = explain(diff, metadata)
+        return outcome
 
-    assert model is not None
-    error = save_on_every_rank(model, Path(job.workdir))
-    del model
-    if error is not None:
-        result = _failed(job, f"save_pretrained at T={job.tp_size} failed: {error}", error)
-        result.seconds = time.perf_counter() - start
-        return result if dist.get_rank() == 0 else None
-    if dist.get_rank() != 0:
-        return None
-    return _judge(job, info, attention, start)
+    def judge(self, job: RoundTripJob, value: RoundTripOutcome | None) -> Verdict:
+        assert value is not None
+        figures: dict[str, Any] = {
+            "attention": value.attention,
+            "load_missing_keys": sorted(value.info.get("missing_keys", [])),
+            "load_unexpected_keys": sorted(value.info.get("unexpected_keys", [])),
+            **value.diff_figures,
+        }
+        reasons = loading_reasons(value.info, Path(job.checkpoint).name) + value.reasons
+        return Verdict(figures=figures, reasons=reasons)
 
 
-def _judge(job: _Job, info: dict[str, Any], attention: list[str], start: float) -> CheckResult:
-    """Rank 0: consolidate what was saved and compare it with the checkpoint transformers wrote."""
-    original = original_state_dict(Path(job.checkpoint))
-    result = CheckResult(
-        CHECK,
-        job.configuration,
-        Status.FAIL,
-        tolerance=TOLERANCE,
-        deviations=_deviations(attention, job.fuse_qkv, str(job.configuration["variant"])),
-    )
-    result.figures["attention"] = attention
-    result.figures["load_missing_keys"] = sorted(info.get("missing_keys", []))
-    result.figures["load_unexpected_keys"] = sorted(info.get("unexpected_keys", []))
-    if result.figures["load_missing_keys"]:
-        result.deviations = sorted({*result.deviations, "ON-13"})
-    result.reasons += loading_reasons(info, Path(job.checkpoint).name)
-    try:
-        consolidated, metadata = consolidate(Path(job.workdir))
-    except Exception as exc:
-        error = describe(exc)
-        result.reasons.append(f"consolidating the saved checkpoint failed: {error.splitlines()[0]}")
-        result.traceback = error
-    else:
-        diff = diff_state_dicts(consolidated, original)
-        result.figures.update(diff.figures())
-        result.reasons += explain(diff, metadata)
-    result.status = Status.FAIL if result.reasons else Status.PASS
-    result.seconds = time.perf_counter() - start
-    return result
+CHECK = RoundTrip()

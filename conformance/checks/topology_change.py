@@ -1,6 +1,6 @@
 """Topology change (DESIGN §5): saved at one TP size, consolidated, loaded at another: the same logits.
 
-For each configuration (`{"variant": "llama/gqa", "source_tp_size": 2, "tp_size": 1}`):
+For each configuration (variant, source size a, target size b):
 
 1. at T=a, the package's `<X>ForCausalLM(config, trn_config)` is built *from config* with a fixed seed,
    as the host's `NeuronModelForCausalLM.from_config` does: NxD draws one float32 master per weight and
@@ -26,293 +26,293 @@ Configurations are batched: one launcher call per source T, then one per target 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from conformance.results import CheckResult, Status
-from reference_models import build, variant
-from reference_models.catalogue import kv_size_multiplier
+from conformance.comparisons.bound_text import number
+from conformance.comparisons.state_dicts import bias_keys, diff_state_dicts, explain, loading_reasons, names
+from conformance.harness.dispatch import run_jobs
+from conformance.harness.protocol import Check, CheckConfig, Exercised, RankReport, Verdict, Workspace
+from conformance.harness.rank_steps import is_rank_zero, local_step, rank_step
+from conformance.model_runs.attention_layouts import attention_layouts
+from conformance.model_runs.checkpoint_io import consolidate, original_state_dict, save_on_every_rank
+from conformance.model_runs.fixed_batch import fixed_batch
+from conformance.model_runs.logits import logits_of
+from conformance.model_runs.parallel_model import load_parallel, training_config
+from conformance.results import CheckResult
+from reference_models import variant
 
-from . import RunSettings
-from ._checkpoint_io import (
-    bias_keys,
-    consolidate,
-    diff_state_dicts,
-    explain,
-    gathered_logits,
-    loading_reasons,
-    names,
-    original_state_dict,
-    save_on_every_rank,
-)
-from .batching import each_job_on_rank, run_by_tp_size, split_unbuildable
-from .rank_errors import describe, first_line, first_rank_error
+if TYPE_CHECKING:
+    from conformance.checks import RunSettings
+    from conformance.profiles import ModelCatalogue
 
-CHECK = "topology_change"
 SEED = 0
 LOGITS_RTOL = 1e-5
 LOGITS_ATOL = 1e-7
 TOLERANCE = (
-    f"logits: max |Δ| <= {LOGITS_RTOL:g} * max |reference logits| + {LOGITS_ATOL:g}, fp32 on every side. "
+    f"logits: max |Δ| <= {number(LOGITS_RTOL)} * max |reference logits| + {number(LOGITS_ATOL)}, fp32 on every side. "
     "The same weights at another T (or in transformers) only reorder sums (row-parallel all-reduce, "
     "vocab-parallel gather): a few ulps of the logits' scale, which a random init keeps small (max |logits| "
     "0.5-1.3), hence a relative bound. Measured on llama gqa/mqa/tied/features, 2->1 and 1->2: max |Δ| "
     "<= 2.4e-7, <= 4e-7 of max |logits| (25x margin); a sharding fault is O(1) relative. Checkpoint and "
     "seeded init: bit for bit (no arithmetic)."
 )
+FULL_PAIRS = ((1, 2), (2, 1), (4, 8), (8, 4), (2, 4), (8, 2))
 
 
 @dataclass(frozen=True)
-class _Job:
-    index: int
-    configuration: dict[str, Any]
+class TopologyConfig(CheckConfig):
+    """A catalogue variant saved at `source_tp_size` and loaded at `tp_size`."""
+
     source_tp_size: int
     tp_size: int
+
+    @property
+    def tp_sizes(self) -> tuple[int, ...]:
+        return (self.source_tp_size, self.tp_size)
+
+    def exercised(self) -> Exercised:
+        return Exercised(self.tp_sizes)
+
+
+@dataclass(frozen=True)
+class SourceJob:
+    """T=a: seeded init, logits, save and consolidate into `consolidated`."""
+
+    config: TopologyConfig
     checkpoint: str
     """The catalogue checkpoint: its config and the class it names (its weights are not used)."""
     workdir: str
     vocab_size: int
 
     @property
+    def tp_size(self) -> int:
+        return self.config.source_tp_size
+
+    @property
     def consolidated(self) -> str:
         return str(Path(self.workdir) / "consolidated")
 
 
+@dataclass(frozen=True)
+class TargetJob:
+    """T=b: load the consolidated checkpoint, its logits; the seeded init at T=b against the T=a one."""
+
+    source: SourceJob
+
+    @property
+    def tp_size(self) -> int:
+        return self.source.config.tp_size
+
+
 @dataclass
-class _Outcome:
-    """What one side (source or target call) of a job measured, from rank 0."""
+class SideOutcome:
+    """What one side measured (rank 0)."""
 
     logits: torch.Tensor | None = None
-    reasons: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
     attention: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
     init_reasons: list[str] = field(default_factory=list)
     """Why the seeded init at T=b differs from the one at T=a (target side only; judged with the layouts)."""
-    seconds: float = 0.0
-    traceback: str | None = None
-
-    def record_failure(self, what: str, exc: Exception) -> None:
-        """A step that raised: `what: <the error's first line>` as a reason, and its traceback."""
-        error = describe(exc)
-        self.reasons.append(f"{what}: {error.splitlines()[0]}")
-        self.traceback = error
 
 
-def run(
-    package_dir: Path, configurations: Sequence[Mapping[str, Any]], settings: RunSettings
-) -> list[CheckResult]:
-    """One `CheckResult` per configuration, in order (see the module docstring)."""
-    results, buildable = split_unbuildable(
-        CHECK,
-        configurations,
-        TOLERANCE,
-        lambda configuration: [int(configuration["source_tp_size"]), int(configuration["tp_size"])],
+@dataclass
+class TopologyOutcome:
+    """Both sides and transformers' logits on the consolidated checkpoint."""
+
+    source: SideOutcome
+    transformers_logits: torch.Tensor | None
+    transformers_reasons: list[str]
+    target: SideOutcome
+
+
+class TopologyChange(Check[TopologyConfig, Any, Any]):
+    name = "topology_change"
+    order = 30
+    config_type = TopologyConfig
+    tolerance = TOLERANCE
+    key_figures = (
+        "transformers_logits_max_abs_diff",
+        "target_logits_max_abs_diff",
+        "logits_bound",
+        "init_tensors_differing",
     )
-    with tempfile.TemporaryDirectory(prefix="topology-change-") as scratch:
-        jobs = [
-            _Job(
-                index=index,
-                configuration=configuration,
-                source_tp_size=int(configuration["source_tp_size"]),
-                tp_size=int(configuration["tp_size"]),
-                checkpoint=str(build(entry, settings.cache_dir)),
-                workdir=str(Path(scratch) / f"case-{index}"),
-                vocab_size=entry.config().vocab_size,
-            )
-            for index, configuration, entry in buildable
-        ]
-        sources = _by_tp_size(jobs, "source_tp_size", _source_on_rank, package_dir, settings)
-        ready = [job for job in jobs if not sources[job.index].reasons]
-        references = {job.index: _transformers_logits(job) for job in ready}
-        targets = _by_tp_size(ready, "tp_size", _target_on_rank, package_dir, settings)
-        for job in jobs:
-            results[job.index] = _judge(
-                job, sources[job.index], references.get(job.index), targets.get(job.index)
-            )
-    return [results[index] for index in range(len(configurations))]
 
+    def plan(self, profile: str, catalogue: ModelCatalogue) -> list[TopologyConfig]:
+        if profile == "quick":
+            return [TopologyConfig(catalogue.base, 2, 1)]
+        return [TopologyConfig(catalogue.base, source, target) for source, target in FULL_PAIRS]
 
-def _by_tp_size(
-    jobs: list[_Job], size_field: str, on_rank: Any, package_dir: Path, settings: RunSettings
-) -> dict[int, _Outcome]:
-    """`on_rank` for the jobs of each T in one launcher call; a failed call fails each of its jobs."""
-
-    def call_failed(job: _Job, failure: Exception, seconds: float) -> _Outcome:
-        return _Outcome(
-            reasons=[f"the rank call at T={getattr(job, size_field)} failed: {first_line(str(failure))}"],
-            seconds=seconds,
-            traceback=str(failure),
+    def prepare(self, config: TopologyConfig, workspace: Workspace, index: int) -> SourceJob:
+        entry = variant(config.variant)
+        return SourceJob(
+            config, workspace.checkpoint(entry), str(workspace.folder(index)), entry.config().vocab_size
         )
 
-    found = run_by_tp_size(
-        on_rank, package_dir, jobs, lambda job: getattr(job, size_field), call_failed, settings
-    )
-    return {job.index: outcome for job, (outcome, _) in zip(jobs, found)}
+    def on_rank(self, package: ModuleType, job: SourceJob | TargetJob) -> SideOutcome | None:
+        if isinstance(job, TargetJob):
+            return _target(package, job.source)
+        return _source(package, job)
+
+    def run(
+        self, package_dir: Path, configs: Sequence[TopologyConfig], settings: RunSettings
+    ) -> list[CheckResult]:
+        """Source sizes first (one call each), transformers on each consolidated checkpoint here, then the
+        target sizes of the jobs whose source side completed."""
+        with tempfile.TemporaryDirectory(prefix=f"{self.name}-") as scratch:
+            results, jobs = self.prepare_all(configs, Workspace(settings, Path(scratch)))
+            sources = run_jobs(self, package_dir, [job for _, _, job in jobs], settings)
+            ready = [position for position, report in enumerate(sources) if report.error is None]
+            references = {position: _transformers_logits(jobs[position][2]) for position in ready}
+            target_reports = run_jobs(self, package_dir, [TargetJob(jobs[p][2]) for p in ready], settings)
+            targets = dict(zip(ready, target_reports))
+            for position, (index, config, job) in enumerate(jobs):
+                report = _combined(sources[position], references.get(position), targets.get(position))
+                results[index] = self.finish(config, job, report, settings)
+        return [results[index] for index in range(len(configs))]
+
+    def judge(self, job: SourceJob, value: TopologyOutcome) -> Verdict:
+        a, b = job.config.source_tp_size, job.config.tp_size
+        source, target = value.source, value.target
+        figures: dict[str, Any] = {"source_attention": source.attention}
+        reasons: list[str] = list(value.transformers_reasons)
+        assert source.logits is not None
+        figures["max_abs_logits"] = float(source.logits.abs().max())
+        reasons += _logits_reason(
+            "transformers'",
+            value.transformers_logits,
+            source.logits,
+            figures,
+            "transformers_logits_max_abs_diff",
+        )
+        figures["target_attention"] = target.attention
+        figures.update(target.figures)
+        reasons += [
+            f"T={b}: {reason}"
+            for reason in loading_reasons(target.info, f"the T={a} consolidated checkpoint")
+        ]
+        if target.attention == source.attention and "gqa" not in source.attention:
+            reasons += [f"T={b}: {reason}" for reason in target.init_reasons]
+            figures["init_compared"] = True
+        else:
+            # A seeded init is one model at every T only while no GQA layer is involved: the GQA spec
+            # reorders Q heads (and o_proj's columns) by the kv-size multiplier, which changes with T.
+            figures["init_compared"] = False
+        reasons += _logits_reason(
+            f"T={b}", target.logits, source.logits, figures, "target_logits_max_abs_diff"
+        )
+        return Verdict(figures=figures, reasons=reasons)
+
+
+CHECK = TopologyChange()
+
+
+def _combined(
+    source: RankReport,
+    reference: tuple[torch.Tensor | None, list[str], float] | None,
+    target: RankReport | None,
+) -> RankReport:
+    """Both rounds as one report: the first error, every deviation, the seconds of both and of transformers."""
+    seconds = source.seconds + (reference[2] if reference else 0.0) + (target.seconds if target else 0.0)
+    deviations = tuple(sorted(set(source.deviations) | set(target.deviations if target else ())))
+    error = source.error or (target.error if target else None)
+    if error is not None or target is None or reference is None:
+        return RankReport(None, error, deviations, seconds)
+    logits, reasons, _ = reference
+    return RankReport(TopologyOutcome(source.value, logits, reasons, target.value), None, deviations, seconds)
 
 
 # --- on the ranks -------------------------------------------------------------------------------------
 
 
-def _mount_failed(job: _Job, error: str) -> _Outcome:
-    return _Outcome(reasons=[f"mounting the package failed: {error.splitlines()[0]}"], traceback=error)
-
-
-def _source_on_rank(model_dir: str, jobs: list[_Job]) -> list[_Outcome] | None:
-    return each_job_on_rank(model_dir, jobs, _source, _mount_failed)
-
-
-def _target_on_rank(model_dir: str, jobs: list[_Job]) -> list[_Outcome] | None:
-    return each_job_on_rank(model_dir, jobs, _target, _mount_failed)
-
-
-def _input_ids(job: _Job) -> torch.Tensor:
-    from .parity import parity_batch
-
-    return parity_batch(job.vocab_size)["input_ids"]
-
-
-def _seeded_model(package: ModuleType, job: _Job, tp_size: int) -> torch.nn.Module:
+def _seeded_model(package: ModuleType, job: SourceJob, tp_size: int) -> torch.nn.Module:
     """The package's causal LM built from the checkpoint's config at `tp_size`, seeded: a random init."""
     from neuronx_distributed.parallel_layers import parallel_state
     from transformers import AutoConfig
 
-    from conformance.backends import active
     from conformance.model_package import causal_lm_class
 
-    parallel_state.destroy_kv_group()
-    trn_config = active().host_module("config").TrainingNeuronConfig(tensor_parallel_size=tp_size)
-    config = AutoConfig.from_pretrained(job.checkpoint, attn_implementation="eager")
-    model_cls = causal_lm_class(package, job.checkpoint)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        model = model_cls(config, trn_config)
-    return model.to(torch.float32).eval()
+    def build() -> torch.nn.Module:
+        parallel_state.destroy_kv_group()
+        trn_config = training_config(tp_size)
+        config = AutoConfig.from_pretrained(job.checkpoint, attn_implementation="eager")
+        model_cls = causal_lm_class(package, job.checkpoint)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            model = model_cls(config, trn_config)
+        return model.to(torch.float32).eval()
+
+    return rank_step(f"building from config at T={tp_size}", build, construction=True)
 
 
-def _source(package: ModuleType, job: _Job) -> _Outcome | None:
+def _source(package: ModuleType, job: SourceJob) -> SideOutcome | None:
     """T=a: seeded init, logits, save; rank 0 consolidates into a transformers checkpoint folder."""
-    import torch.distributed as dist
-
     from conformance.backends import active
 
-    from .parity import attention_layouts
-
-    start = time.perf_counter()
-    outcome = _Outcome()
-    model, error = None, None
-    try:
-        model = _seeded_model(package, job, job.source_tp_size)
-        outcome.attention = sorted(set(attention_layouts(model).values()))
-        outcome.logits = gathered_logits(model, _input_ids(job))
-    except Exception as exc:
-        error = describe(exc)
-    if (error := first_rank_error(error)) is not None:
-        return _stopped(
-            outcome, f"building from config at T={job.source_tp_size} failed: {error}", error, start
-        )
-    assert model is not None
+    a = job.config.source_tp_size
+    model = _seeded_model(package, job, a)
+    outcome = SideOutcome(attention=sorted(set(attention_layouts(model).values())))
+    outcome.logits = rank_step(
+        f"the forward at T={a}",
+        functools.partial(logits_of, model, fixed_batch(job.vocab_size)["input_ids"], job.vocab_size),
+    )
     saved = Path(job.workdir) / "source"
-    if (error := save_on_every_rank(model, saved)) is not None:
-        return _stopped(outcome, f"save_pretrained at T={job.source_tp_size} failed: {error}", error, start)
-    if dist.get_rank() != 0:
+    save_on_every_rank(model, saved, a)
+    if not is_rank_zero():
         return None
-    try:
+
+    def consolidate_source() -> None:
         checkpointing = active().host_module("checkpointing")
         checkpointing.consolidate_model_parallel_checkpoints_to_unified_checkpoint(saved, job.consolidated)
         shutil.copy(saved / "config.json", Path(job.consolidated) / "config.json")
-    except Exception as exc:
-        outcome.record_failure(f"consolidating the T={job.source_tp_size} checkpoint failed", exc)
-    outcome.seconds = time.perf_counter() - start
+
+    local_step(f"consolidating the T={a} checkpoint", consolidate_source)
     return outcome
 
 
-def _target(package: ModuleType, job: _Job) -> _Outcome | None:
+def _target(package: ModuleType, job: SourceJob) -> SideOutcome | None:
     """T=b: from_pretrained of the consolidated checkpoint and its logits; the seeded init at T=b against
     the T=a checkpoint (rank 0)."""
-    import torch.distributed as dist
-
     from conformance.backends import active
-    from conformance.model_package import causal_lm_class
 
-    from .parity import attention_layouts
-
-    start = time.perf_counter()
-    outcome = _Outcome()
-    error = None
-    info: dict[str, Any] = {}
-    try:
-        from neuronx_distributed.parallel_layers import parallel_state
-
-        parallel_state.destroy_kv_group()
-        trn_config = active().host_module("config").TrainingNeuronConfig(tensor_parallel_size=job.tp_size)
-        model_cls = causal_lm_class(package, job.consolidated)
-        model, info = model_cls.from_pretrained(
-            job.consolidated,
-            trn_config,
-            attn_implementation="eager",
-            dtype=torch.float32,
-            output_loading_info=True,
-        )
-        outcome.attention = sorted(set(attention_layouts(model).values()))
-        outcome.logits = gathered_logits(model, _input_ids(job))
-        del model
-    except Exception as exc:
-        error = describe(exc)
-    if (error := first_rank_error(error)) is not None:
-        return _stopped(
-            outcome,
-            f"from_pretrained of the consolidated checkpoint at T={job.tp_size} failed: {error}",
-            error,
-            start,
-        )
-    outcome.reasons += loading_reasons(info, f"the T={job.source_tp_size} consolidated checkpoint")
-
-    init, error = None, None
-    try:
-        init = _seeded_model(package, job, job.tp_size)
-    except Exception as exc:
-        error = describe(exc)
-    if (error := first_rank_error(error)) is not None:
-        return _stopped(outcome, f"building from config at T={job.tp_size} failed: {error}", error, start)
-    assert init is not None
+    b = job.config.tp_size
+    model, _, info = load_parallel(package, job.consolidated, b)
+    outcome = SideOutcome(attention=sorted(set(attention_layouts(model).values())), info=dict(info))
+    outcome.logits = rank_step(
+        f"the forward at T={b}",
+        functools.partial(logits_of, model, fixed_batch(job.vocab_size)["input_ids"], job.vocab_size),
+    )
+    del model
+    init = _seeded_model(package, job, b)
     saved = Path(job.workdir) / "target-init"
-    if (error := save_on_every_rank(init, saved)) is not None:
-        return _stopped(outcome, f"save_pretrained at T={job.tp_size} failed: {error}", error, start)
-    if dist.get_rank() != 0:
+    save_on_every_rank(init, saved, b)
+    if not is_rank_zero():
         return None
-    try:
+
+    def compare_init() -> None:
         state_dict, metadata = consolidate(saved)
         expected = original_state_dict(Path(job.consolidated))
         if active().name != "reference":
             # Released NxD draws column-parallel biases per rank (NXD-03): only weights are one model there.
             state_dict, expected = _weights_only(state_dict), _weights_only(expected)
         diff = diff_state_dicts(state_dict, expected)
-    except Exception as exc:
-        outcome.record_failure(f"consolidating the T={job.tp_size} init failed", exc)
-    else:
         outcome.figures["init_tensors_compared"] = diff.compared
         outcome.figures["init_tensors_differing"] = dict(diff.differing)
         outcome.figures["has_biases"] = bias_keys(state_dict)
         outcome.init_reasons = _init_reasons(job, diff, metadata)
-    outcome.seconds = time.perf_counter() - start
+
+    local_step(f"consolidating the T={b} init", compare_init)
     return outcome
-
-
-def _stopped(outcome: _Outcome, reason: str, error: str, start: float) -> _Outcome | None:
-    import torch.distributed as dist
-
-    outcome.reasons.append(reason.splitlines()[0])
-    outcome.traceback = error
-    outcome.seconds = time.perf_counter() - start
-    return outcome if dist.get_rank() == 0 else None
 
 
 # --- judging ------------------------------------------------------------------------------------------
@@ -349,11 +349,11 @@ def _weights_only(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {name: tensor for name, tensor in state_dict.items() if not name.endswith(".bias")}
 
 
-def _init_reasons(job: _Job, diff: Any, metadata: dict[str, Any]) -> list[str]:
+def _init_reasons(job: SourceJob, diff: Any, metadata: dict[str, Any]) -> list[str]:
     """The T=b seeded init against the T=a one (the consolidated checkpoint)."""
     if diff.identical:
         return []
-    a, b = job.source_tp_size, job.tp_size
+    a, b = job.config.source_tp_size, job.config.tp_size
     reasons = [
         f"the seeded random init differs between T={a} and T={b} (the same seed must give the same model at "
         f"every T: NxD slices one master per weight by its stride): "
@@ -369,28 +369,30 @@ def _init_reasons(job: _Job, diff: Any, metadata: dict[str, Any]) -> list[str]:
     return reasons
 
 
-def _transformers_logits(job: _Job) -> _Outcome:
-    """transformers' model on the consolidated checkpoint (eager, fp32): its logits and loading info."""
+def _transformers_logits(job: SourceJob) -> tuple[torch.Tensor | None, list[str], float]:
+    """transformers' model on the consolidated checkpoint (eager, fp32): its logits, reasons, seconds."""
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    outcome = _Outcome()
+    reasons: list[str] = []
+    logits = None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             job.consolidated, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
         )
         with torch.no_grad():
-            outcome.logits = model.eval()(input_ids=_input_ids(job)).logits.float()
+            logits = model.eval()(input_ids=fixed_batch(job.vocab_size)["input_ids"]).logits.float()
         for kind in ("missing_keys", "unexpected_keys"):
             found = sorted(info.get(kind, []))
             if found:
-                outcome.reasons.append(
+                reasons.append(
                     f"transformers loading the consolidated checkpoint reports {kind}: {names(found)}"
                 )
     except Exception as exc:
-        outcome.record_failure("transformers could not load the consolidated checkpoint", exc)
-    outcome.seconds = time.perf_counter() - start
-    return outcome
+        reasons.append(
+            f"transformers could not load the consolidated checkpoint: {type(exc).__name__}: {exc}"
+        )
+    return logits, reasons, time.perf_counter() - start
 
 
 def _logits_reason(
@@ -401,7 +403,7 @@ def _logits_reason(
     if logits.shape != expected.shape:
         return [f"{what} logits have shape {tuple(logits.shape)}, the T=a model's {tuple(expected.shape)}"]
     delta = float((logits - expected).abs().max())
-    bound = LOGITS_RTOL * float(expected.abs().max()) + LOGITS_ATOL
+    bound = logits_bound(expected)
     figures[key] = delta
     figures["logits_bound"] = bound
     if delta > bound:
@@ -409,49 +411,6 @@ def _logits_reason(
     return []
 
 
-def _judge(job: _Job, source: _Outcome, reference: _Outcome | None, target: _Outcome | None) -> CheckResult:
-    a, b = job.source_tp_size, job.tp_size
-    result = CheckResult(CHECK, job.configuration, Status.FAIL, tolerance=TOLERANCE)
-    result.reasons += [f"T={a}: {reason}" for reason in source.reasons]
-    traces = [o.traceback for o in (source, reference, target) if o is not None and o.traceback]
-    result.traceback = "\n".join(traces) or None
-    result.figures["source_attention"] = source.attention
-    result.seconds = source.seconds
-    if source.logits is not None:
-        result.figures["max_abs_logits"] = float(source.logits.abs().max())
-    if reference is not None and source.logits is not None:
-        result.reasons += reference.reasons
-        result.reasons += _logits_reason(
-            "transformers'",
-            reference.logits,
-            source.logits,
-            result.figures,
-            "transformers_logits_max_abs_diff",
-        )
-        result.seconds += reference.seconds
-    if target is not None and source.logits is not None:
-        result.figures["target_attention"] = target.attention
-        result.figures.update(target.figures)
-        result.reasons += [f"T={b}: {reason}" for reason in target.reasons]
-        if target.attention == source.attention and "gqa" not in source.attention:
-            result.reasons += [f"T={b}: {reason}" for reason in target.init_reasons]
-            result.figures["init_compared"] = True
-        else:
-            # A seeded init is one model at every T only while no GQA layer is involved: the GQA spec
-            # reorders Q heads (and o_proj's columns) by the kv-size multiplier, which changes with T.
-            result.figures["init_compared"] = False
-        result.reasons += _logits_reason(
-            f"T={b}", target.logits, source.logits, result.figures, "target_logits_max_abs_diff"
-        )
-        result.seconds += target.seconds
-    touched = {"ON-11"}
-    if result.figures.get("has_biases"):
-        touched.add("NXD-03")
-    kv_heads = variant(job.configuration["variant"]).config().num_key_value_heads
-    if any(
-        kv_size_multiplier(kv_heads, t) > 1 for t in (a, b)
-    ) and "gqa" in source.attention + result.figures.get("target_attention", []):
-        touched.add("NXD-11")  # from_config: K/V replicas in TRN1's tile layout (TRN2 repeats rows instead)
-    result.deviations = sorted(touched)
-    result.status = Status.FAIL if result.reasons else Status.PASS
-    return result
+def logits_bound(reference: torch.Tensor) -> float:
+    """The bound on max |Δ logits|: relative to the reference logits' scale."""
+    return LOGITS_RTOL * float(reference.abs().max()) + LOGITS_ATOL

@@ -1,5 +1,11 @@
 """Open a report.html in headless Chromium and confirm what a reader would see: the loss-curve plot in
-the rendered DOM, with its lines, and (optionally) a screenshot that is not blank.
+the rendered DOM, with its lines, the layout of every plot's text as the browser laid it out (nothing
+outside its plot, the pass/fail line and its label there, legend items clear of each other and of the
+data), and (optionally) a screenshot that is not blank.
+
+The report itself has no script. To measure the layout, a copy of the page gets one inline script that
+reads each plot's bounding boxes (`getBoundingClientRect`, transforms included) into a `<pre>` element;
+Chromium's `--dump-dom` serialises the DOM after it ran.
 
 Used by `tests/conformance/test_report_in_browser.py` and `scripts/open_report_in_chromium.py`. Chromium
 comes from the system packages (Debian: ``apt-get install chromium``); `find_chromium` says whether one is
@@ -8,12 +14,14 @@ installed. Each call gets a fresh temporary profile, so parallel runs do not sha
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass, field
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -141,6 +149,123 @@ def loss_curves(dom: str) -> list[RenderedPlot]:
         for plot in rendered_plots(dom)
         if "loss-curve" in plot.classes and any(count >= 2 for count in plot.polyline_points)
     ]
+
+
+MEASURE_SCRIPT = """
+<script>
+(function () {
+  const found = [];
+  for (const svg of document.querySelectorAll("svg.plot")) {
+    const box = svg.getBoundingClientRect();
+    const rel = (r) => ({x: r.left - box.left, y: r.top - box.top, w: r.width, h: r.height});
+    const area = svg.querySelector(".plot-area");
+    found.push({
+      id: svg.id,
+      classes: svg.getAttribute("class"),
+      width: box.width,
+      height: box.height,
+      area: area ? rel(area.getBoundingClientRect()) : null,
+      texts: Array.from(svg.querySelectorAll("text")).map((t) => Object.assign(
+        {cls: t.getAttribute("class") || "", text: t.textContent}, rel(t.getBoundingClientRect()))),
+      legend: Array.from(svg.querySelectorAll(".legend-item")).map((g) => Object.assign(
+        {text: g.textContent}, rel(g.getBoundingClientRect()))),
+      thresholds: Array.from(svg.querySelectorAll("line.threshold")).map((l) => rel(l.getBoundingClientRect())),
+      zero_markers: svg.querySelectorAll(".zero-marker").length,
+      bars: svg.querySelectorAll("rect.bar").length,
+    });
+  }
+  const out = document.createElement("pre");
+  out.id = "layout-measurements";
+  out.textContent = JSON.stringify(found);
+  document.body.appendChild(out);
+})();
+</script>
+"""
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in CSS pixels, relative to its plot's top-left corner."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    def inside(self, width: float, height: float, slack: float = 0.5) -> bool:
+        return (
+            -slack <= self.x
+            and -slack <= self.y
+            and self.x + self.w <= width + slack
+            and self.y + self.h <= height + slack
+        )
+
+    def overlaps(self, other: Box) -> bool:
+        return not (
+            self.x + self.w <= other.x
+            or other.x + other.w <= self.x
+            or self.y + self.h <= other.y
+            or other.y + other.h <= self.y
+        )
+
+
+@dataclass
+class PlotLayout:
+    """One plot as Chromium laid it out."""
+
+    id: str
+    classes: list[str]
+    width: float
+    height: float
+    area: Box | None
+    texts: list[tuple[str, str, Box]]
+    """(class, text, box) of every `<text>`."""
+    legend: list[tuple[str, Box]]
+    thresholds: list[Box]
+    zero_markers: int
+    bars: int
+
+    def clipped(self) -> list[str]:
+        """The texts that reach outside the plot's own box."""
+        return [text for _, text, box in self.texts if not box.inside(self.width, self.height)]
+
+    def texts_of(self, class_name: str) -> list[tuple[str, Box]]:
+        return [(text, box) for classes, text, box in self.texts if class_name in classes.split()]
+
+
+def measure_plots(report: Path, chromium: str | None = None, timeout: float = TIMEOUT) -> list[PlotLayout]:
+    """Every plot of `report` as Chromium lays it out (a measuring copy of the page is rendered)."""
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise FileNotFoundError(f"no Chromium found (looked for {', '.join(CHROMIUM_NAMES)})")
+    with tempfile.TemporaryDirectory(prefix="report-layout-") as folder:
+        page = Path(folder) / "measured.html"
+        page.write_text(
+            report.read_text(encoding="utf-8").replace("</body>", MEASURE_SCRIPT + "</body>"),
+            encoding="utf-8",
+        )
+        dom = dump_dom(chromium, page, timeout)
+    start = dom.index('id="layout-measurements">') + len('id="layout-measurements">')
+    raw = json.loads(unescape(dom[start : dom.index("</pre>", start)]))
+    return [
+        PlotLayout(
+            id=item["id"],
+            classes=item["classes"].split(),
+            width=item["width"],
+            height=item["height"],
+            area=_box(item["area"]) if item["area"] else None,
+            texts=[(text["cls"], text["text"], _box(text)) for text in item["texts"]],
+            legend=[(entry["text"], _box(entry)) for entry in item["legend"]],
+            thresholds=[_box(line) for line in item["thresholds"]],
+            zero_markers=item["zero_markers"],
+            bars=item["bars"],
+        )
+        for item in raw
+    ]
+
+
+def _box(data: dict) -> Box:
+    return Box(float(data["x"]), float(data["y"]), float(data["w"]), float(data["h"]))
 
 
 @dataclass(frozen=True)

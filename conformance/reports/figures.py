@@ -16,8 +16,12 @@ from conformance.results import CheckResult, RunResults, Status
 DEVIATIONS_DOC = "docs/backend-deviations.md"
 """Where the deviation table lives in the repository; reports cite its ids."""
 
-NOT_PASSING = (Status.FAIL, Status.WARN, Status.SKIP)
+NOT_PASSING = (Status.FAIL, Status.WARN, Status.UNSUPPORTED, Status.SKIP)
 """Statuses whose reasons every report spells out, in this order of importance."""
+
+VERDICT_ORDER = (Status.FAIL, Status.WARN, Status.PASS, Status.UNSUPPORTED, Status.SKIP)
+"""The run's verdict is the first of these any row has: one FAIL fails the run; a WARN is the verdict of a
+run that passes here but not necessarily on Trainium; a run of only UNSUPPORTED or SKIP rows says so."""
 
 _BY_ID: dict[str, Deviation] = {deviation.id: deviation for deviation in DEVIATIONS}
 
@@ -74,40 +78,11 @@ def format_figures(figures: Mapping[str, Any], max_chars: int = 240) -> str:
     return shorten(text, max_chars)
 
 
-KEY_FIGURES: dict[str, tuple[str, ...]] = {
-    "parity": (
-        "logits_max_abs_diff",
-        "loss_abs_diff",
-        "tensors_within_bound",
-        "tensors_compared",
-        "attention_layouts",
-    ),
-    "round_trip": ("tensors_equal", "keys_compared", "keys_missing", "keys_extra", "max_abs_diff"),
-    "topology_change": (
-        "transformers_logits_max_abs_diff",
-        "target_logits_max_abs_diff",
-        "logits_bound",
-        "init_tensors_differing",
-    ),
-    "lora_round_trip": (
-        "keys_compared",
-        "lora_B_max_abs_diff",
-        "lora_A_max_abs_diff",
-        "lora_A_fused_vs_mean_max_abs_diff",
-        "logits_max_abs_diff",
-    ),
-    "overfit": ("final_loss", "threshold", "max_step_abs_diff", "step_tolerance", "first_departing_step"),
-    "bf16_smoke": ("relative_drop", "min_relative_drop", "reference_relative_drop"),
-}
-"""The figures a summary row shows for each check (a reviewer's first look); details show them all."""
-
-
 def key_figures(result: CheckResult) -> dict[str, Any]:
-    """The headline figures of `result` that it has, in `KEY_FIGURES` order; all figures for other checks."""
-    names = KEY_FIGURES.get(result.check)
-    if names is None:
+    """The headline figures of `result` its check names (`CheckResult.key_figures`); all figures otherwise."""
+    if not result.key_figures:
         return dict(result.figures)
-    return {name: result.figures[name] for name in names if name in result.figures}
+    return {name: result.figures[name] for name in result.key_figures if name in result.figures}
 
 
 def format_configuration(configuration: Mapping[str, Any]) -> str:
@@ -126,10 +101,19 @@ def format_counts(run: RunResults) -> str:
 
 
 def verdict(run: RunResults) -> str:
-    """The run as one word: FAIL if any check failed, PASS otherwise (an empty run is NO RESULTS)."""
-    if not run.results:
-        return "NO RESULTS"
-    return "FAIL" if run.failed else "PASS"
+    """The run as one word (`VERDICT_ORDER`): FAIL, WARN, PASS, UNSUPPORTED, SKIP, or NO RESULTS."""
+    statuses = {result.status for result in run.results}
+    for status in VERDICT_ORDER:
+        if status in statuses:
+            return status.value
+    return "NO RESULTS"
+
+
+def headline(run: RunResults) -> str:
+    """``WARN (9 PASS, 2 WARN, 1 UNSUPPORTED)``: the verdict and every status a row has, so that a PASS
+    headline never hides WARN, UNSUPPORTED or SKIP rows."""
+    counts = ", ".join(f"{count} {status}" for status, count in run.counts().items() if count)
+    return f"{verdict(run)} ({counts})" if counts else verdict(run)
 
 
 def deviation_title(deviation_id: str) -> str:
@@ -154,6 +138,7 @@ def cited_deviations(results: Iterable[CheckResult]) -> list[str]:
 
 
 def not_passing(results: Iterable[CheckResult]) -> list[tuple[int, CheckResult]]:
-    """(row number, result) of every FAIL, then WARN, then SKIP, each in run order; rows count from 1."""
+    """(row number, result) of every FAIL, then WARN, UNSUPPORTED, SKIP, each in run order; rows count
+    from 1."""
     numbered = list(enumerate(results, start=1))
     return [(number, r) for status in NOT_PASSING for number, r in numbered if r.status is status]

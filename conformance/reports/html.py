@@ -1,10 +1,12 @@
 """`report.html`: one self-contained page per model run.
 
 Inline CSS and inline SVG plots only: no script, no font, image or stylesheet from anywhere else, so the
-file can be attached to a CI run and opened offline. The page has the run header, a summary table of
-every row (each linking to its section), one section per check with every configuration's figures,
-reasons, tolerance, cited deviations, plots and traceback, and the cited deviations in full at the end.
-All text passes through `html.escape`.
+file can be attached to a CI run and opened offline. The page has the run header (the verdict with every
+status count, the host code that ran), a summary table of every row (each linking to its section, with
+the deviations it touched linking to their entries), what the profile did not test, the tiny model of
+each variant, one section per check with every configuration's figures, reasons, tolerance, cited
+deviations, plots and traceback, and the cited deviations in full at the end. All text passes through
+`html.escape`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .figures import (
     format_counts,
     format_figures,
     format_value,
+    headline,
     key_figures,
     verdict,
 )
@@ -41,10 +44,11 @@ th { background: #f3f3f3; }
          font-size: 0.85rem; color: #fff; }
 .badge.PASS { background: #2a8a3a; } .badge.WARN { background: #b7791f; }
 .badge.FAIL { background: #c62a2a; } .badge.SKIP { background: #777; }
+.badge.UNSUPPORTED { background: #6b4fa0; }
 .badge.NO-RESULTS { background: #777; }
 article.result { border-left: 4px solid #2a8a3a; padding: 0.1rem 0 0.6rem 0.9rem; margin: 1.2rem 0; }
 article.result.WARN { border-color: #b7791f; } article.result.FAIL { border-color: #c62a2a; }
-article.result.SKIP { border-color: #777; }
+article.result.SKIP { border-color: #777; } article.result.UNSUPPORTED { border-color: #6b4fa0; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
 svg.plot { display: block; margin: 0.8rem 0; max-width: 100%; height: auto; }
 .muted { color: #666; }
@@ -53,11 +57,13 @@ svg.plot { display: block; margin: 0.8rem 0; max-width: 100%; height: auto; }
 
 def render_html(run: RunResults) -> str:
     """The whole page."""
-    title = f"Conformance: {run.model_type}: {verdict(run)}"
+    title = f"Conformance: {run.model_type}: {headline(run)}"
     body = [
         f"<h1>{escape(title)}</h1>",
         _header(run),
         _summary(run.results),
+        _not_tested(run),
+        _models(run),
         *_check_sections(run.results),
         _deviations_section(run.results),
         f'<footer class="muted"><p>nxd-scaffold conformance report; results.json schema '
@@ -97,6 +103,7 @@ def _header(run: RunResults) -> str:
         ("verdict", _badge(verdict(run))),
         ("profile", escape(run.profile)),
         ("backend", escape(run.backend)),
+        ("host", escape(run.environment.get("host", "not recorded"))),
         ("environment", f"<ul>{environment}</ul>" if environment else ""),
         ("results", escape(format_counts(run))),
         ("total time", f"{run.seconds:.1f} s"),
@@ -117,12 +124,56 @@ def _summary(results: list[CheckResult]) -> str:
             f"<td>{escape(result.check)}</td><td>{escape(_configuration(result))}</td>"
             f"<td>{_badge(result.status.value)}</td>"
             f'<td class="figures-cell">{escape(format_figures(key_figures(result), 300))}</td>'
-            f"<td>{result.seconds:.1f}</td></tr>"
+            f"<td>{_deviation_links(result)}</td><td>{result.seconds:.1f}</td></tr>"
         )
-    head = "<tr><th>#</th><th>check</th><th>configuration</th><th>status</th><th>figures</th><th>s</th></tr>"
+    head = (
+        "<tr><th>#</th><th>check</th><th>configuration</th><th>status</th><th>figures</th><th>deviations</th>"
+        "<th>s</th></tr>"
+    )
     return (
         '<section id="summary"><h2>Summary</h2>'
         f'<table class="summary"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></section>'
+    )
+
+
+def _deviation_links(result: CheckResult) -> str:
+    return " ".join(
+        f'<a class="deviation" href="#deviation-{escape(d)}" title="{escape(deviation_title(d))}">{escape(d)}</a>'
+        for d in result.deviations
+    )
+
+
+def _not_tested(run: RunResults) -> str:
+    if not run.not_tested:
+        return ""
+    items = "".join(f"<li>{escape(item)}</li>" for item in run.not_tested)
+    return f'<section id="not-tested"><h2>Not tested by this profile</h2><ul>{items}</ul></section>'
+
+
+def _models(run: RunResults) -> str:
+    if not run.models:
+        return ""
+    rows = []
+    for key, model in run.models.items():
+        fields = format_value(model.get("non_default_fields", {}), max_items=24, max_chars=600)
+        cells = (
+            f"<code>{escape(key)}</code>",
+            escape(str(model.get("hidden_size"))),
+            escape(str(model.get("layers"))),
+            escape(f"{model.get('heads')}/{model.get('kv_heads')}"),
+            escape(str(model.get("head_dim"))),
+            escape(str(model.get("vocab_size"))),
+            "yes" if model.get("tied_embeddings") else "no",
+            escape(fields),
+        )
+        rows.append("<tr>" + "".join(f"<td>{value}</td>" for value in cells) + "</tr>")
+    head = (
+        "<tr><th>variant</th><th>hidden</th><th>layers</th><th>heads/kv</th><th>head_dim</th><th>vocab</th>"
+        "<th>tied</th><th>non-default config fields</th></tr>"
+    )
+    return (
+        '<section id="models"><h2>Tiny models</h2>'
+        f'<table class="models"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></section>'
     )
 
 
@@ -152,7 +203,8 @@ def _article(number: int, result: CheckResult) -> str:
         parts.append(f'<p><b>{kind}</b></p><ul class="reasons">{items}</ul>')
     if result.deviations:
         items = "".join(
-            f"<li><code>{escape(d)}</code> {escape(deviation_title(d))}</li>" for d in result.deviations
+            f'<li><a href="#deviation-{escape(d)}"><code>{escape(d)}</code></a> {escape(deviation_title(d))}</li>'
+            for d in result.deviations
         )
         parts.append(
             f'<p><b>backend deviations</b> (<a href="#deviations">{escape(DEVIATIONS_DOC)}</a>)</p>'

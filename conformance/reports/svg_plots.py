@@ -4,7 +4,22 @@
 The output is inline SVG text for `report.html`: no scripts, no external references, every label escaped,
 coordinates written to two decimals so the same `Plot` always gives the same bytes. A line plot whose title
 or y label mentions a loss is marked ``class="plot line-plot loss-curve"``, which is how a browser test
-finds it. Points that cannot be drawn (nan, inf, or <= 0 on a log axis) break the line and are counted in
+finds it.
+
+What a reader must be able to see, and how it is drawn:
+
+- the pass/fail line: `Plot.threshold` is a dashed line across the plot area (``class="threshold"``), kept
+  inside the axis, and named in the legend (``class="threshold-label"``);
+- zero against missing: on a log axis a value of exactly 0 cannot be a bar; it is drawn as a hollow marker
+  on the axis floor (``class="zero-marker"``, with its own legend entry), while a missing value (nan, None)
+  has nothing. A plot whose values are all zero is drawn, not left empty: its axis comes from the threshold;
+- labels that fit: the left margin grows with the tick labels and with the first rotated x labels, the
+  bottom margin with the longest x label; x labels drop the prefix all labels share (`model.`) and keep
+  the end of a long name, where tensor names differ (`layers.0.self_attn` vs `layers.1.self_attn`); a long
+  title wraps onto a second line;
+- a legend that never covers data: it sits above the plot area, its items laid out by their own widths.
+
+Points that cannot be drawn (nan, inf, or <= 0 on a log axis for lines) break the line and are counted in
 the plot's ``<desc>``.
 """
 
@@ -22,11 +37,23 @@ from .figures import as_float, format_number, shorten
 WIDTH = 720
 PLOT_HEIGHT = 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP = 78, 24, 34
+TITLE_LINE = 17
 LEGEND_ROW = 18
+CHAR_WIDTH = {10: 6.0, 11: 6.6, 12: 7.2, 14: 8.6}
+"""A generous width per character of the sans-serif font at each size, so estimated labels never clip."""
 PALETTE = ("#1f6fb4", "#e4760b", "#2a9d3a", "#c62a2a", "#7b52ab", "#8a5a44", "#d0509a", "#6b6b6b")
 """Series colours in order; after the eighth a series repeats a colour with a dashed stroke."""
+THRESHOLD_COLOUR = "#b00020"
 MAX_MARKERS = 60
 """Lines with at most this many points also get a dot per point."""
+TITLE_CHARS = 80
+LABEL_CHARS = 40
+ROTATION = 45
+
+
+def text_width(text: str, size: int) -> float:
+    """The estimated width of `text` at font `size` (over-estimated on purpose)."""
+    return len(text) * CHAR_WIDTH.get(size, size * 0.6)
 
 
 @dataclass(frozen=True)
@@ -123,22 +150,62 @@ def render_plot(plot: Plot, plot_id: str) -> str:
     return _LinePlot(plot, plot_id).render()
 
 
-class _Canvas:
-    """What line and bar plots share: frame, title, legend, axes and the SVG wrapper."""
+def title_lines(title: str, max_chars: int = TITLE_CHARS) -> list[str]:
+    """The title on one line, or wrapped at a space onto two (the second shortened if need be)."""
+    if len(title) <= max_chars:
+        return [title]
+    cut = title.rfind(" ", 0, max_chars)
+    cut = cut if cut > max_chars // 2 else max_chars
+    return [title[:cut].rstrip(), shorten(title[cut:].strip(), max_chars)]
 
-    bottom_margin = 48
+
+@dataclass(frozen=True)
+class _LegendEntry:
+    kind: str
+    """``series``, ``threshold`` or ``zero``."""
+    label: str
+    colour: str
+    dash: str = ""
+
+
+class _Canvas:
+    """What line and bar plots share: frame, title, legend, axes, the threshold line and the SVG wrapper."""
+
+    bottom_margin = 48.0
+    left_needed = 0.0
+    """Extra room the subclass needs on the left (rotated x labels), beyond the y tick labels."""
 
     def __init__(self, plot: Plot, plot_id: str):
         self.plot = plot
         self.plot_id = plot_id
-        self.legend_rows = math.ceil(len(plot.series) / 4) if len(plot.series) > 1 else 0
-        self.top = MARGIN_TOP + self.legend_rows * LEGEND_ROW + (6 if self.legend_rows else 0)
-        self.left, self.right = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
         self.skipped = 0
+        self.titles = title_lines(plot.title)
         values = [as_float(v) for series in plot.series for v in series.y]
         if plot.kind == "bar":
             values.append(0.0)  # bars stand on zero; the log axis ignores it
+        measured = values[: self._value_count()]
+        self.has_zero = plot.log_y and any(value == 0 for value in measured)
+        if plot.threshold is not None:
+            values.append(plot.threshold)
+            if plot.log_y and plot.threshold > 0:
+                # A decade of room above the line, and below it when nothing measured lies under it.
+                values.append(plot.threshold * 3)
+                if not any(math.isfinite(v) and 0 < v < plot.threshold for v in measured):
+                    values.append(plot.threshold / 10)
+        if plot.log_y and not any(math.isfinite(v) and v > 0 for v in values):
+            values += [1e-8, 1.0]  # all zero, no threshold: a default range to draw the zero markers on
         self.y_axis = log_axis(values) if plot.log_y else linear_axis(values)
+        tick_width = max((text_width(self.y_axis.label(t), 11) for t in self.y_axis.ticks), default=0.0)
+        self.left = max(MARGIN_LEFT, 30 + tick_width + 10, self.left_needed)
+        self.right = WIDTH - MARGIN_RIGHT
+        self.legend = self._legend_entries()
+        self.legend_layout = self._layout_legend()
+        legend_rows = max((row for _, _, row in self.legend_layout), default=-1) + 1
+        title_room = (len(self.titles) - 1) * TITLE_LINE
+        self.top = MARGIN_TOP + title_room + legend_rows * LEGEND_ROW + (6 if legend_rows else 0)
+
+    def _value_count(self) -> int:
+        return sum(len(series.y) for series in self.plot.series)
 
     @property
     def bottom(self) -> float:
@@ -155,22 +222,63 @@ class _Canvas:
         dash = ' stroke-dasharray="6 3"' if index >= len(PALETTE) else ""
         return PALETTE[index % len(PALETTE)], dash
 
+    def _legend_entries(self) -> list[_LegendEntry]:
+        entries = []
+        plot = self.plot
+        if len(plot.series) > 1 or plot.threshold is not None or self.has_zero:
+            for index, series in enumerate(plot.series):
+                colour, dash = self.colour(index)
+                entries.append(_LegendEntry("series", shorten(series.name, 40), colour, dash))
+        if plot.threshold is not None:
+            label = plot.threshold_label or "pass/fail bound"
+            entries.append(
+                _LegendEntry("threshold", f"{label}: {format_number(plot.threshold)}", THRESHOLD_COLOUR, "")
+            )
+        if self.has_zero:
+            entries.append(_LegendEntry("zero", "exactly 0 (no bar on a log axis)", "#333", ""))
+        return entries
+
+    def _layout_legend(self) -> list[tuple[_LegendEntry, float, int]]:
+        """Each entry's x and row: left to right by their own widths, a new row when one is full."""
+        placed = []
+        x, row = self.left, 0
+        for entry in self.legend:
+            width = 23 + text_width(entry.label, 11) + 16
+            if x > self.left and x + width > self.right:
+                x, row = self.left, row + 1
+            placed.append((entry, x, row))
+            x += width
+        return placed
+
     def frame(self) -> list[str]:
         """Title, legend, y grid with tick labels, the axes' lines and labels."""
         plot = self.plot
-        parts = [
-            f'<text class="plot-title" x="{_f(WIDTH / 2)}" y="18" text-anchor="middle" font-size="14" '
-            f'font-weight="bold">{escape(plot.title)}</text>'
-        ]
-        for index, series in enumerate(plot.series if self.legend_rows else ()):
-            colour, dash = self.colour(index)
-            x = self.left + (index % 4) * ((self.right - self.left) / 4)
-            y = MARGIN_TOP + 6 + (index // 4) * LEGEND_ROW
+        parts = []
+        for index, line in enumerate(self.titles):
             parts.append(
-                f'<g class="legend-item"><line x1="{_f(x)}" y1="{_f(y - 4)}" x2="{_f(x + 18)}" y2="{_f(y - 4)}" '
-                f'stroke="{colour}" stroke-width="3"{dash}/><text x="{_f(x + 23)}" y="{_f(y)}" font-size="11">'
-                f"{escape(shorten(series.name, 28))}</text></g>"
+                f'<text class="plot-title" x="{_f(WIDTH / 2)}" y="{_f(18 + index * TITLE_LINE)}" '
+                f'text-anchor="middle" font-size="14" font-weight="bold">{escape(line)}</text>'
             )
+        legend_top = MARGIN_TOP + (len(self.titles) - 1) * TITLE_LINE
+        for entry, x, row in self.legend_layout:
+            y = legend_top + 6 + row * LEGEND_ROW
+            if entry.kind == "zero":
+                mark = f'<circle cx="{_f(x + 9)}" cy="{_f(y - 4)}" r="3.5" fill="#fff" stroke="{entry.colour}" stroke-width="1.5"/>'
+            else:
+                dash = ' stroke-dasharray="6 3"' if entry.kind == "threshold" else entry.dash
+                mark = (
+                    f'<line x1="{_f(x)}" y1="{_f(y - 4)}" x2="{_f(x + 18)}" y2="{_f(y - 4)}" stroke="{entry.colour}" '
+                    f'stroke-width="{2 if entry.kind == "threshold" else 3}"{dash}/>'
+                )
+            text_class = ' class="threshold-label"' if entry.kind == "threshold" else ""
+            parts.append(
+                f'<g class="legend-item legend-{entry.kind}">{mark}<text{text_class} x="{_f(x + 23)}" '
+                f'y="{_f(y)}" font-size="11">{escape(entry.label)}</text></g>'
+            )
+        parts.append(
+            f'<rect class="plot-area" x="{_f(self.left)}" y="{_f(self.top)}" width="{_f(self.right - self.left)}" '
+            f'height="{_f(self.bottom - self.top)}" fill="none" stroke="none"/>'
+        )
         for tick in self.y_axis.ticks:
             y = self.y(tick)
             parts.append(
@@ -183,7 +291,7 @@ class _Canvas:
             'fill="none" stroke="#333"/>'
         )
         y_middle = (self.top + self.bottom) / 2
-        y_label = plot.y_label + (" (log scale)" if plot.log_y else "")
+        y_label = shorten(plot.y_label + (" (log scale)" if plot.log_y else ""), int(PLOT_HEIGHT / 7.2))
         parts.append(
             f'<text class="axis-label" x="16" y="{_f(y_middle)}" font-size="12" text-anchor="middle" '
             f'transform="rotate(-90 16 {_f(y_middle)})">{escape(y_label)}</text>'
@@ -194,9 +302,23 @@ class _Canvas:
         )
         return parts
 
+    def threshold_line(self) -> list[str]:
+        """The pass/fail line across the plot area, drawn over the data."""
+        value = self.plot.threshold
+        if value is None or not _drawable(value, self.y_axis):
+            return []
+        y = self.y(value)
+        return [
+            f'<line class="threshold" x1="{_f(self.left)}" y1="{_f(y)}" x2="{_f(self.right)}" y2="{_f(y)}" '
+            f'stroke="{THRESHOLD_COLOUR}" stroke-width="1.5" stroke-dasharray="6 3">'
+            f"<title>{escape(self.plot.threshold_label or 'pass/fail bound')}: {escape(format_number(value))}</title></line>"
+        ]
+
     def wrap(self, body: list[str], kind: str) -> str:
         plot = self.plot
         description = f"{kind} plot of {len(plot.series)} series" + (", log y axis" if plot.log_y else "")
+        if plot.threshold is not None:
+            description += f"; pass/fail line at {format_number(plot.threshold)}"
         if self.skipped:
             description += f"; {self.skipped} points not drawn (nan, inf or <= 0 on a log axis)"
         if not any(series.y for series in plot.series):
@@ -238,6 +360,7 @@ class _LinePlot(_Canvas):
             )
         for index, series in enumerate(self.plot.series):
             body.append(self._series(index, series.name, series.x, series.y))
+        body += self.threshold_line()
         return self.wrap(body, "line")
 
     def _series(self, index: int, name: str, xs: Sequence[float], ys: Sequence[float]) -> str:
@@ -268,55 +391,90 @@ class _LinePlot(_Canvas):
         return "".join(parts)
 
 
-class _BarPlot(_Canvas):
-    LABEL_CHARS = 34
+def tick_labels(labels: Sequence[str], max_chars: int = LABEL_CHARS) -> list[str]:
+    """The x labels as drawn: the dotted prefix every label shares dropped (`model.`; an index keeps its
+    name: `layers.0`), then long names kept by their end, where tensor names differ."""
+    parts = [label.split(".") for label in labels]
+    shared = 0
+    if len(parts) > 1:
+        for column in zip(*(names[:-1] for names in parts)):
+            if len(set(column)) != 1:
+                if shared and all(name.isdigit() for name in column):
+                    shared -= 1  # keep the name an index belongs to: "layers.0", not "0"
+                break
+            shared += 1
+    return [shorten_left(".".join(names[shared:]), max_chars) for names in parts]
 
+
+class _BarPlot(_Canvas):
     def __init__(self, plot: Plot, plot_id: str):
         self.labels = list(plot.x_labels) or [
             str(i) for i in range(max((len(s.y) for s in plot.series), default=0))
         ]
-        longest = max((len(shorten_left(label, self.LABEL_CHARS)) for label in self.labels), default=1)
-        self.rotated = len(self.labels) > 6 or longest > 12
-        self.bottom_margin = 40 + (int(longest * 6 * 0.72) if self.rotated else 0)
+        self.shown = tick_labels(self.labels)
+        widths = [text_width(label, 10) for label in self.shown]
+        self.rotated = len(self.labels) > 6 or max(widths, default=0) > 72
+        reach = math.cos(math.radians(ROTATION))
+        if self.rotated:
+            self.bottom_margin = 44 + max(widths, default=0) * math.sin(math.radians(ROTATION))
+            # The first labels reach left of their bar: leave them room inside the canvas.
+            self.left_needed = self._left_for_rotated(widths, reach)
         super().__init__(plot, plot_id)
+
+    def _left_for_rotated(self, widths: list[float], reach: float) -> float:
+        left = float(MARGIN_LEFT)
+        for _ in range(4):
+            band = (WIDTH - MARGIN_RIGHT - left) / max(len(widths), 1)
+            need = max(w * reach + 6 - band * (i + 0.5) for i, w in enumerate(widths))
+            left = max(left, need)
+        return left
 
     def render(self) -> str:
         body = self.frame()
         band = (self.right - self.left) / max(len(self.labels), 1)
         bar_width = band * 0.8 / max(len(self.plot.series), 1)
         base = self.y(self.y_axis.low if self.y_axis.log else 0.0)
-        for position, label in enumerate(self.labels):
+        for position, (label, shown) in enumerate(zip(self.labels, self.shown)):
             centre = self.left + band * (position + 0.5)
-            shown = escape(shorten_left(label, self.LABEL_CHARS))
             if self.rotated:
                 y = self.bottom + 12
-                body.append(
+                text = (
                     f'<text class="tick x-tick" x="{_f(centre)}" y="{_f(y)}" text-anchor="end" font-size="10" '
-                    f'transform="rotate(-45 {_f(centre)} {_f(y)})">{shown}<title>{escape(label)}</title></text>'
+                    f'transform="rotate(-{ROTATION} {_f(centre)} {_f(y)})">{escape(shown)}</text>'
                 )
             else:
-                body.append(
+                text = (
                     f'<text class="tick x-tick" x="{_f(centre)}" y="{_f(self.bottom + 16)}" '
-                    f'text-anchor="middle" font-size="11">{shown}</text>'
+                    f'text-anchor="middle" font-size="10">{escape(shown)}</text>'
                 )
+            body.append(f"<g><title>{escape(label)}</title>{text}</g>")
         for index, series in enumerate(self.plot.series):
             colour, _ = self.colour(index)
             parts = [f'<g class="series" data-series="{escape(series.name)}">']
             for position, raw in enumerate(series.y[: len(self.labels)]):
                 value = as_float(raw)
+                x = self.left + band * position + band * 0.1 + bar_width * index
+                tooltip = (
+                    f"{escape(self.labels[position])} {escape(series.name)}: {escape(format_number(value))}"
+                )
+                if value == 0 and self.y_axis.log:
+                    parts.append(
+                        f'<circle class="zero-marker" cx="{_f(x + bar_width / 2)}" cy="{_f(base - 4)}" r="3.5" '
+                        f'fill="#fff" stroke="{colour}" stroke-width="1.5"><title>{tooltip}</title></circle>'
+                    )
+                    continue
                 if not _drawable(value, self.y_axis):
                     self.skipped += 1
                     continue
-                x = self.left + band * position + band * 0.1 + bar_width * index
                 top = self.y(value)
                 y, height = min(top, base), abs(base - top)
                 parts.append(
                     f'<rect class="bar" x="{_f(x)}" y="{_f(y)}" width="{_f(bar_width)}" height="{_f(height)}" '
-                    f'fill="{colour}"><title>{escape(self.labels[position])} {escape(series.name)}: '
-                    f"{escape(format_number(value))}</title></rect>"
+                    f'fill="{colour}"><title>{tooltip}</title></rect>'
                 )
             parts.append("</g>")
             body.append("".join(parts))
+        body += self.threshold_line()
         return self.wrap(body, "bar")
 
 

@@ -1,9 +1,10 @@
-"""Flash-attention cases whose config needs what the NKI kernel lacks: a refusal naming it is the answer.
+"""Flash-attention cases whose config needs what the NKI kernel lacks: a refusal naming it is UNSUPPORTED.
 
 Oracle for the limits: the configs themselves (a sliding window shorter than the sequence on some layer,
 logit softcapping). End to end, mistral's sliding window (5 < 16 in every catalogue variant): the
-generated model refuses its flash path naming the window, which passes; a copy whose guard was removed
-runs the kernel over the whole sequence, and parity against transformers' windowed attention fails.
+generated model refuses its flash path naming the window, which is UNSUPPORTED (listed, not a pass, not a
+defect); a copy whose guard was removed runs the kernel over the whole sequence, and parity against
+transformers' windowed attention fails.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.checks import RunSettings, parity
-from conformance.checks.flash_kernel_limits import (
+from conformance.checks import RunSettings
+from conformance.checks.parity import CHECK, ParityConfig
+from conformance.model_runs.flash_kernel_limits import (
     SLIDING_WINDOW,
     SOFTCAPPING,
     flash_kernel_limits,
@@ -28,7 +30,7 @@ SLIDING_WINDOW_GUARD = (
     "        raise NotImplementedError(",
     "    if False:\n        raise NotImplementedError(",
 )
-FLASH = {"attn_implementation": "flash_attention_2"}
+FLASH = "flash_attention_2"
 
 
 @pytest.mark.parametrize(
@@ -64,13 +66,14 @@ def test_the_generated_refusal_passes_and_a_missing_guard_fails(
     broken_copy: Callable[[str, list[tuple[str, str]]], Path],
     settings: RunSettings,
 ) -> None:
-    configurations = [{"variant": "mistral/gqa", "tp_size": 2, "sequence_parallel": True, **FLASH}]
-    (refused,) = parity.run(generated("mistral"), configurations, settings)
-    assert refused.status is Status.PASS, refused.reasons
+    configurations = [ParityConfig("mistral/gqa", 2, sequence_parallel=True, attn_implementation=FLASH)]
+    (refused,) = CHECK.run(generated("mistral"), configurations, settings)
+    assert refused.status is Status.UNSUPPORTED, refused.reasons
     assert refused.figures["outcome"] == "rejected"
     assert "no sliding window" in refused.figures["refused_as_expected"]
+    assert refused.reasons[0].startswith("the model refuses the flash-attention path: ")
 
-    (unguarded,) = parity.run(broken_copy("mistral", [SLIDING_WINDOW_GUARD]), configurations, settings)
+    (unguarded,) = CHECK.run(broken_copy("mistral", [SLIDING_WINDOW_GUARD]), configurations, settings)
     assert unguarded.status is Status.FAIL
     assert unguarded.figures["outcome"] == "compared"
     assert any(reason.startswith("logits differ") for reason in unguarded.reasons), unguarded.reasons
@@ -79,8 +82,9 @@ def test_the_generated_refusal_passes_and_a_missing_guard_fails(
 def test_a_flash_case_is_labelled_apart_from_its_eager_twin(
     generated: Callable[[str], Path], settings: RunSettings
 ) -> None:
-    eager = {"variant": "mistral/gqa", "tp_size": 2, "sequence_parallel": True}
-    results = parity.run(generated("mistral"), [eager, {**eager, **FLASH}], settings)
+    eager = ParityConfig("mistral/gqa", 2, sequence_parallel=True)
+    flash = ParityConfig("mistral/gqa", 2, sequence_parallel=True, attn_implementation=FLASH)
+    results = CHECK.run(generated("mistral"), [eager, flash], settings)
     assert [result.label for result in results] == [
         "parity mistral/gqa T=2 SP=on fuse_qkv=off",
         "parity mistral/gqa T=2 SP=on fuse_qkv=off attn=flash_attention_2",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from conformance.checks.gradient_consolidation import kv_replica_disagreement, replicated_disagreement
+from conformance.comparisons.gradient_consolidation import kv_replica_disagreement, replicated_disagreement
 
 
 def _spec(fuse_qkv: bool, multiplier: int = 2, bias: bool = False) -> list[dict]:

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from conformance.checks import RunSettings
-from conformance.checks.lora_round_trip import compare_adapters, expected_fused_groups, run
+from conformance.checks.lora_round_trip import CHECK, LoraConfig
+from conformance.comparisons.adapters import compare_adapters, expected_fused_groups
 from conformance.results import Status
 
 CONFIGURATIONS = [
-    {"variant": "llama/gqa", "tp_size": 1, "fuse_qkv": False},
-    {"variant": "llama/gqa", "tp_size": 2, "fuse_qkv": False},  # separate q/k/v, fused gate_up
-    {"variant": "llama/mqa", "tp_size": 2, "fuse_qkv": False},  # NxD's GQA QKV layer, m=2
+    LoraConfig("llama/gqa", 1),
+    LoraConfig("llama/gqa", 2),  # separate q/k/v, fused gate_up
+    LoraConfig("llama/mqa", 2),  # NxD's GQA QKV layer, m=2
 ]
 # Removes the MLP's FusedLinearsSpec (built, never added): the checkpoint's gate/up no longer map to gate_up_proj.
 DROP_GATE_UP_SPEC = (
@@ -31,7 +32,7 @@ DROP_GATE_UP_SPEC = (
 
 @pytest.fixture(scope="module")
 def llama_results(generated: Callable[[str], Path], checkpoint_cache: Path):
-    return run(generated("llama"), CONFIGURATIONS, RunSettings(cache_dir=checkpoint_cache, timeout=300))
+    return CHECK.run(generated("llama"), CONFIGURATIONS, RunSettings(cache_dir=checkpoint_cache, timeout=300))
 
 
 def test_llama_passes_at_t1_and_t2(llama_results) -> None:
@@ -61,7 +62,7 @@ def test_a_model_without_the_gate_up_spec_fails_naming_the_keys(
     broken_copy: Callable[[str, list[tuple[str, str]]], Path], checkpoint_cache: Path
 ) -> None:
     package = broken_copy("llama", [DROP_GATE_UP_SPEC])
-    (result,) = run(package, [CONFIGURATIONS[1]], RunSettings(cache_dir=checkpoint_cache, timeout=300))
+    (result,) = CHECK.run(package, [CONFIGURATIONS[1]], RunSettings(cache_dir=checkpoint_cache, timeout=300))
     assert result.status is Status.FAIL
     text = "\n".join(result.reasons)
     assert "missing after consolidation" in text

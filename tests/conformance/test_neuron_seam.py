@@ -117,4 +117,4 @@ def test_cli_refuses_the_neuron_backend_without_the_sdk(capsys: pytest.CaptureFi
 
     status = main(["llama", "--backend", "neuron", "--repo", "."], console=Console(width=200))
     assert status == 2
-    assert "Neuron SDK" in capsys.readouterr().out
+    assert "Neuron SDK" in capsys.readouterr().err

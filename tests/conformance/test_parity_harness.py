@@ -1,4 +1,4 @@
-"""The parity harness on the hand-written tiny parallel Llama (tests/backend/tiny_parallel_llama), which is
+"""The parity check on the hand-written tiny parallel Llama (tests/backend/tiny_parallel_llama), which is
 known to be right: every case of the llama matrix passes with its figures, the attention layout it reports
 is the one written out below, and deliberately broken copies of the package fail with figures that show
 the mismatch. The oracle is transformers' model (eager, fp32) on the same checkpoint; the gradient names
@@ -14,16 +14,9 @@ from pathlib import Path
 import pytest
 import transformers
 
-from conformance.checks.parity import (
-    FAIL,
-    PASS,
-    REJECTED,
-    ParityCase,
-    ParityResult,
-    check_parity,
-    check_parity_cases,
-    parity_matrix,
-)
+from conformance.checks import RunSettings
+from conformance.checks.parity import CHECK, ParityConfig, matrix
+from conformance.results import CheckResult, Status
 from reference_models import build, variant
 
 TINY_LLAMA = Path(__file__).parents[1] / "backend" / "tiny_parallel_llama"
@@ -53,8 +46,13 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def matrix(cache: Path) -> list[ParityResult]:
-    return check_parity_cases(TINY_LLAMA, parity_matrix("llama", variants=VARIANTS), cache_dir=cache)
+def settings(cache: Path) -> RunSettings:
+    return RunSettings(cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def results(settings: RunSettings) -> list[CheckResult]:
+    return CHECK.run(TINY_LLAMA, matrix("llama", variants=VARIANTS), settings)
 
 
 def _broken_copy(tmp_path: Path, name: str, old: str, new: str) -> Path:
@@ -68,97 +66,108 @@ def _broken_copy(tmp_path: Path, name: str, old: str, new: str) -> Path:
     return target
 
 
-def test_the_matrix_covers_every_tp_size_sp_setting_and_layout(matrix: list[ParityResult]) -> None:
-    cases = {(r.case.variant, r.case.tp_size, r.case.sequence_parallel, r.case.fuse_qkv) for r in matrix}
-    assert len(cases) == len(matrix) == 39
+def _key(result: CheckResult) -> tuple[str, int, bool]:
+    c = result.configuration
+    return c["variant"].split("/")[1], c["tp_size"], c["fuse_qkv"]
+
+
+def test_the_matrix_covers_every_tp_size_sp_setting_and_layout(results: list[CheckResult]) -> None:
+    cases = {tuple(r.configuration.values()) for r in results}
+    assert len(cases) == len(results) == 39
     for tp_size, sp in ((1, False), (2, False), (2, True), (4, False), (4, True)):
         reached = {
             layout
-            for r in matrix
-            if (r.case.tp_size, r.case.sequence_parallel) == (tp_size, sp)
-            for layout in r.attention.values()
+            for r in results
+            if (r.configuration["tp_size"], r.configuration["sequence_parallel"]) == (tp_size, sp)
+            for layout in r.figures.get("attention_layouts", [])
         }
         assert reached == ({SEP, FUSED} if tp_size == 1 else {SEP, FUSED, GQA}), (tp_size, sp)
 
 
-def test_every_case_of_the_hand_written_llama_passes(matrix: list[ParityResult]) -> None:
-    failed = [r.summary() for r in matrix if not r.passed]
+def test_every_case_of_the_hand_written_llama_passes(results: list[CheckResult]) -> None:
+    failed = [f"{r.label}: {r.reasons}" for r in results if r.status is not Status.PASS]
     assert not failed, "\n".join(failed)
 
 
-def test_reported_attention_layout_is_the_prescribed_one(matrix: list[ParityResult]) -> None:
-    for result in matrix:
-        name = result.case.variant.split("/")[1]
-        expected = LAYOUT.get((name, result.case.tp_size, result.case.fuse_qkv))
+def test_reported_attention_layout_is_the_prescribed_one(results: list[CheckResult]) -> None:
+    for result in results:
+        expected = LAYOUT.get(_key(result))
         if expected is None:
-            assert result.outcome == REJECTED, result.summary()
+            assert result.figures["outcome"] == "rejected", result.label
             continue
-        assert result.expected_attention == expected
-        assert result.attention == {f"model.layers.{i}.self_attn": expected for i in range(2)}, (
-            result.case.label
-        )
+        assert result.figures["expected_attention"] == expected
+        assert result.figures["attention_by_module"] == {
+            f"model.layers.{i}.self_attn": expected for i in range(2)
+        }, result.label
 
 
-def test_figures_are_recorded_and_within_the_stated_tolerances(matrix: list[ParityResult]) -> None:
+def test_figures_are_recorded_and_within_the_stated_tolerances(
+    results: list[CheckResult], cache: Path
+) -> None:
     transformers_names = {}
-    for result in matrix:
-        if result.outcome == REJECTED:
+    for result in results:
+        figures = result.figures
+        if figures["outcome"] == "rejected":
             continue
-        checkpoint = result.checkpoint
-        if checkpoint not in transformers_names:
-            model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint)
-            transformers_names[checkpoint] = {name for name, _ in model.named_parameters()}
-        tol = result.tolerances
-        assert result.logits_max_abs_diff is not None and result.logits_max_abs_diff <= tol.logits_atol
-        assert result.loss_abs_diff is not None and result.loss_abs_diff <= tol.loss_atol
-        assert abs(result.reference_loss - 5.5) < 0.5  # ~log(256): the figures come from a real forward
-        assert set(result.gradients) == transformers_names[checkpoint], result.case.label
-        assert all(figure.within and figure.reference_max_abs > 0 for figure in result.gradients.values())
-        assert result.sequence_parallel_effective == (
-            result.case.sequence_parallel and result.case.tp_size > 1
+        key = result.configuration["variant"]
+        if key not in transformers_names:
+            model = transformers.AutoModelForCausalLM.from_pretrained(build(variant(key), cache))
+            transformers_names[key] = {name for name, _ in model.named_parameters()}
+        tol = CHECK.tolerances
+        assert figures["logits_max_abs_diff"] <= tol.logits_atol and figures["loss_abs_diff"] <= tol.loss_atol
+        assert abs(figures["reference_loss"] - 5.5) < 0.5  # ~log(256): the figures come from a real forward
+        assert set(figures["gradient_ratios"]) == transformers_names[key], result.label
+        assert all(0 <= ratio <= 1 for ratio in figures["gradient_ratios"].values())
+        assert figures["tensors_within_bound"] == figures["tensors_compared"] == len(transformers_names[key])
+        assert figures["sequence_parallel_effective"] == (
+            result.configuration["sequence_parallel"] and result.configuration["tp_size"] > 1
         )
-        assert result.seconds > 0 and "fp32" in tol.reason
-        assert json.loads(json.dumps(result.to_dict()))["label"] == result.case.label
-        assert not (result.missing_keys or result.unexpected_keys or result.no_gradient)
-        norms = {name for name in result.gradients if name.endswith("norm.weight")}
-        assert norms <= set(result.replicated_disagreement) and len(norms) == 5
-        assert max(result.replicated_disagreement.values()) <= 1e-7, result.case.label
+        assert figures["logits_layout"] == "vocab-parallel"
+        assert result.seconds > 0 and "fp32" in result.tolerance
+        assert CheckResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+        assert not (figures["load_missing_keys"] or figures["load_unexpected_keys"] or figures["no_gradient"])
+        norms = {name for name in figures["gradient_ratios"] if name.endswith("norm.weight")}
+        assert norms <= set(figures["replicated_disagreement"]) and len(norms) == 5
+        assert max(figures["replicated_disagreement"].values()) <= 1e-7, result.label
 
 
-def test_replicated_kv_heads_hold_identical_gradients(matrix: list[ParityResult]) -> None:
-    replicated = [r for r in matrix if r.attention and set(r.attention.values()) == {GQA}]
+def test_replicated_kv_heads_hold_identical_gradients(results: list[CheckResult]) -> None:
+    replicated = [r for r in results if r.figures.get("attention_layouts") == [GQA]]
     assert replicated
     for result in replicated:
-        names = set(result.kv_replica_disagreement)
+        names = set(result.figures["kv_replica_disagreement"])
         per_layer = {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "kv"}
-        assert names == per_layer, result.case.label  # m = T / kv heads >= 2 in every GQA case here
-        assert max(result.kv_replica_disagreement.values()) <= 1e-7
+        assert names == per_layer, result.label  # m = T / kv heads >= 2 in every GQA case here
+        assert max(result.figures["kv_replica_disagreement"].values()) <= 1e-7
+        # The reference backend went through the GQA layer's tile layout and its collectives.
+        assert {"NXD-11", "NXD-12"} <= set(result.deviations)
 
 
-def test_vocabulary_not_divisible_by_t_is_refused_clearly(matrix: list[ParityResult]) -> None:
-    refused = [r for r in matrix if r.case.variant == "llama/odd-vocab" and r.case.tp_size == 4]
-    assert refused and all(r.outcome == REJECTED and r.status == PASS for r in refused)
-    assert "250" in refused[0].error and "4" in refused[0].error
+def test_vocabulary_not_divisible_by_t_is_refused_clearly(results: list[CheckResult]) -> None:
+    refused = [r for r in results if _key(r)[:2] == ("odd-vocab", 4)]
+    assert refused and all(r.figures["outcome"] == "rejected" and r.status is Status.PASS for r in refused)
+    assert "250" in refused[0].traceback and "4" in refused[0].traceback
+    assert refused[0].reasons[0].startswith("refused as expected: ")
 
 
-def test_swapped_gate_and_up_fail_on_logits_and_gradients(tmp_path: Path, cache: Path) -> None:
+def test_swapped_gate_and_up_fail_on_logits_and_gradients(tmp_path: Path, settings: RunSettings) -> None:
     broken = _broken_copy(
         tmp_path,
         "tiny_llama_swapped_gate_up",
         "gate, up = self.gate_up_proj(x).split(self.split_size, dim=2)",
         "up, gate = self.gate_up_proj(x).split(self.split_size, dim=2)",
     )
-    cases = [ParityCase("llama/gqa", 1), ParityCase("llama/gqa", 2, sequence_parallel=True)]
-    for result in check_parity_cases(broken, cases, cache_dir=cache):
-        assert result.status == FAIL, result.summary()
-        assert result.logits_max_abs_diff > 1e-3
+    configurations = [ParityConfig("llama/gqa", 1), ParityConfig("llama/gqa", 2, sequence_parallel=True)]
+    for result in CHECK.run(broken, configurations, settings):
+        assert result.status is Status.FAIL, result.label
+        assert result.figures["logits_max_abs_diff"] > 1e-3
         assert any("logits differ" in reason for reason in result.reasons)
-        assert not result.gradients["model.layers.0.mlp.gate_proj.weight"].within
-        assert result.attention == {f"model.layers.{i}.self_attn": SEP for i in range(2)}
+        assert "model.layers.0.mlp.gate_proj.weight" in result.figures["gradients_out_of_bound"]
+        assert result.figures["attention_layouts"] == [SEP]
 
 
 def test_norm_not_marked_for_sequence_parallelism_fails_on_gradients_only(
-    tmp_path: Path, cache: Path
+    tmp_path: Path, settings: RunSettings
 ) -> None:
     broken = _broken_copy(
         tmp_path,
@@ -166,15 +175,13 @@ def test_norm_not_marked_for_sequence_parallelism_fails_on_gradients_only(
         "self.weight.sequence_parallel_enabled = sequence_parallel_enabled",
         "self.weight.sequence_parallel_enabled = False",
     )
-    on, off = check_parity_cases(
-        broken,
-        [ParityCase("llama/gqa", 2, sequence_parallel=True), ParityCase("llama/gqa", 2)],
-        cache_dir=cache,
+    on, off = CHECK.run(
+        broken, [ParityConfig("llama/gqa", 2, sequence_parallel=True), ParityConfig("llama/gqa", 2)], settings
     )
     # The forward is right; each rank's norm gradient covers only its sequence shard and is never summed.
-    assert on.status == FAIL and on.logits_max_abs_diff <= on.tolerances.logits_atol
-    assert on.loss_abs_diff <= on.tolerances.loss_atol
-    over = {name for name, figure in on.gradients.items() if not figure.within}
+    assert on.status is Status.FAIL and on.figures["logits_max_abs_diff"] <= CHECK.tolerances.logits_atol
+    assert on.figures["loss_abs_diff"] <= CHECK.tolerances.loss_atol
+    over = set(on.figures["gradients_out_of_bound"])
     assert over == {"model.norm.weight"} | {
         f"model.layers.{i}.{norm}.weight"
         for i in range(2)
@@ -182,38 +189,39 @@ def test_norm_not_marked_for_sequence_parallelism_fails_on_gradients_only(
     }
     assert any("gradient(s) out of bounds" in reason for reason in on.reasons)
     # The diagnosis: those replicated gradients differ between the two ranks.
-    assert {name for name, spread in on.replicated_disagreement.items() if spread > 1e-6} == over
+    assert {name for name, spread in on.figures["replicated_disagreement"].items() if spread > 1e-6} == over
     assert any("different gradients on different ranks" in reason for reason in on.reasons)
-    assert off.status == PASS, off.summary()  # without SP the flag is irrelevant
+    assert off.status is Status.PASS, off.reasons  # without SP the flag is irrelevant
 
 
-def test_dropped_spec_fails_with_loading_and_gradient_name_figures(tmp_path: Path, cache: Path) -> None:
+def test_dropped_spec_fails_with_loading_and_gradient_name_figures(
+    tmp_path: Path, settings: RunSettings
+) -> None:
     broken = _broken_copy(
         tmp_path,
         "tiny_llama_no_mlp_spec",
         "        self.gate_up_proj = ColumnParallelLinear(",
         "        self.specs = ModelWeightTransformationSpecs()\n        self.gate_up_proj = ColumnParallelLinear(",
     )
-    result = check_parity(broken, "llama/gqa", 2, cache_dir=cache)
-    assert result.status == FAIL
-    assert "model.layers.0.mlp.gate_up_proj.weight" in result.missing_keys
-    assert "model.layers.0.mlp.gate_proj.weight" in result.unexpected_keys
-    assert "model.layers.0.mlp.gate_proj.weight" in result.missing_gradients
-    assert "model.layers.0.mlp.gate_up_proj.weight" in result.unexpected_gradients
-    assert result.logits_max_abs_diff > 1e-3
-    summary = result.summary()
-    assert "FAIL" in summary and "checkpoint keys not loaded" in summary and "max |d logits|" in summary
+    (result,) = CHECK.run(broken, [ParityConfig("llama/gqa", 2)], settings)
+    figures = result.figures
+    assert result.status is Status.FAIL
+    assert "model.layers.0.mlp.gate_up_proj.weight" in figures["load_missing_keys"]
+    assert "model.layers.0.mlp.gate_proj.weight" in figures["load_unexpected_keys"]
+    assert "model.layers.0.mlp.gate_proj.weight" in figures["missing_gradients"]
+    assert "model.layers.0.mlp.gate_up_proj.weight" in figures["unexpected_gradients"]
+    assert figures["logits_max_abs_diff"] > 1e-3
+    assert any(reason.startswith("checkpoint keys not loaded") for reason in result.reasons)
+    assert "ON-13" in result.deviations  # the reference host named and initialised the uncovered layer
 
 
-def test_a_package_that_cannot_load_is_an_error_result(tmp_path: Path, cache: Path) -> None:
+def test_a_package_that_cannot_load_is_a_fail_naming_the_import(
+    tmp_path: Path, settings: RunSettings
+) -> None:
     broken = _broken_copy(
         tmp_path, "tiny_llama_bad_import", "from ..config import", "from ..no_such_module import"
     )
-    result = check_parity(broken, "llama/gqa", 2, cache_dir=cache)
-    assert result.status == FAIL and result.outcome == "error"
-    assert "no_such_module" in result.error
-
-
-def test_checkpoints_come_from_the_reference_model_cache(matrix: list[ParityResult], cache: Path) -> None:
-    for result in matrix:
-        assert Path(result.checkpoint) == build(variant(result.case.variant), cache)
+    (result,) = CHECK.run(broken, [ParityConfig("llama/gqa", 2)], settings)
+    assert result.status is Status.FAIL and result.figures["outcome"] == "error"
+    assert result.reasons[0].startswith("mounting the package failed: ")
+    assert "no_such_module" in result.reasons[0] and "no_such_module" in result.traceback

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.checks import RunSettings, parity
+from conformance.checks import RunSettings
+from conformance.checks.parity import CHECK, ParityConfig
 from conformance.results import Status
 
 TILED_KV_HEADS = (
@@ -46,11 +47,8 @@ def test_tiled_kv_heads_fail_at_the_first_attention(
     package = broken_copy("llama", [TILED_KV_HEADS])
     # The bug shows wherever a rank holds several K/V heads shared by several query heads:
     # llama/gqa at T=1 (2 kv heads, n_rep 4), llama/tied at T=2 (2 kv heads per rank, n_rep 2).
-    configurations = [
-        {"variant": "llama/gqa", "tp_size": 1},
-        {"variant": "llama/tied", "tp_size": 2, "sequence_parallel": True},
-    ]
-    for result in parity.run(package, configurations, settings):
+    configurations = [ParityConfig("llama/gqa", 1), ParityConfig("llama/tied", 2, sequence_parallel=True)]
+    for result in CHECK.run(package, configurations, settings):
         assert result.status is Status.FAIL, result.label
         assert result.figures["first_divergent_module"] == "model.layers.0.self_attn"
         assert result.figures["activation_errors"]["model.embed_tokens"] == 0.0
@@ -65,12 +63,9 @@ def test_norm_without_sequence_parallel_flag_is_named(
     broken_copy: Callable[[str, list[tuple[str, str]]], Path], settings: RunSettings
 ) -> None:
     package = broken_copy("llama", [INPUT_NORM_WITHOUT_SP_FLAG])
-    on, off = parity.run(
+    on, off = CHECK.run(
         package,
-        [
-            {"variant": "llama/gqa", "tp_size": 2, "sequence_parallel": True},
-            {"variant": "llama/gqa", "tp_size": 2, "sequence_parallel": False},
-        ],
+        [ParityConfig("llama/gqa", 2, sequence_parallel=True), ParityConfig("llama/gqa", 2)],
         settings,
     )
     assert on.status is Status.FAIL
@@ -88,9 +83,7 @@ def test_detached_mlp_input_names_the_parameters_without_gradient(
     broken_copy: Callable[[str, list[tuple[str, str]]], Path], settings: RunSettings
 ) -> None:
     package = broken_copy("llama", [DETACHED_MLP])
-    (result,) = parity.run(
-        package, [{"variant": "llama/gqa", "tp_size": 2, "sequence_parallel": True}], settings
-    )
+    (result,) = CHECK.run(package, [ParityConfig("llama/gqa", 2, sequence_parallel=True)], settings)
     assert result.status is Status.FAIL
     assert result.figures["logits_max_abs_diff"] <= 1e-5  # the forward is right
     # Everything that feeds only the MLP's detached input: gate/up and the post-attention norm.

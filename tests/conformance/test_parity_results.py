@@ -1,6 +1,6 @@
-"""Parity as `CheckResult`s (`conformance.checks.parity.run`): the generated llama passes at T=1 and T=2
-with SP on and off, and every figure and plot a report needs is there. Oracles: transformers' own
-parameter names and loss on the same checkpoint and batch, and hand-made figures for the conversion."""
+"""Parity as `CheckResult`s (`conformance.checks.parity.CHECK.run`): the generated llama passes at T=1 and
+T=2 with SP on and off, and every figure and plot a report needs is there. Oracles: transformers' own
+parameter names and loss on the same checkpoint and batch, and hand-made figures for the verdict."""
 
 from __future__ import annotations
 
@@ -13,35 +13,37 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conformance.checks import RunSettings, parity
-from conformance.checks.parity import GradientFigure, ParityCase, ParityResult, to_check_result
+from conformance.checks import RunSettings
+from conformance.checks.parity import CHECK, ParityConfig, ParityJob, ParityMeasurement
+from conformance.comparisons.gradients import GradientFigure
+from conformance.model_runs.fixed_batch import fixed_batch
 from conformance.results import CheckResult, Status
 from reference_models import build, variant
 
 CONFIGURATIONS = [
-    {"variant": "llama/gqa", "tp_size": 1, "sequence_parallel": False, "fuse_qkv": False},
-    {"variant": "llama/gqa", "tp_size": 2, "sequence_parallel": False, "fuse_qkv": False},
-    {"variant": "llama/gqa", "tp_size": 2, "sequence_parallel": True, "fuse_qkv": False},
+    ParityConfig("llama/gqa", 1),
+    ParityConfig("llama/gqa", 2),
+    ParityConfig("llama/gqa", 2, sequence_parallel=True),
 ]
 
 
 @pytest.fixture(scope="module")
 def results(generated: Callable[[str], Path], checkpoint_cache: Path) -> list[CheckResult]:
-    return parity.run(generated("llama"), CONFIGURATIONS, RunSettings(cache_dir=checkpoint_cache))
+    return CHECK.run(generated("llama"), CONFIGURATIONS, RunSettings(cache_dir=checkpoint_cache))
 
 
 @pytest.fixture(scope="module")
 def transformers_figures(checkpoint_cache: Path) -> tuple[list[str], float]:
     checkpoint = build(variant("llama/gqa"), checkpoint_cache)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="eager", dtype=torch.float32)
-    batch = parity.parity_batch(model.config.vocab_size)
+    batch = fixed_batch(model.config.vocab_size)
     with torch.no_grad():
         loss = float(model(**batch).loss)
     return sorted(name for name, _ in model.named_parameters()), loss
 
 
 def test_the_generated_llama_passes_in_every_configuration(results: list[CheckResult]) -> None:
-    assert [r.configuration for r in results] == CONFIGURATIONS
+    assert [r.configuration for r in results] == [c.as_dict() for c in CONFIGURATIONS]
     assert [r.label for r in results] == [
         "parity llama/gqa T=1 SP=off fuse_qkv=off",
         "parity llama/gqa T=2 SP=off fuse_qkv=off",
@@ -49,7 +51,7 @@ def test_the_generated_llama_passes_in_every_configuration(results: list[CheckRe
     ]
     for result in results:
         assert result.check == "parity" and result.status is Status.PASS, result.reasons
-        assert not result.reasons and result.traceback is None
+        assert not result.reasons and result.traceback is None and result.deviations == []
         assert "fp32" in result.tolerance and result.seconds > 0
 
 
@@ -85,19 +87,18 @@ def test_plots_show_every_gradient_against_its_bound_and_the_forward_per_module(
         gradients, forward = result.plots
         assert gradients.kind == "bar" and gradients.log_y and gradients.x_labels == names
         (series,) = gradients.series
-        assert len(series.y) == len(names) and all(1e-6 <= y <= 1 for y in series.y)
-        assert forward.x_labels == list(result.figures["activation_errors"])
+        assert len(series.y) == len(names) and all(0 <= y <= 1 for y in series.y)
+        assert gradients.threshold == 1.0 and "bound" in gradients.threshold_label
+        assert series.y == [result.figures["gradient_ratios"][name] for name in names]
+        assert forward.x_labels == list(result.figures["activation_errors"]) and forward.threshold == 1.0
         again = CheckResult.from_dict(json.loads(json.dumps(result.to_dict())))
         assert again == result
 
 
-def test_conversion_ranks_gradients_and_floors_only_the_plot() -> None:
-    result = ParityResult(
-        case=ParityCase("llama/gqa", 2, sequence_parallel=True),
-        model_dir="m",
-        checkpoint="c",
-        status="fail",
-        outcome="compared",
+def test_verdict_ranks_gradients_and_plots_the_true_ratios() -> None:
+    config = ParityConfig("llama/gqa", 2, sequence_parallel=True)
+    job = ParityJob(config, "c", "separate", None, 256)
+    measured = ParityMeasurement(
         reasons=["1 gradient(s) out of bounds"],
         diagnoses=["gradient of b is partial"],
         gradients={
@@ -106,7 +107,7 @@ def test_conversion_ranks_gradients_and_floors_only_the_plot() -> None:
             "c": GradientFigure(max_abs_diff=1e-5, reference_max_abs=1.0, bound=1e-4),
         },
     )
-    check = to_check_result(result)
+    check = CHECK.result(config, CHECK.judge(job, measured))
     assert check.status is Status.FAIL
     assert check.reasons == ["gradient of b is partial", "1 gradient(s) out of bounds"]
     assert check.figures["worst_gradient_ratios"] == {
@@ -115,7 +116,8 @@ def test_conversion_ranks_gradients_and_floors_only_the_plot() -> None:
         "a": 0.0,
     }
     assert check.figures["tensors_compared"] == 3 and check.figures["tensors_within_bound"] == 2
+    assert check.figures["gradients_out_of_bound"] == ["b"]
     (plot,) = check.plots
     assert plot.x_labels == ["a", "b", "c"]
-    assert plot.series[0].y == [1e-6, pytest.approx(5.0), pytest.approx(0.1)]
+    assert plot.series[0].y == [0.0, pytest.approx(5.0), pytest.approx(0.1)]  # a zero stays zero
     assert not any(math.isinf(y) for y in plot.series[0].y)

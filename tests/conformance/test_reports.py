@@ -39,6 +39,10 @@ FAIL_REASON = (
 )
 WARN_REASON = "saved checkpoint has 2 extra keys <master_weight> & friends (tolerated: see deviation)"
 SKIP_REASON = "bf16_smoke needs a device with bf16 matmul; the profile runs on cpu"
+UNSUPPORTED_REASON = (
+    "the model refuses the flash-attention path: the NKI flash-attention kernel has no sliding window"
+)
+MODULES = ["model.embed_tokens", "model.layers.0.self_attn", "model.layers.1.self_attn", "model.norm"]
 
 
 def _errors(scale: float) -> list[float]:
@@ -83,8 +87,23 @@ def loss_curves(steps: int = 30) -> tuple[list[float], list[float]]:
 
 
 def sample_run() -> RunResults:
-    """A realistic llama run: parity at T=1,2,4 with SP off/on, overfit, a FAIL, a WARN and a SKIP."""
+    """A realistic llama run: parity at T=1,2,4 with SP off/on, overfit, a FAIL, a WARN, a SKIP and an
+    UNSUPPORTED row; the first parity row has a forward-error plot whose errors are all exactly zero."""
     results = [_parity(t, sp, 1e-7 * t) for t in (1, 2, 4) for sp in (False, True) if not (t == 1 and sp)]
+    results[0].plots.append(
+        Plot(
+            title="forward error per module (in execution order), llama/gqa T=1 SP=off fuse_qkv=off",
+            x_label="module",
+            y_label="max |d output| / bound",
+            series=[Series("max |parallel - transformers| / bound", [0.0, 1.0, 2.0, 3.0], [0.0] * 4)],
+            log_y=True,
+            kind="bar",
+            x_labels=list(MODULES),
+            threshold=1.0,
+            threshold_label="bound (above fails)",
+        )
+    )
+    results[2].deviations = ["NXD-11", "NXD-12"]
     failing = _parity(4, False, 0.06)
     failing.configuration = {"variant": "llama/mqa", "tp_size": 4, "sequence_parallel": False}
     failing.status = Status.FAIL
@@ -101,6 +120,7 @@ def sample_run() -> RunResults:
             status=Status.PASS,
             figures={"final_loss": neuron[-1], "threshold": 0.5, "max_step_rel_diff": 1e-4, "losses": neuron},
             tolerance="per-step |Δ loss| <= 1e-3 relative",
+            key_figures=["final_loss", "threshold", "max_step_rel_diff"],
             plots=[
                 Plot(
                     title="Training loss, llama/gqa T=2",
@@ -132,14 +152,44 @@ def sample_run() -> RunResults:
             reasons=[SKIP_REASON],
         )
     )
+    results.append(
+        CheckResult(
+            check="parity",
+            configuration={"variant": "llama/gqa", "tp_size": 2, "attn_implementation": "flash_attention_2"},
+            status=Status.UNSUPPORTED,
+            figures={"outcome": "rejected"},
+            reasons=[UNSUPPORTED_REASON],
+            deviations=["NXD-18"],
+            seconds=0.5,
+        )
+    )
     return RunResults(
         model_type="llama",
         package_dir="/tmp/generated/llama",
         profile="quick",
         backend="reference",
-        environment={"torch": "2.13.0", "python": "3.11.9", "transformers": "4.57.6", "machine": "x86_64"},
+        environment={
+            "torch": "2.13.0",
+            "python": "3.11.9",
+            "transformers": "4.57.6",
+            "machine": "x86_64",
+            "host": "nxd-scaffold reference host",
+        },
         results=results,
         seconds=sum(result.seconds for result in results),
+        models={
+            "llama/gqa": {
+                "hidden_size": 64,
+                "layers": 2,
+                "heads": 8,
+                "kv_heads": 2,
+                "head_dim": 8,
+                "vocab_size": 256,
+                "tied_embeddings": False,
+                "non_default_fields": {"rms_norm_eps": 1e-5, "rope_theta": 5000.0},
+            }
+        },
+        not_tested=["TP sizes 8: no check runs at them", "TrainingNeuronConfig gradient_checkpointing=True"],
     )
 
 
@@ -167,12 +217,14 @@ def test_junit_has_one_suite_and_one_case_per_result(written: dict[str, Path]):
     assert root.tag == "testsuites"
     (suite,) = root.findall("testsuite")
     assert suite.get("name") == "conformance.llama"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("9", "1", "1")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("10", "1", "2")
     cases = suite.findall("testcase")
     assert [case.get("name") for case in cases] == [result.label for result in run.results]
     assert [float(case.get("time")) for case in cases] == [result.seconds for result in run.results]
     properties = {p.get("name"): p.get("value") for p in suite.find("properties")}
     assert properties["profile"] == "quick" and properties["environment.torch"] == "2.13.0"
+    assert properties["verdict"] == "FAIL" and properties["count.WARN"] == "1"
+    assert properties["count.UNSUPPORTED"] == "1"
 
 
 def test_junit_failure_skip_and_warn(written: dict[str, Path]):
@@ -183,13 +235,25 @@ def test_junit_failure_skip_and_warn(written: dict[str, Path]):
     assert FAIL_REASON in failure.text and "logits max |Δ| 0.83" in failure.text
     assert "AssertionError: rank 3: weight_qkv shard" in failure.text and "NXD-10" in failure.text
     (skipped,) = cases["bf16_smoke llama/gqa T=2"].findall("skipped")
-    assert skipped.get("message") == SKIP_REASON
+    assert skipped.get("message") == f"SKIP: {SKIP_REASON}" and skipped.get("type") == "SKIP"
     warned = cases["round_trip llama/gqa T=2"]
     assert not warned.findall("failure") and not warned.findall("skipped")
     out = warned.find("system-out").text
-    assert "WARN" in out and WARN_REASON in out and "NXD-04" in out
-    passing = [case for case in cases.values() if case.get("name").startswith("parity llama/gqa")]
+    assert out.startswith(f"WARN: {WARN_REASON}") and "NXD-04" in out
+    assert _case_properties(warned) == {"conformance.status": "WARN", "conformance.deviations": "NXD-04"}
+    (unsupported,) = cases["parity llama/gqa T=2 attn=flash_attention_2"].findall("skipped")
+    assert unsupported.get("type") == "UNSUPPORTED"
+    assert unsupported.get("message") == f"UNSUPPORTED: {UNSUPPORTED_REASON}"
+    passing = [
+        case
+        for case in cases.values()
+        if case.get("name").startswith("parity llama/gqa T=") and "attn" not in case.get("name")
+    ]
     assert len(passing) == 5 and all(not list(case.iter("failure")) for case in passing)
+
+
+def _case_properties(case: ET.Element) -> dict[str, str]:
+    return {prop.get("name"): prop.get("value") for prop in case.find("properties")}
 
 
 def test_junit_drops_characters_xml_cannot_hold(tmp_path: Path):
@@ -214,7 +278,9 @@ def test_results_json_round_trips(written: dict[str, Path]):
     text = written["json"].read_text(encoding="utf-8")
     data = _strict_json(text)
     assert data["schema_version"] == SCHEMA_VERSION
-    assert data["counts"] == {"PASS": 6, "WARN": 1, "FAIL": 1, "SKIP": 1}
+    assert data["counts"] == {"PASS": 6, "WARN": 1, "UNSUPPORTED": 1, "FAIL": 1, "SKIP": 1}
+    assert data["models"]["llama/gqa"]["non_default_fields"] == {"rms_norm_eps": 1e-5, "rope_theta": 5000.0}
+    assert data["not_tested"] == sample_run().not_tested
     assert [row["label"] for row in data["results"]] == [r.label for r in sample_run().results]
     assert load_results_json(text) == sample_run()
     assert render_results_json(load_results_json(text)) == text
@@ -236,16 +302,25 @@ def test_markdown_has_the_header_every_row_and_every_reason(written: dict[str, P
     text = written["markdown"].read_text(encoding="utf-8")
     run = sample_run()
     assert len(text) <= GITHUB_COMMENT_LIMIT
-    assert "## Conformance: llama: FAIL" in text
-    for expected in ("quick", "reference", "torch 2.13.0", "6 PASS, 1 WARN, 1 FAIL, 1 SKIP", "56.2 s"):
+    assert text.startswith("## Conformance: llama: FAIL (6 PASS, 1 WARN, 1 UNSUPPORTED, 1 FAIL, 1 SKIP)\n")
+    for expected in (
+        "quick",
+        "reference",
+        "torch 2.13.0",
+        "| host | nxd-scaffold reference host |",
+        "56.8 s",
+    ):
         assert expected in text
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == len(run.results)
     for number, (row, result) in enumerate(zip(rows, run.results), start=1):
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
         assert cells[:4] == [str(number), result.check, result.label.split(" ", 1)[1], _md_status(result)]
+        assert cells[5] == " ".join(f"`{d}`" for d in result.deviations)  # the deviations each row touched
     assert "logits_max_abs_diff=1.2e-06" in rows[3]
-    assert FAIL_REASON in text and SKIP_REASON in text
+    assert FAIL_REASON in text and SKIP_REASON in text and UNSUPPORTED_REASON in text
+    assert "### Not tested by this profile\n\n- TP sizes 8: no check runs at them\n" in text
+    assert "| `llama/gqa` | 64 | 2 | 8/2 | 8 | 256 | no | {rms_norm_eps: 1e-05, rope_theta: 5000} |" in text
     assert "&lt;master_weight&gt; &amp; friends" in text  # a reason GitHub would otherwise read as HTML
     for deviation_id in ("NXD-10", "NXD-04"):
         assert f"`{deviation_id}` {by_id(deviation_id).component}:" in text
@@ -276,7 +351,7 @@ def test_markdown_fits_a_comment_when_details_do_not():
     assert len(text) <= GITHUB_COMMENT_LIMIT
     for number, result in enumerate(run.results, start=1):
         assert f"| {number} | {result.check} | {result.label.split(' ', 1)[1]} |" in text
-    assert "more FAIL/WARN/SKIP details left out" in text
+    assert "more FAIL/WARN/UNSUPPORTED/SKIP details left out" in text
     assert "#### 6. parity llama/mqa T=4 SP=off: FAIL" in text  # FAILs come first in the details
 
 
@@ -349,15 +424,40 @@ def test_html_has_the_summary_and_a_section_per_result(written: dict[str, Path])
     summary_rows = [attrs for tag, attrs, parents in tree.elements if tag == "tr" and "tbody" in parents]
     assert [row["class"] for row in summary_rows[: len(run.results)]] == [r.status.value for r in run.results]
     articles = [attrs for tag, attrs, _ in tree.elements if tag == "article"]
-    assert [a["id"] for a in articles] == [f"result-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
+    assert [a["id"] for a in articles] == [f"result-{n}" for n in (1, 2, 3, 4, 5, 6, 10, 7, 8, 9)]
     assert [a["id"] for tag, a, _ in tree.elements if tag == "section" and "check" in a.get("class", "")] == [
         "check-parity",
         "check-overfit",
         "check-round_trip",
         "check-bf16_smoke",
     ]
-    for expected in (FAIL_REASON, WARN_REASON, SKIP_REASON, "AssertionError: rank 3", "6 PASS, 1 WARN"):
+    for expected in (
+        FAIL_REASON,
+        WARN_REASON,
+        SKIP_REASON,
+        UNSUPPORTED_REASON,
+        "AssertionError: rank 3",
+        "Conformance: llama: FAIL (6 PASS, 1 WARN, 1 UNSUPPORTED, 1 FAIL, 1 SKIP)",
+        "Not tested by this profile",
+        "TrainingNeuronConfig gradient_checkpointing=True",
+        "{rms_norm_eps: 1e-05, rope_theta: 5000}",
+        "nxd-scaffold reference host",
+    ):
         assert expected in text
+    links = [
+        attrs["href"]
+        for tag, attrs, _ in tree.elements
+        if tag == "a" and "deviation" in attrs.get("class", "")
+    ]
+    assert links == [
+        "#deviation-NXD-11",
+        "#deviation-NXD-12",
+        "#deviation-NXD-10",
+        "#deviation-NXD-04",
+        "#deviation-NXD-18",
+    ]
+    targets = {attrs.get("id") for _, attrs, _ in tree.elements}
+    assert all(link[1:] in targets for link in links)
     assert by_id("NXD-10").trainium_impact in text and by_id("NXD-04").reference in text
     assert "torch: 2.13.0" in text and "quick" in text
 
@@ -392,8 +492,8 @@ def test_html_draws_the_loss_curves_and_the_error_bars(written: dict[str, Path])
         assert len(line["points"].split()) == 30
     assert '<title id="plot-7-1-title">Training loss, llama/gqa T=2</title>' in text
     bars = _svgs(tree, "bar-plot")
-    assert len(bars) == 6
-    assert len(_inside(tree, bars[0][0], "rect")) == 2 * len(TENSORS)
+    assert len(bars) == 7
+    assert len([r for r in _inside(tree, bars[0][0], "rect") if r.get("class") == "bar"]) == 2 * len(TENSORS)
 
 
 # --- the SVG renderer -------------------------------------------------------------------------------
@@ -482,3 +582,55 @@ def test_summary_rows_show_each_check_s_key_figures_and_details_show_them_all(tm
     assert "final_loss=" in table_row and "threshold=" in table_row
     assert "losses=" not in table_row  # the per-step curve belongs to the details and the plot
     assert "losses=[" in written["markdown"].read_text()  # ... and the details of the FAIL show it
+
+
+def test_a_threshold_is_a_line_in_the_plot_and_an_entry_in_the_legend():
+    plot = Plot(
+        "err", "tensor", "ratio", [Series("e", [0, 1], [1e-3, 2.0])], log_y=True, kind="bar",
+        x_labels=["a", "b"], threshold=1.0, threshold_label="bound (above fails)",
+    )  # fmt: skip
+    svg = render_plot(plot, "p")
+    (line,) = re.findall(
+        r'<line class="threshold" x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)"', svg
+    )
+    x1, y1, x2, y2 = map(float, line)
+    area = re.search(r'<rect class="plot-area" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)"', svg)
+    left, top, width = map(float, area.groups())
+    assert (x1, x2) == (left, left + width)  # across the plot
+    assert y1 == y2 and top < y1 < top + 260  # inside the axis
+    # axis 1e-3 .. 1e1 (a decade of room above the line): 1 sits three quarters up
+    assert y1 == pytest.approx(top + 260 * 0.25)
+    assert '<text class="threshold-label"' in svg and "bound (above fails): 1</text>" in svg
+    assert "pass/fail line at 1" in svg
+
+
+def test_zero_errors_are_marked_and_missing_ones_are_not():
+    plot = Plot(
+        "err", "module", "ratio", [Series("e", [0, 1, 2], [0.0, math.nan, 0.5])], log_y=True, kind="bar",
+        x_labels=["zero", "missing", "half"], threshold=1.0,
+    )  # fmt: skip
+    svg = render_plot(plot, "p")
+    assert svg.count('class="zero-marker"') == 1 and "zero e: 0</title>" in svg
+    assert svg.count('<rect class="bar"') == 1 and "missing e" not in svg
+    assert "exactly 0 (no bar on a log axis)" in svg
+
+
+def test_an_all_zero_error_plot_is_drawn():
+    plot = Plot(
+        "err", "module", "ratio", [Series("e", [0, 1], [0.0, 0.0])], log_y=True, kind="bar",
+        x_labels=["a", "b"], threshold=1.0,
+    )  # fmt: skip
+    svg = render_plot(plot, "p")
+    assert svg.count('class="zero-marker"') == 2 and "no data" not in svg
+    assert '<line class="threshold"' in svg and svg.count('class="tick y-tick"') >= 2
+
+
+def test_x_labels_drop_the_shared_prefix_and_keep_layer_indices():
+    plot = Plot(
+        "err", "module", "ratio", [Series("e", list(range(4)), [1e-3] * 4)], log_y=True, kind="bar",
+        x_labels=list(MODULES),
+    )  # fmt: skip
+    svg = render_plot(plot, "p")
+    shown = re.findall(r'class="tick x-tick"[^>]*>([^<]+)</text>', svg)
+    assert shown == ["embed_tokens", "layers.0.self_attn", "layers.1.self_attn", "norm"]
+    assert all(f"<title>{name}</title>" in svg for name in MODULES)  # the full name on hover

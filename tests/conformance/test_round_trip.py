@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conformance.checks import RunSettings
-from conformance.checks.round_trip import run
+from conformance.checks.round_trip import CHECK, RoundTripConfig
 from conformance.results import Status
 from reference_models import build, variant
 
@@ -51,14 +51,12 @@ def _original_keys(key: str, cache: Path) -> list[str]:
 def test_llama_round_trips_bit_for_bit(
     generated: Callable[[str], Path], settings: RunSettings, checkpoint_cache: Path
 ) -> None:
-    configurations = [
-        {"variant": key, "tp_size": tp, "fuse_qkv": False}
-        for key in ("llama/gqa", "llama/tied")
-        for tp in (1, 2)
-    ] + [{"variant": "llama/mqa", "tp_size": 2, "fuse_qkv": True}]
-    results = run(generated("llama"), configurations, settings)
+    configurations = [RoundTripConfig(key, tp) for key in ("llama/gqa", "llama/tied") for tp in (1, 2)] + [
+        RoundTripConfig("llama/mqa", 2, fuse_qkv=True)
+    ]
+    results = CHECK.run(generated("llama"), configurations, settings)
 
-    assert [r.configuration for r in results] == configurations
+    assert [r.configuration for r in results] == [c.as_dict() for c in configurations]
     for result in results:
         assert result.status is Status.PASS, (result.label, result.reasons)
         original = _original_keys(result.configuration["variant"], checkpoint_cache)
@@ -68,12 +66,13 @@ def test_llama_round_trips_bit_for_bit(
     # The tied checkpoint holds the shared tensor once; the round trip must not invent lm_head.weight.
     assert "lm_head.weight" not in _original_keys("llama/tied", checkpoint_cache)
     assert results[-1].figures["attention"] == ["gqa"] and "NXD-10" in results[-1].deviations
+    assert all("ON-11" in r.deviations for r in results)  # the shards were written in the plain format
 
 
 def test_qwen2_round_trip_keeps_the_qkv_biases(
     generated: Callable[[str], Path], settings: RunSettings, checkpoint_cache: Path
 ) -> None:
-    (result,) = run(generated("qwen2"), [{"variant": "qwen2/gqa", "tp_size": 2}], settings)
+    (result,) = CHECK.run(generated("qwen2"), [RoundTripConfig("qwen2/gqa", 2)], settings)
     assert result.status is Status.PASS, result.reasons
     original = _original_keys("qwen2/gqa", checkpoint_cache)
     assert "model.layers.0.self_attn.q_proj.bias" in original
@@ -84,7 +83,7 @@ def test_a_missing_spec_fails_naming_the_keys_and_the_spec(
     broken_copy: Callable[[str, list[tuple[str, str]]], Path], settings: RunSettings
 ) -> None:
     package = broken_copy("llama", [MISSING_GATE_UP_SPEC])
-    (result,) = run(package, [{"variant": "llama/gqa", "tp_size": 2}], settings)
+    (result,) = CHECK.run(package, [RoundTripConfig("llama/gqa", 2)], settings)
 
     assert result.status is Status.FAIL
     assert "model.layers.0.mlp.gate_proj.weight" in result.figures["keys_missing"]
@@ -101,7 +100,7 @@ def test_a_dropped_bias_fails_naming_the_bias_keys(
     broken_copy: Callable[[str, list[tuple[str, str]]], Path], settings: RunSettings
 ) -> None:
     package = broken_copy("qwen2", _dropped_qkv_bias())
-    (result,) = run(package, [{"variant": "qwen2/gqa", "tp_size": 2}], settings)
+    (result,) = CHECK.run(package, [RoundTripConfig("qwen2/gqa", 2)], settings)
 
     assert result.status is Status.FAIL
     biases = [f"model.layers.{i}.self_attn.{p}_proj.bias" for i in (0, 1) for p in "qkv"]
@@ -113,6 +112,6 @@ def test_a_dropped_bias_fails_naming_the_bias_keys(
 def test_a_size_the_variant_cannot_take_is_skipped(
     generated: Callable[[str], Path], settings: RunSettings
 ) -> None:
-    (result,) = run(generated("llama"), [{"variant": "llama/odd-vocab", "tp_size": 4}], settings)
+    (result,) = CHECK.run(generated("llama"), [RoundTripConfig("llama/odd-vocab", 4)], settings)
     assert result.status is Status.SKIP
     assert "250" in result.reasons[0] and "4" in result.reasons[0]

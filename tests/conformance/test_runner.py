@@ -12,6 +12,8 @@ import pytest
 from rich.console import Console
 
 from conformance.checks import RunSettings
+from conformance.checks.parity import CHECK as PARITY
+from conformance.checks.parity import ParityConfig
 from conformance.cli import main
 from conformance.model_location import locate_package
 from conformance.profiles import PlannedCheck, plan, smallest_gqa_tp
@@ -22,47 +24,47 @@ from reference_models import attention_variant, variant, variants_for
 MLP_FORWARD = "        gate, up = self.gate_up_proj(x).split(self.split_size, dim=-1)\n"
 
 
-def _layouts(configurations: tuple[dict, ...], tp_size: int) -> set[str]:
+def _layouts(configurations: tuple[ParityConfig, ...], tp_size: int) -> set[str]:
     found = set()
     for configuration in configurations:
-        if configuration["tp_size"] != tp_size:
+        if configuration.tp_size != tp_size:
             continue
-        config = variant(configuration["variant"]).config()
+        config = variant(configuration.variant).config()
         found.add(
             attention_variant(
-                config.num_attention_heads, config.num_key_value_heads, tp_size, configuration["fuse_qkv"]
+                config.num_attention_heads, config.num_key_value_heads, tp_size, configuration.fuse_qkv
             )
         )
     return found
 
 
 def test_quick_profile_covers_tp_1_and_2_and_the_smallest_tp_reaching_the_gqa_layer() -> None:
-    (parity,) = [planned for planned in plan("llama", "quick") if planned.check == "parity"]
-    assert {configuration["tp_size"] for configuration in parity.configurations} == {1, 2}
+    (parity,) = [planned for planned in plan("llama", "quick") if planned.name == "parity"]
+    assert {configuration.tp_size for configuration in parity.configurations} == {1, 2}
     # llama/mqa (8 heads, 1 kv head) reaches NxD's GQA layer already at T=2 (kv heads < T).
     assert smallest_gqa_tp({entry.name: entry for entry in variants_for("llama")}) == ("mqa", 2)
     assert "gqa" in _layouts(parity.configurations, 2)
-    assert {True, False} == {configuration["sequence_parallel"] for configuration in parity.configurations}
-    assert [planned.check for planned in plan("llama", "quick")] == [
+    assert {True, False} == {configuration.sequence_parallel for configuration in parity.configurations}
+    assert [planned.name for planned in plan("llama", "quick")] == [
         "parity",
         "round_trip",
         "topology_change",
         "lora_round_trip",
         "overfit",
         "bf16_smoke",
+        "dropout",
     ]
 
 
 def test_full_profile_reaches_every_attention_layout_up_to_tp_8_with_sp_and_the_flash_path() -> None:
-    (parity,) = [planned for planned in plan("qwen3", "full") if planned.check == "parity"]
+    (parity,) = [planned for planned in plan("qwen3", "full") if planned.name == "parity"]
     for tp_size in (2, 4):
         assert _layouts(parity.configurations, tp_size) == {"separate", "fused", "gqa"}
-    assert max(configuration["tp_size"] for configuration in parity.configurations) == 8
+    assert max(configuration.tp_size for configuration in parity.configurations) == 8
     assert any(
-        configuration.get("attn_implementation") == "flash_attention_2"
-        for configuration in parity.configurations
+        configuration.attn_implementation == "flash_attention_2" for configuration in parity.configurations
     )
-    assert {(c["tp_size"] > 1, c["sequence_parallel"]) for c in parity.configurations} >= {
+    assert {(c.tp_size > 1, c.sequence_parallel) for c in parity.configurations} >= {
         (True, True),
         (True, False),
     }
@@ -93,9 +95,7 @@ def test_a_crashed_or_hung_rank_is_a_fail_with_its_traceback(
     checkpoint_cache: Path,
 ) -> None:
     package = broken_copy("llama", [(MLP_FORWARD, "        import os, time\n" + fault + MLP_FORWARD)])
-    planned = PlannedCheck(
-        "parity", ({"variant": "llama/gqa", "tp_size": 2, "sequence_parallel": False, "fuse_qkv": False},)
-    )
+    planned = PlannedCheck(PARITY, (ParityConfig("llama/gqa", 2),))
     (result,) = run_check(planned, package, RunSettings(cache_dir=checkpoint_cache, timeout=8))
     assert result.status is Status.FAIL
     assert result.traceback, "the rank's traceback or stacks must reach the report"
@@ -150,7 +150,7 @@ def test_missing_default_package_is_scaffolded_and_an_existing_one_left_alone(
 
 
 def test_checks_run_in_parts_by_tp_size_and_a_topology_change_stays_whole() -> None:
-    planned = {entry.check: entry for entry in plan("llama", "full")}
+    planned = {entry.name: entry for entry in plan("llama", "full")}
     parts = planned["parity"].parts()
     assert [part.tp_sizes for part in parts] == [(1,), (2,), (4,), (8,)]
     together = [configuration for part in parts for configuration in part.configurations]
@@ -160,8 +160,8 @@ def test_checks_run_in_parts_by_tp_size_and_a_topology_change_stays_whole() -> N
 
 def test_a_pass_that_touched_a_result_changing_deviation_is_a_warn_naming_it() -> None:
     from conformance.backends.reference.deviations import by_id
+    from conformance.harness.protocol import warn_where_trainium_differs
     from conformance.results import CheckResult
-    from conformance.runner import warn_where_trainium_differs
 
     layout_only = CheckResult("round_trip", {"tp_size": 2}, Status.PASS, deviations=["ON-11"])
     warn_where_trainium_differs(layout_only)
@@ -184,8 +184,8 @@ def test_a_pass_that_touched_a_result_changing_deviation_is_a_warn_naming_it() -
 def test_a_pass_with_replicated_kv_heads_carries_over_to_trn1_but_is_a_warn_on_trn2() -> None:
     """NXD-11: the reference always uses TRN1's K/V layout; TRN2 pairs other ranks (deviations.py)."""
     from conformance.backends.reference.deviations import by_id
+    from conformance.harness.protocol import warn_where_trainium_differs
     from conformance.results import CheckResult
-    from conformance.runner import warn_where_trainium_differs
 
     on_trn1 = CheckResult("parity", {"tp_size": 4}, Status.PASS, deviations=["NXD-11", "NXD-12"])
     warn_where_trainium_differs(on_trn1, "trn1")
@@ -203,8 +203,8 @@ def test_a_pass_with_replicated_kv_heads_carries_over_to_trn1_but_is_a_warn_on_t
 
 def test_with_the_checkout_host_the_kit_hosts_deviations_are_not_cited() -> None:
     """ON-* deviations describe the kit's host; with --host checkout the release's own host ran."""
+    from conformance.harness.protocol import drop_kit_host_deviations, warn_where_trainium_differs
     from conformance.results import CheckResult
-    from conformance.runner import drop_kit_host_deviations, warn_where_trainium_differs
 
     result = CheckResult("overfit", {"tp_size": 2}, Status.PASS, deviations=["NXD-12", "ON-07", "ON-11"])
     drop_kit_host_deviations(result)

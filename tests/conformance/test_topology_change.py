@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conformance.checks import RunSettings
-from conformance.checks.topology_change import run
+from conformance.checks.topology_change import CHECK, TopologyConfig
 from conformance.results import Status
 from reference_models import build, variant
 
@@ -28,13 +28,14 @@ def test_llama_changes_topology_both_ways(
     generated: Callable[[str], Path], settings: RunSettings, checkpoint_cache: Path
 ) -> None:
     configurations = [
-        {"variant": "llama/gqa", "source_tp_size": 2, "tp_size": 1},
-        {"variant": "llama/gqa", "source_tp_size": 1, "tp_size": 2},
-        {"variant": "llama/mqa", "source_tp_size": 1, "tp_size": 2},
+        TopologyConfig("llama/gqa", 2, 1),
+        TopologyConfig("llama/gqa", 1, 2),
+        TopologyConfig("llama/mqa", 1, 2),
     ]
-    results = run(generated("llama"), configurations, settings)
+    results = CHECK.run(generated("llama"), configurations, settings)
 
-    assert [r.configuration for r in results] == configurations
+    assert [r.configuration for r in results] == [c.as_dict() for c in configurations]
+    assert results[0].label == "topology_change llama/gqa from T=2 T=1"
     for result in results:
         assert result.status is Status.PASS, (result.label, result.reasons)
         figures = result.figures
@@ -53,7 +54,7 @@ def test_a_wrong_gate_up_stride_fails_naming_the_tensor(
     broken_copy: Callable[[str, list[tuple[str, str]]], Path], settings: RunSettings
 ) -> None:
     package = broken_copy("llama", [WRONG_GATE_UP_STRIDE])
-    (result,) = run(package, [{"variant": "llama/gqa", "source_tp_size": 2, "tp_size": 1}], settings)
+    (result,) = CHECK.run(package, [TopologyConfig("llama/gqa", 2, 1)], settings)
 
     assert result.status is Status.FAIL
     # The mis-sharded model is saved and reloaded consistently: only the seeded init exposes it.

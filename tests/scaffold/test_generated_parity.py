@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.checks.parity import check_parity_cases, parity_matrix
+from conformance.checks import RunSettings
+from conformance.checks.parity import CHECK, matrix
+from conformance.results import Status
 from reference_models import ARCHITECTURES
 
 LAYOUTS = {"separate", "fused", "gqa"}
@@ -24,16 +26,19 @@ def test_generated_model_matches_transformers(
     model_type: str, generated: Callable[[str], Path], checkpoint_cache: Path
 ) -> None:
     package = generated(model_type)  # `scaffold new-model <type> --out DIR`, once per session
-    results = check_parity_cases(package, parity_matrix(model_type), cache_dir=checkpoint_cache)
+    results = CHECK.run(package, matrix(model_type), RunSettings(cache_dir=checkpoint_cache))
 
-    failed = [result.summary() for result in results if not result.passed]
+    failed = [
+        f"{r.label}: {r.status} {r.reasons}" for r in results if r.status not in (Status.PASS, Status.WARN)
+    ]
     assert not failed, f"{len(failed)}/{len(results)} parity cases failed:\n" + "\n".join(failed)
     for tp_size in (2, 4):
         for sp in (False, True):
             reached = {
                 layout
                 for result in results
-                if (result.case.tp_size, result.case.sequence_parallel) == (tp_size, sp)
-                for layout in result.attention.values()
+                if (result.configuration["tp_size"], result.configuration["sequence_parallel"])
+                == (tp_size, sp)
+                for layout in result.figures.get("attention_layouts", [])
             }
             assert reached == LAYOUTS, (tp_size, sp, reached)

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..deviation_record import note
 from ..neuronx_distributed.parallel_layers.parallel_state import (
     get_tensor_model_parallel_group,
     get_tensor_model_parallel_rank,
@@ -118,6 +119,8 @@ def parallel_cross_entropy(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing and get_tensor_model_parallel_size() > 1:
+        note("ON-12")  # the host's smoothed loss uses the local vocabulary on Trainium
     return _ParallelCrossEntropy.apply(
         vocab_parallel_logits, target, ignore_index, reduction, label_smoothing
     )
@@ -137,6 +140,7 @@ def fixed_cross_entropy(
     accumulation (deviation ON-07; the real host ignores it).
     """
     if num_items_in_batch is not None:
+        note("ON-07")  # the released host ignores num_items_in_batch
         reduction = "sum"
     if get_tensor_model_parallel_size() > 1:
         loss = parallel_cross_entropy(source, target, ignore_index=ignore_index, reduction=reduction)

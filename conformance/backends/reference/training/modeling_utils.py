@@ -46,6 +46,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 from transformers.modeling_utils import get_parameter_dtype, no_init_weights
 
+from ..deviation_record import discarding_random_init, note
 from ..local_rank_turns import barrier, by_rank_groups
 from ..neuronx_distributed.parallel_layers import parallel_state
 from ..neuronx_distributed.parallel_layers.layers import ParallelEmbedding
@@ -313,7 +314,7 @@ class NeuronModelMixin:
         try:
             if dtype is not None and dtype.is_floating_point:
                 torch.set_default_dtype(dtype)
-            with no_init_weights():
+            with no_init_weights(), discarding_random_init():
                 return cls(config, trn_config, *model_args, **model_kwargs)
         finally:
             torch.set_default_dtype(default_dtype)
@@ -409,6 +410,7 @@ class NeuronModelMixin:
         self.config.architectures = [self.__class__.__name__]
         self.config._attn_implementation_autoset = False
 
+        note("ON-11")  # plain torch.save shards, written synchronously
         save_checkpoint(
             save_directory.as_posix(),
             MODEL_PARALLEL_SHARDS_DIR_NAME,

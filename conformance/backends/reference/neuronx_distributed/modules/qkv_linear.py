@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ...deviation_record import note
 from ..parallel_layers import _collectives as comm
 from ..parallel_layers import parallel_state
 from ..parallel_layers.mappings import gather_from_tensor_model_parallel_region
@@ -62,6 +63,12 @@ class _GQAQKVLinear(torch.autograd.Function):
     def backward(ctx, gq, gk, gv):
         total, wq, wk, wv = ctx.saved_tensors
         m = ctx.multiplier
+        if m > 1 or ctx.sequence_parallel:
+            note("NXD-12")  # NxD runs these reductions with XLA-only collectives
+        if 1 < m < parallel_state.get_tensor_model_parallel_size():
+            # The kv-shared groups match the tile layout; TRN2 groups adjacent ranks instead (with m == T both
+            # platforms form one group of every rank)
+            note("NXD-11")
         if m > 1:
             # The m replicas of a K/V row are one parameter: they all get the summed gradient.
             gk = comm.all_reduce(gk.to(ctx.reduce_dtype), ctx.kv_group).to(gk.dtype)
@@ -162,6 +169,13 @@ class GQAQKVColumnParallelLinear(nn.Module):
         self.kv_output_size_per_partition = divide(kv_size * m, world)
         self.async_tensor_model_parallel_allreduce = not sequence_parallel_enabled and world > 1
         parallel_state.initialize_kv_group(m)
+        if m > 1:
+            # K/V replicas initialised in the TRN1 tile layout, whatever the platform (TRN2 repeats rows)
+            note("NXD-11", random_init_only=True)
+        if fuse_qkv:
+            note("NXD-10")  # weight_qkv keeps its tensor-parallel attributes
+        if bias:
+            note("NXD-09")  # the released layer cannot hold q/k/v biases
 
         q_pp, kv_pp = self.q_output_size_per_partition, self.kv_output_size_per_partition
         rows = (q_pp, kv_pp, kv_pp)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parameter import Parameter
 
+from ...deviation_record import note
 from . import _collectives as comm
 from .linear_base import BaseParallelLayer
 from .mappings import (
@@ -89,6 +90,8 @@ class ParallelEmbedding(BaseParallelLayer):
         self.rank_ordering = rank_ordering
         self.collect_output = collect_output
         global_padding_idx = _checked_padding_idx(padding_idx, num_embeddings)
+        if padding_idx == 0:
+            note("NXD-05")  # NxD drops a falsy padding_idx: its row would train on Trainium
 
         if shard_across_embedding:
             if pad:
@@ -174,6 +177,8 @@ class ParallelEmbedding(BaseParallelLayer):
             mask = (input_ >= start) & (input_ < end)
             output = self._lookup((input_ - start) * mask)
             output = output * mask.unsqueeze(-1).to(output.dtype)
+            if output.dtype == torch.float16:
+                note("NXD-05")  # NxD forces the masked output of a non-fp32 table to bf16
         else:
             output = self._lookup(input_)
         if not self.collect_output:

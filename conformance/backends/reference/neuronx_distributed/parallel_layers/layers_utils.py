@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ...deviation_record import note
 from . import _collectives as comm
 from .parallel_state import get_tensor_model_parallel_group
 
@@ -88,6 +89,8 @@ class LinearWithAsyncCommunication(torch.autograd.Function):
 
         grad_input = grad_output.matmul(weight)
         if ctx.async_grad_allreduce:
+            if grad_input.dtype != ctx.reduce_dtype:
+                note("NXD-07")  # NxD throws this reduced input gradient away
             grad_input = _reduce_in(grad_input, ctx.reduce_dtype, lambda t: comm.all_reduce(t, group))
         if ctx.sequence_parallel_enabled and comm.group_size(group) > 1:
             dim = ctx.sequence_dimension

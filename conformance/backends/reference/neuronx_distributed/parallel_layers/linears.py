@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...deviation_record import note
 from .layers_utils import linear_with_async_allreduce
 from .linear_base import BaseParallelLinear, default_sequence_dimension
 from .mappings import (
@@ -91,6 +92,8 @@ class ColumnParallelLinear(BaseParallelLinear):
             self.bias_shape = None
 
     def _init_bias(self) -> None:
+        if self._tp_world_size > 1:
+            note("NXD-03")  # NxD draws this bias per rank: every rank holds the same values
         master = linear_bias_master(self.output_size, self.input_size).to(self.dtype)
         if not self.gather_output:
             master = create_local_weight(master, 0, self.output_size_per_partition, self.stride)
@@ -209,6 +212,8 @@ class RowParallelLinear(BaseParallelLinear):
         self.bias_shape = (self.output_size,) if self.add_bias else None
 
     def _init_bias(self) -> None:
+        if self._tp_world_size > 1:
+            note("NXD-03")  # NxD draws this bias with the bound 1/sqrt(in/T)
         self._copy_into_bias(linear_bias_master(self.output_size, self.input_size))
 
     def _tag_bias(self) -> None:

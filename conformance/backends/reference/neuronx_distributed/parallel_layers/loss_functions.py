@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ...deviation_record import note
 from . import _collectives as comm
 from .parallel_state import (
     get_tensor_model_parallel_group,
@@ -80,6 +81,8 @@ def parallel_cross_entropy(
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing:
+        note("NXD-13")  # NxD's smoothed loss and its backward differ at every TP size
     return _VocabParallelCrossEntropy.apply(vocab_parallel_logits, target, float(label_smoothing))
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...deviation_record import note
 from ...local_rank_turns import barrier, by_rank_groups
 from ..parallel_layers import parallel_state
 
@@ -48,7 +49,8 @@ def save_checkpoint(
     and `optimizer` under `<checkpoint_dir>/<tag>`; global rank 0 writes `checkpoint` first and `done` once
     every rank has written. `use_xser` and `async_save` are accepted and write the plain format synchronously.
     """
-    del use_xser, async_save  # NXD-19: always the plain format, synchronously
+    del use_xser, async_save
+    note("NXD-19")  # always the plain format, synchronously
     unsupported = {
         "scheduler": scheduler is not None,
         "user_content": user_content is not None,

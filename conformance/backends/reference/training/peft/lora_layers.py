@@ -34,6 +34,8 @@ from neuronx_distributed.parallel_layers.layers import ColumnParallelLinear, Row
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from ...deviation_record import note
+
 _SUPPORTED_INITS = (True, False, "gaussian")
 
 
@@ -119,6 +121,7 @@ class _ParallelLoraLayer(nn.Module, LoraLayer):
         `sequence_parallel_enabled` makes the training step's sequence-parallel all-reduce sum it over TP."""
         if not getattr(self.get_base_layer(), "sequence_parallel_enabled", False):
             return
+        note("ON-14")
         for half in (self.lora_A[adapter_name], self.lora_B[adapter_name]):
             if type(half) is nn.Linear:
                 for parameter in half.parameters():

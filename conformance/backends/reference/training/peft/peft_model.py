@@ -31,6 +31,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from torch import nn
 
+from ...deviation_record import note
 from ...neuronx_distributed.trainer import save_checkpoint
 from .._parallel_checkpoint_writing import write_parameter_metadata
 from ..pipeline_utils import get_pipeline_parameters_for_current_stage
@@ -246,6 +247,7 @@ class NeuronPeftModel(PeftModel):
         )
         output_dir = save_directory / f"adapter_{adapter_name}"
         write_parameter_metadata(self, output_dir, ADAPTER_MODEL_PARALLEL_SHARDS_DIR_NAME)
+        note("ON-11")  # plain torch.save shards, written synchronously
         save_checkpoint(
             output_dir.as_posix(),
             ADAPTER_MODEL_PARALLEL_SHARDS_DIR_NAME,

@@ -13,6 +13,7 @@ from neuronx_distributed.parallel_layers.parallel_state import (
 )
 from torch import nn
 
+from ...deviation_record import note
 from ..gqa_layout import GQAHeadLayout, gather_heads
 from .lora_mean_rule import average_lora_parts, duplicate_lora_mean
 from .peft_targets import FusedModulesSpec
@@ -197,6 +198,8 @@ class GQAQKVColumnParallelLinearSpec(FusedModulesSpec):
     ) -> StateDict:
         fqn = module_fully_qualified_name
         state_dict = orig_state_dict if inplace else dict(orig_state_dict)
+        if self.bias:
+            note("ON-10")  # the released spec cannot load q/k/v biases
         for pn in param_names(self.bias):
             sources = [f"{fqn}.{proj}.{pn}" for proj in self._qkv_names()]
             self._load_qkv(
@@ -221,6 +224,8 @@ class GQAQKVColumnParallelLinearSpec(FusedModulesSpec):
         """
         fqn, gqa = module_fully_qualified_name, self.gqa_qkv_projection_name
         state_dict = orig_state_dict if inplace else dict(orig_state_dict)
+        if self.fuse_qkv:
+            note("ON-02")  # the released spec writes the fused lora_B under another name
         for pn in param_names(self.bias):
             lora_a = take_group(
                 state_dict,

@@ -1,7 +1,6 @@
-"""What the checkpoint checks (`round_trip`, `topology_change`) share: the rank-side steps around the host's
-`save_pretrained` and consolidation, and the comparison of a consolidated state dict with the original
-one, whose reasons name the tensors and the likely cause (a dropped bias, a fused layer without a spec).
-"""
+"""A rebuilt state dict (consolidated, or a seeded init at another TP size) against the one it must equal,
+bit for bit, and reasons that name the tensors and the likely cause (a dropped bias, a fused layer without a
+spec); `from_pretrained`'s loading info as reasons."""
 
 from __future__ import annotations
 
@@ -9,78 +8,12 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .rank_errors import describe, first_rank_error
-
-SHARDS_DIR = "shards"
 NAMES_SHOWN = 8
 """How many tensor names one reason lists before it says "and N more"."""
-
-
-# --- on the ranks -------------------------------------------------------------------------------------
-
-
-def gathered_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """The model's full-vocabulary logits on `input_ids` (its vocab-parallel shards gathered), fp32, no grad."""
-    from neuronx_distributed.parallel_layers.mappings import gather_from_tensor_model_parallel_region
-
-    with torch.no_grad():
-        logits = model(input_ids=input_ids).logits
-        return gather_from_tensor_model_parallel_region(logits.detach().contiguous()).float()
-
-
-def save_on_every_rank(model: torch.nn.Module, folder: Path) -> str | None:
-    """`save_pretrained` on every rank; the error of any rank, exchanged, or None."""
-    error = None
-    try:
-        model.save_pretrained(folder)
-    except Exception as exc:
-        error = describe(exc)
-    return first_rank_error(error)
-
-
-def consolidate(saved_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The host's consolidation of a `save_pretrained` folder, and the metadata it was driven by."""
-    from conformance.backends import active
-
-    host = active()
-    shards = Path(saved_dir) / SHARDS_DIR
-    state_dict = host.host_module("checkpointing").consolidate_model_parallel_checkpoints(shards)
-    metadata = json.loads((shards / "mp_metadata_pp_rank_0.json").read_text())
-    return state_dict, metadata
-
-
-# --- reading a transformers checkpoint ----------------------------------------------------------------
-
-
-def original_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a transformers checkpoint folder (safetensors or `.bin`, single file or indexed)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            break
-    else:
-        files = [name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).is_file()]
-    if not files:
-        raise FileNotFoundError(f"no model weights in {folder}")
-    weights: dict[str, torch.Tensor] = {}
-    for name in files:
-        path = folder / name
-        weights.update(
-            load_file(path) if name.endswith(".safetensors") else torch.load(path, weights_only=True)
-        )
-    return weights
-
-
-# --- comparing state dicts ----------------------------------------------------------------------------
 
 
 @dataclass

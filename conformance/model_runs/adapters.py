@@ -1,0 +1,41 @@
+"""A deterministic PEFT LoRA adapter for a catalogue checkpoint, made here with the `peft` library (what a
+user's adapter is): seeded values, lora_B non-zero, every attention and MLP projection targeted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+LORA_RANK = 4
+LORA_ALPHA = 8
+ADAPTER_SEED = 0
+ADAPTER_SCALE = 0.1
+TARGET_MODULES = ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj")
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def make_adapter(checkpoint: str | Path, out_dir: str | Path, seed: int = ADAPTER_SEED) -> Path:
+    """A PEFT LoRA adapter for the checkpoint, every value drawn from `seed` (lora_B non-zero), saved."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
+    config = LoraConfig(
+        r=LORA_RANK,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        target_modules=list(TARGET_MODULES),
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
+    )
+    model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in sorted(model.named_parameters()):
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * ADAPTER_SCALE)
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    return out_dir

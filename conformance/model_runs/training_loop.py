@@ -1,0 +1,188 @@
+"""Training on one fixed batch, the loop the `overfit` and `bf16_smoke` checks share.
+
+A package's `<X>ForCausalLM.from_pretrained(checkpoint, TrainingNeuronConfig(...), attn_implementation=
+"eager", dtype=...)` trains `steps` steps on T ranks with AdamW; after each `loss.backward()` the
+gradients of parameters marked `sequence_parallel_enabled` are summed over TP (what optimum-neuron's
+optimizer step does when sequence parallelism is on), then every rank steps its own shards. AdamW is
+elementwise, so per-rank optimizers over shards equal one optimizer over the whole model as long as every
+replicated parameter holds the same full gradient on every rank. transformers' `AutoModelForCausalLM` on the
+same checkpoint, batch, dtype and optimizer is trained on rank 0 afterwards, as the reference curve.
+
+No gradient clipping (a global norm needs a TP reduction the model does not own; it would only hide
+drift) and no dropout: both models load the dropout-free checkpoint and every dropout module is switched
+off (`compared_checkpoints`), while the models are in train mode. Everything else is deterministic: fixed
+batch, no random draws, one thread per rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import ClassVar
+
+import torch
+
+from conformance.harness.protocol import CheckConfig, Exercised
+from conformance.harness.rank_steps import is_rank_zero, rank_step
+
+from .attention_layouts import attention_layouts
+from .compared_checkpoints import switch_off_dropout
+from .fixed_batch import fixed_batch
+from .parallel_model import load_parallel
+
+
+@dataclass(frozen=True)
+class TrainingConfig(CheckConfig):
+    """A catalogue variant trained at a TP size, with sequence parallelism and `fuse_qkv` as given."""
+
+    tp_size: int
+    sequence_parallel: bool = False
+    fuse_qkv: bool = False
+    steps: int = 30
+
+    HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"fuse_qkv"})
+
+    def exercised_in(self, dtype: str) -> Exercised:
+        return Exercised(
+            tp_sizes=(self.tp_size,),
+            options=(
+                ("sequence_parallel_enabled", self.sequence_parallel and self.tp_size > 1),
+                ("fuse_qkv", self.fuse_qkv),
+                ("recompute_causal_mask", True),
+                ("gradient_checkpointing", False),
+            ),
+            dtype=dtype,
+        )
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW, fixed learning rate, no schedule, no weight decay (the same on both models)."""
+
+    lr: float = 5e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def build(self, parameters: Sequence[torch.nn.Parameter]) -> torch.optim.AdamW:
+        return torch.optim.AdamW(
+            list(parameters), lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
+        )
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One training run: a catalogue variant at a TP size and flags, for `steps` steps in `dtype`."""
+
+    variant: str
+    tp_size: int
+    sequence_parallel: bool
+    fuse_qkv: bool
+    steps: int
+    dtype: str
+    """``"float32"`` or ``"bfloat16"``: the dtype both models are loaded and trained in."""
+    checkpoint: str
+    vocab_size: int
+    optimizer: OptimizerSettings = OptimizerSettings()
+
+
+@dataclass
+class TrainingRun:
+    """Per-step losses of the parallel model and of transformers."""
+
+    job: TrainingJob
+    losses: list[float] = field(default_factory=list)
+    reference_losses: list[float] = field(default_factory=list)
+    never_updated: list[str] = field(default_factory=list)
+    """Parameters of the parallel model that never received a gradient (their `.grad` stayed None)."""
+    attention: dict[str, str] = field(default_factory=dict)
+    sequence_parallel_effective: bool | None = None
+
+
+def training_job(config: TrainingConfig, dtype: str, checkpoint: str) -> TrainingJob:
+    """The job a configuration asks for, on `checkpoint` (the dropout-free catalogue checkpoint)."""
+    from reference_models import variant
+
+    return TrainingJob(
+        variant=config.variant,
+        tp_size=config.tp_size,
+        sequence_parallel=config.sequence_parallel,
+        fuse_qkv=config.fuse_qkv,
+        steps=config.steps,
+        dtype=dtype,
+        checkpoint=checkpoint,
+        vocab_size=variant(config.variant).config().vocab_size,
+    )
+
+
+def train_on_fixed_batch(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    after_backward: Callable[[torch.optim.Optimizer], None] | None = None,
+) -> tuple[list[float], list[str]]:
+    """`steps` optimizer steps on `batch`: the loss before each step, and the parameters never given a
+    gradient. `after_backward(optimizer)` runs between backward and step (the SP gradient all-reduce)."""
+    model.train()
+    switch_off_dropout(model)
+    losses = []
+    touched: set[str] = set()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        loss.backward()
+        if after_backward is not None:
+            after_backward(optimizer)
+        touched.update(name for name, param in model.named_parameters() if param.grad is not None)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    never = [name for name, param in model.named_parameters() if param.requires_grad and name not in touched]
+    return losses, never
+
+
+def train_on_rank(package: ModuleType, job: TrainingJob) -> TrainingRun | None:
+    """The parallel model trained on every rank; on rank 0 transformers' too. Rank 0's run, None elsewhere."""
+    from neuronx_distributed.parallel_layers.grads import allreduce_sequence_parallel_gradients
+
+    run = TrainingRun(job=job)
+    batch = fixed_batch(job.vocab_size)
+    model, trn_config, _ = load_parallel(
+        package,
+        job.checkpoint,
+        job.tp_size,
+        dtype=getattr(torch, job.dtype),
+        sequence_parallel_enabled=job.sequence_parallel,
+        fuse_qkv=job.fuse_qkv,
+    )
+    run.attention = attention_layouts(model)
+    run.sequence_parallel_effective = bool(trn_config.sequence_parallel_enabled)
+    after = allreduce_sequence_parallel_gradients if trn_config.sequence_parallel_enabled else None
+    optimizer = job.optimizer.build(list(model.parameters()))
+
+    def train() -> tuple[list[float], list[str]]:
+        return train_on_fixed_batch(model, batch, optimizer, job.steps, after)
+
+    run.losses, run.never_updated = rank_step(f"training at T={job.tp_size}", train)
+    if not is_rank_zero():
+        return None
+    run.reference_losses = train_reference(job, batch)
+    return run
+
+
+def train_reference(job: TrainingJob, batch: dict[str, torch.Tensor]) -> list[float]:
+    """transformers' model trained identically: its losses."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        job.checkpoint, attn_implementation="eager", dtype=getattr(torch, job.dtype)
+    )
+    optimizer = job.optimizer.build(list(model.parameters()))
+    losses, _ = train_on_fixed_batch(model, batch, optimizer, job.steps)
+    return losses
+
+
+def loss_series_names(job: TrainingJob) -> tuple[str, str]:
+    """The legend of a loss plot: the parallel model's line, then transformers'."""
+    return f"parallel model (T={job.tp_size}, SP={'on' if job.sequence_parallel else 'off'})", "transformers"
