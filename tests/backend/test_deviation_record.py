@@ -72,6 +72,40 @@ def test_the_gqa_layer_notes_biases_replication_fusion_and_its_backward() -> Non
     assert found["built only"] == []  # no replication, no bias, no fusion, no backward: nothing differs
 
 
+def _gqa_kv_groups() -> dict[str, list[str]]:
+    """At T=4, layers whose random init is thrown away (as `from_pretrained` does): only the backward's
+    kv-shared groups are left to differ by platform."""
+    from neuronx_distributed.modules.qkv_linear import GQAQKVColumnParallelLinear
+    from neuronx_distributed.parallel_layers import parallel_state
+
+    def loaded_forward_backward(kv_size_multiplier: int) -> None:
+        parallel_state.destroy_kv_group()
+        with deviation_record.discarding_random_init():
+            layer = GQAQKVColumnParallelLinear(
+                8,
+                [8, 2],
+                bias=False,
+                gather_output=False,
+                kv_size_multiplier=kv_size_multiplier,
+                fuse_qkv=False,
+            )
+        q, k, v = layer(torch.randn(3, 2, 8))
+        (q.sum() + k.sum() + v.sum()).backward()
+
+    return {
+        "m=2 of T=4": _noted(lambda: loaded_forward_backward(2)),
+        "m=4 of T=4": _noted(lambda: loaded_forward_backward(4)),
+    }
+
+
+def test_trn2_kv_groups_are_noted_only_where_they_pair_other_ranks() -> None:
+    """NXD-11: TRN2's adjacent kv-shared groups differ from the tile layout's strided ones only when
+    1 < m < T; with m = T both platforms form one group of every rank (and a loaded model never sees the
+    platform's random-init layout)."""
+    found = run_tensor_parallel(_gqa_kv_groups, 4)[0]
+    assert found == {"m=2 of T=4": ["NXD-11", "NXD-12"], "m=4 of T=4": ["NXD-12"]}
+
+
 def _column_backward() -> dict[str, list[str]]:
     from neuronx_distributed.parallel_layers.layers import ColumnParallelLinear
 
