@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from conformance.checks import RunSettings, bf16_smoke
 from conformance.checks.bf16_smoke import CHECK, Bf16Config
-from conformance.model_runs.fixed_batch import fixed_batch
+from conformance.model_runs.fixed_batch import batch_for
 from conformance.model_runs.training_loop import TrainingJob, TrainingRun
 from conformance.results import CheckResult, Status
 from reference_models import build, variant
@@ -28,9 +28,11 @@ def test_generated_llama_trains_in_bf16(generated: Callable[[str], Path], checkp
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, attn_implementation="eager", dtype=torch.bfloat16
     )
+    # The parallel model recomputes the causal mask (the default): transformers gets the causal mask only.
+    inputs = batch_for(model.config).reference_inputs(honours_padding=False)
     with torch.no_grad():
-        first = float(model(**fixed_batch(model.config.vocab_size)).loss)
-        fp32_first = float(model.float()(**fixed_batch(model.config.vocab_size)).loss)
+        first = float(model(**inputs).loss)
+        fp32_first = float(model.float()(**inputs).loss)
 
     (result,) = CHECK.run(generated("llama"), [CONFIGURATION], RunSettings(cache_dir=checkpoint_cache))
     assert result.status is Status.PASS, result.reasons
@@ -51,9 +53,9 @@ def test_generated_llama_trains_in_bf16(generated: Callable[[str], Path], checkp
     assert plot.series[0].y == figures["losses"]
 
 
-def _run(losses: list[float]) -> TrainingRun:
+def _run(losses: list[float], reference: list[float] | None = None) -> TrainingRun:
     job = TrainingJob("llama/gqa", 2, False, False, len(losses), "bfloat16", "unused", vocab_size=256)
-    return TrainingRun(job=job, losses=losses, reference_losses=list(losses))
+    return TrainingRun(job=job, losses=losses, reference_losses=list(reference or [5.5, 4.0, 3.0]))
 
 
 def _judged(run: TrainingRun) -> CheckResult:
@@ -73,6 +75,19 @@ def test_judgement_on_hand_made_curves() -> None:
     ]
     (plot,) = flat.plots
     assert plot.threshold == pytest.approx(5.5 * 0.75)  # the line the last loss must end below
+
+
+def test_a_batch_transformers_cannot_learn_in_bf16_does_not_blame_the_model() -> None:
+    """transformers' own bf16 run barely falls: the tiny model's limit, a SKIP that says so, not a FAIL."""
+    flat = _judged(_run([5.5, 5.4, 5.0], reference=[5.5, 5.3, 5.1]))
+    assert flat.status is Status.SKIP
+    (reason,) = flat.reasons
+    assert reason.startswith(
+        "learning not judged: transformers itself drops its bf16 loss by only 7% in 3 steps"
+    )
+    assert "not a fault of the model; its drop: 9%" in reason
+    # Losses that are not finite still fail, whatever transformers does.
+    assert _judged(_run([5.5, math.nan, 5.0], reference=[5.5, 5.3, 5.1])).status is Status.FAIL
 
 
 def test_norm_that_forgets_to_cast_back_fails_in_bf16_only(
