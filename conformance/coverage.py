@@ -25,8 +25,10 @@ OPTIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("recompute_causal_mask", (True, False)),
     ("gradient_checkpointing", (False, True)),
     ("transpose_nki_inputs", (True, False)),
+    ("kv_size_multiplier", ("auto", "explicit")),
 )
-"""`TrainingNeuronConfig` options that change the computation path, and the values each can take."""
+"""`TrainingNeuronConfig` options that change the computation path, and the values each can take
+(`kv_size_multiplier`: inferred by the model, or given explicitly; only where the GQA layer is reached)."""
 FLASH = "flash_attention_2"
 FLASH_ONLY = frozenset({"transpose_nki_inputs"})
 """Options that only change the flash-attention path."""

@@ -1,9 +1,12 @@
 """Profiles: which checks run, in which configurations, for one architecture.
 
 - `quick` (the default, minutes on a laptop): TP 1 and 2, and the smallest TP that reaches NxD's GQA
-  layer; one of each checkpoint check; overfit with sequence parallelism; a bf16 smoke run.
+  layer, with the padding mask honoured and gradient checkpointing at T=2; one of each checkpoint check;
+  the init check at T=2; overfit with sequence parallelism; replicas with SP on and off and on the GQA
+  layer; a bf16 smoke run.
 - `full`: TP up to 8, every catalogue variant and attention layout, sequence parallelism on and off, the
-  Neuron flash-attention path, checkpoint checks across TP sizes.
+  Neuron flash-attention path, every `TrainingNeuronConfig` option that changes the computation path both
+  ways, checkpoint checks across TP sizes.
 
 Each check plans its own configurations (`Check.plan(profile, catalogue)`); this module asks every
 registered check, in order, and keeps the ones with something to run. The catalogue decides what each

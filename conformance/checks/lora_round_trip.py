@@ -41,7 +41,7 @@ from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict,
 from conformance.harness.rank_steps import is_rank_zero, local_step, rank_step
 from conformance.model_runs.adapters import ADAPTER_CONFIG, ADAPTER_FILE, TARGET_MODULES, make_adapter
 from conformance.model_runs.attention_layouts import attention_layouts
-from conformance.model_runs.fixed_batch import fixed_batch
+from conformance.model_runs.fixed_batch import checkpoint_batch
 from conformance.model_runs.logits import logits_of
 from conformance.model_runs.parallel_model import load_parallel
 from reference_models import variant
@@ -136,9 +136,9 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
             return peft_model.eval(), loaded
 
         peft_model, loaded = rank_step(f"loading the adapter at T={job.tp_size}", apply_adapter)
-        input_ids = fixed_batch(job.vocab_size)["input_ids"]
+        inputs = checkpoint_batch(job.checkpoint).model_inputs(labels=False)
         logits = rank_step(
-            f"the forward at T={job.tp_size}", lambda: logits_of(peft_model, input_ids, job.vocab_size)
+            f"the forward at T={job.tp_size}", lambda: logits_of(peft_model, inputs, job.vocab_size)
         )
         lora_layers = {
             name: type(module).__name__
@@ -242,17 +242,18 @@ def _transformers_logits(job: LoraJob) -> dict[str, torch.Tensor]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    input_ids = fixed_batch(job.vocab_size)["input_ids"]
+    # The parallel model recomputes the causal mask (optimum-neuron's default): the causal mask only here.
+    inputs = checkpoint_batch(job.checkpoint).reference_inputs(honours_padding=False, labels=False)
     base = AutoModelForCausalLM.from_pretrained(
         job.checkpoint, attn_implementation="eager", dtype=torch.float32
     )
     base.eval()
     with torch.no_grad():
-        found = {"base": base(input_ids=input_ids).logits}
+        found = {"base": base(**inputs).logits}
         model = PeftModel.from_pretrained(base, job.consolidated_dir, adapter_name="consolidated")
         model.load_adapter(job.adapter_dir, adapter_name="original")
         model.eval()
         for name in ("consolidated", "original"):
             model.set_adapter(name)
-            found[name] = model(input_ids=input_ids).logits
+            found[name] = model(**inputs).logits
     return found

@@ -10,8 +10,9 @@ all-reduce of optimum-neuron's optimizer step (`training_loop`). Two things must
 
 A threshold alone passes a model that learns differently (a frozen MLP still memorises 30 tokens); the
 curve comparison catches it, and its first departing step says when the two trainings parted. Should
-transformers itself not reach the threshold, the row says so: the tiny model cannot learn the batch, which
-does not blame the package (the curves are still compared step by step).
+transformers itself not reach the threshold, the learning half cannot be judged: the catalogue's tiny
+model cannot learn the batch, which does not blame the package. The row is then a SKIP saying so, when the
+curves agree step by step (a FAIL when they do not: that half was judged).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from conformance.model_runs.training_loop import (
     train_on_rank,
     training_job,
 )
+from conformance.results import Status
 from reference_models import variant
 
 if TYPE_CHECKING:
@@ -121,6 +123,17 @@ def judge_run(run: TrainingRun) -> Verdict:
         threshold_label="learning threshold (a tenth of ln V)",
     )
     reasons, notes = _reasons(run, diffs, departed, limit)
+    if notes and not reasons:
+        # Fidelity held; learning cannot be judged on a tiny model that transformers cannot train either.
+        agreement = (
+            f"its curve follows transformers' step by step (max |d loss| {figures['max_step_abs_diff']:.3g})"
+        )
+        return Verdict(
+            figures=figures,
+            reasons=[*notes, agreement],
+            status=Status.SKIP,
+            plots=[plot] if run.losses else [],
+        )
     return Verdict(figures=figures, reasons=reasons, notes=notes, plots=[plot] if run.losses else [])
 
 
@@ -155,9 +168,9 @@ def _reasons(
         if reference_final is not None and not reference_final < limit:
             # transformers cannot learn the batch either: the tiny model's limit, not the package's fault.
             notes.append(
-                f"transformers itself does not reach the threshold {limit:.3f} in {run.job.steps} steps "
-                f"({reference_final:.4f}); the parallel model's {run.losses[-1]:.4f} is judged by the step-by-step "
-                "comparison only (the catalogue's tiny model cannot learn this batch, not a fault of the model)"
+                f"learning not judged: transformers itself does not reach the threshold {limit:.3f} in "
+                f"{run.job.steps} steps ({reference_final:.4f}), so the catalogue's tiny model cannot learn this "
+                f"batch (not a fault of the model; the parallel model reaches {run.losses[-1]:.4f})"
             )
         elif reference_final is not None:
             reasons.append(

@@ -45,7 +45,7 @@ from conformance.harness.protocol import Check, CheckConfig, Exercised, RankRepo
 from conformance.harness.rank_steps import is_rank_zero, local_step, rank_step
 from conformance.model_runs.attention_layouts import attention_layouts
 from conformance.model_runs.checkpoint_io import consolidate, original_state_dict, save_on_every_rank
-from conformance.model_runs.fixed_batch import fixed_batch
+from conformance.model_runs.fixed_batch import checkpoint_batch
 from conformance.model_runs.logits import logits_of
 from conformance.model_runs.parallel_model import load_parallel, training_config
 from conformance.results import CheckResult
@@ -264,7 +264,9 @@ def _source(package: ModuleType, job: SourceJob) -> SideOutcome | None:
     outcome = SideOutcome(attention=sorted(set(attention_layouts(model).values())))
     outcome.logits = rank_step(
         f"the forward at T={a}",
-        functools.partial(logits_of, model, fixed_batch(job.vocab_size)["input_ids"], job.vocab_size),
+        functools.partial(
+            logits_of, model, checkpoint_batch(job.checkpoint).model_inputs(labels=False), job.vocab_size
+        ),
     )
     saved = Path(job.workdir) / "source"
     save_on_every_rank(model, saved, a)
@@ -290,7 +292,9 @@ def _target(package: ModuleType, job: SourceJob) -> SideOutcome | None:
     outcome = SideOutcome(attention=sorted(set(attention_layouts(model).values())), info=dict(info))
     outcome.logits = rank_step(
         f"the forward at T={b}",
-        functools.partial(logits_of, model, fixed_batch(job.vocab_size)["input_ids"], job.vocab_size),
+        functools.partial(
+            logits_of, model, checkpoint_batch(job.checkpoint).model_inputs(labels=False), job.vocab_size
+        ),
     )
     del model
     init = _seeded_model(package, job, b)
@@ -381,7 +385,8 @@ def _transformers_logits(job: SourceJob) -> tuple[torch.Tensor | None, list[str]
             job.consolidated, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
         )
         with torch.no_grad():
-            logits = model.eval()(input_ids=fixed_batch(job.vocab_size)["input_ids"]).logits.float()
+            inputs = checkpoint_batch(job.checkpoint).reference_inputs(honours_padding=False, labels=False)
+            logits = model.eval()(**inputs).logits.float()
         for kind in ("missing_keys", "unexpected_keys"):
             found = sorted(info.get(kind, []))
             if found:

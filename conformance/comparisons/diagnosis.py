@@ -30,18 +30,25 @@ class ForwardDivergence:
 
 
 def locate_forward_divergence(
-    parallel: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], atol: float
+    parallel: Mapping[str, torch.Tensor],
+    reference: Mapping[str, torch.Tensor],
+    atol: float,
+    positions: torch.Tensor | None = None,
 ) -> ForwardDivergence:
     """The first module (in the order the parallel model ran them) whose output departs from transformers'.
 
     Bound: `atol` (the logits tolerance) scaled by the activation's size (activations are O(1), a few ulps
-    of drift like the logits); a wrong module is off by O(its output).
+    of drift like the logits); a wrong module is off by O(its output). `positions` ((B, S) booleans)
+    limits the comparison of batch-first outputs to the positions whose values are specified (not the
+    padding queries of a model that honours the padding mask).
     """
     found = ForwardDivergence()
     for name, value in parallel.items():
         expected = reference.get(name)
         if expected is None or expected.shape != value.shape:
             continue
+        if positions is not None and tuple(value.shape[:2]) == tuple(positions.shape):
+            value, expected = value[positions], expected[positions]
         error = float((value.float() - expected.float()).abs().max())
         found.errors[name] = error
         bound = atol * max(1.0, float(expected.abs().max()))
@@ -117,3 +124,42 @@ def partial_gradients(
             )
         diagnoses.append(f"gradient of {name} is partial: {cause}")
     return found, diagnoses
+
+
+def padding_row_diagnoses(
+    gradients: Mapping[str, GradientFigure],
+    consolidated: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    pad_token_id: int,
+    vocab_size: int,
+) -> list[str]:
+    """Vocabulary-indexed gradients out of bounds in the padding row only: the model's embedding lost its
+    `padding_idx`, so the pad token's row trains where transformers' `nn.Embedding(padding_idx=...)` keeps
+    it frozen (with tied embeddings transformers' row still gets the LM head's share; the comparison is of
+    the rows, so it holds there too)."""
+    found = []
+    for name, figure in sorted(gradients.items()):
+        mine, theirs = consolidated.get(name), expected.get(name)
+        if (
+            figure.within
+            or mine is None
+            or theirs is None
+            or theirs.dim() != 2
+            or theirs.shape[0] != vocab_size
+        ):
+            continue
+        error = (mine - theirs).abs().amax(dim=1)
+        others = torch.cat([error[:pad_token_id], error[pad_token_id + 1 :]])
+        if (
+            float(error[pad_token_id]) <= figure.bound
+            or (float(others.max()) if others.numel() else 0.0) > figure.bound
+        ):
+            continue
+        found.append(
+            f"gradient of {name} differs from transformers' in the padding row only (pad_token_id = "
+            f"{pad_token_id}: max |d| {float(error[pad_token_id]):.3g}, every other row within "
+            f"{figure.bound:.3g}; transformers' row gets {float(theirs[pad_token_id].abs().max()):.3g}): the "
+            "embedding lost its padding_idx, so the pad token's row trains; pass padding_idx="
+            "config.pad_token_id to the embedding"
+        )
+    return found

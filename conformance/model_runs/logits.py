@@ -75,7 +75,7 @@ def _replica_spread(local: torch.Tensor, group: object) -> float:
     return float(spread)
 
 
-def logits_of(model: torch.nn.Module, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """The model's full-vocabulary logits on `input_ids`, fp32, no grad (a collective)."""
+def logits_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """The model's full-vocabulary logits on `inputs` (its keyword inputs), fp32, no grad (a collective)."""
     with torch.no_grad():
-        return full_vocabulary_logits(model(input_ids=input_ids).logits, vocab_size).logits.float()
+        return full_vocabulary_logits(model(**inputs).logits, vocab_size).logits.float()

@@ -1,17 +1,19 @@
 """Training on one fixed batch, the loop the `overfit` and `bf16_smoke` checks share.
 
 A package's `<X>ForCausalLM.from_pretrained(checkpoint, TrainingNeuronConfig(...), attn_implementation=
-"eager", dtype=...)` trains `steps` steps on T ranks with AdamW; after each `loss.backward()` the
-gradients of parameters marked `sequence_parallel_enabled` are summed over TP (what optimum-neuron's
-optimizer step does when sequence parallelism is on), then every rank steps its own shards. AdamW is
-elementwise, so per-rank optimizers over shards equal one optimizer over the whole model as long as every
-replicated parameter holds the same full gradient on every rank. transformers' `AutoModelForCausalLM` on the
-same checkpoint, batch, dtype and optimizer is trained on rank 0 afterwards, as the reference curve.
+"eager", dtype=...)` trains `steps` steps on T ranks with AdamW; after each `loss.backward()` the gradients
+go through optimum-neuron's optimizer step (`neuron_optimizer`: the sequence-parallel sum of parameters
+marked `sequence_parallel_enabled`, the data-parallel mean, clipping when the settings ask for it), then
+every rank steps its own shards. AdamW is elementwise, so per-rank optimizers over shards equal one
+optimizer over the whole model as long as every replicated parameter holds the same full gradient on every
+rank. transformers' `AutoModelForCausalLM` on the same checkpoint, batch, dtype and optimizer is trained on
+rank 0 afterwards, as the reference curve.
 
-No gradient clipping (a global norm needs a TP reduction the model does not own; it would only hide
-drift) and no dropout: both models load the dropout-free checkpoint and every dropout module is switched
-off (`compared_checkpoints`), while the models are in train mode. Everything else is deterministic: fixed
-batch, no random draws, one thread per rank.
+The overfit and bf16 runs do not clip (a global norm would only hide drift); the `replicas` check clips as
+optimum-neuron's trainer does by default. No dropout: both models load the dropout-free checkpoint and
+every dropout module is switched off (`compared_checkpoints`), while the models are in train mode.
+Everything else is deterministic: the fixed batch (padding, packed sequences: `fixed_batch`; the models
+recompute the causal mask, so transformers gets the causal mask only), no random draws, one thread per rank.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from conformance.harness.rank_steps import is_rank_zero, rank_step
 
 from .attention_layouts import attention_layouts
 from .compared_checkpoints import switch_off_dropout
-from .fixed_batch import fixed_batch
+from .fixed_batch import FixedBatch
+from .neuron_optimizer import neuron_gradient_step
 from .parallel_model import load_parallel
 
 
@@ -58,12 +61,14 @@ class TrainingConfig(CheckConfig):
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """AdamW, fixed learning rate, no schedule, no weight decay (the same on both models)."""
+    """AdamW, fixed learning rate, no schedule, no weight decay (the same on both models); gradients
+    clipped to `max_grad_norm` (NxD's `clip_grad_norm`) when it is set."""
 
     lr: float = 5e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
+    max_grad_norm: float | None = None
 
     def build(self, parameters: Sequence[torch.nn.Parameter]) -> torch.optim.AdamW:
         return torch.optim.AdamW(
@@ -85,6 +90,7 @@ class TrainingJob:
     checkpoint: str
     vocab_size: int
     optimizer: OptimizerSettings = OptimizerSettings()
+    pad_token_id: int = 0
 
 
 @dataclass
@@ -104,6 +110,9 @@ def training_job(config: TrainingConfig, dtype: str, checkpoint: str) -> Trainin
     """The job a configuration asks for, on `checkpoint` (the dropout-free catalogue checkpoint)."""
     from reference_models import variant
 
+    from .fixed_batch import pad_token_id
+
+    model_config = variant(config.variant).config()
     return TrainingJob(
         variant=config.variant,
         tp_size=config.tp_size,
@@ -112,7 +121,8 @@ def training_job(config: TrainingConfig, dtype: str, checkpoint: str) -> Trainin
         steps=config.steps,
         dtype=dtype,
         checkpoint=checkpoint,
-        vocab_size=variant(config.variant).config().vocab_size,
+        vocab_size=model_config.vocab_size,
+        pad_token_id=pad_token_id(model_config),
     )
 
 
@@ -123,8 +133,9 @@ def train_on_fixed_batch(
     steps: int,
     after_backward: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> tuple[list[float], list[str]]:
-    """`steps` optimizer steps on `batch`: the loss before each step, and the parameters never given a
-    gradient. `after_backward(optimizer)` runs between backward and step (the SP gradient all-reduce)."""
+    """`steps` optimizer steps on `batch` (the model's keyword inputs): the loss before each step, and the
+    parameters never given a gradient. `after_backward(optimizer)` runs between backward and step
+    (optimum-neuron's gradient handling, and whatever a check observes there)."""
     model.train()
     switch_off_dropout(model)
     losses = []
@@ -144,10 +155,8 @@ def train_on_fixed_batch(
 
 def train_on_rank(package: ModuleType, job: TrainingJob) -> TrainingRun | None:
     """The parallel model trained on every rank; on rank 0 transformers' too. Rank 0's run, None elsewhere."""
-    from neuronx_distributed.parallel_layers.grads import allreduce_sequence_parallel_gradients
-
     run = TrainingRun(job=job)
-    batch = fixed_batch(job.vocab_size)
+    batch = training_batch(job)
     model, trn_config, _ = load_parallel(
         package,
         job.checkpoint,
@@ -158,28 +167,44 @@ def train_on_rank(package: ModuleType, job: TrainingJob) -> TrainingRun | None:
     )
     run.attention = attention_layouts(model)
     run.sequence_parallel_effective = bool(trn_config.sequence_parallel_enabled)
-    after = allreduce_sequence_parallel_gradients if trn_config.sequence_parallel_enabled else None
+    after = neuron_gradient_step(bool(trn_config.sequence_parallel_enabled), job.optimizer.max_grad_norm)
     optimizer = job.optimizer.build(list(model.parameters()))
 
     def train() -> tuple[list[float], list[str]]:
-        return train_on_fixed_batch(model, batch, optimizer, job.steps, after)
+        return train_on_fixed_batch(model, batch.model_inputs(), optimizer, job.steps, after)
 
     run.losses, run.never_updated = rank_step(f"training at T={job.tp_size}", train)
     if not is_rank_zero():
         return None
-    run.reference_losses = train_reference(job, batch)
+    run.reference_losses = train_reference(job)
     return run
 
 
-def train_reference(job: TrainingJob, batch: dict[str, torch.Tensor]) -> list[float]:
-    """transformers' model trained identically: its losses."""
+def training_batch(job: TrainingJob) -> FixedBatch:
+    """The fixed batch of the job's variant."""
+    from .fixed_batch import fixed_batch
+
+    return fixed_batch(job.vocab_size, pad_id=job.pad_token_id)
+
+
+def train_reference(job: TrainingJob) -> list[float]:
+    """transformers' model trained identically (the causal mask only, as the parallel model recomputes
+    it): its losses."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         job.checkpoint, attn_implementation="eager", dtype=getattr(torch, job.dtype)
     )
     optimizer = job.optimizer.build(list(model.parameters()))
-    losses, _ = train_on_fixed_batch(model, batch, optimizer, job.steps)
+    clip = None
+    if job.optimizer.max_grad_norm is not None:
+        limit = job.optimizer.max_grad_norm
+
+        def clip(optimizer: torch.optim.Optimizer) -> None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
+
+    inputs = training_batch(job).reference_inputs(honours_padding=False)
+    losses, _ = train_on_fixed_batch(model, inputs, optimizer, job.steps, clip)
     return losses
 
 

@@ -1,13 +1,17 @@
-"""`broken_copy` makes a deliberately broken copy of a generated package for the negative tests (the
-session fixtures `generated` and `checkpoint_cache` live in tests/conftest.py)."""
+"""`broken_copy` makes a deliberately broken copy of a generated package for the negative tests, and
+`catalogue_variant` a catalogue variant with config fields overridden (the session fixtures `generated` and
+`checkpoint_cache` live in tests/conftest.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from reference_models import CATALOGUE, variant
 
 
 @pytest.fixture
@@ -30,3 +34,24 @@ def broken_copy(
         return target
 
     return copy
+
+
+@pytest.fixture
+def catalogue_variant(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """`catalogue_variant("llama/gqa", rms_norm_eps=1e-5)`: the key of a catalogue variant with config fields
+    overridden, registered for this test only (checks look variants up by key; the builder keys its cache
+    on the config, so the checkpoint is the variant's own). Tests that need a non-default value use it, so
+    that they hold whatever value the catalogue itself chooses."""
+
+    def make(base_key: str, **fields: object) -> str:
+        base = variant(base_key)
+        suffix = "-".join(f"{name}-{value}" for name, value in sorted(fields.items()))
+        entry = dataclasses.replace(
+            base,
+            name=f"{base.name}-{suffix}",
+            overrides=tuple(sorted({**dict(base.overrides), **fields}.items())),
+        )
+        monkeypatch.setitem(CATALOGUE, entry.key, entry)
+        return entry.key
+
+    return make

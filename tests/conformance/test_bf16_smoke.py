@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from conformance.checks import RunSettings, bf16_smoke
 from conformance.checks.bf16_smoke import CHECK, Bf16Config
-from conformance.model_runs.fixed_batch import fixed_batch
+from conformance.model_runs.fixed_batch import batch_for
 from conformance.model_runs.training_loop import TrainingJob, TrainingRun
 from conformance.results import CheckResult, Status
 from reference_models import build, variant
@@ -28,9 +28,11 @@ def test_generated_llama_trains_in_bf16(generated: Callable[[str], Path], checkp
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, attn_implementation="eager", dtype=torch.bfloat16
     )
+    # The parallel model recomputes the causal mask (the default): transformers gets the causal mask only.
+    inputs = batch_for(model.config).reference_inputs(honours_padding=False)
     with torch.no_grad():
-        first = float(model(**fixed_batch(model.config.vocab_size)).loss)
-        fp32_first = float(model.float()(**fixed_batch(model.config.vocab_size)).loss)
+        first = float(model(**inputs).loss)
+        fp32_first = float(model.float()(**inputs).loss)
 
     (result,) = CHECK.run(generated("llama"), [CONFIGURATION], RunSettings(cache_dir=checkpoint_cache))
     assert result.status is Status.PASS, result.reasons

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from conformance.checks import RunSettings
 from conformance.checks.parity import CHECK, ParityConfig, ParityJob, ParityMeasurement
 from conformance.comparisons.gradients import GradientFigure
-from conformance.model_runs.fixed_batch import fixed_batch
+from conformance.model_runs.fixed_batch import batch_for
 from conformance.results import CheckResult, Status
 from reference_models import build, variant
 
@@ -36,7 +36,8 @@ def results(generated: Callable[[str], Path], checkpoint_cache: Path) -> list[Ch
 def transformers_figures(checkpoint_cache: Path) -> tuple[list[str], float]:
     checkpoint = build(variant("llama/gqa"), checkpoint_cache)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="eager", dtype=torch.float32)
-    batch = fixed_batch(model.config.vocab_size)
+    # These cases recompute the causal mask (optimum-neuron's default): transformers gets the causal mask only.
+    batch = batch_for(model.config).reference_inputs(honours_padding=False)
     with torch.no_grad():
         loss = float(model(**batch).loss)
     return sorted(name for name, _ in model.named_parameters()), loss

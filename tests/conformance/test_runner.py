@@ -15,6 +15,8 @@ from conformance.checks import RunSettings
 from conformance.checks.parity import CHECK as PARITY
 from conformance.checks.parity import ParityConfig
 from conformance.cli import main
+from conformance.coverage import not_tested
+from conformance.harness.registry import check_names
 from conformance.model_location import locate_package
 from conformance.profiles import PlannedCheck, plan, smallest_gqa_tp
 from conformance.results import Status
@@ -50,7 +52,9 @@ def test_quick_profile_covers_tp_1_and_2_and_the_smallest_tp_reaching_the_gqa_la
         "round_trip",
         "topology_change",
         "lora_round_trip",
+        "init",
         "overfit",
+        "replicas",
         "bf16_smoke",
         "dropout",
     ]
@@ -68,6 +72,21 @@ def test_full_profile_reaches_every_attention_layout_up_to_tp_8_with_sp_and_the_
         (True, True),
         (True, False),
     }
+
+
+def test_the_full_profile_sets_every_option_that_changes_the_computation_both_ways() -> None:
+    """Issue 8: each `TrainingNeuronConfig` option that changes the computation path is exercised somewhere
+    in the full profile; the quick one covers the cheap ones (the mask honoured, gradient checkpointing)."""
+    full = not_tested("llama", plan("llama", "full"), check_names())
+    assert not [line for line in full if "TrainingNeuronConfig" in line], full
+    quick = not_tested("llama", plan("llama", "quick"), check_names())
+    assert "TrainingNeuronConfig recompute_causal_mask=False" not in quick
+    assert "TrainingNeuronConfig gradient_checkpointing=True" not in quick
+    assert "TrainingNeuronConfig transpose_nki_inputs=False" in quick  # the flash path is full only
+    (parity,) = [planned for planned in plan("llama", "full") if planned.name == "parity"]
+    explicit = [c for c in parity.configurations if c.kv_size_multiplier is not None]
+    # llama/gqa at T=4 (2 kv heads): twice the inferred multiplier, so a model ignoring the option differs.
+    assert ("llama/gqa", 4, 4) in {(c.variant, c.tp_size, c.kv_size_multiplier) for c in explicit}
 
 
 def test_unknown_profile_and_check_are_refused() -> None:

@@ -1,0 +1,46 @@
+"""How far each rank's copy of replicated tensors is from TP rank 0's, measured on the ranks.
+
+One broadcast of rank 0's tensors (flattened) and one MAX all-reduce of the per-name differences over the
+tensor-parallel group: every rank learns, per name, `max |rank r - rank 0|` over all ranks (0.0 exactly
+when every copy is bit-identical; NaN where they differ counts as infinity). A collective: every rank
+calls it with the same names and shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def replica_spreads(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    """`{name: max |rank r - rank 0|}` over the TP group (see the module docstring)."""
+    import torch.distributed as dist
+    from neuronx_distributed.parallel_layers.parallel_state import (
+        get_tensor_model_parallel_group,
+        get_tensor_model_parallel_size,
+    )
+
+    if not tensors:
+        return {}
+    if get_tensor_model_parallel_size() == 1:
+        return dict.fromkeys(tensors, 0.0)
+    group = get_tensor_model_parallel_group()
+    names = list(tensors)
+    local = torch.cat([tensors[name].detach().reshape(-1).to(torch.float64) for name in names])
+    first = local.clone()
+    dist.broadcast(first, src=dist.get_global_rank(group, 0), group=group)
+    difference = (local - first).abs()
+    same = (local == first) | (local.isnan() & first.isnan())
+    difference = torch.where(same, torch.zeros_like(difference), difference.nan_to_num(nan=math.inf))
+    spreads = torch.stack(
+        [part.max() if part.numel() else part.new_zeros(()) for part in _split(difference, tensors, names)]
+    )
+    dist.all_reduce(spreads, op=dist.ReduceOp.MAX, group=group)
+    return {name: float(value) for name, value in zip(names, spreads)}
+
+
+def _split(
+    flat: torch.Tensor, tensors: dict[str, torch.Tensor], names: list[str]
+) -> tuple[torch.Tensor, ...]:
+    return flat.split([tensors[name].numel() for name in names])
