@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from .builder import build, cache_root
-from .catalogue import ARCHITECTURES, CATALOGUE, Variant, variant, variants_for
+from .catalogue import ARCHITECTURES, CATALOGUE, Variant, dropout_fields, variant, variants_for
 
 TP_SIZES = (1, 2, 4)
 _COLUMNS = (
@@ -69,6 +71,43 @@ def format_table(rows: Sequence[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+_KEEP = "\u00a0"  # joins the words of one field's change, so that lines break between fields only
+
+
+def _changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(
+        f"{name} {default!r} -> {value!r}".replace(" ", _KEEP) for name, (default, value) in changed.items()
+    )
+
+
+def traits_lines(entries: Sequence[Variant], width: int = 110) -> list[str]:
+    """Per architecture: the fields every variant sets away from the config class's default, then what each
+    variant changes beyond that, then the dropout fields (kept as the config class has them)."""
+    lines = ["non-default config fields (config class default -> catalogue value):"]
+    by_type: dict[str, list[Variant]] = {}
+    for entry in entries:
+        by_type.setdefault(entry.model_type, []).append(entry)
+    for model_type, found in by_type.items():
+        changed = [entry.nondefault() for entry in found]
+        common = {
+            name: pair for name, pair in changed[0].items() if all(c.get(name) == pair for c in changed)
+        }
+        text = [f"{model_type} (every variant): {_changes(common) or 'none'}"]
+        for entry, own in zip(found, changed):
+            extra = {name: pair for name, pair in own.items() if name not in common}
+            if extra:
+                text.append(f"{entry.key} also: {_changes(extra)}")
+        dropout = dropout_fields(model_type)
+        if dropout:
+            text.append(
+                f"{model_type} dropout fields, kept (compared runs set them to 0): {', '.join(dropout)}"
+            )
+        for line in text:
+            wrapped = textwrap.wrap(line, width, initial_indent="  ", subsequent_indent="      ")
+            lines.extend(part.replace(_KEEP, " ") for part in wrapped)
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m reference_models", description=__doc__.splitlines()[0])
@@ -92,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             "\nattention: 'a|b' is a without fuse_qkv, b with it; 'rejected': the vocabulary does not divide by T"
         )
+        print()
+        print("\n".join(traits_lines(entries)))
         return 0
 
     try:

@@ -15,18 +15,39 @@ contributing guide are all reached:
 | `odd-vocab`| 8/2      | separate | separate | rejected | vocabulary 250, not divisible by 4          |
 | `features` | 8/2      | separate | separate | gqa m=2  | the architecture's optional features on     |
 
+Non-default scalar fields (`nondefault`): a generated model that hard-codes a constant passes whenever the
+config holds that constant, so every variant gives each scalar field the model reads (found in the modeling
+file and the transformers helpers it imports: `config_reads`) a valid value other than the config class's
+default, chosen by the field's name and type, never by architecture: eps 3e-5, rope theta 1234, YaRN rope
+scaling (linear where the config class takes only that), another activation, init range 0.04, scales 2.0,
+softcaps that bite, a sliding window of 5, token ids 3, 4, 5 (pad never 0: NXD-05), `use_cache` off.
+Dropout fields keep their defaults (`dropout_fields`: compared runs set them to 0); boolean options are
+flipped in `features`; tied embeddings are the `tied` variant's. `Variant.field_choices()` records, per
+field, the default, the value and the rule; `Variant.nondefault()` the changed ones (reports and
+`python -m reference_models list` show them).
+
 Architecture traits are on in every variant of that architecture (mistral: a sliding window of 5, smaller
-than the checks' sequence length of 16; granite: non-trivial embedding/residual/attention/logits
-multipliers). `features` turns on what the architecture offers as options (llama, granite: attention and
-MLP biases; qwen2: a sliding window on layer 1 only; qwen3: attention bias and a sliding window on layer 1).
-qwen2's q/k/v biases and qwen3's per-head q/k norms are part of the architecture, so every variant has them.
+than the checks' sequence length of 16; granite: embedding 4.0, residual 0.5, attention 0.2 multipliers and
+a logits divisor of 0.5). `features` turns on what the architecture offers as options (llama, granite:
+attention and MLP biases; qwen2: a sliding window on layer 1 only; qwen3: attention bias and a sliding
+window on layer 1). qwen2's q/k/v biases and qwen3's per-head q/k norms are part of the architecture, so
+every variant has them.
+
+Every tiny configuration overfits its batch in transformers itself, the way the overfit check trains it
+(30 AdamW steps at lr 5e-3 on 2 x 16 tokens, below a tenth of ln(V)); the catalogue tests train each
+built-in architecture's base variant so, and `overfitting.transformers_overfits` lets a check ask. Scales
+matter here: cohere2's default `logit_scale` of 0.0625 shrinks the logits so much that 30 steps cannot grow
+the LM head far enough (loss 4.5 after 30 steps); 2.0, like granite's logits divisor of 0.5, learns fast.
+The init range of 0.04 (twice the usual default) speeds every architecture up as well.
 
 Other architectures: `variants_for(<model_type>)` derives the same variants for any decoder-only causal LM
 of the installed transformers whose config class takes the standard decoder fields (`vocab_size`,
 `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads`), so
-that a model scaffolded from another architecture can be checked as well. Its `features` variant turns on
-the boolean options the config class offers with a False default (`attention_bias`, `mlp_bias`); traits
-are the installed defaults. A type that does not fit is refused with the fields it lacks.
+that a model scaffolded from another architecture can be checked as well. Its `features` variant flips
+every boolean option of the config class (`attention_bias`, `mlp_bias`, `use_bias`, `qk_layernorm`...);
+the non-default rule applies as above. Its `head-dim` variant is offered only where transformers' model
+runs with head_dim != hidden/heads (helium's config takes `head_dim`, its `o_proj` ignores it). A type
+that does not fit is refused with the fields it lacks.
 
 Vocabulary not divisible by T (`odd-vocab` at T=4): the vocab-parallel embedding and LM head need
 `V % T == 0`. NxD's `pad=True` padding is inference-only (the layer raises in training mode), and
@@ -48,6 +69,9 @@ from typing import Any
 from transformers import CONFIG_MAPPING, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from .config_reads import fields_read, modeling_module
+from .nondefault import FieldChoice, Sizes, choose, is_dropout_field
+
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite")
 
 # The checks feed sequences of this length (divisible by every T they use, for sequence parallelism);
@@ -62,9 +86,19 @@ _COMMON: dict[str, Any] = {
     "num_attention_heads": 8,
     "num_key_value_heads": 2,
     "max_position_embeddings": 64,
-    "initializer_range": 0.02,
     "tie_word_embeddings": False,
 }
+
+# Fields the catalogue sizes itself (the table above): not subject to the non-default rule.
+_SIZE_FIELDS = frozenset({*_COMMON, "head_dim"})
+
+# Head sizes across the variants below (hidden/heads for 8 and 4 heads, and the `head-dim` variant's 32):
+# a partial rotary factor must give an even number of rotary dims at each.
+_HEAD_DIMS = (8, 16, 32)
+_MIN_VOCAB_SIZE = 250
+
+# Boolean options the `features` variant never flips: no computation (`use_cache`) or a variant of its own.
+_NOT_FEATURES = frozenset({"use_cache", "tie_word_embeddings"})
 
 # What a config class must take for the catalogue to describe it (as `__init__` parameters or aliases).
 _DECODER_FIELDS = (
@@ -79,9 +113,6 @@ _DECODER_FIELDS = (
 # Parameter names of attention projection biases (what NxD's GQA layer cannot hold: NXD-09, ON-10).
 _QKV_BIASES = ("q_proj.bias", "k_proj.bias", "v_proj.bias", "qkv_proj.bias")
 
-# Boolean options turned on by the `features` variant of an architecture outside the tables below.
-_OPTIONAL_BIASES = ("attention_bias", "mlp_bias")
-
 _SLIDING_ON_LAYER_1 = {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}
 
 # Traits every variant of an architecture carries.
@@ -91,7 +122,7 @@ _ARCHITECTURE_TRAITS: dict[str, dict[str, Any]] = {
         "embedding_multiplier": 4.0,
         "residual_multiplier": 0.5,
         "attention_multiplier": 0.2,
-        "logits_scaling": 2.0,
+        "logits_scaling": 0.5,
     },
 }
 
@@ -164,18 +195,48 @@ class Variant:
     def config_values(self) -> dict[str, Any]:
         """The keyword arguments given to the config class.
 
-        Where the config class has a `head_dim` field it is always set (to hidden/heads unless the variant
-        says otherwise): qwen3's default of 128 would make every variant far from tiny. A default
-        `pad_token_id` outside the tiny vocabulary is taken modulo its size.
+        In order of precedence: the variant's overrides, the architecture's traits, the non-default values
+        of the scalar fields the model reads (`nondefault`), the common tiny sizes. Where the config class
+        has a `head_dim` field it is always set (to hidden/heads unless the variant says otherwise): qwen3's
+        default of 128 would make every variant far from tiny. A default token id outside the tiny
+        vocabulary that no rule changed (a field the model does not read) is taken modulo its size.
         """
-        values = {**_COMMON, **_ARCHITECTURE_TRAITS.get(self.model_type, {}), **dict(self.overrides)}
+        chosen = {choice.name: choice.value for choice in _scalar_choices(self.model_type) if choice.changed}
+        values = {
+            **_COMMON,
+            **chosen,
+            **_ARCHITECTURE_TRAITS.get(self.model_type, {}),
+            **dict(self.overrides),
+        }
         if _takes_head_dim(self.model_type):
             values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
-        pad = _config_parameters(self.model_type).get("pad_token_id")
-        if pad is not None and isinstance(pad.default, int) and pad.default >= values["vocab_size"]:
-            # The embedding's padding row must exist in the tiny vocabulary (e.g. smollm3's default 128004).
-            values.setdefault("pad_token_id", pad.default % values["vocab_size"])
+        for name, parameter in _config_parameters(self.model_type).items():
+            default = parameter.default
+            if name.endswith("_token_id") and isinstance(default, int) and default >= values["vocab_size"]:
+                # The embedding's padding row must exist in the tiny vocabulary (e.g. smollm3's default 128004).
+                values.setdefault(name, default % values["vocab_size"])
         return values
+
+    def field_choices(self) -> tuple[FieldChoice, ...]:
+        """What this variant does with each config field the model reads (sizes excepted), in name order,
+        and with each field its traits or overrides set: default, value and the rule that decided."""
+        parameters = _config_parameters(self.model_type)
+        traits = _ARCHITECTURE_TRAITS.get(self.model_type, {})
+        overrides = dict(self.overrides)
+        found = {choice.name: choice for choice in _scalar_choices(self.model_type)}
+        for source, rule in ((traits, "architecture trait"), (overrides, f"`{self.name}` variant")):
+            for name, value in source.items():
+                if name in _SIZE_FIELDS:
+                    continue
+                default = parameters[name].default if name in parameters else None
+                seen_in = found[name].seen_in if name in found else ""
+                found[name] = FieldChoice(name, default, value, rule, seen_in)
+        return tuple(found[name] for name in sorted(found))
+
+    def nondefault(self) -> dict[str, tuple[Any, Any]]:
+        """`{field: (default, value)}` for every field this variant sets away from the config class's
+        default, sizes excepted: the traits a report shows beside the tiny model's shape."""
+        return {c.name: (c.default, c.value) for c in self.field_choices() if c.changed}
 
     def config(self) -> PretrainedConfig:
         """A fresh config of the installed transformers' class for this architecture."""
@@ -197,6 +258,8 @@ class Variant:
             "head_dim": head_dim,
             "tied": bool(config.tie_word_embeddings),
             "summary": self.summary,
+            "nondefault": {name: [default, value] for name, (default, value) in self.nondefault().items()},
+            "dropout_fields": list(dropout_fields(self.model_type)),
         }
 
     def attention(self, tp_size: int, fuse_qkv: bool = False) -> str | None:
@@ -226,14 +289,65 @@ def _takes_head_dim(model_type: str) -> bool:
 
 
 def _features_of(model_type: str) -> tuple[dict[str, Any], str] | None:
-    """The `features` overrides: the architecture's table entry, else its optional biases (False by default)."""
+    """The `features` overrides: the architecture's table entry, else every boolean option of the config
+    class flipped (bias options, q/k norms, sliding window...), `_NOT_FEATURES` excepted."""
     if model_type in _ARCHITECTURE_FEATURES:
         return _ARCHITECTURE_FEATURES[model_type]
-    parameters = _config_parameters(model_type)
-    options = [name for name in _OPTIONAL_BIASES if name in parameters and parameters[name].default is False]
+    options = {
+        name: not parameter.default
+        for name, parameter in _config_parameters(model_type).items()
+        if isinstance(parameter.default, bool) and name not in _NOT_FEATURES
+    }
     if not options:
         return None
-    return dict.fromkeys(options, True), " and ".join(options) + " on"
+    return options, "; ".join(f"{name} {'on' if value else 'off'}" for name, value in options.items())
+
+
+@functools.cache
+def _scalar_choices(model_type: str) -> tuple[FieldChoice, ...]:
+    """The non-default rule applied to the fields the model reads (sizes and tied embeddings excepted):
+    the config class's `__init__` parameters, and the token ids every config has where the modeling file
+    itself reads them (qwen2's class takes no `pad_token_id` parameter, yet its model reads one). A field whose default is None but that the config
+    fills with a list (`layer_types`) is not a scalar."""
+    parameters = _config_parameters(model_type)
+    reads = fields_read(model_type)
+    read = set(reads) - _SIZE_FIELDS
+    instance = CONFIG_MAPPING[model_type]()
+    defaults = {name: parameter.default for name, parameter in parameters.items() if name in read}
+    for name in read - set(defaults):
+        if (
+            name.endswith("_token_id")
+            and reads[name] == modeling_module(model_type)
+            and hasattr(instance, name)
+        ):
+            defaults[name] = getattr(instance, name)
+    shapes = {name: getattr(instance, name, None) for name in defaults}
+    sizes = Sizes(_HEAD_DIMS, _MIN_VOCAB_SIZE, _COMMON["max_position_embeddings"])
+    return choose(defaults, shapes, sizes, functools.partial(_accepts, model_type))
+
+
+def _accepts(model_type: str, name: str, value: Any) -> bool:
+    """Whether the config class builds at the tiny sizes with `name=value` and holds the value (a dict may
+    gain keys: transformers adds `rope_type` beside a legacy `type`)."""
+    try:
+        config = CONFIG_MAPPING[model_type](**{**_COMMON, name: value})
+    except (ValueError, KeyError, TypeError):
+        return False
+    held = getattr(config, name, None)
+    if isinstance(value, dict):
+        return isinstance(held, dict) and all(held.get(key) == item for key, item in value.items())
+    return held == value
+
+
+def dropout_fields(model_type: str) -> tuple[str, ...]:
+    """The config class's dropout probabilities (`attention_dropout`, `resid_pdrop`...), read by the model
+    or not. The catalogue keeps their defaults; a check that compares two runs sets each to 0.0."""
+    return tuple(
+        name
+        for name, parameter in _config_parameters(model_type).items()
+        if is_dropout_field(name)
+        and (parameter.default is None or isinstance(parameter.default, int | float))
+    )
 
 
 def _why_not_described(model_type: str) -> str | None:
@@ -293,7 +407,26 @@ def _derived_variants(model_type: str) -> tuple[Variant, ...]:
             f"no reference models for {model_type!r}: {reason}. The catalogue describes decoder-only causal LMs "
             f"with the standard config fields ({', '.join(_DECODER_FIELDS)}); built in: {', '.join(ARCHITECTURES)}"
         )
-    return tuple(_variants_of(model_type))
+    return tuple(entry for entry in _variants_of(model_type) if entry.name != "head-dim" or _runs(entry))
+
+
+def _runs(entry: Variant) -> bool:
+    """Whether transformers' model of `entry` runs a forward pass. A config class may take `head_dim` that
+    its model does not honour everywhere (helium's `o_proj` takes hidden_size inputs): such a variant is
+    not offered. Built on the meta device and materialised uninitialised, so no random number is drawn."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = entry.config()
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model.to_empty(device="cpu")
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.zeros(1, PARITY_SEQUENCE_LENGTH, dtype=torch.long))
+    except RuntimeError:
+        return False
+    return True
 
 
 CATALOGUE: dict[str, Variant] = {v.key: v for model_type in ARCHITECTURES for v in _variants_of(model_type)}
@@ -305,8 +438,9 @@ def _attention_biases(key: str) -> bool:
     import torch
     from transformers import AutoModelForCausalLM
 
+    config = variant(key).config()
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(variant(key).config())
+        model = AutoModelForCausalLM.from_config(config)
     return any(name.endswith(_QKV_BIASES) for name, _ in model.named_parameters())
 
 

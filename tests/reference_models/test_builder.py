@@ -104,6 +104,12 @@ def test_cli_lists_and_builds(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "rejected" in listing  # odd-vocab at T=4
     assert main(["list", "--arch", "gemma"]) == 0
     assert "gemma/head-dim" in capsys.readouterr().out
+    assert main(["list", "--arch", "cohere2"]) == 0
+    listing = capsys.readouterr().out
+    assert "cohere2 (every variant):" in listing
+    assert "logit_scale 0.0625 -> 2.0" in listing and "layer_norm_eps 1e-05 -> 3e-05" in listing
+    assert "cohere2/features also: attention_bias False -> True" in listing
+    assert "dropout fields, kept (compared runs set them to 0): attention_dropout" in listing
     assert main(["list", "--arch", "gpt2"]) == 2
     assert "GPT2Config does not take" in capsys.readouterr().err
 

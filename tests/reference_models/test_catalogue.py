@@ -188,8 +188,10 @@ def test_other_architectures_get_the_generic_variants_from_their_config_class() 
     assert gemma["features"].config().attention_bias and not config.attention_bias
     assert gemma["features"].summary == "attention_bias on"
     assert variant("gemma/mqa").config().num_key_value_heads == 1
-    # starcoder2 takes no head_dim and has no False-by-default bias option.
-    assert [entry.name for entry in variants_for("starcoder2")] == ["gqa", "mqa", "mha", "tied", "odd-vocab"]
+    # starcoder2 takes no head_dim; its one boolean option, use_bias (default True), is off in `features`.
+    starcoder2 = {entry.name: entry for entry in variants_for("starcoder2")}
+    assert list(starcoder2) == ["gqa", "mqa", "mha", "tied", "odd-vocab", "features"]
+    assert starcoder2["gqa"].config().use_bias and not starcoder2["features"].config().use_bias
 
 
 def test_a_default_pad_token_outside_the_tiny_vocabulary_is_brought_inside() -> None:
@@ -199,8 +201,10 @@ def test_a_default_pad_token_outside_the_tiny_vocabulary_is_brought_inside() -> 
     for entry in variants_for("smollm3"):
         config = entry.config()
         assert 0 <= config.pad_token_id < config.vocab_size
-    # The built-in architectures keep their own defaults: their checkpoints do not change.
-    assert not any("pad_token_id" in entry.config_values() for entry in CATALOGUE.values())
+    # Every model that reads a pad token gets one inside the vocabulary and not 0 (NxD drops index 0: NXD-05).
+    for entry in CATALOGUE.values():
+        pad = entry.config().pad_token_id
+        assert pad is not None and 0 < pad < entry.config().vocab_size, entry.key
 
 
 def test_attention_biases_are_read_from_the_model_whatever_turns_them_on() -> None:
