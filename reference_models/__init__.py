@@ -7,7 +7,7 @@
 The catalogue chooses sizes so that every attention variant of the generated models is reached at small
 tensor-parallel sizes (see `catalogue`); the builder writes deterministic checkpoints locally, nothing is
 downloaded (see `builder`). Every scalar field the model reads holds a non-default value (see `nondefault`),
-and every configuration overfits its batch in transformers itself (see `overfitting`). `python -m
+and every configuration overfits its batch in transformers itself (tests/reference_models/test_overfitting.py). `python -m
 reference_models list|build` is the command line.
 """
 
@@ -23,20 +23,17 @@ from .catalogue import (
     variants_for,
 )
 from .nondefault import FieldChoice
-from .overfitting import ReferenceTraining, transformers_overfits
 
 __all__ = [
     "ARCHITECTURES",
     "CATALOGUE",
     "FieldChoice",
-    "ReferenceTraining",
     "Variant",
     "attention_variant",
     "build",
     "build_all",
     "cache_root",
     "dropout_fields",
-    "transformers_overfits",
     "unsupported_reason",
     "variant",
     "variants_for",

@@ -34,8 +34,10 @@ window on layer 1). qwen2's q/k/v biases and qwen3's per-head q/k norms are part
 every variant has them.
 
 Every tiny configuration overfits its batch in transformers itself, the way the overfit check trains it
-(30 AdamW steps at lr 5e-3 on 2 x 16 tokens, below a tenth of ln(V)); the catalogue tests train each
-built-in architecture's base variant so, and `overfitting.transformers_overfits` lets a check ask. Scales
+(30 AdamW steps at lr 5e-3 on the checks' fixed batch of 2 x 16 tokens with padding and packed sequences,
+below a tenth of ln(V)); the catalogue tests train each
+built-in architecture's base variant with the checks' own reference loop (a check whose transformers run
+misses the threshold says so instead of failing the model). Scales
 matter here: cohere2's default `logit_scale` of 0.0625 shrinks the logits so much that 30 steps cannot grow
 the LM head far enough (loss 4.5 after 30 steps); 2.0, like granite's logits divisor of 0.5, learns fast.
 The init range of 0.04 (twice the usual default) speeds every architecture up as well.

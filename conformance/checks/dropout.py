@@ -24,8 +24,8 @@ import torch
 from conformance.comparisons.bound_text import number
 from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
 from conformance.harness.rank_steps import is_rank_zero, rank_step
-from conformance.model_runs.compared_checkpoints import dropout_fields
-from conformance.model_runs.fixed_batch import fixed_batch
+from conformance.model_runs.compared_checkpoints import nonzero_dropout
+from conformance.model_runs.fixed_batch import FixedBatch, fixed_batch
 from conformance.model_runs.logits import logits_of
 from conformance.model_runs.parallel_model import load_parallel
 from reference_models import variant
@@ -83,7 +83,7 @@ class Dropout(Check[DropoutConfig, DropoutJob, dict[str, Any] | None]):
         return [DropoutConfig(catalogue.base, 2)]
 
     def skip_reason(self, config: DropoutConfig) -> str | None:
-        if not dropout_fields(variant(config.variant).config()):
+        if not nonzero_dropout(variant(config.variant).config()):
             return f"{config.variant}'s config sets no dropout (no non-zero *dropout* field): nothing to show"
         return super().skip_reason(config)
 
@@ -94,24 +94,25 @@ class Dropout(Check[DropoutConfig, DropoutJob, dict[str, Any] | None]):
             config,
             workspace.original_checkpoint(entry),
             model_config.vocab_size,
-            tuple(dropout_fields(model_config).items()),
+            tuple(nonzero_dropout(model_config).items()),
         )
 
     def on_rank(self, package: ModuleType, job: DropoutJob) -> dict[str, Any] | None:
         model, _, _ = load_parallel(package, job.checkpoint, job.tp_size)
-        input_ids = fixed_batch(job.vocab_size)["input_ids"]
+        batch = fixed_batch(job.vocab_size)
+        inputs = batch.model_inputs(labels=False)
 
         def forwards(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
             model.train(train)
             torch.manual_seed(SEED)  # the same draws on every rank and every run
-            first = logits_of(model, input_ids, job.vocab_size)
-            return first, logits_of(model, input_ids, job.vocab_size)
+            first = logits_of(model, inputs, job.vocab_size)
+            return first, logits_of(model, inputs, job.vocab_size)
 
         train = rank_step(f"the training-mode forwards at T={job.tp_size}", lambda: forwards(True))
         evaluation = rank_step(f"the eval-mode forwards at T={job.tp_size}", lambda: forwards(False))
         if not is_rank_zero():
             return None
-        return {"train": train, "eval": evaluation, "transformers": _transformers_eval_logits(job, input_ids)}
+        return {"train": train, "eval": evaluation, "transformers": _transformers_eval_logits(job, batch)}
 
     def judge(self, job: DropoutJob, value: dict[str, Any] | None) -> Verdict:
         assert value is not None
@@ -164,11 +165,13 @@ def judge_logits(
     return Verdict(figures=figures, reasons=reasons)
 
 
-def _transformers_eval_logits(job: DropoutJob, input_ids: torch.Tensor) -> torch.Tensor:
+def _transformers_eval_logits(job: DropoutJob, batch: FixedBatch) -> torch.Tensor:
+    """transformers' eval logits on the batch as the parallel model sees it (`recompute_causal_mask`'s
+    default: the causal mask only)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         job.checkpoint, attn_implementation="eager", dtype=torch.float32
     )
     with torch.no_grad():
-        return model.eval()(input_ids=input_ids).logits.float()
+        return model.eval()(**batch.reference_inputs(honours_padding=False, labels=False)).logits.float()

@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import nn
 
+from reference_models.nondefault import is_dropout_field
+
 SUFFIX = "-no-dropout"
 DROPOUT_MODULES = (
     nn.Dropout,
@@ -35,13 +37,17 @@ DROPOUT_MODULES = (
 )
 
 
-def dropout_fields(config: dict[str, Any] | Any) -> dict[str, float]:
-    """The config fields that set a non-zero dropout probability: `{name: value}` in name order."""
+def nonzero_dropout(config: dict[str, Any] | Any) -> dict[str, float]:
+    """The config fields that set a non-zero dropout probability (`reference_models.is_dropout_field`:
+    `attention_dropout`, `resid_pdrop`...): `{name: value}` in name order."""
     values = config if isinstance(config, dict) else config.to_dict()
     return {
         name: float(value)
         for name, value in sorted(values.items())
-        if "dropout" in name and isinstance(value, (int, float)) and not isinstance(value, bool) and value
+        if is_dropout_field(name)
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value
     }
 
 
@@ -49,7 +55,7 @@ def without_dropout(checkpoint: Path) -> Path:
     """`checkpoint` itself when its config has no dropout, else its dropout-free sibling (built once)."""
     checkpoint = Path(checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
-    fields = dropout_fields(config)
+    fields = nonzero_dropout(config)
     if not fields:
         return checkpoint
     target = checkpoint.with_name(checkpoint.name + SUFFIX)

@@ -22,9 +22,7 @@ def test_the_quick_profile_lists_what_it_leaves_out() -> None:
             "TP sizes 4, 8: no check runs at them",  # quick runs T=1 and T=2 (llama/mqa reaches the GQA layer at 2)
             "the Neuron flash-attention path (attn_implementation=flash_attention_2, transpose_nki_inputs)",
             "pipeline parallelism (PP > 1): no check runs it (the reference backend does not implement it)",
-            "TrainingNeuronConfig fuse_qkv=True",
-            "TrainingNeuronConfig recompute_causal_mask=False",
-            "TrainingNeuronConfig gradient_checkpointing=True",
+            # fuse_qkv, recompute_causal_mask=False and gradient checkpointing each have a quick parity case
             "attention layouts fused: no configuration reaches them",  # only llama/mha with fuse_qkv does
             "catalogue variants llama/mha, llama/head-dim, llama/odd-vocab, llama/features",
         ]
@@ -34,14 +32,11 @@ def test_the_quick_profile_lists_what_it_leaves_out() -> None:
 def test_the_full_profile_leaves_out_less_and_a_check_subset_is_named() -> None:
     assert not_tested("llama", plan("llama", "full"), check_names()) == [
         "pipeline parallelism (PP > 1): no check runs it (the reference backend does not implement it)",
-        "TrainingNeuronConfig recompute_causal_mask=False",
-        "TrainingNeuronConfig gradient_checkpointing=True",
-        "TrainingNeuronConfig transpose_nki_inputs=False",
     ]
     parity_only = not_tested("llama", plan("llama", "quick", ["parity"]), check_names())
     assert "training or running in bfloat16" in parity_only
     assert parity_only[-1] == (
-        "checks round_trip, topology_change, lora_round_trip, overfit, bf16_smoke, dropout: not run"
+        "checks round_trip, topology_change, lora_round_trip, init, overfit, replicas, bf16_smoke, dropout: not run"
     )
 
 
@@ -56,13 +51,16 @@ class _CheckpointedConfig(CheckConfig):
 
 
 def test_a_configuration_that_exercises_an_option_removes_it_from_the_list() -> None:
-    planned = plan("llama", "full")
-    (check,) = [entry.check for entry in planned if entry.name == "overfit"]
+    planned = plan("llama", "quick", ["overfit"])  # trains with the defaults only
+    before = not_tested("llama", planned, ["overfit"])
+    assert "TrainingNeuronConfig gradient_checkpointing=True" in before
+    assert "TrainingNeuronConfig recompute_causal_mask=False" in before
+    (check,) = [entry.check for entry in planned]
     extra = PlannedCheck(check, (_CheckpointedConfig("llama/gqa", 2),))
-    found = not_tested("llama", [*planned, extra], check_names())
+    found = not_tested("llama", [*planned, extra], ["overfit"])
     assert "TrainingNeuronConfig gradient_checkpointing=True" not in found
     assert "TrainingNeuronConfig recompute_causal_mask=False" not in found
-    assert "TrainingNeuronConfig transpose_nki_inputs=False" in found
+    assert "TrainingNeuronConfig fuse_qkv=True" in found
 
 
 def test_traits_show_the_shape_and_the_fields_the_catalogue_changed() -> None:

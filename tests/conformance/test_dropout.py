@@ -22,7 +22,7 @@ from conformance.checks import RunSettings
 from conformance.checks.dropout import CHECK, DropoutConfig
 from conformance.checks.overfit import CHECK as OVERFIT
 from conformance.checks.overfit import OverfitConfig
-from conformance.model_runs.compared_checkpoints import dropout_fields, switch_off_dropout, without_dropout
+from conformance.model_runs.compared_checkpoints import nonzero_dropout, switch_off_dropout, without_dropout
 from conformance.results import Status
 from reference_models import build, variant
 
@@ -55,13 +55,13 @@ def settings(checkpoint_cache: Path) -> RunSettings:
 
 def test_compared_runs_load_a_checkpoint_without_dropout(checkpoint_cache: Path) -> None:
     original = build(variant("seed_oss/gqa"), checkpoint_cache)
-    assert dropout_fields(json.loads((original / "config.json").read_text())) == {
+    assert nonzero_dropout(json.loads((original / "config.json").read_text())) == {
         "attention_dropout": 0.1,
         "residual_dropout": 0.1,
     }
     compared = without_dropout(original)
     config = json.loads((compared / "config.json").read_text())
-    assert compared != original and dropout_fields(config) == {}
+    assert compared != original and nonzero_dropout(config) == {}
     assert config["attention_dropout"] == config["residual_dropout"] == 0.0
     assert (compared / "model.safetensors").resolve() == (original / "model.safetensors").resolve()
     assert without_dropout(compared) == compared  # nothing left to switch off

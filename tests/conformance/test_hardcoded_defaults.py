@@ -50,9 +50,10 @@ def test_a_constant_equal_to_the_default_fails_parity_where_it_sits(
     replacement: tuple[str, str],
     first_departure: str,
 ) -> None:
-    configuration = [{"variant": "llama/gqa", "tp_size": 1}]
-    (result,) = parity.run(
-        broken_copy("llama", [replacement]), configuration, RunSettings(cache_dir=checkpoint_cache)
+    (result,) = parity.CHECK.run(
+        broken_copy("llama", [replacement]),
+        [parity.ParityConfig("llama/gqa", 1)],
+        RunSettings(cache_dir=checkpoint_cache),
     )
     assert result.status is Status.FAIL, result.reasons
     assert result.figures["first_divergent_module"] == first_departure, result.reasons

@@ -18,15 +18,18 @@ import torch
 from conformance.checks import (
     bf16_smoke,
     dropout,
+    init,
     lora_round_trip,
     overfit,
     parity,
+    replicas,
     round_trip,
     topology_change,
 )
 from conformance.comparisons.adapters import compare_adapters
 from conformance.comparisons.bound_text import number
 from conformance.comparisons.gradients import compare_gradients
+from conformance.comparisons.init_statistics import RANDOM, InitStatistics, Z
 from conformance.comparisons.outputs import compare_outputs
 from conformance.comparisons.state_dicts import diff_state_dicts, explain
 from conformance.harness.protocol import Verdict
@@ -162,6 +165,34 @@ def _dropout(scale: float) -> list[str]:
     return dropout.judge_logits(job, train, evaluation, logits).reasons
 
 
+def _init(scale: float) -> list[str]:
+    """A std off by `scale` times Z standard errors of the difference of two std estimators (each
+    sqrt(s^2 (kurtosis - 1) / 4n) for n values; a normal's kurtosis is 3), solved by fixed point."""
+    assert f"{Z:g} standard errors" in init.TOLERANCE and "sqrt(s^2 (kurtosis - 1) / 4n)" in init.TOLERANCE
+    n, reference_std, kurtosis = 4096, 0.04, 3.0
+    std = reference_std
+    for _ in range(50):
+        std = reference_std + scale * Z * math.sqrt((std**2 + reference_std**2) * (kurtosis - 1) / (4 * n))
+    job = init.InitJob(init.InitConfig("llama/gqa", 2), "checkpoint")
+    found = init.InitMeasurement(
+        model={"w": InitStatistics(n, 0.0, std, kurtosis, RANDOM)},
+        reference={"w": InitStatistics(n, 0.0, reference_std, kurtosis, RANDOM)},
+    )
+    return init.judge_measurement(job, found).reasons
+
+
+def _replicas(scale: float) -> list[str]:
+    """Bit-identical: inside is a spread of exactly 0, outside the smallest difference fp32 can hold at 1.0."""
+    assert "Bit-identical" in replicas.TOLERANCE
+    spread = 0.0 if scale < 1 else torch.finfo(torch.float32).eps
+    job = replicas.ReplicasJob(replicas.ReplicasConfig("llama/gqa", 2), "checkpoint", 256, 5)
+    run = replicas.ReplicasRun(
+        parameter_spread={"model.norm.weight": spread},
+        gradient_spread=[{"model.norm.weight": spread}],
+    )
+    return replicas.judge_run(job, run).reasons
+
+
 BOUNDARIES: dict[str, Callable[[float], list[str]]] = {
     "parity": _parity,
     "round_trip": _round_trip,
@@ -170,6 +201,8 @@ BOUNDARIES: dict[str, Callable[[float], list[str]]] = {
     "overfit": _overfit,
     "bf16_smoke": _bf16,
     "dropout": _dropout,
+    "init": _init,
+    "replicas": _replicas,
 }
 
 
@@ -199,4 +232,6 @@ def test_the_failures_just_outside_name_what_crossed_the_bound() -> None:
     )
     assert "does not fall enough" in text["bf16_smoke"]
     assert "dropout is not live in train()" in text["dropout"] and "not off in eval()" in text["dropout"]
+    assert "w: std" in text["init"] and "standard errors" in text["init"]
+    assert "model.norm.weight is not the same on every TP rank" in text["replicas"]
     assert not math.isnan(overfit.threshold(256))
