@@ -8,4 +8,4 @@ The golden-file test (tests/scaffold/test_golden.py) fails on any output change 
 
 from __future__ import annotations
 
-RULESET_VERSION = 1
+RULESET_VERSION = 2

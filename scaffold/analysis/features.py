@@ -23,7 +23,7 @@ from ..blueprint import (
     NormSite,
     Scale,
 )
-from .classes import walk
+from ..syntax import walk
 from .constructors import ChildKind
 from .context import Context, decoder_layer_class
 from .dataflow import ScaleStep, sources
