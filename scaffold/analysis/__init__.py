@@ -53,7 +53,13 @@ def analyze(source: ModelSource) -> Blueprint:
         mask_builders=mask_builders(context),
         style=code_style(context),
     )
-    refusals = role_refusals + detect(context, sites, norms, geometries) + preconditions(context, blueprint)
+    refusals = [
+        # one line each: messages quote source, and they end up in comments (`TODO(<code>)` markers)
+        dataclasses.replace(refusal, message=" ".join(refusal.message.split()))
+        for refusal in role_refusals
+        + detect(context, sites, norms, geometries)
+        + preconditions(context, blueprint)
+    ]
     refusals.sort(key=lambda refusal: (refusal.location.line, refusal.code, refusal.message))
     return dataclasses.replace(blueprint, refusals=tuple(refusals))
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from ..blueprint import AttentionGeometry, Blueprint, LayerKind, Location, NormScope, Refusal, Role
+from ..blueprint import AttentionGeometry, Blueprint, Location, NormScope, Refusal, Role
 from ..refusal_codes import (
     ATTENTION_DISPATCH,
     ATTENTION_INPUT_SHAPE,
@@ -43,6 +43,7 @@ from ..rules.base_model_forward import (
 from ..rules.fused_gate_up import gate_up_calls
 from ..rules.kv_cache import strip_cache
 from ..rules.neuron_flash_attention import attention_call, mask_argument, mask_block, table_dispatch
+from ..rules.parallel_linears import LINEAR
 from ..rules.prune_closure import GENERATION_METHODS
 from ..rules.sequence_parallel_norms import has_sequence_parallel_form, norm_parameters
 from ..rules.trn_config_threading import classes_needing_trn_config
@@ -54,14 +55,13 @@ from ..rules.vocab_parallel_lm_head import (
 from ..syntax import (
     absolute_name,
     code,
-    contains,
     find_method,
     index_of_assignment,
     names_in,
     self_calls,
     walk,
 )
-from .constructors import ChildKind
+from .constructors import ChildKind, classify
 from .context import Context
 
 PARALLEL_RULES = {Role.EMBEDDING: "NXS010", Role.LM_HEAD: "NXS013", Role.COLUMN: "NXS024", Role.ROW: "NXS024"}
@@ -173,7 +173,7 @@ def _constructors(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
         else:
             config = blueprint.class_plan(name).config_parameter
             plain = {param.name.value: param for param in init.params.params}
-            parameters = ", ".join(code(param).rstrip(", ") for param in init.params.params)
+            parameters = ", ".join(param.name.value for param in init.params.params)
             if config is None:
                 problem = "takes no config parameter"
             elif config not in plain:
@@ -201,7 +201,11 @@ def _layers_built_here(context: Context, blueprint: Blueprint) -> Iterator[Refus
         owner = member.owner.class_name
         rule = PARALLEL_RULES.get(roles.get((owner, member.attribute), Role.UNRESOLVED))
         init = find_method(context.classes[owner].facts.node, "__init__")
-        if rule is not None and init is not None and not contains(init, member.assign.statement):
+        if (
+            rule is not None
+            and init is not None
+            and context.index.enclosing_function(member.assign.statement) is not init
+        ):
             yield _refusal(
                 INHERITED_DEFINITION,
                 f"{owner}.{member.attribute} is built in the __init__ of a base class of {owner}",
@@ -231,7 +235,11 @@ def _norms(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
             facts = context.classes[norm.owner].facts
             assign = facts.last_assign(norm.attribute)
             init = find_method(facts.node, "__init__")
-            if assign is None or init is None or not contains(init, assign.statement):
+            if (
+                assign is None
+                or init is None
+                or context.index.enclosing_function(assign.statement) is not init
+            ):
                 yield _refusal(
                     INHERITED_DEFINITION,
                     f"{norm.owner}.{norm.attribute} is built in the __init__ of a base class of {norm.owner}",
@@ -245,12 +253,16 @@ def _norms(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
 
 
 def _norm_class(context: Context, name: str, parameters: list[str]) -> Iterator[Refusal]:
-    """A norm class creates its parameters in its own `__init__` (the rule marks them there)."""
+    """A norm class creates its parameters in its own `__init__`, each a statement of an indented block
+    (the rule marks each one on the line after it)."""
     facts = context.classes[name].facts
     init = find_method(facts.node, "__init__")
     created = [assign for assign in facts.assigns if assign.attribute in parameters]
+    index = context.index
     if init is None or not any(
-        contains(init, assign.statement) and _in_block(init, assign.statement) for assign in created
+        index.enclosing_function(assign.statement) is init
+        and isinstance(index.parent(assign.statement), cst.IndentedBlock)
+        for assign in created
     ):
         yield _refusal(
             INHERITED_DEFINITION,
@@ -259,14 +271,6 @@ def _norm_class(context: Context, name: str, parameters: list[str]) -> Iterator[
             name,
             "NXS011",
         )
-
-
-def _in_block(function: cst.FunctionDef, statement: cst.CSTNode) -> bool:
-    """Whether `statement` is a statement of an indented block of `function` (not a one-line suite)."""
-    return any(
-        isinstance(node, cst.IndentedBlock) and any(child is statement for child in node.body)
-        for node in walk(function)
-    )
 
 
 # --- NXS012 -------------------------------------------------------------------------------------------
@@ -544,7 +548,7 @@ def _dispatch_problem(context: Context, geometry: AttentionGeometry, forward: cs
 def _linears(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
     roles: dict[tuple[str, str], set[Role]] = {}
     for site in blueprint.sites:
-        if site.kind is LayerKind.LINEAR and site.role in (Role.COLUMN, Role.ROW):
+        if site.constructor == LINEAR and site.role in (Role.COLUMN, Role.ROW):
             roles.setdefault((site.owner, site.attribute), set()).add(site.role)
     reported: set[tuple[str, str]] = set()
     for site in blueprint.sites:
@@ -552,17 +556,39 @@ def _linears(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
         if key not in roles or key in reported:
             continue
         problem = None
+        others = _other_values(context, site.owner, site.attribute)
         if len(roles[key]) > 1:
             problem = (
                 f"has the roles {', '.join(sorted(role.value for role in roles[key]))} at different paths"
             )
         elif not _reads_sizes(site.source):
             problem = f"= {site.source} does not pass in_features and out_features"
+        elif others:
+            problem = f"is also assigned {others[0]}, which is not an nn.Linear"
         if problem is not None:
             reported.add(key)
             yield _refusal(
                 LINEAR_LAYOUT, f"{site.owner}.{site.attribute} {problem}", site.location, site.owner, "NXS024"
             )
+
+
+def _other_values(context: Context, owner: str, attribute: str) -> list[str]:
+    """What the owner's own `__init__` assigns to `self.<attribute>` besides its linear (the rule converts
+    every assignment of a linear's attribute)."""
+    facts = context.classes[owner].facts
+    init = find_method(facts.node, "__init__")
+    found = []
+    for assign in facts.assigns:
+        if (
+            assign.attribute != attribute
+            or init is None
+            or context.index.enclosing_function(assign.statement) is not init
+        ):
+            continue
+        construct = classify(assign.value, context.index, context.mapping)
+        if construct.kind is not ChildKind.LAYER or construct.qualified != LINEAR:
+            found.append(code(assign.value))
+    return found
 
 
 def _reads_sizes(source: str) -> bool:

@@ -26,6 +26,10 @@ class AbsoluteTransformersImports(Rule):
     )
     EXAMPLES = (stored_example(CODE, "llama", "<imports>"),)
 
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
+        # imports are statements of their own: nothing to look at inside other statements' expressions
+        return any(isinstance(small, cst.Import | cst.ImportFrom) for small in node.body)
+
     def leave_ImportFrom(self, original_node: cst.ImportFrom, updated_node: cst.ImportFrom) -> cst.ImportFrom:
         level = len(updated_node.relative)
         if not level:

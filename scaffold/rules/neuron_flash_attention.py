@@ -69,10 +69,12 @@ class NeuronFlashAttention(Rule):
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         body = list(updated_node.body)
         eager_functions: set[str] = set()
+        owners: set[str] = set()
         for geometry in self.blueprint.attention:
             index = find_definition(body, geometry.owner)
-            if index is None:
+            if index is None or geometry.owner in owners:  # one class may have several instances
                 continue
+            owners.add(geometry.owner)
             cls = body[index]
             assert isinstance(cls, cst.ClassDef)
             refusal = self.refusal_for(geometry.owner)

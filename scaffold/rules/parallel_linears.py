@@ -11,14 +11,14 @@ non-gated MLPs). The role comes from the Blueprint (tp plan, else dataflow):
 - REPLICATED / LM_HEAD / anything not a known site: left alone.
 Both take the source's bias expression, `dtype=config.dtype`, the constructor's `init_method`,
 `sequence_parallel_enabled` from `trn_config` and `sequence_dimension=0` (templates
-`column_parallel_linear`, `row_parallel_linear`). `nn.Linear` is recognised by qualified name, so
-`torch.nn.Linear` and aliases are too.
+`column_parallel_linear`, `row_parallel_linear`). Which assignments build those linears is a Blueprint
+fact (the analysis recognises `nn.Linear`, `torch.nn.Linear` and aliases by qualified name, and refuses an
+attribute also assigned something else: R028).
 """
 
 from __future__ import annotations
 
 import libcst as cst
-from libcst.metadata import QualifiedNameProvider
 
 from ..blueprint import LayerSite, Role
 from ..syntax import self_attribute
@@ -39,7 +39,6 @@ class ParallelLinears(Rule):
         "Disable it to shard the remaining linears by hand."
     )
     REQUIRES = ("NXS004",)
-    METADATA_DEPENDENCIES = (QualifiedNameProvider,)
     EXAMPLES = (stored_example(CODE, "qwen2", "Qwen2MLP"),)
 
     def visit_Module(self, node: cst.Module) -> None:
@@ -80,7 +79,7 @@ class ParallelLinears(Rule):
             return updated_node
         attribute = self_attribute(original_node.targets[0].target)
         call = original_node.value
-        if attribute is None or not isinstance(call, cst.Call) or not self._is_linear(call):
+        if attribute is None or not isinstance(call, cst.Call):
             return updated_node
         owner = self._classes[-1]
         site = next((s for s in self._sites_of(owner) if s.attribute == attribute), None)
@@ -93,12 +92,12 @@ class ParallelLinears(Rule):
         return layer_code.with_init_helper(self, updated_node) if self._converted else updated_node
 
     def _sites_of(self, owner: str) -> list[LayerSite]:
-        return [site for site in self.blueprint.sites if site.owner == owner and site.role in TEMPLATES]
-
-    def _is_linear(self, call: cst.Call) -> bool:
-        """The callee is `torch.nn.Linear` (`nn.Linear`, `torch.nn.Linear`, an alias...), by qualified name."""
-        names = self.get_metadata(QualifiedNameProvider, call.func, set())
-        return any(name.name == LINEAR for name in names)
+        """The linears of `owner` with a column or row role (torch.nn.Linear by qualified name)."""
+        return [
+            site
+            for site in self.blueprint.sites
+            if site.owner == owner and site.role in TEMPLATES and site.constructor == LINEAR
+        ]
 
     def _parallel(self, call: cst.Call, site: LayerSite, config: str) -> cst.Call:
         """The parallel layer with the source call's sizes and bias (read as nn.Linear's arguments)."""

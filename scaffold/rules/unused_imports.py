@@ -20,6 +20,10 @@ class RemoveUnusedImports(Rule):
     ADVICE = "Disable it to keep every import of the source (ruff's F401 then lists the unused ones)."
     EXAMPLES = (stored_example(CODE, "llama", "<imports>"),)
 
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
+        # imports are statements of their own: nothing to look at inside other statements' expressions
+        return any(isinstance(small, cst.Import | cst.ImportFrom) for small in node.body)
+
     def visit_Import(self, node: cst.Import) -> bool:
         self.remove_unused_import_by_node(node)
         return False

@@ -42,7 +42,7 @@ class TestParallelLinears(RuleTest):
         ],
     )
 
-    def test_column_and_row_linears_by_role_through_any_import_alias(self) -> None:
+    def test_column_and_row_linears_by_the_blueprints_roles_whatever_the_spelling(self) -> None:
         after = f"""
 import torch
 from torch import nn
