@@ -356,6 +356,12 @@ def keyword_argument(name: str, value: cst.BaseExpression) -> cst.Arg:
 def laid_out(call: cst.Call, *, exploded: bool | None = None) -> cst.Call:
     """`call` with its arguments separated by ", ", ending in a trailing comma when the call is long (or
     `exploded`): ruff's formatter then writes it one argument per line, as a person would."""
+    if (
+        len(call.args) == 1
+        and isinstance(call.args[0].value, cst.GeneratorExp)
+        and not call.args[0].value.lpar
+    ):
+        exploded = False  # `f(x for x in y,)` is not Python: a lone generator argument takes no comma
     if exploded is None:
         flat = laid_out(call, exploded=False)
         exploded = len(code(flat)) > SINGLE_LINE_LIMIT or "\n" in code(flat)

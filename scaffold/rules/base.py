@@ -4,7 +4,8 @@ own examples.
 A rule is a `libcst.codemod.VisitorBasedCodemodCommand`: it runs with a `CodemodContext`, reads facts from
 the Blueprint (never from the source again), declares the metadata it reads (`METADATA_DEPENDENCIES`) and
 schedules the imports it needs through the context (`self.add_needed_import`, `self.remove_unused_import`),
-which libcst's `AddImportsVisitor` / `RemoveImportsVisitor` apply once the pass is done.
+which libcst's `AddImportsVisitor` / `RemoveImportsVisitor` apply once the pass is done (in the pipeline:
+once, after the last pass).
 
 `REQUIRES` names the rules whose rewrites this one builds on; `scaffold.rules.RULES` declares the order
 (every rule after the ones it requires) and `--disable` refuses to skip a rule that an enabled one
