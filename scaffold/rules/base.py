@@ -133,7 +133,14 @@ class Rule(VisitorBasedCodemodCommand):
     def add_template_imports(self, needed: Iterable[Needed]) -> None:
         """Schedule the imports that code filled from a template reads (`templates.fill_*`)."""
         for item in sorted(needed, key=lambda item: (item.level, item.module, item.name or "")):
-            self.add_needed_import(item.module, item.name, relative=item.level)
+            self.add_torch_import(item.module, item.name, item.level)
+
+    def add_torch_import(self, module: str, name: str | None = None, level: int = 0) -> None:
+        """`add_needed_import`, except `from torch import nn` in a file that binds `nn` already (libcst's
+        visitor would not see that `import torch.nn as nn` binds it, and add a second binding)."""
+        if (module, name) == ("torch", "nn") and self.blueprint.style.nn_alias:
+            return
+        self.add_needed_import(module, name, relative=level)
 
 
 def todo_comment(refusal: Refusal) -> str:

@@ -119,9 +119,7 @@ class BaseModelForward(Rule):
             if dotted(arg.value) in CHECKPOINTING_BASES:
                 module = "nn.Module" if self.blueprint.style.nn_alias else "torch.nn.Module"
                 arg = arg.with_changes(value=cst.parse_expression(module))
-                self.add_needed_import(
-                    "torch", "nn"
-                ) if self.blueprint.style.nn_alias else self.add_needed_import("torch")
+                self.add_torch_import("torch", "nn" if self.blueprint.style.nn_alias else None)
             bases.append(arg)
         return cls.with_changes(bases=bases)
 

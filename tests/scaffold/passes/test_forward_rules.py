@@ -16,6 +16,9 @@ from .toy import ALLOWED, FEATURES, HERE, RuleTest, blueprint, expr, klass, site
 class TestVocabParallelLMHead(RuleTest):
     TRANSFORM = VocabParallelLMHead
     BEFORE = """
+from torch import nn
+
+
 class ToyForCausalLM(ToyPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
@@ -311,6 +314,7 @@ class TestNeuronFlashAttention(RuleTest):
 
 
 BASE = """
+from torch import nn
 from transformers.masking_utils import create_causal_mask
 
 
@@ -393,10 +397,23 @@ class ToyModel(ToyPreTrainedModel):
         )
         self.assertCodemod(BASE, after, blueprint=bp)
 
+    def test_a_file_binding_nn_as_torch_nn_gets_no_second_binding(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        bp = blueprint(
+            classes=[klass("ToyModel", ClassKind.BASE_MODEL), klass("ToyLayer", ClassKind.DECODER_LAYER)],
+            backbone=self.BACKBONE,
+            mask_builders=["create_causal_mask"],
+        )
+        source = BASE.replace("from torch import nn", "import torch.nn as nn")
+        out = BaseModelForward(CodemodContext(), bp).transform_module(cst.parse_module(source)).code
+        assert "class ToyLayer(nn.Module):" in out and "from torch import nn" not in out
+
     def test_refused_base_model_keeps_transformers_masks(self) -> None:
         refusal = Refusal("R022", "no loop", HERE, "ToyModel", ("NXS012",))
         bp = blueprint(backbone=self.BACKBONE, mask_builders=["create_causal_mask"], refusals=[refusal])
         after = BASE.replace("class ToyModel(", "# TODO(R022): no loop\nclass ToyModel(").replace(
             "class ToyLayer(GradientCheckpointingLayer)", "class ToyLayer(nn.Module)"
         )
-        self.assertCodemod(BASE, "from torch import nn\n" + after, blueprint=bp, options=ALLOWED)
+        self.assertCodemod(BASE, after, blueprint=bp, options=ALLOWED)
