@@ -9,6 +9,7 @@ sits under an `if`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -77,12 +78,14 @@ def _define(mapping: ModuleMap, name: str, node: cst.CSTNode) -> None:
 
 @dataclass(frozen=True)
 class SelfAssign:
-    """`self.<attribute> = <value>` in `__init__`."""
+    """`self.<attribute> = <value>` in `__init__`; `defined_in` is the class whose own `__init__` holds the
+    statement (a local base class's, for an inherited one)."""
 
     attribute: str
     value: cst.BaseExpression
     conditional: bool
     statement: cst.CSTNode
+    defined_in: str = ""
 
 
 @dataclass
@@ -147,7 +150,9 @@ def collect_classes(mapping: ModuleMap, index: SourceIndex) -> dict[str, ClassFa
             params = _parameters(init)
             if not _calls_super_init(init):
                 assigns, init_locals, buffers = [], {}, []
-            _flatten_init(init.body, False, assigns, init_locals, buffers)
+            own: list[SelfAssign] = []
+            _flatten_init(init.body, False, own, init_locals, buffers)
+            assigns = [*assigns, *(dataclasses.replace(assign, defined_in=name) for assign in own)]
         facts[name] = ClassFacts(
             name=name,
             node=node,

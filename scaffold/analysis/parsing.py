@@ -1,7 +1,6 @@
 """Parse a modeling file once and answer position and qualified-name questions about its nodes.
 
-All come from libcst's metadata providers over the parsed module: parents from `ParentNodeProvider`,
-lines from `PositionProvider`,
+Both come from libcst's metadata providers over the parsed module: lines from `PositionProvider`,
 qualified names from `QualifiedNameProvider` (the names a node refers to through the module's imports,
 so `nn.Linear`, `torch.nn.Linear` and `from torch.nn import Linear as L` all resolve to
 `torch.nn.Linear`; local definitions and variables have none). Relative imports
@@ -18,7 +17,6 @@ import libcst as cst
 from libcst.metadata import (
     CodeRange,
     MetadataWrapper,
-    ParentNodeProvider,
     PositionProvider,
     QualifiedName,
     QualifiedNameProvider,
@@ -27,7 +25,7 @@ from libcst.metadata import (
 
 from ..blueprint import Location
 from ..errors import ScaffoldError
-from ..syntax import absolute_name, code
+from ..syntax import absolute_name, code, walk
 
 
 class SourceIndex:
@@ -40,7 +38,7 @@ class SourceIndex:
         self._wrapper = MetadataWrapper(module, unsafe_skip_copy=True)  # answers about `module`'s own nodes
         self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
         self._names: Mapping[cst.CSTNode, Collection[QualifiedName]] | None = None
-        self._parents: Mapping[cst.CSTNode, cst.CSTNode] | None = None
+        self._nodes: list[cst.CSTNode] | None = None
         self._cache: dict[cst.CSTNode, frozenset[str]] = {}
 
     def line(self, node: cst.CSTNode) -> int:
@@ -53,18 +51,12 @@ class SourceIndex:
         """Location of `node` for messages."""
         return Location(self.display_path, self.line(node))
 
-    def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
-        """The node `node` is a child of (None for the module)."""
-        if self._parents is None:
-            self._parents = self._wrapper.resolve(ParentNodeProvider)
-        return self._parents.get(node)
-
-    def enclosing_function(self, node: cst.CSTNode) -> cst.FunctionDef | None:
-        """The innermost function definition `node` is part of."""
-        current = self.parent(node)
-        while current is not None and not isinstance(current, cst.FunctionDef):
-            current = self.parent(current)
-        return current
+    @property
+    def nodes(self) -> list[cst.CSTNode]:
+        """Every node of the module in source order (one walk, shared by the questions that scan it all)."""
+        if self._nodes is None:
+            self._nodes = list(walk(self.module))
+        return self._nodes
 
     def qualified_names(self, node: cst.CSTNode) -> frozenset[str]:
         """Absolute qualified names `node` refers to through imports (empty when none)."""

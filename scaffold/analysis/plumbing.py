@@ -11,7 +11,7 @@ import libcst as cst
 
 from ..blueprint import CodeStyle
 from ..rules.neuron_flash_attention import eager_default
-from ..syntax import find_method, walk
+from ..syntax import find_method
 from .context import Context
 
 MASKING_MODULE = "transformers.masking_utils."
@@ -20,7 +20,7 @@ MASKING_MODULE = "transformers.masking_utils."
 def mask_builders(context: Context) -> tuple[str, ...]:
     """The names the kept code uses for transformers' mask builders (`create_causal_mask`, ...), sorted."""
     found: set[str] = set()
-    for node in walk(context.index.module):
+    for node in context.index.nodes:
         if isinstance(node, cst.Name) and any(
             name.startswith(MASKING_MODULE) for name in context.index.qualified_names(node)
         ):
@@ -38,7 +38,7 @@ def eager_function(context: Context, attention_class: str) -> str | None:
 def code_style(context: Context) -> CodeStyle:
     """How the kept source writes optional annotations and `torch.nn` (inserted code follows it)."""
     optional = nn_alias = False
-    for node in walk(context.index.module):
+    for node in context.index.nodes:
         if isinstance(node, cst.Name):
             names = context.index.qualified_names(node)
             optional = optional or "typing.Optional" in names

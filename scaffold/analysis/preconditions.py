@@ -41,7 +41,7 @@ from ..rules.base_model_forward import (
     spread_without_dict,
 )
 from ..rules.fused_gate_up import gate_up_calls
-from ..rules.kv_cache import strip_cache
+from ..rules.kv_cache import CACHE_PARAMETERS, strip_cache
 from ..rules.neuron_flash_attention import attention_call, mask_argument, mask_block, table_dispatch
 from ..rules.parallel_linears import LINEAR
 from ..rules.prune_closure import GENERATION_METHODS
@@ -108,7 +108,7 @@ def _merged(refusals: list[Refusal]) -> list[Refusal]:
 
 
 def _relative_imports(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
-    for node in walk(context.index.module):
+    for node in context.index.nodes:
         if isinstance(node, cst.ImportFrom) and node.relative:
             name = "." * len(node.relative) + (code(node.module) if node.module is not None else "")
             try:
@@ -127,7 +127,10 @@ def _relative_imports(context: Context, blueprint: Blueprint) -> Iterator[Refusa
 
 
 def _cache_uses(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
+    mentioning = _mentioning(context.index.module, set(CACHE_PARAMETERS))
     for subject, function in _functions(context.index.module):
+        if function not in mentioning:
+            continue  # the rule leaves a function that names no cache alone
         _, dangling = strip_cache(function, blueprint.mask_builders)
         if dangling:
             yield _refusal(
@@ -137,6 +140,30 @@ def _cache_uses(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
                 subject,
                 "NXS002",
             )
+
+
+def _mentioning(module: cst.Module, names: set[str]) -> set[cst.FunctionDef]:
+    """The functions (at any depth) in which one of `names` appears, in one pass over the module."""
+
+    class _Mentions(cst.CSTVisitor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[cst.FunctionDef] = []
+            self.found: set[cst.FunctionDef] = set()
+
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+            self.stack.append(node)
+
+        def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
+            self.stack.pop()
+
+        def visit_Name(self, node: cst.Name) -> None:
+            if node.value in names:
+                self.found.update(self.stack)
+
+    visitor = _Mentions()
+    module.visit(visitor)
+    return visitor.found
 
 
 def _functions(module: cst.Module) -> Iterator[tuple[str, cst.FunctionDef]]:
@@ -200,12 +227,8 @@ def _layers_built_here(context: Context, blueprint: Blueprint) -> Iterator[Refus
             continue
         owner = member.owner.class_name
         rule = PARALLEL_RULES.get(roles.get((owner, member.attribute), Role.UNRESOLVED))
-        init = find_method(context.classes[owner].facts.node, "__init__")
-        if (
-            rule is not None
-            and init is not None
-            and context.index.enclosing_function(member.assign.statement) is not init
-        ):
+        own_init = find_method(context.classes[owner].facts.node, "__init__") is not None
+        if rule is not None and own_init and member.assign.defined_in != owner:
             yield _refusal(
                 INHERITED_DEFINITION,
                 f"{owner}.{member.attribute} is built in the __init__ of a base class of {owner}",
@@ -234,12 +257,7 @@ def _norms(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
         elif convertible:
             facts = context.classes[norm.owner].facts
             assign = facts.last_assign(norm.attribute)
-            init = find_method(facts.node, "__init__")
-            if (
-                assign is None
-                or init is None
-                or context.index.enclosing_function(assign.statement) is not init
-            ):
+            if assign is None or assign.defined_in != norm.owner:
                 yield _refusal(
                     INHERITED_DEFINITION,
                     f"{norm.owner}.{norm.attribute} is built in the __init__ of a base class of {norm.owner}",
@@ -253,17 +271,9 @@ def _norms(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
 
 
 def _norm_class(context: Context, name: str, parameters: list[str]) -> Iterator[Refusal]:
-    """A norm class creates its parameters in its own `__init__`, each a statement of an indented block
-    (the rule marks each one on the line after it)."""
+    """A norm class creates its parameters in its own `__init__` (the rule marks them there)."""
     facts = context.classes[name].facts
-    init = find_method(facts.node, "__init__")
-    created = [assign for assign in facts.assigns if assign.attribute in parameters]
-    index = context.index
-    if init is None or not any(
-        index.enclosing_function(assign.statement) is init
-        and isinstance(index.parent(assign.statement), cst.IndentedBlock)
-        for assign in created
-    ):
+    if not any(assign.attribute in parameters and assign.defined_in == name for assign in facts.assigns):
         yield _refusal(
             INHERITED_DEFINITION,
             f"norm class {name} does not create {', '.join(parameters)} in its own __init__",
@@ -575,15 +585,9 @@ def _linears(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
 def _other_values(context: Context, owner: str, attribute: str) -> list[str]:
     """What the owner's own `__init__` assigns to `self.<attribute>` besides its linear (the rule converts
     every assignment of a linear's attribute)."""
-    facts = context.classes[owner].facts
-    init = find_method(facts.node, "__init__")
     found = []
-    for assign in facts.assigns:
-        if (
-            assign.attribute != attribute
-            or init is None
-            or context.index.enclosing_function(assign.statement) is not init
-        ):
+    for assign in context.classes[owner].facts.assigns:
+        if assign.attribute != attribute or assign.defined_in != owner:
             continue
         construct = classify(assign.value, context.index, context.mapping)
         if construct.kind is not ChildKind.LAYER or construct.qualified != LINEAR:
