@@ -1,24 +1,25 @@
-"""Time `scaffold new-model` for the target models, in-process and as a fresh subprocess.
+"""Time `scaffold new-model` for the target models as a user runs it: a fresh `python -m scaffold` process.
 
     python benchmarks/scaffold_new_model.py [--models llama mistral ...] [--repeat N] [--stages]
 
-- in-process: one interpreter that has imported transformers and torch (as tests do), in the order
-  given (the first model also pays for importing the scaffolder); the transformers facts are read live;
-- subprocess, cold: `python -m scaffold new-model` with an empty facts cache (`$NXD_SCAFFOLD_CACHE`
-  pointed at a fresh folder), so it reads the facts in a subprocess that imports transformers' config
-  modules (not torch): what the first run after installing or upgrading transformers costs;
-- subprocess, warm: the same command again with that cache filled: what a user waits for afterwards.
+- cold: with an empty facts cache (`$NXD_SCAFFOLD_CACHE` pointed at a fresh folder), so the run reads the
+  transformers facts in a subprocess that imports transformers' config modules (not torch): what the first
+  run after installing or upgrading transformers costs;
+- warm: the same command again with that cache filled: what a user waits for afterwards.
 
-Each figure is the best of `--repeat` runs. Output goes to a temporary folder (`--out ... --force`). The
-exit status is 1 when a warm subprocess or in-process figure reaches the target (cold ones are reported,
-not judged: they are paid once per transformers installation).
+Each figure is the best of `--repeat` runs, as wall-clock seconds and as the CPU seconds the command used
+(user + system, children included): on a shared machine the wall clock also measures the other jobs,
+the CPU time does not. The exit status is 1 when a cold or warm wall-clock figure exceeds the target.
+Output goes to a temporary folder (`--out ... --force`). `--stages` also prints the CPU seconds of each
+stage of one in-process generation (analysis, each rule, formatting).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,47 +28,35 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("llama", "mistral", "qwen2", "qwen3", "granite")
-TARGET_SECONDS = 2.0
+TARGET_SECONDS = 5.0
 
 
-def _in_process(model_type: str, out: Path) -> float:
-    from rich.console import Console
-
-    from scaffold.cli import main
-
-    start = time.perf_counter()
-    status = main(
-        ["new-model", model_type, "--out", str(out), "--force"], console=Console(file=io.StringIO())
-    )
-    elapsed = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"scaffold new-model {model_type} failed with status {status}")
-    return elapsed
-
-
-def _subprocess(model_type: str, out: Path, cache: Path) -> float:
+def _run(model_type: str, out: Path, cache: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `python -m scaffold new-model` process."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "NXD_SCAFFOLD_CACHE": str(cache),
     }
     command = [sys.executable, "-m", "scaffold", "new-model", model_type, "--out", str(out), "--force"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 def _stages(model_type: str) -> dict[str, float]:
     """CPU seconds of each stage of one generation, rules one by one (in-process, after warm-up)."""
     from scaffold.analysis import analyze
     from scaffold.analysis.parsing import parse_module
-    from scaffold.emit import EmittedModel, Request, format_python, header
-    from scaffold.package import render_package
-    from scaffold.rules import RULES, RuleOptions
-    from scaffold.rules.base import make_context
+    from scaffold.emit import Request, format_python, header
+    from scaffold.pipeline import apply_rules
+    from scaffold.rules import RULES
     from scaffold.source import locate
 
     clock = time.process_time
@@ -81,15 +70,16 @@ def _stages(model_type: str) -> dict[str, float]:
     module = parse_module(source.read_text(), source.display_path)
     for rule in RULES:
         start = clock()
-        module = rule(make_context(blueprint, RuleOptions())).transform_module(module)
+        module = apply_rules(blueprint, module, rules=[rule])
         times[rule.CODE] = clock() - start
     start = clock()
-    text = format_python(header(Request(model_type), source, blueprint) + module.code)
+    format_python(header(Request(model_type), source, blueprint) + module.code)
     times["ruff"] = clock() - start
-    start = clock()
-    render_package(EmittedModel(Request(model_type), source, blueprint, text))
-    times["package"] = clock() - start
     return times
+
+
+def _best(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return min(wall for wall, _ in runs), min(cpu for _, cpu in runs)
 
 
 def main() -> int:
@@ -108,32 +98,24 @@ def main() -> int:
         out = Path(folder) / "out"
         for model_type in args.models:
             cache = Path(folder) / f"cache-{model_type}"
-            cold = min(_subprocess(model_type, out, _emptied(cache)) for _ in range(args.repeat))
-            warm = min(_subprocess(model_type, out, cache) for _ in range(args.repeat))
-            rows.append((model_type, cold, warm))
-        import transformers.modeling_utils  # noqa: F401  (in-process callers have transformers and torch loaded)
-
-        rows = [(*row, min(_in_process(row[0], out) for _ in range(args.repeat))) for row in rows]
+            cold_runs = []
+            for _ in range(args.repeat):
+                shutil.rmtree(cache, ignore_errors=True)  # an empty facts cache
+                cold_runs.append(_run(model_type, out, cache))
+            warm_runs = [_run(model_type, out, cache) for _ in range(args.repeat)]
+            rows.append((model_type, _best(cold_runs), _best(warm_runs)))
     print(
-        f"{'model':10} {'subprocess cold (s)':>20} {'subprocess warm (s)':>20} {'in-process (s)':>15}"
-        f"  target < {TARGET_SECONDS:.0f} s (warm, in-process)"
+        f"{'model':10} {'cold wall (s)':>14} {'cold CPU (s)':>13} {'warm wall (s)':>14} {'warm CPU (s)':>13}"
+        f"  target <= {TARGET_SECONDS:.0f} s wall, cold and warm"
     )
     over = []
-    for model_type, cold, warm, inside in rows:
-        verdict = "ok" if max(warm, inside) < TARGET_SECONDS else "over"
+    for model_type, (cold, cold_cpu), (warm, warm_cpu) in rows:
+        verdict = "ok" if max(cold, warm) <= TARGET_SECONDS else "over"
         if verdict == "over":
             over.append(model_type)
-        print(f"{model_type:10} {cold:20.2f} {warm:20.2f} {inside:15.2f}  {verdict}")
+        print(f"{model_type:10} {cold:14.2f} {cold_cpu:13.2f} {warm:14.2f} {warm_cpu:13.2f}  {verdict}")
     print(f"(cpus: {os.cpu_count()}, load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     return 1 if over else 0
-
-
-def _emptied(cache: Path) -> Path:
-    """`cache`, emptied for a cold run (the warm runs reuse it afterwards)."""
-    import shutil
-
-    shutil.rmtree(cache, ignore_errors=True)
-    return cache
 
 
 if __name__ == "__main__":

@@ -170,6 +170,7 @@ class ClassPlan:
     children: tuple[tuple[str, str], ...]  # (attribute, class or layer constructor) in __init__ order
     paths: tuple[str, ...]  # module paths where instances live ("" for the root)
     location: Location
+    config_parameter: str | None = None  # the `__init__` parameter holding the model config, if any
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ class AttentionGeometry:
     q_norm: str | None
     k_norm: str | None
     core_call: Location  # the call that computes softmax(q k^T) v
+    eager_function: str | None = None  # the module-level eager attention function the forward defaults to
 
 
 @dataclass(frozen=True)
@@ -265,12 +267,26 @@ class Features:
 
 
 @dataclass(frozen=True)
+class CodeStyle:
+    """How the source file writes what inserted code also writes, so the output does not mix styles."""
+
+    optional: bool = False  # annotations use `Optional[X]` rather than `X | None`
+    nn_alias: bool = True  # `torch.nn` is bound as `nn` (`from torch import nn`)
+
+
+@dataclass(frozen=True)
 class Refusal:
-    """Something the rules cannot convert safely; `code` is stable (see `scaffold.refusal_codes`)."""
+    """Something the rules cannot convert safely; `code` is stable (see `scaffold.refusal_codes`).
+
+    `subject` names the class or function that holds the construct and `rules` the rules that cannot
+    convert it: with `--allow-unsupported` those rules leave the subject as written, with a marker.
+    """
 
     code: str
     message: str
     location: Location
+    subject: str | None = None
+    rules: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.location}: {self.code} {self.message}"
@@ -298,6 +314,9 @@ class Blueprint:
     features: Features
     config_fields: tuple[ConfigField, ...]
     refusals: tuple[Refusal, ...]
+    source_package: str = ""  # the dotted package the source's relative imports resolve against
+    mask_builders: tuple[str, ...] = ()  # names the file binds to transformers' mask builders
+    style: CodeStyle = CodeStyle()
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

@@ -1,30 +1,36 @@
-"""Source text + Blueprint -> the rewritten module, rule by rule.
+"""Source module + Blueprint -> the rewritten module, rule by rule, as one chain of libcst codemods.
 
 Refusals stop the conversion before any rule runs (unless `allow_unsupported`, where the rules write
-`TODO(<code>)` markers). Rules run in `RULES` order; disabled ones are skipped. The result is the libcst
-module, not yet formatted (see `scaffold.emit`).
+`TODO(<code>)` markers). `RulePipeline` is a `libcst.codemod.MagicArgsCodemodCommand`: it runs the enabled
+rules in `RULES` order, each built from the context's scratch (`blueprint`, `options`). The result is the
+libcst module, not yet formatted (see `scaffold.emit`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 
 import libcst as cst
+from libcst.codemod import Codemod, CodemodContext, MagicArgsCodemodCommand
 
 from .blueprint import Blueprint
 from .errors import ScaffoldError
-from .rules import RULES, Rule, RuleOptions, rule_by_key
-from .rules.base import make_context
+from .rules import RULES, Rule, RuleOptions, check_disabled, rule_by_key
+from .rules.base import DEFER_IMPORTS
 
 
 def resolve_disabled(keys: Iterable[str]) -> frozenset[str]:
-    """Rule codes for `--disable` values given as codes or names (ScaffoldError for unknown ones)."""
+    """Rule codes for `--disable` values given as codes or names.
+
+    ScaffoldError for unknown ones, and for a rule that an enabled rule builds on.
+    """
     codes = set()
     for key in keys:
         try:
             codes.add(rule_by_key(key).CODE)
         except KeyError as error:
             raise ScaffoldError(str(error.args[0]), hint="see `scaffold rules` for the list") from None
+    check_disabled(codes)
     return frozenset(codes)
 
 
@@ -34,8 +40,25 @@ def check_refusals(blueprint: Blueprint, options: RuleOptions) -> None:
         lines = "\n".join(f"  {refusal}" for refusal in blueprint.refusals)
         raise ScaffoldError(
             f"{blueprint.model_type}: {len(blueprint.refusals)} construct(s) cannot be converted safely:\n{lines}",
-            hint="pass --allow-unsupported to write TODO(<code>) markers there instead, and finish by hand",
+            hint="pass --allow-unsupported to write TODO(<code>) markers there instead, and finish by hand; "
+            "`scaffold rules <code>` says what each code means and what to do about it",
         )
+
+
+class RulePipeline(MagicArgsCodemodCommand):
+    """The rules as one codemod: each runs on the previous one's output, with the same context; the
+    imports they schedule are added and removed once, after the last one (`CodemodCommand` does that
+    for any command that leaves them in its context)."""
+
+    DESCRIPTION = "rewrite a transformers modeling file into an optimum-neuron training model"
+
+    def __init__(self, context: CodemodContext, rules: Iterable[type[Rule]], **scratch: object) -> None:
+        super().__init__(context, **scratch)
+        self.context.scratch[DEFER_IMPORTS] = True
+        self.rules = tuple(rules)
+
+    def get_transforms(self) -> Generator[type[Codemod], None, None]:
+        yield from self.rules
 
 
 def apply_rules(
@@ -47,12 +70,10 @@ def apply_rules(
     rules: Iterable[type[Rule]] | None = None,
 ) -> cst.Module:
     """Run the rules (default: all of `RULES`) over `module` in order, skipping disabled codes."""
-    options = options or RuleOptions()
-    for rule in RULES if rules is None else rules:
-        if rule.CODE in disabled:
-            continue
-        module = rule(make_context(blueprint, options)).transform_module(module)
-    return module
+    chosen = [rule for rule in (RULES if rules is None else rules) if rule.CODE not in disabled]
+    context = CodemodContext(filename=blueprint.source_file)
+    pipeline = RulePipeline(context, chosen, blueprint=blueprint, options=options or RuleOptions())
+    return pipeline.transform_module(module)
 
 
 def rules_until(code: str) -> tuple[tuple[type[Rule], ...], type[Rule]]:

@@ -1,8 +1,9 @@
 """Stable codes for constructs the scaffolder refuses to convert.
 
-A code never changes meaning once released; `--allow-unsupported` (a later stage) writes `TODO(<code>)`
-at the location instead of refusing. Each entry says what was found and why a plain tensor-parallel
-rewrite would be wrong.
+A code never changes meaning once released. Every refusal is decided in analysis, before any rule runs;
+`--allow-unsupported` writes `TODO(<code>)` at the location instead of refusing. Each entry says what
+was found, why a plain tensor-parallel rewrite would be wrong, and what a contributor can do about it
+(`scaffold rules <code>` prints it; docs/codes.md lists them all).
 """
 
 from __future__ import annotations
@@ -12,90 +13,212 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RefusalCode:
-    """One refusal class: its code, short name and the reason it cannot be converted."""
+    """One refusal class: its code, short name, why it cannot be converted and what to do about it."""
 
     code: str
     name: str
     why: str
+    remedy: str
 
 
 MOE = RefusalCode(
     "R001",
     "mixture-of-experts",
     "expert lists and top-k routing need expert parallelism, which the generated models do not implement",
+    "write the block with NxD's MoE (RouterTopK + ExpertMLPs) by hand from the TODO marker, or wait for the "
+    "MoE rule",
 )
 CONV1D_TRANSPOSED = RefusalCode(
     "R002",
     "conv1d-weights",
     "transformers' Conv1D stores linear weights transposed; the parallel layers and specs assume nn.Linear",
+    "convert the Conv1D layers to nn.Linear (transposing their weights in a weight spec) in a copy of the "
+    "modeling file and pass it with --source",
 )
 INTERLEAVED_QKV = RefusalCode(
     "R003",
     "interleaved-fused-qkv",
     "a fused projection whose output interleaves q, k and v per head cannot be column-split contiguously",
+    "split the fused projection into separate q, k and v linears in a copy of the modeling file (--source), "
+    "with a weight spec that de-interleaves the checkpoint",
 )
 FULL_WIDTH_NORM = RefusalCode(
     "R004",
     "full-width-norm",
     "a norm over the full width of a column-parallel output reduces across ranks (needs a distributed norm)",
+    "implement the norm with an all-reduce of its statistics over the TP group by hand",
 )
 NON_SOFTMAX_MIXER = RefusalCode(
     "R005",
     "non-softmax-mixer",
     "convolution, state-space or recurrent token mixers have no tensor-parallel rule",
+    "such models are out of scope for the scaffolder; write the training model by hand",
 )
 CROSS_ATTENTION = RefusalCode(
     "R006",
     "cross-attention",
     "keys and values computed from another input than the queries (encoder states) are out of scope",
+    "encoder-decoder and cross-attention models are out of scope; write the training model by hand",
 )
 FUSED_PROJECTION = RefusalCode(
     "R007",
     "fused-projection",
     "a projection split contiguously in the source (q|k|v or gate|up) needs a per-part split of its weight",
+    "split the projection into one linear per part in a copy of the modeling file (--source), or add the "
+    "matching FusedLinearsSpec by hand",
 )
 UNKNOWN_ROLE = RefusalCode(
     "R008",
     "unknown-role",
     "neither the config's tp plan nor the dataflow says whether this layer is column or row parallel",
+    "add the layer to the config class's `base_model_tp_plan` (colwise or rowwise) in a patched "
+    "transformers, or decide its role by hand at the TODO marker",
 )
 ROLE_CONFLICT = RefusalCode(
     "R009",
     "role-conflict",
     "the config's tp plan and the dataflow in the source give this layer different roles",
+    "check which is right: fix the tp plan entry, or the source's dataflow if it hides the role",
 )
 CHAINED_PROJECTION = RefusalCode(
     "R010",
     "chained-projection",
     "a linear that consumes one projection and feeds another (low-rank / latent attention) fits no role",
+    "keep the low-rank layers replicated or shard them by hand; latent attention needs its own rule",
 )
 UNMAPPED_PARAMETER = RefusalCode(
     "R011",
     "unmapped-parameter",
     "a bare nn.Parameter outside a norm has no sharding rule",
+    "decide whether the parameter is replicated (and sums its gradient over TP) or sharded, by hand",
 )
 UNKNOWN_LAYER = RefusalCode(
     "R012",
     "unknown-layer",
     "a torch.nn layer with parameters that the analysis does not know",
+    "replace the layer by a known one in a copy of the modeling file (--source), or shard it by hand",
 )
 LAYER_STACK = RefusalCode(
     "R013",
     "layer-stack",
     "the decoder-layer list mixes classes or builds them indirectly, so no single layer class can be planned",
+    "build the layers as `nn.ModuleList([LayerClass(config, i) for i in range(n)])` in a copy of the "
+    "modeling file (--source)",
 )
-
 UNRECOGNISED_ATTENTION = RefusalCode(
     "R014",
     "unrecognised-attention",
     "projections are split into heads but no attention over separate q, k and v projections was found",
+    "rewrite the attention as q/k/v projections feeding one attention call (as transformers' Llama does) in "
+    "a copy of the modeling file (--source)",
 )
-
 HEAD_SHARDED_NORM = RefusalCode(
     "R015",
     "per-head-norm-weights",
     "a norm applied per head whose weight is not one head_dim vector (e.g. one row per head) must be "
     "sharded by head",
+    "shard the norm's weight by head with a custom weight spec, by hand",
+)
+RELATIVE_IMPORT = RefusalCode(
+    "R016",
+    "relative-import-outside-package",
+    "a relative import climbs above the package the modeling file belongs to, so it has no absolute form",
+    "make the import absolute in a copy of the modeling file (--source)",
+)
+INHERITED_DEFINITION = RefusalCode(
+    "R017",
+    "inherited-definition",
+    "the rules rewrite a class's own __init__ and forward, but this class inherits the one they must change "
+    "(or builds the layer in its base class)",
+    "define the method in the class itself (copy it from the base) in a copy of the modeling file "
+    "(--source), or convert the class by hand",
+)
+NO_CONFIG_PARAMETER = RefusalCode(
+    "R018",
+    "no-config-parameter",
+    "the constructor builds parallel layers or sequence-parallel norms but takes no config parameter to "
+    "read their sizes, dtype and init range from",
+    "pass the model config to the constructor (as `config`, or a parameter annotated with the config "
+    "class) in a copy of the modeling file (--source)",
+)
+CACHE_USE = RefusalCode(
+    "R019",
+    "cache-use",
+    "the function still reads the KV cache after the cache plumbing is removed: a use of the cache the "
+    "rule does not understand",
+    "remove the cache use by hand (training runs without a cache), or simplify it in a copy of the "
+    "modeling file (--source)",
+)
+NORM_WITHOUT_SP = RefusalCode(
+    "R020",
+    "norm-without-sp-form",
+    "a torch norm over the hidden stream has no sequence-parallel counterpart in NxD (only LayerNorm has)",
+    "use a local norm class (its weight gets the sequence-parallel flag) or NxD's LayerNorm, in a copy of "
+    "the modeling file (--source)",
+)
+MASK_BUILDERS = RefusalCode(
+    "R021",
+    "mask-builders",
+    "the base model builds its attention masks in a way the host's create_causal_mask cannot replace",
+    "build the masks with create_causal_mask / create_sliding_window_causal_mask, their arguments passed "
+    "directly or from a dict literal, or write the host mask call by hand",
+)
+LAYER_LOOP = RefusalCode(
+    "R022",
+    "layer-loop",
+    "the base model's forward does not call its decoder layers in a loop over the layer list, so gradient "
+    "checkpointing cannot wrap the calls",
+    "loop `for layer in self.layers: hidden_states = layer(hidden_states, ...)` in a copy of the modeling "
+    "file (--source), or add checkpoint_with_kwargs by hand",
+)
+LM_HEAD_FORWARD = RefusalCode(
+    "R023",
+    "lm-head-forward",
+    "the causal LM does not compute its logits and loss as transformers' standard head does (one lm_head, "
+    "its output assigned to a name, the loss from self.loss_function)",
+    "compute `logits = self.lm_head(hidden_states)` and `loss = self.loss_function(...)` in a copy of the "
+    "modeling file (--source), or write the vocab-parallel head and loss by hand",
+)
+UNFUSABLE_GATE_UP = RefusalCode(
+    "R024",
+    "unfusable-gate-up",
+    "the gate and up projections differ in input or bias, are built conditionally, or are not called once "
+    "each on the same input, so they cannot share one fused layer",
+    "build and call them as plain `self.gate_proj = nn.Linear(...)` / `self.gate_proj(x)` in a copy of the "
+    "modeling file (--source), or fuse them by hand",
+)
+QKV_PROJECTIONS = RefusalCode(
+    "R025",
+    "qkv-projections",
+    "the q, k and v projections differ in input or bias, are built conditionally, are not called once each "
+    "on the forward's input, or the output projection is not called once: NxD's fused and GQA layers "
+    "cannot replace them",
+    "build and call them as transformers' Llama attention does in a copy of the modeling file (--source), "
+    "or convert the attention by hand",
+)
+ATTENTION_INPUT_SHAPE = RefusalCode(
+    "R026",
+    "attention-input-shape",
+    "the attention forward reads its input's shape other than as `x.shape[:-1]`, which under sequence "
+    "parallelism is the sequence-first shard",
+    "read the leading shape as `input_shape = hidden_states.shape[:-1]` in a copy of the modeling file "
+    "(--source), or make the marked line batch-first over the full sequence by hand",
+)
+ATTENTION_DISPATCH = RefusalCode(
+    "R027",
+    "attention-dispatch",
+    "the attention does not pick its kernel from transformers' ALL_ATTENTION_FUNCTIONS with an eager "
+    "function that adds its mask as `scores = scores + mask`, so the Neuron flash path cannot be added",
+    "write the eager/flash switch by hand (nki_flash_attn_func when config._attn_implementation == "
+    '"flash_attention_2") and a causal mask for calls without one',
+)
+LINEAR_LAYOUT = RefusalCode(
+    "R028",
+    "linear-layout",
+    "one attribute of a class gets different roles at different module paths, or an nn.Linear's sizes "
+    "cannot be read from its arguments",
+    "give the instances their own attributes, or pass in_features and out_features to nn.Linear, in a copy "
+    "of the modeling file (--source)",
 )
 
 ALL_CODES: tuple[RefusalCode, ...] = (
@@ -114,4 +237,25 @@ ALL_CODES: tuple[RefusalCode, ...] = (
     LAYER_STACK,
     UNRECOGNISED_ATTENTION,
     HEAD_SHARDED_NORM,
+    RELATIVE_IMPORT,
+    INHERITED_DEFINITION,
+    NO_CONFIG_PARAMETER,
+    CACHE_USE,
+    NORM_WITHOUT_SP,
+    MASK_BUILDERS,
+    LAYER_LOOP,
+    LM_HEAD_FORWARD,
+    UNFUSABLE_GATE_UP,
+    QKV_PROJECTIONS,
+    ATTENTION_INPUT_SHAPE,
+    ATTENTION_DISPATCH,
+    LINEAR_LAYOUT,
 )
+
+
+def refusal_code(code: str) -> RefusalCode:
+    """The refusal code `code` (KeyError when there is none)."""
+    for entry in ALL_CODES:
+        if entry.code == code:
+            return entry
+    raise KeyError(code)

@@ -6,10 +6,15 @@ defaults; the same input always gives the same Blueprint.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..blueprint import Blueprint, ClassPlan
-from ..source import ModelSource
+from ..source import ModelSource, locate
+from .classes import config_parameter
 from .context import Context, gather
 from .features import config_fields, features
+from .plumbing import code_style, eager_function, mask_builders
+from .preconditions import preconditions
 from .refusals import detect
 from .sites import attention_geometries, backbone, layer_sites, mlp_blocks, norm_sites, parameter_sites
 
@@ -19,12 +24,13 @@ def analyze(source: ModelSource) -> Blueprint:
     context = gather(source)
     sites, role_refusals = layer_sites(context)
     norms = norm_sites(context)
-    geometries = attention_geometries(context, norms)
+    geometries = [
+        dataclasses.replace(geometry, eager_function=eager_function(context, geometry.owner))
+        for geometry in attention_geometries(context, norms)
+    ]
     mlps = mlp_blocks(context)
     skeleton = backbone(context, sites, norms)
-    refusals = role_refusals + detect(context, sites, norms, geometries)
-    refusals.sort(key=lambda refusal: (refusal.location.line, refusal.code, refusal.message))
-    return Blueprint(
+    blueprint = Blueprint(
         model_type=source.model_type,
         transformers_version=source.transformers_version,
         source_file=source.display_path,
@@ -42,8 +48,26 @@ def analyze(source: ModelSource) -> Blueprint:
         mlps=tuple(mlps),
         features=features(context, sites, norms, geometries, mlps, skeleton),
         config_fields=tuple(config_fields(context)),
-        refusals=tuple(refusals),
+        refusals=(),
+        source_package=source.package,
+        mask_builders=mask_builders(context),
+        style=code_style(context),
     )
+    refusals = [
+        # one line each: messages quote source, and they end up in comments (`TODO(<code>)` markers)
+        dataclasses.replace(refusal, message=" ".join(refusal.message.split()))
+        for refusal in role_refusals
+        + detect(context, sites, norms, geometries)
+        + preconditions(context, blueprint)
+    ]
+    refusals.sort(key=lambda refusal: (refusal.location.line, refusal.code, refusal.message))
+    return dataclasses.replace(blueprint, refusals=tuple(refusals))
+
+
+def analyze_model_type(model_type: str) -> Blueprint:
+    """The Blueprint of the installed transformers' `model_type` (reads the facts cache, not torch):
+    `scaffold list` and `scaffold inspect` read its `refusals`."""
+    return analyze(locate(model_type))
 
 
 def _class_plans(context: Context) -> list[ClassPlan]:
@@ -64,9 +88,10 @@ def _class_plans(context: Context) -> list[ClassPlan]:
                 children=children,
                 paths=tuple(context.tree.paths_of(name)),
                 location=context.index.location(analysis.facts.node),
+                config_parameter=config_parameter(analysis.facts, context.source.config.class_name),
             )
         )
     return plans
 
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "analyze_model_type"]

@@ -9,12 +9,14 @@ sits under an `if`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import libcst as cst
 
 from ..errors import ScaffoldError
+from ..syntax import code, names_in, self_attribute, walk
 from .parsing import SourceIndex
 
 
@@ -71,34 +73,19 @@ def map_module(module: cst.Module) -> ModuleMap:
 def _define(mapping: ModuleMap, name: str, node: cst.CSTNode) -> None:
     if name not in mapping.references:
         mapping.order.append(name)
-    mapping.references[name] = {found.value for found in _names_in(node)} - {name}
-
-
-def _names_in(node: cst.CSTNode) -> Iterator[cst.Name]:
-    """Every Name node under `node`, except attribute names (`x.attr`) and keyword-argument names."""
-    stack: list[cst.CSTNode] = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, cst.Name):
-            yield current
-            continue
-        if isinstance(current, cst.Attribute):
-            stack.append(current.value)
-            continue
-        if isinstance(current, cst.Arg):
-            stack.append(current.value)
-            continue
-        stack.extend(current.children)
+    mapping.references[name] = names_in(node) - {name}
 
 
 @dataclass(frozen=True)
 class SelfAssign:
-    """`self.<attribute> = <value>` in `__init__`."""
+    """`self.<attribute> = <value>` in `__init__`; `defined_in` is the class whose own `__init__` holds the
+    statement (a local base class's, for an inherited one)."""
 
     attribute: str
     value: cst.BaseExpression
     conditional: bool
     statement: cst.CSTNode
+    defined_in: str = ""
 
 
 @dataclass
@@ -163,7 +150,9 @@ def collect_classes(mapping: ModuleMap, index: SourceIndex) -> dict[str, ClassFa
             params = _parameters(init)
             if not _calls_super_init(init):
                 assigns, init_locals, buffers = [], {}, []
-            _flatten_init(init.body, False, assigns, init_locals, buffers)
+            own: list[SelfAssign] = []
+            _flatten_init(init.body, False, own, init_locals, buffers)
+            assigns = [*assigns, *(dataclasses.replace(assign, defined_in=name) for assign in own)]
         facts[name] = ClassFacts(
             name=name,
             node=node,
@@ -281,22 +270,25 @@ def _record_small(
     if value is None:
         return
     for target in targets:
-        if is_self_attribute(target):
-            assert isinstance(target, cst.Attribute)
-            assigns.append(SelfAssign(target.attr.value, value, conditional, statement))
+        attribute = self_attribute(target)
+        if attribute is not None:
+            assigns.append(SelfAssign(attribute, value, conditional, statement))
         elif isinstance(target, cst.Name):
             init_locals[target.value] = value
 
 
-def is_self_attribute(node: cst.CSTNode) -> bool:
-    """`self.<name>`."""
-    return isinstance(node, cst.Attribute) and isinstance(node.value, cst.Name) and node.value.value == "self"
-
-
-def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    """Every node under `node` (itself included), in source order, parents before children."""
-    stack: list[cst.CSTNode] = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(reversed(current.children))
+def config_parameter(facts: ClassFacts, config_class: str) -> str | None:
+    """The `__init__` parameter that holds the model config: `config`, else the one annotated with the
+    config class (or any `...Config`); None when the class takes none (or has no `__init__`)."""
+    if facts.init is None:
+        return None
+    params = [*facts.init.params.posonly_params, *facts.init.params.params, *facts.init.params.kwonly_params]
+    if any(param.name.value == "config" for param in params):
+        return "config"
+    for param in params:
+        annotation = code(param.annotation.annotation) if param.annotation is not None else ""
+        if annotation.rsplit(".", 1)[-1] in (config_class, "PretrainedConfig") or annotation.endswith(
+            "Config"
+        ):
+            return param.name.value
+    return None

@@ -16,8 +16,9 @@ from ..blueprint import ClassKind, LayerKind
 from ..errors import ScaffoldError
 from ..facts import ConfigFacts, DefaultConfig
 from ..source import ModelSource
+from ..syntax import walk
 from .attention import AttentionFacts, find_attention
-from .classes import ClassFacts, ModuleMap, collect_classes, map_module, walk
+from .classes import ClassFacts, ModuleMap, collect_classes, map_module
 from .constructors import ChildKind, Construct, torch_base
 from .dataflow import Flow, trace
 from .expressions import Scope

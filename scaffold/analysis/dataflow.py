@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from .classes import is_self_attribute
+from ..syntax import self_attribute
 from .constructors import ACTIVATION_FUNCTIONS, ACTIVATION_TABLES, ChildKind, Construct
 from .expressions import Scope, resolved_text, substitute
 from .parsing import SourceIndex
@@ -321,7 +321,7 @@ class _Tracer:
         node = value
         while isinstance(node, cst.Subscript):
             node = node.value
-        if node is not None and is_self_attribute(node):
+        if node is not None and self_attribute(node) is not None:
             assert isinstance(node, cst.Attribute)
             construct = self.constructs.get(node.attr.value)
             if construct is not None and construct.kind is ChildKind.LIST:
@@ -333,7 +333,7 @@ class _Tracer:
         if isinstance(node, cst.Name):
             return self.env.get(node.value, _NONE)
         if isinstance(node, cst.Attribute):
-            if is_self_attribute(node) or node.attr.value in _METADATA_ATTRIBUTES:
+            if self_attribute(node) is not None or node.attr.value in _METADATA_ATTRIBUTES:
                 return _NONE
             return self.value(node.value)
         if isinstance(node, cst.Call):
@@ -383,7 +383,7 @@ class _Tracer:
         for prov in positional:
             every = every | prov
         func = node.func
-        if is_self_attribute(func):
+        if self_attribute(func) is not None:
             assert isinstance(func, cst.Attribute)
             return self.child_call(func.attr.value, every, node)
         handle = self.handle_of(func) if isinstance(func, cst.Subscript) else None
@@ -469,7 +469,7 @@ def _is_enumerate(node: cst.BaseExpression) -> bool:
 
 def _is_helper_call(value: cst.BaseExpression | None) -> bool:
     """`self.<method>(...)`: a call of the class's own helper (children are classified separately)."""
-    return isinstance(value, cst.Call) and is_self_attribute(value.func)
+    return isinstance(value, cst.Call) and self_attribute(value.func) is not None
 
 
 def _merge(first: dict[str, Prov], second: dict[str, Prov]) -> dict[str, Prov]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from ..blueprint import SAFE_BUILTINS, Expr
-from .classes import is_self_attribute, walk
+from ..syntax import self_attribute, walk
 from .parsing import SourceIndex
 
 _MAX_DEPTH = 24
@@ -116,7 +116,7 @@ class _Substituter(cst.CSTTransformer):
 
     def visit_Attribute(self, node: cst.Attribute) -> bool:
         self.skip.add(id(node.attr))
-        return not is_self_attribute(node)
+        return self_attribute(node) is None
 
     def visit_Arg(self, node: cst.Arg) -> bool:
         if node.keyword is not None:
@@ -124,7 +124,7 @@ class _Substituter(cst.CSTTransformer):
         return True
 
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
-        if is_self_attribute(original) and original.attr.value in self.scope.self_attrs:
+        if self_attribute(original) is not None and original.attr.value in self.scope.self_attrs:
             value, scope = self.scope.self_attrs[original.attr.value]
             return _parenthesize(substitute(value, scope, self.depth + 1))
         return updated

@@ -23,7 +23,6 @@ from ..blueprint import (
     NormSite,
     Scale,
 )
-from .classes import walk
 from .constructors import ChildKind
 from .context import Context, decoder_layer_class
 from .dataflow import ScaleStep, sources
@@ -172,7 +171,7 @@ def _tied_weights_keys(context: Context) -> tuple[str, ...]:
 def config_fields(context: Context) -> list[ConfigField]:
     """Config attributes the kept source reads, with their defaults."""
     names: set[str] = set()
-    for node in walk(context.index.module):
+    for node in context.index.nodes:
         if isinstance(node, cst.Attribute) and _is_config(node.value):
             names.add(node.attr.value)
         elif (

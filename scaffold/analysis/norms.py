@@ -11,7 +11,8 @@ from __future__ import annotations
 import libcst as cst
 
 from ..blueprint import Expr, Location, NormScope, NormSite
-from .classes import ClassFacts, walk
+from ..syntax import walk
+from .classes import ClassFacts
 from .constructors import TORCH_NORMS, ChildKind
 from .dataflow import Flow, sources
 from .expressions import to_expr

@@ -1,57 +1,78 @@
 """Parse a modeling file once and answer position and qualified-name questions about its nodes.
 
-Qualified names are the names a node refers to through the module's imports, so `nn.Linear`,
-`torch.nn.Linear` and `from torch.nn import Linear as L` all resolve to `torch.nn.Linear`; local
-definitions and variables have none. They come from the module's import table (`imported_names`), or
-from libcst's scope analysis (`QualifiedNameProvider`, its import-sourced names) where that table would
-not be exact. Relative imports (`from ...pytorch_utils import Conv1D`) are made absolute against the
-file's package, giving `transformers.pytorch_utils.Conv1D`. Lines are libcst's `PositionProvider` start
-lines, computed by `positions`.
+Both come from libcst's metadata providers over the parsed module: lines from `PositionProvider`,
+qualified names from `QualifiedNameProvider` (the names a node refers to through the module's imports,
+so `nn.Linear`, `torch.nn.Linear` and `from torch.nn import Linear as L` all resolve to
+`torch.nn.Linear`; local definitions and variables have none). Relative imports
+(`from ...pytorch_utils import Conv1D`) are made absolute against the file's package, giving
+`transformers.pytorch_utils.Conv1D`.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
+from collections.abc import Collection, Mapping
 
 import libcst as cst
+from libcst.metadata import (
+    CodeRange,
+    MetadataWrapper,
+    PositionProvider,
+    QualifiedName,
+    QualifiedNameProvider,
+    QualifiedNameSource,
+)
 
 from ..blueprint import Location
 from ..errors import ScaffoldError
-from .imported_names import ImportTable
-from .positions import start_lines
-
-_EMPTY_MODULE = cst.Module(body=[])
+from ..syntax import absolute_name, code, walk
 
 
 class SourceIndex:
-    """A parsed module with node positions and absolute qualified names."""
+    """A parsed module with node positions and absolute qualified names (computed when first asked)."""
 
     def __init__(self, module: cst.Module, display_path: str, package: str) -> None:
         self.module = module
         self.display_path = display_path
         self.package = package
-        self._lines: dict[cst.CSTNode, int] | None = None
-        self._resolve: Callable[[cst.CSTNode], frozenset[str]] | None = None
+        self._wrapper = MetadataWrapper(module, unsafe_skip_copy=True)  # answers about `module`'s own nodes
+        self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
+        self._names: Mapping[cst.CSTNode, Collection[QualifiedName]] | None = None
+        self._nodes: list[cst.CSTNode] | None = None
         self._cache: dict[cst.CSTNode, frozenset[str]] = {}
 
     def line(self, node: cst.CSTNode) -> int:
         """1-based line where `node` starts."""
-        if self._lines is None:
-            self._lines = start_lines(self.module)
-        return self._lines[node]
+        if self._positions is None:
+            self._positions = self._wrapper.resolve(PositionProvider)
+        return self._positions[node].start.line
 
     def location(self, node: cst.CSTNode) -> Location:
         """Location of `node` for messages."""
         return Location(self.display_path, self.line(node))
 
+    @property
+    def nodes(self) -> list[cst.CSTNode]:
+        """Every node of the module in source order (one walk, shared by the questions that scan it all)."""
+        if self._nodes is None:
+            self._nodes = list(walk(self.module))
+        return self._nodes
+
     def qualified_names(self, node: cst.CSTNode) -> frozenset[str]:
         """Absolute qualified names `node` refers to through imports (empty when none)."""
         found = self._cache.get(node)
         if found is None:
-            if self._resolve is None:
-                self._resolve = _resolver(self.module)
-            found = frozenset(absolute_name(name, self.package) for name in self._resolve(node))
+            if self._names is None:
+                self._names = self._wrapper.resolve(QualifiedNameProvider)
+            names = self._names.get(node, ())
+            if callable(names):  # QualifiedNameProvider computes a node's names when first read
+                names = names()
+            found = frozenset(
+                absolute
+                for name in names
+                if name.source is QualifiedNameSource.IMPORT
+                and (absolute := _absolute(name.name, self.package)) is not None
+            )
             self._cache[node] = found
         return found
 
@@ -62,30 +83,15 @@ class SourceIndex:
     @staticmethod
     def code(node: cst.CSTNode) -> str:
         """Source text of `node`, whitespace inside it as written."""
-        return _EMPTY_MODULE.code_for_node(node)
+        return code(node)
 
 
-def _resolver(module: cst.Module) -> Callable[[cst.CSTNode], frozenset[str]]:
-    """Imported names of a node of `module`: by the import table, else by libcst's scope analysis."""
-    table = ImportTable.of(ast.parse(module.code))
-    if table is not None:
-        return table.qualified_names
-    return libcst_imported_names(module)
-
-
-def libcst_imported_names(module: cst.Module) -> Callable[[cst.CSTNode], frozenset[str]]:
-    """libcst's import-sourced qualified names of the nodes of `module` (a full scope analysis)."""
-    from libcst.metadata import MetadataWrapper, QualifiedNameProvider, QualifiedNameSource
-
-    names = MetadataWrapper(module, unsafe_skip_copy=True).resolve(QualifiedNameProvider)
-
-    def resolve(node: cst.CSTNode) -> frozenset[str]:
-        found = names.get(node, set())
-        if callable(found):  # libcst's lazy values
-            found = found()
-        return frozenset(name.name for name in found if name.source is QualifiedNameSource.IMPORT)
-
-    return resolve
+def _absolute(name: str, package: str) -> str | None:
+    """`absolute_name`, or None for a relative import that climbs above the package (refused as R016)."""
+    try:
+        return absolute_name(name, package)
+    except ValueError:
+        return None
 
 
 def parse_module(text: str, display_path: str) -> cst.Module:
@@ -128,13 +134,3 @@ def prune(module: cst.Module, keep: set[str]) -> cst.Module:
         body.append(statement)
     footer = [*(cst.EmptyLine() for _ in range(pending)), *module.footer]
     return module.with_changes(body=body, footer=footer)
-
-
-def absolute_name(name: str, package: str) -> str:
-    """Make a libcst qualified name absolute: `...pytorch_utils.X` in `a.b.c` -> `a.pytorch_utils.X`."""
-    dots = len(name) - len(name.lstrip("."))
-    if dots == 0:
-        return name
-    parts = package.split(".")
-    base = parts[: len(parts) - (dots - 1)] if dots > 1 else parts
-    return ".".join([*base, name[dots:]])

@@ -24,7 +24,7 @@ from ..refusal_codes import (
     UNMAPPED_PARAMETER,
     UNRECOGNISED_ATTENTION,
 )
-from .classes import walk
+from ..syntax import walk
 from .constructors import ChildKind
 from .context import Context, base_instance_path, class_scope, decoder_layer_class, decoder_layer_list
 from .dataflow import PARAM_PREFIX, mentions_heads, sources

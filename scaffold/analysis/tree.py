@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import libcst as cst
 
 from ..errors import ScaffoldError
-from .classes import ClassFacts, ModuleMap, SelfAssign, walk
+from ..syntax import walk
+from .classes import ClassFacts, ModuleMap, SelfAssign
 from .constructors import ChildKind, Construct, classify
 from .expressions import Scope, root_scope
 from .parsing import SourceIndex

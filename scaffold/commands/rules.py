@@ -1,4 +1,4 @@
-"""`scaffold rules [CODE]`: the rule table (pipeline order), or one rule with its examples."""
+"""`scaffold rules [CODE]`: the rules (pipeline order) and refusal codes, or one code with what to do."""
 
 from __future__ import annotations
 
@@ -7,46 +7,65 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from ..codes import lookup, refusal_lines, rule_lines
 from ..errors import ScaffoldError
-from ..rules import RULES, rule_by_key
+from ..refusal_codes import ALL_CODES, RefusalCode
+from ..rules import RULES
 from ..ruleset import RULESET_VERSION
 from . import Command
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "rule", nargs="?", metavar="CODE", help="show this rule (code or name) with its examples"
+        "code",
+        nargs="?",
+        metavar="CODE",
+        help="show this rule (NXS code or name, with its examples) or refusal code (R code or name)",
     )
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    if args.rule is None:
+    out = console.out
+    if args.code is None:
         table = Table(title=f"Rules (rule set {RULESET_VERSION}), in pipeline order", title_justify="left")
-        for column in ("code", "name", "summary"):
+        for column in ("code", "name", "builds on", "summary"):
             table.add_column(column, overflow="fold")
         for rule in RULES:
-            table.add_row(rule.CODE, rule.NAME, rule.SUMMARY)
+            table.add_row(rule.CODE, rule.NAME, ", ".join(rule.REQUIRES), rule.SUMMARY)
         console.print(table)
-        console.out("Disable one with `--disable CODE` (or its name).", highlight=False)
+        refusals = Table(title="Refusal codes", title_justify="left")
+        for column in ("code", "name", "why"):
+            refusals.add_column(column, overflow="fold")
+        for entry in ALL_CODES:
+            refusals.add_row(entry.code, entry.name, entry.why)
+        console.print(refusals)
+        out(
+            "`scaffold rules CODE` says what to do about one; `--disable CODE` skips a rule.", highlight=False
+        )
         return 0
     try:
-        rule = rule_by_key(args.rule)
+        found = lookup(args.code)
     except KeyError as error:
-        raise ScaffoldError(str(error.args[0])) from None
-    console.out(f"{rule.CODE} {rule.NAME}: {rule.SUMMARY}", highlight=False)
-    if not rule.EXAMPLES:
-        console.out("(no examples)", highlight=False)
-    for example in rule.EXAMPLES:
-        console.out(f"\n--- {example.model_type}: {example.scope}, before", highlight=False)
-        console.out(example.before, end="", highlight=False)
-        console.out(f"+++ {example.model_type}: {example.scope}, after", highlight=False)
-        console.out(example.after, end="", highlight=False)
+        raise ScaffoldError(str(error.args[0]), hint="`scaffold rules` lists every code") from None
+    if isinstance(found, RefusalCode):
+        for line in refusal_lines(found):
+            out(line, highlight=False)
+        return 0
+    for line in rule_lines(found):
+        out(line, highlight=False)
+    if not found.EXAMPLES:
+        out("(no examples)", highlight=False)
+    for example in found.EXAMPLES:
+        out(f"\n--- {example.model_type}: {example.scope}, before", highlight=False)
+        out(example.before, end="", highlight=False)
+        out(f"+++ {example.model_type}: {example.scope}, after", highlight=False)
+        out(example.after, end="", highlight=False)
     return 0
 
 
 COMMAND = Command(
     name="rules",
-    help="list the rewrite rules (code, name, summary), or show one rule with its examples",
+    help="list the rewrite rules and refusal codes, or show one code with what to do about it",
     configure=_configure,
     run=_run,
 )

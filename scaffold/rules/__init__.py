@@ -1,36 +1,67 @@
-"""The rewrite rules, applied in the order of their codes.
+"""The rewrite rules (one libcst codemod pass each), in their declared pipeline order.
 
-Every module of this package (other than `base`) defines one or more `Rule` subclasses; the registry
-collects them and orders them by `CODE`, which is also the pipeline order: a rule may rely on the
-rewrites of every rule with a smaller code. Adding a rule means adding a module with a new code.
-`scaffold rules` prints the table.
+`RULES` is the order the pipeline runs them in; it is declared here, not derived from the codes (a code
+is a rule's identity only). A rule's `REQUIRES` names the rules whose rewrites it builds on: each must
+come before it, which importing this package checks. `--disable` takes only rules that no enabled rule
+requires (`check_disabled`). `scaffold rules` prints the table.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from collections.abc import Iterable
 
+from ..errors import ScaffoldError
+from .absolute_imports import AbsoluteTransformersImports
+from .attention_sequence_parallel import AttentionSequenceParallel
+from .attention_variants import AttentionVariants
 from .base import Rule, RuleExample, RuleOptions
+from .base_model_forward import BaseModelForward
+from .fused_gate_up import FusedGateUp
+from .kv_cache import DropKVCache
+from .neuron_flash_attention import NeuronFlashAttention
+from .neuron_model_classes import NeuronModelClasses
+from .parallel_embedding import ParallelEmbeddingRule
+from .parallel_linears import ParallelLinears
+from .prune_closure import PruneToTrainingClosure
+from .sequence_parallel_norms import SequenceParallelNorms
+from .trn_config_threading import ThreadTrnConfig
+from .unused_imports import RemoveUnusedImports
+from .vocab_parallel_lm_head import VocabParallelLMHead
+
+RULES: tuple[type[Rule], ...] = (
+    PruneToTrainingClosure,  # NXS001
+    DropKVCache,  # NXS002
+    AbsoluteTransformersImports,  # NXS003
+    ThreadTrnConfig,  # NXS004
+    NeuronModelClasses,  # NXS005
+    ParallelEmbeddingRule,  # NXS010
+    SequenceParallelNorms,  # NXS011
+    BaseModelForward,  # NXS012
+    VocabParallelLMHead,  # NXS013
+    FusedGateUp,  # NXS020
+    AttentionVariants,  # NXS021
+    AttentionSequenceParallel,  # NXS022
+    NeuronFlashAttention,  # NXS023
+    ParallelLinears,  # NXS024
+    RemoveUnusedImports,  # NXS030
+)
 
 
-def _discover() -> tuple[type[Rule], ...]:
-    found: dict[str, type[Rule]] = {}
-    for info in pkgutil.iter_modules(__path__):
-        if info.name == "base" or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, Rule) and value.__module__ == module.__name__:
-                if value.CODE in found:
-                    raise RuntimeError(
-                        f"rule code {value.CODE} is defined twice ({found[value.CODE]}, {value})"
-                    )
-                found[value.CODE] = value
-    return tuple(found[code] for code in sorted(found))
+def _check_order(rules: tuple[type[Rule], ...]) -> None:
+    """Codes are unique and every rule comes after the rules it requires."""
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.CODE in seen:
+            raise RuntimeError(f"rule code {rule.CODE} is declared twice")
+        missing = [code for code in rule.REQUIRES if code not in seen]
+        if missing:
+            raise RuntimeError(
+                f"{rule.CODE} requires {', '.join(missing)}, which must come before it in RULES"
+            )
+        seen.add(rule.CODE)
 
 
-RULES: tuple[type[Rule], ...] = _discover()
+_check_order(RULES)
 
 
 def rule_by_key(key: str) -> type[Rule]:
@@ -42,4 +73,29 @@ def rule_by_key(key: str) -> type[Rule]:
     raise KeyError(f"unknown rule {key!r}; known rules: {known}")
 
 
-__all__ = ["RULES", "Rule", "RuleExample", "RuleOptions", "rule_by_key"]
+def dependents(code: str) -> tuple[type[Rule], ...]:
+    """The rules that require the rule `code`, directly or through another rule."""
+    found: list[type[Rule]] = []
+    needed = {code}
+    for rule in RULES:
+        if needed & set(rule.REQUIRES):
+            found.append(rule)
+            needed.add(rule.CODE)
+    return tuple(found)
+
+
+def check_disabled(disabled: Iterable[str]) -> None:
+    """ScaffoldError when an enabled rule requires a disabled one (naming both, and what to do)."""
+    off = set(disabled)
+    for code in sorted(off, key=[rule.CODE for rule in RULES].index):
+        enabled = [rule for rule in dependents(code) if rule.CODE not in off]
+        if enabled:
+            rule = rule_by_key(code)
+            names = ", ".join(f"{other.CODE} ({other.NAME})" for other in enabled)
+            raise ScaffoldError(
+                f"--disable {rule.CODE} ({rule.NAME}): {names} build{'s' if len(enabled) == 1 else ''} on it",
+                hint=f"disable {'it' if len(enabled) == 1 else 'them'} too, or keep {rule.CODE}",
+            )
+
+
+__all__ = ["RULES", "Rule", "RuleExample", "RuleOptions", "check_disabled", "dependents", "rule_by_key"]

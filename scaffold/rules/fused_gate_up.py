@@ -3,7 +3,8 @@
 The fused layer has stride 2, so rank r holds `[gate_r; up_r]` and its output splits into the local gate
 and up parts by the per-rank sizes. A `FusedLinearsSpec` maps the transformers `gate_proj`/`up_proj`
 weights (and biases, when the source has them) onto it and back; the module mixes in `CustomModule` to
-carry the spec. The down projection stays for NXS024 (row parallel).
+carry the spec. The down projection stays for NXS024 (row parallel). The inserted code comes from
+templates/code/fused_gate_up.py.
 """
 
 from __future__ import annotations
@@ -11,135 +12,145 @@ from __future__ import annotations
 import libcst as cst
 
 from ..blueprint import MLPBlock
-from ..errors import ScaffoldError
-from . import _parallel_code as pc
-from .base import Rule, stored_example
+from ..syntax import (
+    code,
+    contains,
+    find_method,
+    fresh_name,
+    index_of_assignment,
+    leading_to,
+    names_in,
+    operand,
+    replace_nodes,
+    self_calls,
+    with_base,
+    with_body,
+    with_method,
+)
+from . import layer_code, templates
+from .base import Rule, stored_example, with_todo
 
-FUSED_NAME = "gate_up_proj"
+TEMPLATES = "fused_gate_up"
+CUSTOM_MODULE = "CustomModule"
 
 
 class FusedGateUp(Rule):
     CODE = "NXS020"
     NAME = "fused-gate-up"
     SUMMARY = "gated MLP: gate/up -> gate_up_proj = ColumnParallelLinear(stride=2) + FusedLinearsSpec"
+    ADVICE = (
+        "Gate and up projections that cannot share one layer are refused (R024). Disable it to keep them "
+        "separate: NXS024 then makes both column-parallel."
+    )
+    REQUIRES = ("NXS004",)
     EXAMPLES = (stored_example(CODE, "llama", "LlamaMLP"),)
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # the rule rewrites whole classes: nothing to visit inside a method
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         for block in self.blueprint.mlps:
             if block.owner == updated_node.name.value and block.gate is not None:
+                refusal = self.refusal_for(block.owner)
+                if refusal is not None:
+                    return with_todo(updated_node, refusal)
                 return self._fuse(updated_node, block)
         return updated_node
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        if any(block.gate is not None for block in self.blueprint.mlps):
-            return pc.ensure_init_helper(updated_node)
+        if any(
+            block.gate is not None and self.refusal_for(block.owner) is None for block in self.blueprint.mlps
+        ):
+            return layer_code.with_init_helper(self, updated_node)
         return updated_node
 
     def _fuse(self, cls: cst.ClassDef, block: MLPBlock) -> cst.ClassDef:
+        assert block.gate is not None
         gate = self.blueprint.site(f"{block.path}.{block.gate}")
         up = self.blueprint.site(f"{block.path}.{block.up}")
-        if gate.bias.source != up.bias.source or gate.in_features.source != up.in_features.source:
-            raise ScaffoldError(
-                f"{self.CODE}: {gate.location}: {block.gate} and {block.up} differ in input size or bias "
-                f"({gate.source} vs {up.source}); they cannot share one fused layer"
-            )
-        init = pc.required_method(cls, "__init__", self.CODE)
-        forward = pc.required_method(cls, "forward", self.CODE)
-        config = pc.config_parameter(init)
-
+        init, forward = find_method(cls, "__init__"), find_method(cls, "forward")
+        assert init is not None and forward is not None, "checked in analysis (R017)"
+        config = self.config_parameter(block.owner)
         body = list(init.body.body)
-        gate_index = pc.index_of_assignment(body, block.gate)
-        up_index = pc.index_of_assignment(body, block.up)
-        if gate_index is None or up_index is None:
-            raise ScaffoldError(
-                f"{self.CODE}: {gate.location}: {block.gate}/{block.up} are not plain `self.x = ...` statements "
-                f"of {cls.name.value}.__init__"
+        gate_index = index_of_assignment(body, block.gate)
+        up_index = index_of_assignment(body, block.up)
+        assert gate_index is not None and up_index is not None, "checked in analysis (R024)"
+
+        gate_size = cst.parse_expression(gate.out_features.source)
+        up_size = cst.parse_expression(up.out_features.source)
+        same = gate.out_features.source == up.out_features.source
+        style = self.blueprint.style
+        if same:
+            fused_size, _ = templates.fill_expression(
+                TEMPLATES, "doubled_size", style, size=operand(gate_size)
             )
-        gate_out, up_out = gate.out_features.source, up.out_features.source
-        fused_out = (
-            f"2 * {pc.operand(gate_out)}"
-            if gate_out == up_out
-            else f"{pc.operand(gate_out)} + {pc.operand(up_out)}"
-        )
-        if gate_out == up_out:
-            split = f"divide({gate_out}, get_tensor_model_parallel_size())"
+            split, needed = templates.fill_expression(TEMPLATES, "equal_split", style, size=gate_size)
         else:
-            split = f"[divide(size, get_tensor_model_parallel_size()) for size in ({gate_out}, {up_out})]"
-        layer = pc.layer_call(
-            "ColumnParallelLinear",
-            [
-                gate.in_features.source,
-                fused_out,
-                "stride=2",
-                f"bias={gate.bias.source}",
-                "gather_output=False",
-            ],
-            config,
+            fused_size, _ = templates.fill_expression(
+                TEMPLATES, "summed_size", style, gate_size=operand(gate_size), up_size=operand(up_size)
+            )
+            split, needed = templates.fill_expression(
+                TEMPLATES, "unequal_split", style, gate_size=gate_size, up_size=up_size
+            )
+        self.add_template_imports(needed)
+        new, needed = templates.fill_statements(
+            TEMPLATES,
+            "gate_up_projection",
+            style,
+            renames={"config": config},
+            hidden_size=cst.parse_expression(gate.in_features.source),
+            fused_size=fused_size,
+            bias=cst.parse_expression(gate.bias.source),
+            split_size=split,
+            gate=cst.SimpleString(f'"{block.gate}"'),
+            up=cst.SimpleString(f'"{block.up}"'),
+            gate_size=gate_size,
+            up_size=up_size,
         )
-        new = pc.statements(
-            f"# {block.gate} and {block.up} fused along the output features; with stride 2 each rank holds its\n"
-            f"# shard of both, so the local output splits into (gate, up) by the per-rank sizes.\n"
-            f"self.{FUSED_NAME} = {layer}\n"
-            f"self.split_size = {split}\n"
-            "self.specs = ModelWeightTransformationSpecs()\n"
-            "self.specs.add_spec(\n"
-            "    FusedLinearsSpec(\n"
-            f'        fused_linear_name="{FUSED_NAME}",\n'
-            f'        linear_names=["{block.gate}", "{block.up}"],\n'
-            f"        bias={gate.bias.source},\n"
-            '        fuse_axis="column",\n'
-            f"        original_dims=[{gate_out}, {up_out}],\n"
-            "    )\n"
-            ")\n"
-        )
+        self.add_template_imports(needed)
         first = min(gate_index, up_index)
-        _, new[0] = pc.leading_to(body[first], new[0])
+        _, new[0] = leading_to(body[first], new[0])
         rest = [s for i, s in enumerate(body[first:], first) if i not in (gate_index, up_index)]
-        body = body[:first] + new + rest
-        init = pc.with_body(init, body)
+        init = with_body(init, body[:first] + new + rest)  # type: ignore[assignment]
+        init = layer_code.with_init_method(self, init, config)  # type: ignore[arg-type]
 
-        forward = self._split_forward(forward, block, cls.name.value)
-        cls = pc.with_method(pc.with_method(cls, init), forward)
-        cls = pc.with_base(cls, "CustomModule")
-        pc.schedule_layer_imports(
-            self.context,
-            (pc.NXD_LAYERS, "ColumnParallelLinear"),
-            (pc.NXD_STATE, "get_tensor_model_parallel_size"),
-            (pc.NXD_UTILS, "divide"),
-        )
-        for name in ("CustomModule", "FusedLinearsSpec", "ModelWeightTransformationSpecs"):
-            pc.schedule_host_import(self.context, pc.HOST_TRANSFORMATIONS, name)
-        return cls
+        forward = self._split_forward(forward, block)
+        cls = with_method(with_method(cls, init), forward)  # type: ignore[arg-type]
+        self.add_host_import("transformations_utils", CUSTOM_MODULE)
+        return with_base(cls, CUSTOM_MODULE)
 
-    def _split_forward(self, forward: cst.FunctionDef, block: MLPBlock, owner: str) -> cst.FunctionDef:
+    def _split_forward(self, forward: cst.FunctionDef, block: MLPBlock) -> cst.FunctionDef:
         """Replace `self.gate(x)` / `self.up(x)` by the two halves of one `self.gate_up_proj(x)` call."""
-        gate_calls = pc.self_calls(forward, block.gate)
-        up_calls = pc.self_calls(forward, block.up)
-        if len(gate_calls) != 1 or len(up_calls) != 1:
-            raise ScaffoldError(
-                f"{self.CODE}: {owner}.forward must call {block.gate} and {block.up} once each to fuse them"
-            )
-        gate_call, up_call = gate_calls[0], up_calls[0]
-        if (
-            len(gate_call.args) != 1
-            or len(up_call.args) != 1
-            or pc.code(gate_call.args[0].value) != pc.code(up_call.args[0].value)
-        ):
-            raise ScaffoldError(
-                f"{self.CODE}: {owner}.forward applies {block.gate} and {block.up} to different inputs; "
-                "they cannot be fused"
-            )
-        taken = pc.names_in(forward)
-        gate_name, up_name = pc.fresh_name("gate", taken), pc.fresh_name("up", taken)
+        assert block.gate is not None
+        gate_call, up_call = gate_up_calls(forward, block.gate, block.up)  # type: ignore[misc]
+        taken = names_in(forward)
+        gate_name, up_name = fresh_name("gate", taken), fresh_name("up", taken)
         body = list(forward.body.body)
-        position = next(
-            i for i, s in enumerate(body) if any(n is gate_call or n is up_call for n in pc.walk(s))
+        position = next(i for i, s in enumerate(body) if contains(s, gate_call) or contains(s, up_call))
+        (split,), needed = templates.fill_statements(
+            TEMPLATES,
+            "gate_up_split",
+            self.blueprint.style,
+            renames={"gate": gate_name, "up": up_name},
+            hidden_states=gate_call.args[0].value,
         )
-        argument = pc.code(gate_call.args[0].value)
-        split = pc.statements(
-            f"{gate_name}, {up_name} = self.{FUSED_NAME}({argument}).split(self.split_size, dim=-1)\n"
-        )[0]
-        rest = pc.replace_nodes(body[position], {gate_call: cst.Name(gate_name), up_call: cst.Name(up_name)})
-        rest, split = pc.leading_to(rest, split)
-        body[position : position + 1] = [split, rest]
-        return pc.with_body(forward, body)
+        self.add_template_imports(needed)
+        rest = replace_nodes(body[position], {gate_call: cst.Name(gate_name), up_call: cst.Name(up_name)})
+        rest, split = leading_to(rest, split)  # type: ignore[arg-type]
+        body[position : position + 1] = [split, rest]  # type: ignore[list-item]
+        result = with_body(forward, body)
+        assert isinstance(result, cst.FunctionDef)
+        return result
+
+
+def gate_up_calls(forward: cst.FunctionDef, gate: str, up: str) -> tuple[cst.Call, cst.Call] | None:
+    """The forward's one call of each projection, both on the same single input (what fusing needs)."""
+    gate_calls, up_calls = self_calls(forward, gate), self_calls(forward, up)
+    if len(gate_calls) != 1 or len(up_calls) != 1:
+        return None
+    gate_call, up_call = gate_calls[0], up_calls[0]
+    if len(gate_call.args) != 1 or len(up_call.args) != 1:
+        return None
+    if code(gate_call.args[0].value) != code(up_call.args[0].value):
+        return None
+    return gate_call, up_call

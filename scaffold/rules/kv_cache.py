@@ -19,18 +19,9 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from ..errors import ScaffoldError
-from ._edits import (
-    argument_text,
-    build_call,
-    code,
-    docstring_count,
-    dotted,
-    mask_aliases,
-    mask_builders,
-    names_in,
-)
-from .base import Rule, stored_example
+from ..blueprint import Refusal
+from ..syntax import aliases_of, docstring_count, dotted, laid_out, names_in
+from .base import Rule, stored_example, todo_comment
 
 NONE = "None"
 FALSE = "False"
@@ -49,22 +40,43 @@ class DropKVCache(Rule):
     CODE = "NXS002"
     NAME = "drop-kv-cache"
     SUMMARY = "remove past_key_values / use_cache / cache_position plumbing and cache updates; keep positions"
+    ADVICE = (
+        "A cache use the rule does not understand is refused before it runs (R019). Disable it to keep the "
+        "cache plumbing and remove it by hand (training never passes a cache)."
+    )
     EXAMPLES = (
         stored_example(CODE, "llama", "LlamaAttention"),
         stored_example(CODE, "llama", "LlamaModel"),
     )
 
     def visit_Module(self, node: cst.Module) -> None:
-        self._mask_functions = mask_builders(node)
+        self._classes: list[str] = []
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self._classes.append(node.name.value)
 
     def leave_FunctionDef(
         self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
     ) -> cst.FunctionDef:
-        return _strip_function(updated_node, self._mask_functions, self.CODE)
+        owner = self._classes[-1] if self._classes else None
+        subject = f"{owner}.{updated_node.name.value}" if owner else updated_node.name.value
+        refusal = self.refusal_for(subject)
+        if refusal is not None:
+            return updated_node.with_changes(leading_lines=[*updated_node.leading_lines, _comment(refusal)])
+        stripped, dangling = strip_cache(updated_node, self.blueprint.mask_builders)
+        assert not dangling, (
+            f"{subject} reads {dangling} after the cache was removed (not refused in analysis)"
+        )
+        return stripped
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+        self._classes.pop()
         body = [statement for statement in updated_node.body.body if not _cache_only_attribute(statement)]
         return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
+
+
+def _comment(refusal: Refusal) -> cst.EmptyLine:
+    return cst.EmptyLine(comment=cst.Comment(todo_comment(refusal)))
 
 
 @dataclass
@@ -75,11 +87,15 @@ class _State:
     folded: dict[str, cst.BaseExpression] = field(default_factory=dict)
 
 
-def _strip_function(function: cst.FunctionDef, mask_functions: set[str], rule: str) -> cst.FunctionDef:
+def strip_cache(
+    function: cst.FunctionDef, mask_functions: tuple[str, ...]
+) -> tuple[cst.FunctionDef, frozenset[str]]:
+    """`function` without its cache plumbing, and the removed names it would still read (empty when the
+    rewrite is complete; the analysis refuses a function where it is not, rule NXS002's precondition)."""
     removed = [name for name in _parameter_names(function) if name in CACHE_PARAMETERS]
     if not removed and not _forwards_cache(function):
-        return function
-    builders = set(mask_functions) | mask_aliases(function, mask_functions)
+        return function, frozenset()
+    builders = set(mask_functions) | aliases_of(function, mask_functions)
     state = _State(
         known={name: CACHE_PARAMETERS[name] for name in removed},
         mask_functions=builders,
@@ -100,8 +116,8 @@ def _strip_function(function: cst.FunctionDef, mask_functions: set[str], rule: s
     if not body:
         body = [cst.SimpleStatementLine(body=[cst.Pass()])]
     function = function.with_changes(body=function.body.with_changes(body=body))
-    _check_nothing_dangles(function, removed, rule)
-    return function
+    dangling = frozenset(names_in(function.body) & (FORWARDED_ONLY & set(removed)))
+    return function, dangling
 
 
 def _spread_into(function: cst.FunctionDef, callees: set[str]) -> set[str]:
@@ -381,7 +397,7 @@ def _substitute_folded(body: list[cst.BaseStatement], state: _State) -> list[cst
             if updated.deep_equals(original):
                 return updated
             # Re-lay out a call whose arguments shrank, as a person would write it.
-            return build_call(code(updated.func), [argument_text(arg) for arg in updated.args])
+            return laid_out(updated)
 
     return list(module.visit(_Substitute()).body)
 
@@ -420,15 +436,6 @@ def _is_zero(node: cst.BaseExpression) -> bool:
 
 
 # --- checks and class attributes ----------------------------------------------------------------------
-
-
-def _check_nothing_dangles(function: cst.FunctionDef, removed: list[str], rule: str) -> None:
-    left = names_in(function.body) & (FORWARDED_ONLY & set(removed))
-    if left:
-        raise ScaffoldError(
-            f"{rule}: `{function.name.value}` still reads {', '.join(sorted(left))} after the cache was removed; "
-            "this use of the cache is not one the rule understands"
-        )
 
 
 def _cache_only_attribute(statement: cst.BaseStatement) -> bool:

@@ -1,142 +1,130 @@
 """NXS023 neuron-flash-attention: eager attention plus the Neuron flash path, nothing else.
 
 - The attention forward's dispatch over transformers' `ALL_ATTENTION_FUNCTIONS` becomes: the source's
-  eager function, or `neuron_flash_attention_forward` when `config._attn_implementation ==
-  "flash_attention_2"` (optimum-neuron's switch). That function calls NxD's
-  `nki_flash_attn_func` (causal, K/V expanded to every query head, `(B, h, d, S)` inputs when
+  eager function (`AttentionGeometry.eager_function`), or `neuron_flash_attention_forward` when
+  `config._attn_implementation == "flash_attention_2"` (optimum-neuron's switch). That function calls
+  NxD's `nki_flash_attn_func` (causal, K/V expanded to every query head, `(B, h, d, S)` inputs when
   `trn_config.transpose_nki_inputs`) and returns the eager path's `(B, S, h, d)` layout.
 - The eager function recomputes the causal mask when no mask is passed (`trn_config.recompute_causal_mask`,
   the host default: the base model then builds none): the call passes `causal=attention_mask is None`.
   The mask is made on the scores' device (optimum-neuron hard-codes `device="xla"`: deviation ON-09).
+  The flash function takes `causal` too: its kernel is causal whichever way the mask came.
 - A sliding window the source passes to the attention function is applied to the scores in the eager
   path (transformers applies it through its mask, which the training host does not build); the flash
   kernel has none, so that path refuses windows shorter than the sequence. Softcapping likewise.
 
-Stop-gap facts the Blueprint does not carry yet (`AttentionGeometry.core_call` is only a location), found
-by the helpers marked "stop-gap" below: how the forward picks its attention function (transformers'
-`ALL_ATTENTION_FUNCTIONS` table), the module-level eager function it defaults to, the mask argument of
-the call, and the eager function's `if mask is not None: scores = scores + mask` block.
+The inserted code comes from templates/code/neuron_flash_attention.py; the shapes it rewrites (the table
+lookup, the eager function's mask block) are checked in analysis (R027).
 """
 
 from __future__ import annotations
 
 import libcst as cst
+import libcst.matchers as m
 
-from ..blueprint import AttentionGeometry
-from ..errors import ScaffoldError
-from . import _parallel_code as pc
-from ._imports import schedule_removal
-from .base import Rule, stored_example
+from ..patterns import ATTENTION_TABLE_LOOKUP, IS_NOT_NONE
+from ..syntax import (
+    assigned_name,
+    assigned_value,
+    find_definition,
+    find_method,
+    keyword_argument,
+    replace_nodes,
+    walk,
+    with_body,
+    with_definition_spacing,
+    with_method,
+)
+from . import templates
+from .base import Rule, stored_example, with_todo
 
+TEMPLATES = "neuron_flash_attention"
 FLASH_FUNCTION = "neuron_flash_attention_forward"
-ATTENTION_TABLE = "ALL_ATTENTION_FUNCTIONS"
-TABLE_MODULE = "transformers.modeling_utils"
+REPEAT_KV = "repeat_kv"
+SCORES = "attn_weights"  # the templates' name for the eager function's scores
+INTERFACE = "attention_interface"  # the templates' name for the forward's attention function
+OPTIONAL_PARAMETERS = {"sliding_window": "window", "softcap": "softcap"}
 
 
 class NeuronFlashAttention(Rule):
     CODE = "NXS023"
     NAME = "neuron-flash-attention"
     SUMMARY = "eager attention (causal mask recomputed without a mask) + NKI flash path for flash_attention_2"
+    ADVICE = (
+        "An attention that does not pick its kernel from transformers' table is refused (R027). Disable it to "
+        "keep transformers' dispatch and add the Neuron flash path by hand."
+    )
+    REQUIRES = ("NXS004",)
     EXAMPLES = (
         stored_example(CODE, "mistral", "eager_attention_forward"),
         stored_example(CODE, "llama", "LlamaAttention"),
     )
 
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return False  # the rule rewrites the module's body as a whole
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
+
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        if not self.blueprint.attention:
-            return updated_node
         body = list(updated_node.body)
         eager_functions: set[str] = set()
+        owners: set[str] = set()
         for geometry in self.blueprint.attention:
-            index = _class_index(body, geometry.owner)
-            if index is None:
+            index = find_definition(body, geometry.owner)
+            if index is None or geometry.owner in owners:  # one class may have several instances
                 continue
+            owners.add(geometry.owner)
             cls = body[index]
-            forward = pc.required_method(cls, "forward", self.CODE)
-            if self.options.allow_unsupported and not any(_is_table_dispatch(s) for s in forward.body.body):
-                body[index] = pc.with_method(cls, _todo(forward, self.CODE))
+            assert isinstance(cls, cst.ClassDef)
+            refusal = self.refusal_for(geometry.owner)
+            if refusal is not None:
+                body[index] = with_todo(cls, refusal)
                 continue
-            forward, eager = self._dispatch(forward, geometry)
-            body[index] = pc.with_method(cls, forward)
-            eager_functions.add(eager)
-        # transformers' backend table is no longer read (NXS003 made its import absolute).
-        schedule_removal(self.context, TABLE_MODULE, ATTENTION_TABLE)
+            forward = find_method(cls, "forward")
+            assert forward is not None and geometry.eager_function is not None, (
+                "checked in analysis (R017, R027)"
+            )
+            body[index] = with_method(cls, self._dispatch(forward))
+            eager_functions.add(geometry.eager_function)
         for eager in sorted(eager_functions):
-            index = _function_index(body, eager)
-            if index is None:
-                raise ScaffoldError(
-                    f"{self.CODE}: the eager attention function `{eager}` is not in the module"
-                )
-            body[index] = self._eager(body[index])
-            if _function_index(body, FLASH_FUNCTION) is None:
-                flash = pc.statements(self._flash_text(body))[0]
-                flash = flash.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
-                body.insert(index + 1, flash)
-        if eager_functions:
-            pc.schedule_layer_imports(self.context, (pc.NXD_FLASH, "nki_flash_attn_func"))
+            index = find_definition(body, eager)
+            assert index is not None, "checked in analysis (R027)"
+            body[index] = self._eager(body[index])  # type: ignore[arg-type]
+            if find_definition(body, FLASH_FUNCTION) is None:
+                body.insert(index + 1, with_definition_spacing(self._flash_function(body)))
         return updated_node.with_changes(body=body)
 
     # --- the attention forward ------------------------------------------------------------------------
 
-    def _dispatch(self, forward: cst.FunctionDef, geometry: AttentionGeometry) -> tuple[cst.FunctionDef, str]:
-        """Swap the backend table for the flash switch; mark the call causal when no mask is given.
-
-        Stop-gap: the eager function is the default assigned to the dispatch variable before the `if`.
-        """
+    def _dispatch(self, forward: cst.FunctionDef) -> cst.FunctionDef:
+        """Swap the backend table for the flash switch; mark the call causal when no mask is given."""
         body = list(forward.body.body)
-        index = next((i for i, s in enumerate(body) if _is_table_dispatch(s)), None)
-        if index is None:
-            raise ScaffoldError(
-                f"{self.CODE}: {geometry.owner}.forward does not pick its attention function from "
-                f"{ATTENTION_TABLE}; write the eager/flash switch by hand"
-            )
-        variable = _assigned_in(body[index])
-        eager = None
-        for statement in body[:index]:
-            if pc.assigned_name(statement) == variable:
-                value = pc.assigned_value(statement)
-                eager = value.value if isinstance(value, cst.Name) else None
-        if eager is None:
-            raise ScaffoldError(
-                f"{self.CODE}: {geometry.owner}.forward has no `{variable} = <eager function>` default"
-            )
-        switch = pc.statements(
-            'if self.config._attn_implementation == "flash_attention_2":\n'
-            f"    {variable} = {FLASH_FUNCTION}\n"
-        )[0]
-        body[index] = switch.with_changes(leading_lines=body[index].leading_lines)
-
-        calls = [
-            n
-            for s in body[index + 1 :]
-            for n in pc.walk(s)
-            if isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == variable
-        ]
-        if len(calls) != 1:
-            raise ScaffoldError(f"{self.CODE}: {geometry.owner}.forward must call `{variable}` exactly once")
-        mask = _mask_argument(calls[0])
-        if mask is None:
-            raise ScaffoldError(
-                f"{self.CODE}: {geometry.owner}.forward passes no attention mask to `{variable}`"
-            )
-        causal = cst.Arg(
-            keyword=cst.Name("causal"),
-            equal=cst.AssignEqual(
-                whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")
-            ),
-            value=cst.parse_expression(f"{pc.code(mask)} is None"),
+        index, variable = table_dispatch(forward)  # type: ignore[misc]
+        (switch,), needed = templates.fill_statements(
+            TEMPLATES, "flash_switch", self.blueprint.style, renames={INTERFACE: variable}
         )
-        args = list(calls[0].args)
+        self.add_template_imports(needed)
+        body[index] = switch.with_changes(leading_lines=body[index].leading_lines)
+        call = attention_call(body[index + 1 :], variable)
+        mask = mask_argument(call) if call is not None else None
+        assert call is not None and mask is not None, "checked in analysis (R027)"
+        causal = keyword_argument(
+            "causal",
+            cst.Comparison(left=mask, comparisons=[cst.ComparisonTarget(cst.Is(), cst.Name("None"))]),
+        )
+        args = list(call.args)
         position = next((i for i, arg in enumerate(args) if arg.star), len(args))
-        template = args[position - 1]
-        args.insert(position, causal.with_changes(comma=_without_comment(template.comma)))
+        previous = args[position - 1]
+        args.insert(position, causal.with_changes(comma=_without_comment(previous.comma)))
         if position == len(args) - 1:  # appended last: the previous argument needs a comma
-            args[position - 1] = template.with_changes(
+            args[position - 1] = previous.with_changes(
                 comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
             )
-        call = calls[0].with_changes(args=args)
-        body = [pc.replace_nodes(s, {calls[0]: call}) for s in body]
-        return pc.with_body(forward, body), eager
+        updated = call.with_changes(args=args)
+        result = with_body(forward, [replace_nodes(s, {call: updated}) for s in body])  # type: ignore[misc]
+        assert isinstance(result, cst.FunctionDef)
+        return result
 
     # --- the eager function ---------------------------------------------------------------------------
 
@@ -150,163 +138,105 @@ class NeuronFlashAttention(Rule):
 
     def _eager(self, function: cst.FunctionDef) -> cst.FunctionDef:
         """Add `causal` (and `sliding_window`) parameters and the masks they stand for."""
-        names = [param.name.value for param in function.params.params]
-        mask_name = "attention_mask" if "attention_mask" in names else (names[4] if len(names) > 4 else None)
+        index, scores = mask_block(function)  # type: ignore[misc]
         body = list(function.body.body)
-        index = next((i for i, s in enumerate(body) if mask_name and _tests_not_none(s, mask_name)), None)
-        if index is None or body[index].orelse is not None:
-            raise ScaffoldError(
-                f"{self.CODE}: {function.name.value} has no plain `if {mask_name} is not None:` block to add the "
-                "recomputed causal mask to"
-            )
-        scores = _scores_name(body[index])
-        if scores is None:
-            raise ScaffoldError(
-                f"{self.CODE}: {function.name.value} does not add the mask to the scores as `s = s + mask`"
-            )
-        recompute = pc.statements(
-            "if x:\n"
-            "    pass\n"
-            "elif causal:\n"
-            "    # No mask was built (trn_config.recompute_causal_mask): mask the future keys here.\n"
-            f"    future = torch.ones({scores}.shape[-2:], dtype=torch.bool, device={scores}.device).triu(diagonal=1)\n"
-            f"    {scores} = {scores}.masked_fill(future, torch.finfo({scores}.dtype).min)\n"
-        )[0]
+        style = self.blueprint.style
+        (recompute,), needed = templates.fill_statements(
+            TEMPLATES, "causal_mask_recomputed", style, renames={SCORES: scores}
+        )
+        self.add_template_imports(needed)
+        assert isinstance(recompute, cst.If)
         body[index] = body[index].with_changes(orelse=recompute.orelse)
         if self._window:
-            window = pc.statements(
-                "if sliding_window is not None:\n"
-                "    # Keys `sliding_window` or more positions back are outside the window (transformers applies\n"
-                "    # it through its mask; the training host's mask has no window).\n"
-                f"    expired = torch.ones({scores}.shape[-2:], dtype=torch.bool, device={scores}.device).tril(\n"
-                "        diagonal=-sliding_window\n"
-                "    )\n"
-                f"    {scores} = {scores}.masked_fill(expired, torch.finfo({scores}.dtype).min)\n"
-            )[0]
+            (window,), needed = templates.fill_statements(
+                TEMPLATES, "sliding_window_applied", style, renames={SCORES: scores}
+            )
+            self.add_template_imports(needed)
             body.insert(index + 1, window)
-        extra = ["causal: bool = False"]
-        if self._window and "sliding_window" not in names:
-            extra.append("sliding_window: int | None = None")
+        names = [param.name.value for param in function.params.params]
+        added, needed = templates.fill_parameters(TEMPLATES, "eager_attention_parameters", style)
+        self.add_template_imports(needed)
+        added = [p for p in added if p.name.value == "causal" or (self._window and p.name.value not in names)]
         params = list(function.params.params)
-        added = [cst.parse_statement(f"def f({text}): pass").params.params[0] for text in extra]
         comma = params[-1].comma
         if isinstance(comma, cst.MaybeSentinel):  # the last parameter: separate it from the new ones
             params[-1] = params[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-            added = [p.with_changes(comma=params[-1].comma) for p in added[:-1]] + added[-1:]
+            added = [p.with_changes(comma=params[-1].comma) for p in added[:-1]] + [
+                p.with_changes(comma=cst.MaybeSentinel.DEFAULT) for p in added[-1:]
+            ]
         else:  # more follow (`**kwargs`): lay the new ones out like the last one
             added = [p.with_changes(comma=comma) for p in added]
         parameters = function.params.with_changes(params=[*params, *added])
-        return pc.with_body(function.with_changes(params=parameters), body)
+        result = with_body(function.with_changes(params=parameters), body)
+        assert isinstance(result, cst.FunctionDef)
+        return result
 
-    def _flash_text(self, module_body: list[cst.BaseStatement]) -> str:
-        repeat = "repeat_kv" if "repeat_kv" in self.blueprint.functions else None
-        if repeat is not None and _function_index(module_body, repeat) is None:
-            repeat = None
-        if repeat is None:
-            expand = (
-                "    key = key.repeat_interleave(module.num_key_value_groups, dim=1)\n"
-                "    value = value.repeat_interleave(module.num_key_value_groups, dim=1)\n"
-            )
-        else:
-            expand = (
-                f"    key = {repeat}(key, module.num_key_value_groups)\n"
-                f"    value = {repeat}(value, module.num_key_value_groups)\n"
-            )
-        parameters = ""
-        checks = ""
-        if self._window:
-            parameters += "    sliding_window: int | None = None,\n"
-            checks += (
-                "    if sliding_window is not None and sliding_window < query.shape[-2]:\n"
-                "        raise NotImplementedError(\n"
-                '            "the NKI flash-attention kernel has no sliding window; use eager attention when the "\n'
-                '            "window is shorter than the sequence"\n'
-                "        )\n"
-            )
-        if self._softcap:
-            parameters += "    softcap: float | None = None,\n"
-            checks += (
-                "    if softcap is not None:\n"
-                '        raise NotImplementedError("the NKI flash-attention kernel has no softcapping; use eager attention")\n'
-            )
-        return (
-            f"def {FLASH_FUNCTION}(\n"
-            "    module: torch.nn.Module,\n"
-            "    query: torch.Tensor,\n"
-            "    key: torch.Tensor,\n"
-            "    value: torch.Tensor,\n"
-            "    attention_mask: torch.Tensor | None,\n"
-            "    scaling: float,\n"
-            "    dropout: float = 0.0,\n"
-            f"{parameters}"
-            "    **kwargs,\n"
-            ") -> tuple[torch.Tensor, None]:\n"
-            '    """`flash_attention_2` on Neuron: NxD\'s NKI kernel, causal, returning the eager layout (B, S, h, d).\n'
-            "\n"
-            "    q, k, v come in as (B, h, S, d). The kernel ignores `attention_mask` (padding is not masked) and\n"
-            "    needs a sequence length that is a multiple of 2048; dropout runs on its output.\n"
-            '    """\n'
-            f"{checks}"
-            f"{expand}"
-            "    transpose = module.trn_config.transpose_nki_inputs\n"
-            "    if transpose:\n"
-            "        # The kernel's native layout: (B, h, d, S).\n"
-            "        query, key, value = query.transpose(2, 3), key.transpose(2, 3), value.transpose(2, 3)\n"
-            "    attn_output = nki_flash_attn_func(\n"
-            "        query,\n"
-            "        key,\n"
-            "        value,\n"
-            "        dropout_p=0.0,\n"
-            "        softmax_scale=scaling,\n"
-            "        causal=True,\n"
-            "        mixed_precision=True,\n"
-            "        transpose_nki_inputs=transpose,\n"
-            "    )\n"
-            "    attn_output = torch.nn.functional.dropout(attn_output, p=dropout, training=module.training)\n"
-            "    return attn_output.transpose(1, 2).contiguous(), None\n"
+    def _flash_function(self, module_body: list[cst.BaseStatement]) -> cst.FunctionDef:
+        """The flash path, without the parameters and checks the attention does not need."""
+        has_repeat = (
+            REPEAT_KV in self.blueprint.functions and find_definition(module_body, REPEAT_KV) is not None
         )
-
-
-def _todo(forward: cst.FunctionDef, code: str) -> cst.FunctionDef:
-    """Mark a forward whose attention call has no transformers-style dispatch (with --allow-unsupported)."""
-    body = list(forward.body.body)
-    note = cst.EmptyLine(
-        comment=cst.Comment(
-            f"# TODO({code}): add the Neuron flash-attention path (nki_flash_attn_func when "
-            'config._attn_implementation == "flash_attention_2") and a causal mask when no mask is passed'
+        (function,), needed = templates.fill_statements(
+            TEMPLATES, "flash_attention_function", self.blueprint.style
         )
-    )
-    body[0] = body[0].with_changes(leading_lines=[*body[0].leading_lines, note])
-    return pc.with_body(forward, body)
+        self.add_template_imports(needed)
+        assert isinstance(function, cst.FunctionDef)
+        unused = {name for name, feature in OPTIONAL_PARAMETERS.items() if not getattr(self, f"_{feature}")}
+        params = [p for p in function.params.params if p.name.value not in unused]
+        body = [s for s in function.body.body if not (isinstance(s, cst.If) and _tests_any(s, unused))]
+        if not has_repeat:
+            repeats = [i for i, s in enumerate(body) if any(_calls(n, REPEAT_KV) for n in walk(s))]
+            expanded, needed = templates.fill_statements(TEMPLATES, "kv_heads_repeated", self.blueprint.style)
+            self.add_template_imports(needed)
+            body[repeats[0] : repeats[-1] + 1] = expanded
+        function = function.with_changes(params=function.params.with_changes(params=params))
+        result = with_body(function, body)
+        assert isinstance(result, cst.FunctionDef)
+        return result
 
 
-def _class_index(body: list[cst.BaseStatement], name: str) -> int | None:
-    return next((i for i, s in enumerate(body) if isinstance(s, cst.ClassDef) and s.name.value == name), None)
+# --- the shapes the rule rewrites (shared with the analysis, which checks them: R027) -----------------
 
 
-def _function_index(body: list[cst.BaseStatement], name: str) -> int | None:
-    return next(
-        (i for i, s in enumerate(body) if isinstance(s, cst.FunctionDef) and s.name.value == name), None
-    )
+def table_dispatch(forward: cst.FunctionDef) -> tuple[int, str] | None:
+    """(index, variable) of the forward's top-level `if` that picks its attention function from
+    transformers' table, and the variable it assigns; None when there is none."""
+    for index, statement in enumerate(forward.body.body):
+        if isinstance(statement, cst.If) and m.findall(statement.body, ATTENTION_TABLE_LOOKUP):
+            for node in walk(statement.body):
+                if isinstance(node, cst.SimpleStatementLine) and (name := assigned_name(node)) is not None:
+                    return index, name
+            return None
+    return None
 
 
-def _is_table_dispatch(statement: cst.CSTNode) -> bool:
-    """Stop-gap: an `if` that picks the attention function from transformers' backend table."""
-    return isinstance(statement, cst.If) and any(
-        isinstance(n, cst.Subscript) and isinstance(n.value, cst.Name) and n.value.value == ATTENTION_TABLE
-        for n in pc.walk(statement.body)
-    )
+def eager_default(forward: cst.FunctionDef) -> str | None:
+    """The function the forward's attention variable holds before the table lookup (the eager one)."""
+    found = table_dispatch(forward)
+    if found is None:
+        return None
+    index, variable = found
+    eager = None
+    for statement in forward.body.body[:index]:
+        if assigned_name(statement) == variable:
+            value = assigned_value(statement)
+            eager = value.value if isinstance(value, cst.Name) else None
+    return eager
 
 
-def _assigned_in(statement: cst.If) -> str:
-    for node in pc.walk(statement.body):
-        if isinstance(node, cst.SimpleStatementLine) and pc.assigned_name(node) is not None:
-            return pc.assigned_name(node)
-    raise ScaffoldError(f"{NeuronFlashAttention.CODE}: the attention-table `if` assigns no variable")
+def attention_call(statements: list[cst.BaseStatement], variable: str) -> cst.Call | None:
+    """The one call of the attention variable in `statements` (None when there is not exactly one)."""
+    calls = [
+        n
+        for s in statements
+        for n in walk(s)
+        if isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == variable
+    ]
+    return calls[0] if len(calls) == 1 else None
 
 
-def _mask_argument(call: cst.Call) -> cst.BaseExpression | None:
-    """Stop-gap: the attention-mask argument of a transformers attention-function call (keyword or 5th)."""
+def mask_argument(call: cst.Call) -> cst.BaseExpression | None:
+    """The attention-mask argument of a transformers attention-function call (keyword or 5th)."""
     for arg in call.args:
         if arg.keyword is not None and arg.keyword.value == "attention_mask":
             return arg.value
@@ -314,25 +244,31 @@ def _mask_argument(call: cst.Call) -> cst.BaseExpression | None:
     return positional[4].value if len(positional) > 4 else None
 
 
-def _tests_not_none(statement: cst.CSTNode, name: str) -> bool:
-    if not isinstance(statement, cst.If) or not isinstance(statement.test, cst.Comparison):
-        return False
-    test = statement.test
-    return (
-        isinstance(test.left, cst.Name)
-        and test.left.value == name
-        and len(test.comparisons) == 1
-        and isinstance(test.comparisons[0].operator, cst.IsNot)
-        and pc.code(test.comparisons[0].comparator) == "None"
-    )
+def mask_block(function: cst.FunctionDef) -> tuple[int, str] | None:
+    """(index, scores) of the eager function's plain `if <mask> is not None:` block that adds the mask to
+    the scores as `s = s + mask`; None when it has none."""
+    names = [param.name.value for param in function.params.params]
+    mask = "attention_mask" if "attention_mask" in names else (names[4] if len(names) > 4 else None)
+    if mask is None:
+        return None
+    for index, statement in enumerate(function.body.body):
+        if (
+            isinstance(statement, cst.If)
+            and statement.orelse is None
+            and m.matches(statement.test, IS_NOT_NONE)
+            and m.matches(statement.test.left, m.Name(mask))  # type: ignore[attr-defined]
+        ):
+            scores = _scores_name(statement)
+            return (index, scores) if scores is not None else None
+    return None
 
 
 def _scores_name(statement: cst.If) -> str | None:
-    """Stop-gap: `s` in the eager function's mask block `s = s + mask` (the attention scores)."""
-    for node in pc.walk(statement.body):
+    """`s` in the eager function's mask block `s = s + mask` (the attention scores)."""
+    for node in walk(statement.body):
         if not isinstance(node, cst.SimpleStatementLine):
             continue
-        target, value = pc.assigned_name(node), pc.assigned_value(node)
+        target, value = assigned_name(node), assigned_value(node)
         if (
             target is not None
             and isinstance(value, cst.BinaryOperation)
@@ -342,6 +278,15 @@ def _scores_name(statement: cst.If) -> str | None:
         ):
             return target
     return None
+
+
+def _tests_any(statement: cst.If, names: set[str]) -> bool:
+    """Whether an `if` tests one of `names` (the flash function's optional checks)."""
+    return any(isinstance(n, cst.Name) and n.value in names for n in walk(statement.test))
+
+
+def _calls(node: cst.CSTNode, name: str) -> bool:
+    return isinstance(node, cst.Call) and isinstance(node.func, cst.Name) and node.func.value == name
 
 
 def _without_comment(comma: cst.Comma | cst.MaybeSentinel) -> cst.Comma | cst.MaybeSentinel:

@@ -15,21 +15,15 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ..blueprint import Blueprint, ClassKind
-from ._edits import dotted, parse_statements
-from ._imports import schedule_import
+from ..blueprint import Blueprint, ClassKind, CodeStyle
+from ..syntax import assigned_target, dotted, is_docstring
+from . import templates
 from .base import Rule, stored_example
 
 MIXIN = "NeuronModelMixin"
 HOST_MODELING_MODULE = "modeling_utils"  # `from ..modeling_utils import NeuronModelMixin`
-PRETRAINED_ATTRIBUTES = (
-    ("_supports_flash_attn", "True"),
-    ("_supports_sdpa", "False"),
-    ("_supports_flex_attn", "False"),
-    ("_can_compile_fullgraph", "False"),
-)
+TEMPLATES = "neuron_model_classes"
 DROPPED_CAUSAL_LM_ATTRIBUTES = frozenset({"_tp_plan", "_pp_plan"})
-PIPELINE_INPUT_NAMES = ("input_ids", "attention_mask", "labels")
 
 
 def pipeline_leaf_classes(blueprint: Blueprint) -> list[str]:
@@ -45,20 +39,26 @@ class NeuronModelClasses(Rule):
     SUMMARY = (
         "NeuronModelMixin on the models; Neuron pretrained attributes, tied weights and PIPELINE_* attributes"
     )
+    ADVICE = (
+        "Disable it to write the NeuronModelMixin, the Neuron attributes and the pipeline attributes by hand."
+    )
     EXAMPLES = (
         stored_example(CODE, "llama", "LlamaPreTrainedModel"),
         stored_example(CODE, "llama", "LlamaForCausalLM"),
     )
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # the rule rewrites whole classes: nothing to visit inside a method
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         blueprint = self.blueprint
         name = updated_node.name.value
         kind = _kind(blueprint, name)
         if kind is ClassKind.PRETRAINED:
-            updated_node = _pretrained_attributes(updated_node, blueprint.config_class)
+            updated_node = _pretrained_attributes(updated_node, blueprint.config_class, blueprint.style)
         if name in (blueprint.base_model_class, blueprint.causal_lm_class):
             updated_node = _mix_in(updated_node)
-            schedule_import(self.context, HOST_MODELING_MODULE, MIXIN, relative=2)
+            self.add_host_import(HOST_MODELING_MODULE, MIXIN)
         if name == blueprint.causal_lm_class:
             updated_node = _causal_lm_attributes(updated_node, blueprint)
         return updated_node
@@ -78,33 +78,21 @@ def _mix_in(cls: cst.ClassDef) -> cst.ClassDef:
     return cls.with_changes(bases=[first, *cls.bases], lpar=cst.LeftParen(), rpar=cst.RightParen())
 
 
-def _class_attribute(statement: cst.CSTNode) -> str | None:
-    """`name` for a class-level `name = ...` or `name: T` / `name: T = ...`."""
-    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
-        return None
-    small = statement.body[0]
-    if isinstance(small, cst.Assign) and len(small.targets) == 1:
-        return dotted(small.targets[0].target)
-    if isinstance(small, cst.AnnAssign):
-        return dotted(small.target)
-    return None
-
-
 def _set_attributes(
-    cls: cst.ClassDef, values: list[tuple[str, str]], *, after: str | None = None
+    cls: cst.ClassDef, statements: list[cst.BaseStatement], *, after: str | None = None
 ) -> cst.ClassDef:
-    """Assign each `(name, value text)` in the class body: in place when present, else after `after`
-    (or at the top of the body, after a docstring)."""
+    """Each class-level assignment of `statements` in the class body: in place of the class's own when
+    it has one, else after `after` (or at the top of the body, after a docstring)."""
     body = list(cls.body.body)
     missing: list[cst.BaseStatement] = []
-    for name, value in values:
-        statement = parse_statements(f"{name} = {value}")[0]
+    for statement in statements:
+        name = assigned_target(statement)
         for index, existing in enumerate(body):
-            if _class_attribute(existing) == name:
+            if assigned_target(existing) == name:
                 body[index] = statement.with_changes(leading_lines=existing.leading_lines)
                 break
         else:
-            missing.append(statement)
+            missing.append(statement.with_changes(leading_lines=[]))
     if missing:
         index = _insertion_index(body, after)
         body[index:index] = missing
@@ -114,58 +102,58 @@ def _set_attributes(
 def _insertion_index(body: list[cst.BaseStatement], after: str | None) -> int:
     if after is not None:
         for index, statement in enumerate(body):
-            if _class_attribute(statement) == after:
+            if assigned_target(statement) == after:
                 return index + 1
     index = 0
-    while index < len(body) and (_class_attribute(body[index]) is not None or _is_docstring(body[index])):
+    while index < len(body) and (assigned_target(body[index]) is not None or is_docstring(body[index])):
         index += 1
     return index
 
 
-def _is_docstring(statement: cst.BaseStatement) -> bool:
-    return (
-        isinstance(statement, cst.SimpleStatementLine)
-        and len(statement.body) == 1
-        and isinstance(statement.body[0], cst.Expr)
-        and isinstance(statement.body[0].value, cst.SimpleString | cst.ConcatenatedString)
-    )
-
-
-def _pretrained_attributes(cls: cst.ClassDef, config_class: str) -> cst.ClassDef:
-    body = [statement for statement in cls.body.body if _class_attribute(statement) != "config"]
+def _pretrained_attributes(cls: cst.ClassDef, config_class: str, style: CodeStyle) -> cst.ClassDef:
+    body = [statement for statement in cls.body.body if assigned_target(statement) != "config"]
     cls = cls.with_changes(body=cls.body.with_changes(body=body))
-    config_lines = parse_statements(
-        f"# transformers reads `config_class`; optimum-neuron's `from_pretrained` reads `config`.\n"
-        f"config_class = {config_class}\nconfig = {config_class}\n"
+    config_lines, _ = templates.fill_statements(
+        TEMPLATES, "config_attributes", style, config_type=cst.Name(config_class)
     )
-    body = [statement for statement in cls.body.body if _class_attribute(statement) != "config_class"]
-    start = 1 if body and _is_docstring(body[0]) else 0
+    body = [statement for statement in cls.body.body if assigned_target(statement) != "config_class"]
+    start = 1 if body and is_docstring(body[0]) else 0
     body[start:start] = config_lines
     cls = cls.with_changes(body=cls.body.with_changes(body=body))
-    return _set_attributes(cls, list(PRETRAINED_ATTRIBUTES))
+    attributes, _ = templates.fill_statements(TEMPLATES, "pretrained_attributes", style)
+    return _set_attributes(cls, attributes)
 
 
 def _causal_lm_attributes(cls: cst.ClassDef, blueprint: Blueprint) -> cst.ClassDef:
     body = [
         statement
         for statement in cls.body.body
-        if _class_attribute(statement) not in DROPPED_CAUSAL_LM_ATTRIBUTES
+        if assigned_target(statement) not in DROPPED_CAUSAL_LM_ATTRIBUTES
     ]
     cls = cls.with_changes(body=cls.body.with_changes(body=body))
-    tied = "[" + ", ".join(f'"{key}"' for key in blueprint.features.tied_weights_keys) + "]"
-    cls = _set_attributes(cls, [("_tied_weights_keys", tied)])
+    style = blueprint.style
+    tied = _strings(blueprint.features.tied_weights_keys)
+    cls = _set_attributes(
+        cls, templates.fill_statements(TEMPLATES, "tied_weights", style, tied_weights_keys=tied)[0]
+    )
     layer = blueprint.backbone.decoder_layer
-    pipeline: list[tuple[str, str]] = [("SUPPORTS_PIPELINE_PARALLELISM", "True" if layer else "False")]
-    if layer is not None:
-        inputs = "[" + ", ".join(f'"{name}"' for name in PIPELINE_INPUT_NAMES) + "]"
-        leaves = "[" + ", ".join(f'"{name}"' for name in pipeline_leaf_classes(blueprint)) + "]"
-        pipeline += [
-            ("PIPELINE_TRANSFORMER_LAYER_CLS", layer),
-            ("PIPELINE_INPUT_NAMES", inputs),
-            ("PIPELINE_LEAF_MODULE_CLASSE_NAMES", leaves),
-        ]
+    if layer is None:
+        pipeline, _ = templates.fill_statements(TEMPLATES, "no_pipeline", style)
+    else:
+        pipeline, _ = templates.fill_statements(
+            TEMPLATES,
+            "pipeline_attributes",
+            style,
+            decoder_layer=cst.Name(layer),
+            leaf_classes=_strings(pipeline_leaf_classes(blueprint)),
+        )
     cls = _set_attributes(cls, pipeline, after="_tied_weights_keys")
     return _space_pipeline_block(cls)
+
+
+def _strings(values: tuple[str, ...] | list[str]) -> cst.List:
+    """`["a", "b"]`."""
+    return cst.List(elements=[cst.Element(cst.SimpleString(f'"{value}"')) for value in values])
 
 
 def _space_pipeline_block(cls: cst.ClassDef) -> cst.ClassDef:
@@ -173,7 +161,7 @@ def _space_pipeline_block(cls: cst.ClassDef) -> cst.ClassDef:
     body = list(cls.body.body)
     for index, statement in enumerate(body):
         if (
-            _class_attribute(statement) == "SUPPORTS_PIPELINE_PARALLELISM"
+            assigned_target(statement) == "SUPPORTS_PIPELINE_PARALLELISM"
             and index > 0
             and not statement.leading_lines
         ):
@@ -181,7 +169,7 @@ def _space_pipeline_block(cls: cst.ClassDef) -> cst.ClassDef:
         if (
             isinstance(statement, cst.FunctionDef)
             and index > 0
-            and _class_attribute(body[index - 1]) is not None
+            and assigned_target(body[index - 1]) is not None
             and not statement.leading_lines
         ):
             body[index] = statement.with_changes(leading_lines=[cst.EmptyLine(indent=False)])

@@ -5,7 +5,7 @@ causal-LM head; every other class and function goes (sequence-classification hea
 variables nothing kept reads, `GenerationMixin`, hub/docstring/deprecation decorators, the output
 recorder table of `check_model_inputs`, docstrings that show transformers' own usage (`>>>`) and the
 "generated from modular_<x>.py, do not edit" banner (the license header stays).
-Imports are left to NXS003, which drops the unused ones.
+Imports are left to NXS030, which drops the unused ones.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import libcst as cst
 
-from ._edits import docstring_count, dotted, names_in, parse_statements, with_body
+from ..syntax import assigned_target, docstring_count, dotted, names_in, with_body
 from .base import Rule, stored_example
 
 # Decorators that only serve transformers' docs, the kernel hub, argument deprecation or output capture.
@@ -42,10 +42,20 @@ class PruneToTrainingClosure(Rule):
     CODE = "NXS001"
     NAME = "prune-to-training-closure"
     SUMMARY = "keep the closure of the base model and causal-LM head; drop other heads, generation and doc decorators"
+    ADVICE = (
+        "A class or function you need was dropped when nothing the base model or the causal-LM head builds "
+        "reaches it: add it back by hand. Disabling the rule keeps every definition of the source."
+    )
     EXAMPLES = (
         stored_example(CODE, "llama", "LlamaPreTrainedModel"),
         stored_example(CODE, "llama", "LlamaForCausalLM"),
     )
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return False  # the rule rewrites the module's body as a whole
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         blueprint = self.blueprint
@@ -97,7 +107,7 @@ def _clean_class(cls: cst.ClassDef) -> cst.ClassDef:
         if isinstance(statement, cst.FunctionDef):
             if statement.name.value not in GENERATION_METHODS:
                 body.append(_clean_function(statement))
-        elif _assigned_name(statement) not in DROPPED_CLASS_ATTRIBUTES:
+        elif assigned_target(statement) not in DROPPED_CLASS_ATTRIBUTES:
             body.append(statement)
     return cls.with_changes(decorators=decorators, bases=bases, body=cls.body.with_changes(body=body))
 
@@ -118,16 +128,6 @@ def _docstring_text(statement: cst.BaseStatement) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _assigned_name(statement: cst.CSTNode) -> str | None:
-    if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
-        small = statement.body[0]
-        if isinstance(small, cst.Assign) and len(small.targets) == 1:
-            return dotted(small.targets[0].target)
-        if isinstance(small, cst.AnnAssign):
-            return dotted(small.target)
-    return None
-
-
 def _drop_unread_variables(body: list[cst.BaseStatement], kept: set[str]) -> list[cst.BaseStatement]:
     """Module-level assignments survive when a kept definition (or a surviving assignment) reads them.
 
@@ -136,7 +136,7 @@ def _drop_unread_variables(body: list[cst.BaseStatement], kept: set[str]) -> lis
     variables = {
         index: name
         for index, statement in enumerate(body)
-        if (name := _assigned_name(statement)) is not None and name != "__all__"
+        if (name := assigned_target(statement)) is not None and name != "__all__"
     }
     readers = [statement for statement in body if not isinstance(statement, cst.SimpleStatementLine)]
     read: set[str] = set()
@@ -155,7 +155,7 @@ def _drop_unread_variables(body: list[cst.BaseStatement], kept: set[str]) -> lis
     for index, statement in enumerate(body):
         if index in variables and index not in alive:
             continue
-        if _assigned_name(statement) == "__all__":
+        if assigned_target(statement) == "__all__":
             narrowed = _narrow_all(statement, kept)
             if narrowed is not None:
                 result.append(narrowed)
@@ -170,14 +170,17 @@ def _narrow_all(statement: cst.BaseStatement, kept: set[str]) -> cst.BaseStateme
     assert isinstance(assign, cst.Assign)
     if not isinstance(assign.value, cst.List | cst.Tuple):
         return statement
-    names = [
-        element.value.evaluated_value
+    elements = [
+        element
         for element in assign.value.elements
         if isinstance(element.value, cst.SimpleString) and element.value.evaluated_value in kept
     ]
-    if not names:
+    if not elements:
         return None
-    listed = "".join(f'    "{name}",\n' for name in names)
-    return parse_statements(f"__all__ = [\n{listed}]\n")[0].with_changes(
-        leading_lines=statement.leading_lines
-    )
+    # One name per line, trailing comma: ruff keeps the list exploded, as people write `__all__`.
+    space = cst.SimpleWhitespace(" ")
+    elements = [e.with_changes(comma=cst.Comma(whitespace_after=space)) for e in elements[:-1]] + [
+        elements[-1].with_changes(comma=cst.Comma())
+    ]
+    value = cst.List(elements=elements)
+    return statement.with_changes(body=[assign.with_changes(value=value)])

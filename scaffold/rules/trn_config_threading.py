@@ -14,13 +14,12 @@ from __future__ import annotations
 import libcst as cst
 
 from ..blueprint import Blueprint, NormScope, Role
-from ._edits import code, config_parameter, dotted, find_method, insert_after_super_init, parse_statements
-from ._imports import schedule_import
-from .base import Rule, stored_example
+from ..syntax import code, dotted, find_method, insert_after_super_init
+from . import templates
+from .base import Rule, stored_example, with_todo
 
 TRN_CONFIG = "trn_config"
-TRN_CONFIG_CLASS = "TrainingNeuronConfig"
-HOST_CONFIG_MODULE = "config"  # `from ..config import TrainingNeuronConfig`
+TEMPLATES = "trn_config_threading"
 PARALLEL_ROLES = frozenset({Role.COLUMN, Role.ROW, Role.EMBEDDING, Role.LM_HEAD})
 
 
@@ -45,64 +44,75 @@ class ThreadTrnConfig(Rule):
     CODE = "NXS004"
     NAME = "thread-trn-config"
     SUMMARY = "constructors that build parallel layers or SP norms take, store and pass on trn_config"
+    ADVICE = (
+        "Every layer rule builds on the `trn_config` it threads, so it can only be disabled together with "
+        "them; a constructor it cannot change is refused before it runs (R017, R018)."
+    )
     EXAMPLES = (
         stored_example(CODE, "llama", "LlamaDecoderLayer"),
         stored_example(CODE, "llama", "LlamaForCausalLM"),
     )
 
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # the rule rewrites whole classes: nothing to visit inside a method
+
     def visit_Module(self, node: cst.Module) -> None:
         self._needing = classes_needing_trn_config(self.blueprint)
-        self._config_position: dict[str, int] = {}
+        self._config: dict[str, str] = {}  # class -> its config parameter
+        self._config_position: dict[str, int] = {}  # class -> position of the config among the arguments
+        for plan in self.blueprint.classes:
+            if plan.name in self._needing and plan.config_parameter is not None:
+                self._config[plan.name] = plan.config_parameter
         for statement in node.body:
-            if isinstance(statement, cst.ClassDef) and statement.name.value in self._needing:
+            if isinstance(statement, cst.ClassDef) and statement.name.value in self._config:
                 init = find_method(statement, "__init__")
-                if init is not None:
-                    names = [param.name.value for param in init.params.params]
+                names = [param.name.value for param in init.params.params] if init is not None else []
+                if self._config[statement.name.value] in names:
                     self._config_position[statement.name.value] = (
-                        names.index(config_parameter(init, self.CODE)) - 1
+                        names.index(self._config[statement.name.value]) - 1
                     )
-        schedule_import(self.context, HOST_CONFIG_MODULE, TRN_CONFIG_CLASS, relative=2)
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         name = updated_node.name.value
         if name not in self._needing:
             return updated_node
+        refusal = self.refusal_for(name)
+        if refusal is not None:
+            return with_todo(updated_node, refusal)
         init = find_method(updated_node, "__init__")
-        if init is None:
-            return updated_node
+        assert init is not None and name in self._config, "checked in analysis (R017, R018)"
         init = _pass_to_children(init, self._needing, self._config_position)
-        init = _take_and_store(init, self.CODE)
+        init = self._take_and_store(init, self._config[name])
         body = [init if _is_init(statement) else statement for statement in updated_node.body.body]
         return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
+
+    def _take_and_store(self, init: cst.FunctionDef, config: str) -> cst.FunctionDef:
+        """`trn_config: TrainingNeuronConfig` after the config parameter, then `self.trn_config = trn_config`."""
+        params = list(init.params.params)
+        if any(param.name.value == TRN_CONFIG for param in params):
+            return init
+        (new,), needed = templates.fill_parameters(TEMPLATES, "trn_config_parameter", self.blueprint.style)
+        self.add_template_imports(needed)
+        position = next(index for index, param in enumerate(params) if param.name.value == config) + 1
+        new = new.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        if position == len(params):
+            previous = params[-1]
+            if isinstance(previous.comma, cst.MaybeSentinel):
+                params[-1] = previous.with_changes(
+                    comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+                )
+            new = new.with_changes(comma=cst.MaybeSentinel.DEFAULT)
+            if init.params.star_kwarg is not None or init.params.star_arg is not cst.MaybeSentinel.DEFAULT:
+                new = new.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        params.insert(position, new)
+        init = init.with_changes(params=init.params.with_changes(params=params))
+        store, needed = templates.fill_statements(TEMPLATES, "trn_config_stored", self.blueprint.style)
+        self.add_template_imports(needed)
+        return insert_after_super_init(init, store)
 
 
 def _is_init(statement: cst.CSTNode) -> bool:
     return isinstance(statement, cst.FunctionDef) and statement.name.value == "__init__"
-
-
-def _take_and_store(init: cst.FunctionDef, rule: str) -> cst.FunctionDef:
-    """`trn_config: TrainingNeuronConfig` after the config parameter, then `self.trn_config = trn_config`."""
-    params = list(init.params.params)
-    if any(param.name.value == TRN_CONFIG for param in params):
-        return init
-    config = config_parameter(init, rule)
-    position = next(index for index, param in enumerate(params) if param.name.value == config) + 1
-    new = cst.Param(
-        name=cst.Name(TRN_CONFIG),
-        annotation=cst.Annotation(cst.Name(TRN_CONFIG_CLASS)),
-        comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")),
-    )
-    if position == len(params):
-        previous = params[-1]
-        if isinstance(previous.comma, cst.MaybeSentinel):
-            params[-1] = previous.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-        new = new.with_changes(comma=cst.MaybeSentinel.DEFAULT)
-        if init.params.star_kwarg is not None or init.params.star_arg is not cst.MaybeSentinel.DEFAULT:
-            new = new.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-    params.insert(position, new)
-    init = init.with_changes(params=init.params.with_changes(params=params))
-    store = parse_statements(f"self.{TRN_CONFIG} = {TRN_CONFIG}")
-    return insert_after_super_init(init, store)
 
 
 def _pass_to_children(

@@ -1,6 +1,6 @@
 """Fixtures of the expert-weight spec tests: the spec template under a host, and transformers MoE checkpoints.
 
-`templates/code/moe_expert_weights.py` is what the scaffolder inserts into a generated MoE package, where
+`templates/modules/moe_expert_weights.py` is what the scaffolder inserts into a generated MoE package, where
 `..transformations_utils` is the training host's module. `load_spec_template(host_package)` imports it
 the same way under any host package: the reference host or the released optimum-neuron code loaded as an
 oracle (`oracle_optimum_neuron`).
@@ -32,7 +32,7 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBl
 from .moe_dense import DenseWeights
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "templates" / "code" / "moe_expert_weights.py"
+TEMPLATE = REPO / "templates" / "modules" / "moe_expert_weights.py"
 TINY_MOE = Path(__file__).resolve().parent / "tiny_moe"
 REFERENCE_HOST = "conformance.backends.reference.training"
 TEMPLATE_PACKAGE = "moe_template"

@@ -1,4 +1,4 @@
-"""The expert-weight specs of `templates/code/moe_expert_weights.py`, under the reference host and under the
+"""The expert-weight specs of `templates/modules/moe_expert_weights.py`, under the reference host and under the
 released optimum-neuron 0.4.5 host code (`oracle_optimum_neuron`), in one process (ranks are simulated by
 setting NxD's TP and EP rank).
 

@@ -270,7 +270,7 @@ def test_rules_table_and_one_rule(capsys: pytest.CaptureFixture[str]):
     status, out = run(["rules", rule.NAME])
     assert status == 0 and out.startswith(f"{rule.CODE} {rule.NAME}: {rule.SUMMARY}")
     assert run(["rules", "NXS999"])[0] == EXIT_ERROR
-    assert "unknown rule 'NXS999'" in capsys.readouterr().err
+    assert "unknown code 'NXS999'" in capsys.readouterr().err
 
 
 def test_help_lists_the_options():

@@ -38,7 +38,12 @@ def test_roles_come_from_dataflow_when_names_say_nothing(tmp_path: Path):
     assert {site.constructor for site in blueprint.sites if site.kind.value == "linear"} == {
         "torch.nn.Linear"
     }
-    assert blueprint.refusals == ()
+    # Nothing structural; only what the rules need and this toy lacks: a loss through transformers'
+    # `loss_function` (R023) and an attention kernel picked from ALL_ATTENTION_FUNCTIONS (R027).
+    assert {(refusal.code, refusal.subject) for refusal in blueprint.refusals} == {
+        ("R023", "LlamaForCausalLM"),
+        ("R027", "Mixer"),
+    }
 
 
 def test_attention_order_and_gate_come_from_the_dataflow(tmp_path: Path):

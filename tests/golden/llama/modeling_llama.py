@@ -58,7 +58,7 @@ from ..transformations_utils import (
 
 def _init_normal(std: float, tensor: torch.Tensor) -> torch.Tensor:
     """Fill `tensor` from N(0, std^2): the init method of every parallel layer (std = initializer_range)."""
-    return torch.nn.init.normal_(tensor, mean=0.0, std=std)
+    return nn.init.normal_(tensor, mean=0.0, std=std)
 
 
 class LlamaRMSNorm(nn.Module):
@@ -159,7 +159,8 @@ class LlamaMLP(nn.Module, CustomModule):
         self.config = config
         self.hidden_size = config.hidden_size
         self.intermediate_size = config.intermediate_size
-        # gate_proj and up_proj fused along the output features; with stride 2 each rank holds its
+        init_method = partial(_init_normal, config.initializer_range)
+        # The gate and up projections fused along the output features; with stride 2 each rank holds its
         # shard of both, so the local output splits into (gate, up) by the per-rank sizes.
         self.gate_up_proj = ColumnParallelLinear(
             self.hidden_size,
@@ -167,7 +168,7 @@ class LlamaMLP(nn.Module, CustomModule):
             stride=2,
             bias=config.mlp_bias,
             gather_output=False,
-            init_method=partial(_init_normal, config.initializer_range),
+            init_method=init_method,
             sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
             sequence_dimension=0,
             dtype=config.dtype,
@@ -188,7 +189,7 @@ class LlamaMLP(nn.Module, CustomModule):
             self.hidden_size,
             bias=config.mlp_bias,
             input_is_parallel=True,
-            init_method=partial(_init_normal, config.initializer_range),
+            init_method=init_method,
             sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
             sequence_dimension=0,
             dtype=config.dtype,
@@ -245,20 +246,24 @@ def eager_attention_forward(
 
 
 def neuron_flash_attention_forward(
-    module: torch.nn.Module,
+    module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
+    attention_mask: Optional[torch.Tensor],
     scaling: float,
     dropout: float = 0.0,
+    causal: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """`flash_attention_2` on Neuron: NxD's NKI kernel, causal, returning the eager layout (B, S, h, d).
 
-    q, k, v come in as (B, h, S, d). The kernel ignores `attention_mask` (padding is not masked) and
-    needs a sequence length that is a multiple of 2048; dropout runs on its output.
+    q, k, v come in as (B, h, S, d). The kernel masks the future itself, whether no mask was built
+    (`causal`) or the host built the causal `attention_mask`, which it does not read (padding is not
+    masked). It needs a sequence length that is a multiple of 2048; dropout runs on its output.
     """
+    if not causal and attention_mask is None:
+        raise NotImplementedError("the NKI flash-attention kernel is causal; use eager attention")
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     transpose = module.trn_config.transpose_nki_inputs
@@ -275,7 +280,7 @@ def neuron_flash_attention_forward(
         mixed_precision=True,
         transpose_nki_inputs=transpose,
     )
-    attn_output = torch.nn.functional.dropout(attn_output, p=dropout, training=module.training)
+    attn_output = nn.functional.dropout(attn_output, p=dropout, training=module.training)
     return attn_output.transpose(1, 2).contiguous(), None
 
 
@@ -303,6 +308,7 @@ class LlamaAttention(nn.Module, CustomModule):
             if self.kv_size_multiplier is None:
                 self.kv_size_multiplier = trn_config.auto_kv_size_multiplier(config.num_key_value_heads)
         self.specs = ModelWeightTransformationSpecs()
+        init_method = partial(_init_normal, config.initializer_range)
         if self.qkv_linear:
             # Attention biases on this layer rely on deviation NXD-09 (NxD 0.18 rejects bias=True here):
             # on Trainium such a model needs KV heads divisible by the TP size.
@@ -313,7 +319,7 @@ class LlamaAttention(nn.Module, CustomModule):
                 gather_output=False,
                 kv_size_multiplier=self.kv_size_multiplier,
                 fuse_qkv=trn_config.fuse_qkv,
-                init_method=partial(_init_normal, config.initializer_range),
+                init_method=init_method,
                 sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
                 dtype=config.dtype,
             )
@@ -340,7 +346,7 @@ class LlamaAttention(nn.Module, CustomModule):
                 stride=3,
                 bias=config.attention_bias,
                 gather_output=False,
-                init_method=partial(_init_normal, config.initializer_range),
+                init_method=init_method,
                 sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
                 sequence_dimension=0,
                 dtype=config.dtype,
@@ -361,7 +367,7 @@ class LlamaAttention(nn.Module, CustomModule):
                 config.num_attention_heads * self.head_dim,
                 bias=config.attention_bias,
                 gather_output=False,
-                init_method=partial(_init_normal, config.initializer_range),
+                init_method=init_method,
                 sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
                 sequence_dimension=0,
                 dtype=config.dtype,
@@ -371,7 +377,7 @@ class LlamaAttention(nn.Module, CustomModule):
                 config.num_key_value_heads * self.head_dim,
                 bias=config.attention_bias,
                 gather_output=False,
-                init_method=partial(_init_normal, config.initializer_range),
+                init_method=init_method,
                 sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
                 sequence_dimension=0,
                 dtype=config.dtype,
@@ -381,7 +387,7 @@ class LlamaAttention(nn.Module, CustomModule):
                 config.num_key_value_heads * self.head_dim,
                 bias=config.attention_bias,
                 gather_output=False,
-                init_method=partial(_init_normal, config.initializer_range),
+                init_method=init_method,
                 sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
                 sequence_dimension=0,
                 dtype=config.dtype,
@@ -391,7 +397,7 @@ class LlamaAttention(nn.Module, CustomModule):
             config.hidden_size,
             bias=config.attention_bias,
             input_is_parallel=True,
-            init_method=partial(_init_normal, config.initializer_range),
+            init_method=init_method,
             sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
             sequence_dimension=0,
             dtype=config.dtype,
@@ -410,7 +416,7 @@ class LlamaAttention(nn.Module, CustomModule):
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.trn_config.sequence_parallel_enabled:
-            # hidden_states is (S/T, B, D): sequence-first and sharded over the tensor-parallel ranks.
+            # The input is (S/T, B, D): sequence-first and sharded over the tensor-parallel ranks.
             input_shape = (hidden_states.shape[1], hidden_states.shape[0] * get_tensor_model_parallel_size())
         else:
             input_shape = hidden_states.shape[:-1]
@@ -456,7 +462,7 @@ class LlamaAttention(nn.Module, CustomModule):
 
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         if self.trn_config.sequence_parallel_enabled:
-            # o_proj reduce-scatters along the sequence: back to sequence-first (S, B, h*d).
+            # The output projection reduce-scatters along the sequence: back to sequence-first (S, B, h*d).
             attn_output = attn_output.transpose(0, 1)
         attn_output = self.o_proj(attn_output)
         return attn_output, attn_weights
@@ -532,11 +538,12 @@ class LlamaModel(NeuronModelMixin, LlamaPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
 
+        init_method = partial(_init_normal, config.initializer_range)
         self.embed_tokens = ParallelEmbedding(
             config.vocab_size,
             config.hidden_size,
             self.padding_idx,
-            init_method=partial(_init_normal, config.initializer_range),
+            init_method=init_method,
             sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
             dtype=config.dtype,
         )
@@ -632,12 +639,13 @@ class LlamaForCausalLM(NeuronModelMixin, LlamaPreTrainedModel):
         self.trn_config = trn_config
         self.model = LlamaModel(config, trn_config)
         self.vocab_size = divide(config.vocab_size, get_tensor_model_parallel_size())
+        init_method = partial(_init_normal, config.initializer_range)
         self.lm_head = ColumnParallelLinear(
             config.hidden_size,
             config.vocab_size,
             bias=False,
             gather_output=False,
-            init_method=partial(_init_normal, config.initializer_range),
+            init_method=init_method,
             sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
             sequence_dimension=0,
             dtype=config.dtype,

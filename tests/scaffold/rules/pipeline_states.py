@@ -1,13 +1,14 @@
 """The real pipeline, run rule by rule on an installed model file, cached per model type.
 
 `module_before(model_type, code)` is the module just before rule `code` runs in the full pipeline (every
-rule with a smaller code applied, in order); the examples of every rule are checked against it.
+rule before it in `RULES` applied, in order); the examples of every rule are checked against it.
 """
 
 from __future__ import annotations
 
 import libcst as cst
 
+from scaffold.emit import format_python
 from scaffold.pipeline import apply_rules
 from scaffold.rules import RULES
 from scaffold.rules.base import definition_source
@@ -45,13 +46,14 @@ def module_after(model_type: str, code: str) -> cst.Module:
 
 
 def example_source(module: cst.Module, scope: str) -> str:
-    """`definition_source`, plus the pseudo scope `<imports>` for the top-level import statements."""
+    """`definition_source`, plus the pseudo scope `<imports>` for the top-level import statements, as ruff
+    formats them (rules lay new code out for ruff, which writes it as the generated file shows it)."""
     if scope != IMPORTS_SCOPE:
-        return definition_source(module, scope)
+        return format_python(definition_source(module, scope))
     lines = [
         module.code_for_node(statement).strip("\n")
         for statement in module.body
         if isinstance(statement, cst.SimpleStatementLine)
         and all(isinstance(small, cst.Import | cst.ImportFrom) for small in statement.body)
     ]
-    return "\n".join(lines) + "\n"
+    return format_python("\n".join(lines) + "\n")

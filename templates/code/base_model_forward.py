@@ -1,0 +1,74 @@
+"""Templates of NXS012 (base-model-forward), filled by `scaffold.rules.templates`.
+
+`sequence_length`, `inputs_embeds` and `causal_mask` stand for the forward's own names: the rule renames
+them.
+"""
+
+import torch
+
+from ..config import TrainingNeuronConfig
+from ..masking_utils import create_causal_mask
+from ..training_utils import checkpoint_with_kwargs
+
+
+def sliding_window_mask_helper():
+    """The local helper that stands for transformers' sliding-window mask, defined before the base model."""
+
+    def _create_sliding_window_causal_mask(
+        config, trn_config: TrainingNeuronConfig, **kwargs
+    ) -> torch.Tensor | None:
+        """The host's causal mask, limited to the last `config.sliding_window` keys of each query.
+
+        transformers' sliding-window mask lets query i attend to key j when i - sliding_window < j <= i; the
+        host builds the causal and padding part, the window is applied here.
+        """
+        mask = create_causal_mask(config=config, trn_config=trn_config, **kwargs)
+        if mask is None:
+            return None
+        queries = torch.arange(mask.shape[-2], device=mask.device)[:, None]
+        keys = torch.arange(mask.shape[-1], device=mask.device)[None, :]
+        return mask.masked_fill(queries - keys >= config.sliding_window, torch.finfo(mask.dtype).min)
+
+
+def sequence_length(self, sequence_length, inputs_embeds):
+    """Before the first read of the sequence length off the embeddings' dim 1."""
+    # (B, S, D), or (S/T, B, D) under sequence parallelism
+    sequence_length = (
+        inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+        if self.trn_config.sequence_parallel_enabled
+        else inputs_embeds.size(1)
+    )
+    return sequence_length
+
+
+def mask_unless_recomputed(self, causal_mask, mask):
+    """A mask built by a statement of its own: none when the attention recomputes a causal one."""
+    if self.trn_config.recompute_causal_mask:
+        causal_mask = None
+    else:
+        causal_mask = {mask}
+    return causal_mask
+
+
+def mask_value_unless_recomputed(self, mask):
+    """A mask built inside another expression: none when the attention recomputes a causal one."""
+    return None if self.trn_config.recompute_causal_mask else {mask}
+
+
+def checkpoint_switch(self):
+    """A decoder-layer call, checkpointed while training with checkpointing on (the rule puts the
+    checkpointed statement in the first branch and the source's in the second)."""
+    if self.gradient_checkpointing and self.training:
+        pass
+    else:
+        pass
+
+
+def checkpointed(layer):
+    """The checkpointed call of a decoder layer (the source call's arguments follow the layer)."""
+    return checkpoint_with_kwargs({layer})
+
+
+def checkpointing_from_trn_config(self, trn_config):
+    """transformers' `self.gradient_checkpointing = False` (or the line added before `post_init()`)."""
+    self.gradient_checkpointing = trn_config.gradient_checkpointing

@@ -1,0 +1,419 @@
+"""The rules that rewrite forwards (lm head, base model, attention) on hand-written snippets."""
+
+from __future__ import annotations
+
+from scaffold.blueprint import AttentionGeometry, Backbone, ClassKind, CodeStyle, Features, Refusal, Role
+from scaffold.rules.attention_sequence_parallel import AttentionSequenceParallel
+from scaffold.rules.attention_variants import AttentionVariants
+from scaffold.rules.base_model_forward import BaseModelForward
+from scaffold.rules.neuron_flash_attention import NeuronFlashAttention
+from scaffold.rules.vocab_parallel_lm_head import VocabParallelLMHead
+
+from .test_layer_rules import INIT_HELPER
+from .toy import ALLOWED, FEATURES, HERE, RuleTest, blueprint, expr, klass, site
+
+
+class TestVocabParallelLMHead(RuleTest):
+    TRANSFORM = VocabParallelLMHead
+    BEFORE = """
+from torch import nn
+
+
+class ToyForCausalLM(ToyPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, hidden_states, labels=None, logits_to_keep: Union[int, torch.Tensor] = 0, **kwargs):
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :]) * self.scale
+        loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return loss, logits
+"""
+
+    def test_head_is_vocab_parallel_and_the_loss_reduces_over_the_group(self) -> None:
+        after = f"""
+from functools import partial
+from neuronx_distributed.parallel_layers.layers import ColumnParallelLinear
+from neuronx_distributed.parallel_layers.parallel_state import get_tensor_model_parallel_size
+from neuronx_distributed.parallel_layers.utils import divide
+import torch
+from torch import nn
+
+from ..loss_utils import ForCausalLMLoss
+
+{INIT_HELPER}
+
+class ToyForCausalLM(ToyPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.vocab_size = divide(config.vocab_size, get_tensor_model_parallel_size())
+        init_method = partial(_init_normal, config.initializer_range)
+        self.lm_head = ColumnParallelLinear(
+            config.hidden_size,
+            config.vocab_size,
+            bias=False,
+            gather_output=False,
+            init_method=init_method,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+            sequence_dimension=0,
+            dtype=config.dtype,
+        )
+
+    def forward(self, hidden_states, labels=None, **kwargs):
+        logits = self.lm_head(hidden_states) * self.scale
+        if self.trn_config.sequence_parallel_enabled:
+            logits = logits.transpose(0, 1).contiguous()
+        loss = ForCausalLMLoss(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
+        return loss, logits
+"""
+        bp = blueprint(
+            classes=[klass("ToyForCausalLM", ClassKind.CAUSAL_LM)],
+            sites=[site("ToyForCausalLM", "lm_head", Role.LM_HEAD, out_features="config.vocab_size")],
+        )
+        self.assertCodemod(self.BEFORE, after, blueprint=bp)
+
+    def test_a_class_without_a_head_is_left_alone(self) -> None:
+        self.assertUnchanged(self.BEFORE, blueprint=blueprint(classes=[klass("ToyForCausalLM")]))
+
+
+ATTENTION = """
+class ToyAttention(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states, attention_mask, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, attn_weights = attention_interface(self, query_states, key_states, value_states, attention_mask, **kwargs)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+"""
+GEOMETRY = AttentionGeometry(
+    owner="ToyAttention",
+    path="attn",
+    q="q_proj",
+    k="k_proj",
+    v="v_proj",
+    o="o_proj",
+    num_heads=expr("config.num_attention_heads"),
+    num_kv_heads=expr("config.num_key_value_heads"),
+    head_dim=expr("config.head_dim"),
+    scaling=None,
+    sliding_window=None,
+    softcap=None,
+    q_norm=None,
+    k_norm=None,
+    core_call=HERE,
+    eager_function="eager_attention_forward",
+)
+
+
+def _attention_blueprint(**overrides: object):
+    sizes = {
+        "q_proj": "config.num_attention_heads * self.head_dim",
+        "k_proj": "config.num_key_value_heads * self.head_dim",
+        "v_proj": "config.num_key_value_heads * self.head_dim",
+    }
+    sites = [
+        site("ToyAttention", name, Role.COLUMN, out_features=size, path=f"attn.{name}")
+        for name, size in sizes.items()
+    ]
+    return blueprint(
+        classes=[klass("ToyAttention", ClassKind.ATTENTION)], sites=sites, attention=[GEOMETRY], **overrides
+    )
+
+
+class TestAttentionVariants(RuleTest):
+    TRANSFORM = AttentionVariants
+
+    def test_projections_become_the_variant_chosen_at_construction(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        out = (
+            AttentionVariants(CodemodContext(), _attention_blueprint())
+            .transform_module(cst.parse_module(ATTENTION))
+            .code
+        )
+        init, forward = out.split("def forward")
+        # constructor: the three variants, per-rank counts replacing the global group count
+        assert (
+            "self.qkv_linear = config.num_key_value_heads < tp_size or config.num_key_value_heads % tp_size != 0"
+            in init
+        )
+        assert "self.qkv_proj = GQAQKVColumnParallelLinear(" in init and "stride=3" in init
+        assert "NXD-09" not in init  # no bias: no deviation note
+        assert init.index("init_method = partial(") < init.index(
+            "if self.qkv_linear:\n            self.qkv_proj"
+        )
+        assert "else:\n            self.q_proj = nn.Linear(" in init
+        assert init.rstrip().endswith(
+            "self.num_key_value_groups = self.num_heads // self.num_key_value_heads"
+        )
+        assert init.count("num_key_value_groups =") == 1
+        # forward: q, k, v computed up front by variant, the source's reshapes read them
+        assert (
+            "query_states, key_states, value_states = self.qkv_proj(hidden_states).split(self.split_size, dim=-1)"
+            in forward
+        )
+        assert "query_states = query_states.view(hidden_shape).transpose(1, 2)" in forward
+        assert "class ToyAttention(nn.Module, CustomModule):" in out
+
+    def test_refused_attention_is_marked_not_converted(self) -> None:
+        refusal = Refusal(
+            "R025", "ToyAttention: q/k/v are built under a condition", HERE, "ToyAttention", ("NXS021",)
+        )
+        after = ATTENTION.replace(
+            "class ToyAttention",
+            "# TODO(R025): ToyAttention: q/k/v are built under a condition\nclass ToyAttention",
+        )
+        self.assertCodemod(
+            ATTENTION, after, blueprint=_attention_blueprint(refusals=[refusal]), options=ALLOWED
+        )
+
+
+class TestAttentionSequenceParallel(RuleTest):
+    TRANSFORM = AttentionSequenceParallel
+    BEFORE = """
+class ToyAttention(nn.Module):
+    def forward(self, hidden_states, attention_mask, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        q = self.q_proj(hidden_states)
+        k = self.k_proj(hidden_states)
+        v = self.v_proj(hidden_states)
+        out = kernel(q.view(*input_shape, -1, 4), k, v)
+        return self.o_proj(out.reshape(*input_shape, -1))
+"""
+
+    def test_projections_go_batch_first_and_the_output_back_to_sequence_first(self) -> None:
+        after = """
+from neuronx_distributed.parallel_layers.parallel_state import get_tensor_model_parallel_size
+
+
+class ToyAttention(nn.Module):
+    def forward(self, hidden_states, attention_mask, **kwargs):
+        if self.trn_config.sequence_parallel_enabled:
+            # The input is (S/T, B, D): sequence-first and sharded over the tensor-parallel ranks.
+            input_shape = (hidden_states.shape[1], hidden_states.shape[0] * get_tensor_model_parallel_size())
+        else:
+            input_shape = hidden_states.shape[:-1]
+        q = self.q_proj(hidden_states)
+        k = self.k_proj(hidden_states)
+        v = self.v_proj(hidden_states)
+        if self.trn_config.sequence_parallel_enabled:
+            # The column layers gathered the sequence: (S, B, h*d) -> batch-first (B, S, h*d).
+            q, k, v = (
+                q.transpose(0, 1),
+                k.transpose(0, 1),
+                v.transpose(0, 1),
+            )
+        out = kernel(q.view(*input_shape, -1, 4), k, v)
+        attn_output = out.reshape(*input_shape, -1)
+        if self.trn_config.sequence_parallel_enabled:
+            # The output projection reduce-scatters along the sequence: back to sequence-first (S, B, h*d).
+            attn_output = attn_output.transpose(0, 1)
+        return self.o_proj(attn_output)
+"""
+        self.assertCodemod(self.BEFORE, after, blueprint=_attention_blueprint())
+
+    def test_another_read_of_the_input_shape_is_marked_in_place(self) -> None:
+        before = self.BEFORE.replace(
+            "        q = self.q_proj", "        length = hidden_states.shape[1]\n        q = self.q_proj"
+        )
+        refusal = Refusal("R026", "reads the shape", HERE, "ToyAttention", ("NXS022",))
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        rule = AttentionSequenceParallel(CodemodContext(), _attention_blueprint(refusals=[refusal]), ALLOWED)
+        out = rule.transform_module(cst.parse_module(before)).code
+        assert "        # TODO(R026): reads the shape\n        length = hidden_states.shape[1]\n" in out
+        assert "attn_output = attn_output.transpose(0, 1)" in out  # the rest is converted
+
+    def test_a_class_that_is_no_attention_is_left_alone(self) -> None:
+        self.assertUnchanged(
+            self.BEFORE.replace("ToyAttention", "ToyMixer"), blueprint=_attention_blueprint()
+        )
+
+
+EAGER = """
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    return torch.matmul(attn_weights.softmax(-1), value), attn_weights
+"""
+
+
+class TestNeuronFlashAttention(RuleTest):
+    TRANSFORM = NeuronFlashAttention
+
+    def test_eager_recomputes_the_causal_mask_and_flash_is_the_alternative(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        style = CodeStyle(optional=True, nn_alias=False)
+        bp = _attention_blueprint(style=style)
+        out = (
+            NeuronFlashAttention(CodemodContext(), bp)
+            .transform_module(cst.parse_module(EAGER + ATTENTION))
+            .code
+        )
+        assert "attn_weights, scaling, dropout=0.0, causal: bool = False, **kwargs" in out.replace(
+            "\n", " "
+        ).replace("  ", " ") or ("causal: bool = False" in out.split("def neuron_flash_attention_forward")[0])
+        assert "elif causal:\n        # No mask was built" in out
+        assert "future = torch.ones(attn_weights.shape[-2:]" in out
+        assert (
+            '        if self.config._attn_implementation == "flash_attention_2":\n            attention_interface = neuron_flash_attention_forward\n'
+            in out
+        )
+        assert "attention_mask, causal=attention_mask is None, **kwargs)" in out
+        flash = out.split("def neuron_flash_attention_forward(", 1)[1].split("\nclass ", 1)[0]
+        # the file's style: Optional and torch.nn, no window or softcap parameters it does not need
+        assert "attention_mask: Optional[torch.Tensor]," in flash and "module: torch.nn.Module," in flash
+        assert "torch.nn.functional.dropout(" in flash and "| None" not in flash
+        assert "sliding_window" not in flash and "softcap" not in flash
+        assert "key = key.repeat_interleave(module.num_key_value_groups, dim=1)" in flash  # no repeat_kv here
+        assert "if not causal and attention_mask is None:\n        raise NotImplementedError" in flash
+
+    def test_a_window_is_applied_in_eager_and_refused_by_flash(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        features = Features(**{**FEATURES.__dict__, "sliding_window": expr("config.sliding_window")})
+        bp = _attention_blueprint(features=features, functions=["repeat_kv"])
+        source = "def repeat_kv(x, n):\n    return x\n" + EAGER + ATTENTION
+        out = NeuronFlashAttention(CodemodContext(), bp).transform_module(cst.parse_module(source)).code
+        eager, flash = out.split("def neuron_flash_attention_forward(", 1)
+        assert "sliding_window: int | None = None" in eager and "expired = torch.ones(" in eager
+        assert "if sliding_window is not None and sliding_window < query.shape[-2]:" in flash
+        assert "key = repeat_kv(key, module.num_key_value_groups)" in flash
+
+    def test_refused_attention_is_marked_and_keeps_its_dispatch(self) -> None:
+        refusal = Refusal("R027", "no table", HERE, "ToyAttention", ("NXS023",))
+        after = (EAGER + ATTENTION).replace(
+            "class ToyAttention", "# TODO(R027): no table\nclass ToyAttention"
+        )
+        self.assertCodemod(
+            EAGER + ATTENTION, after, blueprint=_attention_blueprint(refusals=[refusal]), options=ALLOWED
+        )
+
+
+BASE = """
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+
+class ToyLayer(GradientCheckpointingLayer):
+    pass
+
+
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([ToyLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, cache_position=None):
+        inputs_embeds = self.embed_tokens(input_ids)
+        cache_position = torch.arange(0, inputs_embeds.shape[1], device=inputs_embeds.device)
+        causal_mask = create_causal_mask(config=self.config, input_embeds=inputs_embeds, past_key_values=None)
+        hidden_states = inputs_embeds
+        for decoder_layer in self.layers:
+            hidden_states = decoder_layer(hidden_states, attention_mask=causal_mask)
+        return hidden_states
+"""
+
+
+class TestBaseModelForward(RuleTest):
+    TRANSFORM = BaseModelForward
+    BACKBONE = Backbone("model", "model.embed_tokens", "model.layers.*", "ToyLayer", None, None, None)
+
+    def test_sequence_parallel_positions_host_mask_and_checkpointing(self) -> None:
+        after = """
+from torch import nn
+
+from ..masking_utils import create_causal_mask
+from ..training_utils import checkpoint_with_kwargs
+
+
+class ToyLayer(nn.Module):
+    pass
+
+
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([ToyLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, cache_position=None):
+        inputs_embeds = self.embed_tokens(input_ids)
+        # (B, S, D), or (S/T, B, D) under sequence parallelism
+        sequence_length = (
+            inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+            if self.trn_config.sequence_parallel_enabled
+            else inputs_embeds.size(1)
+        )
+        cache_position = torch.arange(0, sequence_length, device=inputs_embeds.device)
+        if self.trn_config.recompute_causal_mask:
+            causal_mask = None
+        else:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                trn_config=self.trn_config,
+                input_embeds=inputs_embeds,
+            )
+        hidden_states = inputs_embeds
+        for decoder_layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = checkpoint_with_kwargs(decoder_layer, hidden_states, attention_mask=causal_mask)
+            else:
+                hidden_states = decoder_layer(hidden_states, attention_mask=causal_mask)
+        return hidden_states
+"""
+        bp = blueprint(
+            classes=[klass("ToyModel", ClassKind.BASE_MODEL), klass("ToyLayer", ClassKind.DECODER_LAYER)],
+            backbone=self.BACKBONE,
+            mask_builders=["create_causal_mask"],
+        )
+        self.assertCodemod(BASE, after, blueprint=bp)
+
+    def test_a_file_binding_nn_as_torch_nn_gets_no_second_binding(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        bp = blueprint(
+            classes=[klass("ToyModel", ClassKind.BASE_MODEL), klass("ToyLayer", ClassKind.DECODER_LAYER)],
+            backbone=self.BACKBONE,
+            mask_builders=["create_causal_mask"],
+        )
+        source = BASE.replace("from torch import nn", "import torch.nn as nn")
+        out = BaseModelForward(CodemodContext(), bp).transform_module(cst.parse_module(source)).code
+        assert "class ToyLayer(nn.Module):" in out and "from torch import nn" not in out
+
+    def test_refused_base_model_keeps_transformers_masks(self) -> None:
+        refusal = Refusal("R022", "no loop", HERE, "ToyModel", ("NXS012",))
+        bp = blueprint(backbone=self.BACKBONE, mask_builders=["create_causal_mask"], refusals=[refusal])
+        after = BASE.replace("class ToyModel(", "# TODO(R022): no loop\nclass ToyModel(").replace(
+            "class ToyLayer(GradientCheckpointingLayer)", "class ToyLayer(nn.Module)"
+        )
+        self.assertCodemod(BASE, after, blueprint=bp, options=ALLOWED)

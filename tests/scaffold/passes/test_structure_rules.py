@@ -1,0 +1,290 @@
+"""The structural rules on hand-written snippets: what each writes, and what it leaves alone."""
+
+from __future__ import annotations
+
+from scaffold.blueprint import Backbone, ClassKind, Refusal, Role
+from scaffold.rules.absolute_imports import AbsoluteTransformersImports
+from scaffold.rules.kv_cache import DropKVCache
+from scaffold.rules.neuron_model_classes import NeuronModelClasses
+from scaffold.rules.prune_closure import PruneToTrainingClosure
+from scaffold.rules.trn_config_threading import ThreadTrnConfig
+from scaffold.rules.unused_imports import RemoveUnusedImports
+
+from .toy import ALLOWED, HERE, RuleTest, blueprint, klass, site
+
+
+class TestPruneToTrainingClosure(RuleTest):
+    TRANSFORM = PruneToTrainingClosure
+
+    def test_only_the_closure_stays_without_generation_and_doc_decorators(self) -> None:
+        before = '''
+from transformers.generation import GenerationMixin
+
+UNUSED_TABLE = {"a": 1}
+KEPT_TABLE = {"b": 2}
+__all__ = ["ToyModel", "ToyForCausalLM", "ToyForSequenceClassification"]
+
+
+def helper():
+    return KEPT_TABLE
+
+
+@auto_docstring
+class ToyModel:
+    _can_record_outputs = {"hidden_states": "x"}
+
+    def forward(self):
+        return helper()
+
+
+class ToyForCausalLM(ToyModel, GenerationMixin):
+    def prepare_inputs_for_generation(self):
+        pass
+
+    def forward(self):
+        """
+        >>> model.generate()
+        """
+        return 1
+
+
+class ToyForSequenceClassification(ToyModel):
+    pass
+'''
+        after = """
+from transformers.generation import GenerationMixin
+
+KEPT_TABLE = {"b": 2}
+__all__ = ["ToyModel", "ToyForCausalLM",]
+
+
+def helper():
+    return KEPT_TABLE
+
+
+class ToyModel:
+
+    def forward(self):
+        return helper()
+
+
+class ToyForCausalLM(ToyModel):
+    def forward(self):
+        return 1
+"""
+        bp = blueprint(classes=[klass("ToyModel"), klass("ToyForCausalLM")], functions=["helper"])
+        self.assertCodemod(before, after, blueprint=bp)
+
+
+class TestDropKVCache(RuleTest):
+    TRANSFORM = DropKVCache
+    CACHED = """
+from ...masking_utils import create_causal_mask
+
+
+class Model:
+    def forward(self, x, past_key_values=None, use_cache=None, cache_position=None, **kwargs):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        if cache_position is None:
+            seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache_position = torch.arange(seen, seen + x.shape[1])
+        mask = create_causal_mask(x, cache_position=cache_position, past_key_values=past_key_values)
+        x = self.layer(x, mask, past_key_values=past_key_values, use_cache=use_cache, cache_position=cache_position)
+        return Output(x, past_key_values=past_key_values if use_cache else None)
+"""
+
+    def test_cache_plumbing_is_evaluated_away_and_positions_kept(self) -> None:
+        after = """
+from ...masking_utils import create_causal_mask
+
+
+class Model:
+    def forward(self, x, **kwargs):
+        cache_position = torch.arange(0, x.shape[1])
+        mask = create_causal_mask(x, cache_position=cache_position, past_key_values=None)
+        x = self.layer(x, mask)
+        return Output(x)
+"""
+        self.assertCodemod(self.CACHED, after, blueprint=blueprint(mask_builders=["create_causal_mask"]))
+
+    def test_a_function_without_cache_is_left_alone(self) -> None:
+        self.assertUnchanged("def f(x, cache=None):\n    return x + 1\n", blueprint=blueprint())
+
+    def test_a_refused_function_is_marked_and_kept(self) -> None:
+        refusal = Refusal(
+            "R019", "Model.forward still reads past_key_values", HERE, "Model.forward", ("NXS002",)
+        )
+        after = self.CACHED.replace(
+            "    def forward", "    # TODO(R019): Model.forward still reads past_key_values\n    def forward"
+        )
+        bp = blueprint(mask_builders=["create_causal_mask"], refusals=[refusal])
+        self.assertCodemod(self.CACHED, after, blueprint=bp, options=ALLOWED)
+
+
+class TestAbsoluteImports(RuleTest):
+    TRANSFORM = AbsoluteTransformersImports
+
+    def test_relative_imports_become_the_transformers_imports_they_meant(self) -> None:
+        before = "from ...activations import ACT2FN\nfrom .configuration_toy import ToyConfig\nfrom .. import utils\n"
+        after = (
+            "from transformers.activations import ACT2FN\n"
+            "from transformers.models.toy.configuration_toy import ToyConfig\n"
+            "from transformers.models import utils\n"
+        )
+        self.assertCodemod(before, after, blueprint=blueprint())
+
+    def test_absolute_imports_are_left_alone(self) -> None:
+        self.assertUnchanged("import torch\nfrom torch import nn\n", blueprint=blueprint())
+
+
+class TestThreadTrnConfig(RuleTest):
+    TRANSFORM = ThreadTrnConfig
+
+    def test_constructors_take_store_and_pass_on_trn_config(self) -> None:
+        before = """
+class ToyMLP(nn.Module):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.mlp = ToyMLP(config)
+        self.other = ToyMLP(cfg=config)
+
+
+class ToyRotary(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+"""
+        after = """
+from ..config import TrainingNeuronConfig
+
+
+class ToyMLP(nn.Module):
+    def __init__(self, cfg: ToyConfig, trn_config: TrainingNeuronConfig):
+        super().__init__()
+        self.trn_config = trn_config
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, trn_config: TrainingNeuronConfig, layer_idx):
+        super().__init__()
+        self.trn_config = trn_config
+        self.mlp = ToyMLP(config, trn_config)
+        self.other = ToyMLP(cfg=config, trn_config=trn_config)
+
+
+class ToyRotary(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+"""
+        mlp = klass("ToyMLP")
+        bp = blueprint(
+            classes=[
+                mlp.__class__(**{**mlp.__dict__, "config_parameter": "cfg"}),
+                klass("ToyLayer", children=[("mlp", "ToyMLP"), ("other", "ToyMLP")]),
+                klass("ToyRotary", ClassKind.ROTARY),
+            ],
+            sites=[site("ToyMLP", "up", Role.COLUMN)],
+            base_model_class="ToyLayer",
+            causal_lm_class="ToyLayer",
+        )
+        self.assertCodemod(before, after, blueprint=bp)
+
+
+class TestNeuronModelClasses(RuleTest):
+    TRANSFORM = NeuronModelClasses
+
+    def test_models_mix_in_neuron_model_mixin_and_declare_neuron_attributes(self) -> None:
+        before = '''
+class ToyPreTrainedModel(PreTrainedModel):
+    """Doc."""
+
+    config: ToyConfig
+    _supports_sdpa = True
+
+
+class ToyModel(ToyPreTrainedModel):
+    pass
+
+
+class ToyForCausalLM(ToyPreTrainedModel):
+    _tp_plan = {"lm_head": "colwise_rep"}
+
+    def forward(self):
+        pass
+'''
+        after = '''
+from ..modeling_utils import NeuronModelMixin
+
+
+class ToyPreTrainedModel(PreTrainedModel):
+    """Doc."""
+
+    # transformers reads `config_class`; optimum-neuron's `from_pretrained` reads `config`.
+    config_class = ToyConfig
+    config = ToyConfig
+    _supports_sdpa = False
+    _supports_flash_attn = True
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False
+
+
+class ToyModel(NeuronModelMixin, ToyPreTrainedModel):
+    pass
+
+
+class ToyForCausalLM(NeuronModelMixin, ToyPreTrainedModel):
+    _tied_weights_keys = ["lm_head.weight"]
+
+    SUPPORTS_PIPELINE_PARALLELISM = True
+    PIPELINE_TRANSFORMER_LAYER_CLS = ToyLayer
+    PIPELINE_INPUT_NAMES = ["input_ids", "attention_mask", "labels"]
+    PIPELINE_LEAF_MODULE_CLASSE_NAMES = ["ToyNorm"]
+
+    def forward(self):
+        pass
+'''
+        features = blueprint().features.__class__(
+            **{**blueprint().features.__dict__, "tied_weights_keys": ("lm_head.weight",)}
+        )
+        bp = blueprint(
+            classes=[
+                klass("ToyPreTrainedModel", ClassKind.PRETRAINED),
+                klass("ToyModel", ClassKind.BASE_MODEL),
+                klass("ToyForCausalLM", ClassKind.CAUSAL_LM),
+                klass("ToyNorm", ClassKind.NORM),
+            ],
+            features=features,
+            backbone=Backbone("model", None, "model.layers.*", "ToyLayer", None, None, None),
+        )
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_other_classes_are_left_alone(self) -> None:
+        self.assertUnchanged(
+            "class ToyMLP(nn.Module):\n    pass\n", blueprint=blueprint(classes=[klass("ToyMLP")])
+        )
+
+
+class TestRemoveUnusedImports(RuleTest):
+    TRANSFORM = RemoveUnusedImports
+
+    def test_imports_nothing_reads_go(self) -> None:
+        before = (
+            "import math\nfrom typing import Callable, Optional\nfrom torch import nn\nfrom ..config import Host\n\n"
+            "def f(x: Optional[int]) -> nn.Module:\n    return x\n"
+        )
+        after = (
+            "from typing import Optional\nfrom torch import nn\nfrom ..config import Host\n\n"
+            "def f(x: Optional[int]) -> nn.Module:\n    return x\n"
+        )
+        self.assertCodemod(before, after, blueprint=blueprint())
+
+    def test_used_imports_stay(self) -> None:
+        self.assertUnchanged("import torch\n\nx = torch.ones(1)\n", blueprint=blueprint())
