@@ -106,8 +106,8 @@ def test_a_hard_coded_std_fails_naming_the_parameters(
         "llama",
         [
             (
-                "return torch.nn.init.normal_(tensor, mean=0.0, std=std)",
-                f"return torch.nn.init.normal_(tensor, mean=0.0, std={DEFAULT_RANGE!r})",
+                "init.normal_(tensor, mean=0.0, std=std)",
+                f"init.normal_(tensor, mean=0.0, std={DEFAULT_RANGE!r})",
             )
         ],
     )
