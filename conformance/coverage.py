@@ -80,8 +80,9 @@ def _layouts(exercised: list[tuple[Any, Exercised]]) -> set[str]:
     reached = set()
     for config, facts in exercised:
         fuse_qkv = dict(facts.options).get("fuse_qkv", False)
+        entry = variant(config.variant)
         for size in facts.tp_sizes:
-            layout = variant(config.variant).attention(size, bool(fuse_qkv))
-            if layout is not None:
+            layout = entry.attention(size, bool(fuse_qkv))
+            if layout is not None and not entry.unsupported_reason(size):
                 reached.add(layout)
     return reached

@@ -34,7 +34,7 @@ def _attention_cell(entry: Variant) -> str:
     cells = []
     for tp in TP_SIZES:
         plain, fused = entry.attention(tp, False), entry.attention(tp, True)
-        if plain is None:
+        if plain is None or entry.unsupported_reason(tp):
             cells.append("rejected")
         else:
             cells.append(plain if plain == fused else f"{plain}|{fused}")

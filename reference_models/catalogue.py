@@ -265,11 +265,14 @@ class Variant:
         }
 
     def attention(self, tp_size: int, fuse_qkv: bool = False) -> str | None:
-        """The attention variant expected at `tp_size`, or None when the model cannot be built there."""
+        """The attention variant expected at `tp_size`, or None when the heads cannot be spread over the
+        ranks. The vocabulary plays no part: a model that keeps it replicated builds where a vocab-parallel
+        one is refused, and its attention is the same."""
         config = self.config()
-        if unsupported_reason(config, tp_size):
+        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        if heads % tp_size or (kv_heads * kv_size_multiplier(kv_heads, tp_size)) % tp_size:
             return None
-        return attention_variant(config.num_attention_heads, config.num_key_value_heads, tp_size, fuse_qkv)
+        return attention_variant(heads, kv_heads, tp_size, fuse_qkv)
 
     def unsupported_reason(self, tp_size: int) -> str | None:
         """Why this variant cannot be built at `tp_size` (expected to be refused), or None."""

@@ -196,6 +196,13 @@ def test_torch_xla_pieces_are_served_only_after_activation_and_run_on_the_rank_d
                 checkpoint(lambda t: t, x, **bad)
             except ValueError as error:
                 print("refused:", error)
+        # a segment that creates a tensor on "xla" (Llama's causal mask) is recomputed in the backward pass,
+        # where autograd runs it outside the caller's torch function mode: it still lands on the rank's device
+        x.grad = None
+        with XlaDeviceOnRank():
+            masked = checkpoint(lambda t: (lin(t) * torch.ones(3, device="xla")).sum(), x)
+            masked.backward()
+        print("recomputed on the rank's device:", x.grad.device)
         """
     )
     assert result.returncode == 0, result.stderr
@@ -207,6 +214,7 @@ def test_torch_xla_pieces_are_served_only_after_activation_and_run_on_the_rank_d
         "False",
         "refused: XLA currently does not support use_reentrant==False",
         "refused: Unexpected keyword arguments: context_fn",
+        "recomputed on the rank's device: cpu",
     ]
 
 

@@ -74,7 +74,7 @@ from conformance.model_runs.compared_checkpoints import switch_off_dropout
 from conformance.model_runs.fixed_batch import FixedBatch, fixed_batch, pad_token_id
 from conformance.model_runs.flash_kernel_limits import describe as describe_limits
 from conformance.model_runs.flash_kernel_limits import flash_kernel_limits, refusal_names_a_limit
-from conformance.model_runs.logits import LogitsLayoutError, full_vocabulary_logits
+from conformance.model_runs.logits import REPLICATED, LogitsLayoutError, full_vocabulary_logits
 from conformance.model_runs.parallel_model import load_parallel
 from conformance.model_runs.rank_gather import gather_to_rank_0
 from conformance.model_runs.transformers_reference import config_values, reference_run
@@ -309,11 +309,18 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
     def judge(self, job: ParityJob, value: ParityMeasurement | None) -> Verdict:
         assert value is not None
         reasons = list(value.reasons)
+        notes = []
         if job.rejection is not None:
-            reasons.insert(0, f"expected a refusal ({job.rejection}) but the model was built and ran")
+            if value.logits_layout == REPLICATED:
+                # The model does not shard the vocabulary (a replicated embedding and lm_head): a vocabulary
+                # the TP size does not divide is then valid, and the run is compared like any other.
+                notes.append(f"built although {job.rejection}: the model keeps the vocabulary replicated")
+            else:
+                reasons.insert(0, f"expected a refusal ({job.rejection}) but the model was built and ran")
         return Verdict(
             figures=figures(job, value, COMPARED),
             reasons=list(value.diagnoses) + reasons,
+            notes=notes,
             plots=plots(job, value),
         )
 

@@ -122,3 +122,23 @@ def test_verdict_ranks_gradients_and_plots_the_true_ratios() -> None:
     assert plot.x_labels == ["a", "b", "c"]
     assert plot.series[0].y == [0.0, pytest.approx(5.0), pytest.approx(0.1)]  # a zero stays zero
     assert not any(math.isinf(y) for y in plot.series[0].y)
+
+
+@pytest.mark.parametrize(("layout", "status"), [("replicated", Status.PASS), ("vocab-parallel", Status.FAIL)])
+def test_an_odd_vocabulary_must_be_refused_only_by_a_model_that_shards_it(
+    layout: str, status: Status
+) -> None:
+    # granite's vocabulary of 49155 is not divisible by T=2: a vocab-parallel lm_head must refuse it, while a
+    # model that keeps the vocabulary replicated builds and is compared like any other run
+    config = ParityConfig("llama/gqa", 2)
+    job = ParityJob(config, "c", "separate", "vocab_size 49155 is not divisible by T=2", 49155)
+    measured = ParityMeasurement(
+        logits_layout=layout,
+        gradients={"a": GradientFigure(max_abs_diff=0.0, reference_max_abs=1.0, bound=1e-4)},
+    )
+    result = CHECK.result(config, CHECK.judge(job, measured))
+    assert result.status is status
+    if status is Status.FAIL:
+        assert result.reasons[0].startswith("expected a refusal (vocab_size 49155")
+    else:
+        assert any("replicated" in reason for reason in result.reasons)

@@ -6,6 +6,11 @@ So here it is `torch.utils.checkpoint.checkpoint(..., use_reentrant=True)`, with
 `use_reentrant` defaults to True and False is refused, the only keyword is `preserve_rng_state` (default
 True: the recomputation draws the same dropout masks), and, as on Trainium, a segment none of whose tensor
 inputs requires grad gives no gradient to the parameters inside it.
+
+The reentrant backward recomputes `function` inside autograd, where the torch function mode that maps the
+"xla" device to the rank's (`xla_device.XlaDeviceOnRank`) is not active; the segment therefore runs under
+its own `XlaDeviceOnRank`, so that a tensor created on "xla" during the recomputation lands on the rank's
+device as it did in the forward.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 
 import torch.utils.checkpoint
 
+from ...xla_device import XlaDeviceOnRank
+
 
 def checkpoint(function: Callable[..., Any], *args: Any, use_reentrant: bool = True, **kwargs: Any) -> Any:
     """`function(*args)` with its activations recomputed in the backward pass (torch_xla's signature)."""
@@ -23,6 +30,11 @@ def checkpoint(function: Callable[..., Any], *args: Any, use_reentrant: bool = T
         raise ValueError("Unexpected keyword arguments: " + ",".join(kwargs))
     if not use_reentrant:
         raise ValueError("XLA currently does not support use_reentrant==False")
+
+    def on_the_rank_device(*inputs: Any) -> Any:
+        with XlaDeviceOnRank():
+            return function(*inputs)
+
     return torch.utils.checkpoint.checkpoint(
-        function, *args, use_reentrant=True, preserve_rng_state=preserve_rng_state
+        on_the_rank_device, *args, use_reentrant=True, preserve_rng_state=preserve_rng_state
     )
