@@ -67,3 +67,16 @@ def test_released_qwen3_imports_its_llama_sibling_and_fails_on_its_partial_qk_no
     assert at_2.status is Status.FAIL
     partial = [reason for reason in at_2.reasons if "is partial" in reason]
     assert partial and all("q_norm" in reason or "k_norm" in reason for reason in partial), at_2.reasons
+
+
+@pytest.mark.slow
+def test_released_llama_checkpoints_its_layers_with_torch_xla_over_the_kits_host(
+    released_checkout: Path, checkpoint_cache: Path
+) -> None:
+    # The release checkpoints each decoder layer with the host's `checkpoint_with_kwargs` (torch_xla's
+    # reentrant checkpoint), whose recomputation creates the causal mask on "xla" again in the backward pass
+    configurations = [ParityConfig("llama/gqa", 2, True, gradient_checkpointing=True)]
+    settings = RunSettings(cache_dir=checkpoint_cache, timeout=240.0)
+    (result,) = CHECK.run(released_checkout / TRAINING / "llama", configurations, settings)
+    assert result.status is Status.PASS, result.reasons
+    assert result.figures["logits_without_checkpointing_max_abs_diff"] < 1e-5

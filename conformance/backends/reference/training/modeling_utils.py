@@ -31,7 +31,6 @@ with no `dtype`, `config.dtype` is the default torch dtype rather than None.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 import warnings
@@ -41,7 +40,6 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-import torch.utils.checkpoint
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 from transformers.modeling_utils import get_parameter_dtype, no_init_weights
@@ -51,6 +49,7 @@ from ..local_rank_turns import barrier, by_rank_groups
 from ..neuronx_distributed.parallel_layers import parallel_state
 from ..neuronx_distributed.parallel_layers.layers import ParallelEmbedding
 from ..neuronx_distributed.trainer import save_checkpoint
+from ..torch_xla.utils.checkpoint import checkpoint as xla_checkpoint
 from ._checkpoint_folder import check_safetensors_format, checkpoint_files, resolve_model_dir
 from ._checkpoint_loading import load_checkpoint_files
 from ._dtype_resolution import resolve_dtype
@@ -164,11 +163,9 @@ class NeuronModelMixin:
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func: Callable | None = None
     ) -> None:
-        """transformers' switch, with torch's non-reentrant checkpoint standing in for torch_xla's."""
+        """transformers' switch, with torch_xla's checkpoint by default (the reference backend's)."""
         if gradient_checkpointing_func is None:
-            gradient_checkpointing_func = functools.partial(
-                torch.utils.checkpoint.checkpoint, use_reentrant=False
-            )
+            gradient_checkpointing_func = xla_checkpoint
         return super()._set_gradient_checkpointing(
             enable=enable, gradient_checkpointing_func=gradient_checkpointing_func
         )

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.utils.checkpoint
+
+from ..torch_xla.utils.checkpoint import checkpoint as xla_checkpoint
 
 _HOST_PACKAGE = __name__.rsplit(".", 1)[0]
 
@@ -17,10 +18,11 @@ _HOST_PACKAGE = __name__.rsplit(".", 1)[0]
 def checkpoint_with_kwargs(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Activation checkpointing of `fn(*args, **kwargs)`: keyword arguments are bound with a partial.
 
-    The real host uses torch_xla's checkpoint; here it is torch's non-reentrant checkpoint, which computes
-    the same gradients (and, like torch_xla's, restores the RNG state for the recomputation).
+    As the real host, through torch_xla's checkpoint (the reference backend's, `..torch_xla.utils.checkpoint`):
+    reentrant, the RNG state restored for the recomputation, and a segment none of whose tensor inputs
+    requires grad gives no gradient to the parameters inside it.
     """
-    return torch.utils.checkpoint.checkpoint(functools.partial(fn, **kwargs), *args, use_reentrant=False)
+    return xla_checkpoint(functools.partial(fn, **kwargs), *args)
 
 
 def is_custom_modeling_model(model: torch.nn.Module) -> bool:
