@@ -14,7 +14,10 @@ from .gradients import GradientFigure
 MODULE_HINTS = {
     "self_attn": "its q/k/v/o projections, the head layout (head order, K/V head per query head, q/k/v split) "
     "or the rotary embedding",
-    "mlp": "its gate/up/down projections and the gate/up split",
+    "mlp": "its gate/up/down projections and the gate/up split (in a sparse MoE block: the router, the top-k "
+    "choice and its normalisation, or the experts' gate/up/down layout)",
+    "block_sparse_moe": "the router (gate), the top-k choice and the normalisation of its affinities, or the "
+    "experts' gate/up/down layout",
     "embed_tokens": "the token embedding",
     "norm": "the final norm",
 }
