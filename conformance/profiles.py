@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference_models import Variant, variants_for
+from reference_models.catalogue import is_moe
 
 from .harness.protocol import Check, CheckConfig
 from .harness.registry import all_checks, check_names
@@ -44,6 +45,11 @@ class ModelCatalogue:
     def key(self, name: str) -> str:
         """`<model_type>/<name>`."""
         return f"{self.model_type}/{name}"
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether the architecture is a mixture of experts (its checks add expert-parallel cases)."""
+        return is_moe(self.model_type)
 
     @property
     def base(self) -> str:

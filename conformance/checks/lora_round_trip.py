@@ -3,7 +3,8 @@
 For each configuration (variant, T, `fuse_qkv`):
 
 1. Here, with the `peft` library: a deterministic LoRA adapter on the catalogue checkpoint (seeded values,
-   lora_B non-zero, rank 4, every attention and MLP projection targeted), saved as PEFT does
+   lora_B non-zero, rank 4, every attention and MLP projection targeted; a mixture of experts' attention
+   projections only, `adapters.target_modules`), saved as PEFT does
    (`adapter_model.safetensors`, `adapter_config.json`).
 2. On T ranks, through the active backend: the package's causal LM `from_pretrained`, the adapter applied
    with the host's `get_peft_model` and loaded with `load_adapter` (through the transformation specs),
@@ -39,7 +40,7 @@ import torch
 from conformance.comparisons.adapters import FP32, Tolerances, compare_adapters, listed
 from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
 from conformance.harness.rank_steps import is_rank_zero, local_step, rank_step
-from conformance.model_runs.adapters import ADAPTER_CONFIG, ADAPTER_FILE, TARGET_MODULES, make_adapter
+from conformance.model_runs.adapters import ADAPTER_CONFIG, ADAPTER_FILE, make_adapter, target_modules
 from conformance.model_runs.attention_layouts import attention_layouts
 from conformance.model_runs.fixed_batch import checkpoint_batch
 from conformance.model_runs.logits import logits_of
@@ -109,10 +110,11 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
         entry = variant(config.variant)
         checkpoint = workspace.checkpoint(entry)
         work_dir = workspace.folder(index)
+        targets = target_modules(entry.model_type)
         return LoraJob(
             config=config,
             checkpoint=checkpoint,
-            adapter_dir=str(make_adapter(checkpoint, work_dir / "adapter")),
+            adapter_dir=str(make_adapter(checkpoint, work_dir / "adapter", targets=targets)),
             work_dir=str(work_dir),
             vocab_size=entry.config().vocab_size,
             attention=entry.attention(config.tp_size, config.fuse_qkv),
@@ -198,10 +200,11 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
             "target_modules"
         ]
         figures["saved_target_modules"] = sorted(saved_targets)
-        if sorted(saved_targets) != sorted(TARGET_MODULES):
+        targets = target_modules(variant(job.config.variant).model_type)
+        if sorted(saved_targets) != sorted(targets):
             reasons.append(
                 f"the saved adapter_config.json targets {sorted(saved_targets)}, the original adapter "
-                f"{sorted(TARGET_MODULES)}"
+                f"{sorted(targets)}"
             )
         reasons += logits_reasons(value["logits"], _transformers_logits(job), figures, self.tolerances)
         return verdict

@@ -52,6 +52,8 @@ TOLERANCE = (
     "reaches 0.076 after 30 steps (0.54 after 20), so 30 steps clear it with a 7x margin."
 )
 FULL_RUNS = ((1, False), (2, False), (2, True), (4, True))
+MOE_EP_RUNS = ((1, False), (2, True))
+"""A mixture of experts' full profile also trains at EP=2: each EP rank on its own rows."""
 
 
 def threshold(vocab_size: int) -> float:
@@ -76,7 +78,13 @@ class Overfit(Check[OverfitConfig, TrainingJob, TrainingRun | None]):
 
     def plan(self, profile: str, catalogue: ModelCatalogue) -> list[OverfitConfig]:
         runs = ((2, True),) if profile == "quick" else FULL_RUNS
-        return [OverfitConfig(catalogue.base, tp, sp, steps=DEFAULT_STEPS) for tp, sp in runs]
+        found = [OverfitConfig(catalogue.base, tp, sp, steps=DEFAULT_STEPS) for tp, sp in runs]
+        if catalogue.is_moe and profile == "full":
+            found += [
+                OverfitConfig(catalogue.base, tp, sp, steps=DEFAULT_STEPS, ep_size=2)
+                for tp, sp in MOE_EP_RUNS
+            ]
+        return found
 
     def prepare(self, config: OverfitConfig, workspace: Workspace, index: int) -> TrainingJob:
         return training_job(config, "float32", workspace.checkpoint(variant(config.variant)))

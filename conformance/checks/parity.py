@@ -98,6 +98,8 @@ if TYPE_CHECKING:
 COMPARED, REJECTED, ERROR = "compared", "rejected", "error"
 FLASH = "flash_attention_2"
 FULL_TP_SIZES = (1, 2, 4, 8)
+MOE_TP_SIZES = (1, 2, 4)
+"""A mixture of experts' full profile: T up to 4, each also at EP=2 (8 ranks at most)."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,7 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
     )
 
     def plan(self, profile: str, catalogue: ModelCatalogue) -> list[ParityConfig]:
+        moe = moe_cases(catalogue, profile)
         if profile == "quick":
             base = catalogue.base
             gqa, gqa_tp = catalogue.smallest_gqa()
@@ -291,6 +294,7 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
                     fuse_qkv=True,
                     kv_size_multiplier=explicit_kv_size_multiplier(variant(gqa), gqa_tp),
                 ),
+                *moe,
             ]
         flash = [
             ParityConfig(catalogue.base, tp, sp, attn_implementation=FLASH)
@@ -299,7 +303,8 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
         flash.append(
             ParityConfig(catalogue.base, 2, True, attn_implementation=FLASH, transpose_nki_inputs=False)
         )
-        return matrix(catalogue.model_type, FULL_TP_SIZES) + flash + option_cases(catalogue)
+        tp_sizes = MOE_TP_SIZES if catalogue.is_moe else FULL_TP_SIZES
+        return matrix(catalogue.model_type, tp_sizes) + moe + flash + option_cases(catalogue)
 
     def skip_reason(self, config: ParityConfig) -> str | None:
         return None  # a size the catalogue cannot build is run: its refusal is checked
@@ -412,6 +417,23 @@ def matrix(
                 if plain != fused or (plain == "gqa" and sp):
                     cases.append(ParityConfig(entry.key, tp_size, sp, True))
     return cases
+
+
+def moe_cases(catalogue: ModelCatalogue, profile: str) -> list[ParityConfig]:
+    """Expert-parallel cases of a mixture of experts (none for a dense model): the quick profile's one at
+    T=2 with SP (the all-to-all, the data-parallel split of the batch and the optimizer's expert-parallel
+    reductions together), the full profile's at every T up to 4, SP on and off."""
+    if not catalogue.is_moe:
+        return []
+    base = catalogue.base
+    if profile == "quick":
+        return [ParityConfig(base, 2, True, ep_size=2)]
+    return [
+        ParityConfig(base, tp, sp, ep_size=2)
+        for tp in MOE_TP_SIZES
+        for sp in (False, True)
+        if not (sp and tp == 1)
+    ]
 
 
 def option_cases(catalogue: ModelCatalogue) -> list[ParityConfig]:

@@ -9,6 +9,12 @@ optimizer over the whole model as long as every replicated parameter holds the s
 rank. transformers' `AutoModelForCausalLM` on the same checkpoint, batch, dtype and optimizer is trained on
 rank 0 afterwards, as the reference curve.
 
+With expert parallelism (mixture-of-experts models, EP > 1) each data-parallel rank trains on its own rows
+(`data_parallel`); the reported loss of a step is the mean over the ranks, and transformers' reference step
+minimises that same mean (its loss averaged over the ranks' rows), whose gradient the optimizer's data-parallel
+mean gives. A mixture of experts' reference loss takes the auxiliary loss over the padding mask
+(`transformers_reference.training_loss`), as the parallel model does.
+
 The overfit and bf16 runs do not clip (a global norm would only hide drift); the `replicas` check clips as
 optimum-neuron's trainer does by default. No dropout: both models load the dropout-free checkpoint and
 every dropout module is switched off (`compared_checkpoints`), while the models are in train mode.
@@ -25,11 +31,12 @@ from typing import ClassVar
 
 import torch
 
-from conformance.harness.protocol import CheckConfig, Exercised
+from conformance.harness.protocol import CheckConfig, Exercised, size_label
 from conformance.harness.rank_steps import is_rank_zero, rank_step
 
 from .attention_layouts import attention_layouts
 from .compared_checkpoints import switch_off_dropout
+from .data_parallel import gather_values, rank_batch, row_shares
 from .fixed_batch import FixedBatch
 from .neuron_optimizer import neuron_gradient_step
 from .parallel_model import load_parallel
@@ -43,12 +50,15 @@ class TrainingConfig(CheckConfig):
     sequence_parallel: bool = False
     fuse_qkv: bool = False
     steps: int = 30
+    ep_size: int = 1
+    """Expert parallelism (mixture-of-experts models): T x EP ranks, each EP rank training on its own rows."""
 
-    HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"fuse_qkv"})
+    HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"fuse_qkv", "ep_size"})
 
     def exercised_in(self, dtype: str) -> Exercised:
         return Exercised(
             tp_sizes=(self.tp_size,),
+            ep_sizes=(self.ep_size,),
             options=(
                 ("sequence_parallel_enabled", self.sequence_parallel and self.tp_size > 1),
                 ("fuse_qkv", self.fuse_qkv),
@@ -91,6 +101,7 @@ class TrainingJob:
     vocab_size: int
     optimizer: OptimizerSettings = OptimizerSettings()
     pad_token_id: int = 0
+    ep_size: int = 1
 
 
 @dataclass
@@ -123,26 +134,28 @@ def training_job(config: TrainingConfig, dtype: str, checkpoint: str) -> Trainin
         checkpoint=checkpoint,
         vocab_size=model_config.vocab_size,
         pad_token_id=pad_token_id(model_config),
+        ep_size=config.ep_size,
     )
 
 
 def train_on_fixed_batch(
     model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor] | Callable[[torch.nn.Module], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     steps: int,
     after_backward: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> tuple[list[float], list[str]]:
-    """`steps` optimizer steps on `batch` (the model's keyword inputs): the loss before each step, and the
-    parameters never given a gradient. `after_backward(optimizer)` runs between backward and step
-    (optimum-neuron's gradient handling, and whatever a check observes there)."""
+    """`steps` optimizer steps on `batch` (the model's keyword inputs, or a function giving the loss of the
+    model): the loss before each step, and the parameters never given a gradient. `after_backward(optimizer)`
+    runs between backward and step (optimum-neuron's gradient handling, and whatever a check observes there)."""
     model.train()
     switch_off_dropout(model)
     losses = []
     touched: set[str] = set()
+    loss_of = batch if callable(batch) else lambda trained: trained(**batch).loss
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
+        loss = loss_of(model)
         loss.backward()
         if after_backward is not None:
             after_backward(optimizer)
@@ -156,7 +169,7 @@ def train_on_fixed_batch(
 def train_on_rank(package: ModuleType, job: TrainingJob) -> TrainingRun | None:
     """The parallel model trained on every rank; on rank 0 transformers' too. Rank 0's run, None elsewhere."""
     run = TrainingRun(job=job)
-    batch = training_batch(job)
+    batch = rank_batch(training_batch(job))
     model, trn_config, _ = load_parallel(
         package,
         job.checkpoint,
@@ -173,7 +186,9 @@ def train_on_rank(package: ModuleType, job: TrainingJob) -> TrainingRun | None:
     def train() -> tuple[list[float], list[str]]:
         return train_on_fixed_batch(model, batch.model_inputs(), optimizer, job.steps, after)
 
-    run.losses, run.never_updated = rank_step(f"training at T={job.tp_size}", train)
+    losses, run.never_updated = rank_step(f"training at {size_label(job.tp_size, job.ep_size)}", train)
+    per_rank = gather_values(losses)
+    run.losses = [sum(step) / len(step) for step in zip(*per_rank)]
     if not is_rank_zero():
         return None
     run.reference_losses = train_reference(job)
@@ -189,8 +204,10 @@ def training_batch(job: TrainingJob) -> FixedBatch:
 
 def train_reference(job: TrainingJob) -> list[float]:
     """transformers' model trained identically (the causal mask only, as the parallel model recomputes
-    it): its losses."""
+    it; with data parallelism, on the mean of the ranks' losses): its losses."""
     from transformers import AutoModelForCausalLM
+
+    from .transformers_reference import training_loss
 
     model = AutoModelForCausalLM.from_pretrained(
         job.checkpoint, attn_implementation="eager", dtype=getattr(torch, job.dtype)
@@ -203,8 +220,19 @@ def train_reference(job: TrainingJob) -> list[float]:
         def clip(optimizer: torch.optim.Optimizer) -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
 
-    inputs = training_batch(job).reference_inputs(honours_padding=False)
-    losses, _ = train_on_fixed_batch(model, inputs, optimizer, job.steps, clip)
+    batch = training_batch(job)
+    shares = [batch.rows(rows) for rows in row_shares(job.ep_size, batch.input_ids.shape[0])]
+
+    def mean_loss(trained: torch.nn.Module) -> torch.Tensor:
+        losses = [
+            training_loss(
+                trained, trained(**share.reference_inputs(honours_padding=False)), share.attention_mask
+            )[0]
+            for share in shares
+        ]
+        return sum(losses) / len(losses)
+
+    losses, _ = train_on_fixed_batch(model, mean_loss, optimizer, job.steps, clip)
     return losses
 
 
