@@ -21,6 +21,12 @@ For each configuration (variant, T, `fuse_qkv`):
    - transformers' `PeftModel` with the consolidated adapter gives the parallel model's logits: the
      parallel model ran with the averaged lora_A, which is exactly what the consolidated adapter holds.
 
+A mixture of experts whose config also gives some layers a dense MLP (Qwen-MoE's `decoder_sparse_step`,
+`mlp_only_layers`) is a SKIP: its adapter can only target the attention (a LoRA on the experts or the router
+is refused by the expert-weight specs, and the dense MLP's projection names are the experts' too), which
+leaves the dense layers' fused `gate_up_proj` un-adapted, and neither the kit's host nor optimum-neuron 0.4.5
+can consolidate such an adapter (docs/moe-expert-weights.md).
+
 The expected fused groups come from the generated-model contract and the catalogue's attention layout,
 not from the model's own specs, so a model that drops or renames a fusion spec is caught.
 """
@@ -105,6 +111,19 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
         if profile == "quick":
             return [LoraConfig(gqa, gqa_tp)]
         return [LoraConfig(catalogue.base, 2), LoraConfig(gqa, gqa_tp), LoraConfig(catalogue.base, 4)]
+
+    def skip_reason(self, config: LoraConfig) -> str | None:
+        entry = variant(config.variant)
+        if entry.is_moe:
+            dense = dense_mlp_layers(config.variant)
+            if dense:
+                return (
+                    f"{config.variant} also has dense MLP layers ({', '.join(dense)}): a MoE adapter targets the "
+                    "attention only (the experts and the router take no LoRA, and the dense MLP shares the experts' "
+                    "projection names), which leaves their fused gate_up_proj un-adapted, and the host cannot "
+                    "consolidate such an adapter (optimum-neuron 0.4.5 neither)"
+                )
+        return super().skip_reason(config)
 
     def prepare(self, config: LoraConfig, workspace: Workspace, index: int) -> LoraJob:
         entry = variant(config.variant)
@@ -211,6 +230,20 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
 
 
 CHECK = LoraRoundTrip()
+
+
+def dense_mlp_layers(key: str) -> list[str]:
+    """The dense MLPs of a catalogue variant's transformers model (a module named `mlp` with a `gate_proj`
+    of its own, not an expert's), built on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(variant(key).config())
+    return [
+        name
+        for name, module in model.named_modules()
+        if name.endswith(".mlp") and hasattr(module, "gate_proj")
+    ]
 
 
 def logits_reasons(

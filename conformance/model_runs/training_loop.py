@@ -111,6 +111,9 @@ class TrainingRun:
     job: TrainingJob
     losses: list[float] = field(default_factory=list)
     reference_losses: list[float] = field(default_factory=list)
+    reference_router_margins: list[float] = field(default_factory=list)
+    """Mixture of experts: transformers' smallest router margin at each step (every token, every sparse
+    layer, every data-parallel share); empty for a dense model."""
     never_updated: list[str] = field(default_factory=list)
     """Parameters of the parallel model that never received a gradient (their `.grad` stayed None)."""
     attention: dict[str, str] = field(default_factory=dict)
@@ -191,7 +194,7 @@ def train_on_rank(package: ModuleType, job: TrainingJob) -> TrainingRun | None:
     run.losses = [sum(step) / len(step) for step in zip(*per_rank)]
     if not is_rank_zero():
         return None
-    run.reference_losses = train_reference(job)
+    run.reference_losses = train_reference(job, run.reference_router_margins)
     return run
 
 
@@ -202,10 +205,13 @@ def training_batch(job: TrainingJob) -> FixedBatch:
     return fixed_batch(job.vocab_size, pad_id=job.pad_token_id)
 
 
-def train_reference(job: TrainingJob) -> list[float]:
+def train_reference(job: TrainingJob, router_margins: list[float] | None = None) -> list[float]:
     """transformers' model trained identically (the causal mask only, as the parallel model recomputes
-    it; with data parallelism, on the mean of the ranks' losses): its losses."""
+    it; with data parallelism, on the mean of the ranks' losses): its losses. A mixture of experts' smallest
+    router margin of each step is appended to `router_margins` when given."""
     from transformers import AutoModelForCausalLM
+
+    from reference_models.routing import layer_margins
 
     from .transformers_reference import training_loss
 
@@ -213,26 +219,32 @@ def train_reference(job: TrainingJob) -> list[float]:
         job.checkpoint, attn_implementation="eager", dtype=getattr(torch, job.dtype)
     )
     optimizer = job.optimizer.build(list(model.parameters()))
-    clip = None
-    if job.optimizer.max_grad_norm is not None:
-        limit = job.optimizer.max_grad_norm
+    limit = job.optimizer.max_grad_norm
 
-        def clip(optimizer: torch.optim.Optimizer) -> None:
+    def zero_unused_and_clip(optimizer: torch.optim.Optimizer) -> None:
+        # An expert no token chose this step has no .grad in transformers' sparse block, and AdamW would skip
+        # it (no momentum step); its gradient is zero, which NxD's dropless experts compute and AdamW applies.
+        for parameter in model.parameters():
+            if parameter.requires_grad and parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+        if limit is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
 
     batch = training_batch(job)
     shares = [batch.rows(rows) for rows in row_shares(job.ep_size, batch.input_ids.shape[0])]
 
     def mean_loss(trained: torch.nn.Module) -> torch.Tensor:
-        losses = [
-            training_loss(
-                trained, trained(**share.reference_inputs(honours_padding=False)), share.attention_mask
-            )[0]
-            for share in shares
-        ]
+        losses, margins = [], []
+        for share in shares:
+            output = trained(**share.reference_inputs(honours_padding=False))
+            losses.append(training_loss(trained, output, share.attention_mask)[0])
+            if getattr(output, "router_logits", None):
+                margins += layer_margins(output.router_logits, trained.config.num_experts_per_tok)
+        if margins and router_margins is not None:
+            router_margins.append(min(margins))
         return sum(losses) / len(losses)
 
-    losses, _ = train_on_fixed_batch(model, mean_loss, optimizer, job.steps, clip)
+    losses, _ = train_on_fixed_batch(model, mean_loss, optimizer, job.steps, zero_unused_and_clip)
     return losses
 
 

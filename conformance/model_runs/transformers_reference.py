@@ -89,7 +89,13 @@ def reference_run(
         recorder.remove()
     loss, terms = training_loss(model, output, batch.attention_mask)
     loss.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    # A parameter the forward never used has a zero gradient (an expert no token chose: transformers' MoE
+    # blocks skip it, while NxD's dropless experts see every token with a zero affinity).
+    grads = {
+        name: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p.detach())
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
     return ReferenceRun(
         logits=output.logits.detach(),
         loss=float(loss.detach()),
