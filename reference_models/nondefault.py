@@ -22,7 +22,7 @@ not the default and that the config class accepts (it builds, and holds the valu
 | token ids | `*_token_id` (int or None) | distinct ids from 3 up, never 0 (NxD drops padding index 0: NXD-05) | the padding row |
 | cache | `use_cache` | the other boolean | nothing in training |
 | loss coefficient | floats named `*_coef`, `*_coefficient` (`router_aux_loss_coef`) | 0.02, 0.05: the auxiliary loss shows in the loss | the loss |
-| sparse layer step | ints named `*sparse_step` (`decoder_sparse_step`) | 2: with 2 layers one dense MLP and one sparse block | logits |
+| sparse layer step | ints named `*sparse_step` (`decoder_sparse_step`) | 2: with 2 layers one dense MLP and one sparse block | the layers built |
 | window layers | `max_window_layers` | 1: acts only where a sliding window is on | nothing unless a window bites |
 
 Mixture-of-experts configs (a config class taking `num_experts_per_tok`) take their activation from
@@ -62,6 +62,7 @@ LOGITS = "logits"
 INITIALISATION = "initialisation"
 PADDING_ROW = "the padding row"
 LOSS = "the loss"
+STRUCTURE = "the layers built"
 NOTHING = "nothing in training"
 NO_RULE = "no rule for this field: kept"
 JITTER_KEPT = "jitter: kept (training noise the compared runs keep off; no NxD router has phimoe's threshold)"
@@ -259,6 +260,7 @@ _RULES: tuple[_Rule, ...] = (
         "sparse layer step: a dense and a sparse layer",
         lambda n, d: n.endswith("sparse_step") and _is_int(d),
         _fixed(2, 3),
+        STRUCTURE,
     ),
     _Rule(
         "window layers: acts only where a sliding window bites",

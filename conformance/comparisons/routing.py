@@ -88,6 +88,11 @@ def expert_layout(model: torch.nn.Module) -> ExpertLayout | None:
     return None
 
 
+def is_sparse_block(module: torch.nn.Module) -> bool:
+    """Whether `module` is a mixture-of-experts block: NxD's `MoE` (a router and routed experts)."""
+    return hasattr(module, "router") and hasattr(module, "expert_mlps")
+
+
 def dropped_choices(router_logits: Sequence[torch.Tensor], layout: ExpertLayout) -> int:
     """Token choices NxD's capacity rule drops over the layers of one rank's tokens (0 when dropless)."""
     factor = layout.capacity_factor
