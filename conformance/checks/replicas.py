@@ -13,7 +13,9 @@ With expert parallelism (mixture-of-experts models, EP > 1) the EP ranks are dat
 training on its own rows of the batch: every parameter that is not an expert weight (`expert_model_parallel`)
 must also stay bit-identical over the data-parallel group — the router and the norms, and each TP shard of
 the attention — which optimum-neuron's data-parallel mean guarantees as long as nothing marks a shared
-parameter as an expert or skips it. Expert weights differ over EP by design (each rank holds its experts).
+parameter as an expert or skips it. Expert weights differ over EP by design (each rank holds its experts);
+they are told apart by the module holding them (NxD's `ExpertMLPs`), not by their mark, so a shared
+parameter marked `expert_model_parallel` is compared and named.
 
 A copy that drifts got a different gradient on its rank: a per-rank partial gradient that the optimizer
 never sums. The failure names the parameter, the first step its gradients differed, and why, from what its
@@ -120,6 +122,8 @@ class ReplicasRun:
     data_parallel_spread: dict[str, float] = field(default_factory=dict)
     """With data parallelism, per non-expert parameter: max |data-parallel rank d - rank 0| after the steps."""
     data_parallel_gradient_spread: list[dict[str, float]] = field(default_factory=list)
+    shared_marked_as_expert: list[str] = field(default_factory=list)
+    """Parameters outside the routed experts that carry the `expert_model_parallel` mark."""
 
 
 class Replicas(Check[ReplicasConfig, ReplicasJob, ReplicasRun | None]):
@@ -194,9 +198,13 @@ def train_and_compare_replicas(package: ModuleType, job: ReplicasJob) -> Replica
         for name, p in parameters.items()
         if not getattr(p, "tensor_model_parallel", False) and not getattr(p, "expert_model_parallel", False)
     ]
-    shared = [name for name, p in parameters.items() if not getattr(p, "expert_model_parallel", False)]
+    experts = routed_expert_parameters(model)
+    shared = [name for name in parameters if name not in experts]
     data_parallel = data_parallel_position()[1] > 1
     run = ReplicasRun(sequence_parallel_effective=sequence_parallel)
+    run.shared_marked_as_expert = [
+        name for name in shared if getattr(parameters[name], "expert_model_parallel", False)
+    ]
     recorder = ModuleInputRecorder(model, set(replicated))
     optimizer = job.optimizer.build(list(parameters.values()))
     reduce_and_clip = neuron_gradient_step(sequence_parallel, job.optimizer.max_grad_norm)
@@ -250,6 +258,18 @@ def train_and_compare_replicas(package: ModuleType, job: ReplicasJob) -> Replica
     return run
 
 
+def routed_expert_parameters(model: torch.nn.Module) -> set[str]:
+    """The parameters of the model's routed experts (NxD's `ExpertMLPs`, known by their
+    `routed_experts_mlp_config`): the only ones that may differ over EP. Found by the module that holds
+    them, not by their `expert_model_parallel` mark, so that a shared parameter wrongly marked is still
+    compared."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if getattr(module, "routed_experts_mlp_config", None) is not None:
+            names.update(f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters())
+    return names
+
+
 # --- the verdict ----------------------------------------------------------------------------------------
 
 
@@ -301,10 +321,18 @@ def _data_parallel_reason(job: ReplicasJob, run: ReplicasRun, name: str, spread:
     )
     if step is None:
         return f"{head}, although its gradient was the same on every data-parallel rank: the update differs per rank"
-    return (
+    head = (
         f"{head}: from step {step + 1} its gradient differs between the data-parallel ranks, which each train on "
-        "their own rows, so the optimizer's data-parallel mean skipped it (a shared parameter marked "
-        "expert_model_parallel is averaged only over the ranks holding the same experts)"
+        "their own rows, so the optimizer's data-parallel mean skipped it"
+    )
+    if name in run.shared_marked_as_expert:
+        return (
+            f"{head}: it is marked expert_model_parallel outside the routed experts (a shared parameter marked "
+            "expert_model_parallel is averaged only over the ranks holding the same experts); remove the mark"
+        )
+    return (
+        f"{head} (a shared parameter marked expert_model_parallel is averaged only over the ranks holding the "
+        "same experts)"
     )
 
 

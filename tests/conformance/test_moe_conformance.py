@@ -11,7 +11,8 @@ catalogue checkpoint, inside the checks; the tests assert the verdicts and the c
 (b) gate and up swapped where the spec loads the experts fails the round trip (w1 and w3 come back swapped)
     and parity (the first sparse block departs);
 (c) a router under SP whose weight lost its `sequence_parallel_enabled` mark fails the replicas check, which
-    names the router and the fix;
+    names the router and the fix; a router marked `expert_model_parallel` drifts apart between the EP ranks
+    (which are data-parallel ranks), which the replicas check names too;
 (d) the top-k normalisation dropped fails parity where the config asks for it (`norm_topk_prob=True`), and
     the same copy passes where it does not (the catalogue's `features` variant is what exposes it).
 """
@@ -56,6 +57,10 @@ ROUTER_WITHOUT_SP_MARK = (
     "        self.trn_config = trn_config\n        self.num_experts = config.num_local_experts\n",
     "        self.trn_config = trn_config\n        self.num_experts = config.num_local_experts\n"
     "        self.router.linear_router.weight.sequence_parallel_enabled = False\n",
+)
+ROUTER_MARKED_AS_EXPERT = (
+    ROUTER_WITHOUT_SP_MARK[0],
+    ROUTER_WITHOUT_SP_MARK[0] + "        self.router.linear_router.weight.expert_model_parallel = True\n",
 )
 NORMALISATION_DROPPED = (
     "normalize_top_k_affinities=config.norm_topk_prob,",
@@ -171,6 +176,27 @@ def test_a_router_under_sp_without_its_mark_fails_replicas_naming_the_router(
     assert "per-rank partial gradient never summed" in reason
     assert "applied to the rank's sequence shard under SP" in reason
     assert "mark it sequence_parallel_enabled" in reason
+
+
+def test_a_shared_router_marked_as_an_expert_drifts_between_expert_parallel_ranks(
+    broken_moe: BrokenMoe, settings: RunSettings
+) -> None:
+    # optimum-neuron averages an `expert_model_parallel` gradient only over the ranks holding the same
+    # experts: the router, which every EP rank holds and trains on its own rows, then drifts apart.
+    package = broken_moe("mixtral", [ROUTER_MARKED_AS_EXPERT], None)
+    (result,) = REPLICAS.run(package, [ReplicasConfig("mixtral/gqa", 1, ep_size=2)], settings)
+    assert result.status is Status.FAIL
+    routers = {f"model.layers.{i}.block_sparse_moe.router.linear_router.weight" for i in range(2)}
+    assert set(result.figures["data_parallel_spread"]) == routers
+    assert result.figures["data_parallel_differing"] == 2
+    reason = next(
+        r
+        for r in result.reasons
+        if r.startswith("model.layers.1.block_sparse_moe.router.linear_router.weight ")
+    )
+    assert "is not the same on every data-parallel (expert-parallel) rank after 3 optimizer steps" in reason
+    assert "from step 1 its gradient differs between the data-parallel ranks" in reason
+    assert "a shared parameter marked expert_model_parallel" in reason
 
 
 def test_dropped_top_k_normalisation_fails_parity_where_the_config_asks_for_it(
