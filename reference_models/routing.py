@@ -33,15 +33,28 @@ def top_k_margins(logits: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 def layer_margins(
-    router_logits: Sequence[torch.Tensor], top_k: int, positions: torch.Tensor | None = None
+    router_logits: Sequence[torch.Tensor],
+    top_k: int,
+    positions: torch.Tensor | None = None,
+    *,
+    skip_zero_inputs: bool = False,
 ) -> list[float]:
     """Per sparse layer, the smallest margin over the tokens at `positions` (`(B, S)` booleans; every
-    token when None). Each layer's logits are `(B * S, E)`, batch-major, as transformers returns them."""
+    token when None). Each layer's logits are `(B * S, E)`, batch-major, as transformers returns them.
+
+    `skip_zero_inputs` leaves out the tokens whose router logits are all equal: a router without bias
+    gives that only for a zero input (a seeded init's zero padding embedding, attending to padding only),
+    which every bias-free expert maps to zero, so which experts it picks changes neither the output nor a
+    gradient."""
     found = []
     for logits in router_logits:
         margins = top_k_margins(logits, top_k)
+        keep = torch.ones_like(margins, dtype=torch.bool)
         if positions is not None:
-            margins = margins[positions.reshape(-1)]
+            keep &= positions.reshape(-1)
+        if skip_zero_inputs:
+            keep &= ~(logits == logits[..., :1]).all(dim=-1)
+        margins = margins[keep]
         found.append(float(margins.min()) if margins.numel() else float("inf"))
     return found
 

@@ -28,7 +28,9 @@ experts that rank holds, so at EP=2 experts j and j + E/2 start equal, and the s
 at EP=1 by design (`init_compared` false, and why, in the figures). Steps 1-3 compare what is meaningful
 across EP. A seeded init has no routing margin guarantee (the catalogue's checkpoints have, `routing`): the
 figures give transformers' router margin on the consolidated checkpoint, and a logits difference with a
-margin under `MIN_ROUTER_MARGIN` says it may be a near-tie.
+margin under `MIN_ROUTER_MARGIN` says it may be a near-tie. Tokens whose router input is zero (the seeded
+padding embedding is zero, and left padding attends to padding only) tie every expert but route nothing
+(bias-free experts map zero to zero): they are left out of the margin, which would else read 0.
 
 Configurations are batched: one launcher call per source (T, EP), then one per target (T, EP).
 """
@@ -463,7 +465,9 @@ def _transformers_run(job: SourceJob) -> TransformersRun:
             logits = model.eval()(**inputs).logits.float()
             if getattr(model.config, "num_experts_per_tok", None):
                 router_logits = transformers_router_logits(model, inputs)
-                margin = min(layer_margins(router_logits, model.config.num_experts_per_tok))
+                margin = min(
+                    layer_margins(router_logits, model.config.num_experts_per_tok, skip_zero_inputs=True)
+                )
         for kind in ("missing_keys", "unexpected_keys"):
             found = sorted(info.get(kind, []))
             if found:

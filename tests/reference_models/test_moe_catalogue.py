@@ -67,6 +67,10 @@ def test_margin_helpers_on_hand_written_logits() -> None:
     positions = torch.tensor([[False, False, True]])
     assert layer_margins([logits], 2, positions) == pytest.approx([2.9])
     assert layer_margins([logits], 1) == pytest.approx([0.0])
+    # The all-equal row is a zero router input (nothing to route): left out on request only.
+    assert layer_margins([logits], 1, skip_zero_inputs=True) == pytest.approx([0.1])
+    assert layer_margins([logits], 2, positions, skip_zero_inputs=True) == pytest.approx([2.9])
+    assert layer_margins([logits[[1]]], 2, skip_zero_inputs=True) == [float("inf")]
     assert tokens_per_expert([logits[[0, 2]]], 2) == [[1, 1, 2, 0]]
 
 
