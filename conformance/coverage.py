@@ -12,11 +12,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reference_models import variant, variants_for
+from reference_models.catalogue import is_moe
 
 from .harness.protocol import Exercised
 from .profiles import PlannedCheck
 
 TP_SIZES = (1, 2, 4, 8)
+EP_SIZES = (1, 2)
+"""Expert-parallel sizes a mixture-of-experts model is expected to be checked at."""
 LAYOUTS = ("separate", "fused", "gqa")
 DTYPES = ("float32", "bfloat16")
 OPTIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -42,6 +45,11 @@ def not_tested(model_type: str, planned: Sequence[PlannedCheck], check_names: It
     missing_sizes = [size for size in TP_SIZES if size not in sizes]
     if missing_sizes:
         found.append(f"TP sizes {', '.join(map(str, missing_sizes))}: no check runs at them")
+    if is_moe(model_type):
+        ep_sizes = {size for _, facts in exercised for size in facts.ep_sizes}
+        missing_ep = [size for size in EP_SIZES if size not in ep_sizes]
+        if missing_ep:
+            found.append(f"expert-parallel sizes {', '.join(map(str, missing_ep))}: no check runs at them")
     if not any(facts.attn_implementation == FLASH for _, facts in exercised):
         found.append(
             "the Neuron flash-attention path (attn_implementation=flash_attention_2, transpose_nki_inputs)"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference_models import Variant, variants_for
+from reference_models.catalogue import is_moe
 
 from .harness.protocol import Check, CheckConfig
 from .harness.registry import all_checks, check_names
@@ -44,6 +45,11 @@ class ModelCatalogue:
     def key(self, name: str) -> str:
         """`<model_type>/<name>`."""
         return f"{self.model_type}/{name}"
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether the architecture is a mixture of experts (its checks add expert-parallel cases)."""
+        return is_moe(self.model_type)
 
     @property
     def base(self) -> str:
@@ -83,18 +89,24 @@ class PlannedCheck:
     def tp_sizes(self) -> tuple[int, ...]:
         """The TP sizes the configurations run at, in order of first appearance (none for a check whose
         configurations span two sizes, a topology change)."""
-        if any(len(c.tp_sizes) != 1 for c in self.configurations):
+        return tuple(dict.fromkeys(tp for tp, _ in self.parallel_sizes))
+
+    @property
+    def parallel_sizes(self) -> tuple[tuple[int, int], ...]:
+        """The (TP, EP) sizes the configurations run at, in order of first appearance (none for a check
+        whose configurations span two sizes, a topology change)."""
+        if any(len(c.parallel_sizes) != 1 for c in self.configurations):
             return ()
-        return tuple(dict.fromkeys(c.tp_sizes[0] for c in self.configurations))
+        return tuple(dict.fromkeys(c.parallel_sizes[0] for c in self.configurations))
 
     def parts(self) -> list[PlannedCheck]:
-        """The configurations split by TP size (one launcher call each, reported as it finishes); checks
-        whose configurations span two sizes (a topology change) stay whole."""
-        if not self.tp_sizes:
+        """The configurations split by (TP, EP) size (one launcher call each, reported as it finishes);
+        checks whose configurations span two sizes (a topology change) stay whole."""
+        if not self.parallel_sizes:
             return [self]
         return [
-            PlannedCheck(self.check, tuple(c for c in self.configurations if c.tp_sizes[0] == tp_size))
-            for tp_size in self.tp_sizes
+            PlannedCheck(self.check, tuple(c for c in self.configurations if c.parallel_sizes[0] == sizes))
+            for sizes in self.parallel_sizes
         ]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .harness.protocol import size_label
 from .profiles import PlannedCheck
 from .results import CheckResult, RunResults, Status
 
@@ -37,7 +38,7 @@ class Progress:
         if planned.name != self._current:
             self._current = planned.name
             self.done += 1
-        sizes = "" if len(planned.tp_sizes) != 1 else f" T={planned.tp_sizes[0]}"
+        sizes = "" if len(planned.parallel_sizes) != 1 else f" {size_label(*planned.parallel_sizes[0])}"
         text = f"[{self.done}/{self.total}] {planned.name}{sizes}: {len(planned)} configuration(s)"
         if self.console.is_terminal:
             self._status = self.console.status(text)

@@ -137,6 +137,8 @@ _SHORT = {
     "fuse_qkv": "fuse_qkv",
     "source_tp_size": "from T",
     "attn_implementation": "attn",
+    "ep_size": "EP",
+    "source_ep_size": "from EP",
 }
 
 

@@ -6,6 +6,12 @@ transformers initialises norm weights to 1 and biases to 0; a parallel model tha
 them would then still match, so every 1-D parameter that is constant after initialisation is perturbed
 from a seeded generator (non-zero constants scaled by U(0.5, 1.5), zeros replaced by N(0, 0.1)).
 
+A mixture-of-experts checkpoint must have no routing near-tie on the checks' fixed batch
+(`routing.MIN_ROUTER_MARGIN`): the builder tries the seeds `seed, seed + 1, ...` in order and keeps the first
+whose transformers router logits clear the margin (the manifest records it as `model_seed`, and the margin
+found as `router_margin`). Its padding row is drawn like the other embedding rows rather than left at
+transformers' zeros: a zero hidden state ties every expert.
+
 The folder is `<cache>/<model_type>-<variant>-<key>`, with `key` a hash of the config dict, the
 transformers and torch versions, the seed and `BUILDER_VERSION`: building again returns the same folder,
 and building in another cache gives byte-identical files. Builds write into a temporary folder beside the
@@ -29,12 +35,15 @@ from pathlib import Path
 import torch
 import transformers
 
-from .catalogue import CATALOGUE, Variant, variant
+from .catalogue import CATALOGUE, Variant, num_experts, variant
+from .routing import MIN_ROUTER_MARGIN, checkpoint_margin
 
 BUILDER_VERSION = 1
 DEFAULT_SEED = 0
 CACHE_ENV = "NXD_SCAFFOLD_CACHE"
 MANIFEST = "reference_model.json"
+MAX_ROUTING_SEEDS = 64
+"""How many seeds a mixture-of-experts checkpoint may try before the builder gives up (in practice 1-3)."""
 
 # Seeding sets torch's global generator: two threads building at once must not interleave there.
 _SEEDING = threading.Lock()
@@ -90,11 +99,50 @@ def seeded_model(entry: Variant, seed: int = DEFAULT_SEED) -> transformers.PreTr
     return model.eval()
 
 
+def routed_model(entry: Variant, seed: int = DEFAULT_SEED) -> tuple[transformers.PreTrainedModel, int, float]:
+    """`seeded_model` for the first seed from `seed` up whose router has no near-tie on the checks' fixed
+    batch: (model, the seed used, its router margin). Dense models: the seed itself, margin inf."""
+    config = entry.config()
+    if num_experts(config) is None:
+        return seeded_model(entry, seed), seed, float("inf")
+    margins = []
+    for candidate in range(seed, seed + MAX_ROUTING_SEEDS):
+        model = seeded_model(entry, candidate)
+        _draw_zero_embedding_rows(model, candidate)
+        margin = checkpoint_margin(model, config)
+        if margin >= MIN_ROUTER_MARGIN:
+            return model, candidate, margin
+        margins.append(margin)
+    raise RuntimeError(
+        f"{entry.key}: no seed in {seed}..{seed + MAX_ROUTING_SEEDS - 1} gives router margins of at least "
+        f"{MIN_ROUTER_MARGIN:g} on the fixed batch (best {max(margins):.3g}): change the catalogue's MoE sizes"
+    )
+
+
+def _draw_zero_embedding_rows(model: transformers.PreTrainedModel, seed: int) -> None:
+    """Draw the token embedding's all-zero rows (transformers zeroes the padding row at init) like the
+    others: a padding token whose hidden state is zero gives every expert the same router logit, a tie no
+    margin can remove (its expert outputs are zero too, but which experts it counts for is arbitrary)."""
+    weight = model.get_input_embeddings().weight
+    zero = (weight == 0).all(dim=1)
+    if not bool(zero.any()):
+        return
+    generator = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        scale = float(weight[~zero].std())
+        weight[zero] = (torch.randn((int(zero.sum()), weight.shape[1]), generator=generator) * scale).to(
+            weight.dtype
+        )
+
+
 def _write(entry: Variant, seed: int, folder: Path, key: str) -> None:
-    seeded_model(entry, seed).save_pretrained(folder, safe_serialization=True)
+    model, model_seed, margin = routed_model(entry, seed)
+    model.save_pretrained(folder, safe_serialization=True)
     manifest = {
         "variant": entry.key,
         "seed": seed,
+        "model_seed": model_seed,
+        "router_margin": margin if margin != float("inf") else None,
         "key": key,
         "builder_version": BUILDER_VERSION,
         "transformers": transformers.__version__,

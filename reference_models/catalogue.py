@@ -42,6 +42,22 @@ matter here: cohere2's default `logit_scale` of 0.0625 shrinks the logits so muc
 the LM head far enough (loss 4.5 after 30 steps); 2.0, like granite's logits divisor of 0.5, learns fast.
 The init range of 0.04 (twice the usual default) speeds every architecture up as well.
 
+Mixture of experts (a config class taking `num_experts_per_tok`: mixtral, qwen2_moe, qwen3_moe, phimoe...):
+4 experts (`num_local_experts` or `num_experts`), top 2, expert MLPs of 32 (`moe_intermediate_size`; Mixtral's
+experts take `intermediate_size`, 96) and a shared expert of 48 (`shared_expert_intermediate_size`), all
+divisible by T <= 4 and the experts by EP <= 2; `output_router_logits` is on in every variant, so that the
+loss holds the auxiliary load-balancing loss (with the non-default `router_aux_loss_coef` 0.02) and the checks
+compare it. `unsupported_reason(config, T, EP)` adds the MoE divisibilities.
+
+No routing near-tie: top-k routing is discontinuous, so a token whose k-th and (k+1)-th router logits are
+nearly equal could pick another expert after a mere reordering of sums, and two correct models would part.
+For each MoE checkpoint the builder keeps the first seed (from its own, upward, deterministic) whose router
+logits, in transformers fp32 on the checks' fixed batch (the causal mask only, and the padding mask at the
+attended positions), separate every token's k-th from its (k+1)-th expert by at least `MIN_ROUTER_MARGIN`
+in every layer (`routing.router_margin`); tests/reference_models/test_routing_margin.py recomputes it from
+every variant's checkpoint. What remains is reordered sums: the parallel model's router logits differ from
+transformers' by ~1e-7 (fp32, T <= 4), four orders of magnitude below the margin.
+
 Other architectures: `variants_for(<model_type>)` derives the same variants for any decoder-only causal LM
 of the installed transformers whose config class takes the standard decoder fields (`vocab_size`,
 `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads`), so
@@ -62,6 +78,7 @@ numbers; `unsupported_reason` states it and the parity check treats that rejecti
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Mapping
@@ -72,7 +89,7 @@ from transformers import CONFIG_MAPPING, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .config_reads import fields_read, modeling_module
-from .nondefault import FieldChoice, Sizes, choose, is_dropout_field
+from .nondefault import MOE_ACTIVATIONS, FieldChoice, Sizes, choose, is_dropout_field
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite")
 
@@ -91,8 +108,22 @@ _COMMON: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 
+# Mixture-of-experts sizes, for the fields the config class takes (the expert-count field is named either way).
+_MOE_SIZES: dict[str, Any] = {
+    "num_local_experts": 4,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 48,
+}
+_EXPERT_COUNT_FIELDS = ("num_local_experts", "num_experts")
+_MOE_INTERMEDIATE_FIELDS = ("moe_intermediate_size", "shared_expert_intermediate_size")
+
+# Every MoE variant computes the auxiliary loss (transformers adds it to the loss only when asked).
+_MOE_TRAITS: dict[str, Any] = {"output_router_logits": True}
+
 # Fields the catalogue sizes itself (the table above): not subject to the non-default rule.
-_SIZE_FIELDS = frozenset({*_COMMON, "head_dim"})
+_SIZE_FIELDS = frozenset({*_COMMON, "head_dim", *_MOE_SIZES})
 
 # Head sizes across the variants below (hidden/heads for 8 and 4 heads, and the `head-dim` variant's 32):
 # a partial rotary factor must give an even number of rotary dims at each.
@@ -100,7 +131,7 @@ _HEAD_DIMS = (8, 16, 32)
 _MIN_VOCAB_SIZE = 250
 
 # Boolean options the `features` variant never flips: no computation (`use_cache`) or a variant of its own.
-_NOT_FEATURES = frozenset({"use_cache", "tie_word_embeddings"})
+_NOT_FEATURES = frozenset({"use_cache", "tie_word_embeddings", *_MOE_TRAITS})
 
 # What a config class must take for the catalogue to describe it (as `__init__` parameters or aliases).
 _DECODER_FIELDS = (
@@ -158,11 +189,27 @@ def kv_size_multiplier(kv_heads: int, tp_size: int) -> int:
     return max(1, tp_size // kv_heads)
 
 
-def unsupported_reason(config: PretrainedConfig, tp_size: int) -> str | None:
-    """Why a tensor-parallel training model cannot be built from `config` at `tp_size`, or None.
+def num_experts(config: PretrainedConfig) -> int | None:
+    """The number of routed experts of a mixture-of-experts config, None for a dense one."""
+    for name in _EXPERT_COUNT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and getattr(config, "num_experts_per_tok", None) is not None:
+            return value
+    return None
+
+
+def is_moe(model_type: str) -> bool:
+    """Whether the architecture routes tokens to experts (its config class takes `num_experts_per_tok`)."""
+    return model_type in CONFIG_MAPPING and "num_experts_per_tok" in _config_parameters(model_type)
+
+
+def unsupported_reason(config: PretrainedConfig, tp_size: int, ep_size: int = 1) -> str | None:
+    """Why a tensor-parallel training model cannot be built from `config` at `tp_size` (and expert-parallel
+    size `ep_size`), or None.
 
     Checks the divisibility NxD's layers require: vocabulary (vocab-parallel embedding and LM head),
-    attention heads, MLP intermediate size, and the K/V heads after GQA replication.
+    attention heads, MLP intermediate size, and the K/V heads after GQA replication; for a mixture of
+    experts also the expert and shared-expert intermediate sizes (over T) and the experts (over EP).
     """
     problems = []
     if config.vocab_size % tp_size:
@@ -177,6 +224,15 @@ def unsupported_reason(config: PretrainedConfig, tp_size: int) -> str | None:
         problems.append(f"num_key_value_heads {kv_heads} cannot be spread over {tp_size} ranks")
     if config.intermediate_size % tp_size:
         problems.append(f"intermediate_size {config.intermediate_size} is not divisible by {tp_size}")
+    for name in _MOE_INTERMEDIATE_FIELDS:
+        size = getattr(config, name, None)
+        if isinstance(size, int) and size % tp_size:
+            problems.append(f"{name} {size} is not divisible by {tp_size}")
+    experts = num_experts(config)
+    if ep_size > 1 and (experts is None or experts % ep_size):
+        problems.append(
+            f"expert parallel size {ep_size} needs experts divisible by it (the config has {experts or 'none'})"
+        )
     return "; ".join(problems) or None
 
 
@@ -206,8 +262,9 @@ class Variant:
         chosen = {choice.name: choice.value for choice in _scalar_choices(self.model_type) if choice.changed}
         values = {
             **_COMMON,
+            **_moe_values(self.model_type),
             **chosen,
-            **_ARCHITECTURE_TRAITS.get(self.model_type, {}),
+            **_traits(self.model_type),
             **dict(self.overrides),
         }
         if _takes_head_dim(self.model_type):
@@ -224,9 +281,14 @@ class Variant:
         and with each field its traits or overrides set: default, value and the rule that decided."""
         parameters = _config_parameters(self.model_type)
         traits = _ARCHITECTURE_TRAITS.get(self.model_type, {})
+        moe_traits = {name: value for name, value in _traits(self.model_type).items() if name not in traits}
         overrides = dict(self.overrides)
         found = {choice.name: choice for choice in _scalar_choices(self.model_type)}
-        for source, rule in ((traits, "architecture trait"), (overrides, f"`{self.name}` variant")):
+        for source, rule in (
+            (traits, "architecture trait"),
+            (moe_traits, "mixture-of-experts trait: the loss holds the auxiliary loss"),
+            (overrides, f"`{self.name}` variant"),
+        ):
             for name, value in source.items():
                 if name in _SIZE_FIELDS:
                     continue
@@ -274,9 +336,14 @@ class Variant:
             return None
         return attention_variant(heads, kv_heads, tp_size, fuse_qkv)
 
-    def unsupported_reason(self, tp_size: int) -> str | None:
-        """Why this variant cannot be built at `tp_size` (expected to be refused), or None."""
-        return unsupported_reason(self.config(), tp_size)
+    def unsupported_reason(self, tp_size: int, ep_size: int = 1) -> str | None:
+        """Why this variant cannot be built at `tp_size` and `ep_size` (expected to be refused), or None."""
+        return unsupported_reason(self.config(), tp_size, ep_size)
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether the variant routes tokens to experts."""
+        return is_moe(self.model_type)
 
     def has_attention_biases(self) -> bool:
         """Whether transformers' model of this variant has q/k/v projection biases, whichever config field
@@ -287,6 +354,23 @@ class Variant:
 @functools.cache
 def _config_parameters(model_type: str) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(CONFIG_MAPPING[model_type].__init__).parameters)
+
+
+def _moe_values(model_type: str) -> dict[str, Any]:
+    """The MoE sizes for the fields the config class takes (nothing for a dense architecture)."""
+    if not is_moe(model_type):
+        return {}
+    parameters = _config_parameters(model_type)
+    return {name: value for name, value in _MOE_SIZES.items() if name in parameters}
+
+
+def _traits(model_type: str) -> dict[str, Any]:
+    """What every variant of the architecture carries: its hand-picked traits, and the MoE ones."""
+    found = dict(_ARCHITECTURE_TRAITS.get(model_type, {}))
+    if is_moe(model_type):
+        parameters = _config_parameters(model_type)
+        found.update({name: value for name, value in _MOE_TRAITS.items() if name in parameters})
+    return found
 
 
 def _takes_head_dim(model_type: str) -> bool:
@@ -328,6 +412,8 @@ def _scalar_choices(model_type: str) -> tuple[FieldChoice, ...]:
             defaults[name] = getattr(instance, name)
     shapes = {name: getattr(instance, name, None) for name in defaults}
     sizes = Sizes(_HEAD_DIMS, _MIN_VOCAB_SIZE, _COMMON["max_position_embeddings"])
+    if is_moe(model_type):
+        sizes = dataclasses.replace(sizes, activations=MOE_ACTIVATIONS)
     return choose(defaults, shapes, sizes, functools.partial(_accepts, model_type))
 
 
@@ -335,7 +421,7 @@ def _accepts(model_type: str, name: str, value: Any) -> bool:
     """Whether the config class builds at the tiny sizes with `name=value` and holds the value (a dict may
     gain keys: transformers adds `rope_type` beside a legacy `type`)."""
     try:
-        config = CONFIG_MAPPING[model_type](**{**_COMMON, name: value})
+        config = CONFIG_MAPPING[model_type](**{**_COMMON, **_moe_values(model_type), name: value})
     except (ValueError, KeyError, TypeError):
         return False
     held = getattr(config, name, None)

@@ -21,9 +21,18 @@ not the default and that the config class accepts (it builds, and holds the valu
 | init range | `initializer_range`, `init_std` | 0.04, 0.03 | initialisation |
 | token ids | `*_token_id` (int or None) | distinct ids from 3 up, never 0 (NxD drops padding index 0: NXD-05) | the padding row |
 | cache | `use_cache` | the other boolean | nothing in training |
+| loss coefficient | floats named `*_coef`, `*_coefficient` (`router_aux_loss_coef`) | 0.02, 0.05: the auxiliary loss shows in the loss | the loss |
+| sparse layer step | ints named `*sparse_step` (`decoder_sparse_step`) | 2: with 2 layers one dense MLP and one sparse block | the layers built |
+| window layers | `max_window_layers` | 1: acts only where a sliding window is on | nothing unless a window bites |
+
+Mixture-of-experts configs (a config class taking `num_experts_per_tok`) take their activation from
+`MOE_ACTIVATIONS`: NxD's `ExpertMLPs` accepts only the activations of its own table (gelu, relu, silu...),
+so `gelu_pytorch_tanh` would build a config no NxD MoE model can train.
 
 Kept at their defaults, with the reason recorded: dropout fields (compared runs switch dropout off; the
-check that dropout is live needs them as the config has them), other booleans (architecture options: the
+check that dropout is live needs them as the config has them), router jitter (`*jitter*`: training noise,
+which NxD's and the checks' runs keep off, and phimoe's `router_jitter_noise` is a routing threshold that
+no NxD router has), other booleans (architecture options: the
 catalogue's `features` variant flips them), fields that are not scalars, and a read field no rule covers
 (the catalogue tests require there to be none for the architectures that scaffold today).
 
@@ -44,14 +53,19 @@ from transformers.activations import ACT2FN
 SLIDING_WINDOW = 5
 FIRST_TOKEN_ID = 3
 ACTIVATIONS = ("gelu_pytorch_tanh", "silu")
+MOE_ACTIVATIONS = ("gelu", "silu")
+"""Candidates for MoE configs: activations NxD's `ExpertMLPs` table holds (`modules/moe/model_utils.py`)."""
 # An activation counts as different when it moves some input in [-4, 4] by more than this.
 _ACTIVATION_GAP = 0.05
 
 LOGITS = "logits"
 INITIALISATION = "initialisation"
 PADDING_ROW = "the padding row"
+LOSS = "the loss"
+STRUCTURE = "the layers built"
 NOTHING = "nothing in training"
 NO_RULE = "no rule for this field: kept"
+JITTER_KEPT = "jitter: kept (training noise the compared runs keep off; no NxD router has phimoe's threshold)"
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,8 @@ class Sizes:
     head_dims: tuple[int, ...]
     min_vocab_size: int
     max_position_embeddings: int
+    activations: tuple[str, ...] = ACTIVATIONS
+    """The activations to try, in order (`MOE_ACTIVATIONS` for mixture-of-experts configs)."""
 
 
 Accepts = Callable[[str, Any], bool]
@@ -116,6 +132,8 @@ def choose(
 def _choice(name: str, default: Any, built: Any, sizes: Sizes, accepts: Accepts) -> FieldChoice:
     if is_dropout_field(name):
         return FieldChoice(name, default, default, "dropout: kept (compared runs switch it off)")
+    if "jitter" in name and (default is None or _is_real(default)):
+        return FieldChoice(name, default, default, JITTER_KEPT)
     for rule in _RULES:
         if not rule.applies(name, default):
             continue
@@ -157,7 +175,7 @@ def _fixed(*values: Any) -> Callable[[str, Any, Sizes], Iterator[Any]]:
 def _activations(name: str, default: str, sizes: Sizes) -> Iterator[str]:
     points = torch.linspace(-4.0, 4.0, 161, device="cpu")
     reference = ACT2FN[default](points)
-    for candidate in ACTIVATIONS:
+    for candidate in sizes.activations:
         if float((ACT2FN[candidate](points) - reference).abs().max()) > _ACTIVATION_GAP:
             yield candidate
 
@@ -232,4 +250,22 @@ _RULES: tuple[_Rule, ...] = (
         INITIALISATION,
     ),
     _Rule("cache: off", lambda n, d: n == "use_cache" and isinstance(d, bool), _fixed(False, True), NOTHING),
+    _Rule(
+        "loss coefficient: the auxiliary loss shows in the loss",
+        lambda n, d: n.endswith(("_coef", "_coefficient")) and isinstance(d, float),
+        _fixed(0.02, 0.05),
+        LOSS,
+    ),
+    _Rule(
+        "sparse layer step: a dense and a sparse layer",
+        lambda n, d: n.endswith("sparse_step") and _is_int(d),
+        _fixed(2, 3),
+        STRUCTURE,
+    ),
+    _Rule(
+        "window layers: acts only where a sliding window bites",
+        lambda n, d: n == "max_window_layers" and _is_int(d),
+        _fixed(1, 0),
+        NOTHING,
+    ),
 )

@@ -3,7 +3,8 @@
 For each configuration (variant, T, `fuse_qkv`):
 
 1. Here, with the `peft` library: a deterministic LoRA adapter on the catalogue checkpoint (seeded values,
-   lora_B non-zero, rank 4, every attention and MLP projection targeted), saved as PEFT does
+   lora_B non-zero, rank 4, every attention and MLP projection targeted; a mixture of experts' attention
+   projections only, `adapters.target_modules`), saved as PEFT does
    (`adapter_model.safetensors`, `adapter_config.json`).
 2. On T ranks, through the active backend: the package's causal LM `from_pretrained`, the adapter applied
    with the host's `get_peft_model` and loaded with `load_adapter` (through the transformation specs),
@@ -19,6 +20,12 @@ For each configuration (variant, T, `fuse_qkv`):
      copies the average back to each linear).
    - transformers' `PeftModel` with the consolidated adapter gives the parallel model's logits: the
      parallel model ran with the averaged lora_A, which is exactly what the consolidated adapter holds.
+
+A mixture of experts whose config also gives some layers a dense MLP (Qwen-MoE's `decoder_sparse_step`,
+`mlp_only_layers`) is a SKIP: its adapter can only target the attention (a LoRA on the experts or the router
+is refused by the expert-weight specs, and the dense MLP's projection names are the experts' too), which
+leaves the dense layers' fused `gate_up_proj` un-adapted, and neither the kit's host nor optimum-neuron 0.4.5
+can consolidate such an adapter (docs/moe-expert-weights.md).
 
 The expected fused groups come from the generated-model contract and the catalogue's attention layout,
 not from the model's own specs, so a model that drops or renames a fusion spec is caught.
@@ -39,7 +46,7 @@ import torch
 from conformance.comparisons.adapters import FP32, Tolerances, compare_adapters, listed
 from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
 from conformance.harness.rank_steps import is_rank_zero, local_step, rank_step
-from conformance.model_runs.adapters import ADAPTER_CONFIG, ADAPTER_FILE, TARGET_MODULES, make_adapter
+from conformance.model_runs.adapters import ADAPTER_CONFIG, ADAPTER_FILE, make_adapter, target_modules
 from conformance.model_runs.attention_layouts import attention_layouts
 from conformance.model_runs.fixed_batch import checkpoint_batch
 from conformance.model_runs.logits import logits_of
@@ -105,14 +112,28 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
             return [LoraConfig(gqa, gqa_tp)]
         return [LoraConfig(catalogue.base, 2), LoraConfig(gqa, gqa_tp), LoraConfig(catalogue.base, 4)]
 
+    def skip_reason(self, config: LoraConfig) -> str | None:
+        entry = variant(config.variant)
+        if entry.is_moe:
+            dense = dense_mlp_layers(config.variant)
+            if dense:
+                return (
+                    f"{config.variant} also has dense MLP layers ({', '.join(dense)}): a MoE adapter targets the "
+                    "attention only (the experts and the router take no LoRA, and the dense MLP shares the experts' "
+                    "projection names), which leaves their fused gate_up_proj un-adapted, and the host cannot "
+                    "consolidate such an adapter (optimum-neuron 0.4.5 neither)"
+                )
+        return super().skip_reason(config)
+
     def prepare(self, config: LoraConfig, workspace: Workspace, index: int) -> LoraJob:
         entry = variant(config.variant)
         checkpoint = workspace.checkpoint(entry)
         work_dir = workspace.folder(index)
+        targets = target_modules(entry.model_type)
         return LoraJob(
             config=config,
             checkpoint=checkpoint,
-            adapter_dir=str(make_adapter(checkpoint, work_dir / "adapter")),
+            adapter_dir=str(make_adapter(checkpoint, work_dir / "adapter", targets=targets)),
             work_dir=str(work_dir),
             vocab_size=entry.config().vocab_size,
             attention=entry.attention(config.tp_size, config.fuse_qkv),
@@ -198,16 +219,31 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
             "target_modules"
         ]
         figures["saved_target_modules"] = sorted(saved_targets)
-        if sorted(saved_targets) != sorted(TARGET_MODULES):
+        targets = target_modules(variant(job.config.variant).model_type)
+        if sorted(saved_targets) != sorted(targets):
             reasons.append(
                 f"the saved adapter_config.json targets {sorted(saved_targets)}, the original adapter "
-                f"{sorted(TARGET_MODULES)}"
+                f"{sorted(targets)}"
             )
         reasons += logits_reasons(value["logits"], _transformers_logits(job), figures, self.tolerances)
         return verdict
 
 
 CHECK = LoraRoundTrip()
+
+
+def dense_mlp_layers(key: str) -> list[str]:
+    """The dense MLPs of a catalogue variant's transformers model (a module named `mlp` with a `gate_proj`
+    of its own, not an expert's), built on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(variant(key).config())
+    return [
+        name
+        for name, module in model.named_modules()
+        if name.endswith(".mlp") and hasattr(module, "gate_proj")
+    ]
 
 
 def logits_reasons(

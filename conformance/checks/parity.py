@@ -34,6 +34,19 @@ received no gradient, a padding row that trains (a lost `padding_idx`), a config
 differs from transformers' in the same module (`module_constants`: a norm epsilon or rope theta written in
 the code), and which input the model does not use (`input_handling`: the padding mask, `position_ids`, or
 an argument the checkpointed layer call drops).
+
+Mixture of experts (docs/moe-conformance.md): the loss holds the auxiliary load-balancing loss, compared with
+transformers' over the tokens the padding mask keeps (`transformers_reference`); a loss that differs while
+the logits agree is named by the variant of the auxiliary loss it matches (divided by top_k as NxD's
+`load_balancing_loss_func`, without the padding mask, left out...). With expert parallelism (`ep_size`, T x EP
+ranks) each EP rank is a data-parallel rank feeding its own rows of the batch: the logits, activations and
+router logits are put back together in the batch's order and compared with transformers on the whole
+batch, each rank's loss with transformers' on its rows, and the gradients after optimum-neuron's
+data-parallel reductions (experts averaged over the ranks holding them) with the mean of transformers'
+gradients over the ranks' rows; every non-expert gradient must then be the same on every data-parallel
+rank. The routing figures (`comparisons.routing`: transformers' router margin, tokens per expert per
+layer, tokens the parallel model routed to other experts, choices a capacity factor dropped) stand beside
+the parity figures, and a token routed elsewhere than transformers' is a reason of its own.
 """
 
 from __future__ import annotations
@@ -53,7 +66,7 @@ from conformance.comparisons.diagnosis import (
     partial_gradients,
 )
 from conformance.comparisons.expected_refusals import names_tp_rejection, offending_values
-from conformance.comparisons.gradient_consolidation import consolidate_gradients
+from conformance.comparisons.gradient_consolidation import consolidate_gradients, data_parallel_disagreement
 from conformance.comparisons.gradients import (
     GradientBound,
     GradientFigure,
@@ -65,22 +78,34 @@ from conformance.comparisons.input_handling import ForwardMiss, diagnose_inputs
 from conformance.comparisons.module_constants import constant_reasons, module_constants
 from conformance.comparisons.outputs import compare_outputs
 from conformance.comparisons.plots import ratio_bars
+from conformance.comparisons.routing import (
+    ExpertLayout,
+    RoutingFigures,
+    auxiliary_loss_diagnosis,
+    compare_routing,
+    dropped_choices,
+    expert_layout,
+    is_sparse_block,
+)
 from conformance.harness.job_errors import JobError
-from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
+from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace, size_label
 from conformance.harness.rank_steps import is_rank_zero, rank_step
 from conformance.model_runs.activation_trace import ActivationRecorder, gather_activations
 from conformance.model_runs.attention_layouts import attention_layouts
 from conformance.model_runs.compared_checkpoints import switch_off_dropout
+from conformance.model_runs.data_parallel import gather_rows, gather_values, rank_batch, row_shares
 from conformance.model_runs.fixed_batch import FixedBatch, fixed_batch, pad_token_id
 from conformance.model_runs.flash_kernel_limits import describe as describe_limits
 from conformance.model_runs.flash_kernel_limits import flash_kernel_limits, refusal_names_a_limit
 from conformance.model_runs.logits import REPLICATED, LogitsLayoutError, full_vocabulary_logits
+from conformance.model_runs.neuron_optimizer import neuron_gradient_step
 from conformance.model_runs.parallel_model import load_parallel
 from conformance.model_runs.rank_gather import gather_to_rank_0
 from conformance.model_runs.transformers_reference import config_values, reference_run
 from conformance.results import Status, configuration_label
 from reference_models import variant, variants_for
 from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
+from reference_models.routing import MIN_ROUTER_MARGIN
 
 if TYPE_CHECKING:
     from conformance.profiles import ModelCatalogue
@@ -88,6 +113,8 @@ if TYPE_CHECKING:
 COMPARED, REJECTED, ERROR = "compared", "rejected", "error"
 FLASH = "flash_attention_2"
 FULL_TP_SIZES = (1, 2, 4, 8)
+MOE_TP_SIZES = (1, 2, 4)
+"""A mixture of experts' full profile: T up to 4, each also at EP=2 (8 ranks at most)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +136,12 @@ class Tolerances:
             f"error 4e-6 of the tensor's max |g|. Logits and loss: absolute {number(self.logits_atol)} (30x and "
             "10x margin). Gradients span orders of magnitude between tensors, so each is bounded by its own "
             f"scale: max |d| <= {number(self.grad_rtol)} * max |reference| + {number(self.grad_atol)} (25x "
-            "margin). Every sharding bug seen so far is O(1) relative."
+            "margin). Every sharding bug seen so far is O(1) relative. Mixture of experts: top-k routing is "
+            "discontinuous, so the catalogue's MoE checkpoints separate every compared token's k-th and (k+1)-th "
+            f"router logit by at least {MIN_ROUTER_MARGIN:g} (reference_models.routing); the parallel router's "
+            "logits differ from transformers' by reordered sums, ~1e-7 (measured on mixtral and qwen3_moe at T <= 2, "
+            "EP <= 2: max |d logits| 5.4e-7, |d loss| 9.5e-7, gradient error 1e-2 of the bound), so every token takes "
+            "transformers' experts and the bounds above apply unchanged."
         )
 
     @property
@@ -139,6 +171,8 @@ class ParityConfig(CheckConfig):
     """None: the model infers it (`auto_kv_size_multiplier`); a number is passed explicitly."""
     transpose_nki_inputs: bool = True
     """The NKI kernel's layout on the flash path (no effect on eager attention)."""
+    ep_size: int = 1
+    """Expert parallelism (mixture-of-experts models): T x EP ranks, each EP rank feeding its own rows."""
 
     HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset(
         {
@@ -147,6 +181,7 @@ class ParityConfig(CheckConfig):
             "gradient_checkpointing",
             "kv_size_multiplier",
             "transpose_nki_inputs",
+            "ep_size",
         }
     )
 
@@ -177,7 +212,7 @@ class ParityConfig(CheckConfig):
             options.append(("transpose_nki_inputs", self.transpose_nki_inputs))
         if variant(self.variant).attention(self.tp_size, self.fuse_qkv) == "gqa":
             options.append(("kv_size_multiplier", "auto" if self.kv_size_multiplier is None else "explicit"))
-        return Exercised((self.tp_size,), tuple(options), self.attn_implementation)
+        return Exercised((self.tp_size,), tuple(options), self.attn_implementation, ep_sizes=(self.ep_size,))
 
 
 @dataclass(frozen=True)
@@ -200,6 +235,10 @@ class ParityJob:
     @property
     def tp_size(self) -> int:
         return self.config.tp_size
+
+    @property
+    def ep_size(self) -> int:
+        return self.config.ep_size
 
 
 @dataclass
@@ -231,8 +270,14 @@ class ParityMeasurement:
     logits_without_checkpointing_max_abs_diff: float | None = None
     """Gradient checkpointing cases: the same model's logits in eval mode (no checkpointing)."""
     partial_gradients: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    """Each data-parallel rank's loss (one without data parallelism), and transformers' on its rows."""
+    reference_losses: list[float] = field(default_factory=list)
+    data_parallel_disagreement: dict[str, float] = field(default_factory=dict)
+    routing: RoutingFigures | None = None
     diagnoses: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
@@ -247,9 +292,11 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
         "tensors_within_bound",
         "tensors_compared",
         "attention_layouts",
+        "routing",
     )
 
     def plan(self, profile: str, catalogue: ModelCatalogue) -> list[ParityConfig]:
+        moe = moe_cases(catalogue, profile)
         if profile == "quick":
             base = catalogue.base
             gqa, gqa_tp = catalogue.smallest_gqa()
@@ -267,6 +314,7 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
                     fuse_qkv=True,
                     kv_size_multiplier=explicit_kv_size_multiplier(variant(gqa), gqa_tp),
                 ),
+                *moe,
             ]
         flash = [
             ParityConfig(catalogue.base, tp, sp, attn_implementation=FLASH)
@@ -275,7 +323,8 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
         flash.append(
             ParityConfig(catalogue.base, 2, True, attn_implementation=FLASH, transpose_nki_inputs=False)
         )
-        return matrix(catalogue.model_type, FULL_TP_SIZES) + flash + option_cases(catalogue)
+        tp_sizes = MOE_TP_SIZES if catalogue.is_moe else FULL_TP_SIZES
+        return matrix(catalogue.model_type, tp_sizes) + moe + flash + option_cases(catalogue)
 
     def skip_reason(self, config: ParityConfig) -> str | None:
         return None  # a size the catalogue cannot build is run: its refusal is checked
@@ -296,7 +345,7 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
             config=config,
             checkpoint=workspace.checkpoint(entry),
             expected_attention=entry.attention(config.tp_size, config.fuse_qkv),
-            rejection=entry.unsupported_reason(config.tp_size),
+            rejection=entry.unsupported_reason(config.tp_size, config.ep_size),
             vocab_size=model_config.vocab_size,
             flash_limits=tuple(flash_kernel_limits(model_config, length)) if flash else (),
             sequence_length=length,
@@ -309,7 +358,7 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
     def judge(self, job: ParityJob, value: ParityMeasurement | None) -> Verdict:
         assert value is not None
         reasons = list(value.reasons)
-        notes = []
+        notes = list(value.notes)
         if job.rejection is not None:
             if value.logits_layout == REPLICATED:
                 # The model does not shard the vocabulary (a replicated embedding and lm_head): a vocabulary
@@ -396,6 +445,23 @@ def matrix(
     return cases
 
 
+def moe_cases(catalogue: ModelCatalogue, profile: str) -> list[ParityConfig]:
+    """Expert-parallel cases of a mixture of experts (none for a dense model): the quick profile's one at
+    T=2 with SP (the all-to-all, the data-parallel split of the batch and the optimizer's expert-parallel
+    reductions together), the full profile's at every T up to 4, SP on and off."""
+    if not catalogue.is_moe:
+        return []
+    base = catalogue.base
+    if profile == "quick":
+        return [ParityConfig(base, 2, True, ep_size=2)]
+    return [
+        ParityConfig(base, tp, sp, ep_size=2)
+        for tp in MOE_TP_SIZES
+        for sp in (False, True)
+        if not (sp and tp == 1)
+    ]
+
+
 def option_cases(catalogue: ModelCatalogue) -> list[ParityConfig]:
     """The full profile's cases of the `TrainingNeuronConfig` options the matrix leaves at their default:
     the padding mask honoured (`recompute_causal_mask=False`) at every layout the base variant reaches and
@@ -448,14 +514,19 @@ class _AllParameters:
 
 
 def measure(package: ModuleType, job: ParityJob, tolerances: Tolerances) -> ParityMeasurement | None:
-    """Load, forward, backward on every rank; rank 0 compares with transformers. Rank 0's measurement."""
-    from neuronx_distributed.parallel_layers.grads import allreduce_sequence_parallel_gradients
+    """Load, forward, backward on every rank; rank 0 compares with transformers. Rank 0's measurement.
 
+    With expert parallelism each data-parallel rank feeds its own rows of the batch (`data_parallel`);
+    what they computed per row is put back together in the batch's order before rank 0 compares.
+    """
     from conformance.backends import active
 
     host = active()
     config = job.config
     batch = job.batch()
+    local = rank_batch(batch)
+    batch_size, seq_len = batch.input_ids.shape
+    sizes = size_label(config.tp_size, config.ep_size)
     model, trn_config, info = load_parallel(
         package,
         job.checkpoint,
@@ -466,36 +537,44 @@ def measure(package: ModuleType, job: ParityJob, tolerances: Tolerances) -> Pari
     without_checkpointing = None
     if config.gradient_checkpointing:
         without_checkpointing = rank_step(
-            f"the forward without gradient checkpointing at T={config.tp_size}",
-            lambda: _eval_logits(model, batch, job, host),
+            f"the forward without gradient checkpointing at {sizes}",
+            lambda: _eval_logits(model, local, job, host),
         )
         rank_step("enabling gradient checkpointing", lambda: _train_with_checkpointing(model))
+    else:
+        # Gradients are what training computes: NxD's layers take other paths in evaluation (an MoE router
+        # under SP keeps its shard's logits there, and its backward is not the training one).
+        _training_mode(model)
     recorder = ActivationRecorder(model)
 
     def forward_backward() -> Any:
         try:
             with host.flash_kernel_taking(job.sequence_length):
-                output = model(**batch.model_inputs())
+                output = model(**local.model_inputs())
                 output.loss.backward()
         finally:
             recorder.remove()
         return output
 
-    output = rank_step(f"forward and backward at T={config.tp_size}", forward_backward)
-    # optimum-neuron's optimizer step sums the gradients of parameters marked `sequence_parallel_enabled`
-    # over TP, and only when sequence parallelism is on; the check sees what that step would use.
-    if trn_config.sequence_parallel_enabled:
-        allreduce_sequence_parallel_gradients(_AllParameters(model))
+    output = rank_step(f"forward and backward at {sizes}", forward_backward)
+    # optimum-neuron's optimizer step: under SP only, the TP sum of the gradients of parameters marked
+    # `sequence_parallel_enabled`; then the data-parallel mean (experts over the ranks holding them).
+    neuron_gradient_step(bool(trn_config.sequence_parallel_enabled), None)(_AllParameters(model))
     found = ParityMeasurement(sequence_parallel_effective=bool(trn_config.sequence_parallel_enabled))
     logits = None
     try:
         full = full_vocabulary_logits(output.logits, job.vocab_size)
-        logits = full.logits
+        logits = gather_rows(full.logits, batch_size)
         found.logits_layout, found.local_logits_shape = full.layout, full.local_shape
         found.logits_replica_spread = full.replica_spread
     except LogitsLayoutError as error:  # raised on every rank alike (the shapes were exchanged)
         found.local_logits_shape = tuple(output.logits.shape)
         found.reasons.append(str(error))
+    layout = expert_layout(model)
+    local_router_logits = _router_logits(output)
+    dropped = sum(gather_values(dropped_choices(local_router_logits or (), layout) if layout else 0))
+    router_logits = _gathered_router_logits(local_router_logits, local, batch_size)
+    losses = gather_values(float(output.loss.detach()))
     grads, no_gradient = {}, []
     for name, param in model.named_parameters():
         if param.grad is None:
@@ -503,10 +582,13 @@ def measure(package: ModuleType, job: ParityJob, tolerances: Tolerances) -> Pari
             grads[name] = torch.zeros_like(param.detach())
         else:
             grads[name] = param.grad.detach().clone()
-    batch_size, seq_len = batch.input_ids.shape
-    activations = gather_activations(
-        recorder.outputs, batch_size, seq_len, bool(trn_config.sequence_parallel_enabled)
-    )
+    local_rows = local.input_ids.shape[0]
+    activations = {
+        name: gather_rows(value, batch_size) if value.shape[0] == local_rows else value
+        for name, value in gather_activations(
+            recorder.outputs, local_rows, seq_len, bool(trn_config.sequence_parallel_enabled)
+        ).items()
+    }
     gathered = gather_to_rank_0(grads)
     metadata = host.host_module("transformations_utils").create_parameter_metadata(model)
     if not is_rank_zero():
@@ -521,24 +603,57 @@ def measure(package: ModuleType, job: ParityJob, tolerances: Tolerances) -> Pari
     }
     run = RankRun(
         logits=logits,
-        loss=float(output.loss.detach()),
+        loss=sum(losses) / len(losses),
         activations=activations,
         gathered=gathered,
         metadata=metadata,
         sequence_parallel_flags=sp_flags,
         without_checkpointing=without_checkpointing,
+        losses=losses,
+        router_logits=router_logits,
+        expert_layout=layout,
+        dropped_choices=dropped,
     )
     compare(found, job, tolerances, run, model)
     return found
 
 
+def _router_logits(output: Any) -> tuple[torch.Tensor, ...] | None:
+    """The router logits the model returned (per sparse layer), detached; None when it returned none."""
+    found = getattr(output, "router_logits", None)
+    if not found:
+        return None
+    return tuple(layer.detach().float() for layer in found)
+
+
+def _gathered_router_logits(
+    local: tuple[torch.Tensor, ...] | None, batch: FixedBatch, batch_size: int
+) -> tuple[torch.Tensor, ...] | None:
+    """Every data-parallel rank's router logits `(rows * S, E)`, back in the batch's row order (a
+    collective); a layer of another shape is kept as this rank returned it (and judged so)."""
+    if local is None:
+        return None
+    rows, seq_len = batch.input_ids.shape
+    found = []
+    for layer in local:
+        if layer.dim() == 2 and layer.shape[0] == rows * seq_len:
+            whole = gather_rows(layer.reshape(rows, seq_len, -1), batch_size)
+            found.append(whole.reshape(batch_size * seq_len, -1))
+        else:
+            found.append(layer)
+    return tuple(found)
+
+
 def _eval_logits(model: torch.nn.Module, batch: FixedBatch, job: ParityJob, host: Any) -> torch.Tensor | None:
-    """The model's full-vocabulary logits in eval mode, no grad (a collective); None for an unknown layout."""
+    """The model's full-vocabulary logits in eval mode, no grad, on this rank's rows `batch`, gathered into
+    the whole batch (a collective); None for an unknown layout."""
     model.eval()
     with torch.no_grad(), host.flash_kernel_taking(job.sequence_length):
         local = model(**batch.model_inputs()).logits
     try:
-        return full_vocabulary_logits(local, job.vocab_size).logits
+        return gather_rows(
+            full_vocabulary_logits(local, job.vocab_size).logits, job.batch().input_ids.shape[0]
+        )
     except LogitsLayoutError:
         return None
 
@@ -547,6 +662,11 @@ def _train_with_checkpointing(model: torch.nn.Module) -> None:
     """What optimum-neuron's trainer does with `gradient_checkpointing=True` (PP = 1): the model's
     `gradient_checkpointing_enable`, then training mode (here with dropout off: the runs are compared)."""
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={})
+    _training_mode(model)
+
+
+def _training_mode(model: torch.nn.Module) -> None:
+    """Training mode, as optimum-neuron's trainer runs the model, with dropout off (the runs are compared)."""
     model.train()
     switch_off_dropout(model)
 
@@ -562,6 +682,11 @@ class RankRun:
     metadata: dict[str, Any]
     sequence_parallel_flags: dict[str, bool]
     without_checkpointing: torch.Tensor | None = None
+    losses: list[float] = field(default_factory=list)
+    """Each data-parallel rank's loss, in data-parallel rank order (one without data parallelism)."""
+    router_logits: tuple[torch.Tensor, ...] | None = None
+    expert_layout: ExpertLayout | None = None
+    dropped_choices: int = 0
 
 
 def compare(
@@ -571,10 +696,22 @@ def compare(
     run: RankRun,
     model: torch.nn.Module,
 ) -> None:
-    """Rank 0: every judgement of a case whose parallel run completed on all ranks."""
+    """Rank 0: every judgement of a case whose parallel run completed on all ranks.
+
+    The logits, activations and router logits (put back in the batch's order) are compared with
+    transformers on the whole batch; each data-parallel rank's loss with transformers' on that rank's rows,
+    and the gradients (after the data-parallel mean) with the mean of transformers' gradients over the
+    ranks' rows: the gradient of the loss optimum-neuron's training minimises.
+    """
     honours = job.config.honours_padding
-    reference = reference_run(job.checkpoint, job.vocab_size, job.sequence_length, job.pad_token_id, honours)
-    positions = job.batch().compared_positions(honours)
+    key = (job.checkpoint, job.vocab_size, job.sequence_length, job.pad_token_id)
+    reference = reference_run(*key, honours)
+    batch = job.batch()
+    positions = batch.compared_positions(honours)
+    shares = row_shares(len(run.losses), batch.input_ids.shape[0]) if len(run.losses) > 1 else []
+    share_runs = [reference_run(*key, honours, rows=rows) for rows in shares] or [reference]
+    reference_losses = [share.loss for share in share_runs]
+    reference_grads = _mean_gradients([share.grads for share in share_runs])
     if found.missing_keys or found.unexpected_keys:
         found.reasons.append(
             f"checkpoint keys not loaded: missing {found.missing_keys}, unexpected {found.unexpected_keys}"
@@ -585,14 +722,17 @@ def compare(
     found.reasons += constant_reasons(
         module_constants(model), reference.constants, config_values(job.checkpoint)
     )
+    losses = run.losses or [run.loss]
+    found.losses, found.reference_losses = list(losses), list(reference_losses)
+    worst = max(range(len(losses)), key=lambda d: abs(losses[d] - reference_losses[d]))
     logits = run.logits
     if logits is not None:
         shapes_match = logits.shape == reference.logits.shape
         outputs = compare_outputs(
             logits[positions] if shapes_match else logits,
             reference.logits[positions] if shapes_match else reference.logits,
-            run.loss,
-            reference.loss,
+            losses[worst],
+            reference_losses[worst],
             tolerances.logits_atol,
             tolerances.loss_atol,
         )
@@ -603,7 +743,6 @@ def compare(
                 f"the full-vocabulary logits differ between ranks (max |rank r - rank 0| "
                 f"{found.logits_replica_spread:.3g} > {tolerances.logits_atol:g})"
             )
-        key = (job.checkpoint, job.vocab_size, job.sequence_length, job.pad_token_id)
         diagnosed = diagnose_inputs(
             ForwardMiss(logits, found.logits_max_abs_diff, run.without_checkpointing, positions),
             lambda honours, default_positions: (
@@ -615,12 +754,39 @@ def compare(
         )
         found.logits_without_checkpointing_max_abs_diff = diagnosed.without_checkpointing_error
         found.diagnoses += diagnosed.diagnoses
-    found.loss, found.reference_loss = run.loss, reference.loss
-    found.loss_abs_diff = abs(run.loss - reference.loss)
+    found.loss = sum(losses) / len(losses)
+    found.reference_loss = sum(reference_losses) / len(reference_losses)
+    found.loss_abs_diff = abs(losses[worst] - reference_losses[worst])
     if logits is None and not found.loss_abs_diff <= tolerances.loss_atol:
         found.reasons.append(f"loss differs: |delta| {found.loss_abs_diff:.3g} > {tolerances.loss_atol:g}")
+    forward_right = (
+        found.logits_max_abs_diff is not None and found.logits_max_abs_diff <= tolerances.logits_atol
+    )
+    if forward_right and not found.loss_abs_diff <= tolerances.loss_atol:
+        found.diagnoses += auxiliary_loss_diagnosis(
+            found.loss - found.reference_loss,
+            [share.loss_terms for share in share_runs],
+            tolerances.loss_atol,
+        )
+    if reference.router_logits:
+        routing = compare_routing(
+            reference.router_logits,
+            run.router_logits,
+            int(config_values(job.checkpoint)["num_experts_per_tok"]),
+            positions,
+            run.expert_layout,
+            run.dropped_choices,
+            tolerances.logits_atol,
+        )
+        found.routing = routing
+        found.reasons += routing.reasons
+        found.notes += routing.notes
     divergence = locate_forward_divergence(
-        run.activations, reference.activations, tolerances.logits_atol, positions
+        run.activations,
+        reference.activations,
+        tolerances.logits_atol,
+        positions,
+        frozenset(name for name, module in model.named_modules() if is_sparse_block(module)),
     )
     found.activation_errors = divergence.errors
     found.activation_bounds = {
@@ -630,32 +796,58 @@ def compare(
     found.first_divergent_module = divergence.first_divergent_module
     if divergence.diagnosis:
         found.diagnoses.append(divergence.diagnosis)
-    consolidated, kv_spread, replicated_spread = consolidate_gradients(run.gathered, run.metadata)
-    gradients = compare_gradients(consolidated, reference.grads, tolerances.gradient)
+    tp_size = job.config.tp_size
+    consolidated, kv_spread, replicated_spread = consolidate_gradients(
+        run.gathered, run.metadata, tp_size, job.config.ep_size
+    )
+    gradients = compare_gradients(consolidated, reference_grads, tolerances.gradient)
     found.gradients = gradients.figures
     found.missing_gradients, found.unexpected_gradients = gradients.missing, gradients.unexpected
     found.reasons += gradients.reasons
     found.kv_replica_disagreement, found.replicated_disagreement = dict(kv_spread), dict(replicated_spread)
     found.reasons += kv_replica_reasons(kv_spread, found.gradients, tolerances.grad_atol)
     found.reasons += replicated_reasons(replicated_spread, found.gradients, tolerances.grad_atol)
-    found.diagnoses += padding_row_diagnoses(
-        found.gradients, consolidated, reference.grads, job.pad_token_id, job.vocab_size
+    found.data_parallel_disagreement = data_parallel_disagreement(
+        run.gathered, run.metadata["parameters"], tp_size
     )
-    forward_right = (
-        found.logits_max_abs_diff is not None and found.logits_max_abs_diff <= tolerances.logits_atol
+    found.reasons += data_parallel_reasons(found.data_parallel_disagreement)
+    found.diagnoses += padding_row_diagnoses(
+        found.gradients, consolidated, reference_grads, job.pad_token_id, job.vocab_size
     )
     missing = missing_gradient_diagnosis(found.no_gradient, forward_right)
     if missing:
         found.diagnoses.append(missing)
     found.partial_gradients, diagnoses = partial_gradients(
         found.gradients,
-        run.gathered,
-        reference.grads,
+        run.gathered[:tp_size],
+        reference_grads,
         run.metadata["parameters"],
         run.sequence_parallel_flags,
         bool(found.sequence_parallel_effective),
     )
     found.diagnoses += diagnoses
+
+
+def _mean_gradients(per_share: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean over data-parallel shares of transformers' gradients (the gradient of the mean loss)."""
+    if len(per_share) == 1:
+        return per_share[0]
+    return {name: sum(grads[name] for grads in per_share) / len(per_share) for name in per_share[0]}
+
+
+def data_parallel_reasons(spread: dict[str, float]) -> list[str]:
+    """After the data-parallel mean every data-parallel (expert-parallel) rank must hold the same gradient
+    of a non-expert parameter: the optimizer's all-reduce gives every rank the same sum."""
+    differing = {name: value for name, value in spread.items() if value != 0.0}
+    if not differing:
+        return []
+    worst = max(differing, key=differing.__getitem__)
+    return [
+        f"{len(differing)} non-expert parameter(s) hold different gradients on different data-parallel "
+        f"(expert-parallel) ranks after the optimizer's data-parallel mean, worst {worst} (max |rank d - rank 0| "
+        f"{differing[worst]:.3g}): a parameter marked expert_model_parallel that is not split over the experts, "
+        "or one the optimizer's reductions skip"
+    ]
 
 
 def kv_multiplier_reasons(model: torch.nn.Module, requested: int | None) -> list[str]:
@@ -726,7 +918,20 @@ def figures(job: ParityJob, found: ParityMeasurement, outcome: str) -> dict[str,
         "replicated_disagreement": dict(found.replicated_disagreement),
         "first_divergent_module": found.first_divergent_module,
         "activation_errors": dict(found.activation_errors),
+        **_parallel_figures(found),
     }
+
+
+def _parallel_figures(found: ParityMeasurement) -> dict[str, Any]:
+    """Data-parallel and routing figures, where the case has them (expert parallelism, a MoE model)."""
+    extra: dict[str, Any] = {}
+    if len(found.losses) > 1:
+        extra["data_parallel_losses"] = list(found.losses)
+        extra["data_parallel_reference_losses"] = list(found.reference_losses)
+        extra["max_data_parallel_disagreement"] = max(found.data_parallel_disagreement.values(), default=None)
+    if found.routing is not None:
+        extra.update(found.routing.figures())
+    return extra
 
 
 def plots(job: ParityJob, found: ParityMeasurement) -> list[Any]:

@@ -9,6 +9,14 @@ gradient handling (`neuron_optimizer`: under SP the sum over TP of the gradients
 holds a copy, and the copies must stay equal bit for bit, since nothing ever re-synchronises them. K/V heads
 replicated by NxD's GQA layer (`kv_size_multiplier` > 1) must stay equal too.
 
+With expert parallelism (mixture-of-experts models, EP > 1) the EP ranks are data-parallel ranks, each
+training on its own rows of the batch: every parameter that is not an expert weight (`expert_model_parallel`)
+must also stay bit-identical over the data-parallel group — the router and the norms, and each TP shard of
+the attention — which optimum-neuron's data-parallel mean guarantees as long as nothing marks a shared
+parameter as an expert or skips it. Expert weights differ over EP by design (each rank holds its experts);
+they are told apart by the module holding them (NxD's `ExpertMLPs`), not by their mark, so a shared
+parameter marked `expert_model_parallel` is compared and named.
+
 A copy that drifts got a different gradient on its rank: a per-rank partial gradient that the optimizer
 never sums. The failure names the parameter, the first step its gradients differed, and why, from what its
 module was applied to on each rank (`replica_inputs`): the rank's sequence shard under SP (the parameter
@@ -20,13 +28,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from conformance.comparisons.gradient_consolidation import kv_replica_disagreement
-from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
+from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace, size_label
 from conformance.harness.rank_steps import is_rank_zero, rank_step
+from conformance.model_runs.data_parallel import data_parallel_position, rank_batch
 from conformance.model_runs.fixed_batch import fixed_batch, pad_token_id
 from conformance.model_runs.neuron_optimizer import neuron_gradient_step
 from conformance.model_runs.parallel_model import load_parallel
@@ -58,10 +67,15 @@ class ReplicasConfig(CheckConfig):
     tp_size: int
     sequence_parallel: bool = False
     steps: int = DEFAULT_STEPS
+    ep_size: int = 1
+    """Expert parallelism (mixture-of-experts models): T x EP ranks, each EP rank training on its own rows."""
+
+    HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"ep_size"})
 
     def exercised(self) -> Exercised:
         return Exercised(
             tp_sizes=(self.tp_size,),
+            ep_sizes=(self.ep_size,),
             options=(
                 ("sequence_parallel_enabled", self.sequence_parallel and self.tp_size > 1),
                 ("fuse_qkv", False),
@@ -85,6 +99,10 @@ class ReplicasJob:
     def tp_size(self) -> int:
         return self.config.tp_size
 
+    @property
+    def ep_size(self) -> int:
+        return self.config.ep_size
+
 
 @dataclass
 class ReplicasRun:
@@ -101,6 +119,11 @@ class ReplicasRun:
     """Parameter name -> the module that holds it."""
     inputs: dict[str, ModuleInput] = field(default_factory=dict)
     kv_replica_spread: dict[str, float] = field(default_factory=dict)
+    data_parallel_spread: dict[str, float] = field(default_factory=dict)
+    """With data parallelism, per non-expert parameter: max |data-parallel rank d - rank 0| after the steps."""
+    data_parallel_gradient_spread: list[dict[str, float]] = field(default_factory=list)
+    shared_marked_as_expert: list[str] = field(default_factory=list)
+    """Parameters outside the routed experts that carry the `expert_model_parallel` mark."""
 
 
 class Replicas(Check[ReplicasConfig, ReplicasJob, ReplicasRun | None]):
@@ -108,7 +131,14 @@ class Replicas(Check[ReplicasConfig, ReplicasJob, ReplicasRun | None]):
     order = 55
     config_type = ReplicasConfig
     tolerance = TOLERANCE
-    key_figures = ("replicated_parameters", "parameters_differing", "max_parameter_spread", "steps")
+    key_figures = (
+        "replicated_parameters",
+        "parameters_differing",
+        "max_parameter_spread",
+        "data_parallel_parameters",
+        "data_parallel_differing",
+        "steps",
+    )
 
     def plan(self, profile: str, catalogue: ModelCatalogue) -> list[ReplicasConfig]:
         base = catalogue.base
@@ -118,9 +148,14 @@ class Replicas(Check[ReplicasConfig, ReplicasJob, ReplicasRun | None]):
             ReplicasConfig(base, 2, False),
             ReplicasConfig(gqa, gqa_tp, True),
         ]
+        if catalogue.is_moe:
+            # EP ranks are data-parallel ranks: what is not an expert must stay equal over them too.
+            cases.append(ReplicasConfig(base, 2, True, ep_size=2))
         if profile == "quick":
             return cases
         cases += [ReplicasConfig(gqa, gqa_tp, False), ReplicasConfig(base, 4, True)]
+        if catalogue.is_moe:
+            cases += [ReplicasConfig(base, 1, ep_size=2), ReplicasConfig(base, 2, False, ep_size=2)]
         for name in ("features", "tied"):
             if name in catalogue.variants:
                 cases.append(ReplicasConfig(catalogue.key(name), 2, True))
@@ -152,14 +187,24 @@ def train_and_compare_replicas(package: ModuleType, job: ReplicasJob) -> Replica
     from conformance.backends import active
 
     config = job.config
-    batch = fixed_batch(job.vocab_size, pad_id=job.pad_token_id)
+    batch = rank_batch(fixed_batch(job.vocab_size, pad_id=job.pad_token_id))
     model, trn_config, _ = load_parallel(
         package, job.checkpoint, config.tp_size, sequence_parallel_enabled=config.sequence_parallel
     )
     sequence_parallel = bool(trn_config.sequence_parallel_enabled)
     parameters = dict(model.named_parameters())
-    replicated = [name for name, p in parameters.items() if not getattr(p, "tensor_model_parallel", False)]
+    replicated = [
+        name
+        for name, p in parameters.items()
+        if not getattr(p, "tensor_model_parallel", False) and not getattr(p, "expert_model_parallel", False)
+    ]
+    experts = routed_expert_parameters(model)
+    shared = [name for name in parameters if name not in experts]
+    data_parallel = data_parallel_position()[1] > 1
     run = ReplicasRun(sequence_parallel_effective=sequence_parallel)
+    run.shared_marked_as_expert = [
+        name for name in shared if getattr(parameters[name], "expert_model_parallel", False)
+    ]
     recorder = ModuleInputRecorder(model, set(replicated))
     optimizer = job.optimizer.build(list(parameters.values()))
     reduce_and_clip = neuron_gradient_step(sequence_parallel, job.optimizer.max_grad_norm)
@@ -173,6 +218,14 @@ def train_and_compare_replicas(package: ModuleType, job: ReplicasJob) -> Replica
             for name in replicated
         }
         run.gradient_spread.append(replica_spreads(grads))
+        if data_parallel:
+            shared_grads = {
+                name: parameters[name].grad
+                if parameters[name].grad is not None
+                else torch.zeros_like(parameters[name])
+                for name in shared
+            }
+            run.data_parallel_gradient_spread.append(replica_spreads(shared_grads, over_data_parallel=True))
 
     def train() -> list[float]:
         try:
@@ -183,16 +236,20 @@ def train_and_compare_replicas(package: ModuleType, job: ReplicasJob) -> Replica
             recorder.remove()
         return losses
 
-    run.losses = rank_step(f"training at T={config.tp_size}", train)
+    run.losses = rank_step(f"training at {size_label(config.tp_size, config.ep_size)}", train)
     batch_size, seq_len = batch.input_ids.shape
     run.inputs = recorder.observed(batch_size, seq_len, sequence_parallel)
     run.parameter_spread = replica_spreads({name: parameters[name] for name in replicated})
+    if data_parallel:
+        run.data_parallel_spread = replica_spreads(
+            {name: parameters[name] for name in shared}, over_data_parallel=True
+        )
     gathered = gather_to_rank_0({name: p.detach() for name, p in parameters.items()})
     metadata = active().host_module("transformations_utils").create_parameter_metadata(model)
     if not is_rank_zero():
         return None
     assert gathered is not None
-    sharded = {name: [params[name] for params in gathered] for name in gathered[0]}
+    sharded = {name: [params[name] for params in gathered[: config.tp_size]] for name in gathered[0]}
     run.kv_replica_spread = kv_replica_disagreement(sharded, metadata["model_weight_transformation_specs"])
     run.sequence_parallel_flags = {
         name: bool(getattr(parameters[name], "sequence_parallel_enabled", False)) for name in replicated
@@ -201,12 +258,25 @@ def train_and_compare_replicas(package: ModuleType, job: ReplicasJob) -> Replica
     return run
 
 
+def routed_expert_parameters(model: torch.nn.Module) -> set[str]:
+    """The parameters of the model's routed experts (NxD's `ExpertMLPs`, known by their
+    `routed_experts_mlp_config`): the only ones that may differ over EP. Found by the module that holds
+    them, not by their `expert_model_parallel` mark, so that a shared parameter wrongly marked is still
+    compared."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if getattr(module, "routed_experts_mlp_config", None) is not None:
+            names.update(f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters())
+    return names
+
+
 # --- the verdict ----------------------------------------------------------------------------------------
 
 
 def judge_run(job: ReplicasJob, run: ReplicasRun) -> Verdict:
     differing = {name: spread for name, spread in run.parameter_spread.items() if spread != 0.0}
     kv_differing = {name: spread for name, spread in run.kv_replica_spread.items() if spread != 0.0}
+    dp_differing = {name: spread for name, spread in run.data_parallel_spread.items() if spread != 0.0}
     figures: dict[str, Any] = {
         "steps": job.config.steps,
         "lr": job.optimizer.lr,
@@ -222,13 +292,48 @@ def judge_run(job: ReplicasJob, run: ReplicasRun) -> Verdict:
             name: step for name in sorted(differing) if (step := _first_step(run, name)) is not None
         },
     }
+    if job.config.ep_size > 1:
+        figures["data_parallel_parameters"] = len(run.data_parallel_spread)
+        figures["data_parallel_differing"] = len(dp_differing)
+        figures["max_data_parallel_spread"] = max(run.data_parallel_spread.values(), default=0.0)
+        figures["data_parallel_spread"] = dict(sorted(dp_differing.items()))
     reasons = [_reason(job, run, name, spread) for name, spread in sorted(differing.items())]
     reasons += [
         f"K/V replicas of {name} differ after {job.config.steps} optimizer steps (max |replica - replica 0| "
         f"{spread:.3g}): the GQA layer's kv-shared gradient all-reduce is missing"
         for name, spread in sorted(kv_differing.items())
     ]
+    reasons += [
+        _data_parallel_reason(job, run, name, spread) for name, spread in sorted(dp_differing.items())
+    ]
     return Verdict(figures=figures, reasons=reasons)
+
+
+def _data_parallel_reason(job: ReplicasJob, run: ReplicasRun, name: str, spread: float) -> str:
+    steps = job.config.steps
+    step = next(
+        (i for i, spreads in enumerate(run.data_parallel_gradient_spread) if spreads.get(name, 0.0) != 0.0),
+        None,
+    )
+    head = (
+        f"{name} is not the same on every data-parallel (expert-parallel) rank after {steps} optimizer steps "
+        f"(max |rank d - rank 0| {spread:.3g}); it is no expert weight, so every EP rank must hold it"
+    )
+    if step is None:
+        return f"{head}, although its gradient was the same on every data-parallel rank: the update differs per rank"
+    head = (
+        f"{head}: from step {step + 1} its gradient differs between the data-parallel ranks, which each train on "
+        "their own rows, so the optimizer's data-parallel mean skipped it"
+    )
+    if name in run.shared_marked_as_expert:
+        return (
+            f"{head}: it is marked expert_model_parallel outside the routed experts (a shared parameter marked "
+            "expert_model_parallel is averaged only over the ranks holding the same experts); remove the mark"
+        )
+    return (
+        f"{head} (a shared parameter marked expert_model_parallel is averaged only over the ranks holding the "
+        "same experts)"
+    )
 
 
 def _first_step(run: ReplicasRun, name: str) -> int | None:

@@ -8,6 +8,10 @@ consolidates with the host's `checkpointing` and compares with the tensors trans
 weights need no special case: transformers writes the tied tensor once and the host consolidates the
 model's parameters, which hold it once too.
 
+Mixture-of-experts models also run at an expert-parallel size EP > 1 (T x EP ranks): each (EP, TP) rank
+saves its own shard file and the consolidation puts the experts of every EP rank back together (the
+reference host's EP checkpoints, ON-17).
+
 Nothing in the trip does arithmetic (loading slices, saving copies, consolidation concatenates), so any
 difference, even one ulp, is a fault. Reasons name the tensors and the likely cause: a missing key whose
 module saved an unknown fused tensor (a spec missing from the module), a dropped bias, checkpoint keys
@@ -20,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from conformance.comparisons.state_dicts import diff_state_dicts, explain, loading_reasons
 from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
@@ -47,9 +51,13 @@ class RoundTripConfig(CheckConfig):
 
     tp_size: int
     fuse_qkv: bool = False
+    ep_size: int = 1
+    """Expert parallelism (mixture-of-experts models): T x EP ranks, the experts split over EP."""
+
+    HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"ep_size"})
 
     def exercised(self) -> Exercised:
-        return Exercised((self.tp_size,), (("fuse_qkv", self.fuse_qkv),))
+        return Exercised((self.tp_size,), (("fuse_qkv", self.fuse_qkv),), ep_sizes=(self.ep_size,))
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,10 @@ class RoundTripJob:
     @property
     def tp_size(self) -> int:
         return self.config.tp_size
+
+    @property
+    def ep_size(self) -> int:
+        return self.config.ep_size
 
 
 @dataclass
@@ -85,11 +97,16 @@ class RoundTrip(Check[RoundTripConfig, RoundTripJob, RoundTripOutcome | None]):
             found = [RoundTripConfig(catalogue.base, 2)]
             if "tied" in catalogue.variants:
                 found.append(RoundTripConfig(catalogue.key("tied"), 2))
+            if catalogue.is_moe:
+                found.append(RoundTripConfig(catalogue.base, 2, ep_size=2))
             return found
-        return [
+        found = [
             RoundTripConfig(entry.key, tp, entry.attention(tp, True) == "fused")
             for entry, tp in catalogue.buildable(CHECKED_TP_SIZES)
         ]
+        if catalogue.is_moe:
+            found += [RoundTripConfig(catalogue.base, tp, ep_size=2) for tp in (1, 2)]
+        return found
 
     def prepare(self, config: RoundTripConfig, workspace: Workspace, index: int) -> RoundTripJob:
         return RoundTripJob(
@@ -100,7 +117,7 @@ class RoundTrip(Check[RoundTripConfig, RoundTripJob, RoundTripOutcome | None]):
         """Load, save (every rank), consolidate and compare (rank 0)."""
         model, _, info = load_parallel(package, job.checkpoint, job.tp_size, fuse_qkv=job.config.fuse_qkv)
         attention = sorted(set(attention_layouts(model).values()))
-        save_on_every_rank(model, Path(job.workdir), job.tp_size)
+        save_on_every_rank(model, Path(job.workdir), job.tp_size, job.ep_size)
         del model
         if not is_rank_zero():
             return None

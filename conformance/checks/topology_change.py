@@ -21,7 +21,18 @@ For each configuration (variant, source size a, target size b):
    (`init_compared` in the figures says whether step 4 ran). On the neuron backend step 4 compares weights
    only: released NxD draws column-parallel biases per rank (NXD-03).
 
-Configurations are batched: one launcher call per source T, then one per target T.
+Mixture-of-experts models also change the expert-parallel size (EP, T x EP ranks, each EP rank feeding its
+own rows of the batch): the experts saved from EP=a' ranks must load onto EP=b' ranks. Step 4 then applies
+only when EP does not change: NxD's seeded build draws, on every EP rank from the same RNG state, the E/EP
+experts that rank holds, so at EP=2 experts j and j + E/2 start equal, and the same seed gives another model
+at EP=1 by design (`init_compared` false, and why, in the figures). Steps 1-3 compare what is meaningful
+across EP. A seeded init has no routing margin guarantee (the catalogue's checkpoints have, `routing`): the
+figures give transformers' router margin on the consolidated checkpoint, and a logits difference with a
+margin under `MIN_ROUTER_MARGIN` says it may be a near-tie. Tokens whose router input is zero (the seeded
+padding embedding is zero, and left padding attends to padding only) tie every expert but route nothing
+(bias-free experts map zero to zero): they are left out of the margin, which would else read 0.
+
+Configurations are batched: one launcher call per source (T, EP), then one per target (T, EP).
 """
 
 from __future__ import annotations
@@ -34,22 +45,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from conformance.comparisons.bound_text import number
 from conformance.comparisons.state_dicts import bias_keys, diff_state_dicts, explain, loading_reasons, names
 from conformance.harness.dispatch import run_jobs
-from conformance.harness.protocol import Check, CheckConfig, Exercised, RankReport, Verdict, Workspace
+from conformance.harness.protocol import (
+    Check,
+    CheckConfig,
+    Exercised,
+    RankReport,
+    Verdict,
+    Workspace,
+    size_label,
+)
 from conformance.harness.rank_steps import is_rank_zero, local_step, rank_step
 from conformance.model_runs.attention_layouts import attention_layouts
 from conformance.model_runs.checkpoint_io import consolidate, original_state_dict, save_on_every_rank
 from conformance.model_runs.fixed_batch import checkpoint_batch
-from conformance.model_runs.logits import logits_of
+from conformance.model_runs.logits import batch_logits
 from conformance.model_runs.parallel_model import load_parallel, training_config
 from conformance.results import CheckResult
 from reference_models import variant
+from reference_models.routing import MIN_ROUTER_MARGIN, layer_margins, transformers_router_logits
 
 if TYPE_CHECKING:
     from conformance.checks import RunSettings
@@ -67,6 +87,10 @@ TOLERANCE = (
     "seeded init: bit for bit (no arithmetic)."
 )
 FULL_PAIRS = ((1, 2), (2, 1), (4, 8), (8, 4), (2, 4), (8, 2))
+MOE_PAIRS = ((1, 2), (2, 1), (2, 4), (4, 2))
+MOE_EP_CHANGES = ((1, 2, 2, 1), (2, 1, 1, 2), (2, 2, 2, 2), (2, 4, 2, 1))
+"""(source T, target T, source EP, target EP): EP changed both ways, EP kept (the seeded init compared), and
+EP with another T."""
 
 
 @dataclass(frozen=True)
@@ -75,13 +99,22 @@ class TopologyConfig(CheckConfig):
 
     source_tp_size: int
     tp_size: int
+    source_ep_size: int = 1
+    ep_size: int = 1
+    """Expert parallelism on each side (mixture-of-experts models)."""
+
+    HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"source_ep_size", "ep_size"})
 
     @property
     def tp_sizes(self) -> tuple[int, ...]:
         return (self.source_tp_size, self.tp_size)
 
+    @property
+    def parallel_sizes(self) -> tuple[tuple[int, int], ...]:
+        return ((self.source_tp_size, self.source_ep_size), (self.tp_size, self.ep_size))
+
     def exercised(self) -> Exercised:
-        return Exercised(self.tp_sizes)
+        return Exercised(self.tp_sizes, ep_sizes=self.ep_sizes)
 
 
 @dataclass(frozen=True)
@@ -99,6 +132,10 @@ class SourceJob:
         return self.config.source_tp_size
 
     @property
+    def ep_size(self) -> int:
+        return self.config.source_ep_size
+
+    @property
     def consolidated(self) -> str:
         return str(Path(self.workdir) / "consolidated")
 
@@ -112,6 +149,10 @@ class TargetJob:
     @property
     def tp_size(self) -> int:
         return self.source.config.tp_size
+
+    @property
+    def ep_size(self) -> int:
+        return self.source.config.ep_size
 
 
 @dataclass
@@ -134,6 +175,8 @@ class TopologyOutcome:
     transformers_logits: torch.Tensor | None
     transformers_reasons: list[str]
     target: SideOutcome
+    router_margin: float | None = None
+    """transformers' router margin on the consolidated checkpoint (mixture of experts), else None."""
 
 
 class TopologyChange(Check[TopologyConfig, Any, Any]):
@@ -149,9 +192,17 @@ class TopologyChange(Check[TopologyConfig, Any, Any]):
     )
 
     def plan(self, profile: str, catalogue: ModelCatalogue) -> list[TopologyConfig]:
+        base = catalogue.base
         if profile == "quick":
-            return [TopologyConfig(catalogue.base, 2, 1)]
-        return [TopologyConfig(catalogue.base, source, target) for source, target in FULL_PAIRS]
+            found = [TopologyConfig(base, 2, 1)]
+            if catalogue.is_moe:
+                found.append(TopologyConfig(base, 1, 2, source_ep_size=2))
+            return found
+        if catalogue.is_moe:
+            return [TopologyConfig(base, source, target) for source, target in MOE_PAIRS] + [
+                TopologyConfig(base, *sizes) for sizes in MOE_EP_CHANGES
+            ]
+        return [TopologyConfig(base, source, target) for source, target in FULL_PAIRS]
 
     def prepare(self, config: TopologyConfig, workspace: Workspace, index: int) -> SourceJob:
         entry = variant(config.variant)
@@ -173,7 +224,7 @@ class TopologyChange(Check[TopologyConfig, Any, Any]):
             results, jobs = self.prepare_all(configs, Workspace(settings, Path(scratch)))
             sources = run_jobs(self, package_dir, [job for _, _, job in jobs], settings)
             ready = [position for position, report in enumerate(sources) if report.error is None]
-            references = {position: _transformers_logits(jobs[position][2]) for position in ready}
+            references = {position: _transformers_run(jobs[position][2]) for position in ready}
             target_reports = run_jobs(self, package_dir, [TargetJob(jobs[p][2]) for p in ready], settings)
             targets = dict(zip(ready, target_reports))
             for position, (index, config, job) in enumerate(jobs):
@@ -182,10 +233,17 @@ class TopologyChange(Check[TopologyConfig, Any, Any]):
         return [results[index] for index in range(len(configs))]
 
     def judge(self, job: SourceJob, value: TopologyOutcome) -> Verdict:
-        a, b = job.config.source_tp_size, job.config.tp_size
+        config = job.config
+        a, b = (
+            size_label(config.source_tp_size, config.source_ep_size),
+            size_label(config.tp_size, config.ep_size),
+        )
         source, target = value.source, value.target
         figures: dict[str, Any] = {"source_attention": source.attention}
         reasons: list[str] = list(value.transformers_reasons)
+        notes: list[str] = []
+        if value.router_margin is not None:
+            figures["router_margin"] = value.router_margin
         assert source.logits is not None
         figures["max_abs_logits"] = float(source.logits.abs().max())
         reasons += _logits_reason(
@@ -198,45 +256,63 @@ class TopologyChange(Check[TopologyConfig, Any, Any]):
         figures["target_attention"] = target.attention
         figures.update(target.figures)
         reasons += [
-            f"T={b}: {reason}"
-            for reason in loading_reasons(target.info, f"the T={a} consolidated checkpoint")
+            f"{b}: {reason}" for reason in loading_reasons(target.info, f"the {a} consolidated checkpoint")
         ]
-        if target.attention == source.attention and "gqa" not in source.attention:
-            reasons += [f"T={b}: {reason}" for reason in target.init_reasons]
+        if config.source_ep_size != config.ep_size:
+            figures["init_compared"] = False
+            figures["init_not_compared"] = (
+                "EP changes: NxD's seeded build draws each EP rank's E/EP experts from the same RNG state, so "
+                "the same seed gives another model at another EP"
+            )
+        elif target.attention == source.attention and "gqa" not in source.attention:
+            reasons += [f"{b}: {reason}" for reason in target.init_reasons]
             figures["init_compared"] = True
         else:
             # A seeded init is one model at every T only while no GQA layer is involved: the GQA spec
             # reorders Q heads (and o_proj's columns) by the kv-size multiplier, which changes with T.
             figures["init_compared"] = False
-        reasons += _logits_reason(
-            f"T={b}", target.logits, source.logits, figures, "target_logits_max_abs_diff"
-        )
-        return Verdict(figures=figures, reasons=reasons)
+        reasons += _logits_reason(f"{b}", target.logits, source.logits, figures, "target_logits_max_abs_diff")
+        if reasons and value.router_margin is not None and value.router_margin < MIN_ROUTER_MARGIN:
+            notes.append(
+                f"the seeded init's router has a near-tie on the batch (transformers' margin {value.router_margin:.3g} "
+                f"< {MIN_ROUTER_MARGIN:g}): a logits difference may be a token taking another expert after a "
+                "reordering of sums"
+            )
+        return Verdict(figures=figures, reasons=reasons, notes=notes)
 
 
 CHECK = TopologyChange()
 
 
-def _combined(
-    source: RankReport,
-    reference: tuple[torch.Tensor | None, list[str], float] | None,
-    target: RankReport | None,
-) -> RankReport:
+@dataclass
+class TransformersRun:
+    """transformers on the consolidated checkpoint: its logits, the reasons it gave, its router margin."""
+
+    logits: torch.Tensor | None
+    reasons: list[str]
+    seconds: float
+    router_margin: float | None = None
+
+
+def _combined(source: RankReport, reference: TransformersRun | None, target: RankReport | None) -> RankReport:
     """Both rounds as one report: the first error, every deviation, the seconds of both and of transformers."""
-    seconds = source.seconds + (reference[2] if reference else 0.0) + (target.seconds if target else 0.0)
+    seconds = source.seconds + (reference.seconds if reference else 0.0) + (target.seconds if target else 0.0)
     deviations = tuple(sorted(set(source.deviations) | set(target.deviations if target else ())))
     error = source.error or (target.error if target else None)
     if error is not None or target is None or reference is None:
         return RankReport(None, error, deviations, seconds)
-    logits, reasons, _ = reference
-    return RankReport(TopologyOutcome(source.value, logits, reasons, target.value), None, deviations, seconds)
+    outcome = TopologyOutcome(
+        source.value, reference.logits, reference.reasons, target.value, reference.router_margin
+    )
+    return RankReport(outcome, None, deviations, seconds)
 
 
 # --- on the ranks -------------------------------------------------------------------------------------
 
 
-def _seeded_model(package: ModuleType, job: SourceJob, tp_size: int) -> torch.nn.Module:
-    """The package's causal LM built from the checkpoint's config at `tp_size`, seeded: a random init."""
+def _seeded_model(package: ModuleType, job: SourceJob, tp_size: int, ep_size: int = 1) -> torch.nn.Module:
+    """The package's causal LM built from the checkpoint's config at `tp_size` (the launcher built the
+    `ep_size` groups), seeded: a random init."""
     from neuronx_distributed.parallel_layers import parallel_state
     from transformers import AutoConfig
 
@@ -252,24 +328,22 @@ def _seeded_model(package: ModuleType, job: SourceJob, tp_size: int) -> torch.nn
             model = model_cls(config, trn_config)
         return model.to(torch.float32).eval()
 
-    return rank_step(f"building from config at T={tp_size}", build, construction=True)
+    return rank_step(f"building from config at {size_label(tp_size, ep_size)}", build, construction=True)
 
 
 def _source(package: ModuleType, job: SourceJob) -> SideOutcome | None:
     """T=a: seeded init, logits, save; rank 0 consolidates into a transformers checkpoint folder."""
     from conformance.backends import active
 
-    a = job.config.source_tp_size
-    model = _seeded_model(package, job, a)
+    a, ea = job.config.source_tp_size, job.config.source_ep_size
+    model = _seeded_model(package, job, a, ea)
     outcome = SideOutcome(attention=sorted(set(attention_layouts(model).values())))
     outcome.logits = rank_step(
-        f"the forward at T={a}",
-        functools.partial(
-            logits_of, model, checkpoint_batch(job.checkpoint).model_inputs(labels=False), job.vocab_size
-        ),
+        f"the forward at {size_label(a, ea)}",
+        functools.partial(batch_logits, model, checkpoint_batch(job.checkpoint), job.vocab_size),
     )
     saved = Path(job.workdir) / "source"
-    save_on_every_rank(model, saved, a)
+    save_on_every_rank(model, saved, a, ea)
     if not is_rank_zero():
         return None
 
@@ -278,7 +352,7 @@ def _source(package: ModuleType, job: SourceJob) -> SideOutcome | None:
         checkpointing.consolidate_model_parallel_checkpoints_to_unified_checkpoint(saved, job.consolidated)
         shutil.copy(saved / "config.json", Path(job.consolidated) / "config.json")
 
-    local_step(f"consolidating the T={a} checkpoint", consolidate_source)
+    local_step(f"consolidating the {size_label(a, ea)} checkpoint", consolidate_source)
     return outcome
 
 
@@ -287,19 +361,19 @@ def _target(package: ModuleType, job: SourceJob) -> SideOutcome | None:
     the T=a checkpoint (rank 0)."""
     from conformance.backends import active
 
-    b = job.config.tp_size
+    b, eb = job.config.tp_size, job.config.ep_size
     model, _, info = load_parallel(package, job.consolidated, b)
     outcome = SideOutcome(attention=sorted(set(attention_layouts(model).values())), info=dict(info))
     outcome.logits = rank_step(
-        f"the forward at T={b}",
-        functools.partial(
-            logits_of, model, checkpoint_batch(job.checkpoint).model_inputs(labels=False), job.vocab_size
-        ),
+        f"the forward at {size_label(b, eb)}",
+        functools.partial(batch_logits, model, checkpoint_batch(job.checkpoint), job.vocab_size),
     )
     del model
-    init = _seeded_model(package, job, b)
+    if eb != job.config.source_ep_size:
+        return outcome if is_rank_zero() else None  # another EP draws another model (see the docstring)
+    init = _seeded_model(package, job, b, eb)
     saved = Path(job.workdir) / "target-init"
-    save_on_every_rank(init, saved, b)
+    save_on_every_rank(init, saved, b, eb)
     if not is_rank_zero():
         return None
 
@@ -315,7 +389,7 @@ def _target(package: ModuleType, job: SourceJob) -> SideOutcome | None:
         outcome.figures["has_biases"] = bias_keys(state_dict)
         outcome.init_reasons = _init_reasons(job, diff, metadata)
 
-    local_step(f"consolidating the T={b} init", compare_init)
+    local_step(f"consolidating the {size_label(b, eb)} init", compare_init)
     return outcome
 
 
@@ -373,13 +447,15 @@ def _init_reasons(job: SourceJob, diff: Any, metadata: dict[str, Any]) -> list[s
     return reasons
 
 
-def _transformers_logits(job: SourceJob) -> tuple[torch.Tensor | None, list[str], float]:
-    """transformers' model on the consolidated checkpoint (eager, fp32): its logits, reasons, seconds."""
+def _transformers_run(job: SourceJob) -> TransformersRun:
+    """transformers' model on the consolidated checkpoint (eager, fp32): its logits, reasons, seconds, and
+    for a mixture of experts its router margin on the batch."""
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
     reasons: list[str] = []
     logits = None
+    margin = None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             job.consolidated, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
@@ -387,6 +463,11 @@ def _transformers_logits(job: SourceJob) -> tuple[torch.Tensor | None, list[str]
         with torch.no_grad():
             inputs = checkpoint_batch(job.checkpoint).reference_inputs(honours_padding=False, labels=False)
             logits = model.eval()(**inputs).logits.float()
+            if getattr(model.config, "num_experts_per_tok", None):
+                router_logits = transformers_router_logits(model, inputs)
+                margin = min(
+                    layer_margins(router_logits, model.config.num_experts_per_tok, skip_zero_inputs=True)
+                )
         for kind in ("missing_keys", "unexpected_keys"):
             found = sorted(info.get(kind, []))
             if found:
@@ -397,7 +478,7 @@ def _transformers_logits(job: SourceJob) -> tuple[torch.Tensor | None, list[str]
         reasons.append(
             f"transformers could not load the consolidated checkpoint: {type(exc).__name__}: {exc}"
         )
-    return logits, reasons, time.perf_counter() - start
+    return TransformersRun(logits, reasons, time.perf_counter() - start, margin)
 
 
 def _logits_reason(

@@ -11,6 +11,12 @@ import torch
 
 from .gradients import GradientFigure
 
+SPARSE_BLOCK_HINT = (
+    "its router (gate), the top-k choice and the normalisation of the chosen affinities, or the experts' "
+    "gate/up/down layout"
+)
+"""The hint for a mixture-of-experts block (Mixtral's `block_sparse_moe`, or an `mlp` that is one)."""
+
 MODULE_HINTS = {
     "self_attn": "its q/k/v/o projections, the head layout (head order, K/V head per query head, q/k/v split) "
     "or the rotary embedding",
@@ -34,13 +40,15 @@ def locate_forward_divergence(
     reference: Mapping[str, torch.Tensor],
     atol: float,
     positions: torch.Tensor | None = None,
+    sparse_blocks: frozenset[str] = frozenset(),
 ) -> ForwardDivergence:
     """The first module (in the order the parallel model ran them) whose output departs from transformers'.
 
     Bound: `atol` (the logits tolerance) scaled by the activation's size (activations are O(1), a few ulps
     of drift like the logits); a wrong module is off by O(its output). `positions` ((B, S) booleans)
     limits the comparison of batch-first outputs to the positions whose values are specified (not the
-    padding queries of a model that honours the padding mask).
+    padding queries of a model that honours the padding mask). `sparse_blocks` names the modules that are
+    mixture-of-experts blocks (their hint is the router's and the experts').
     """
     found = ForwardDivergence()
     for name, value in parallel.items():
@@ -57,7 +65,11 @@ def locate_forward_divergence(
     name = found.first_divergent_module
     if name is not None:
         kind = name.rsplit(".", 1)[-1]
-        hint = MODULE_HINTS.get(kind, "the decoder layer's own code (residuals, norms)")
+        hint = (
+            SPARSE_BLOCK_HINT
+            if name in sparse_blocks or kind == "block_sparse_moe"
+            else MODULE_HINTS.get(kind, "the decoder layer's own code (residuals, norms)")
+        )
         found.diagnosis = (
             f"the forward first departs from transformers at {name} (max |d output| {found.errors[name]:.3g}; "
             f"every module that ran before it agrees): look at {hint}"

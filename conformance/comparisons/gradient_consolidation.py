@@ -15,6 +15,12 @@ What can go wrong is a backend or model whose replicas do not receive the all-re
 disagree, and `kv_replica_disagreement` measures that. `replicated_disagreement` does the same for
 parameters replicated on every rank (norm weights, row-parallel biases), whose gradients must be full
 and equal on every rank once the training loop's sequence-parallel all-reduce has run.
+Expert parallelism (EP > 1): the ranks are EP data-parallel groups of T ranks (global rank d T + r for
+data-parallel rank d and TP rank r). After the optimizer's data-parallel reductions every data-parallel rank
+holds the same gradient of a non-expert parameter, and the expert parameters are split over the EP ranks: the
+consolidation reads expert parameters from every (EP rank, TP rank), in that order, and the others from
+data-parallel rank 0, as the host's checkpoint consolidation reads the shard files (ON-17);
+`data_parallel_disagreement` measures how far the other data-parallel ranks' copies are.
 """
 
 from __future__ import annotations
@@ -90,19 +96,60 @@ def replicated_disagreement(
     """
     spread: dict[str, float] = {}
     for name, meta in parameters_metadata.items():
-        if meta.get("tensor_model_parallel") or name not in per_rank[0]:
+        if meta.get("tensor_model_parallel") or meta.get("expert_model_parallel") or name not in per_rank[0]:
             continue
         first = per_rank[0][name]
         spread[name] = max(float((grads[name] - first).abs().max()) for grads in per_rank)
     return spread
 
 
+def data_parallel_disagreement(
+    per_rank: list[dict[str, torch.Tensor]], parameters_metadata: dict[str, dict[str, Any]], tp_size: int
+) -> dict[str, float]:
+    """Per non-expert parameter: max |data-parallel rank d's gradient - rank 0's| at the same TP rank, over
+    the world's ranks in global order (d T + r). Empty without data parallelism."""
+    dp_size = len(per_rank) // tp_size
+    spread: dict[str, float] = {}
+    if dp_size == 1:
+        return spread
+    for name, meta in parameters_metadata.items():
+        if meta.get("expert_model_parallel") or name not in per_rank[0]:
+            continue
+        spread[name] = max(
+            float((per_rank[d * tp_size + r][name] - per_rank[r][name]).abs().max())
+            for d in range(dp_size)
+            for r in range(tp_size)
+        )
+    return spread
+
+
+def model_parallel_shards(
+    per_rank: list[dict[str, torch.Tensor]],
+    parameters_metadata: dict[str, dict[str, Any]],
+    tp_size: int,
+    ep_size: int = 1,
+) -> dict[str, list[torch.Tensor]]:
+    """`{name: tensors as the specs read them}` from the world's per-rank dicts (global rank order): TP rank
+    order of data-parallel rank 0, and for expert-parallel parameters (EP rank, TP rank) order."""
+    sharded = {name: [per_rank[r][name] for r in range(tp_size)] for name in per_rank[0]}
+    if ep_size == 1:
+        return sharded
+    for name, meta in parameters_metadata.items():
+        if meta.get("expert_model_parallel") and name in sharded:
+            sharded[name] = [per_rank[e * tp_size + r][name] for e in range(ep_size) for r in range(tp_size)]
+    return sharded
+
+
 def consolidate_gradients(
-    per_rank: list[dict[str, torch.Tensor]], metadata: dict[str, Any]
+    per_rank: list[dict[str, torch.Tensor]],
+    metadata: dict[str, Any],
+    tp_size: int | None = None,
+    ep_size: int = 1,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, float]]:
-    """Transformers-named gradients from per-TP-rank `{parameter name: gradient}` dicts (rank order), the
-    K/V replica disagreement (`kv_replica_disagreement`) and the replicated-parameter disagreement
-    (`replicated_disagreement`).
+    """Transformers-named gradients from per-rank `{parameter name: gradient}` dicts (global rank order: the
+    T ranks, or with data parallelism T x D, `tp_size` then given), the K/V replica disagreement
+    (`kv_replica_disagreement`) and the replicated-parameter disagreement (`replicated_disagreement`, over
+    every rank).
 
     `metadata` is `create_parameter_metadata(model)` of the model that produced them (any rank: it is the
     same on all). Needs an active backend (the host's consolidation imports `neuronx_distributed`).
@@ -117,7 +164,8 @@ def consolidate_gradients(
             "consolidate_gradients needs an active backend: call conformance.backends.activate()"
         )
     transformations = backend.host_module("transformations_utils")
-    sharded = {name: [grads[name] for grads in per_rank] for name in per_rank[0]}
+    tp_size = tp_size or len(per_rank)
+    sharded = model_parallel_shards(per_rank, metadata["parameters"], tp_size, ep_size)
     specs_metadata = metadata["model_weight_transformation_specs"]
     specs = [transformations.ModelWeightTransformationSpecs.from_metadata(entry) for entry in specs_metadata]
     consolidated = transformations.to_original_weights(specs, sharded, metadata["parameters"])

@@ -7,7 +7,7 @@ A check is a `Check` subclass in its own module of `conformance/checks/`, expose
   names (its label);
 - `plan(profile, catalogue)`: the configurations a profile runs for one architecture;
 - `prepare(config, workspace)`: host-side work before the ranks run (checkpoints, adapters), giving a job
-  (a picklable value with a `tp_size`);
+  (a picklable value with a `tp_size`, and an `ep_size` where it runs with expert parallelism);
 - `on_rank(package, job)`: the function every rank runs for the job, the package mounted, through the one
   shared harness (`on_rank.py`): steps taken together (`rank_steps.rank_step`), errors captured per job,
   deviations the reference backend went through collected from every rank. Rank 0's return value comes
@@ -15,7 +15,7 @@ A check is a `Check` subclass in its own module of `conformance/checks/`, expose
 - `judge(job, value)`: the `Verdict` on what came back (figures, reasons, plots), in the host process.
 
 `Check.run` ties them together: SKIP for a configuration the catalogue cannot build, jobs grouped by TP
-size with one launcher call per size (`dispatch.py`), a crashed or hung call as a FAIL of each of its jobs,
+and EP size with one launcher call per pair, on T x EP ranks (`dispatch.py`), a crashed or hung call as a FAIL of each of its jobs,
 a clear refusal at construction as UNSUPPORTED, and one `CheckResult` per configuration, in order. A check
 that needs two rounds on the ranks (topology change: save at one size, load at another) overrides `run`
 and calls `dispatch.run_jobs` twice; nothing else differs.
@@ -60,6 +60,11 @@ class CheckConfig:
         """Every TP size the configuration runs at (one for most checks)."""
         return (int(self.tp_size),)
 
+    @property
+    def parallel_sizes(self) -> tuple[tuple[int, int], ...]:
+        """Every (TP, EP) size the configuration runs at; EP is 1 where the configuration has no `ep_size`."""
+        return tuple((tp, int(getattr(self, "ep_size", 1))) for tp in self.tp_sizes)
+
     def as_dict(self) -> dict[str, Any]:
         """The row's configuration: plain JSON values, in field order."""
         found: dict[str, Any] = {}
@@ -72,7 +77,12 @@ class CheckConfig:
 
     def exercised(self) -> Exercised:
         """What the configuration exercises, for the "not tested by this profile" list (`coverage.py`)."""
-        return Exercised(tp_sizes=self.tp_sizes)
+        return Exercised(tp_sizes=self.tp_sizes, ep_sizes=self.ep_sizes)
+
+    @property
+    def ep_sizes(self) -> tuple[int, ...]:
+        """Every expert-parallel size the configuration runs at (1 without an `ep_size` field)."""
+        return tuple(dict.fromkeys(ep for _, ep in self.parallel_sizes))
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,21 @@ class Exercised:
     attn_implementation: str = "eager"
     dtype: str = "float32"
     pipeline_parallel_size: int = 1
+    ep_sizes: tuple[int, ...] = (1,)
+    """Expert-parallel sizes (mixture-of-experts models; 1 is no expert parallelism)."""
 
 
 class RankJob(Protocol):
-    """What `prepare` hands to the ranks: anything picklable with the TP size it runs at."""
+    """What `prepare` hands to the ranks: anything picklable with the TP size it runs at (and, optionally,
+    an `ep_size`: the ranks are then T x EP, each EP rank a data-parallel rank, `job_ep_size`)."""
 
     @property
     def tp_size(self) -> int: ...
+
+
+def job_ep_size(job: Any) -> int:
+    """The expert-parallel size a job runs at: its `ep_size`, else 1."""
+    return int(getattr(job, "ep_size", 1))
 
 
 ConfigT = TypeVar("ConfigT", bound=CheckConfig)
@@ -194,7 +212,11 @@ class Check(abc.ABC, Generic[ConfigT, JobT, ValueT]):
         from reference_models import variant
 
         entry = variant(config.variant)
-        refusals = [f"T={t}: {r}" for t in sorted(set(config.tp_sizes)) if (r := entry.unsupported_reason(t))]
+        refusals = [
+            f"{size_label(tp, ep)}: {reason}"
+            for tp, ep in sorted(set(config.parallel_sizes))
+            if (reason := entry.unsupported_reason(tp, ep))
+        ]
         if not refusals:
             return None
         return f"{entry.key} cannot be built at {'; '.join(refusals)} (parity checks the refusal)"
@@ -290,6 +312,11 @@ class Check(abc.ABC, Generic[ConfigT, JobT, ValueT]):
 
     def __repr__(self) -> str:
         return f"<check {self.name}>"
+
+
+def size_label(tp_size: int, ep_size: int = 1) -> str:
+    """`T=2`, or `T=2, EP=2` with expert parallelism: how reasons and steps name a mesh."""
+    return f"T={tp_size}" if ep_size == 1 else f"T={tp_size}, EP={ep_size}"
 
 
 def drop_kit_host_deviations(result: CheckResult) -> None:

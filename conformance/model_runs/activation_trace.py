@@ -1,7 +1,8 @@
 """The output of each traced module during one forward, to find where a wrong forward first departs.
 
-Traced: the token embedding, each decoder layer, its attention and MLP, and the final norm (transformers'
-module names, which generated models keep).
+Traced: the token embedding, each decoder layer, its attention and MLP (or sparse MoE block: Mixtral's
+`block_sparse_moe`; Qwen-MoE's is its `mlp`), and the final norm (transformers' module names, which
+generated models keep).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-TRACED_MODULE = re.compile(r"^model\.(embed_tokens|norm|layers\.\d+(\.(self_attn|mlp))?)$")
+TRACED_MODULE = re.compile(r"^model\.(embed_tokens|norm|layers\.\d+(\.(self_attn|mlp|block_sparse_moe))?)$")
 
 
 class ActivationRecorder:

@@ -9,14 +9,15 @@ from typing import Any
 
 import torch
 
+from conformance.harness.protocol import size_label
 from conformance.harness.rank_steps import rank_step
 
 SHARDS_DIR = "shards"
 
 
-def save_on_every_rank(model: torch.nn.Module, folder: Path, tp_size: int) -> None:
+def save_on_every_rank(model: torch.nn.Module, folder: Path, tp_size: int, ep_size: int = 1) -> None:
     """`save_pretrained(folder)` on every rank, as one step (`StepFailed` on every rank if any failed)."""
-    rank_step(f"save_pretrained at T={tp_size}", lambda: model.save_pretrained(folder))
+    rank_step(f"save_pretrained at {size_label(tp_size, ep_size)}", lambda: model.save_pretrained(folder))
 
 
 def consolidate(saved_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -86,6 +86,27 @@ class FixedBatch:
     def padded_tokens(self) -> int:
         return int((self.attention_mask == 0).sum())
 
+    def rows(self, indices: tuple[int, ...]) -> FixedBatch:
+        """The batch of the rows `indices` only (a data-parallel rank's share)."""
+        index = torch.tensor(indices, dtype=torch.long)
+        return FixedBatch(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.position_ids[index],
+            self.labels[index],
+            self.pad_token_id,
+        )
+
+
+def data_parallel_rows(dp_rank: int, dp_size: int, batch_size: int = BATCH_SIZE) -> tuple[int, ...]:
+    """The rows of the fixed batch data-parallel rank `dp_rank` of `dp_size` trains on (every `dp_size`-th
+    row from its own), as a distributed sampler deals them; expert-parallel ranks are data-parallel ranks."""
+    if dp_size > batch_size:
+        raise ValueError(
+            f"the fixed batch has {batch_size} rows: it cannot feed {dp_size} data-parallel ranks"
+        )
+    return tuple(range(dp_rank, batch_size, dp_size))
+
 
 def pad_token_id(config: Any) -> int:
     """The id the batch pads with: `pad_token_id`, else `eos_token_id` (the first one), else 0."""

@@ -14,8 +14,12 @@ decided from every rank's shape at once (one collective), so every rank takes th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .fixed_batch import FixedBatch
 
 VOCAB_PARALLEL = "vocab-parallel"
 REPLICATED = "replicated"
@@ -79,3 +83,12 @@ def logits_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor], vocab_siz
     """The model's full-vocabulary logits on `inputs` (its keyword inputs), fp32, no grad (a collective)."""
     with torch.no_grad():
         return full_vocabulary_logits(model(**inputs).logits, vocab_size).logits.float()
+
+
+def batch_logits(model: torch.nn.Module, batch: FixedBatch, vocab_size: int) -> torch.Tensor:
+    """The model's full-vocabulary logits on the whole `batch` (no labels, no grad, a collective): each
+    data-parallel rank feeds its own rows (`data_parallel.rank_batch`) and the rows are put back together."""
+    from .data_parallel import gather_rows, rank_batch
+
+    local = logits_of(model, rank_batch(batch).model_inputs(labels=False), vocab_size)
+    return gather_rows(local, batch.input_ids.shape[0])

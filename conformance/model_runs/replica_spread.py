@@ -1,7 +1,8 @@
-"""How far each rank's copy of replicated tensors is from TP rank 0's, measured on the ranks.
+"""How far each rank's copy of replicated tensors is from TP rank 0's (or data-parallel rank 0's), measured
+on the ranks.
 
 One broadcast of rank 0's tensors (flattened) and one MAX all-reduce of the per-name differences over the
-tensor-parallel group: every rank learns, per name, `max |rank r - rank 0|` over all ranks (0.0 exactly
+tensor-parallel (or data-parallel) group: every rank learns, per name, `max |rank r - rank 0|` over all ranks (0.0 exactly
 when every copy is bit-identical; NaN where they differ counts as infinity). A collective: every rank
 calls it with the same names and shapes.
 """
@@ -13,19 +14,22 @@ import math
 import torch
 
 
-def replica_spreads(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
-    """`{name: max |rank r - rank 0|}` over the TP group (see the module docstring)."""
+def replica_spreads(tensors: dict[str, torch.Tensor], over_data_parallel: bool = False) -> dict[str, float]:
+    """`{name: max |rank r - rank 0|}` over the TP group, or with `over_data_parallel` over the
+    data-parallel group (the ranks holding the same TP shard; with expert parallelism, the EP ranks)."""
     import torch.distributed as dist
-    from neuronx_distributed.parallel_layers.parallel_state import (
-        get_tensor_model_parallel_group,
-        get_tensor_model_parallel_size,
-    )
+    from neuronx_distributed.parallel_layers import parallel_state
 
     if not tensors:
         return {}
-    if get_tensor_model_parallel_size() == 1:
+    if over_data_parallel:
+        group = parallel_state.get_data_parallel_group()
+        size = parallel_state.get_data_parallel_size()
+    else:
+        group = parallel_state.get_tensor_model_parallel_group()
+        size = parallel_state.get_tensor_model_parallel_size()
+    if size == 1:
         return dict.fromkeys(tensors, 0.0)
-    group = get_tensor_model_parallel_group()
     names = list(tensors)
     local = torch.cat([tensors[name].detach().reshape(-1).to(torch.float64) for name in names])
     first = local.clone()

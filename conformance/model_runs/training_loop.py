@@ -9,6 +9,12 @@ optimizer over the whole model as long as every replicated parameter holds the s
 rank. transformers' `AutoModelForCausalLM` on the same checkpoint, batch, dtype and optimizer is trained on
 rank 0 afterwards, as the reference curve.
 
+With expert parallelism (mixture-of-experts models, EP > 1) each data-parallel rank trains on its own rows
+(`data_parallel`); the reported loss of a step is the mean over the ranks, and transformers' reference step
+minimises that same mean (its loss averaged over the ranks' rows), whose gradient the optimizer's data-parallel
+mean gives. A mixture of experts' reference loss takes the auxiliary loss over the padding mask
+(`transformers_reference.training_loss`), as the parallel model does.
+
 The overfit and bf16 runs do not clip (a global norm would only hide drift); the `replicas` check clips as
 optimum-neuron's trainer does by default. No dropout: both models load the dropout-free checkpoint and
 every dropout module is switched off (`compared_checkpoints`), while the models are in train mode.
@@ -25,11 +31,12 @@ from typing import ClassVar
 
 import torch
 
-from conformance.harness.protocol import CheckConfig, Exercised
+from conformance.harness.protocol import CheckConfig, Exercised, size_label
 from conformance.harness.rank_steps import is_rank_zero, rank_step
 
 from .attention_layouts import attention_layouts
 from .compared_checkpoints import switch_off_dropout
+from .data_parallel import gather_values, rank_batch, row_shares
 from .fixed_batch import FixedBatch
 from .neuron_optimizer import neuron_gradient_step
 from .parallel_model import load_parallel
@@ -43,12 +50,15 @@ class TrainingConfig(CheckConfig):
     sequence_parallel: bool = False
     fuse_qkv: bool = False
     steps: int = 30
+    ep_size: int = 1
+    """Expert parallelism (mixture-of-experts models): T x EP ranks, each EP rank training on its own rows."""
 
-    HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"fuse_qkv"})
+    HIDDEN_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"fuse_qkv", "ep_size"})
 
     def exercised_in(self, dtype: str) -> Exercised:
         return Exercised(
             tp_sizes=(self.tp_size,),
+            ep_sizes=(self.ep_size,),
             options=(
                 ("sequence_parallel_enabled", self.sequence_parallel and self.tp_size > 1),
                 ("fuse_qkv", self.fuse_qkv),
@@ -91,6 +101,7 @@ class TrainingJob:
     vocab_size: int
     optimizer: OptimizerSettings = OptimizerSettings()
     pad_token_id: int = 0
+    ep_size: int = 1
 
 
 @dataclass
@@ -100,6 +111,9 @@ class TrainingRun:
     job: TrainingJob
     losses: list[float] = field(default_factory=list)
     reference_losses: list[float] = field(default_factory=list)
+    reference_router_margins: list[float] = field(default_factory=list)
+    """Mixture of experts: transformers' smallest router margin at each step (every token, every sparse
+    layer, every data-parallel share); empty for a dense model."""
     never_updated: list[str] = field(default_factory=list)
     """Parameters of the parallel model that never received a gradient (their `.grad` stayed None)."""
     attention: dict[str, str] = field(default_factory=dict)
@@ -123,26 +137,28 @@ def training_job(config: TrainingConfig, dtype: str, checkpoint: str) -> Trainin
         checkpoint=checkpoint,
         vocab_size=model_config.vocab_size,
         pad_token_id=pad_token_id(model_config),
+        ep_size=config.ep_size,
     )
 
 
 def train_on_fixed_batch(
     model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor] | Callable[[torch.nn.Module], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     steps: int,
     after_backward: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> tuple[list[float], list[str]]:
-    """`steps` optimizer steps on `batch` (the model's keyword inputs): the loss before each step, and the
-    parameters never given a gradient. `after_backward(optimizer)` runs between backward and step
-    (optimum-neuron's gradient handling, and whatever a check observes there)."""
+    """`steps` optimizer steps on `batch` (the model's keyword inputs, or a function giving the loss of the
+    model): the loss before each step, and the parameters never given a gradient. `after_backward(optimizer)`
+    runs between backward and step (optimum-neuron's gradient handling, and whatever a check observes there)."""
     model.train()
     switch_off_dropout(model)
     losses = []
     touched: set[str] = set()
+    loss_of = batch if callable(batch) else lambda trained: trained(**batch).loss
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
+        loss = loss_of(model)
         loss.backward()
         if after_backward is not None:
             after_backward(optimizer)
@@ -156,7 +172,7 @@ def train_on_fixed_batch(
 def train_on_rank(package: ModuleType, job: TrainingJob) -> TrainingRun | None:
     """The parallel model trained on every rank; on rank 0 transformers' too. Rank 0's run, None elsewhere."""
     run = TrainingRun(job=job)
-    batch = training_batch(job)
+    batch = rank_batch(training_batch(job))
     model, trn_config, _ = load_parallel(
         package,
         job.checkpoint,
@@ -173,10 +189,12 @@ def train_on_rank(package: ModuleType, job: TrainingJob) -> TrainingRun | None:
     def train() -> tuple[list[float], list[str]]:
         return train_on_fixed_batch(model, batch.model_inputs(), optimizer, job.steps, after)
 
-    run.losses, run.never_updated = rank_step(f"training at T={job.tp_size}", train)
+    losses, run.never_updated = rank_step(f"training at {size_label(job.tp_size, job.ep_size)}", train)
+    per_rank = gather_values(losses)
+    run.losses = [sum(step) / len(step) for step in zip(*per_rank)]
     if not is_rank_zero():
         return None
-    run.reference_losses = train_reference(job)
+    run.reference_losses = train_reference(job, run.reference_router_margins)
     return run
 
 
@@ -187,24 +205,46 @@ def training_batch(job: TrainingJob) -> FixedBatch:
     return fixed_batch(job.vocab_size, pad_id=job.pad_token_id)
 
 
-def train_reference(job: TrainingJob) -> list[float]:
+def train_reference(job: TrainingJob, router_margins: list[float] | None = None) -> list[float]:
     """transformers' model trained identically (the causal mask only, as the parallel model recomputes
-    it): its losses."""
+    it; with data parallelism, on the mean of the ranks' losses): its losses. A mixture of experts' smallest
+    router margin of each step is appended to `router_margins` when given."""
     from transformers import AutoModelForCausalLM
+
+    from reference_models.routing import layer_margins
+
+    from .transformers_reference import training_loss
 
     model = AutoModelForCausalLM.from_pretrained(
         job.checkpoint, attn_implementation="eager", dtype=getattr(torch, job.dtype)
     )
     optimizer = job.optimizer.build(list(model.parameters()))
-    clip = None
-    if job.optimizer.max_grad_norm is not None:
-        limit = job.optimizer.max_grad_norm
+    limit = job.optimizer.max_grad_norm
 
-        def clip(optimizer: torch.optim.Optimizer) -> None:
+    def zero_unused_and_clip(optimizer: torch.optim.Optimizer) -> None:
+        # An expert no token chose this step has no .grad in transformers' sparse block, and AdamW would skip
+        # it (no momentum step); its gradient is zero, which NxD's dropless experts compute and AdamW applies.
+        for parameter in model.parameters():
+            if parameter.requires_grad and parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+        if limit is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
 
-    inputs = training_batch(job).reference_inputs(honours_padding=False)
-    losses, _ = train_on_fixed_batch(model, inputs, optimizer, job.steps, clip)
+    batch = training_batch(job)
+    shares = [batch.rows(rows) for rows in row_shares(job.ep_size, batch.input_ids.shape[0])]
+
+    def mean_loss(trained: torch.nn.Module) -> torch.Tensor:
+        losses, margins = [], []
+        for share in shares:
+            output = trained(**share.reference_inputs(honours_padding=False))
+            losses.append(training_loss(trained, output, share.attention_mask)[0])
+            if getattr(output, "router_logits", None):
+                margins += layer_margins(output.router_logits, trained.config.num_experts_per_tok)
+        if margins and router_margins is not None:
+            router_margins.append(min(margins))
+        return sum(losses) / len(losses)
+
+    losses, _ = train_on_fixed_batch(model, mean_loss, optimizer, job.steps, zero_unused_and_clip)
     return losses
 
 
