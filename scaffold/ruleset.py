@@ -11,4 +11,5 @@ from __future__ import annotations
 
 # 2: the source's license on top of the header, no machine paths; passes on libcst's codemod framework (one
 # init method per constructor, the file's own import and typing style).
-RULESET_VERSION = 2
+# 3: the pretrained class zeroes the parallel linears' biases (NXS006), as transformers' _init_weights does.
+RULESET_VERSION = 3

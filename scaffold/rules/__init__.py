@@ -20,6 +20,7 @@ from .fused_gate_up import FusedGateUp
 from .kv_cache import DropKVCache
 from .neuron_flash_attention import NeuronFlashAttention
 from .neuron_model_classes import NeuronModelClasses
+from .parallel_bias_init import ParallelBiasInit
 from .parallel_embedding import ParallelEmbeddingRule
 from .parallel_linears import ParallelLinears
 from .prune_closure import PruneToTrainingClosure
@@ -34,6 +35,7 @@ RULES: tuple[type[Rule], ...] = (
     AbsoluteTransformersImports,  # NXS003
     ThreadTrnConfig,  # NXS004
     NeuronModelClasses,  # NXS005
+    ParallelBiasInit,  # NXS006
     ParallelEmbeddingRule,  # NXS010
     SequenceParallelNorms,  # NXS011
     BaseModelForward,  # NXS012

@@ -123,3 +123,29 @@ def test_a_hard_coded_std_fails_naming_the_parameters(
     )
     assert f"(config.initializer_range = {2.5 * DEFAULT_RANGE:g})" in reason
     assert "in transformers' _init_weights" in reason
+
+
+def test_parallel_linear_biases_start_at_zero_like_transformers_linear_biases(
+    generated: Callable[[str], Path],
+    broken_copy: Callable[[str, list[tuple[str, str]]], Path],
+    checkpoint_cache: Path,
+) -> None:
+    # llama/features has attention and MLP biases; NxD's parallel linears draw them uniformly unless the
+    # generated `_init_weights` zeroes them (NXS006). Without that branch, every bias fails, named.
+    settings = RunSettings(cache_dir=checkpoint_cache)
+    zeroing = "                    parameter.data.zero_()\n"
+    package = broken_copy("llama", [(zeroing, "                    pass\n")])
+    (good,) = CHECK.run(generated("llama"), [InitConfig("llama/features", 2)], settings)
+    (bad,) = CHECK.run(package, [InitConfig("llama/features", 2)], settings)
+    assert good.status is Status.PASS, good.reasons
+    biases = {name for name in good.figures["statistics"] if name.endswith(".bias")}
+    assert {name.split(".")[-2] for name in biases} == {"q_proj", "k_proj", "v_proj", "o_proj"} | {
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    assert all(good.figures["statistics"][name] == {"model": ZEROS, "transformers": ZEROS} for name in biases)
+    assert bad.status is Status.FAIL
+    assert set(bad.figures["differing"]) == biases
+    (reason,) = [r for r in bad.reasons if r.startswith("model.layers.0.mlp.down_proj.bias: ")]
+    assert "transformers' _init_weights makes it all zeros, the model's init random" in reason

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from scaffold.blueprint import Backbone, ClassKind, Refusal, Role
+from scaffold.blueprint import AttentionGeometry, Backbone, ClassKind, LayerKind, Refusal, Role
 from scaffold.rules.absolute_imports import AbsoluteTransformersImports
 from scaffold.rules.kv_cache import DropKVCache
 from scaffold.rules.neuron_model_classes import NeuronModelClasses
+from scaffold.rules.parallel_bias_init import ParallelBiasInit
 from scaffold.rules.prune_closure import PruneToTrainingClosure
 from scaffold.rules.trn_config_threading import ThreadTrnConfig
 from scaffold.rules.unused_imports import RemoveUnusedImports
 
-from .toy import ALLOWED, HERE, RuleTest, blueprint, klass, site
+from .toy import ALLOWED, HERE, RuleTest, blueprint, expr, klass, site
 
 
 class TestPruneToTrainingClosure(RuleTest):
@@ -270,6 +271,88 @@ class ToyForCausalLM(NeuronModelMixin, ToyPreTrainedModel):
         self.assertUnchanged(
             "class ToyMLP(nn.Module):\n    pass\n", blueprint=blueprint(classes=[klass("ToyMLP")])
         )
+
+
+class TestParallelBiasInit(RuleTest):
+    TRANSFORM = ParallelBiasInit
+    PRETRAINED = """
+class ToyPreTrainedModel(PreTrainedModel):
+    base_model_prefix = "model"
+"""
+    ZEROING = """        if isinstance(module, (ColumnParallelLinear, GQAQKVColumnParallelLinear)):
+            for name, parameter in module.named_parameters(recurse=False):
+                if name.startswith("bias"):
+                    parameter.data.zero_()
+"""
+    COMMENT = """
+        # transformers starts every nn.Linear bias at zero; NxD's parallel linears draw theirs as
+        # nn.Linear.reset_parameters does (their weights come from `init_method`): zero them here.
+"""
+    IMPORTS = """
+from neuronx_distributed.modules.qkv_linear import GQAQKVColumnParallelLinear
+from neuronx_distributed.parallel_layers.layers import ColumnParallelLinear
+"""
+
+    def _blueprint(self, *, q_bias: str = "config.attention_bias", refusals: tuple[Refusal, ...] = ()):
+        sites = [
+            site("ToyAttention", "q_proj", Role.COLUMN, bias=q_bias, path="layers.*.attn.q_proj"),
+            site("ToyAttention", "o_proj", Role.ROW, bias="False", path="layers.*.attn.o_proj"),
+            site("ToyModel", "embed", Role.EMBEDDING, bias="False", kind=LayerKind.EMBEDDING),
+        ]
+        geometry = AttentionGeometry(
+            "ToyAttention", "layers.*.attn", "q_proj", "k_proj", "v_proj", "o_proj", expr("config.h"),
+            expr("config.kv"), expr("config.d"), None, None, None, None, None, HERE,
+        )  # fmt: skip
+        classes = [klass("ToyPreTrainedModel", ClassKind.PRETRAINED), klass("ToyModel", ClassKind.BASE_MODEL)]
+        return blueprint(classes=classes, sites=sites, attention=[geometry], refusals=refusals)
+
+    def test_a_pretrained_class_without_its_own_init_gets_one_that_zeroes_parallel_biases(self) -> None:
+        after = (
+            self.IMPORTS
+            + self.PRETRAINED
+            + "\n    def _init_weights(self, module):\n        super()._init_weights(module)"
+            + self.COMMENT
+            + self.ZEROING
+        )
+        self.assertCodemod(self.PRETRAINED, after, blueprint=self._blueprint())
+
+    def test_the_sources_own_init_keeps_its_code_and_gets_the_branch_last(self) -> None:
+        before = """
+class ToyPreTrainedModel(PreTrainedModel):
+    def _init_weights(self, layer):
+        if isinstance(layer, nn.Linear):
+            layer.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+
+
+class ToyModel(ToyPreTrainedModel):
+    def _init_weights(self, layer):
+        pass
+"""
+        zeroing = "\n" + self.ZEROING.replace("module", "layer")
+        after = before.replace(
+            "std=self.config.initializer_range)\n",
+            "std=self.config.initializer_range)\n\n" + self.COMMENT.lstrip("\n") + zeroing.lstrip("\n"),
+        )
+        self.assertCodemod(before, self.IMPORTS + after, blueprint=self._blueprint())
+
+    def test_no_gqa_layer_where_the_attention_is_refused(self) -> None:
+        refusal = Refusal("R025", "no", HERE, "ToyAttention", ("NXS021",))
+        out = self.IMPORTS.replace(
+            "from neuronx_distributed.modules.qkv_linear import GQAQKVColumnParallelLinear\n", ""
+        )
+        after = (
+            out
+            + self.PRETRAINED
+            + "\n    def _init_weights(self, module):\n        super()._init_weights(module)"
+            + self.COMMENT
+            + self.ZEROING.replace(
+                "(ColumnParallelLinear, GQAQKVColumnParallelLinear)", "ColumnParallelLinear"
+            )
+        )
+        self.assertCodemod(self.PRETRAINED, after, blueprint=self._blueprint(refusals=(refusal,)))
+
+    def test_no_linear_with_a_bias_no_change(self) -> None:
+        self.assertUnchanged(self.PRETRAINED, blueprint=self._blueprint(q_bias="False"))
 
 
 class TestRemoveUnusedImports(RuleTest):
