@@ -39,7 +39,7 @@ import torch
 from conformance.comparisons.adapters import FP32, Tolerances, compare_adapters, listed
 from conformance.harness.protocol import Check, CheckConfig, Exercised, Verdict, Workspace
 from conformance.harness.rank_steps import is_rank_zero, local_step, rank_step
-from conformance.model_runs.adapters import ADAPTER_CONFIG, ADAPTER_FILE, TARGET_MODULES, make_adapter
+from conformance.model_runs.adapters import ADAPTER_CONFIG, ADAPTER_FILE, make_adapter
 from conformance.model_runs.attention_layouts import attention_layouts
 from conformance.model_runs.fixed_batch import checkpoint_batch
 from conformance.model_runs.logits import logits_of
@@ -198,10 +198,11 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
             "target_modules"
         ]
         figures["saved_target_modules"] = sorted(saved_targets)
-        if sorted(saved_targets) != sorted(TARGET_MODULES):
+        original_targets = json.loads((Path(job.adapter_dir) / ADAPTER_CONFIG).read_text())["target_modules"]
+        if sorted(saved_targets) != sorted(original_targets):
             reasons.append(
                 f"the saved adapter_config.json targets {sorted(saved_targets)}, the original adapter "
-                f"{sorted(TARGET_MODULES)}"
+                f"{sorted(original_targets)}"
             )
         reasons += logits_reasons(value["logits"], _transformers_logits(job), figures, self.tolerances)
         return verdict

@@ -1,5 +1,7 @@
 """A deterministic PEFT LoRA adapter for a catalogue checkpoint, made here with the `peft` library (what a
-user's adapter is): seeded values, lora_B non-zero, every attention and MLP projection targeted."""
+user's adapter is): seeded values, lora_B non-zero, every attention and MLP projection targeted (by the
+names the transformers model gives its linears: `q_proj`... for Llama, `qkv_proj` and `gate_up_proj` for a
+model that fuses them)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ LORA_RANK = 4
 LORA_ALPHA = 8
 ADAPTER_SEED = 0
 ADAPTER_SCALE = 0.1
-TARGET_MODULES = ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj")
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -26,7 +27,7 @@ def make_adapter(checkpoint: str | Path, out_dir: str | Path, seed: int = ADAPTE
         r=LORA_RANK,
         lora_alpha=LORA_ALPHA,
         lora_dropout=0.0,
-        target_modules=list(TARGET_MODULES),
+        target_modules=projection_names(base),
         task_type="CAUSAL_LM",
         init_lora_weights=False,
     )
@@ -39,3 +40,15 @@ def make_adapter(checkpoint: str | Path, out_dir: str | Path, seed: int = ADAPTE
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def projection_names(model: torch.nn.Module) -> list[str]:
+    """The names of the model's linear layers other than its output embeddings (the LM head), sorted."""
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rpartition(".")[2]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        }
+    )
