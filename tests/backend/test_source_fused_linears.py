@@ -27,7 +27,7 @@ activate("reference")
 from conformance.backends.reference.training import transformations_utils as tu  # noqa: E402
 
 from .oracle_optimum_neuron import ORACLE_PACKAGE, load_oracle  # noqa: E402
-from .transformation_trees import _param, tensor_parallel_rank  # noqa: E402
+from .transformation_trees import ADAPTER, LoraParallelLinear, _param, tensor_parallel_rank  # noqa: E402
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "templates" / "definitions"
 REFERENCE_HOST = "conformance.backends.reference.training"
@@ -221,3 +221,75 @@ def test_a_wrong_part_size_fails_the_round_trip() -> None:
         expected = _expected("separate", _checkpoint("separate", False), 2, 0)
         for name, tensor in expected.items():
             assert torch.equal(loaded[name], tensor)
+
+
+def _lora_model(host: str, tp: int, r: int) -> nn.Module:
+    """`mlp.gate_up_proj` (stride 2) wrapped by LoRA, its FusedLinearsSpec wrapped by the source spec."""
+    host_module, package = HOSTS[host]
+    template = _template(package)
+
+    class Block(nn.Module, host_module.CustomModule):
+        pass
+
+    base = nn.Module()
+    _param(base, "weight", (2 * INTER // tp, H), tp, 0, stride=2)
+    lora_a, lora_b = nn.Module(), nn.Module()
+    _param(lora_a, "weight", (r, H), tp, None)
+    _param(lora_b, "weight", (2 * INTER // tp, r), tp, 0)
+    block = Block()
+    block.add_module("gate_up_proj", LoraParallelLinear(base, lora_a, lora_b))
+    specs = host_module.ModelWeightTransformationSpecs()
+    specs.add_spec(
+        host_module.FusedLinearsSpec(
+            "gate_up_proj", ["gate_proj", "up_proj"], False, "column", [INTER, INTER], tp
+        )
+    )
+    with tensor_parallel_rank(tp, 0):
+        block.specs = template.with_source_fused_linear(
+            specs, "gate_up_proj", ["gate_proj", "up_proj"], [INTER] * 2, False
+        )
+    root = nn.Module()
+    root.add_module("block", block)
+    root.parameters_for_current_stage = {name for name, _ in root.named_parameters()}
+    host_module.specialize_transformation_specs_for_model(root)
+    return root
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_a_lora_adapter_on_the_fused_linear_loads_and_comes_back_bit_for_bit(host: str) -> None:
+    """lora_B splits like the weight; the fused layer's lora_A is the checkpoint's own (the wrapped spec's
+    mean of equal copies is replaced, so nothing rounds); consolidation gives both back exactly."""
+    tp, r = 2, 3
+    model = _lora_model(host, tp, r)
+    assert [s.peft_type for s in model.block.specs] == ["lora"]
+    generator = torch.Generator().manual_seed(1)
+    adapter = {
+        "block.gate_up_proj.lora_A.weight": torch.randn(r, H, generator=generator) / 3,
+        "block.gate_up_proj.lora_B.weight": torch.randn(2 * INTER, r, generator=generator) / 3,
+    }
+    gate_b, up_b = torch.split(adapter["block.gate_up_proj.lora_B.weight"], [INTER, INTER])
+    per_rank = []
+    for rank in range(tp):
+        with tensor_parallel_rank(tp, rank):
+            loaded = HOSTS[host][0].adapt_state_dict(
+                model, {k: v.clone() for k, v in adapter.items()}, {}, adapter_name=ADAPTER
+            )
+        assert torch.equal(
+            loaded["block.gate_up_proj.lora_A.weight"], adapter["block.gate_up_proj.lora_A.weight"]
+        )
+        expected_b = torch.cat([_blocks(gate_b, tp, rank), _blocks(up_b, tp, rank)])
+        assert torch.equal(loaded["block.gate_up_proj.lora_B.weight"], expected_b)
+        per_rank.append({k: v for k, v in loaded.items() if "lora_" in k})
+    host_module = HOSTS[host][0]
+    metadata = json.loads(json.dumps(host_module.create_parameter_metadata(model)))
+    specs = [
+        host_module.ModelWeightTransformationSpecs.from_metadata(m)
+        for m in metadata["model_weight_transformation_specs"]
+    ]
+    sharded = {name: [tensors[name] for tensors in per_rank] for name in per_rank[0]}
+    consolidated = host_module.to_original_weights(
+        specs, sharded, metadata["parameters"], adapter_name=ADAPTER
+    )
+    assert sorted(consolidated) == sorted(adapter)
+    for name, tensor in adapter.items():
+        assert torch.equal(consolidated[name], tensor), f"{host}: {name} is not given back"
