@@ -15,11 +15,12 @@ Only the patterns below are read this way; a split of any other shape stays as i
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import libcst as cst
 import libcst.matchers as m
-from libcst.metadata import MetadataWrapper, PositionProvider
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from ..blueprint import Location, SourceFusion
 from ..source import ModelSource
@@ -41,9 +42,8 @@ def split_source_fusions(
     module: cst.Module, display_path: str
 ) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
     """`module` with every recognised fused projection read as separate linears, and what was split."""
-    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    splitter = _Splitter(wrapper.resolve(PositionProvider), display_path)
-    result = wrapper.visit(splitter)
+    splitter = _Splitter(module, display_path)
+    result = module.visit(splitter)
     return result, tuple(splitter.fusions)
 
 
@@ -60,9 +60,10 @@ class _Split:
 
 
 class _Splitter(cst.CSTTransformer):
-    def __init__(self, positions: object, display_path: str) -> None:
+    def __init__(self, module: cst.Module, display_path: str) -> None:
         super().__init__()
-        self.positions = positions
+        self.module = module
+        self.positions: Mapping[cst.CSTNode, CodeRange] | None = None  # computed once a fusion is found
         self.display_path = display_path
         self.fusions: list[SourceFusion] = []
 
@@ -106,11 +107,13 @@ class _Splitter(cst.CSTTransformer):
         return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
 
     def _location(self, cls: cst.ClassDef, method: str, index: int) -> Location:
+        if self.positions is None:  # positions cost a pass over the file: only files with a fusion pay it
+            self.positions = MetadataWrapper(self.module, unsafe_skip_copy=True).resolve(PositionProvider)
+        node: cst.CSTNode = cls
         for statement in cls.body.body:
             if isinstance(statement, cst.FunctionDef) and statement.name.value == method:
                 node = statement.body.body[index]
-                return Location(self.display_path, self.positions[node].start.line)  # type: ignore[index]
-        return Location(self.display_path, self.positions[cls].start.line)  # type: ignore[index]
+        return Location(self.display_path, self.positions[node].start.line)
 
 
 def _assigned_attribute(statement: cst.BaseStatement) -> str | None:

@@ -106,7 +106,7 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
             if source not in state_dict:
                 continue  # in another file of the checkpoint: split when that file is loaded
             parts = torch.split(state_dict.pop(source), self.part_sizes, dim=0)
-            for name, part in zip(self.part_names, parts):
+            for name, part in zip(self.part_names, parts, strict=True):
                 target = f"{prefix}.{name}.{param}"
                 if inner is not None:
                     state_dict[target] = part.contiguous()  # the wrapped spec shards it
@@ -136,7 +136,7 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
         parts_b = torch.split(state_dict.pop(source_b), self.part_sizes, dim=0)
         inner = self._inner_spec()
         before = set(state_dict)
-        for name, part_b in zip(self.part_names, parts_b):
+        for name, part_b in zip(self.part_names, parts_b, strict=True):
             if inner is not None:
                 state_dict[f"{prefix}.{name}.lora_A.weight"] = lora_a.clone()
                 state_dict[f"{prefix}.{name}.lora_B.weight"] = part_b.contiguous()
