@@ -293,6 +293,22 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class SourceFusion:
+    """One linear of the source read as `part_names` (in output-feature order).
+
+    `part_sizes` are expressions valid in the owner's constructor where the linear was built; `bias` is
+    the source's bias argument.
+    """
+
+    owner: str
+    source_name: str
+    part_names: tuple[str, ...]
+    part_sizes: tuple[str, ...]
+    bias: str
+    location: Location
+
+
+@dataclass(frozen=True)
 class Blueprint:
     """Everything known about one model, in deterministic order (source order, then path)."""
 
@@ -317,6 +333,7 @@ class Blueprint:
     source_package: str = ""  # the dotted package the source's relative imports resolve against
     mask_builders: tuple[str, ...] = ()  # names the file binds to transformers' mask builders
     style: CodeStyle = CodeStyle()
+    fusions: tuple[SourceFusion, ...] = ()  # linears the source splits into parts (read as separate)
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

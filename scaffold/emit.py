@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import ruleset
 from .analysis import analyze
-from .analysis.parsing import parse_module
+from .analysis.source_fusions import read_module
 from .blueprint import Blueprint
 from .errors import ScaffoldError
 from .license_header import model_license
@@ -102,7 +102,7 @@ def emit_model(request: Request) -> EmittedModel:
     blueprint = analyze(source)
     options = RuleOptions(allow_unsupported=request.allow_unsupported)
     check_refusals(blueprint, options)
-    module = parse_module(source.read_text(), source.display_path)
+    module, _ = read_module(source)  # as analysis read it: fused projections split
     module = apply_rules(blueprint, module, options=options, disabled=frozenset(request.disabled))
     body = module.with_changes(header=())  # the source's leading comments: the header carries its license
     text = format_python(header(request, source, blueprint) + body.code)

@@ -63,9 +63,12 @@ CROSS_ATTENTION = RefusalCode(
 FUSED_PROJECTION = RefusalCode(
     "R007",
     "fused-projection",
-    "a projection split contiguously in the source (q|k|v or gate|up) needs a per-part split of its weight",
-    "split the projection into one linear per part in a copy of the modeling file (--source), or add the "
-    "matching FusedLinearsSpec by hand",
+    "a projection whose output the source splits, in a form other than the ones analysis reads as separate "
+    "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices or "
+    "`t.chunk(n, dim=-1)` and read nowhere else, part sizes the constructor can compute; NXS027), needs a "
+    "per-part split of its weight",
+    "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "
+    "the modeling file (--source) with a spec that splits its checkpoint tensor",
 )
 UNKNOWN_ROLE = RefusalCode(
     "R008",

@@ -219,11 +219,11 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
             "target_modules"
         ]
         figures["saved_target_modules"] = sorted(saved_targets)
-        targets = target_modules(variant(job.config.variant).model_type)
-        if sorted(saved_targets) != sorted(targets):
+        original_targets = json.loads((Path(job.adapter_dir) / ADAPTER_CONFIG).read_text())["target_modules"]
+        if sorted(saved_targets) != sorted(original_targets):
             reasons.append(
                 f"the saved adapter_config.json targets {sorted(saved_targets)}, the original adapter "
-                f"{sorted(targets)}"
+                f"{sorted(original_targets)}"
             )
         reasons += logits_reasons(value["logits"], _transformers_logits(job), figures, self.tolerances)
         return verdict

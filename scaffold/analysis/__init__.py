@@ -52,6 +52,7 @@ def analyze(source: ModelSource) -> Blueprint:
         source_package=source.package,
         mask_builders=mask_builders(context),
         style=code_style(context),
+        fusions=context.fusions,
     )
     refusals = [
         # one line each: messages quote source, and they end up in comments (`TODO(<code>)` markers)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from ..blueprint import ClassKind, LayerKind
+from ..blueprint import ClassKind, LayerKind, SourceFusion
 from ..errors import ScaffoldError
 from ..facts import ConfigFacts, DefaultConfig
 from ..source import ModelSource
@@ -24,8 +24,9 @@ from .dataflow import Flow, trace
 from .expressions import Scope
 from .mlp import MLPFacts, find_mlp
 from .norms import norm_classes
-from .parsing import SourceIndex, parse_module, prune
+from .parsing import SourceIndex, prune
 from .roles import FlowRole, dataflow_roles, is_projection
+from .source_fusions import read_module
 from .tree import InstanceTree, build_tree, class_constructs
 
 PRETRAINED_BASES = frozenset({"transformers.modeling_utils.PreTrainedModel"})
@@ -64,6 +65,7 @@ class Context:
     config: ConfigFacts
     default_config: DefaultConfig
     tp_plan: dict[str, str]
+    fusions: tuple[SourceFusion, ...] = ()
 
     @property
     def display_path(self) -> str:
@@ -73,7 +75,7 @@ class Context:
 
 def gather(source: ModelSource) -> Context:
     """Run the discovery pass over `source`."""
-    full = parse_module(source.read_text(), source.display_path)
+    full, fusions = read_module(source)
     roots = [source.base_model_class, source.causal_lm_class]
     full_map = map_module(full)
     missing = [name for name in roots if name not in full_map.classes]
@@ -113,6 +115,7 @@ def gather(source: ModelSource) -> Context:
         config=source.config,
         default_config=config,
         tp_plan=dict(source.config.tp_plan),
+        fusions=fusions,
     )
     _assign_kinds(context)
     return context

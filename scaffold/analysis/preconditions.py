@@ -63,6 +63,7 @@ from ..syntax import (
 )
 from .constructors import ChildKind, classify
 from .context import Context
+from .refusals import _same_value
 
 PARALLEL_RULES = {Role.EMBEDDING: "NXS010", Role.LM_HEAD: "NXS013", Role.COLUMN: "NXS024", Role.ROW: "NXS024"}
 
@@ -480,7 +481,9 @@ def _qkv(
         or len({q.in_features.source, k.in_features.source, v.in_features.source}) != 1
     ):
         problems.append("q/k/v differ in input size or bias")
-    if k.out_features.source != v.out_features.source:
+    # Sizes written differently may still agree (a split source's last part is "the rest"): compared on
+    # the default config, as the other size checks are.
+    if not _same_value(k.out_features, v.out_features, context.default_config):
         problems.append(f"k and v differ in size ({k.source} vs {v.source})")
     if any(site.conditional for site in (q, k, v)):
         problems.append("q/k/v are built under a condition")

@@ -25,6 +25,7 @@ from .parallel_embedding import ParallelEmbeddingRule
 from .parallel_linears import ParallelLinears
 from .prune_closure import PruneToTrainingClosure
 from .sequence_parallel_norms import SequenceParallelNorms
+from .source_fused_checkpoint import SourceFusedCheckpoint
 from .trn_config_threading import ThreadTrnConfig
 from .unused_imports import RemoveUnusedImports
 from .vocab_parallel_lm_head import VocabParallelLMHead
@@ -44,6 +45,7 @@ RULES: tuple[type[Rule], ...] = (
     AttentionVariants,  # NXS021
     AttentionSequenceParallel,  # NXS022
     NeuronFlashAttention,  # NXS023
+    SourceFusedCheckpoint,  # NXS027
     ParallelLinears,  # NXS024
     RemoveUnusedImports,  # NXS030
 )

@@ -13,6 +13,8 @@ import libcst as cst
 
 from ..blueprint import MLPBlock
 from ..syntax import (
+    assigned_name,
+    assigned_value,
     code,
     contains,
     find_method,
@@ -126,18 +128,33 @@ class FusedGateUp(Rule):
         taken = names_in(forward)
         gate_name, up_name = fresh_name("gate", taken), fresh_name("up", taken)
         body = list(forward.body.body)
-        position = next(i for i, s in enumerate(body) if contains(s, gate_call) or contains(s, up_call))
+        holders = [i for i, s in enumerate(body) if contains(s, gate_call) or contains(s, up_call)]
+        position = holders[0]
+        direct = {}  # one statement each, `name = self.gate(x)`: the split binds those names itself
+        if len(holders) == 2:
+            direct = {
+                i: assigned_name(body[i]) for i in holders if assigned_value(body[i]) in (gate_call, up_call)
+            }
+        if len(direct) == 2 and None not in direct.values():
+            first, second = (direct[i] for i in holders)
+            gate_name, up_name = (first, second) if contains(body[holders[0]], gate_call) else (second, first)
         (split,), needed = templates.fill_statements(
             TEMPLATES,
             "gate_up_split",
             self.blueprint.style,
-            renames={"gate": gate_name, "up": up_name},
+            renames={"gate": gate_name, "up": up_name},  # type: ignore[dict-item]
             hidden_states=gate_call.args[0].value,
         )
         self.add_template_imports(needed)
-        rest = replace_nodes(body[position], {gate_call: cst.Name(gate_name), up_call: cst.Name(up_name)})
-        rest, split = leading_to(rest, split)  # type: ignore[arg-type]
-        body[position : position + 1] = [split, rest]  # type: ignore[list-item]
+        replacements = {gate_call: cst.Name(gate_name), up_call: cst.Name(up_name)}  # type: ignore[arg-type]
+        for holder in holders:  # one statement, or one each (`gate = self.gate(x)`, `up = self.up(x)`)
+            body[holder] = replace_nodes(body[holder], replacements)  # type: ignore[assignment]
+        body[position], split = leading_to(body[position], split)  # type: ignore[arg-type]
+        if len(direct) == 2 and None not in direct.values():
+            body = [s for i, s in enumerate(body) if i not in holders[1:]]
+            body[position] = split  # type: ignore[assignment]
+        else:
+            body.insert(position, split)  # type: ignore[arg-type]
         result = with_body(forward, body)
         assert isinstance(result, cst.FunctionDef)
         return result

@@ -33,6 +33,7 @@ from ..blueprint import CodeStyle
 from ..syntax import code, is_docstring, name_nodes
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates" / "code"
+DEFINITIONS_DIR = TEMPLATE_DIR.parent / "definitions"
 
 
 @dataclass(frozen=True)
@@ -247,9 +248,42 @@ class _Style(cst.CSTTransformer):
         return updated.with_changes(value=renamed) if isinstance(renamed, str) else renamed.deep_clone()
 
 
+@functools.cache
+def _definitions(file: str) -> tuple[list[cst.BaseStatement], dict[str, Needed]]:
+    module = cst.parse_module((DEFINITIONS_DIR / f"{file}.py").read_text(encoding="utf-8"))
+    body = [
+        statement
+        for index, statement in enumerate(module.body)
+        if not (index == 0 and is_docstring(statement)) and not _is_import(statement)
+    ]
+    return body, _imports(module)
+
+
+def definitions(file: str, style: CodeStyle) -> tuple[list[cst.BaseStatement], set[Needed]]:
+    """The definitions of `templates/definitions/<file>.py` (classes, functions, statements: inserted
+    whole, nothing to fill) in the target's style, and the imports they read."""
+    body, imports = _definitions(file)
+    statements = [_adapted(statement, style, None, None) for statement in body]
+    return statements, _needed(statements, imports, style)  # type: ignore[arg-type]
+
+
+def _is_import(statement: cst.BaseStatement) -> bool:
+    return isinstance(statement, cst.SimpleStatementLine) and all(
+        isinstance(small, cst.Import | cst.ImportFrom) for small in statement.body
+    )
+
+
 def all_template_names() -> dict[str, list[str]]:
     """Every template file and its templates (for the tests that check each one parses and fills)."""
     return {path.stem: list(_file(path.stem)) for path in sorted(TEMPLATE_DIR.glob("*.py"))}
 
 
-__all__ = ["Needed", "Template", "all_template_names", "fill_expression", "fill_statements", "template"]
+__all__ = [
+    "Needed",
+    "Template",
+    "all_template_names",
+    "definitions",
+    "fill_expression",
+    "fill_statements",
+    "template",
+]

@@ -11,6 +11,10 @@ from scaffold.blueprint import Blueprint
 from scaffold.source import ModelSource, locate
 
 TARGETS = ("llama", "mistral", "qwen2", "qwen3", "granite")
+EXAMPLE_MODELS = (
+    *TARGETS,
+    "phi3",
+)  # rules may show their examples on these (phi3: projections fused in the source)
 
 
 @functools.cache

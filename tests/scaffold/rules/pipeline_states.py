@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from scaffold.analysis.source_fusions import read_module
 from scaffold.emit import format_python
 from scaffold.pipeline import apply_rules
 from scaffold.rules import RULES
@@ -22,9 +23,10 @@ _STATES: dict[str, list[cst.Module]] = {}
 
 
 def _state(model_type: str, index: int) -> cst.Module:
-    """The module after the first `index` rules of RULES (0: the parsed source), computed once, lazily:
+    """The module after the first `index` rules of RULES (0: the source as analysis reads it, fused
+    projections split), computed once, lazily:
     a rule's run costs seconds, so nothing past the last rule a test asks for is computed."""
-    states = _STATES.setdefault(model_type, [cst.parse_module(located(model_type).read_text())])
+    states = _STATES.setdefault(model_type, [read_module(located(model_type))[0]])
     blueprint = blueprint_of(model_type)
     while len(states) <= index:
         states.append(apply_rules(blueprint, states[-1], rules=[RULES[len(states) - 1]]))

@@ -1,0 +1,512 @@
+"""Projections fused contiguously in the source, read as the separate linears they stand for.
+
+Some transformers models compute several projections with one linear and split its output along the
+features: `qkv = self.qkv_proj(x)` then `q = qkv[..., :a]`, `k = qkv[..., a : a + b]`, `v = qkv[..., a + b :]`,
+or `gate, up = self.gate_up_proj(x).chunk(2, dim=-1)`. Column-splitting that one linear over the ranks
+would give rank 0 all of q and none of v. The analysis therefore reads such a class as if it built one
+linear per part (`self.query_proj = nn.Linear(in, a)`, ...) and called each on the input: everything
+after (roles, the attention variants, the fused gate/up) sees a model of separate projections, and
+`SourceFusion` records how the checkpoint's fused tensor splits into them, for NXS025 to map it.
+
+Only the patterns below are read this way; a split of any other shape stays as it is, and is refused
+(R007). The rewrite is structural: it names no model, only linears, slices and `chunk`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import libcst as cst
+import libcst.matchers as m
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
+
+from ..blueprint import Location, SourceFusion
+from ..source import ModelSource
+from ..syntax import code, names_in, walk
+from .parsing import parse_module
+
+LINEAR_CONSTRUCTORS = ("nn.Linear", "torch.nn.Linear")
+STRIPPED_SUFFIXES = ("_states", "_state", "_output", "_out")
+SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the parallel layers: q_proj...
+
+
+def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
+    """The modeling file parsed, its fused projections read as separate linears (what analysis and the
+    rules both work on), and what was split."""
+    return split_source_fusions(parse_module(source.read_text(), source.display_path), source.display_path)
+
+
+def split_source_fusions(
+    module: cst.Module, display_path: str
+) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
+    """`module` with every recognised fused projection read as separate linears, and what was split."""
+    splitter = _Splitter(module, display_path)
+    result = module.visit(splitter)
+    return result, tuple(splitter.fusions)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A fused call `target = self.<source>(input)` in the forward and the statements that split it."""
+
+    source: str
+    call_index: int
+    split_indices: tuple[int, ...]
+    targets: tuple[str, ...]
+    sizes: tuple[cst.BaseExpression, ...]  # in forward terms; None-free
+    input: cst.BaseExpression
+
+
+class _Splitter(cst.CSTTransformer):
+    def __init__(self, module: cst.Module, display_path: str) -> None:
+        super().__init__()
+        self.module = module
+        self.positions: Mapping[cst.CSTNode, CodeRange] | None = None  # computed once a fusion is found
+        self.display_path = display_path
+        self.fusions: list[SourceFusion] = []
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
+
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+        methods = {s.name.value: s for s in updated_node.body.body if isinstance(s, cst.FunctionDef)}
+        init, forward = methods.get("__init__"), methods.get("forward")
+        if init is None or forward is None:
+            return updated_node
+        linears = _linears(init)
+        for source, (index, call) in sorted(linears.items(), key=lambda item: item[1][0]):
+            split = _find_split(forward, source)
+            if split is None:
+                continue
+            sizes = _constructor_sizes(split, forward, init, index, call)
+            if sizes is None:
+                continue
+            taken = names_in(updated_node) | {
+                name for name in (_assigned_attribute(s) for s in init.body.body) if name
+            }
+            parts = _part_names(split.targets, source, taken)
+            location = self._location(original_node, init.name.value, index)
+            init, bias = _split_constructor(init, index, call, parts, sizes)
+            forward = _split_forward(forward, split, parts)
+            self.fusions.append(
+                SourceFusion(
+                    owner=updated_node.name.value,
+                    source_name=source,
+                    part_names=parts,
+                    part_sizes=tuple(code(size) for size in sizes),
+                    bias=bias,
+                    location=location,
+                )
+            )
+        body = [
+            init if s is methods["__init__"] else forward if s is methods["forward"] else s
+            for s in updated_node.body.body
+        ]
+        return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
+
+    def _location(self, cls: cst.ClassDef, method: str, index: int) -> Location:
+        if self.positions is None:  # positions cost a pass over the file: only files with a fusion pay it
+            self.positions = MetadataWrapper(self.module, unsafe_skip_copy=True).resolve(PositionProvider)
+        node: cst.CSTNode = cls
+        for statement in cls.body.body:
+            if isinstance(statement, cst.FunctionDef) and statement.name.value == method:
+                node = statement.body.body[index]
+        return Location(self.display_path, self.positions[node].start.line)
+
+
+def _assigned_attribute(statement: cst.BaseStatement) -> str | None:
+    """`x` of a statement `self.x = ...`."""
+    found = m.extract(
+        statement,
+        m.SimpleStatementLine(
+            body=[
+                m.Assign(
+                    targets=[
+                        m.AssignTarget(
+                            target=m.Attribute(value=m.Name("self"), attr=m.SaveMatchedNode(m.Name(), "attr"))
+                        )
+                    ]
+                )
+            ]
+        ),
+    )
+    return found["attr"].value if found else None  # type: ignore[union-attr]
+
+
+def _linears(init: cst.FunctionDef) -> dict[str, tuple[int, cst.Call]]:
+    """The constructor's top-level `self.x = nn.Linear(in, out, ...)`, by attribute (built once only)."""
+    found: dict[str, tuple[int, cst.Call]] = {}
+    seen: set[str] = set()
+    for index, statement in enumerate(init.body.body):
+        name = _assigned_attribute(statement)
+        if name is None:
+            continue
+        value = statement.body[0].value  # type: ignore[attr-defined]
+        positional = (
+            isinstance(value, cst.Call)
+            and len(value.args) >= 2
+            and all(arg.keyword is None for arg in value.args[:2])
+        )
+        if name not in seen and positional and code(value.func) in LINEAR_CONSTRUCTORS:
+            found[name] = (index, value)
+        elif name in found:
+            del found[name]
+        seen.add(name)
+    return found
+
+
+def _single_assignment(
+    statement: cst.BaseStatement,
+) -> tuple[cst.BaseAssignTargetExpression, cst.BaseExpression] | None:
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return None
+    assign = statement.body[0]
+    if not isinstance(assign, cst.Assign) or len(assign.targets) != 1:
+        return None
+    return assign.targets[0].target, assign.value
+
+
+def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
+    """The forward's `t = self.<source>(x)` and the statements right after that split `t` and nothing else."""
+    body = list(forward.body.body)
+    for index, statement in enumerate(body):
+        assignment = _single_assignment(statement)
+        if assignment is None or not isinstance(assignment[0], cst.Name):
+            continue
+        target, value = assignment
+        if not m.matches(
+            value,
+            m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name(source)), args=[m.Arg(keyword=None)]),
+        ):
+            continue
+        fused = target.value
+        call_input = value.args[0].value  # type: ignore[attr-defined]
+        split = _chunk_split(body, index, fused, source, call_input) or _slice_split(
+            body, index, fused, source, call_input
+        )
+        if split is None:
+            return None
+        uses = sum(
+            1 for i, s in enumerate(body) if i not in (index, *split.split_indices) and fused in names_in(s)
+        )
+        inputs = names_in(call_input)
+        between = body[index + 1 : max(split.split_indices)]
+        rebinds = any(_binds(s) & inputs for s in between)
+        if uses and not _rebound_by_split(body, split, fused):
+            return None
+        return None if rebinds else split
+    return None
+
+
+def _rebound_by_split(body: list[cst.BaseStatement], split: _Split, fused: str) -> bool:
+    """The split binds the fused name again (`up, gate = up.chunk(2, dim=-1)`): later uses read a part."""
+    return fused in split.targets
+
+
+def _binds(statement: cst.BaseStatement) -> set[str]:
+    assignment = _single_assignment(statement)
+    if assignment is None:
+        return set()
+    return names_in(assignment[0])
+
+
+def _chunk_split(
+    body: list[cst.BaseStatement], index: int, fused: str, source: str, call_input: cst.BaseExpression
+) -> _Split | None:
+    """`a, b = t.chunk(n, dim=-1)` as the next statement that reads `t`."""
+    for later in range(index + 1, len(body)):
+        if fused not in names_in(body[later]):
+            continue
+        assignment = _single_assignment(body[later])
+        if assignment is None:
+            return None
+        target, value = assignment
+        chunk = m.Call(
+            func=m.Attribute(value=m.Name(fused), attr=m.Name("chunk")),
+            args=[
+                m.Arg(value=m.Integer(), keyword=None),
+                m.Arg(
+                    value=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1")),
+                    keyword=m.Name("dim"),
+                ),
+            ],
+        )
+        if not m.matches(value, chunk) or not isinstance(target, cst.Tuple):
+            return None
+        count = int(value.args[0].value.value)  # type: ignore[attr-defined]
+        names = [e.value.value for e in target.elements if isinstance(e.value, cst.Name)]
+        if len(names) != count or len(target.elements) != count:
+            return None
+        return _Split(source, index, (later,), tuple(names), (), call_input)
+    return None
+
+
+def _slice_split(
+    body: list[cst.BaseStatement], index: int, fused: str, source: str, call_input: cst.BaseExpression
+) -> _Split | None:
+    """Consecutive `a = t[..., :x]`, `b = t[..., x:y]`, ..., `c = t[..., z:]` (others may come between)."""
+    indices: list[int] = []
+    targets: list[str] = []
+    bounds: list[tuple[cst.BaseExpression | None, cst.BaseExpression | None]] = []
+    for later in range(index + 1, len(body)):
+        if fused not in names_in(body[later]):
+            continue
+        assignment = _single_assignment(body[later])
+        if assignment is None or not isinstance(assignment[0], cst.Name):
+            break
+        value = assignment[1]
+        pattern = m.Subscript(
+            value=m.Name(fused),
+            slice=[
+                m.SubscriptElement(slice=m.Index(value=m.Ellipsis())),
+                m.SubscriptElement(slice=m.Slice(step=None)),
+            ],
+        )
+        if not m.matches(value, pattern):
+            break
+        piece = value.slice[1].slice  # type: ignore[attr-defined]
+        indices.append(later)
+        targets.append(assignment[0].value)
+        bounds.append((piece.lower, piece.upper))
+    if len(bounds) < 2 or bounds[0][0] is not None or bounds[-1][1] is not None:
+        return None
+    for (_, upper), (lower, _) in itertools.pairwise(bounds):
+        if upper is None or lower is None or code(upper) != code(lower):
+            return None
+    sizes: list[cst.BaseExpression] = []
+    for lower, upper in bounds[:-1]:
+        assert upper is not None
+        if lower is None:
+            sizes.append(upper)
+        elif (
+            isinstance(upper, cst.BinaryOperation)
+            and isinstance(upper.operator, cst.Add)
+            and code(upper.left) == code(lower)
+        ):
+            sizes.append(upper.right)
+        else:
+            sizes.append(cst.BinaryOperation(_grouped(upper), cst.Subtract(), _grouped(lower)))
+    return _Split(source, index, tuple(indices), tuple(targets), tuple(sizes), call_input)
+
+
+def _ungrouped(expression: cst.BaseExpression) -> cst.BaseExpression:
+    return expression.with_changes(lpar=[], rpar=[]) if expression.lpar else expression  # type: ignore[attr-defined]
+
+
+def _grouped(expression: cst.BaseExpression) -> cst.BaseExpression:
+    if isinstance(expression, cst.BinaryOperation | cst.UnaryOperation | cst.BooleanOperation):
+        return expression.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return expression
+
+
+class _Substitute(cst.CSTTransformer):
+    """Forward locals replaced by their values (the constructor computes the sizes again)."""
+
+    def __init__(self, values: dict[str, cst.BaseExpression]) -> None:
+        super().__init__()
+        self.values = values
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+        value = self.values.get(updated_node.value)
+        return _grouped(value) if value is not None else updated_node
+
+    def leave_Attribute(
+        self, original_node: cst.Attribute, updated_node: cst.Attribute
+    ) -> cst.BaseExpression:
+        return updated_node.with_changes(attr=original_node.attr)  # `x.name` is no local `name`
+
+
+def _constructor_sizes(
+    split: _Split, forward: cst.FunctionDef, init: cst.FunctionDef, index: int, call: cst.Call
+) -> tuple[cst.BaseExpression, ...] | None:
+    """Each part's output features as an expression the constructor can compute where it built the
+    linear (None when a size reads something only the forward has)."""
+    out = call.args[1].value
+    count = len(split.targets)
+    if not split.sizes:  # chunk: equal parts
+        if (
+            isinstance(out, cst.BinaryOperation)
+            and isinstance(out.operator, cst.Multiply)
+            and m.matches(out.left, m.Integer(str(count)))
+        ):
+            return (out.right,) * count
+        return (cst.BinaryOperation(_grouped(out), cst.FloorDivide(), cst.Integer(str(count))),) * count
+    locals_ = {}
+    for statement in forward.body.body[: split.split_indices[0]]:
+        assignment = _single_assignment(statement)
+        if assignment is not None and isinstance(assignment[0], cst.Name):
+            locals_[assignment[0].value] = assignment[1]
+    sizes = [_ungrouped(size.visit(_Substitute(locals_))) for size in split.sizes]
+    total = sizes[0] if len(sizes) == 1 else _sum(sizes)
+    sizes.append(cst.BinaryOperation(_grouped(out), cst.Subtract(), _grouped(total)))
+    available = _constructor_names(init, index)
+    for size in sizes:
+        if not _computable(size, available):  # type: ignore[arg-type]
+            return None
+    return tuple(sizes)  # type: ignore[arg-type]
+
+
+def _sum(sizes: list[cst.BaseExpression]) -> cst.BaseExpression:
+    total = sizes[0]
+    for size in sizes[1:]:
+        total = cst.BinaryOperation(total, cst.Add(), size)
+    return total
+
+
+def _constructor_names(init: cst.FunctionDef, index: int) -> tuple[set[str], set[str]]:
+    """(names, self attributes) bound in the constructor before its statement `index`."""
+    names = {param.name.value for param in init.params.params}
+    attributes: set[str] = set()
+    for statement in init.body.body[:index]:
+        assignment = _single_assignment(statement)
+        if assignment is None:
+            continue
+        target = assignment[0]
+        if isinstance(target, cst.Name):
+            names.add(target.value)
+        elif m.matches(target, m.Attribute(value=m.Name("self"))):
+            attributes.add(target.attr.value)  # type: ignore[attr-defined]
+    return names, attributes
+
+
+def _computable(size: cst.BaseExpression, available: tuple[set[str], set[str]]) -> bool:
+    names, attributes = available
+    for node in _walk(size):
+        if (
+            m.matches(node, m.Attribute(value=m.Name("self"))) and node.attr.value not in attributes  # type: ignore[attr-defined]
+        ):
+            return False
+    free = {
+        node.value
+        for node in _walk(size)
+        if isinstance(node, cst.Name) and not _is_attribute_name(size, node)
+    }
+    return free <= names | {"self"}
+
+
+def _walk(node: cst.CSTNode) -> list[cst.CSTNode]:
+    return list(walk(node))
+
+
+def _is_attribute_name(root: cst.CSTNode, name: cst.Name) -> bool:
+    """`name` is the `.attr` part of an attribute access under `root`."""
+    return any(isinstance(node, cst.Attribute) and node.attr is name for node in _walk(root))
+
+
+def _part_names(targets: tuple[str, ...], source: str, taken: set[str]) -> tuple[str, ...]:
+    """`query_states` -> `q_proj`, `gate` -> `gate_proj` (a fresh name where one is taken)."""
+    names: list[str] = []
+    for index, target in enumerate(targets):
+        stem = target
+        for suffix in STRIPPED_SUFFIXES:
+            if stem.endswith(suffix) and len(stem) > len(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        stem = SHORT_STEMS.get(stem, stem)
+        name = stem if stem.endswith("_proj") else f"{stem}_proj"
+        if name in taken or name in names or name == source:
+            name = f"{source}_{index}"
+        names.append(name)
+    return tuple(names)
+
+
+def _split_constructor(
+    init: cst.FunctionDef,
+    index: int,
+    call: cst.Call,
+    parts: tuple[str, ...],
+    sizes: tuple[cst.BaseExpression, ...],
+) -> tuple[cst.FunctionDef, str]:
+    body = list(init.body.body)
+    original = body[index]
+    new: list[cst.BaseStatement] = []
+    for number, (part, size) in enumerate(zip(parts, sizes, strict=True)):
+        args = list(call.args)
+        args[1] = args[1].with_changes(value=size)
+        statement = cst.SimpleStatementLine(
+            body=[
+                cst.Assign(
+                    targets=[cst.AssignTarget(cst.Attribute(cst.Name("self"), cst.Name(part)))],
+                    value=call.with_changes(args=args),
+                )
+            ]
+        )
+        if number == 0:
+            statement = statement.with_changes(leading_lines=original.leading_lines)  # type: ignore[union-attr]
+        new.append(statement)
+    body[index : index + 1] = new
+    bias = next((code(arg.value) for arg in call.args if arg.keyword and arg.keyword.value == "bias"), None)
+    if bias is None:
+        bias = code(call.args[2].value) if len(call.args) > 2 and call.args[2].keyword is None else "True"
+    return init.with_changes(body=init.body.with_changes(body=body)), bias
+
+
+def _split_forward(forward: cst.FunctionDef, split: _Split, parts: tuple[str, ...]) -> cst.FunctionDef:
+    body = list(forward.body.body)
+    calls = [
+        cst.SimpleStatementLine(
+            body=[
+                cst.Assign(
+                    targets=[cst.AssignTarget(cst.Name(target))],
+                    value=cst.Call(
+                        func=cst.Attribute(cst.Name("self"), cst.Name(part)), args=[cst.Arg(split.input)]
+                    ),
+                )
+            ]
+        )
+        for target, part in zip(split.targets, parts, strict=True)
+    ]
+    replaced: dict[int, list[cst.BaseStatement]] = {split.call_index: []}
+    if len(split.split_indices) == 1:  # `a, b = t.chunk(2, dim=-1)`: one statement per part
+        replaced[split.split_indices[0]] = calls  # type: ignore[assignment]
+    else:
+        for index, call in zip(split.split_indices, calls, strict=True):
+            replaced[index] = [call]
+    leading = body[split.call_index].leading_lines  # type: ignore[attr-defined]
+    new: list[cst.BaseStatement] = []
+    for index, statement in enumerate(body):
+        if index in replaced:
+            statements = replaced[index]
+            if statements and index == min(split.split_indices):
+                statements = [
+                    statements[0].with_changes(leading_lines=leading),
+                    *statements[1:],
+                ]
+            new.extend(statements)
+        else:
+            new.append(statement)
+    split_names: set[str] = set()
+    for index in split.split_indices:
+        split_names |= names_in(body[index])
+    return _without_dead_locals(forward.with_changes(body=forward.body.with_changes(body=new)), split_names)
+
+
+def _without_dead_locals(forward: cst.FunctionDef, candidates: set[str]) -> cst.FunctionDef:
+    """Drop top-level `name = ...` statements that only the split read (its sizes), now unread."""
+    body = list(forward.body.body)
+    while True:
+        dead = None
+        for index, statement in enumerate(body):
+            assignment = _single_assignment(statement)
+            if assignment is None or not isinstance(assignment[0], cst.Name):
+                continue
+            name = assignment[0].value
+            unread = not any(name in names_in(other) for i, other in enumerate(body) if i != index)
+            if unread and name in candidates and _pure(assignment[1]):
+                dead = index
+                break
+        if dead is None:
+            break
+        statement = body.pop(dead)
+        if dead < len(body) and statement.leading_lines:  # type: ignore[attr-defined]
+            body[dead] = body[dead].with_changes(
+                leading_lines=[*statement.leading_lines, *body[dead].leading_lines]  # type: ignore[attr-defined]
+            )
+    return forward.with_changes(body=forward.body.with_changes(body=body))
+
+
+def _pure(value: cst.BaseExpression) -> bool:
+    """Arithmetic on names and attributes only (no call): safe to drop when unused."""
+    return not any(isinstance(node, cst.Call | cst.Subscript) for node in _walk(value))

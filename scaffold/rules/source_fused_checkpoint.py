@@ -1,0 +1,92 @@
+"""NXS027 source-fused-checkpoint: a linear the source splits into parts keeps its checkpoint tensor.
+
+Analysis reads a projection fused contiguously in the source (`qkv_proj` sliced into q, k and v,
+`gate_up_proj` chunked into gate and up) as one linear per part (`scaffold.analysis.source_fusions`), so
+the other rules give the parts their usual parallel form: NxD's attention variants, the fused
+`gate_up_proj`, or plain column-parallel linears. The checkpoint still holds one tensor. This rule makes
+the owning module a `CustomModule` and, after the constructor has built its specs, wraps the spec that
+owns the parts in a `SourceFusedLinearSpec` (inserted once per file from
+templates/definitions/source_fused_linears.py): loading splits the fused tensor into the parts and hands
+them to that spec; saving joins the parts back, bit for bit.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from ..blueprint import SourceFusion
+from ..syntax import code, find_method, with_base, with_body, with_method
+from . import templates
+from .base import Rule, stored_example
+
+TEMPLATES = "source_fused_checkpoint"
+DEFINITIONS = "source_fused_linears"
+CUSTOM_MODULE = "CustomModule"
+
+
+class SourceFusedCheckpoint(Rule):
+    CODE = "NXS027"
+    NAME = "source-fused-checkpoint"
+    SUMMARY = "q|k|v or gate|up fused in the source: parts as parallel layers + SourceFusedLinearSpec"
+    ADVICE = (
+        "Splits of another shape than contiguous slices `t[..., a:b]` or `t.chunk(n, dim=-1)` of one linear "
+        "are refused (R007). Disabling it leaves the generated model expecting one checkpoint tensor per part."
+    )
+    REQUIRES = ("NXS004",)
+    EXAMPLES = (stored_example(CODE, "phi3", "Phi3MLP"),)
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # the rule rewrites whole classes: nothing to visit inside a method
+
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+        fusions = [f for f in self.blueprint.fusions if f.owner == updated_node.name.value]
+        if not fusions or self.refusal_for(updated_node.name.value) is not None:
+            return updated_node
+        init = find_method(updated_node, "__init__")
+        assert init is not None, "the split source linears are built in __init__"
+        for fusion in fusions:
+            init = self._with_spec(init, fusion)
+        self.add_host_import("transformations_utils", CUSTOM_MODULE)
+        return with_base(with_method(updated_node, init), CUSTOM_MODULE)  # type: ignore[arg-type]
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        converted = {f.owner for f in self.blueprint.fusions if self.refusal_for(f.owner) is None}
+        if not converted:
+            return updated_node
+        statements, needed = templates.definitions(DEFINITIONS, self.blueprint.style)
+        self.add_template_imports(needed)
+        body = list(updated_node.body)
+        first = next(i for i, s in enumerate(body) if isinstance(s, cst.ClassDef | cst.FunctionDef))
+        statements[0] = statements[0].with_changes(  # type: ignore[union-attr]
+            leading_lines=[cst.EmptyLine(), cst.EmptyLine()]
+        )
+        return updated_node.with_changes(body=[*body[:first], *statements, *body[first:]])
+
+    def _with_spec(self, init: cst.FunctionDef, fusion: SourceFusion) -> cst.FunctionDef:
+        """The constructor with the wrapping statement after the last statement naming a part."""
+        body = list(init.body.body)
+        mentions = [
+            index
+            for index, statement in enumerate(body)
+            if any(_names_part(code(statement), part) for part in fusion.part_names)
+        ]
+        assert mentions, "the parts are built in __init__"
+        statement, needed = templates.fill_statements(
+            TEMPLATES,
+            "source_fused_spec",
+            self.blueprint.style,
+            source=cst.SimpleString(f'"{fusion.source_name}"'),
+            parts=cst.List([cst.Element(cst.SimpleString(f'"{part}"')) for part in fusion.part_names]),
+            sizes=cst.List([cst.Element(cst.parse_expression(size)) for size in fusion.part_sizes]),
+            bias=cst.parse_expression(fusion.bias),
+        )
+        self.add_template_imports({n for n in needed if n.module != DEFINITIONS})
+        last = mentions[-1] + 1
+        result = with_body(init, [*body[:last], *statement, *body[last:]])
+        assert isinstance(result, cst.FunctionDef)
+        return result
+
+
+def _names_part(text: str, part: str) -> bool:
+    """The statement's code builds or names the part (`self.part = ...` or the string `"part"`)."""
+    return f"self.{part} " in text or f"self.{part}=" in text or f'"{part}"' in text

@@ -1,0 +1,295 @@
+"""`SourceFusedLinearSpec` (templates/definitions/source_fused_linears.py, what NXS027 inserts into a model
+whose source fuses q|k|v or gate|up in one linear) under the reference host and under the released
+optimum-neuron 0.4.5 host code (`oracle_optimum_neuron`), ranks simulated in one process.
+
+Oracles: the rank tensors of a plain column-parallel or fused (stride 2) layer are cut by hand from the
+fused checkpoint tensor; for NxD's GQA layer they are what the released `GQAQKVColumnParallelLinearSpec`
+makes of the q, k and v rows cut by hand. Consolidation must give back the checkpoint, bit for bit, through
+the checkpoint metadata (which rebuilds the spec by its class name, so the registration is exercised too).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch import nn
+
+from conformance.backends import activate
+
+activate("reference")
+
+from conformance.backends.reference.training import transformations_utils as tu  # noqa: E402
+
+from .oracle_optimum_neuron import ORACLE_PACKAGE, load_oracle  # noqa: E402
+from .transformation_trees import ADAPTER, LoraParallelLinear, _param, tensor_parallel_rank  # noqa: E402
+
+DEFINITIONS = Path(__file__).resolve().parents[2] / "templates" / "definitions"
+REFERENCE_HOST = "conformance.backends.reference.training"
+on = load_oracle()
+HOSTS = {"reference": (tu, REFERENCE_HOST), "released": (on, f"{ORACLE_PACKAGE}.models.training")}
+H, Q, KV, HEADS, KV_HEADS, INTER = 8, 8, 2, 4, 1, 6  # hidden, q rows, k (= v) rows, heads, KV heads, MLP
+
+
+def _template(host_package: str) -> ModuleType:
+    """The definitions imported as `<host>.fused_template.source_fused_linears` (their `..` is the host)."""
+    name = f"{host_package}.fused_template.source_fused_linears"
+    if name not in sys.modules:
+        importlib.import_module(host_package)
+        package = ModuleType(f"{host_package}.fused_template")
+        package.__path__ = [str(DEFINITIONS)]
+        sys.modules[package.__name__] = package
+    return importlib.import_module(name)
+
+
+def _blocks(tensor: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
+    return torch.chunk(tensor, tp, dim=0)[rank]
+
+
+def _model(host: str, layout: str, tp: int, bias: bool) -> nn.Module:
+    """`attn` (q|k|v in `qkv_proj`, output `o_proj`) or `mlp` (gate|up in `gate_up_proj`) as the generated
+    model holds them: `layout` "separate" (plain column-parallel parts), "fused" or "gqa"."""
+    host_module, package = HOSTS[host]
+    template = _template(package)
+
+    class Block(nn.Module, host_module.CustomModule):
+        pass
+
+    block = Block()
+    specs = host_module.ModelWeightTransformationSpecs()
+    if layout == "separate":
+        for name, rows in (("q_proj", Q), ("k_proj", KV), ("v_proj", KV)):
+            part = nn.Module()
+            _param(part, "weight", (rows // tp, H), tp, 0)
+            if bias:
+                _param(part, "bias", (rows // tp,), tp, 0)
+            block.add_module(name, part)
+        source, parts, sizes = "qkv_proj", ["q_proj", "k_proj", "v_proj"], [Q, KV, KV]
+    elif layout == "fused":
+        fused = nn.Module()
+        _param(fused, "weight", (2 * INTER // tp, H), tp, 0, stride=2)
+        if bias:
+            _param(fused, "bias", (2 * INTER // tp,), tp, 0, stride=2)
+        block.add_module("gate_up_proj", fused)
+        specs.add_spec(
+            host_module.FusedLinearsSpec(
+                fused_linear_name="gate_up_proj",
+                linear_names=["gate_proj", "up_proj"],
+                bias=bias,
+                fuse_axis="column",
+                original_dims=[INTER, INTER],
+                tp_size=tp,
+            )
+        )
+        source, parts, sizes = "gate_up_proj", ["gate_proj", "up_proj"], [INTER, INTER]
+    else:
+        multiplier = tp // KV_HEADS
+        q_local, kv_local = Q // tp, KV * multiplier // tp
+        gqa = nn.Module()
+        for suffix, rows in (("q", q_local), ("k", kv_local), ("v", kv_local)):
+            _param(gqa, f"weight_{suffix}", (rows, H), tp, 0)
+        block.add_module("qkv_proj", gqa)
+        specs.add_spec(
+            host_module.GQAQKVColumnParallelLinearSpec(
+                gqa_qkv_projection_name="qkv_proj",
+                query_projection_name="q_proj",
+                key_projection_name="k_proj",
+                value_projection_name="v_proj",
+                output_projection_name="o_proj",
+                num_attention_heads=HEADS,
+                num_key_value_heads=KV_HEADS,
+                kv_size_multiplier=multiplier,
+                q_output_size_per_partition=q_local,
+                kv_output_size_per_partition=kv_local,
+                fuse_qkv=False,
+                bias=False,
+                tp_size=tp,
+            )
+        )
+        source, parts, sizes = "qkv_proj", ["q_proj", "k_proj", "v_proj"], [Q, KV, KV]
+    if layout != "fused":
+        output = nn.Module()
+        _param(output, "weight", (H, Q // tp), tp, 1)
+        block.add_module("o_proj", output)
+    with tensor_parallel_rank(tp, 0):
+        block.specs = template.with_source_fused_linear(specs, source, parts, sizes, bias=bias)
+    root = nn.Module()
+    root.add_module("block", block)
+    root.parameters_for_current_stage = {name for name, _ in root.named_parameters()}
+    host_module.specialize_transformation_specs_for_model(root)
+    return root
+
+
+def _checkpoint(layout: str, bias: bool) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    rows = 2 * INTER if layout == "fused" else Q + 2 * KV
+    source = "gate_up_proj" if layout == "fused" else "qkv_proj"
+    full = {f"block.{source}.weight": torch.randn(rows, H, generator=generator)}
+    if bias:
+        full[f"block.{source}.bias"] = torch.randn(rows, generator=generator)
+    if layout != "fused":
+        full["block.o_proj.weight"] = torch.randn(H, Q, generator=generator)
+    return full
+
+
+def _expected(layout: str, full: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
+    """Rank `rank`'s tensors, cut by hand (GQA: the released spec over the q, k, v rows cut by hand)."""
+    expected = {}
+    for param in ("weight", "bias"):
+        if layout == "fused" and f"block.gate_up_proj.{param}" in full:
+            gate, up = torch.split(full[f"block.gate_up_proj.{param}"], [INTER, INTER])
+            expected[f"block.gate_up_proj.{param}"] = torch.cat(
+                [_blocks(gate, tp, rank), _blocks(up, tp, rank)]
+            )
+        elif layout == "separate" and f"block.qkv_proj.{param}" in full:
+            q, k, v = torch.split(full[f"block.qkv_proj.{param}"], [Q, KV, KV])
+            expected |= {f"block.{n}_proj.{param}": _blocks(t, tp, rank) for n, t in zip("qkv", (q, k, v))}
+    if layout == "separate":
+        expected["block.o_proj.weight"] = torch.chunk(full["block.o_proj.weight"], tp, dim=1)[rank]
+    if layout == "gqa":
+        q, k, v = torch.split(full["block.qkv_proj.weight"], [Q, KV, KV])
+        separate = {"block.q_proj.weight": q, "block.k_proj.weight": k, "block.v_proj.weight": v}
+        separate["block.o_proj.weight"] = full["block.o_proj.weight"]
+        spec = on.GQAQKVColumnParallelLinearSpec(
+            "qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj", HEADS, KV_HEADS, tp // KV_HEADS,
+            Q // tp, KV * (tp // KV_HEADS) // tp, False, False, tp,
+        )  # fmt: skip
+        with tensor_parallel_rank(tp, rank):
+            expected = spec._adapt_state_dict("block", {}, separate, {}, inplace=False)
+    return expected
+
+
+def _load(host: str, model: nn.Module, full: dict[str, torch.Tensor], tp: int, rank: int) -> dict:
+    with tensor_parallel_rank(tp, rank):
+        loaded = HOSTS[host][0].adapt_state_dict(model, {k: v.clone() for k, v in full.items()}, {})
+    return loaded
+
+
+def _consolidate(host: str, model: nn.Module, per_rank: list[dict[str, torch.Tensor]]) -> dict:
+    host_module = HOSTS[host][0]
+    metadata = json.loads(json.dumps(host_module.create_parameter_metadata(model)))
+    specs = [
+        host_module.ModelWeightTransformationSpecs.from_metadata(m)
+        for m in metadata["model_weight_transformation_specs"]
+    ]
+    assert [type(s).__name__ for m in specs for s in m] == ["SourceFusedLinearSpec"]
+    sharded = {name: [tensors[name] for tensors in per_rank] for name in per_rank[0]}
+    return host_module.to_original_weights(specs, sharded, metadata["parameters"])
+
+
+CASES = [
+    ("separate", 2, False),
+    ("separate", 2, True),
+    ("fused", 2, False),
+    ("fused", 2, True),
+    ("gqa", 2, False),
+]
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+@pytest.mark.parametrize(("layout", "tp", "bias"), CASES, ids=[f"{c[0]}-T{c[1]}-bias{c[2]}" for c in CASES])
+def test_fused_checkpoint_loads_into_the_parts_and_comes_back_bit_for_bit(host, layout, tp, bias) -> None:
+    model = _model(host, layout, tp, bias)
+    full = _checkpoint(layout, bias)
+    per_rank = []
+    for rank in range(tp):
+        loaded = _load(host, model, full, tp, rank)
+        expected = _expected(layout, full, tp, rank)
+        assert sorted(loaded) == sorted(expected)
+        for name, tensor in expected.items():
+            assert torch.equal(loaded[name], tensor), f"{host} {layout} rank {rank}: {name}"
+        per_rank.append(loaded)
+    consolidated = _consolidate(host, model, per_rank)
+    assert sorted(consolidated) == sorted(full)
+    for name, tensor in full.items():
+        assert torch.equal(consolidated[name], tensor), f"{host} {layout}: {name} is not given back"
+
+
+def test_a_wrong_part_size_fails_the_round_trip() -> None:
+    """Negative: sizes that do not match the checkpoint's cut (k and v swapped in length) load the wrong
+    rows, which the hand-cut oracle sees."""
+    model = _model("released", "separate", 2, False)
+    spec = next(iter(model.block.specs))
+    spec.part_sizes = [Q, KV + 1, KV - 1]
+    with pytest.raises((AssertionError, RuntimeError)):
+        loaded = _load("released", model, _checkpoint("separate", False), 2, 0)
+        expected = _expected("separate", _checkpoint("separate", False), 2, 0)
+        for name, tensor in expected.items():
+            assert torch.equal(loaded[name], tensor)
+
+
+def _lora_model(host: str, tp: int, r: int) -> nn.Module:
+    """`mlp.gate_up_proj` (stride 2) wrapped by LoRA, its FusedLinearsSpec wrapped by the source spec."""
+    host_module, package = HOSTS[host]
+    template = _template(package)
+
+    class Block(nn.Module, host_module.CustomModule):
+        pass
+
+    base = nn.Module()
+    _param(base, "weight", (2 * INTER // tp, H), tp, 0, stride=2)
+    lora_a, lora_b = nn.Module(), nn.Module()
+    _param(lora_a, "weight", (r, H), tp, None)
+    _param(lora_b, "weight", (2 * INTER // tp, r), tp, 0)
+    block = Block()
+    block.add_module("gate_up_proj", LoraParallelLinear(base, lora_a, lora_b))
+    specs = host_module.ModelWeightTransformationSpecs()
+    specs.add_spec(
+        host_module.FusedLinearsSpec(
+            "gate_up_proj", ["gate_proj", "up_proj"], False, "column", [INTER, INTER], tp
+        )
+    )
+    with tensor_parallel_rank(tp, 0):
+        block.specs = template.with_source_fused_linear(
+            specs, "gate_up_proj", ["gate_proj", "up_proj"], [INTER] * 2, False
+        )
+    root = nn.Module()
+    root.add_module("block", block)
+    root.parameters_for_current_stage = {name for name, _ in root.named_parameters()}
+    host_module.specialize_transformation_specs_for_model(root)
+    return root
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_a_lora_adapter_on_the_fused_linear_loads_and_comes_back_bit_for_bit(host: str) -> None:
+    """lora_B splits like the weight; the fused layer's lora_A is the checkpoint's own (the wrapped spec's
+    mean of equal copies is replaced, so nothing rounds); consolidation gives both back exactly."""
+    tp, r = 2, 3
+    model = _lora_model(host, tp, r)
+    assert [s.peft_type for s in model.block.specs] == ["lora"]
+    generator = torch.Generator().manual_seed(1)
+    adapter = {
+        "block.gate_up_proj.lora_A.weight": torch.randn(r, H, generator=generator) / 3,
+        "block.gate_up_proj.lora_B.weight": torch.randn(2 * INTER, r, generator=generator) / 3,
+    }
+    gate_b, up_b = torch.split(adapter["block.gate_up_proj.lora_B.weight"], [INTER, INTER])
+    per_rank = []
+    for rank in range(tp):
+        with tensor_parallel_rank(tp, rank):
+            loaded = HOSTS[host][0].adapt_state_dict(
+                model, {k: v.clone() for k, v in adapter.items()}, {}, adapter_name=ADAPTER
+            )
+        assert torch.equal(
+            loaded["block.gate_up_proj.lora_A.weight"], adapter["block.gate_up_proj.lora_A.weight"]
+        )
+        expected_b = torch.cat([_blocks(gate_b, tp, rank), _blocks(up_b, tp, rank)])
+        assert torch.equal(loaded["block.gate_up_proj.lora_B.weight"], expected_b)
+        per_rank.append({k: v for k, v in loaded.items() if "lora_" in k})
+    host_module = HOSTS[host][0]
+    metadata = json.loads(json.dumps(host_module.create_parameter_metadata(model)))
+    specs = [
+        host_module.ModelWeightTransformationSpecs.from_metadata(m)
+        for m in metadata["model_weight_transformation_specs"]
+    ]
+    sharded = {name: [tensors[name] for tensors in per_rank] for name in per_rank[0]}
+    consolidated = host_module.to_original_weights(
+        specs, sharded, metadata["parameters"], adapter_name=ADAPTER
+    )
+    assert sorted(consolidated) == sorted(adapter)
+    for name, tensor in adapter.items():
+        assert torch.equal(consolidated[name], tensor), f"{host}: {name} is not given back"

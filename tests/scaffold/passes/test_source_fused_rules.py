@@ -1,0 +1,246 @@
+"""Projections fused in the source: analysis's reading of them as separate linears
+(`scaffold.analysis.source_fusions`, hand-written before/after and the forms it leaves alone) and NXS027
+(source-fused-checkpoint) on a hand-written Blueprint."""
+
+from __future__ import annotations
+
+import dataclasses
+from textwrap import dedent
+
+import libcst as cst
+from libcst.codemod import CodemodContext
+
+from scaffold.analysis.source_fusions import split_source_fusions
+from scaffold.blueprint import Location, MLPBlock, Role, SourceFusion
+from scaffold.emit import format_python
+from scaffold.rules.fused_gate_up import FusedGateUp
+from scaffold.rules.source_fused_checkpoint import SourceFusedCheckpoint
+
+from .toy import HERE, RuleTest, blueprint, expr, klass, site
+
+
+def _split(source: str) -> tuple[str, tuple[SourceFusion, ...]]:
+    module, fusions = split_source_fusions(cst.parse_module(dedent(source).strip("\n") + "\n"), "toy.py")
+    return format_python(module.code), fusions
+
+
+SLICED = """
+class ToyAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.head_dim
+        self.num_key_value_heads = config.num_key_value_heads
+        op_size = (config.num_attention_heads + 2 * config.num_key_value_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, op_size, bias=True)
+
+    def forward(self, hidden_states):
+        qkv = self.qkv_proj(hidden_states)
+        query_pos = self.num_heads * self.head_dim
+        query_states = qkv[..., :query_pos]
+        key_states = qkv[..., query_pos : query_pos + self.num_key_value_heads * self.head_dim]
+        value_states = qkv[..., query_pos + self.num_key_value_heads * self.head_dim :]
+        return attend(query_states, key_states, value_states)
+"""
+
+
+def test_slices_of_one_linear_read_as_one_linear_per_part() -> None:
+    text, fusions = _split(SLICED.replace("self.num_heads", "self.config.num_attention_heads"))
+    kv = "self.num_key_value_heads * self.head_dim"
+    q = "self.config.num_attention_heads * self.head_dim"
+    assert text == format_python(
+        dedent(f"""
+        class ToyAttention(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.config = config
+                self.head_dim = config.head_dim
+                self.num_key_value_heads = config.num_key_value_heads
+                op_size = (config.num_attention_heads + 2 * config.num_key_value_heads) * self.head_dim
+                self.q_proj = nn.Linear(config.hidden_size, {q}, bias=True)
+                self.k_proj = nn.Linear(config.hidden_size, {kv}, bias=True)
+                self.v_proj = nn.Linear(config.hidden_size, op_size - ({q} + {kv}), bias=True)
+
+            def forward(self, hidden_states):
+                query_states = self.q_proj(hidden_states)
+                key_states = self.k_proj(hidden_states)
+                value_states = self.v_proj(hidden_states)
+                return attend(query_states, key_states, value_states)
+        """).strip("\n")
+        + "\n"
+    )
+    assert fusions == (
+        SourceFusion(
+            owner="ToyAttention",
+            source_name="qkv_proj",
+            part_names=("q_proj", "k_proj", "v_proj"),
+            part_sizes=(q, kv, f"op_size - ({q} + {kv})"),
+            bias="True",
+            location=Location("toy.py", 8),
+        ),
+    )
+
+
+CHUNKED = """
+class ToyMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states):
+        up_states = self.gate_up_proj(hidden_states)
+
+        gate, up_states = up_states.chunk(2, dim=-1)
+        return self.down_proj(up_states * act(gate))
+"""
+
+
+def test_a_chunk_reads_as_equal_parts_named_after_its_targets() -> None:
+    text, fusions = _split(CHUNKED)
+    assert text == format_python(
+        dedent("""
+        class ToyMLP(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+                self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+                self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+            def forward(self, hidden_states):
+                gate = self.gate_proj(hidden_states)
+                up_states = self.up_proj(hidden_states)
+                return self.down_proj(up_states * act(gate))
+        """).strip("\n")
+        + "\n"
+    )
+    assert [(f.source_name, f.part_names, f.part_sizes) for f in fusions] == [
+        ("gate_up_proj", ("gate_proj", "up_proj"), ("config.intermediate_size",) * 2)
+    ]
+
+
+def test_other_splits_are_left_as_they_are() -> None:
+    """No-op cases (they stay refused, R007): a chunk of the call itself, along another dimension, a
+    fused output read after the split, and sizes only the forward can compute."""
+    cases = [
+        CHUNKED.replace(
+            "up_states = self.gate_up_proj(hidden_states)\n\n        gate, up_states = up_states.chunk(2, dim=-1)",
+            "gate, up_states = self.gate_up_proj(hidden_states).chunk(2, dim=-1)",
+        ),
+        CHUNKED.replace("chunk(2, dim=-1)", "chunk(2, dim=1)"),
+        SLICED.replace("return attend(", "return qkv, attend("),
+        SLICED,  # self.num_heads is never set in __init__
+    ]
+    for source in cases:
+        text, fusions = _split(source)
+        assert fusions == ()
+        assert text == format_python(dedent(source).strip("\n") + "\n")
+
+
+class TestFusedGateUpOnSeparateStatements(RuleTest):
+    """NXS020 after analysis split a chunk: gate and up called in two statements."""
+
+    TRANSFORM = FusedGateUp
+
+    def test_the_split_binds_the_statements_own_names(self) -> None:
+        gate = site("ToyMLP", "gate", Role.COLUMN, out_features="config.intermediate_size", path="mlp.gate")
+        up = site("ToyMLP", "up", Role.COLUMN, out_features="config.intermediate_size", path="mlp.up")
+        block = MLPBlock("ToyMLP", "mlp", "gate", "up", "down", None, expr("config.intermediate_size"), HERE)
+        before = """
+from torch import nn
+
+
+class ToyMLP(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.gate = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+
+    def forward(self, x):
+        g = self.gate(x)
+        u = self.up(x)
+        return g * u
+"""
+        rule = FusedGateUp(
+            CodemodContext(), blueprint(classes=[klass("ToyMLP")], sites=[gate, up], mlps=[block])
+        )
+        out = rule.transform_module(cst.parse_module(before)).code
+        forward = out[out.index("    def forward") :]
+        assert forward == (
+            "    def forward(self, x):\n"
+            "        g, u = self.gate_up_proj(x).split(self.split_size, dim=-1)\n"
+            "        return g * u\n"
+        )
+
+
+FUSION = SourceFusion(
+    owner="ToyMLP",
+    source_name="gate_up_proj",
+    part_names=("gate_proj", "up_proj"),
+    part_sizes=("config.intermediate_size", "config.intermediate_size"),
+    bias="False",
+    location=HERE,
+)
+MLP = """
+from torch import nn
+
+from ..transformations_utils import CustomModule, FusedLinearsSpec, ModelWeightTransformationSpecs
+
+
+class ToyMLP(nn.Module, CustomModule):
+    def __init__(self, config):
+        super().__init__()
+        self.specs = ModelWeightTransformationSpecs()
+        self.specs.add_spec(FusedLinearsSpec("gate_up_proj", ["gate_proj", "up_proj"], False, "column", [4, 4]))
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+"""
+
+
+class TestSourceFusedCheckpoint(RuleTest):
+    TRANSFORM = SourceFusedCheckpoint
+
+    def _run(self, source: str, fusions: tuple[SourceFusion, ...]) -> str:
+        plan = dataclasses.replace(
+            blueprint(classes=[klass("ToyMLP"), klass("ToyAttention")]), fusions=fusions
+        )
+        rule = SourceFusedCheckpoint(CodemodContext(), plan)
+        return format_python(rule.transform_module(cst.parse_module(dedent(source).lstrip("\n"))).code)
+
+    def test_the_spec_owning_the_parts_is_wrapped_after_the_constructor_built_it(self) -> None:
+        out = self._run(MLP, (FUSION,))
+        cls = out[out.index("class ToyMLP") :]
+        assert cls == format_python(
+            dedent("""
+            class ToyMLP(nn.Module, CustomModule):
+                def __init__(self, config):
+                    super().__init__()
+                    self.specs = ModelWeightTransformationSpecs()
+                    self.specs.add_spec(FusedLinearsSpec("gate_up_proj", ["gate_proj", "up_proj"], False, "column", [4, 4]))
+                    # transformers' checkpoint holds these projections as one linear, split along its output features:
+                    # its tensor is split into them when loading and joined back when saving.
+                    self.specs = with_source_fused_linear(
+                        self.specs,
+                        "gate_up_proj",
+                        ["gate_proj", "up_proj"],
+                        [config.intermediate_size, config.intermediate_size],
+                        bias=False,
+                    )
+                    self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+            """).strip("\n")
+            + "\n"
+        )
+        head = out[: out.index("class ToyMLP")]
+        # the definitions, once, before the first class, with the imports they read
+        assert head.count("class SourceFusedLinearSpec(ModelWeightTransformationSpec):") == 1
+        assert head.count("def with_source_fused_linear(") == 1
+        assert "from .. import transformations_utils" in head
+        assert "from dataclasses import asdict, dataclass, field" in head
+
+    def test_two_fused_classes_get_the_definitions_once(self) -> None:
+        source = MLP + MLP.split("\n\n\n")[1].replace("ToyMLP", "ToyAttention")
+        out = self._run(source, (FUSION, dataclasses.replace(FUSION, owner="ToyAttention")))
+        assert out.count("class SourceFusedLinearSpec(") == 1
+        assert out.count("self.specs = with_source_fused_linear(") == 2
+
+    def test_no_fusion_no_change(self) -> None:
+        self.assertUnchanged(MLP, blueprint=blueprint(classes=[klass("ToyMLP")]))
