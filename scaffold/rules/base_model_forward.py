@@ -383,7 +383,48 @@ def mask_call_shapes(function: cst.FunctionDef, callables: set[str]) -> tuple[se
             spread_names |= {
                 arg.value.value for arg in node.args if arg.star == "**" and isinstance(arg.value, cst.Name)
             }
-    return direct, {dicts[name] for name in spread_names if name in dicts}
+    copies = dict_copies(function)
+    return direct, {dicts[root] for name in spread_names if (root := copied_from(name, copies)) in dicts}
+
+
+def dict_copies(function: cst.FunctionDef) -> dict[str, str]:
+    """Names bound to a shallow copy of another name: `b = a.copy()` or `b = dict(a)` (b -> a).
+
+    A copy of a mask-argument dict made before it is spread carries the rule's rewrite of the dict
+    literal it copies (`trn_config` added, the cache dropped).
+    """
+    found: dict[str, str] = {}
+    for node in walk(function):
+        if not isinstance(node, cst.Assign) or len(node.targets) != 1:
+            continue
+        target, value = node.targets[0].target, node.value
+        if not isinstance(target, cst.Name) or not isinstance(value, cst.Call):
+            continue
+        func = value.func
+        if (
+            isinstance(func, cst.Attribute)
+            and func.attr.value == "copy"
+            and isinstance(func.value, cst.Name)
+            and not value.args
+        ):
+            found[target.value] = func.value.value
+        elif (
+            m.matches(func, m.Name("dict"))
+            and len(value.args) == 1
+            and isinstance(value.args[0].value, cst.Name)
+            and value.args[0].star == ""
+        ):
+            found[target.value] = value.args[0].value.value
+    return found
+
+
+def copied_from(name: str, copies: dict[str, str]) -> str:
+    """The name a chain of copies starts from (`name` itself when it is no copy)."""
+    seen = {name}
+    while name in copies and copies[name] not in seen:
+        name = copies[name]
+        seen.add(name)
+    return name
 
 
 def spread_without_dict(function: cst.FunctionDef, callables: set[str]) -> set[str]:
@@ -402,7 +443,8 @@ def spread_without_dict(function: cst.FunctionDef, callables: set[str]) -> set[s
         for arg in node.args
         if arg.star == "**" and isinstance(arg.value, cst.Name)
     }
-    return spread - assigned
+    copies = dict_copies(function)
+    return {name for name in spread if copied_from(name, copies) not in assigned}
 
 
 def _embedding_outputs(forward: cst.FunctionDef, embedding: str | None) -> set[str]:
