@@ -169,8 +169,8 @@ LAYER_LOOP = RefusalCode(
     "layer-loop",
     "the base model's forward does not call its decoder layers in a loop over the layer list, so gradient "
     "checkpointing cannot wrap the calls",
-    "loop `for layer in self.layers: hidden_states = layer(hidden_states, ...)` in a copy of the modeling "
-    "file (--source), or add checkpoint_with_kwargs by hand",
+    "loop `for layer in self.layers: hidden_states = layer(hidden_states, ...)` (or `for i, layer in "
+    "enumerate(self.layers)`) in a copy of the modeling file (--source), or add checkpoint_with_kwargs by hand",
 )
 LM_HEAD_FORWARD = RefusalCode(
     "R023",

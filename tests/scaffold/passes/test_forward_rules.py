@@ -474,3 +474,44 @@ class ToyModel(ToyPreTrainedModel):
         model = out[out.index("class ToyModel") :]
         self.assertEqual(format_python(after[after.index("class ToyModel") :]), format_python(model))
         assert "def _create_sliding_window_causal_mask(" in out  # the local helper the copy is spread into
+
+    def test_an_enumerated_layer_loop_is_checkpointed(self) -> None:
+        before = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.post_init()
+
+    def forward(self, hidden_states, attention_mask=None):
+        for idx, decoder_layer in enumerate(self.layers):
+            if self.training and torch.rand([]) < self.layerdrop:
+                continue
+            layer_outputs = decoder_layer(hidden_states, attention_mask, layer_index=idx)
+            hidden_states = layer_outputs[0]
+        return hidden_states
+"""
+        after = """
+from ..training_utils import checkpoint_with_kwargs
+
+
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, hidden_states, attention_mask=None):
+        for idx, decoder_layer in enumerate(self.layers):
+            if self.training and torch.rand([]) < self.layerdrop:
+                continue
+            if self.gradient_checkpointing and self.training:
+                layer_outputs = checkpoint_with_kwargs(
+                    decoder_layer, hidden_states, attention_mask, layer_index=idx
+                )
+            else:
+                layer_outputs = decoder_layer(hidden_states, attention_mask, layer_index=idx)
+            hidden_states = layer_outputs[0]
+        return hidden_states
+"""
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
+        self.assertCodemod(before, after, blueprint=bp)
