@@ -62,7 +62,8 @@ Other architectures: `variants_for(<model_type>)` derives the same variants for 
 of the installed transformers whose config class takes the standard decoder fields (`vocab_size`,
 `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads`), so
 that a model scaffolded from another architecture can be checked as well. Its `features` variant flips
-every boolean option of the config class (`attention_bias`, `mlp_bias`, `use_bias`, `qk_layernorm`...);
+every boolean option of the config class (`attention_bias`, `mlp_bias`, `use_bias`, `qk_layernorm`...)
+but those that make the attention bidirectional (`use_bidirectional_attention`: an encoder, not a causal LM);
 the non-default rule applies as above. Its `head-dim` variant is offered only where transformers' model
 runs with head_dim != hidden/heads (helium's config takes `head_dim`, its `o_proj` ignores it). A type
 that does not fit is refused with the fields it lacks.
@@ -132,6 +133,9 @@ _MIN_VOCAB_SIZE = 250
 
 # Boolean options the `features` variant never flips: no computation (`use_cache`) or a variant of its own.
 _NOT_FEATURES = frozenset({"use_cache", "tie_word_embeddings", *_MOE_TRAITS})
+# Options named for attention in both directions turn the causal LM into an encoder (embedding models
+# built on a decoder): the causal LM the catalogue describes, and the host's causal mask, exclude them.
+_NON_CAUSAL_MARK = "bidirectional"
 
 # What a config class must take for the catalogue to describe it (as `__init__` parameters or aliases).
 _DECODER_FIELDS = (
@@ -379,13 +383,14 @@ def _takes_head_dim(model_type: str) -> bool:
 
 def _features_of(model_type: str) -> tuple[dict[str, Any], str] | None:
     """The `features` overrides: the architecture's table entry, else every boolean option of the config
-    class flipped (bias options, q/k norms, sliding window...), `_NOT_FEATURES` excepted."""
+    class flipped (bias options, q/k norms, sliding window...), `_NOT_FEATURES` and options that make the
+    attention bidirectional excepted."""
     if model_type in _ARCHITECTURE_FEATURES:
         return _ARCHITECTURE_FEATURES[model_type]
     options = {
         name: not parameter.default
         for name, parameter in _config_parameters(model_type).items()
-        if isinstance(parameter.default, bool) and name not in _NOT_FEATURES
+        if isinstance(parameter.default, bool) and name not in _NOT_FEATURES and _NON_CAUSAL_MARK not in name
     }
     if not options:
         return None

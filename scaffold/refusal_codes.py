@@ -99,7 +99,8 @@ UNKNOWN_LAYER = RefusalCode(
     "R012",
     "unknown-layer",
     "a torch.nn layer with parameters that the analysis does not know",
-    "replace the layer by a known one in a copy of the modeling file (--source), or shard it by hand",
+    "replace the layer by a known one in a copy of the modeling file (--source), or shard it by hand; a "
+    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`",
 )
 LAYER_STACK = RefusalCode(
     "R013",
@@ -164,15 +165,15 @@ MASK_BUILDERS = RefusalCode(
     "mask-builders",
     "the base model builds its attention masks in a way the host's create_causal_mask cannot replace",
     "build the masks with create_causal_mask / create_sliding_window_causal_mask, their arguments passed "
-    "directly or from a dict literal, or write the host mask call by hand",
+    "directly or from a dict literal (or a `.copy()` of one), or write the host mask call by hand",
 )
 LAYER_LOOP = RefusalCode(
     "R022",
     "layer-loop",
     "the base model's forward does not call its decoder layers in a loop over the layer list, so gradient "
     "checkpointing cannot wrap the calls",
-    "loop `for layer in self.layers: hidden_states = layer(hidden_states, ...)` in a copy of the modeling "
-    "file (--source), or add checkpoint_with_kwargs by hand",
+    "loop `for layer in self.layers: hidden_states = layer(hidden_states, ...)` (or `for i, layer in "
+    "enumerate(self.layers)`) in a copy of the modeling file (--source), or add checkpoint_with_kwargs by hand",
 )
 LM_HEAD_FORWARD = RefusalCode(
     "R023",

@@ -322,7 +322,7 @@ def _base_model(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
         yield _refusal(
             MASK_BUILDERS,
             f"{name}.forward passes the mask arguments {', '.join(sorted(loose))} as something else than a "
-            "dict literal",
+            "dict literal or a copy of one",
             location,
             name,
             "NXS012",

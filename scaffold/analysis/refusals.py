@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ..blueprint import AttentionGeometry, Expr, LayerKind, LayerSite, Location, NormScope, NormSite, Refusal
+from ..blueprint import (
+    AttentionGeometry,
+    Expr,
+    LayerKind,
+    LayerSite,
+    Location,
+    NormScope,
+    NormSite,
+    Refusal,
+    Role,
+)
 from ..refusal_codes import (
     CONV1D_TRANSPOSED,
     CROSS_ATTENTION,
@@ -28,6 +38,7 @@ from ..syntax import walk
 from .constructors import ChildKind
 from .context import Context, base_instance_path, class_scope, decoder_layer_class, decoder_layer_list
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
+from .embedding_subclasses import is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
 from .norms import norm_call_location
 from .parsing import SourceIndex
@@ -103,7 +114,11 @@ def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:
     found: list[Refusal] = []
     for site in sites:
         subclass = context.classes.get(site.constructor)
-        if subclass is not None and "forward" in subclass.facts.methods:
+        if (
+            subclass is not None
+            and "forward" in subclass.facts.methods
+            and not (site.role is Role.EMBEDDING and is_scaled_lookup(subclass.facts, context.index))
+        ):
             found.append(
                 Refusal(
                     UNKNOWN_LAYER.code,

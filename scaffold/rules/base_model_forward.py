@@ -6,8 +6,10 @@
 - Causal masks come from the host (`..masking_utils.create_causal_mask`, which takes `trn_config`, knows
   the layout and has no cache argument to pass). With `trn_config.recompute_causal_mask` (the default) no
   mask is built: the attention recomputes a causal one. transformers' sliding-window mask becomes a small
-  local helper: the host's mask restricted to the window, so sliding windows are kept.
-- Gradient checkpointing wraps each decoder layer call in `..training_utils.checkpoint_with_kwargs` when
+  local helper: the host's mask restricted to the window, so sliding windows are kept. Arguments spread
+  from a dict literal get `trn_config` and lose the cache there; a `.copy()` of that dict carries both.
+- Gradient checkpointing wraps each decoder layer call (in `for layer in self.layers` or `for i, layer in
+  enumerate(self.layers)`) in `..training_utils.checkpoint_with_kwargs` when
   `self.gradient_checkpointing` (set from `trn_config.gradient_checkpointing`) and training; the
   decoder layer becomes a plain `nn.Module` (transformers' `GradientCheckpointingLayer` would checkpoint
   a second time).
@@ -307,9 +309,9 @@ class BaseModelForward(Rule):
 
         class _Loop(cst.CSTTransformer):
             def leave_For(self, original: cst.For, updated: cst.For) -> cst.For:
-                if not isinstance(updated.target, cst.Name) or not reads_self_attribute(updated.iter, layers):
+                layer = loop_layer(updated, layers)
+                if layer is None:
                     return updated
-                layer = updated.target.value
                 body = []
                 for statement in updated.body.body:
                     call = layer_call(statement, layer)
@@ -383,7 +385,48 @@ def mask_call_shapes(function: cst.FunctionDef, callables: set[str]) -> tuple[se
             spread_names |= {
                 arg.value.value for arg in node.args if arg.star == "**" and isinstance(arg.value, cst.Name)
             }
-    return direct, {dicts[name] for name in spread_names if name in dicts}
+    copies = dict_copies(function)
+    return direct, {dicts[root] for name in spread_names if (root := copied_from(name, copies)) in dicts}
+
+
+def dict_copies(function: cst.FunctionDef) -> dict[str, str]:
+    """Names bound to a shallow copy of another name: `b = a.copy()` or `b = dict(a)` (b -> a).
+
+    A copy of a mask-argument dict made before it is spread carries the rule's rewrite of the dict
+    literal it copies (`trn_config` added, the cache dropped).
+    """
+    found: dict[str, str] = {}
+    for node in walk(function):
+        if not isinstance(node, cst.Assign) or len(node.targets) != 1:
+            continue
+        target, value = node.targets[0].target, node.value
+        if not isinstance(target, cst.Name) or not isinstance(value, cst.Call):
+            continue
+        func = value.func
+        if (
+            isinstance(func, cst.Attribute)
+            and func.attr.value == "copy"
+            and isinstance(func.value, cst.Name)
+            and not value.args
+        ):
+            found[target.value] = func.value.value
+        elif (
+            m.matches(func, m.Name("dict"))
+            and len(value.args) == 1
+            and isinstance(value.args[0].value, cst.Name)
+            and value.args[0].star == ""
+        ):
+            found[target.value] = value.args[0].value.value
+    return found
+
+
+def copied_from(name: str, copies: dict[str, str]) -> str:
+    """The name a chain of copies starts from (`name` itself when it is no copy)."""
+    seen = {name}
+    while name in copies and copies[name] not in seen:
+        name = copies[name]
+        seen.add(name)
+    return name
 
 
 def spread_without_dict(function: cst.FunctionDef, callables: set[str]) -> set[str]:
@@ -402,7 +445,8 @@ def spread_without_dict(function: cst.FunctionDef, callables: set[str]) -> set[s
         for arg in node.args
         if arg.star == "**" and isinstance(arg.value, cst.Name)
     }
-    return spread - assigned
+    copies = dict_copies(function)
+    return {name for name in spread if copied_from(name, copies) not in assigned}
 
 
 def _embedding_outputs(forward: cst.FunctionDef, embedding: str | None) -> set[str]:
@@ -435,15 +479,30 @@ def layer_call(statement: cst.BaseStatement, layer: str) -> cst.Call | None:
     return None
 
 
+def loop_layer(loop: cst.For, layers: str) -> str | None:
+    """The name a `for` binds to each decoder layer: `for layer in self.<layers>` (sliced or not), or
+    `for i, layer in enumerate(self.<layers>)`; None for any other loop."""
+    if isinstance(loop.target, cst.Name):
+        return loop.target.value if reads_self_attribute(loop.iter, layers) else None
+    enumerated = m.Call(func=m.Name("enumerate"), args=[m.Arg(star="", keyword=None), m.ZeroOrMore()])
+    if not m.matches(loop.iter, enumerated):  # `enumerate(self.<layers>)`, a start index or not
+        return None
+    assert isinstance(loop.iter, cst.Call)
+    if not reads_self_attribute(loop.iter.args[0].value, layers):
+        return None
+    target = loop.target
+    if isinstance(target, cst.Tuple) and len(target.elements) == 2:
+        index, layer = (element.value for element in target.elements)
+        if isinstance(index, cst.Name) and isinstance(layer, cst.Name):
+            return layer.value
+    return None
+
+
 def layer_loop_calls(forward: cst.FunctionDef, layers: str) -> int:
     """How many decoder-layer calls the rule would checkpoint: statements calling the loop variable of a
-    `for` over `self.<layers>`."""
+    `for` over `self.<layers>` (`loop_layer`)."""
     found = 0
     for node in walk(forward):
-        if (
-            isinstance(node, cst.For)
-            and isinstance(node.target, cst.Name)
-            and reads_self_attribute(node.iter, layers)
-        ):
-            found += sum(layer_call(statement, node.target.value) is not None for statement in node.body.body)
+        if isinstance(node, cst.For) and (layer := loop_layer(node, layers)) is not None:
+            found += sum(layer_call(statement, layer) is not None for statement in node.body.body)
     return found

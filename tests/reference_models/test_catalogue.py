@@ -195,6 +195,15 @@ def test_other_architectures_get_the_generic_variants_from_their_config_class() 
     assert starcoder2["gqa"].config().use_bias and not starcoder2["features"].config().use_bias
 
 
+def test_features_keep_the_attention_causal() -> None:
+    # Gemma3TextConfig offers attention_bias and use_bidirectional_attention (both default False): the
+    # second makes the model an encoder (no causal mask), which is no causal LM, so only the first flips.
+    features = {entry.name: entry for entry in variants_for("gemma3_text")}["features"]
+    assert features.summary == "attention_bias on"
+    config = features.config()
+    assert config.attention_bias and not config.use_bidirectional_attention
+
+
 def test_a_default_pad_token_outside_the_tiny_vocabulary_is_brought_inside() -> None:
     from transformers import CONFIG_MAPPING
 

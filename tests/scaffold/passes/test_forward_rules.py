@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from textwrap import dedent
+
+import libcst as cst
+from libcst.codemod import CodemodContext
+
 from scaffold.blueprint import AttentionGeometry, Backbone, ClassKind, CodeStyle, Features, Refusal, Role
+from scaffold.emit import format_python
 from scaffold.rules.attention_sequence_parallel import AttentionSequenceParallel
 from scaffold.rules.attention_variants import AttentionVariants
 from scaffold.rules.base_model_forward import BaseModelForward
@@ -398,9 +404,6 @@ class ToyModel(ToyPreTrainedModel):
         self.assertCodemod(BASE, after, blueprint=bp)
 
     def test_a_file_binding_nn_as_torch_nn_gets_no_second_binding(self) -> None:
-        import libcst as cst
-        from libcst.codemod import CodemodContext
-
         bp = blueprint(
             classes=[klass("ToyModel", ClassKind.BASE_MODEL), klass("ToyLayer", ClassKind.DECODER_LAYER)],
             backbone=self.BACKBONE,
@@ -417,3 +420,98 @@ class ToyModel(ToyPreTrainedModel):
             "class ToyLayer(GradientCheckpointingLayer)", "class ToyLayer(nn.Module)"
         )
         self.assertCodemod(BASE, after, blueprint=bp, options=ALLOWED)
+
+    def test_a_copy_of_the_mask_arguments_carries_the_host_arguments(self) -> None:
+        before = """
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.post_init()
+
+    def forward(self, inputs_embeds, attention_mask=None):
+        mask_kwargs = {"config": self.config, "input_embeds": inputs_embeds, "past_key_values": None}
+        sliding_mask_kwargs = mask_kwargs.copy()
+        masks = {
+            "full": create_causal_mask(**mask_kwargs),
+            "sliding": create_sliding_window_causal_mask(**sliding_mask_kwargs),
+        }
+        return masks
+"""
+        after = """
+from ..masking_utils import create_causal_mask
+
+
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, inputs_embeds, attention_mask=None):
+        mask_kwargs = {
+            "config": self.config,
+            "trn_config": self.trn_config,
+            "input_embeds": inputs_embeds,
+        }
+        sliding_mask_kwargs = mask_kwargs.copy()
+        masks = {
+            "full": None if self.trn_config.recompute_causal_mask else create_causal_mask(**mask_kwargs),
+            "sliding": None
+            if self.trn_config.recompute_causal_mask
+            else _create_sliding_window_causal_mask(**sliding_mask_kwargs),
+        }
+        return masks
+"""
+        bp = blueprint(
+            classes=[klass("ToyModel", ClassKind.BASE_MODEL)],
+            mask_builders=["create_causal_mask", "create_sliding_window_causal_mask"],
+        )
+        context = CodemodContext()
+        out = BaseModelForward(context, bp).transform_module(cst.parse_module(dedent(before).lstrip())).code
+        model = out[out.index("class ToyModel") :]
+        self.assertEqual(format_python(after[after.index("class ToyModel") :]), format_python(model))
+        assert "def _create_sliding_window_causal_mask(" in out  # the local helper the copy is spread into
+
+    def test_an_enumerated_layer_loop_is_checkpointed(self) -> None:
+        before = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.post_init()
+
+    def forward(self, hidden_states, attention_mask=None):
+        for idx, decoder_layer in enumerate(self.layers):
+            if self.training and torch.rand([]) < self.layerdrop:
+                continue
+            layer_outputs = decoder_layer(hidden_states, attention_mask, layer_index=idx)
+            hidden_states = layer_outputs[0]
+        return hidden_states
+"""
+        after = """
+from ..training_utils import checkpoint_with_kwargs
+
+
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, hidden_states, attention_mask=None):
+        for idx, decoder_layer in enumerate(self.layers):
+            if self.training and torch.rand([]) < self.layerdrop:
+                continue
+            if self.gradient_checkpointing and self.training:
+                layer_outputs = checkpoint_with_kwargs(
+                    decoder_layer, hidden_states, attention_mask, layer_index=idx
+                )
+            else:
+                layer_outputs = decoder_layer(hidden_states, attention_mask, layer_index=idx)
+            hidden_states = layer_outputs[0]
+        return hidden_states
+"""
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
+        self.assertCodemod(before, after, blueprint=bp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from scaffold.blueprint import ClassKind, MLPBlock, NormScope, Refusal, Role
 from scaffold.rules.fused_gate_up import FusedGateUp
 from scaffold.rules.parallel_embedding import ParallelEmbeddingRule
@@ -146,6 +148,65 @@ class ToyModel(nn.Module):
         bp = blueprint(
             classes=[klass("ToyModel", ClassKind.BASE_MODEL)],
             sites=[site("ToyModel", "embed", Role.EMBEDDING), site("ToyModel", "positions", Role.REPLICATED)],
+        )
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_a_scaled_lookup_subclass_derives_from_the_parallel_embedding(self) -> None:
+        before = """
+import torch
+from torch import nn
+
+
+class ScaledEmbedding(nn.Embedding):
+    def __init__(self, rows: int, width: int, padding_idx: int, scale: float = 1.0):
+        super().__init__(rows, width, padding_idx)
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)
+
+    def forward(self, ids):
+        return super().forward(ids) * self.scale.to(self.weight.dtype)
+
+
+class ToyModel(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.embed = ScaledEmbedding(config.vocab_size, config.hidden_size, 0, scale=8.0)
+"""
+        after = f"""
+import torch
+from torch import nn
+from functools import partial
+from neuronx_distributed.parallel_layers.layers import ParallelEmbedding
+
+{INIT_HELPER}
+
+class ScaledEmbedding(ParallelEmbedding):
+    def __init__(self, rows: int, width: int, padding_idx: int, scale: float = 1.0, **parallel_kwargs):
+        super().__init__(rows, width, padding_idx, **parallel_kwargs)
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)
+
+    def forward(self, ids):
+        return super().forward(ids) * self.scale.to(self.weight.dtype)
+
+
+class ToyModel(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        init_method = partial(_init_normal, config.initializer_range)
+        self.embed = ScaledEmbedding(
+            config.vocab_size,
+            config.hidden_size,
+            0,
+            scale=8.0,
+            init_method=init_method,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+            dtype=config.dtype,
+        )
+"""
+        embedding = dataclasses.replace(
+            site("ToyModel", "embed", Role.EMBEDDING), constructor="ScaledEmbedding"
+        )
+        bp = blueprint(
+            classes=[klass("ToyModel", ClassKind.BASE_MODEL), klass("ScaledEmbedding")], sites=[embedding]
         )
         self.assertCodemod(before, after, blueprint=bp)
 
