@@ -11,6 +11,7 @@ from scaffold.blueprint import Blueprint
 from scaffold.source import ModelSource, locate
 
 TARGETS = ("llama", "mistral", "qwen2", "qwen3", "granite")
+MOE_TARGETS = ("mixtral", "qwen3_moe")  # the mixture-of-experts models NXS040's examples come from
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import pytest
 from scaffold.rules import RULES, Rule, RuleExample
 from scaffold.rules.base import AFTER_FILE, BEFORE_FILE, EXAMPLES_FOLDER, example_folder
 
-from ..conftest import TARGETS
+from ..conftest import MOE_TARGETS, TARGETS
 from .pipeline_states import example_source, module_after, module_before
 
 CASES = [
@@ -46,7 +46,7 @@ def test_every_stored_example_is_declared_once():
 
 @pytest.mark.parametrize(("rule", "example"), CASES)
 def test_example_matches_the_pipeline(rule: type[Rule], example: RuleExample):
-    assert example.model_type in TARGETS
+    assert example.model_type in TARGETS + MOE_TARGETS
     assert example.before != example.after, "an example must show the rule changing something"
     before = example_source(module_before(example.model_type, rule.CODE), example.scope)
     assert before == example.before, f"{rule.CODE}: the code before the rule differs from the example"
