@@ -10,9 +10,12 @@ import pytest
 
 from scaffold.analysis import analyze
 from scaffold.blueprint import Blueprint
+from scaffold.emit import Request
+from scaffold.package import render_package
 from scaffold.source import locate
 
 from .conftest import blueprint_of, source_line
+from .emission import cached_emit
 from .synthetic import REST, model_source
 
 SPARSE = """
@@ -174,3 +177,14 @@ def test_another_module_in_the_block_is_refused_at_its_line(tmp_path: Path):
     (refusal,) = [refusal for refusal in blueprint.refusals if refusal.code == "R001"]
     assert "`extra`" in refusal.message
     assert refusal.location.line == line_of(text, "# <- other")
+
+
+def test_a_package_on_nxd_moe_carries_the_expert_weight_specs_as_they_are():
+    files = render_package(cached_emit(Request("mixtral"))).files
+    template = Path(__file__).resolve().parents[2] / "templates" / "modules" / "moe_expert_weights.py"
+    assert files["moe_expert_weights.py"] == template.read_bytes()
+    assert (
+        "from .moe_expert_weights import ExpertMLPsSpec, RenamedParametersSpec"
+        in files["modeling_mixtral.py"].decode()
+    )
+    assert "moe_expert_weights.py" not in render_package(cached_emit(Request("llama"))).files
