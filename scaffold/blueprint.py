@@ -248,6 +248,7 @@ class MoEBlock:
     layer_class: str  # the decoder layer that holds the block
     layer_attribute: str  # its attribute there
     dense_layers: bool  # the layer builds the block under a condition (other layers hold a dense MLP)
+    logits_plumbed: bool  # the source's layers return the router logits already (`output_router_logits`)
     location: Location
 
 

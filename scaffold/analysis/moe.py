@@ -186,7 +186,7 @@ def _block(
     holder = _holder(context, name)
     if isinstance(holder, str):
         return refuse(MOE.code, f"{holder}; {MOE.why}", experts_attribute)
-    layer_class, layer_attribute, dense_layers = holder
+    layer_class, layer_attribute, dense_layers, plumbed = holder
 
     router_call = analysis.constructs[router].call
     assert router_call is not None
@@ -210,14 +210,17 @@ def _block(
         layer_class=layer_class,
         layer_attribute=layer_attribute,
         dense_layers=dense_layers,
+        logits_plumbed=plumbed,
         location=context.index.location(facts.node),
     )
 
 
-def _holder(context: Context, block: str) -> tuple[str, str, bool] | str:
-    """(decoder layer class, attribute, built under a condition) of the block, or why it cannot return
-    its router logits from there: the layer must unpack the block's `(hidden_states, router_logits)` as
-    `x, _ = ...` and return one value, which NXS040 turns into `(x, router_logits)`."""
+def _holder(context: Context, block: str) -> tuple[str, str, bool, bool] | str:
+    """(decoder layer class, attribute, built under a condition, logits already returned) of the block,
+    or why it cannot return its router logits from there. A layer that takes `output_router_logits`
+    returns them already (transformers' older MoE files, with their base model collecting them); else it
+    must unpack the block's `(hidden_states, router_logits)` as `x, _ = ...` and return one value, which
+    NXS040 turns into `(x, router_logits)`."""
     stack = decoder_layer_list(context)
     layer = stack[1].qualified if stack is not None else None
     facts = context.classes[layer].facts if layer in context.classes else None
@@ -233,12 +236,14 @@ def _holder(context: Context, block: str) -> tuple[str, str, bool] | str:
     assert layer is not None
     attribute = holders[0].attribute
     forward = facts.forward
+    if any(param.name.value == "output_router_logits" for param in forward.params.params):
+        return layer, attribute, holders[0].conditional, True
     if not any(_drops_second(node) for node in walk(forward)):
         return f"{layer}.forward does not unpack the block's output as `hidden_states, _ = ...`"
     returns = [node for node in walk(forward) if isinstance(node, cst.Return)]
     if len(returns) != 1 or not isinstance(returns[0].value, cst.Name):
         return f"{layer}.forward does not return one value (the router logits cannot be added to it)"
-    return layer, attribute, holders[0].conditional
+    return layer, attribute, holders[0].conditional, False
 
 
 def _drops_second(node: cst.CSTNode) -> bool:

@@ -8,7 +8,8 @@
   parallel) MLP, added to the routed output, scaled by the sigmoid of its gate when the source has one.
   Its forward returns the router logits batch-major, as transformers does, also under SP.
 - The decoder layer keeps the logits it unpacked as `_` and returns `(hidden_states, router_logits)`
-  (None from a dense MLP when the block is built under a condition).
+  (None from a dense MLP when the block is built under a condition); a source whose layers take
+  `output_router_logits` returns and collects them already, and is left as it is.
 - The base model takes `output_router_logits` (default: the config's), collects the layers' logits and
   returns them in its output's `router_logits`, which the causal LM's auxiliary loss (kept from the source,
   with the config's coefficient) reads.
@@ -84,7 +85,7 @@ class MoEBlocks(Rule):
                     if refusal is not None
                     else self._block(updated_node, block)
                 )
-        blocks = self._blocks()
+        blocks = [block for block in self._blocks() if not block.logits_plumbed]
         if not blocks:
             return updated_node
         if any(block.layer_class == name for block in blocks):

@@ -37,6 +37,7 @@ def toy_block(**changes: object) -> MoEBlock:
         "layer_class": "ToyLayer",
         "layer_attribute": "moe",
         "dense_layers": False,
+        "logits_plumbed": False,
         "location": HERE,
     }
     facts.update(changes)
@@ -304,6 +305,9 @@ class ToyModel(nn.Module):
             "                all_router_logits += (router_logits,)\n",
             output,
         )
+
+    def test_layers_that_return_their_logits_already_are_left_alone(self) -> None:
+        self.assertUnchanged(self.BEFORE, blueprint(moe=[toy_block(logits_plumbed=True)]))
 
     def _run(self, before: str, plan) -> str:  # type: ignore[no-untyped-def]
         import libcst as cst
