@@ -223,6 +223,36 @@ class MLPBlock:
 
 
 @dataclass(frozen=True)
+class MoEBlock:
+    """A sparse mixture-of-experts block: a linear router, softmax, top-k (optionally renormalised) and a
+    list of gated expert MLPs, optionally a shared expert scaled by a sigmoid gate; sizes as config
+    expressions. `normalize` is the condition under which the top-k probabilities are renormalised
+    ("True", "False" or a config expression); `jitter` the router jitter of the source, if any."""
+
+    owner: str  # the block class
+    router: str  # attribute of the router linear
+    experts: str  # attribute of the expert list
+    expert_class: str
+    gate: str  # the expert's projections
+    up: str
+    down: str
+    num_experts: Expr
+    top_k: Expr
+    hidden_size: Expr
+    intermediate_size: Expr
+    activation: Expr
+    normalize: Expr
+    jitter: Expr | None
+    shared_expert: str | None  # attribute of the shared expert MLP, if any
+    shared_expert_gate: str | None  # attribute of its sigmoid gate (a linear to one output), if any
+    layer_class: str  # the decoder layer that holds the block
+    layer_attribute: str  # its attribute there
+    dense_layers: bool  # the layer builds the block under a condition (other layers hold a dense MLP)
+    logits_plumbed: bool  # the source's layers return the router logits already (`output_router_logits`)
+    location: Location
+
+
+@dataclass(frozen=True)
 class Scale:
     """A constant factor applied to a module's output (embedding, residual branch or logits)."""
 
@@ -334,6 +364,7 @@ class Blueprint:
     mask_builders: tuple[str, ...] = ()  # names the file binds to transformers' mask builders
     style: CodeStyle = CodeStyle()
     fusions: tuple[SourceFusion, ...] = ()  # linears the source splits into parts (read as separate)
+    moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

@@ -19,6 +19,8 @@ from .generations import digest
 from .record import RECORD_FILE, GenerationRecord, placeholder_test_model
 
 INIT_FILE = "__init__.py"
+MODULES_DIR = Path(__file__).resolve().parent / "templates" / "modules"
+EXPERT_WEIGHTS = "moe_expert_weights.py"  # the specs a model on NxD's MoE imports (NXS040)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ def render_package(emitted: EmittedModel, test_model: str | None = None) -> Gene
     """The package files of a generation (in memory); `test_model` defaults to the placeholder."""
     request = emitted.request
     content = {INIT_FILE: b"", emitted.filename: emitted.text.encode("utf-8")}
+    if f"from .{EXPERT_WEIGHTS.removesuffix('.py')} import" in emitted.text:
+        content[EXPERT_WEIGHTS] = (MODULES_DIR / EXPERT_WEIGHTS).read_bytes()
     record = GenerationRecord(
         model_type=request.model_type,
         source_file=emitted.source.display_path if request.source is None else request.source.name,

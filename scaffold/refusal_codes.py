@@ -24,9 +24,11 @@ class RefusalCode:
 MOE = RefusalCode(
     "R001",
     "mixture-of-experts",
-    "expert lists and top-k routing need expert parallelism, which the generated models do not implement",
-    "write the block with NxD's MoE (RouterTopK + ExpertMLPs) by hand from the TODO marker, or wait for the "
-    "MoE rule",
+    "a block with a list of experts that NXS040 does not recognise: it rebuilds a sparse block on NxD's MoE "
+    "only when it holds one linear router, one list of gated expert MLPs and at most a shared expert (with a "
+    "sigmoid gate)",
+    "bring the block to that shape in a copy of the modeling file (--source), or write it with NxD's MoE "
+    "(RouterTopK + ExpertMLPs) by hand from the TODO marker",
 )
 CONV1D_TRANSPOSED = RefusalCode(
     "R002",
@@ -224,6 +226,14 @@ LINEAR_LAYOUT = RefusalCode(
     "give the instances their own attributes, or pass in_features and out_features to nn.Linear, in a copy "
     "of the modeling file (--source)",
 )
+UNRECOGNISED_ROUTING = RefusalCode(
+    "R029",
+    "unrecognised-routing",
+    "the experts are not routed by softmax -> top-k (-> renormalisation) over one linear router, the only "
+    "routing NxD's RouterTopK computes (sparsemixer, sigmoid or grouped routing differ)",
+    "write the router by hand (a RouterBase subclass that computes the source's affinities) at the TODO "
+    "marker, keeping NxD's ExpertMLPs for the experts",
+)
 
 ALL_CODES: tuple[RefusalCode, ...] = (
     MOE,
@@ -254,6 +264,7 @@ ALL_CODES: tuple[RefusalCode, ...] = (
     ATTENTION_INPUT_SHAPE,
     ATTENTION_DISPATCH,
     LINEAR_LAYOUT,
+    UNRECOGNISED_ROUTING,
 )
 
 

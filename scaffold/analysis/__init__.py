@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..blueprint import Blueprint, ClassPlan
+from ..blueprint import Blueprint, ClassPlan, Role
 from ..source import ModelSource, locate
 from .classes import config_parameter
 from .context import Context, gather
 from .features import config_fields, features
+from .moe import moe_blocks
 from .plumbing import code_style, eager_function, mask_builders
 from .preconditions import preconditions
 from .refusals import detect
@@ -23,6 +24,16 @@ def analyze(source: ModelSource) -> Blueprint:
     """Build the Blueprint of the model at `source` (ScaffoldError on unreadable or unparsable input)."""
     context = gather(source)
     sites, role_refusals = layer_sites(context)
+    moe = moe_blocks(context)
+    # A recognised block's router is NxD's RouterTopK (replicated): no role to decide for it.
+    routers = {site.location for site in sites if site.path in moe.routers}
+    role_refusals = [refusal for refusal in role_refusals if refusal.location not in routers]
+    sites = [
+        dataclasses.replace(site, role=Role.REPLICATED, evidence="router of a sparse MoE block (NXS040)")
+        if site.path in moe.routers
+        else site
+        for site in sites
+    ]
     norms = norm_sites(context)
     geometries = [
         dataclasses.replace(geometry, eager_function=eager_function(context, geometry.owner))
@@ -46,6 +57,7 @@ def analyze(source: ModelSource) -> Blueprint:
         parameters=tuple(parameter_sites(context)),
         attention=tuple(geometries),
         mlps=tuple(mlps),
+        moe=moe.blocks,
         features=features(context, sites, norms, geometries, mlps, skeleton),
         config_fields=tuple(config_fields(context)),
         refusals=(),
@@ -58,7 +70,10 @@ def analyze(source: ModelSource) -> Blueprint:
         # one line each: messages quote source, and they end up in comments (`TODO(<code>)` markers)
         dataclasses.replace(refusal, message=" ".join(refusal.message.split()))
         for refusal in role_refusals
-        + detect(context, sites, norms, geometries)
+        + list(moe.refusals)
+        + detect(
+            context, sites, norms, geometries, frozenset(block.owner for block in moe.blocks) | moe.refused
+        )
         + preconditions(context, blueprint)
     ]
     refusals.sort(key=lambda refusal: (refusal.location.line, refusal.code, refusal.message))

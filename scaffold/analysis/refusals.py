@@ -46,12 +46,17 @@ from .sites import member_location
 
 
 def detect(
-    context: Context, sites: list[LayerSite], norms: list[NormSite], geometries: list[AttentionGeometry]
+    context: Context,
+    sites: list[LayerSite],
+    norms: list[NormSite],
+    geometries: list[AttentionGeometry],
+    moe_classes: frozenset[str] = frozenset(),
 ) -> list[Refusal]:
-    """Every refusal the structure calls for (role refusals come from `sites.layer_sites`)."""
+    """Every refusal the structure calls for (role refusals come from `sites.layer_sites`; the sparse
+    blocks of `moe_classes` are judged by `moe.moe_blocks`)."""
     found: list[Refusal] = []
     refused: set[str] = set()  # classes whose attention-like structure is already refused
-    found += _mixture_of_experts(context)
+    found += _mixture_of_experts(context, moe_classes)
     found += _layer_types(context, sites)
     found += _interleaved_qkv(context, refused)
     found += _full_width_norms(context, norms)
@@ -66,8 +71,9 @@ def detect(
     return _first_per_line(found)
 
 
-def _mixture_of_experts(context: Context) -> list[Refusal]:
-    """A list of modules holding projections (other than the decoder stack), or top-k routing."""
+def _mixture_of_experts(context: Context, moe_classes: frozenset[str]) -> list[Refusal]:
+    """A list of modules holding projections (other than the decoder stack), or top-k routing, outside
+    the sparse blocks that `moe.moe_blocks` judges."""
     layer_list = decoder_layer_list(context)
     base_path = base_instance_path(context)
     stack = f"{base_path}.{layer_list[0]}.*" if layer_list is not None and base_path else None
@@ -78,6 +84,8 @@ def _mixture_of_experts(context: Context) -> list[Refusal]:
             continue
         if stack is None or not member.owner.path.startswith(stack):
             continue  # only lists inside a decoder layer can be experts
+        if member.owner.class_name in moe_classes:
+            continue
         element = construct.element
         holds_projections = (
             element.kind is ChildKind.CLASS
@@ -94,6 +102,8 @@ def _mixture_of_experts(context: Context) -> list[Refusal]:
                 )
             )
     for name, analysis in context.classes.items():
+        if name in moe_classes:
+            continue
         for flow in analysis.flows.values():
             for call in flow.function_calls:
                 func = call.func

@@ -27,7 +27,7 @@ from ..blueprint import (
 from .attention import geometry
 from .constructors import ChildKind
 from .context import Context, decoder_layer_list
-from .expressions import to_expr
+from .expressions import Scope, to_expr
 from .mlp import mlp_block
 from .norms import norm_site
 from .parsing import SourceIndex
@@ -181,27 +181,26 @@ def mlp_blocks(context: Context) -> list[MLPBlock]:
     """One block per instance of each feed-forward class."""
     found: list[MLPBlock] = []
     for instance in context.tree.instances:
-        analysis = context.classes.get(instance.class_name)
-        if analysis is None or analysis.mlp is None:
-            continue
-        activations = {
-            attr: assign.value
-            for attr in analysis.constructs
-            if analysis.constructs[attr].kind is ChildKind.ACTIVATION
-            and (assign := analysis.facts.last_assign(attr)) is not None
-        }
-        found.append(
-            mlp_block(
-                analysis.mlp,
-                instance.class_name,
-                instance.path,
-                instance.scope,
-                _out_features(context, instance.class_name),
-                activations,
-                context.index,
-            )
-        )
+        block = class_mlp_block(context, instance.class_name, instance.path, instance.scope)
+        if block is not None:
+            found.append(block)
     return found
+
+
+def class_mlp_block(context: Context, class_name: str, path: str, scope: Scope) -> MLPBlock | None:
+    """The feed-forward block of an instance of `class_name` at `path` resolved in `scope`, if it is one."""
+    analysis = context.classes.get(class_name)
+    if analysis is None or analysis.mlp is None:
+        return None
+    activations = {
+        attr: assign.value
+        for attr in analysis.constructs
+        if analysis.constructs[attr].kind is ChildKind.ACTIVATION
+        and (assign := analysis.facts.last_assign(attr)) is not None
+    }
+    return mlp_block(
+        analysis.mlp, class_name, path, scope, _out_features(context, class_name), activations, context.index
+    )
 
 
 def _out_features(context: Context, class_name: str) -> dict[str, cst.BaseExpression]:

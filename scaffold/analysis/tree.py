@@ -85,6 +85,12 @@ def build_tree(
     return tree
 
 
+def instance_scope(facts: ClassFacts, bindings: Scope) -> Scope:
+    """Scope of an instance of `facts`'s class built with `bindings` (see `bind_arguments`), for a class
+    the tree does not reach on the default path (a block chosen under an `if` in its parent)."""
+    return _instance_scope(facts, bindings)
+
+
 def _instance_scope(facts: ClassFacts, bindings: Scope) -> Scope:
     """Scope of an instance: parameter bindings, `__init__` locals, then `self.<attr>` values."""
     scope = Scope(

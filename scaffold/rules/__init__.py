@@ -18,6 +18,7 @@ from .base import Rule, RuleExample, RuleOptions
 from .base_model_forward import BaseModelForward
 from .fused_gate_up import FusedGateUp
 from .kv_cache import DropKVCache
+from .moe_block import MoEBlocks
 from .neuron_flash_attention import NeuronFlashAttention
 from .neuron_model_classes import NeuronModelClasses
 from .parallel_bias_init import ParallelBiasInit
@@ -47,6 +48,7 @@ RULES: tuple[type[Rule], ...] = (
     NeuronFlashAttention,  # NXS023
     SourceFusedCheckpoint,  # NXS027
     ParallelLinears,  # NXS024
+    MoEBlocks,  # NXS040
     RemoveUnusedImports,  # NXS030
 )
 

@@ -11,9 +11,11 @@ from scaffold.blueprint import Blueprint
 from scaffold.source import ModelSource, locate
 
 TARGETS = ("llama", "mistral", "qwen2", "qwen3", "granite")
+MOE_TARGETS = ("mixtral", "qwen3_moe")  # the mixture-of-experts models NXS040's examples come from
 EXAMPLE_MODELS = (
     *TARGETS,
     "phi3",
+    *MOE_TARGETS,
 )  # rules may show their examples on these (phi3: projections fused in the source)
 
 

@@ -26,6 +26,7 @@ from scaffold.blueprint import (
     LayerSite,
     Location,
     MLPBlock,
+    MoEBlock,
     NormScope,
     NormSite,
     Refusal,
@@ -124,6 +125,7 @@ def blueprint(
     norms: Sequence[NormSite] = (),
     attention: Sequence[AttentionGeometry] = (),
     mlps: Sequence[MLPBlock] = (),
+    moe: Sequence[MoEBlock] = (),
     refusals: Sequence[Refusal] = (),
     functions: Sequence[str] = (),
     features: Features = FEATURES,
@@ -157,6 +159,7 @@ def blueprint(
         source_package="transformers.models.toy",
         mask_builders=tuple(mask_builders),
         style=style,
+        moe=tuple(moe),
     )
 
 

@@ -1,0 +1,319 @@
+"""NXS040 (moe-block) on hand-written snippets: a sparse block becomes NxD's MoE, the decoder layer returns
+its router logits and the base model collects them; what the rule leaves alone."""
+
+from __future__ import annotations
+
+from scaffold.blueprint import Expr, MoEBlock, Refusal
+from scaffold.rules.moe_block import MoEBlocks
+
+from .toy import ALLOWED, HERE, RuleTest, blueprint, expr
+
+INIT_HELPER = '''
+def _init_normal(std: float, tensor: torch.Tensor) -> torch.Tensor:
+    """Fill `tensor` from N(0, std^2): the init method of every parallel layer (std = initializer_range)."""
+    return nn.init.normal_(tensor, mean=0.0, std=std)
+'''
+
+
+def toy_block(**changes: object) -> MoEBlock:
+    """The facts analysis reads from `BLOCK` below (written by hand)."""
+    facts: dict[str, object] = {
+        "owner": "ToyMoE",
+        "router": "router",
+        "experts": "experts",
+        "expert_class": "ToyExpert",
+        "gate": "w1",
+        "up": "w3",
+        "down": "w2",
+        "num_experts": Expr("self.num_experts", "config.num_experts"),
+        "top_k": Expr("self.top_k", "config.top_k"),
+        "hidden_size": expr("config.hidden_size"),
+        "intermediate_size": Expr("self.size", "config.expert_size"),
+        "activation": expr("config.hidden_act"),
+        "normalize": Expr("self.norm", "config.norm_topk_prob"),
+        "jitter": None,
+        "shared_expert": None,
+        "shared_expert_gate": None,
+        "layer_class": "ToyLayer",
+        "layer_attribute": "moe",
+        "dense_layers": False,
+        "logits_plumbed": False,
+        "location": HERE,
+    }
+    facts.update(changes)
+    return MoEBlock(**facts)  # type: ignore[arg-type]
+
+
+BLOCK = """
+import torch
+from torch import nn
+
+
+class ToyExpert(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.w1 = nn.Linear(config.hidden_size, config.expert_size, bias=False)
+        self.w3 = nn.Linear(config.hidden_size, config.expert_size, bias=False)
+        self.w2 = nn.Linear(config.expert_size, config.hidden_size, bias=False)
+
+
+# routes each token to its top-k experts
+class ToyMoE(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = nn.ModuleList([ToyExpert(config, trn_config) for _ in range(config.num_experts)])
+
+    def forward(self, x):
+        logits = self.router(x)
+        weights, chosen = torch.topk(logits.softmax(-1), self.top_k)
+        return x, logits
+"""
+
+MOE_CLASS = '''
+class ToyMoE(MoE, CustomModule):
+    """The sparse block on NxD's `MoE`: a softmax top-k router and the expert MLPs as two 3-D tensors,
+    their intermediate dimension sharded over TP and the experts over EP. Like the source's block it drops
+    no token (`capacity_factor=None`). Returns `(hidden_states, router_logits)`, the logits `(batch *
+    sequence, experts)` batch-major as transformers returns them, also under sequence parallelism.
+    """
+
+    def __init__(self, config: ToyConfig, trn_config: TrainingNeuronConfig):
+        sequence_parallel = trn_config.sequence_parallel_enabled
+        # NxD's MoE reads the sequence length from this dimension: (S/T, B, D) under SP, else (B, S, D).
+        sequence_dimension = 0 if sequence_parallel else 1
+        init_method = partial(_init_normal, config.initializer_range)
+        router = RouterTopK(
+            num_experts=config.num_experts,
+            top_k=config.top_k,
+            hidden_size=config.hidden_size,
+            sequence_parallel_enabled=sequence_parallel,
+            sequence_dimension=sequence_dimension,
+            dtype=config.dtype,
+            act_fn="softmax",{jitter}
+        )
+        expert_mlps = ExpertMLPs(
+            num_experts=config.num_experts,
+            top_k=config.top_k,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.expert_size,
+            hidden_act=config.hidden_act,
+            glu_mlp=True,
+            capacity_factor=None,
+            sequence_parallel_enabled=sequence_parallel,
+            normalize_top_k_affinities=config.norm_topk_prob,
+            init_method=init_method,
+            output_layer_init_method=init_method,
+            dtype=config.dtype,
+        )
+        super().__init__(
+            router,
+            expert_mlps,
+            sequence_parallel_enabled=sequence_parallel,
+            sequence_dimension=sequence_dimension,
+            return_router_logits=True,
+        )
+        # The source's router is drawn like its other linears; NxD's router keeps nn.Linear's init.
+        init_method(self.router.linear_router.weight.data)
+        self.num_experts = config.num_experts{shared_init}
+        self.specs = ModelWeightTransformationSpecs(
+            specs=[
+                RenamedParametersSpec({{"router.linear_router.weight": "router.weight"}}),
+                ExpertMLPsSpec(
+                    num_experts=config.num_experts,
+                    gate_proj_name="w1",
+                    up_proj_name="w3",
+                    down_proj_name="w2",
+                ),
+            ]
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output, router_logits = super().forward(hidden_states){shared_forward}
+        if self.sequence_parallel_enabled:
+            # NxD flattens the sequence-first (S, B) tokens, and in evaluation keeps the rank's S/T of them.
+            router_logits = router_logits.view(-1, output.shape[1], self.num_experts)
+            if not self.training:
+                router_logits = gather_from_sequence_parallel_region(router_logits, 0, to_model_parallel=False)
+            router_logits = router_logits.transpose(0, 1).reshape(-1, self.num_experts)
+        return output, router_logits
+'''
+
+MOE_IMPORTS = """
+import torch
+from torch import nn
+from functools import partial
+from neuronx_distributed.modules.moe import ExpertMLPs, MoE, RouterTopK
+from neuronx_distributed.parallel_layers.mappings import gather_from_sequence_parallel_region
+
+from ..config import TrainingNeuronConfig
+from ..transformations_utils import CustomModule, ModelWeightTransformationSpecs
+from .moe_expert_weights import ExpertMLPsSpec, RenamedParametersSpec
+"""
+
+
+class TestMoEBlock(RuleTest):
+    TRANSFORM = MoEBlocks
+
+    def test_the_block_becomes_nxd_moe_and_the_unused_expert_class_goes(self) -> None:
+        after = (
+            MOE_IMPORTS
+            + INIT_HELPER
+            + "\n# routes each token to its top-k experts"
+            + MOE_CLASS.format(jitter="", shared_init="", shared_forward="")
+        )
+        self.assertCodemod(BLOCK, after, blueprint(moe=[toy_block()]))
+
+    def test_jitter_and_a_gated_shared_expert_are_kept(self) -> None:
+        before = BLOCK.replace(
+            "        self.experts =",
+            "        self.shared = ToyExpert(config, trn_config)\n"
+            "        self.shared_gate = nn.Linear(config.hidden_size, 1, bias=False)\n        self.experts =",
+        )
+        shared_init = """
+        self.shared = ToyExpert(config, trn_config)
+        self.shared_gate = nn.Linear(config.hidden_size, 1, bias=False)
+        self.shared_gate.weight.sequence_parallel_enabled = sequence_parallel"""
+        shared_forward = """
+        output = output + torch.sigmoid(self.shared_gate(hidden_states)) * self.shared(hidden_states)"""
+        block = toy_block(
+            jitter=Expr("self.noise", "config.noise"),
+            shared_expert="shared",
+            shared_expert_gate="shared_gate",
+        )
+        expert = BLOCK[BLOCK.index("class ToyExpert") : BLOCK.index("# routes")]
+        after = (
+            MOE_IMPORTS
+            + INIT_HELPER
+            + "\n"
+            + expert
+            + "\n# routes each token to its top-k experts"
+            + MOE_CLASS.format(
+                jitter="\n            jitter_eps=config.noise,",
+                shared_init=shared_init,
+                shared_forward=shared_forward,
+            )
+        )
+        self.assertCodemod(before, after, blueprint(moe=[block]))
+
+    def test_a_refused_block_is_marked_and_kept(self) -> None:
+        refusal = Refusal(
+            "R029", "ToyMoE: its forward picks the experts without `topk`", HERE, "ToyMoE", ("NXS040",)
+        )
+        after = BLOCK.replace(
+            "# routes each token to its top-k experts\n",
+            "# routes each token to its top-k experts\n# TODO(R029): ToyMoE: its forward picks the experts without `topk`\n",
+        )
+        self.assertCodemod(BLOCK, after, blueprint(moe=[toy_block()], refusals=[refusal]), ALLOWED)
+
+    def test_no_block_no_change(self) -> None:
+        self.assertUnchanged(BLOCK + LAYER + MODEL, blueprint())
+
+
+LAYER = """
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.attn = ToyAttention(config, trn_config)
+        self.moe = ToyMoE(config, trn_config)
+
+    def forward(self, hidden_states) -> torch.Tensor:
+        hidden_states, _ = self.attn(hidden_states)
+        hidden_states, _ = self.moe(hidden_states)
+        return hidden_states
+"""
+
+MODEL = """
+
+class ToyModel(nn.Module):
+    def forward(self, input_ids, **kwargs):
+        hidden_states = self.embed_tokens(input_ids)
+        for decoder_layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = checkpoint_with_kwargs(decoder_layer, hidden_states, **kwargs)
+            else:
+                hidden_states = decoder_layer(hidden_states, **kwargs)
+        return ToyOutput(last_hidden_state=hidden_states)
+"""
+
+
+class TestRouterLogits(RuleTest):
+    TRANSFORM = MoEBlocks
+    BEFORE = "import torch\nfrom torch import nn\n" + LAYER + MODEL
+
+    def test_the_layer_returns_its_router_logits_and_the_model_collects_them(self) -> None:
+        after = """
+import torch
+from torch import nn
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.attn = ToyAttention(config, trn_config)
+        self.moe = ToyMoE(config, trn_config)
+
+    def forward(self, hidden_states) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_states, _ = self.attn(hidden_states)
+        hidden_states, router_logits = self.moe(hidden_states)
+        return hidden_states, router_logits
+
+
+class ToyModel(nn.Module):
+    def forward(self, input_ids, output_router_logits: bool | None = None, **kwargs):
+        output_router_logits = (
+            output_router_logits if output_router_logits is not None else self.config.output_router_logits
+        )
+        hidden_states = self.embed_tokens(input_ids)
+        all_router_logits = ()
+        for decoder_layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden_states, router_logits = checkpoint_with_kwargs(decoder_layer, hidden_states, **kwargs)
+            else:
+                hidden_states, router_logits = decoder_layer(hidden_states, **kwargs)
+            if output_router_logits:
+                all_router_logits += (router_logits,)
+        return ToyOutput(
+            last_hidden_state=hidden_states,
+            router_logits=all_router_logits if output_router_logits else None,
+        )
+"""
+        self.assertCodemod(self.BEFORE, after, blueprint(moe=[toy_block()]))
+
+    def test_layers_that_may_hold_a_dense_mlp_return_none_logits(self) -> None:
+        before = self.BEFORE.replace(
+            "        hidden_states, _ = self.moe(hidden_states)\n",
+            "        hidden_states = self.moe(hidden_states)\n"
+            "        if isinstance(hidden_states, tuple):\n"
+            "            hidden_states, _ = hidden_states\n",
+        )
+        layer = """
+    def forward(self, hidden_states) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_states, _ = self.attn(hidden_states)
+        # The sparse layers return their router logits too (None from a dense MLP layer).
+        router_logits = None
+        hidden_states = self.moe(hidden_states)
+        if isinstance(hidden_states, tuple):
+            hidden_states, router_logits = hidden_states
+        return hidden_states, router_logits
+"""
+        output = self._run(before, blueprint(moe=[toy_block(dense_layers=True)]))
+        self.assertIn(layer.strip("\n"), output)
+        self.assertIn(
+            "            if output_router_logits and router_logits is not None:\n"
+            "                all_router_logits += (router_logits,)\n",
+            output,
+        )
+
+    def test_layers_that_return_their_logits_already_are_left_alone(self) -> None:
+        self.assertUnchanged(self.BEFORE, blueprint(moe=[toy_block(logits_plumbed=True)]))
+
+    def _run(self, before: str, plan) -> str:  # type: ignore[no-untyped-def]
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        from scaffold.emit import format_python
+
+        rule = MoEBlocks(CodemodContext(), plan)
+        return format_python(rule.transform_module(cst.parse_module(before)).code)

@@ -1,0 +1,192 @@
+"""Recognising sparse MoE blocks (scaffold.analysis.moe): the facts NXS040 reads, read off real
+transformers files and off a hand-written block with unusual names, and the refusals of blocks it cannot
+rebuild (R029 routing, R001 shape), each at the line that holds the construct."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scaffold.analysis import analyze
+from scaffold.blueprint import Blueprint
+from scaffold.emit import Request
+from scaffold.package import render_package
+from scaffold.source import locate
+
+from .conftest import blueprint_of, source_line
+from .emission import cached_emit
+from .synthetic import REST, model_source
+
+SPARSE = """
+
+class Sparse(tnn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.k = config.num_experts_per_tok
+        self.flag = config.norm_topk_prob
+        self.route = Dense(config.hidden_size, config.num_local_experts, bias=False)  # <- router
+        self.pool = tnn.ModuleList([Feed(config) for _ in range(config.num_local_experts)])  # <- experts
+        {init}
+
+    def forward(self, x):
+        scores = self.route(x)
+        {routing}
+        out = x
+        for e in range(len(self.pool)):
+            out = out + self.pool[e](x) * (picked == e).any(-1, keepdim=True) * 0
+        {shared}
+        return out, scores
+"""
+SOFTMAX_TOPK = "probs = F.softmax(scores, dim=-1)\n        top, picked = torch.topk(probs, self.k, dim=-1)"
+
+
+def moe_source(init: str = "pass", routing: str = SOFTMAX_TOPK, normalise: str = "", shared: str = "") -> str:
+    """The synthetic model with its feed-forward replaced by a sparse block of `Feed` experts."""
+    rest = REST.replace("self.ff = Feed(config)", "self.ff = Sparse(config)").replace(
+        "        return x + self.ff(self.n2(x))",
+        "        y, _ = self.ff(self.n2(x))\n        x = x + y\n        return x",
+    )
+    text = model_source().replace(REST.format(block_init="pass"), rest.format(block_init="pass"))
+    sparse = SPARSE.format(
+        init=init, routing=routing + ("\n        " + normalise if normalise else ""), shared=shared
+    )
+    return text.replace("\n\nclass Block(", sparse + "\n\nclass Block(")
+
+
+def analyse(tmp_path: Path, text: str) -> Blueprint:
+    path = tmp_path / "modeling_synthetic.py"
+    path.write_text(text)
+    return analyze(locate("llama", path))
+
+
+def line_of(text: str, marker: str) -> int:
+    (line,) = [number for number, content in enumerate(text.splitlines(), 1) if marker in content]
+    return line
+
+
+def test_mixtral_block_facts_come_from_its_source():
+    (block,) = blueprint_of("mixtral").moe
+    assert (block.owner, block.router, block.experts, block.expert_class) == (
+        "MixtralSparseMoeBlock",
+        "gate",
+        "experts",
+        "MixtralBlockSparseTop2MLP",
+    )
+    assert (block.gate, block.up, block.down) == ("w1", "w3", "w2")  # w2(act(w1(x)) * w3(x))
+    resolved = {
+        field: getattr(block, field).resolved
+        for field in ("num_experts", "top_k", "hidden_size", "intermediate_size", "activation", "normalize")
+    }
+    assert resolved == {
+        "num_experts": "config.num_local_experts",
+        "top_k": "config.num_experts_per_tok",
+        "hidden_size": "config.hidden_size",
+        "intermediate_size": "config.intermediate_size",
+        "activation": "config.hidden_act",
+        "normalize": "True",  # `routing_weights /= routing_weights.sum(...)` unconditionally
+    }
+    assert block.jitter is not None and block.jitter.resolved == "config.router_jitter_noise"
+    assert (block.shared_expert, block.shared_expert_gate) == (None, None)
+    assert (block.layer_class, block.layer_attribute, block.dense_layers) == (
+        "MixtralDecoderLayer",
+        "block_sparse_moe",
+        False,
+    )
+    assert "class MixtralSparseMoeBlock" in source_line("mixtral", block.location.line)
+    router = blueprint_of("mixtral").site("model.layers.*.block_sparse_moe.gate")
+    assert router.role.value == "replicated"
+    assert blueprint_of("mixtral").refusals == ()
+
+
+def test_qwen3_moe_normalises_under_norm_topk_prob_and_keeps_dense_layers():
+    (block,) = blueprint_of("qwen3_moe").moe
+    assert block.normalize.resolved == "config.norm_topk_prob"  # `if self.norm_topk_prob:`
+    assert block.dense_layers  # built under `if ... decoder_sparse_step ...` in the decoder layer
+    assert block.intermediate_size.resolved is not None
+    assert block.intermediate_size.resolved.startswith("config.moe_intermediate_size")
+    assert block.jitter is None
+    assert blueprint_of("qwen3_moe").refusals == ()
+
+
+def test_phimoe_sparsemixer_is_refused_at_its_router():
+    (refusal,) = [refusal for refusal in blueprint_of("phimoe").refusals if refusal.code == "R029"]
+    assert "sparsemixer" in refusal.message
+    assert "self.gate = nn.Linear" in source_line("phimoe", refusal.location.line)
+    assert not [refusal for refusal in blueprint_of("phimoe").refusals if refusal.code == "R001"]
+
+
+def test_qwen2_moe_shared_expert_and_gate_are_recognised_and_its_layers_return_the_logits_already():
+    (block,) = blueprint_of("qwen2_moe").moe
+    # `shared_expert_output = F.sigmoid(self.shared_expert_gate(hidden_states)) * shared_expert_output`
+    assert (block.shared_expert, block.shared_expert_gate) == ("shared_expert", "shared_expert_gate")
+    assert block.intermediate_size.resolved == "config.moe_intermediate_size"
+    assert block.logits_plumbed  # its decoder layer takes `output_router_logits` and returns them
+    # what still stops it is outside the block: the older attention and cache code (issue 10)
+    assert {refusal.code for refusal in blueprint_of("qwen2_moe").refusals} == {"R019", "R026", "R027"}
+
+
+def test_a_block_with_other_names_is_recognised(tmp_path: Path):
+    blueprint = analyse(tmp_path, moe_source())
+    (block,) = blueprint.moe
+    assert (block.owner, block.router, block.experts, block.expert_class) == (
+        "Sparse",
+        "route",
+        "pool",
+        "Feed",
+    )
+    assert (block.gate, block.up, block.down) == ("r", "p", "s")  # s(p(x) * silu(r(x))): r is the gate
+    assert block.num_experts.resolved == "config.num_local_experts"
+    assert block.top_k.resolved == "config.num_experts_per_tok"
+    assert block.normalize.resolved == "False"  # no renormalisation
+    assert (block.layer_class, block.layer_attribute) == ("Block", "ff")
+    assert not [refusal for refusal in blueprint.refusals if refusal.code in ("R001", "R029")]
+
+
+@pytest.mark.parametrize(
+    ("normalise", "expected"),
+    [
+        ("top = top / top.sum(dim=-1, keepdim=True)", "True"),
+        ("if self.flag:\n            top /= top.sum(dim=-1, keepdim=True)", "config.norm_topk_prob"),
+    ],
+)
+def test_renormalisation_is_read_with_its_condition(tmp_path: Path, normalise: str, expected: str):
+    (block,) = analyse(tmp_path, moe_source(normalise=normalise)).moe
+    assert block.normalize.resolved == expected
+
+
+def test_a_shared_expert_and_its_sigmoid_gate_are_recognised(tmp_path: Path):
+    text = moe_source(
+        init="self.common = Feed(config)\n        self.weigh = Dense(config.hidden_size, 1, bias=False)",
+        shared="out = out + torch.sigmoid(self.weigh(x)) * self.common(x)",
+    )
+    (block,) = analyse(tmp_path, text).moe
+    assert (block.shared_expert, block.shared_expert_gate) == ("common", "weigh")
+
+
+def test_top_k_of_raw_logits_is_refused_as_routing_at_the_router(tmp_path: Path):
+    text = moe_source(routing="top, picked = torch.topk(scores, self.k, dim=-1)")
+    blueprint = analyse(tmp_path, text)
+    assert blueprint.moe == ()
+    (refusal,) = [refusal for refusal in blueprint.refusals if refusal.code == "R029"]
+    assert "other than a softmax" in refusal.message
+    assert refusal.location.line == line_of(text, "# <- router")
+
+
+def test_another_module_in_the_block_is_refused_at_its_line(tmp_path: Path):
+    text = moe_source(init="self.extra = Norm(config.hidden_size)  # <- other")
+    blueprint = analyse(tmp_path, text)
+    (refusal,) = [refusal for refusal in blueprint.refusals if refusal.code == "R001"]
+    assert "`extra`" in refusal.message
+    assert refusal.location.line == line_of(text, "# <- other")
+
+
+def test_a_package_on_nxd_moe_carries_the_expert_weight_specs_as_they_are():
+    files = render_package(cached_emit(Request("mixtral"))).files
+    template = Path(__file__).resolve().parents[2] / "templates" / "modules" / "moe_expert_weights.py"
+    assert files["moe_expert_weights.py"] == template.read_bytes()
+    assert (
+        "from .moe_expert_weights import ExpertMLPsSpec, RenamedParametersSpec"
+        in files["modeling_mixtral.py"].decode()
+    )
+    assert "moe_expert_weights.py" not in render_package(cached_emit(Request("llama"))).files
