@@ -48,7 +48,9 @@ FULL_WIDTH_NORM = RefusalCode(
     "R004",
     "full-width-norm",
     "a norm over the full width of a column-parallel output reduces across ranks (needs a distributed norm)",
-    "implement the norm with an all-reduce of its statistics over the TP group by hand",
+    "implement the norm with an all-reduce of its statistics over the TP group by hand: "
+    "templates/modules/tensor_parallel_norms.py (ColumnParallelRMSNorm, ColumnParallelLayerNorm) has one, "
+    "its weight sharded with the columns (replicated K/V heads need their checkpoint spec and gradient sum)",
 )
 NON_SOFTMAX_MIXER = RefusalCode(
     "R005",

@@ -12,4 +12,6 @@ from __future__ import annotations
 # 2: the source's license on top of the header, no machine paths; passes on libcst's codemod framework (one
 # init method per constructor, the file's own import and typing style).
 # 3: the pretrained class zeroes the parallel linears' biases (NXS006), as transformers' _init_weights does.
-RULESET_VERSION = 3
+# 4: per-head norms built inside a block get their TP gradient sum there; in-place ops on the projections
+# (the fused branch's split views) become out-of-place assignments.
+RULESET_VERSION = 4

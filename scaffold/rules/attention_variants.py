@@ -12,6 +12,13 @@ After construction `num_heads = H/T`, `num_key_value_heads = KV*m/T` are per-ran
 `num_key_value_groups` their ratio. The forward computes the three projections first (one branch per
 variant; the fused branch is taken when `fuse_qkv`, per-rank heads are equal and m == 1) and feeds them
 to the source's own head reshapes, norms and RoPE. Biases follow the source (`bias=<its expression>`).
+The fused branch's q, k and v are views of one `split`, which autograd lets no in-place op modify: the
+source's in-place ops on them (`query_states.clamp_(...)`, `key_states *= s`) become assignments of their
+out-of-place forms (`query_states = query_states.clamp(...)`).
+
+Norms applied per head (q/k norms over head_dim, RMSNorm or LayerNorm, weight and bias) are replicated
+while each rank normalises only its own heads: their gradients are summed over TP by hooks placed at the
+end of the block that builds them (the constructor, or the `if config.qk_layernorm:` that does).
 The inserted code comes from templates/code/attention_variants.py.
 """
 
@@ -132,23 +139,27 @@ class AttentionVariants(Rule):
             TEMPLATES, "per_rank_heads", self.blueprint.style, heads=heads, kv_heads_operand=operand(kv_heads)
         )
         self.add_template_imports(needed)
-        per_rank += self._per_head_norm_gradients(geometry, body)
-        result = with_body(init, [*before, *block, *body[last + 1 :], *per_rank])
+        norms = self._per_head_norms(geometry)
+        top_level = [name for name in norms if index_of_assignment(body, name) is not None]
+        nested = [name for name in norms if name not in top_level]
+        per_rank += self._per_head_norm_gradients(top_level)
+        after = [self._with_nested_norm_gradients(statement, nested) for statement in body[last + 1 :]]
+        before = [self._with_nested_norm_gradients(statement, nested) for statement in before]
+        result = with_body(init, [*before, *block, *after, *per_rank])
         assert isinstance(result, cst.FunctionDef)
         return layer_code.with_init_method(self, result, config)
 
-    def _per_head_norm_gradients(
-        self, geometry: AttentionGeometry, body: list[cst.BaseStatement]
-    ) -> list[cst.BaseStatement]:
-        """Sum the gradients of per-head norms over TP: each rank normalises only its own heads."""
-        norms = [
+    def _per_head_norms(self, geometry: AttentionGeometry) -> list[str]:
+        """The attention's norms applied per head (RMSNorm or LayerNorm, whatever the class), in order."""
+        names = [
             norm.attribute
             for norm in self.blueprint.norms
-            if norm.owner == geometry.owner
-            and norm.scope is NormScope.PER_HEAD
-            and index_of_assignment(body, norm.attribute) is not None
+            if norm.owner == geometry.owner and norm.scope is NormScope.PER_HEAD
         ]
-        norms = list(dict.fromkeys(norms))
+        return list(dict.fromkeys(names))
+
+    def _per_head_norm_gradients(self, norms: list[str]) -> list[cst.BaseStatement]:
+        """Sum the gradients of per-head norms over TP: each rank normalises only its own heads."""
         if not norms:
             return []
         parameters = cst.Tuple(
@@ -161,6 +172,33 @@ class AttentionVariants(Rule):
         )
         self.add_template_imports(needed)
         return hooks
+
+    def _with_nested_norm_gradients(
+        self, statement: cst.BaseStatement, norms: list[str]
+    ) -> cst.BaseStatement:
+        """`statement` with the gradient hooks at the end of each block inside it that builds per-head
+        norms (`if config.qk_layernorm:`): the hooks exist exactly when the norms do."""
+        if not norms or isinstance(statement, cst.SimpleStatementLine):
+            return statement
+        rule = self
+
+        class _HooksAfterNorms(cst.CSTTransformer):
+            def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+                return False
+
+            def leave_IndentedBlock(
+                self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
+            ) -> cst.IndentedBlock:
+                body = list(updated_node.body)
+                built = [name for name in norms if index_of_assignment(body, name) is not None]
+                if not built:
+                    return updated_node
+                hooks = rule._per_head_norm_gradients(built)
+                return updated_node.with_changes(body=[*body, *hooks])
+
+        result = statement.visit(_HooksAfterNorms())
+        assert isinstance(result, cst.BaseStatement)
+        return result
 
     def _projections(self, forward: cst.FunctionDef, geometry: AttentionGeometry) -> cst.FunctionDef:
         """Compute q, k, v up front by variant; the source's expressions then read the computed tensors."""
@@ -191,7 +229,11 @@ class AttentionVariants(Rule):
         rewritten[first], dispatch = leading_to(rewritten[first], dispatch)  # type: ignore[arg-type]
         rewritten.insert(first, dispatch)  # type: ignore[arg-type]
         # `q = self.q_proj(x)` became `q = q`: drop it.
-        result = with_body(forward, [s for s in rewritten if not _self_assignment(s)])  # type: ignore[misc]
+        kept = [s for s in rewritten if not _self_assignment(s)]
+        # The fused branch's q, k, v are views of one `split`, which autograd does not let a later in-place
+        # op modify (the source's `query_states.clamp_(...)` under `clip_qkv`): such ops become assignments.
+        kept = [_out_of_place(statement, set(names)) for statement in kept]  # type: ignore[arg-type]
+        result = with_body(forward, kept)
         assert isinstance(result, cst.FunctionDef)
         return result
 
@@ -232,3 +274,56 @@ def _self_assignment(statement: cst.BaseStatement) -> bool:
     value = assigned_value(statement)
     name = assigned_name(statement)
     return name is not None and isinstance(value, cst.Name) and value.value == name
+
+
+_AUGMENTED_OPERATORS: dict[type[cst.BaseAugOp], type[cst.BaseBinaryOp]] = {
+    cst.AddAssign: cst.Add,
+    cst.SubtractAssign: cst.Subtract,
+    cst.MultiplyAssign: cst.Multiply,
+    cst.DivideAssign: cst.Divide,
+    cst.FloorDivideAssign: cst.FloorDivide,
+    cst.ModuloAssign: cst.Modulo,
+    cst.PowerAssign: cst.Power,
+    cst.MatrixMultiplyAssign: cst.MatrixMultiply,
+}
+
+
+def _out_of_place(statement: cst.BaseStatement, names: set[str]) -> cst.BaseStatement:
+    """`statement` with each in-place op on one of `names` written as an assignment of its out-of-place
+    form: `q.clamp_(...)` -> `q = q.clamp(...)`, `q *= s` -> `q = q * s` (same values; the local name
+    is the tensor's only reference)."""
+
+    class _OutOfPlace(cst.CSTTransformer):
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return False  # a nested function's names are its own
+
+        def leave_Expr(self, original_node: cst.Expr, updated_node: cst.Expr) -> cst.BaseSmallStatement:
+            call = updated_node.value
+            if not (
+                isinstance(call, cst.Call)
+                and isinstance(call.func, cst.Attribute)
+                and isinstance(call.func.value, cst.Name)
+                and call.func.value.value in names
+            ):
+                return updated_node
+            method = call.func.attr.value
+            if not method.endswith("_") or method.startswith("_"):
+                return updated_node
+            out_of_place = call.with_changes(func=call.func.with_changes(attr=cst.Name(method[:-1])))
+            return cst.Assign(targets=[cst.AssignTarget(cst.Name(call.func.value.value))], value=out_of_place)
+
+        def leave_AugAssign(
+            self, original_node: cst.AugAssign, updated_node: cst.AugAssign
+        ) -> cst.BaseSmallStatement:
+            target = updated_node.target
+            operator = _AUGMENTED_OPERATORS.get(type(updated_node.operator))
+            if not isinstance(target, cst.Name) or target.value not in names or operator is None:
+                return updated_node
+            value = cst.BinaryOperation(
+                left=cst.Name(target.value), operator=operator(), right=operand(updated_node.value)
+            )
+            return cst.Assign(targets=[cst.AssignTarget(cst.Name(target.value))], value=value)
+
+    result = statement.visit(_OutOfPlace())
+    assert isinstance(result, cst.BaseStatement)
+    return result

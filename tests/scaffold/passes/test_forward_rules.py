@@ -7,7 +7,16 @@ from textwrap import dedent
 import libcst as cst
 from libcst.codemod import CodemodContext
 
-from scaffold.blueprint import AttentionGeometry, Backbone, ClassKind, CodeStyle, Features, Refusal, Role
+from scaffold.blueprint import (
+    AttentionGeometry,
+    Backbone,
+    ClassKind,
+    CodeStyle,
+    Features,
+    NormScope,
+    Refusal,
+    Role,
+)
 from scaffold.emit import format_python
 from scaffold.rules.attention_sequence_parallel import AttentionSequenceParallel
 from scaffold.rules.attention_variants import AttentionVariants
@@ -16,7 +25,7 @@ from scaffold.rules.neuron_flash_attention import NeuronFlashAttention
 from scaffold.rules.vocab_parallel_lm_head import VocabParallelLMHead
 
 from .test_layer_rules import INIT_HELPER
-from .toy import ALLOWED, FEATURES, HERE, RuleTest, blueprint, expr, klass, site
+from .toy import ALLOWED, FEATURES, HERE, RuleTest, blueprint, expr, klass, norm, site
 
 
 class TestVocabParallelLMHead(RuleTest):
@@ -178,6 +187,89 @@ class TestAttentionVariants(RuleTest):
         )
         assert "query_states = query_states.view(hidden_shape).transpose(1, 2)" in forward
         assert "class ToyAttention(nn.Module, CustomModule):" in out
+
+    def test_per_head_norms_get_their_gradient_sum_where_they_are_built(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        # phi's shape: LayerNorms over head_dim built only under a config flag, next to a norm built always.
+        source = ATTENTION.replace(
+            "        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)\n",
+            "        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)\n"
+            "        self.v_norm = ToyRMSNorm(self.head_dim)\n"
+            "        if config.qk_layernorm:\n"
+            "            self.q_layernorm = nn.LayerNorm(self.head_dim)\n"
+            "            self.k_layernorm = nn.LayerNorm(self.head_dim)\n"
+            "        self.dropout = nn.Dropout(config.attention_dropout)\n",
+        )
+        norms = [
+            norm("ToyAttention", name, kind, NormScope.PER_HEAD)
+            for name, kind in (("v_norm", "ToyRMSNorm"), ("q_layernorm", "torch.nn.LayerNorm"))
+        ]
+        norms += [norm("ToyAttention", "k_layernorm", "torch.nn.LayerNorm", NormScope.PER_HEAD)]
+        norms += [norm("ToyAttention", "input_norm", "ToyRMSNorm")]  # another class's hidden norm
+        out = (
+            AttentionVariants(CodemodContext(), _attention_blueprint(norms=norms))
+            .transform_module(cst.parse_module(source))
+            .code
+        )
+        init = out.split("def forward")[0]
+        hook = "parameter.register_hook(reduce_from_tensor_model_parallel_region)"
+        assert (
+            "        if config.qk_layernorm:\n"
+            "            self.q_layernorm = nn.LayerNorm(self.head_dim)\n"
+            "            self.k_layernorm = nn.LayerNorm(self.head_dim)\n"
+            "            # The per-head norms are replicated but each rank normalises only its own heads: their "
+            "gradients\n"
+            "            # are summed over the tensor-parallel ranks, so every replica gets the full one.\n"
+            "            for parameter in (*self.q_layernorm.parameters(), *self.k_layernorm.parameters()):\n"
+            f"                {hook}\n"
+            "        self.dropout = nn.Dropout(config.attention_dropout)\n"
+        ) in init
+        # the norm built unconditionally gets its own sum at the end of the constructor, once
+        assert init.rstrip().endswith(f"for parameter in (*self.v_norm.parameters(),):\n            {hook}")
+        assert init.count(hook) == 2
+        assert (
+            "from neuronx_distributed.parallel_layers.mappings import reduce_from_tensor_model_parallel_region"
+            in out
+        )
+
+    def test_in_place_ops_on_the_projections_become_assignments(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        # olmo's clip_qkv: in-place clamps of q, k, v, which autograd refuses on the fused branch's split views.
+        source = ATTENTION.replace(
+            "        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)\n",
+            "        query_states = self.q_proj(hidden_states)\n"
+            "        if self.config.clip_qkv is not None:\n"
+            "            query_states.clamp_(min=-self.config.clip_qkv, max=self.config.clip_qkv)\n"
+            "            query_states *= self.scale + 1\n"
+            "            hidden_states.mul_(2)\n"
+            "        query_states = query_states.view(hidden_shape).transpose(1, 2)\n",
+        )
+        out = (
+            AttentionVariants(CodemodContext(), _attention_blueprint())
+            .transform_module(cst.parse_module(source))
+            .code
+        )
+        assert (
+            "        if self.config.clip_qkv is not None:\n"
+            "            query_states = query_states.clamp(min=-self.config.clip_qkv, max=self.config.clip_qkv)\n"
+            "            query_states = query_states * (self.scale + 1)\n"
+            "            hidden_states.mul_(2)\n"  # not a projection's output: left as written
+        ) in out
+
+    def test_no_per_head_norm_no_gradient_sum(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        out = (
+            AttentionVariants(CodemodContext(), _attention_blueprint(norms=[norm("ToyAttention", "x", "N")]))
+            .transform_module(cst.parse_module(ATTENTION))
+            .code
+        )
+        assert "register_hook" not in out
 
     def test_refused_attention_is_marked_not_converted(self) -> None:
         refusal = Refusal(

@@ -1,0 +1,145 @@
+"""The full-width norms of `templates/modules/tensor_parallel_norms.py` against the dense norms.
+
+Each rank holds its columns of a full-width tensor `x` (`WIDTH` columns, tiled `m` times as NxD's GQA layer
+tiles replicated K/V heads on trn1, then split over T) and of the weight (and bias), runs the norm forward
+and back with its part of an upstream gradient over the replicated columns. The oracle is transformers'
+`LlamaRMSNorm` and torch's `nn.LayerNorm` on the dense `x`: the gathered outputs are its output tiled `m`
+times, and the input, weight and bias gradients summed over the `m` tiles are its gradients for the upstream
+gradient summed over the tiles (every replica of a column is the same dense column). A mean whose backward
+does not sum over the ranks (an all-reduce in the forward only) gets the input gradient wrong: the negative
+case shows the check can fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from conformance.tensor_parallel_run import run_tensor_parallel
+
+MODULE = Path(__file__).resolve().parents[2] / "templates" / "modules" / "tensor_parallel_norms.py"
+B, S, WIDTH = 2, 3, 8
+EPS = 1e-5
+CLOSE = {"rtol": 1e-5, "atol": 1e-6}  # fp32 sums regrouped over ranks
+KINDS = ("rms", "layer", "layer-no-bias", "forward-only-reduce")
+CASES = [{"tp": tp, "replicas": m, "kind": kind} for tp in (2, 4) for m in (1, 2) for kind in KINDS]
+
+
+def _inputs(case: dict[str, Any]) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(10 * case["replicas"] + KINDS.index(case["kind"]))
+    m = case["replicas"]
+    return {
+        "x": torch.randn(B, S, WIDTH, generator=generator) * 3 + 1,
+        "weight": torch.rand(WIDTH, generator=generator) + 0.5,
+        "bias": torch.randn(WIDTH, generator=generator),
+        "grad": torch.randn(B, S, WIDTH * m, generator=generator),
+    }
+
+
+def _run(cases: list[dict[str, Any]], module_path: str) -> list[dict[str, Any]]:
+    """On each rank: every case of this TP size, its columns of the outputs and gradients."""
+    from neuronx_distributed.parallel_layers import parallel_state as ps
+
+    world, rank = ps.get_tensor_model_parallel_size(), ps.get_tensor_model_parallel_rank()
+    results = []
+    for case in cases:
+        m, kind = case["replicas"], case["kind"]
+        data = _inputs(case)
+        spec = importlib.util.spec_from_file_location("tensor_parallel_norms", module_path)
+        assert spec is not None and spec.loader is not None
+        norms = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(norms)  # afresh for each case: the negative case patches it
+
+        def mine(full: torch.Tensor, m: int = m) -> torch.Tensor:
+            return full.tile(m).chunk(world, -1)[rank].clone()
+
+        if kind == "rms":
+            norm = norms.ColumnParallelRMSNorm(WIDTH, eps=EPS, replicas=m)
+        elif kind == "forward-only-reduce":
+            norm = norms.ColumnParallelRMSNorm(WIDTH, eps=EPS, replicas=m)
+            # the mistake the module avoids: statistics summed in the forward, each rank's own in the backward
+            norms.copy_to_tensor_model_parallel_region = lambda tensor: tensor
+        else:
+            norm = norms.ColumnParallelLayerNorm(WIDTH, eps=EPS, bias=kind == "layer", replicas=m)
+        with torch.no_grad():
+            norm.weight.copy_(mine(data["weight"]))
+            if getattr(norm, "bias", None) is not None:
+                norm.bias.copy_(mine(data["bias"]))
+        x = mine(data["x"]).requires_grad_()
+        out = norm(x)
+        out.backward(data["grad"].chunk(world, -1)[rank])
+        bias = getattr(norm, "bias", None)
+        results.append(
+            {
+                "out": out.detach(),
+                "x_grad": x.grad,
+                "w_grad": norm.weight.grad,
+                "b_grad": None if bias is None else bias.grad,
+                "tags": (norm.weight.tensor_model_parallel, norm.weight.partition_dim),
+            }
+        )
+    return results
+
+
+@functools.cache
+def _results(tp: int) -> list[list[dict[str, Any]]]:
+    cases = [case for case in CASES if case["tp"] == tp]
+    return run_tensor_parallel(_run, tp, cases, str(MODULE), timeout=300)
+
+
+def _gathered(ranks: list[dict[str, Any]], key: str, m: int) -> torch.Tensor:
+    """The ranks' columns put together, then the `m` tiles summed (or the one tile when m == 1)."""
+    full = torch.cat([rank[key] for rank in ranks], -1)
+    return full.unflatten(-1, (m, WIDTH)).sum(-2)
+
+
+def _dense(case: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+    data = _inputs(case)
+    if case["kind"] in ("rms", "forward-only-reduce"):
+        norm: nn.Module = LlamaRMSNorm(WIDTH, eps=EPS)
+    else:
+        norm = nn.LayerNorm(WIDTH, eps=EPS, bias=case["kind"] == "layer")
+    with torch.no_grad():
+        norm.weight.copy_(data["weight"])
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.copy_(data["bias"])
+    x = data["x"].clone().requires_grad_()
+    out = norm(x)
+    out.backward(data["grad"].unflatten(-1, (case["replicas"], WIDTH)).sum(-2))
+    bias = getattr(norm, "bias", None)
+    return {
+        "out": out.detach(),
+        "x_grad": x.grad,
+        "w_grad": norm.weight.grad,
+        "b_grad": None if bias is None else bias.grad,
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c['tp']}-m{c['replicas']}-{c['kind']}")
+def test_full_width_norm_split_over_ranks_matches_the_dense_norm(case: dict[str, Any]) -> None:
+    index = [c for c in CASES if c["tp"] == case["tp"]].index(case)
+    ranks = [rank_results[index] for rank_results in _results(case["tp"])]
+    m = case["replicas"]
+    dense = _dense(case)
+    outputs = torch.cat([rank["out"] for rank in ranks], -1).unflatten(-1, (m, WIDTH))
+    x_grad = _gathered(ranks, "x_grad", m)
+    if case["kind"] == "forward-only-reduce":
+        # the forward is right, the input gradient misses the other ranks' share of the statistic's gradient
+        torch.testing.assert_close(outputs, dense["out"].unsqueeze(-2).expand_as(outputs), **CLOSE)
+        assert not torch.allclose(x_grad, dense["x_grad"], **CLOSE)
+        return
+    torch.testing.assert_close(outputs, dense["out"].unsqueeze(-2).expand_as(outputs), **CLOSE)
+    torch.testing.assert_close(x_grad, dense["x_grad"], **CLOSE)
+    torch.testing.assert_close(_gathered(ranks, "w_grad", m), dense["w_grad"], **CLOSE)
+    if dense["b_grad"] is None:
+        assert all(rank["b_grad"] is None for rank in ranks)
+    else:
+        torch.testing.assert_close(_gathered(ranks, "b_grad", m), dense["b_grad"], **CLOSE)
+    assert all(rank["tags"] == (True, 0) for rank in ranks)
