@@ -440,6 +440,8 @@ def matrix(
                 if sp and tp_size == 1:
                     continue
                 cases.append(ParityConfig(entry.key, tp_size, sp, False))
+                if entry.unsupported_reason(tp_size):
+                    continue  # a vocab-parallel model must refuse it: one case per SP setting shows that
                 if plain != fused or (plain == "gqa" and sp):
                     cases.append(ParityConfig(entry.key, tp_size, sp, True))
     return cases
