@@ -3,8 +3,9 @@
 For each configuration (variant, T, `fuse_qkv`):
 
 1. Here, with the `peft` library: a deterministic LoRA adapter on the catalogue checkpoint (seeded values,
-   lora_B non-zero, rank 4, every attention and MLP projection targeted; a mixture of experts' attention
-   projections only, `adapters.target_modules`), saved as PEFT does
+   lora_B non-zero, rank 4, every attention and MLP projection targeted: the transformers model's linear
+   layers other than the LM head, by name, so `qkv_proj` and `gate_up_proj` where the source fuses them; a
+   mixture of experts' attention projections only, `adapters.target_modules`), saved as PEFT does
    (`adapter_model.safetensors`, `adapter_config.json`).
 2. On T ranks, through the active backend: the package's causal LM `from_pretrained`, the adapter applied
    with the host's `get_peft_model` and loaded with `load_adapter` (through the transformation specs),

@@ -77,6 +77,8 @@ class _Splitter(cst.CSTTransformer):
             return updated_node
         linears = _linears(init)
         for source, (index, call) in sorted(linears.items(), key=lambda item: item[1][0]):
+            if _uses(updated_node, source) != 2:  # built once and called once, nothing else reads it
+                continue
             split = _find_split(forward, source)
             if split is None:
                 continue
@@ -114,6 +116,12 @@ class _Splitter(cst.CSTTransformer):
             if isinstance(statement, cst.FunctionDef) and statement.name.value == method:
                 node = statement.body.body[index]
         return Location(self.display_path, self.positions[node].start.line)
+
+
+def _uses(cls: cst.ClassDef, attribute: str) -> int:
+    """How often the class's code names `self.<attribute>`."""
+    pattern = m.Attribute(value=m.Name("self"), attr=m.Name(attribute))
+    return sum(1 for node in walk(cls) if m.matches(node, pattern))
 
 
 def _assigned_attribute(statement: cst.BaseStatement) -> str | None:
@@ -172,14 +180,14 @@ def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
     """The forward's `t = self.<source>(x)` and the statements right after that split `t` and nothing else."""
     body = list(forward.body.body)
     for index, statement in enumerate(body):
+        inline = _inline_chunk(statement, index, source)
+        if inline is not None:
+            return inline
         assignment = _single_assignment(statement)
         if assignment is None or not isinstance(assignment[0], cst.Name):
             continue
         target, value = assignment
-        if not m.matches(
-            value,
-            m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name(source)), args=[m.Arg(keyword=None)]),
-        ):
+        if not m.matches(value, _call_of(source)):
             continue
         fused = target.value
         call_input = value.args[0].value  # type: ignore[attr-defined]
@@ -223,24 +231,49 @@ def _chunk_split(
         if assignment is None:
             return None
         target, value = assignment
-        chunk = m.Call(
-            func=m.Attribute(value=m.Name(fused), attr=m.Name("chunk")),
-            args=[
-                m.Arg(value=m.Integer(), keyword=None),
-                m.Arg(
-                    value=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1")),
-                    keyword=m.Name("dim"),
-                ),
-            ],
-        )
-        if not m.matches(value, chunk) or not isinstance(target, cst.Tuple):
-            return None
-        count = int(value.args[0].value.value)  # type: ignore[attr-defined]
-        names = [e.value.value for e in target.elements if isinstance(e.value, cst.Name)]
-        if len(names) != count or len(target.elements) != count:
-            return None
-        return _Split(source, index, (later,), tuple(names), (), call_input)
+        names = _chunk_targets(target, value, m.Name(fused))
+        return None if names is None else _Split(source, index, (later,), names, (), call_input)
     return None
+
+
+def _inline_chunk(statement: cst.BaseStatement, index: int, source: str) -> _Split | None:
+    """`a, b = self.<source>(x).chunk(n, dim=-1)`: the call and its split in one statement."""
+    assignment = _single_assignment(statement)
+    if assignment is None:
+        return None
+    target, value = assignment
+    names = _chunk_targets(target, value, _call_of(source))
+    if names is None:
+        return None
+    call_input = value.func.value.args[0].value  # type: ignore[attr-defined]
+    return _Split(source, index, (index,), names, (), call_input)
+
+
+def _call_of(source: str) -> m.Call:
+    return m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name(source)), args=[m.Arg(keyword=None)])
+
+
+def _chunk_targets(
+    target: cst.BaseAssignTargetExpression, value: cst.BaseExpression, receiver: m.BaseMatcherNode
+) -> tuple[str, ...] | None:
+    """The names `a, b` of `a, b = <receiver>.chunk(n, dim=-1)` (n names), else None."""
+    chunk = m.Call(
+        func=m.Attribute(value=receiver, attr=m.Name("chunk")),  # type: ignore[arg-type]
+        args=[
+            m.Arg(value=m.Integer(), keyword=None),
+            m.Arg(
+                value=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1")),
+                keyword=m.Name("dim"),
+            ),
+        ],
+    )
+    if not m.matches(value, chunk) or not isinstance(target, cst.Tuple):
+        return None
+    count = int(value.args[0].value.value)  # type: ignore[attr-defined]
+    names = [e.value.value for e in target.elements if isinstance(e.value, cst.Name)]
+    if len(names) != count or len(target.elements) != count:
+        return None
+    return tuple(names)
 
 
 def _slice_split(
@@ -326,12 +359,11 @@ def _constructor_sizes(
     out = call.args[1].value
     count = len(split.targets)
     if not split.sizes:  # chunk: equal parts
-        if (
-            isinstance(out, cst.BinaryOperation)
-            and isinstance(out.operator, cst.Multiply)
-            and m.matches(out.left, m.Integer(str(count)))
-        ):
-            return (out.right,) * count
+        if isinstance(out, cst.BinaryOperation) and isinstance(out.operator, cst.Multiply):
+            if m.matches(out.left, m.Integer(str(count))):  # `n * size`
+                return (_ungrouped(out.right),) * count
+            if m.matches(out.right, m.Integer(str(count))):  # `size * n`
+                return (_ungrouped(out.left),) * count
         return (cst.BinaryOperation(_grouped(out), cst.FloorDivide(), cst.Integer(str(count))),) * count
     locals_ = {}
     for statement in forward.body.body[: split.split_indices[0]]:

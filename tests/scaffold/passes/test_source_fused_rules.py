@@ -119,15 +119,21 @@ def test_a_chunk_reads_as_equal_parts_named_after_its_targets() -> None:
     ]
 
 
+def test_a_chunk_of_the_call_itself_reads_the_same_way() -> None:
+    inline = CHUNKED.replace(
+        "up_states = self.gate_up_proj(hidden_states)\n\n        gate, up_states = up_states.chunk(2, dim=-1)",
+        "gate, up_states = self.gate_up_proj(hidden_states).chunk(2, dim=-1)",
+    ).replace("2 * config.intermediate_size", "config.intermediate_size * 2")
+    assert inline != CHUNKED
+    assert _split(inline) == _split(CHUNKED)
+
+
 def test_other_splits_are_left_as_they_are() -> None:
-    """No-op cases (they stay refused, R007): a chunk of the call itself, along another dimension, a
-    fused output read after the split, and sizes only the forward can compute."""
+    """No-op cases (they stay refused, R007): a chunk along another dimension, a linear the class reads
+    elsewhere too, a fused output read after the split, and sizes only the forward can compute."""
     cases = [
-        CHUNKED.replace(
-            "up_states = self.gate_up_proj(hidden_states)\n\n        gate, up_states = up_states.chunk(2, dim=-1)",
-            "gate, up_states = self.gate_up_proj(hidden_states).chunk(2, dim=-1)",
-        ),
         CHUNKED.replace("chunk(2, dim=-1)", "chunk(2, dim=1)"),
+        CHUNKED.replace("act(gate))", "act(gate)) + self.gate_up_proj.weight.sum()"),
         SLICED.replace("return attend(", "return qkv, attend("),
         SLICED,  # self.num_heads is never set in __init__
     ]
