@@ -14,6 +14,7 @@ from .classes import config_parameter
 from .context import Context, gather
 from .features import config_fields, features
 from .moe import moe_blocks
+from .norms import with_head_rows
 from .plumbing import code_style, eager_function, mask_builders
 from .preconditions import preconditions
 from .refusals import detect
@@ -39,6 +40,7 @@ def analyze(source: ModelSource) -> Blueprint:
         dataclasses.replace(geometry, eager_function=eager_function(context, geometry.owner))
         for geometry in attention_geometries(context, norms)
     ]
+    norms = with_head_rows(norms, geometries, context.default_config)
     mlps = mlp_blocks(context)
     skeleton = backbone(context, sites, norms)
     blueprint = Blueprint(

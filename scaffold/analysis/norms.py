@@ -3,14 +3,18 @@
 A local class is a norm when it subclasses a torch norm or its forward computes one (`rsqrt`, or the
 functional layer/rms/group norm). Where a norm sits in the dataflow decides its scope: applied to a
 projection's output after the split into heads it is per-head (local to a rank under tensor
-parallelism); applied to a projection's output before that split it reduces over the sharded width.
+parallelism); applied to a projection's output before that split it reduces over the sharded width. A
+per-head norm whose weight holds one row per head of its projection (`(num_heads, head_dim)`) has head
+rows: sharded with the heads (`with_head_rows`, once the attention geometry is known).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import libcst as cst
 
-from ..blueprint import Expr, Location, NormScope, NormSite
+from ..blueprint import AttentionGeometry, Expr, Location, NormScope, NormSite
 from ..syntax import walk
 from .classes import ClassFacts
 from .constructors import TORCH_NORMS, ChildKind
@@ -144,3 +148,72 @@ def norm_call_location(attribute: str, owner_flow: Flow | None, index: SourceInd
         return None
     calls = owner_flow.calls_of(attribute)
     return index.location(calls[0].node) if calls else None
+
+
+def normalised_heads(
+    norm: NormSite, geometries: list[AttentionGeometry]
+) -> tuple[AttentionGeometry, str] | None:
+    """The attention whose query or key projection alone the norm normalises, and which one ("query" or
+    "key"); None for a norm of anything else (several projections, the values, another module's)."""
+    owner_path = norm.path.rpartition(".")[0]
+    for geometry in geometries:
+        if geometry.path != owner_path or len(norm.normalises) != 1:
+            continue
+        if norm.normalises[0] == geometry.q:
+            return geometry, "query"
+        if norm.normalises[0] == geometry.k:
+            return geometry, "key"
+    return None
+
+
+def head_count(geometry: AttentionGeometry, projection: str) -> Expr:
+    """The number of heads of the attention's query or key projection."""
+    return geometry.num_heads if projection == "query" else geometry.num_kv_heads
+
+
+def _evaluated(expression: Expr, config: object) -> object:
+    try:
+        return expression.evaluate(config)
+    except Exception:  # not config-only, or needs loop variables
+        return None
+
+
+def with_head_rows(
+    norms: list[NormSite], geometries: list[AttentionGeometry], config: object
+) -> list[NormSite]:
+    """The norms, a per-head one whose width is `(heads, head_dim)` of its projection (on the default
+    config) rescoped to HEAD_ROWS."""
+    found: list[NormSite] = []
+    for norm in norms:
+        target = normalised_heads(norm, geometries) if norm.scope is NormScope.PER_HEAD else None
+        if target is not None:
+            geometry, projection = target
+            width = _evaluated(norm.width, config)
+            rows = (
+                _evaluated(head_count(geometry, projection), config),
+                _evaluated(geometry.head_dim, config),
+            )
+            if isinstance(width, tuple | list) and None not in rows and tuple(width) == rows:
+                norm = dataclasses.replace(norm, scope=NormScope.HEAD_ROWS)
+        found.append(norm)
+    return found
+
+
+def has_distributed_form(norm: NormSite, geometries: list[AttentionGeometry], config: object) -> bool:
+    """Whether a full-width norm becomes `ColumnParallelRMSNorm`: an RMS norm with a known eps over the
+    whole output of the query or key projection (width `heads * head_dim` on the default config)."""
+    target = normalised_heads(norm, geometries)
+    if norm.kind != "rms" or norm.eps is None or target is None:
+        return False
+    geometry, projection = target
+    width = _evaluated(norm.width, config)
+    heads, head_dim = (
+        _evaluated(head_count(geometry, projection), config),
+        _evaluated(geometry.head_dim, config),
+    )
+    return (
+        isinstance(width, int)
+        and isinstance(heads, int)
+        and isinstance(head_dim, int)
+        and width == heads * head_dim
+    )

@@ -40,7 +40,7 @@ from .context import Context, base_instance_path, class_scope, decoder_layer_cla
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
 from .embedding_subclasses import is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
-from .norms import norm_call_location
+from .norms import has_distributed_form, norm_call_location
 from .parsing import SourceIndex
 from .sites import member_location
 
@@ -59,7 +59,7 @@ def detect(
     found += _mixture_of_experts(context, moe_classes)
     found += _layer_types(context, sites)
     found += _interleaved_qkv(context, refused)
-    found += _full_width_norms(context, norms)
+    found += _full_width_norms(context, norms, geometries)
     found += _non_softmax_layers(context, {geometry.path for geometry in geometries})
     found += _per_head_norm_weights(context, norms, geometries)
     found += _cross_attention(context, refused)
@@ -205,11 +205,16 @@ def _interleaves_three(shape: tuple[cst.BaseExpression, ...], local_scope: Scope
     return any(any(three(item) for item in group) and any(heads(item) for item in group) for group in groups)
 
 
-def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
+def _full_width_norms(
+    context: Context, norms: list[NormSite], geometries: list[AttentionGeometry]
+) -> list[Refusal]:
+    """Full-width norms NXS026 cannot distribute (not an RMS norm over one query or key projection)."""
     found: list[Refusal] = []
     seen: set[tuple[str, str]] = set()
     for norm in norms:
         if norm.scope is not NormScope.FULL_WIDTH or (norm.owner, norm.attribute) in seen:
+            continue
+        if has_distributed_form(norm, geometries, context.default_config):
             continue
         seen.add((norm.owner, norm.attribute))
         flow = context.classes[norm.owner].forward
@@ -217,10 +222,12 @@ def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
         found.append(
             Refusal(
                 FULL_WIDTH_NORM.code,
-                f"{norm.owner}.{norm.attribute} normalises the whole output of "
+                f"{norm.owner}.{norm.attribute} ({norm.kind} norm) normalises the whole output of "
                 f"{', '.join(norm.normalises)} (width {norm.width.source}) before it is split into heads; "
                 f"{FULL_WIDTH_NORM.why}",
                 location,
+                subject=norm.owner,
+                rules=("NXS026",),
             )
         )
     return found

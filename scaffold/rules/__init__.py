@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from ..errors import ScaffoldError
 from .absolute_imports import AbsoluteTransformersImports
+from .attention_norms import AttentionNorms
 from .attention_sequence_parallel import AttentionSequenceParallel
 from .attention_variants import AttentionVariants
 from .base import Rule, RuleExample, RuleOptions
@@ -44,6 +45,7 @@ RULES: tuple[type[Rule], ...] = (
     VocabParallelLMHead,  # NXS013
     FusedGateUp,  # NXS020
     AttentionVariants,  # NXS021
+    AttentionNorms,  # NXS026
     AttentionSequenceParallel,  # NXS022
     NeuronFlashAttention,  # NXS023
     SourceFusedCheckpoint,  # NXS027
