@@ -366,6 +366,8 @@ class Blueprint:
     style: CodeStyle = CodeStyle()
     fusions: tuple[SourceFusion, ...] = ()  # linears the source splits into parts (read as separate)
     moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
+    # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
+    learnable_activations: tuple[tuple[str, str], ...] = ()
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

@@ -97,7 +97,8 @@ CHAINED_PROJECTION = RefusalCode(
 UNMAPPED_PARAMETER = RefusalCode(
     "R011",
     "unmapped-parameter",
-    "a bare nn.Parameter outside a norm has no sharding rule",
+    "a bare nn.Parameter outside a norm, or an activation with learnable parameters anywhere but a parallel "
+    "MLP's intermediate (NXS025), has no sharding rule",
     "decide whether the parameter is replicated (and sums its gradient over TP) or sharded, by hand",
 )
 UNKNOWN_LAYER = RefusalCode(

@@ -17,7 +17,7 @@ from .moe import moe_blocks
 from .norms import with_head_rows
 from .plumbing import code_style, eager_function, mask_builders
 from .preconditions import preconditions
-from .refusals import detect
+from .refusals import detect, learnable_activations
 from .sites import attention_geometries, backbone, layer_sites, mlp_blocks, norm_sites, parameter_sites
 
 
@@ -67,6 +67,9 @@ def analyze(source: ModelSource) -> Blueprint:
         mask_builders=mask_builders(context),
         style=code_style(context),
         fusions=context.fusions,
+        learnable_activations=tuple(
+            key for key, refusal in learnable_activations(context, tuple(mlps)) if refusal is None
+        ),
     )
     refusals = [
         # one line each: messages quote source, and they end up in comments (`TODO(<code>)` markers)
@@ -74,7 +77,12 @@ def analyze(source: ModelSource) -> Blueprint:
         for refusal in role_refusals
         + list(moe.refusals)
         + detect(
-            context, sites, norms, geometries, frozenset(block.owner for block in moe.blocks) | moe.refused
+            context,
+            sites,
+            norms,
+            geometries,
+            frozenset(block.owner for block in moe.blocks) | moe.refused,
+            tuple(mlps),
         )
         + preconditions(context, blueprint)
     ]

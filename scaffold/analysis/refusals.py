@@ -15,6 +15,7 @@ from ..blueprint import (
     LayerKind,
     LayerSite,
     Location,
+    MLPBlock,
     NormScope,
     NormSite,
     Refusal,
@@ -51,6 +52,7 @@ def detect(
     norms: list[NormSite],
     geometries: list[AttentionGeometry],
     moe_classes: frozenset[str] = frozenset(),
+    mlps: tuple[MLPBlock, ...] = (),
 ) -> list[Refusal]:
     """Every refusal the structure calls for (role refusals come from `sites.layer_sites`; the sparse
     blocks of `moe_classes` are judged by `moe.moe_blocks`)."""
@@ -66,7 +68,7 @@ def detect(
     found += _fused_projections(context, refused)
     found += _unrecognised_attention(context, refused)
     found += _parameters_and_unknown_layers(context)
-    found += _learnable_activations(context)
+    found += [refusal for _, refusal in learnable_activations(context, mlps) if refusal is not None]
     found += _layer_stack(context)
     return _first_per_line(found)
 
@@ -370,10 +372,17 @@ def _unrecognised_attention(context: Context, refused: set[str]) -> list[Refusal
     return found
 
 
-def _learnable_activations(context: Context) -> list[Refusal]:
-    """`ACT2FN[config.x]` whose default activation has parameters (e.g. xIELU)."""
+def learnable_activations(
+    context: Context, mlps: tuple[MLPBlock, ...]
+) -> list[tuple[tuple[str, str], Refusal | None]]:
+    """`ACT2FN[config.x]` whose default activation has parameters (e.g. xIELU), by (owner, attribute): the
+    activation of a parallel MLP block (its parameters act on the rank's columns of the intermediate; NXS025
+    sums their gradients over TP) with no refusal, any other refused (R011)."""
     learnable = dict(context.source.facts.learnable_activations)
-    found: list[Refusal] = []
+    mlp_activations = {
+        (block.owner, block.activation.source) for block in mlps if block.activation is not None
+    }
+    found: list[tuple[tuple[str, str], Refusal | None]] = []
     seen: set[tuple[str, str]] = set()
     for member in context.tree.members:
         value = member.assign.value
@@ -395,15 +404,19 @@ def _learnable_activations(context: Context) -> list[Refusal]:
             activation = learnable.get(name_expr.evaluate(context.default_config))
         except (TypeError, ValueError, AttributeError):
             continue
-        if activation is not None:
-            found.append(
-                Refusal(
-                    UNMAPPED_PARAMETER.code,
-                    f"{member.owner.class_name}.{member.attribute} = {SourceIndex.code(value)} builds "
-                    f"{activation}, an activation with learnable parameters; {UNMAPPED_PARAMETER.why}",
-                    member_location(context, member),
-                )
-            )
+        if activation is None:
+            continue
+        if (member.owner.class_name, SourceIndex.code(index.value)) in mlp_activations:
+            found.append((key, None))
+            continue
+        refusal = Refusal(
+            UNMAPPED_PARAMETER.code,
+            f"{member.owner.class_name}.{member.attribute} = {SourceIndex.code(value)} builds "
+            f"{activation}, an activation with learnable parameters, outside a parallel MLP's intermediate; "
+            f"{UNMAPPED_PARAMETER.why}",
+            member_location(context, member),
+        )
+        found.append((key, refusal))
     return found
 
 

@@ -19,6 +19,7 @@ from .base import Rule, RuleExample, RuleOptions
 from .base_model_forward import BaseModelForward
 from .fused_gate_up import FusedGateUp
 from .kv_cache import DropKVCache
+from .learnable_activations import LearnableActivationGradients
 from .moe_block import MoEBlocks
 from .neuron_flash_attention import NeuronFlashAttention
 from .neuron_model_classes import NeuronModelClasses
@@ -50,6 +51,7 @@ RULES: tuple[type[Rule], ...] = (
     NeuronFlashAttention,  # NXS023
     SourceFusedCheckpoint,  # NXS027
     ParallelLinears,  # NXS024
+    LearnableActivationGradients,  # NXS025
     MoEBlocks,  # NXS040
     RemoveUnusedImports,  # NXS030
 )

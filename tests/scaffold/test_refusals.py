@@ -58,6 +58,13 @@ def test_qk_norms_sharded_with_their_heads_are_not_refused():
     }
 
 
+def test_a_learnable_activation_of_a_parallel_mlp_is_not_refused():
+    # apertus' MLP applies xIELU (parameters alpha_p, alpha_n) to up_proj's output: NXS025 sums their gradients.
+    assert codes("apertus") == set()
+    assert blueprint_of("apertus").learnable_activations == (("ApertusMLP", "act_fn"),)
+    assert blueprint_of("llama").learnable_activations == ()
+
+
 def test_bloom_interleaved_qkv_is_refused():
     assert "R003" in codes("bloom")
     (line,) = lines_of("bloom", "R003")
