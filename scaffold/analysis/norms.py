@@ -15,9 +15,9 @@ import dataclasses
 import libcst as cst
 
 from ..blueprint import AttentionGeometry, Expr, Location, NormScope, NormSite
-from ..syntax import walk
+from ..syntax import code, walk
 from .classes import ClassFacts
-from .constructors import TORCH_NORMS, ChildKind
+from .constructors import TORCH_NORMS, ChildKind, Construct
 from .dataflow import Flow, sources
 from .expressions import to_expr
 from .parsing import SourceIndex
@@ -40,6 +40,65 @@ def norm_classes(facts: dict[str, ClassFacts], index: SourceIndex) -> dict[str, 
         if kind is not None:
             found[name] = kind
     return found
+
+
+PER_HEAD_LIST = (
+    "per_head_list"  # the kind of a class holding one norm per head (shard_by_head keeps the rank's)
+)
+
+
+def per_head_norm_lists(
+    facts: dict[str, ClassFacts], constructs: dict[str, dict[str, Construct]], index: SourceIndex
+) -> dict[str, str]:
+    """Local classes that hold one norm per head and apply each to its head (stablelm's
+    `StableLmLayerNormPerHead`): their only member with weights is a `nn.ModuleList` of torch norms, and
+    their forward splits its input into heads of one (`torch.split(x, 1, dim=1)`) and zips them with that
+    list. Kind PER_HEAD_LIST."""
+    found: dict[str, str] = {}
+    for name, class_facts in facts.items():
+        members = constructs[name]
+        lists = [
+            attribute
+            for attribute, construct in members.items()
+            if construct.kind is ChildKind.LIST
+            and construct.element is not None
+            and construct.element.kind is ChildKind.TORCH_NORM
+        ]
+        others = [
+            construct
+            for attribute, construct in members.items()
+            if attribute not in lists and construct.kind not in (ChildKind.ACTIVATION, ChildKind.STATELESS)
+        ]
+        forward = class_facts.forward
+        if (
+            len(lists) == 1
+            and not others
+            and forward is not None
+            and _splits_and_zips(forward, lists[0], index)
+        ):
+            found[name] = PER_HEAD_LIST
+    return found
+
+
+def _splits_and_zips(forward: cst.FunctionDef, attribute: str, index: SourceIndex) -> bool:
+    """The forward splits a tensor into slices of one along dim 1 and zips `self.<attribute>` with them."""
+    splits = zips = False
+    for node in walk(forward.body):
+        if not isinstance(node, cst.Call):
+            continue
+        names = index.qualified_names(node.func)
+        is_split = "torch.split" in names or (
+            isinstance(node.func, cst.Attribute) and node.func.attr.value == "split"
+        )
+        if is_split:
+            values = [code(arg.value) for arg in node.args]
+            splits |= "1" in values and any(
+                arg.keyword is not None and arg.keyword.value == "dim" and code(arg.value) == "1"
+                for arg in node.args
+            )
+        elif isinstance(node.func, cst.Name) and node.func.value == "zip":
+            zips |= any(code(arg.value) == f"self.{attribute}" for arg in node.args)
+    return splits and zips
 
 
 def _kind_from_bases(class_facts: ClassFacts, index: SourceIndex) -> str | None:
@@ -186,7 +245,9 @@ def with_head_rows(
     found: list[NormSite] = []
     for norm in norms:
         target = normalised_heads(norm, geometries) if norm.scope is NormScope.PER_HEAD else None
-        if target is not None:
+        if target is not None and norm.kind == PER_HEAD_LIST:
+            norm = dataclasses.replace(norm, scope=NormScope.HEAD_ROWS)
+        elif target is not None:
             geometry, projection = target
             width = _evaluated(norm.width, config)
             rows = (

@@ -41,7 +41,7 @@ from .context import Context, base_instance_path, class_scope, decoder_layer_cla
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
 from .embedding_subclasses import is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
-from .norms import has_distributed_form, norm_call_location
+from .norms import PER_HEAD_LIST, has_distributed_form, norm_call_location
 from .parsing import SourceIndex
 from .sites import member_location
 
@@ -440,6 +440,7 @@ def _parameters_and_unknown_layers(context: Context) -> list[Refusal]:
             )
         elif (
             kind is ChildKind.LIST
+            and context.norm_kinds.get(owner) != PER_HEAD_LIST  # one norm per head: sharded by head (NXS026)
             and member.construct.element is not None
             and member.construct.element.kind
             not in (

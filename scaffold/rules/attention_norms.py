@@ -7,7 +7,9 @@ under tensor parallelism each rank keeps only its heads' part (analysis tells th
   split into heads) reduces over every column: it becomes the package's `ColumnParallelRMSNorm`, whose
   statistics are summed over the TP group and whose weight holds the rank's columns;
 - a per-head norm with one weight row per head (`HEAD_ROWS`, cohere's `LayerNorm((num_heads, head_dim))`)
-  normalises each head alone: it keeps its class, and `shard_by_head` keeps the rank's rows.
+  normalises each head alone: it keeps its class, and `shard_by_head` keeps the rank's rows; a class holding
+  one norm per head (stablelm's `StableLmLayerNormPerHead`, kind "per_head_list") keeps the rank's norms,
+  and a `HeadModulesSpec` renumbers their checkpoint entries (whatever the projection variant).
 
 A key norm counts NxD's replicated K/V heads (`replicas=self.kv_size_multiplier`): its replicated entries
 sum their gradients over the kv-shared group. Under NxD's GQA layer the rank's heads are not a contiguous
@@ -28,6 +30,7 @@ from . import templates
 from .base import Rule, stored_example, with_todo
 
 TEMPLATES = "attention_norms"
+PER_HEAD_LIST = "per_head_list"  # the norm kind of a class holding one norm per head (analysis)
 SHARDED_SCOPES = (NormScope.FULL_WIDTH, NormScope.HEAD_ROWS)
 
 
@@ -98,6 +101,22 @@ class AttentionNorms(Rule):
             init, _ = rewrite_assigned_call(init, norm.attribute, lambda _: call.deep_clone())
         attribute = cst.Attribute(value=cst.Name("self"), attr=cst.Name(norm.attribute))
         after: list[cst.BaseStatement] = []
+        if norm.scope is NormScope.HEAD_ROWS and norm.kind == PER_HEAD_LIST:
+            heads = geometry.num_heads if projection == "query" else geometry.num_kv_heads
+            statements, needed = templates.fill_statements(
+                TEMPLATES,
+                "head_modules",
+                style,
+                norm=attribute,
+                prefix=cst.SimpleString(f'"{norm.attribute}."'),
+                heads=cst.parse_expression(heads.source),
+                replicas=replicas,
+                projection=cst.SimpleString(f'"{projection}"'),
+                q_heads=cst.parse_expression(geometry.num_heads.source),
+                kv_heads=cst.parse_expression(geometry.num_kv_heads.source),
+            )
+            self.add_template_imports(needed)
+            return _insert_after_assignment(init, norm.attribute, statements)
         if norm.scope is NormScope.HEAD_ROWS:
             heads = geometry.num_heads if projection == "query" else geometry.num_kv_heads
             statements, needed = templates.fill_statements(

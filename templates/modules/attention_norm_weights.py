@@ -12,7 +12,9 @@ the host's generic sharding along dim 0 gets right. Under NxD's GQA layer they a
 
 `HeadRowsSpec` maps such parameters on load (`adapt_state_dict`) and back on consolidation
 (`to_original_weights`, the first tile of a K tensor), bit for bit, under optimum-neuron's released host
-code. It takes no LoRA adapter: norms are not LoRA targets, so adapter checkpoints pass by untouched.
+code. `HeadModulesSpec` does the same for a list of one norm per head (stablelm's `norms.<head>`), whose
+entries the rank renumbers, with any projection variant. Neither takes a LoRA adapter: norms are not LoRA
+targets, so adapter checkpoints pass by untouched.
 
 optimum-neuron's `ModelWeightTransformationSpecs.from_metadata` looks spec classes up by name in its
 `transformations_utils` module, so importing this module registers the class there; import the model
@@ -143,6 +145,122 @@ class HeadRowsSpec(ModelWeightTransformationSpec):
         return {}, []
 
 
-# The first copy registered stays: every generated package inserts this same module.
-if not hasattr(transformations_utils, HeadRowsSpec.__name__):
-    setattr(transformations_utils, HeadRowsSpec.__name__, HeadRowsSpec)
+@dataclass
+class HeadModulesSpec(ModelWeightTransformationSpec):
+    """A list of one module per head of the query or key projection (`module_list`, e.g.
+    `"q_layernorm.norms"`, relative to the attention module; `parameter_names` inside one entry): the rank
+    keeps its heads' entries, in its own order, so checkpoint entry `<head>` is the rank's entry `<index>`.
+    `gqa` says whether the attention runs on NxD's GQA layer (its head layout) or on contiguous heads."""
+
+    module_list: str
+    parameter_names: list[str]
+    projection: str
+    num_attention_heads: int
+    num_key_value_heads: int
+    kv_size_multiplier: int
+    gqa: bool
+
+    def __post_init__(self) -> None:
+        if self.projection not in (QUERY, KEY):
+            raise ValueError(f"projection must be {QUERY!r} or {KEY!r}, not {self.projection!r}")
+
+    @property
+    def heads(self) -> int:
+        return self.num_attention_heads if self.projection == QUERY else self.num_key_value_heads
+
+    def rank_heads(self, tp_size: int, tp_rank: int) -> list[int]:
+        """The checkpoint heads of the rank's entries, in order."""
+        if self.gqa and self.projection == QUERY:
+            return GQAQKVColumnParallelLinearSpec.compute_query_indices_for_rank(
+                tp_size, tp_rank, self.num_attention_heads, self.num_key_value_heads, self.kv_size_multiplier
+            ).tolist()
+        tiles = self.kv_size_multiplier if self.gqa else 1
+        return torch.arange(self.heads).repeat(tiles).chunk(tp_size)[tp_rank].tolist()
+
+    def _name(self, fqn: str, entry: int, parameter: str) -> str:
+        return f"{fqn}.{self.module_list}.{entry}.{parameter}"
+
+    def get_relevant_parameter_names(self, module_fully_qualified_name: str) -> set[str]:
+        # the rank's entries are numbered below `heads` too
+        return {
+            self._name(module_fully_qualified_name, head, parameter)
+            for head in range(self.heads)
+            for parameter in self.parameter_names
+        }
+
+    def guess_peft_type(self, model: torch.nn.Module, module_fully_qualified_name: str) -> str | None:
+        return None
+
+    def adapt_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
+        return peft_config
+
+    def to_original_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
+        return peft_config
+
+    def _adapt_state_dict(
+        self,
+        module_fully_qualified_name: str,
+        named_parameters: dict[str, torch.nn.Parameter],
+        orig_state_dict: StateDict,
+        upstanding_sharded_params: StateDict,
+        inplace: bool = False,
+    ) -> StateDict:
+        state_dict = orig_state_dict if inplace else dict(orig_state_dict)
+        fqn = module_fully_qualified_name
+        full = {
+            (head, parameter): state_dict.pop(self._name(fqn, head, parameter))
+            for head in range(self.heads)
+            for parameter in self.parameter_names
+            if self._name(fqn, head, parameter) in state_dict
+        }
+        heads = self.rank_heads(get_tensor_model_parallel_size(), get_tensor_model_parallel_rank())
+        for entry, head in enumerate(heads):
+            for parameter in self.parameter_names:
+                if (head, parameter) in full:
+                    # a copy: the host tells the tensors a spec produced by their storage
+                    state_dict[self._name(fqn, entry, parameter)] = full[head, parameter].clone()
+        return state_dict
+
+    def _lora_adapt_state_dict(
+        self,
+        module_fully_qualified_name: str,
+        named_parameters: dict[str, torch.nn.Parameter],
+        orig_state_dict: StateDict,
+        upstanding_sharded_params: StateDict,
+        inplace: bool = False,
+    ) -> StateDict:
+        return orig_state_dict if inplace else dict(orig_state_dict)
+
+    def _to_original_weights(
+        self,
+        module_fully_qualified_name: str,
+        sharded_state_dicts: dict[str, list[torch.Tensor]],
+        parameters_metadata: dict[str, dict[str, Any]],
+    ) -> tuple[StateDict, list[str]]:
+        fqn = module_fully_qualified_name
+        first = self._name(fqn, 0, self.parameter_names[0])
+        if first not in parameters_metadata or first not in sharded_state_dicts:
+            return {}, []
+        tp_size = parameters_metadata[first]["num_partitions"]
+        weights: StateDict = {}
+        for rank in range(tp_size):
+            for entry, head in enumerate(self.rank_heads(tp_size, rank)):
+                for parameter in self.parameter_names:
+                    name = self._name(fqn, head, parameter)
+                    if name not in weights:  # a replicated head: its first copy
+                        weights[name] = sharded_state_dicts[self._name(fqn, entry, parameter)][rank]
+        return weights, []
+
+    def _lora_to_original_weights(
+        self,
+        module_fully_qualified_name: str,
+        sharded_state_dicts: dict[str, list[torch.Tensor]],
+        parameters_metadata: dict[str, dict[str, Any]],
+    ) -> tuple[StateDict, list[str]]:
+        return {}, []
+
+
+for _spec_class in (HeadRowsSpec, HeadModulesSpec):
+    # The first copy registered stays: every generated package inserts this same module.
+    if not hasattr(transformations_utils, _spec_class.__name__):
+        setattr(transformations_utils, _spec_class.__name__, _spec_class)

@@ -16,11 +16,13 @@ statistics are summed over the TP group and the weight is sharded with the colum
   partial: a hook sums them over NxD's kv-shared group (the ranks holding the same K/V heads), as the GQA
   layer does for its K/V outputs' gradients.
 - `shard_by_head(module, heads, replicas)` keeps, of each parameter of a norm applied per head whose rows
-  run over the heads (cohere's `q_norm` weight `(num_heads, head_dim)`), the rows of the rank's heads, laid
-  out as NxD's GQA layer lays out its heads (K/V heads tiled `replicas` times), tagged and hooked likewise.
+  run over the heads (cohere's `q_norm` weight `(num_heads, head_dim)`), the rows of the rank's heads, and
+  of a list of one norm per head (stablelm's), the rank's norms, laid out as NxD's GQA layer lays out its
+  heads (K/V heads tiled `replicas` times), tagged and hooked likewise.
 
 Under NxD's GQA layer the rank's query heads are not a contiguous block of the checkpoint's: the package's
-`attention_norm_weights.HeadRowsSpec` maps such weights when a checkpoint is loaded and consolidated.
+`attention_norm_weights.HeadRowsSpec` maps such weights when a checkpoint is loaded and consolidated
+(`HeadModulesSpec` renames a list's entries, `norms.<head>` to `norms.<rank's index>`).
 
 Dense equivalence (same output, input gradient and summed weight gradient as the dense norm applied to
 the gathered tensor) is tested in tests/backend/test_tensor_parallel_norms.py.
@@ -113,16 +115,29 @@ class ColumnParallelLayerNorm(nn.Module):
         return normed * self.weight if self.bias is None else normed * self.weight + self.bias
 
 
-def shard_by_head(module: nn.Module, heads: int, replicas: int = 1) -> None:
-    """Keep the rank's heads of each parameter of `module` (its own, not its children's) whose first
-    dimension runs over `heads` heads: `(heads, ...)` rows, or `heads * n` values. The heads are tiled
-    `replicas` times (K/V heads under NxD's GQA layer) and split over the TP ranks."""
+def shard_by_head(module: nn.Module, heads: int, replicas: int = 1) -> list[str]:
+    """Keep the rank's heads of `module`: of each of its own parameters whose first dimension runs over
+    `heads` heads (`(heads, ...)` rows, or `heads * n` values), and of each `nn.ModuleList` child holding
+    one module per head (stablelm's per-head LayerNorms). The heads are tiled `replicas` times (K/V heads
+    under NxD's GQA layer) and split over the TP ranks; the kept parameters are tagged as sharded. Returns
+    the names of the lists it cut (their checkpoint entries need `HeadModulesSpec`)."""
     tp_size, tp_rank = get_tensor_model_parallel_size(), get_tensor_model_parallel_rank()
     if (heads * replicas) % tp_size:
         raise ValueError(f"{heads} heads ({replicas} replicas) cannot be split over {tp_size} TP ranks")
+    lists = []
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.ModuleList) and len(child) == heads:
+            lists.append(name)
+            kept = [
+                child[head] for head in torch.arange(heads).repeat(replicas).chunk(tp_size)[tp_rank].tolist()
+            ]
+            for parameter in (parameter for entry in kept for parameter in entry.parameters()):
+                _tag(parameter, replicas)
+            setattr(module, name, nn.ModuleList(kept))
     for name, parameter in list(module.named_parameters(recurse=False)):
         if parameter.shape[0] % heads:
             raise ValueError(f"{name} of shape {tuple(parameter.shape)} does not run over {heads} heads")
         rows = parameter.detach().reshape(heads, -1).repeat(replicas, 1).chunk(tp_size)[tp_rank]
         local = rows.reshape(-1, *parameter.shape[1:]).clone()
         setattr(module, name, _tag(nn.Parameter(local, requires_grad=parameter.requires_grad), replicas))
+    return lists

@@ -62,10 +62,12 @@ def tp_rank(size: int, rank: int) -> Iterator[None]:
         parallel_state.set_tensor_model_parallel_rank(None)
 
 
-def _oracle_rows(projection: str, heads: int, kv_heads: int, tp: int, m: int) -> list[torch.Tensor]:
+def _oracle_rows(
+    projection: str, heads: int, kv_heads: int, tp: int, m: int, head_dim: int = HEAD_DIM
+) -> list[torch.Tensor]:
     """Per rank: the checkpoint rows of the projection the released spec gives it (row i holds i)."""
     gqa = oracle.GQAQKVColumnParallelLinearSpec
-    width = (heads if projection == "query" else kv_heads) * HEAD_DIM
+    width = (heads if projection == "query" else kv_heads) * head_dim
     weight = torch.arange(width, dtype=torch.float64).unsqueeze(1)
     found = []
     for rank in range(tp):
@@ -76,7 +78,7 @@ def _oracle_rows(projection: str, heads: int, kv_heads: int, tp: int, m: int) ->
                 )
             else:
                 local = gqa.create_kv_proj_local_weight_from_regular_weight(
-                    weight, m, kv_heads * HEAD_DIM * m // tp
+                    weight, m, kv_heads * head_dim * m // tp
                 )
         found.append(local.squeeze(1))
     return found
@@ -134,3 +136,70 @@ def test_each_rank_holds_the_norm_entries_of_its_projection_rows(
 def test_the_spec_refuses_an_unknown_projection() -> None:
     with pytest.raises(ValueError, match="projection"):
         _spec("value", 8, 2, 2)
+
+
+def _oracle_heads(projection: str, heads: int, kv_heads: int, tp: int, m: int) -> list[list[int]]:
+    """Per rank: the checkpoint heads of the projection the released spec gives it, in order (one row per
+    head: the rows are the heads)."""
+    return [[int(v) for v in rows] for rows in _oracle_rows(projection, heads, kv_heads, tp, m, head_dim=1)]
+
+
+MODULE_CASES = [
+    pytest.param(
+        projection, layout, gqa, id=f"{projection}-H{layout[0]}KV{layout[1]}T{layout[2]}m{layout[3]}-{gqa}"
+    )
+    for projection in ("query", "key")
+    for layout in LAYOUTS
+    for gqa in (True, False)
+]
+
+
+@pytest.mark.parametrize(("projection", "layout", "gqa"), MODULE_CASES)
+def test_each_rank_holds_the_norms_of_its_heads_renumbered(
+    projection: str, layout: tuple[int, int, int, int], gqa: bool
+) -> None:
+    heads, kv_heads, tp, m = layout
+    count = heads if projection == "query" else kv_heads
+    if not gqa:  # contiguous heads, no replicas: rank r holds heads r n .. r n + n - 1
+        if count % tp:
+            pytest.skip("the heads do not split over the ranks without NxD's GQA layer")
+        m = 1
+        expected = [list(range(r * count // tp, (r + 1) * count // tp)) for r in range(tp)]
+    else:
+        expected = _oracle_heads(projection, heads, kv_heads, tp, m)
+    spec = template.HeadModulesSpec(
+        module_list="norm.norms",
+        parameter_names=["weight", "bias"],
+        projection=projection,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        kv_size_multiplier=m,
+        gqa=gqa,
+    )
+    full = {
+        f"attn.norm.norms.{h}.{p}": torch.full((HEAD_DIM,), 10.0 * h + (p == "bias"))
+        for h in range(count)
+        for p in ("weight", "bias")
+    }
+    shards: dict[str, list[torch.Tensor]] = {}
+    for rank, rank_heads in enumerate(expected):
+        with tp_rank(tp, rank):
+            adapted = spec.adapt_state_dict("attn", {}, {**full, "other": torch.zeros(1)}, {})
+        local = {name: value for name, value in adapted.items() if name.startswith("attn.")}
+        assert sorted(local) == sorted(
+            f"attn.norm.norms.{j}.{p}" for j in range(len(rank_heads)) for p in ("weight", "bias")
+        )
+        for j, h in enumerate(rank_heads):
+            assert torch.equal(local[f"attn.norm.norms.{j}.weight"], full[f"attn.norm.norms.{h}.weight"])
+            assert torch.equal(local[f"attn.norm.norms.{j}.bias"], full[f"attn.norm.norms.{h}.bias"])
+        assert "other" in adapted
+        for name, value in local.items():
+            shards.setdefault(name, []).append(value)
+    metadata = {
+        name: {"tensor_model_parallel": True, "partition_dim": 0, "num_partitions": tp} for name in shards
+    }
+    specs = oracle.ModelWeightTransformationSpecs(module_fully_qualified_name="attn", specs=[spec])
+    restored = oracle.ModelWeightTransformationSpecs.from_metadata(specs.to_metadata())
+    consolidated = oracle.to_original_weights([restored], shards, metadata)
+    assert sorted(consolidated) == sorted(full)
+    assert all(torch.equal(consolidated[name], full[name]) for name in full)

@@ -11,9 +11,10 @@ case shows the check can fail. With replicas, every copy of a weight column hold
 module sums them over NxD's kv-shared group): each tile must equal the dense gradient, which a norm without
 that sum (the second negative case) misses.
 
-`shard_by_head` is checked the same way on transformers' `CohereLayerNorm` over `(heads, head_dim)` rows:
-each rank keeps its heads' rows (tiled `m` times), normalises its heads, and ends with the dense output and
-gradients of those heads.
+`shard_by_head` is checked the same way on transformers' `CohereLayerNorm` over `(heads, head_dim)` rows and
+on stablelm's `StableLmLayerNormPerHead` (a list of one LayerNorm per head): each rank keeps its heads' rows
+or norms (tiled `m` times), normalises its heads, and ends with the dense output and gradients of those
+heads.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from transformers.models.cohere.modeling_cohere import CohereLayerNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.stablelm.modeling_stablelm import StableLmLayerNormPerHead
 
 from conformance.tensor_parallel_run import run_tensor_parallel
 
@@ -172,7 +174,11 @@ def test_full_width_norm_split_over_ranks_matches_the_dense_norm(case: dict[str,
 
 HEADS, HEAD_DIM = 4, 3
 HEAD_CASES = [
-    {"tp": tp, "replicas": m, "hook": hook} for tp in (2, 4) for m in (1, 2) for hook in (True, False)
+    {"tp": tp, "replicas": m, "hook": hook, "layout": layout}
+    for tp in (2, 4)
+    for m in (1, 2)
+    for hook in (True, False)
+    for layout in ("rows", "list")
 ]
 
 
@@ -203,28 +209,39 @@ def _run_heads(cases: list[dict[str, Any]], module_path: str) -> list[dict[str, 
             ps.initialize_kv_group(m)
         if not case["hook"]:
             norms.sum_over_kv_replicas = lambda grad: grad
-        norm = CohereLayerNorm((HEADS, HEAD_DIM), eps=EPS)
-        with torch.no_grad():
-            norm.weight.copy_(data["weight"])
-        norms.shard_by_head(norm, HEADS, replicas=m)
+        norm = _dense_heads(case["layout"], data["weight"])
+        cut = norms.shard_by_head(norm, HEADS, replicas=m)
         x = data["x"].repeat(1, 1, m, 1).chunk(world, 2)[rank].clone().requires_grad_()
-        out = norm(x)
+        out = norm(x.transpose(1, 2)).transpose(1, 2) if case["layout"] == "list" else norm(x)
         out.backward(data["grad"].chunk(world, 2)[rank])
+        weights = [entry.weight for entry in norm.norms] if case["layout"] == "list" else [norm.weight]
         results.append(
             {
                 "out": out.detach(),
                 "x_grad": x.grad,
-                "w_grad": norm.weight.grad,
-                "tags": (
-                    norm.weight.tensor_model_parallel,
-                    norm.weight.partition_dim,
-                    tuple(norm.weight.shape),
-                ),
+                "w_grad": torch.stack([w.grad for w in weights]).reshape(-1, HEAD_DIM),
+                "tags": [(w.tensor_model_parallel, w.partition_dim) for w in weights],
+                "cut": cut,
             }
         )
         if m > 1:
             ps.destroy_kv_group()
     return results
+
+
+def _dense_heads(layout: str, weight: torch.Tensor) -> nn.Module:
+    """transformers' norm applied per head: cohere's rows `(heads, head_dim)`, or stablelm's list of one
+    LayerNorm per head (which takes `(B, heads, S, head_dim)`)."""
+    if layout == "rows":
+        norm: nn.Module = CohereLayerNorm((HEADS, HEAD_DIM), eps=EPS)
+        with torch.no_grad():
+            norm.weight.copy_(weight)
+        return norm
+    norm = StableLmLayerNormPerHead(HEAD_DIM, HEADS, eps=EPS)
+    with torch.no_grad():
+        for entry, row in zip(norm.norms, weight, strict=True):
+            entry.weight.copy_(row)
+    return norm
 
 
 @functools.cache
@@ -233,28 +250,39 @@ def _head_results(tp: int) -> list[list[dict[str, Any]]]:
     return run_tensor_parallel(_run_heads, tp, cases, str(MODULE), timeout=300)
 
 
-@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: f"T{c['tp']}-m{c['replicas']}-hook{c['hook']}")
+@pytest.mark.parametrize(
+    "case", HEAD_CASES, ids=lambda c: f"T{c['tp']}-m{c['replicas']}-hook{c['hook']}-{c['layout']}"
+)
 def test_norm_sharded_by_head_matches_the_dense_norm(case: dict[str, Any]) -> None:
     index = [c for c in HEAD_CASES if c["tp"] == case["tp"]].index(case)
     ranks = [rank_results[index] for rank_results in _head_results(case["tp"])]
     m, tp = case["replicas"], case["tp"]
     data = _head_inputs(case)
-    dense = CohereLayerNorm((HEADS, HEAD_DIM), eps=EPS)
-    with torch.no_grad():
-        dense.weight.copy_(data["weight"])
+    dense = _dense_heads(case["layout"], data["weight"])
     x = data["x"].clone().requires_grad_()
-    out = dense(x)
+    out = dense(x.transpose(1, 2)).transpose(1, 2) if case["layout"] == "list" else dense(x)
     out.backward(data["grad"].unflatten(2, (m, HEADS)).sum(2))
+    dense_grad = (
+        torch.stack([entry.weight.grad for entry in dense.norms])
+        if case["layout"] == "list"
+        else dense.weight.grad
+    )
 
     def tiles(key: str) -> torch.Tensor:
         return torch.cat([rank[key] for rank in ranks], 0 if key == "w_grad" else 2)
 
-    assert all(rank["tags"] == (True, 0, (HEADS * m // tp, HEAD_DIM)) for rank in ranks)
-    torch.testing.assert_close(tiles("out"), out.detach().repeat(1, 1, m, 1), **CLOSE)
-    torch.testing.assert_close(tiles("x_grad").unflatten(2, (m, HEADS)).sum(2), x.grad, **CLOSE)
+    # torch's LayerNorm kernel sums in another order on a (B, 1, S, d) slice than on the whole tensor
+    close = CLOSE if case["layout"] == "rows" else {"rtol": 1e-4, "atol": 1e-5}
+    local = HEADS * m // tp
+    tags = [(True, 0)] * (local if case["layout"] == "list" else 1)
+    assert [rank["tags"] for rank in ranks] == [tags] * tp
+    assert all(rank["w_grad"].shape == (local, HEAD_DIM) for rank in ranks)
+    assert all(rank["cut"] == (["norms"] if case["layout"] == "list" else []) for rank in ranks)
+    torch.testing.assert_close(tiles("out"), out.detach().repeat(1, 1, m, 1), **close)
+    torch.testing.assert_close(tiles("x_grad").unflatten(2, (m, HEADS)).sum(2), x.grad, **close)
     w_tiles = tiles("w_grad").unflatten(0, (m, HEADS))
-    expected = dense.weight.grad.expand_as(w_tiles)
+    expected = dense_grad.expand_as(w_tiles)
     if case["hook"] or m == 1:
-        torch.testing.assert_close(w_tiles, expected, **CLOSE)
+        torch.testing.assert_close(w_tiles, expected, **close)
     else:  # without the sum over the kv-shared group each copy holds its rank's share only
-        assert not torch.allclose(w_tiles, expected, **CLOSE)
+        assert not torch.allclose(w_tiles, expected, **close)

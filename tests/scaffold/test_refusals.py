@@ -58,6 +58,21 @@ def test_qk_norms_sharded_with_their_heads_are_not_refused():
     }
 
 
+def test_a_list_of_one_norm_per_head_is_sharded_by_head_not_refused():
+    # stablelm's StableLmLayerNormPerHead: nn.ModuleList([nn.LayerNorm(dim) for _ in range(num_heads)]), each
+    # applied to its head's slice (torch.split(x, 1, dim=1)); its other refusals are not about norms.
+    assert "R012" not in codes("stablelm")
+    norms = {
+        norm.attribute: (norm.kind, norm.scope.value)
+        for norm in blueprint_of("stablelm").norms
+        if norm.normalises
+    }
+    assert norms == {
+        "q_layernorm": ("per_head_list", "head_rows"),
+        "k_layernorm": ("per_head_list", "head_rows"),
+    }
+
+
 def test_a_learnable_activation_of_a_parallel_mlp_is_not_refused():
     # apertus' MLP applies xIELU (parameters alpha_p, alpha_n) to up_proj's output: NXS025 sums their gradients.
     assert codes("apertus") == set()
