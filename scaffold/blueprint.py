@@ -110,6 +110,7 @@ class NormScope(enum.StrEnum):
     HIDDEN = "hidden"  # the residual stream: replicated weight, sequence-parallel under SP
     PER_HEAD = "per_head"  # each head's head_dim after the split into heads: local to a rank
     FULL_WIDTH = "full_width"  # all heads of a sharded projection: needs a cross-rank reduction
+    HEAD_ROWS = "head_rows"  # each head's head_dim with its own weight row per head: sharded with the heads
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,7 @@ class Features:
     qkv_bias: Expr | None
     o_bias: Expr | None
     mlp_bias: Expr | None
-    qk_norm: str  # "none", "per_head" or "full_width"
+    qk_norm: str  # "none", "per_head", "head_rows" or "full_width"
     sliding_window: Expr | None
     attention_softcap: Expr | None
     final_logit_softcap: Expr | None
@@ -365,6 +366,8 @@ class Blueprint:
     style: CodeStyle = CodeStyle()
     fusions: tuple[SourceFusion, ...] = ()  # linears the source splits into parts (read as separate)
     moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
+    # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
+    learnable_activations: tuple[tuple[str, str], ...] = ()
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

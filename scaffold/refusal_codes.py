@@ -47,10 +47,11 @@ INTERLEAVED_QKV = RefusalCode(
 FULL_WIDTH_NORM = RefusalCode(
     "R004",
     "full-width-norm",
-    "a norm over the full width of a column-parallel output reduces across ranks (needs a distributed norm)",
-    "implement the norm with an all-reduce of its statistics over the TP group by hand: "
-    "templates/modules/tensor_parallel_norms.py (ColumnParallelRMSNorm, ColumnParallelLayerNorm) has one, "
-    "its weight sharded with the columns (replicated K/V heads need their checkpoint spec and gradient sum)",
+    "a norm over the full width of a column-parallel output reduces across ranks; NXS026 distributes an RMS "
+    "norm (with its eps given) over the whole output of the query or key projection, no other",
+    "make it an RMS norm of one query or key projection in a copy of the modeling file (--source), or use "
+    "templates/modules/tensor_parallel_norms.py by hand (ColumnParallelLayerNorm for a LayerNorm; its "
+    "weight sharded with the columns, HeadRowsSpec for NxD's GQA layer)",
 )
 NON_SOFTMAX_MIXER = RefusalCode(
     "R005",
@@ -96,7 +97,8 @@ CHAINED_PROJECTION = RefusalCode(
 UNMAPPED_PARAMETER = RefusalCode(
     "R011",
     "unmapped-parameter",
-    "a bare nn.Parameter outside a norm has no sharding rule",
+    "a bare nn.Parameter outside a norm, or an activation with learnable parameters anywhere but a parallel "
+    "MLP's intermediate (NXS025), has no sharding rule",
     "decide whether the parameter is replicated (and sums its gradient over TP) or sharded, by hand",
 )
 UNKNOWN_LAYER = RefusalCode(
@@ -123,9 +125,10 @@ UNRECOGNISED_ATTENTION = RefusalCode(
 HEAD_SHARDED_NORM = RefusalCode(
     "R015",
     "per-head-norm-weights",
-    "a norm applied per head whose weight is not one head_dim vector (e.g. one row per head) must be "
-    "sharded by head",
-    "shard the norm's weight by head with a custom weight spec, by hand",
+    "a norm applied per head whose weight is neither one head_dim vector (replicated) nor one head_dim row "
+    "per head of its projection, `(heads, head_dim)` (sharded by head, NXS026), has no sharding rule",
+    "shard the norm's weight by head by hand (templates/modules/tensor_parallel_norms.py's shard_by_head "
+    "and attention_norm_weights.py's HeadRowsSpec do it for one row per head)",
 )
 RELATIVE_IMPORT = RefusalCode(
     "R016",
