@@ -64,8 +64,8 @@ class MoEBlocks(Rule):
         "sparse MoE block -> NxD MoE (RouterTopK + ExpertMLPs + expert specs); router logits to the loss"
     )
     ADVICE = (
-        "Blocks with another routing than softmax -> top-k over one linear (R029) or another shape (R001) "
-        "are refused. Disabling it keeps the source's block as written, which is yours to finish: its router "
+        "Blocks that route otherwise than softmax -> top-k over one linear or a function of the modeling "
+        "file on its logits (R029), or have another shape (R001), are refused. Disabling it keeps the source's block as written, which is yours to finish: its router "
         "is then a plain replicated linear (no sequence-parallel mark) and its experts a loop of parallel MLPs "
         "without expert parallelism."
     )
