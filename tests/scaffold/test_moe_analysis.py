@@ -240,3 +240,16 @@ def test_a_package_on_nxd_moe_carries_the_expert_weight_specs_as_they_are():
         in files["modeling_mixtral.py"].decode()
     )
     assert "moe_expert_weights.py" not in render_package(cached_emit(Request("llama"))).files
+
+
+@pytest.mark.parametrize("model_type", ["granitemoe", "gpt_oss"])
+def test_packed_expert_tensors_are_refused_at_their_parameter(model_type: str):
+    # granitemoe: `self.weight = nn.Parameter(torch.empty(num_experts, output_size, input_size))`;
+    # gpt_oss: `self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_size, 2 * ...))`
+    packed = [
+        refusal
+        for refusal in blueprint_of(model_type).refusals
+        if refusal.code == "R001" and "experts packed as one tensor" in refusal.message
+    ]
+    assert packed
+    assert all("nn.Parameter(torch.empty(" in source_line(model_type, r.location.line) for r in packed)
