@@ -33,6 +33,14 @@ def test_mixtral_experts_are_rebuilt_not_refused_and_phimoe_routing_is_kept():
     assert codes("phimoe") == {"R019", "R026", "R027"}
 
 
+def test_ernie4_5_moe_bias_corrected_choice_is_refused_as_routing():
+    # `_, selected_experts = torch.topk(self.moe_statics(routing_weights), self.top_k, dim=-1)`: the experts
+    # are chosen on the softmax plus a correction bias, a routing neither RouterTopK nor a module function is.
+    assert codes("ernie4_5_moe") == {"R029"}
+    (line,) = lines_of("ernie4_5_moe", "R029")
+    assert "self.gate = nn.Linear" in line
+
+
 def test_gpt2_conv1d_is_refused_at_each_constructor():
     lines = lines_of("gpt2", "R002")
     assert len(lines) >= 3
