@@ -18,6 +18,7 @@ from .base import Rule, RuleExample, RuleOptions
 from .base_model_forward import BaseModelForward
 from .fused_gate_up import FusedGateUp
 from .kv_cache import DropKVCache
+from .mask_option_guard import MaskOptionGuard
 from .moe_block import MoEBlocks
 from .neuron_flash_attention import NeuronFlashAttention
 from .neuron_model_classes import NeuronModelClasses
@@ -41,6 +42,7 @@ RULES: tuple[type[Rule], ...] = (
     ParallelEmbeddingRule,  # NXS010
     SequenceParallelNorms,  # NXS011
     BaseModelForward,  # NXS012
+    MaskOptionGuard,  # NXS014
     VocabParallelLMHead,  # NXS013
     FusedGateUp,  # NXS020
     AttentionVariants,  # NXS021

@@ -16,7 +16,9 @@ EXAMPLE_MODELS = (
     *TARGETS,
     "phi3",
     *MOE_TARGETS,
-)  # rules may show their examples on these (phi3: projections fused in the source)
+    "gemma3_text",
+)  # rules may show their examples on these (phi3: projections fused in the source; gemma3_text: a
+# config flag that sets a mask option)
 
 
 @functools.cache
