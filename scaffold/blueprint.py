@@ -225,9 +225,9 @@ class MLPBlock:
 
 @dataclass(frozen=True)
 class MoEBlock:
-    """A sparse mixture-of-experts block: a linear router, softmax, top-k (optionally renormalised) and a
-    list of gated expert MLPs, optionally a shared expert scaled by a sigmoid gate; sizes as config
-    expressions. `normalize` is the condition under which the top-k probabilities are renormalised
+    """A sparse mixture-of-experts block: a linear router, softmax, top-k (optionally renormalised) or a
+    routing function of the source, and a list of gated expert MLPs, optionally a shared expert scaled by
+    a sigmoid gate; sizes as config expressions. `normalize` is the condition under which the top-k probabilities are renormalised
     ("True", "False" or a config expression); `jitter` the router jitter of the source, if any."""
 
     owner: str  # the block class
@@ -251,6 +251,10 @@ class MoEBlock:
     dense_layers: bool  # the layer builds the block under a condition (other layers hold a dense MLP)
     logits_plumbed: bool  # the source's layers return the router logits already (`output_router_logits`)
     location: Location
+    # A block that routes with a function of its own: the call as NxD's router writes it (`router_logits`,
+    # `self.config.<field>`, `self.training`) and the function's name; None for softmax -> top-k.
+    routing: str | None = None
+    routing_function: str | None = None
 
 
 @dataclass(frozen=True)

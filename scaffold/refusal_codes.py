@@ -234,10 +234,13 @@ LINEAR_LAYOUT = RefusalCode(
 UNRECOGNISED_ROUTING = RefusalCode(
     "R029",
     "unrecognised-routing",
-    "the experts are not routed by softmax -> top-k (-> renormalisation) over one linear router, the only "
-    "routing NxD's RouterTopK computes (sparsemixer, sigmoid or grouped routing differ)",
+    "the experts are routed neither by softmax -> top-k (-> renormalisation) over one linear router, which "
+    "NxD's RouterTopK computes, nor by a function of the modeling file that takes the router's logits and "
+    "returns `weights, indices` from config-only arguments, which a generated RouterBase subclass calls "
+    "(sigmoid, grouped or bias-corrected routing written in the block's forward differ)",
     "write the router by hand (a RouterBase subclass that computes the source's affinities) at the TODO "
-    "marker, keeping NxD's ExpertMLPs for the experts",
+    "marker, keeping NxD's ExpertMLPs for the experts, or move the routing into a module function "
+    "`weights, indices = route(router_logits, ...)` in a copy of the modeling file (--source)",
 )
 
 ALL_CODES: tuple[RefusalCode, ...] = (

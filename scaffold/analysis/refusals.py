@@ -103,6 +103,25 @@ def _mixture_of_experts(context: Context, moe_classes: frozenset[str]) -> list[R
                     member_location(context, member),
                 )
             )
+    for member in context.tree.members:
+        dimensions = _packed_dimensions(member.assign.value)
+        if (
+            stack is not None
+            and member.owner.path.startswith(stack)
+            and member.construct.kind is ChildKind.PARAMETER
+            and member.owner.class_name not in context.norm_kinds
+            and dimensions is not None
+        ):
+            found.append(
+                Refusal(
+                    MOE.code,
+                    f"{member.owner.class_name}.{member.attribute} is a {dimensions}-D parameter in a decoder layer "
+                    f"(experts packed as one tensor, [experts, ...]); NXS040 rebuilds experts only from a list of "
+                    f"expert MLPs, and no spec maps a packed tensor onto ExpertMLPs' gate_up_proj / down_proj; "
+                    f"{MOE.why}",
+                    member_location(context, member),
+                )
+            )
     for name, analysis in context.classes.items():
         if name in moe_classes:
             continue
@@ -120,6 +139,14 @@ def _mixture_of_experts(context: Context, moe_classes: frozenset[str]) -> list[R
                         )
                     )
     return _first_per_line(found)
+
+
+def _packed_dimensions(value: cst.BaseExpression) -> int | None:
+    """The dimensions of `nn.Parameter(torch.empty(a, b, c, ...))` (any tensor factory) when three or more."""
+    if not (isinstance(value, cst.Call) and value.args and isinstance(value.args[0].value, cst.Call)):
+        return None
+    sizes = [arg for arg in value.args[0].value.args if arg.keyword is None and not arg.star]
+    return len(sizes) if len(sizes) >= 3 else None
 
 
 def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:

@@ -26,10 +26,18 @@ def lines_of(model_type: str, code: str) -> list[str]:
     ]
 
 
-def test_mixtral_experts_are_rebuilt_not_refused_and_phimoe_routing_is_refused():
-    # NXS040 rebuilds Mixtral's block on NxD's MoE; PhiMoE's sparsemixer is no routing NxD computes.
+def test_mixtral_experts_are_rebuilt_not_refused_and_phimoe_routing_is_kept():
+    # NXS040 rebuilds Mixtral's block on NxD's MoE, and PhiMoE's with a router that calls its sparsemixer:
+    # what stops phimoe is its older attention and cache code, not the block (nor its gate, once R008).
     assert codes("mixtral") == set()
-    (line,) = lines_of("phimoe", "R029")
+    assert codes("phimoe") == {"R019", "R026", "R027"}
+
+
+def test_ernie4_5_moe_bias_corrected_choice_is_refused_as_routing():
+    # `_, selected_experts = torch.topk(self.moe_statics(routing_weights), self.top_k, dim=-1)`: the experts
+    # are chosen on the softmax plus a correction bias, a routing neither RouterTopK nor a module function is.
+    assert codes("ernie4_5_moe") == {"R029"}
+    (line,) = lines_of("ernie4_5_moe", "R029")
     assert "self.gate = nn.Linear" in line
 
 
