@@ -476,31 +476,35 @@ def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> 
     body = list(module.body)
     taken = {s.name.value for s in body if isinstance(s, cst.ClassDef | cst.FunctionDef)}
     outlined = False
-    for position in range(len(body)):
+    position = 0
+    while position < len(body):
         cls = body[position]
+        position += 1
         if not isinstance(cls, cst.ClassDef):
             continue
         methods = _methods(cls)
-        forward, init = methods.get("forward"), methods.get("__init__")
-        if forward is None or init is None or "config" not in _self_attributes(init):
+        original, init = methods.get("forward"), methods.get("__init__")
+        if original is None:
             continue
-        forward = _shape_reads(forward, _unsharded_attributes(init))
+        forward = _leading_shape_read(original)
         region = _region(forward)
-        if region is None:
-            if forward is not methods["forward"]:
-                body[position] = _with_method(cls, forward)
+        if region is None or init is None or "config" not in _self_attributes(init):
+            if forward is not original:
+                body[position - 1] = _with_method(cls, forward)
             continue
+        forward = _unsharded_views(forward, _unsharded_attributes(init))
         name = fresh_name(EAGER_FUNCTION, taken)
         taken.add(name)
+        region = _region(forward)
+        assert region is not None, "a view's sizes do not change the region"
         function = _outlined(forward, region, name)
-        forward = _dispatching(forward, region, name, window)
-        body[position] = _with_method(cls, forward)
-        _place(body, position, function)
+        body[position - 1] = _with_method(cls, _dispatching(forward, region, name, window))
+        position += _place(body, position - 1, function)
         outlined = True
     return module.with_changes(body=body), outlined
 
 
-def _place(body: list[cst.BaseStatement], position: int, function: cst.FunctionDef) -> None:
+def _place(body: list[cst.BaseStatement], position: int, function: cst.FunctionDef) -> int:
     """Put `function` after the class at `position` where the blank lines of dropped definitions leave
     room for it (the file's later lines keep their numbers), else before the class."""
     size = _line_count(function) + 2
@@ -511,10 +515,11 @@ def _place(body: list[cst.BaseStatement], position: int, function: cst.FunctionD
         if free >= size + 2:
             body[position + 1] = following.with_changes(leading_lines=blanks[size:])
             body.insert(position + 1, function.with_changes(leading_lines=_blanks(2)))
-            return
+            return 1
     cls = body[position]
     body.insert(position, function.with_changes(leading_lines=cls.leading_lines))
     body[position + 1] = cls.with_changes(leading_lines=_blanks(2))
+    return 1
 
 
 def _with_method(cls: cst.ClassDef, method: cst.FunctionDef) -> cst.ClassDef:
@@ -544,34 +549,49 @@ def _unsharded_attributes(init: cst.FunctionDef) -> set[str]:
     }
 
 
-def _shape_reads(forward: cst.FunctionDef, unsharded: set[str]) -> cst.FunctionDef:
-    """`a, b, _ = x.size()` -> `a, b = x.shape[:-1]`; views and reshapes of unsharded sizes -> -1."""
+LEADING_UNPACK = m.Tuple(elements=[m.Element(m.Name()), m.Element(m.Name()), m.Element(m.Name("_"))])
+
+
+def _leading_shape_read(forward: cst.FunctionDef) -> cst.FunctionDef:
+    """`a, b, _ = x.size()` (or `x.shape`) of the forward's input `x` -> `a, b = x.shape[:-1]`."""
     params = [p.name.value for p in forward.params.params]
     if len(params) < 2:
         return forward
     source = params[1]
-    leading = m.Tuple(elements=[m.Element(m.Name()), m.Element(m.Name()), m.Element(m.Name("_"))])
     read = m.Call(func=m.Attribute(value=m.Name(source), attr=m.Name("size")), args=[]) | m.Attribute(
         value=m.Name(source), attr=m.Name("shape")
     )
+    body = list(forward.body.body)
+    for index, statement in enumerate(body):
+        if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
+            continue
+        small = statement.body[0]
+        if not (
+            isinstance(small, cst.Assign)
+            and len(small.targets) == 1
+            and m.matches(small.targets[0].target, LEADING_UNPACK)
+            and m.matches(small.value, read)
+        ):
+            continue
+        target = small.targets[0].target
+        assert isinstance(target, cst.Tuple)
+        elements = list(target.elements[:2])
+        elements[1] = elements[1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+        assign = small.with_changes(
+            targets=[small.targets[0].with_changes(target=target.with_changes(elements=elements))],
+            value=cst.parse_expression(f"{source}.shape[:-1]"),
+        )
+        body[index] = statement.with_changes(body=[assign])
+        return forward.with_changes(body=forward.body.with_changes(body=body))
+    return forward
 
-    class _Reads(cst.CSTTransformer):
-        def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
-            if (
-                len(updated.targets) == 1
-                and m.matches(updated.targets[0].target, leading)
-                and m.matches(updated.value, read)
-            ):
-                target = updated.targets[0].target
-                assert isinstance(target, cst.Tuple)
-                elements = list(target.elements[:2])
-                elements[1] = elements[1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-                return updated.with_changes(
-                    targets=[updated.targets[0].with_changes(target=target.with_changes(elements=elements))],
-                    value=cst.parse_expression(f"{source}.shape[:-1]"),
-                )
-            return updated
 
+def _unsharded_views(forward: cst.FunctionDef, unsharded: set[str]) -> cst.FunctionDef:
+    """`view`/`reshape` sizes reading an unsharded count or width (`self.num_heads`) -> -1."""
+    if not unsharded:
+        return forward
+
+    class _Views(cst.CSTTransformer):
         def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
             func = updated.func
             if not (isinstance(func, cst.Attribute) and func.attr.value in ("view", "reshape")):
@@ -589,9 +609,7 @@ def _shape_reads(forward: cst.FunctionDef, unsharded: set[str]) -> cst.FunctionD
             args[reads[0]] = args[reads[0]].with_changes(value=cst.parse_expression("-1"))
             return updated.with_changes(args=args)
 
-    if not unsharded and not any(m.matches(n, leading) for n in walk(forward)):
-        return forward
-    result = forward.visit(_Reads())
+    result = forward.visit(_Views())
     assert isinstance(result, cst.FunctionDef)
     return result
 

@@ -16,7 +16,9 @@ EXAMPLE_MODELS = (
     *TARGETS,
     "phi3",
     *MOE_TARGETS,
-)  # rules may show their examples on these (phi3: projections fused in the source)
+    "qwen2_moe",
+)  # rules may show their examples on these (phi3: projections fused in the source; qwen2_moe: the
+# pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms)
 
 
 @functools.cache
