@@ -12,7 +12,6 @@ from scaffold.emit import Request, emit_model
 from scaffold.errors import ScaffoldError
 from scaffold.source import locate
 
-from .conftest import source_line
 from .synthetic import model_source
 
 
