@@ -179,6 +179,12 @@ _ARCHITECTURE_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
         "attention bias, sliding window 5 on layer 1 only",
     ),
     "granite": ({"attention_bias": True, "mlp_bias": True}, "attention and MLP biases"),
+    # The flipped options, with a window that bites: its eager mask windows every layer (max_window_layers
+    # only steers its flash path).
+    "qwen2_moe": (
+        {"use_sliding_window": True, "sliding_window": 5, "norm_topk_prob": True, "qkv_bias": False},
+        "sliding window 5 (every layer); norm_topk_prob on; qkv_bias off",
+    ),
 }
 
 

@@ -210,8 +210,8 @@ QKV_PROJECTIONS = RefusalCode(
 ATTENTION_INPUT_SHAPE = RefusalCode(
     "R026",
     "attention-input-shape",
-    "the attention forward reads its input's shape other than as `x.shape[:-1]`, which under sequence "
-    "parallelism is the sequence-first shard",
+    "the attention forward reads its input's shape other than as `x.shape[:-1]` (or the older "
+    "`b, s, _ = x.size()`), which under sequence parallelism is the sequence-first shard",
     "read the leading shape as `input_shape = hidden_states.shape[:-1]` in a copy of the modeling file "
     "(--source), or make the marked line batch-first over the full sequence by hand",
 )
@@ -219,7 +219,9 @@ ATTENTION_DISPATCH = RefusalCode(
     "R027",
     "attention-dispatch",
     "the attention does not pick its kernel from transformers' ALL_ATTENTION_FUNCTIONS with an eager "
-    "function that adds its mask as `scores = scores + mask`, so the Neuron flash path cannot be added",
+    "function that adds its mask as `scores = scores + mask` (nor computes eager attention inline in the "
+    "older form: scores, mask block, softmax, `@ v`, `transpose(1, 2)`), so the Neuron flash path cannot "
+    "be added",
     "write the eager/flash switch by hand (nki_flash_attn_func when config._attn_implementation == "
     '"flash_attention_2") and a causal mask for calls without one',
 )

@@ -25,6 +25,7 @@ from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 from ..blueprint import Location, SourceFusion
 from ..source import ModelSource
 from ..syntax import code, names_in, walk
+from .current_forms import current_forms
 from .parsing import parse_module
 
 LINEAR_CONSTRUCTORS = ("nn.Linear", "torch.nn.Linear")
@@ -33,9 +34,10 @@ SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the
 
 
 def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """The modeling file parsed, its fused projections read as separate linears (what analysis and the
-    rules both work on), and what was split."""
-    return split_source_fusions(parse_module(source.read_text(), source.display_path), source.display_path)
+    """The modeling file parsed, its pre-refactor forms read as the current ones and its fused projections
+    as separate linears (what analysis and the rules both work on), and what was split."""
+    module = current_forms(parse_module(source.read_text(), source.display_path))
+    return split_source_fusions(module, source.display_path)
 
 
 def split_source_fusions(

@@ -21,8 +21,10 @@ EXAMPLE_MODELS = (
     *NORM_TARGETS,
     *ACTIVATION_TARGETS,
     "gemma3_text",
+    "qwen2_moe",
 )  # rules may show their examples on these (phi3: projections fused in the source; gemma3_text: a
-# config flag that sets a mask option)
+# config flag that sets a mask option; qwen2_moe: the pre-refactor attention and mask forms, read as the
+# current ones by scaffold.analysis.current_forms)
 
 
 @functools.cache
