@@ -40,9 +40,12 @@ CONV1D_TRANSPOSED = RefusalCode(
 INTERLEAVED_QKV = RefusalCode(
     "R003",
     "interleaved-fused-qkv",
-    "a fused projection whose output interleaves q, k and v per head cannot be column-split contiguously",
-    "split the fused projection into separate q, k and v linears in a copy of the modeling file (--source), "
-    "with a weight spec that de-interleaves the checkpoint",
+    "a fused projection whose output interleaves q, k and v per head, viewed in a form other than the one "
+    "analysis reads as separate linears (`t = self.x(inp).view(..., n * d)`, then transposes of non-negative "
+    "dimensions, then `t.chunk(n, dim=-1)`, the shape read nowhere else, the group count computable in the "
+    "constructor; NXS027), cannot be column-split contiguously",
+    "rewrite the view and split in that form, or split the fused projection into separate q, k and v linears "
+    "in a copy of the modeling file (--source), with a weight spec that de-interleaves the checkpoint",
 )
 FULL_WIDTH_NORM = RefusalCode(
     "R004",
@@ -104,7 +107,9 @@ UNKNOWN_LAYER = RefusalCode(
     "unknown-layer",
     "a torch.nn layer with parameters that the analysis does not know",
     "replace the layer by a known one in a copy of the modeling file (--source), or shard it by hand; a "
-    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`",
+    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`, "
+    "a linear a subclass of nn.Linear whose only method is a forward computing the plain linear "
+    "(`x @ self.weight.T` plus the bias when there is one, or `F.linear(x, self.weight, self.bias)`)",
 )
 LAYER_STACK = RefusalCode(
     "R013",

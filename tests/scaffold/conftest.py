@@ -15,8 +15,10 @@ MOE_TARGETS = ("mixtral", "qwen3_moe")  # the mixture-of-experts models NXS040's
 EXAMPLE_MODELS = (
     *TARGETS,
     "phi3",
+    "gpt_neox",
     *MOE_TARGETS,
-)  # rules may show their examples on these (phi3: projections fused in the source)
+)  # rules may show their examples on these (phi3: projections fused in the source; gpt_neox: q|k|v
+# interleaved per head in the source)
 
 
 @functools.cache
