@@ -249,37 +249,38 @@ def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
 def _grouped_view(
     value: cst.BaseExpression, source: str, body: list[cst.BaseStatement], index: int
 ) -> _GroupedView | None:
-    """`self.<source>(x).view(shape)`, then any `.transpose(i, j)` of non-negative literal dimensions
-    (which keep the last one last), as statement `index` of `body`; the shape written in the call or
-    read from a tuple local that this statement alone reads."""
-    node, view = value, None
+    """`self.<source>(x).view(shape)`, then any `.transpose(i, j)` of literal dimensions that keep the
+    last one last, as statement `index` of `body`; the shape written in the call or read from a tuple
+    local that this statement alone reads. A starred part of the shape (`*input_shape`) counts as two
+    dimensions: a projection's input has batch and sequence dimensions at least."""
+    node, view, transposed = value, None, [0]
     while isinstance(node, cst.Call) and not m.matches(node, _call_of(source)):
         if not isinstance(node.func, cst.Attribute):
             return None
         method = node.func.attr.value
         if method in VIEW_METHODS and view is None:
             view = node
-        elif not (method == "transpose" and view is None and _non_negative_literals(node)):
+        elif method == "transpose" and view is None and _non_negative_literals(node):
+            transposed += [int(arg.value.value) for arg in node.args]  # type: ignore[attr-defined]
+        else:
             return None
         node = node.func.value
     if view is None or not m.matches(node, _call_of(source)) or any(arg.keyword for arg in view.args):
         return None
     local = None
-    elements = [arg.value for arg in view.args]
+    items = [(arg.value, bool(arg.star)) for arg in view.args]
     if len(view.args) == 1 and isinstance(view.args[0].value, cst.Name):
         local = view.args[0].value.value
         bound = [s for s in body[:index] if local in _binds(s)]
         readers = [i for i, s in enumerate(body) if i != index and local in names_in(s)]
         if len(bound) != 1 or len(readers) != 1 or body[readers[0]] is not bound[0]:
             return None  # rebound, or read elsewhere: rewriting it would change another use
-        elements = [bound[0].body[0].value]  # type: ignore[attr-defined]
-    if len(elements) == 1 and isinstance(elements[0], cst.Tuple):
-        if not elements[0].elements or not isinstance(elements[0].elements[-1], cst.Element):
-            return None
-        elements = [element.value for element in elements[0].elements]
-    if len(elements) < 2 or (local is None and view.args[-1].star):
+        items = [(bound[0].body[0].value, False)]  # type: ignore[attr-defined]
+    if len(items) == 1 and isinstance(items[0][0], cst.Tuple):
+        items = [(e.value, isinstance(e, cst.StarredElement)) for e in items[0][0].elements]
+    if len(items) < 2 or items[-1][1] or max(transposed) >= sum(2 if star else 1 for _, star in items) - 1:
         return None
-    return _GroupedView(value, elements[-1], local)
+    return _GroupedView(value, items[-1][0], local)
 
 
 def _non_negative_literals(call: cst.Call) -> bool:

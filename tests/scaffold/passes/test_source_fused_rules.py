@@ -216,6 +216,9 @@ def test_other_views_are_left_as_they_are() -> None:
     cases = [
         VIEWED.replace("return self.dense(", "return hidden_shape, self.dense("),
         VIEWED.replace(".transpose(1, 2)", ".transpose(-1, -2)"),
+        VIEWED.replace(
+            ".transpose(1, 2)", ".transpose(2, 3)"
+        ),  # (*input_shape, -1, n * d): 3 may be the last
         VIEWED.replace("3 * self.head_size)", "2 * self.head_size)"),
         VIEWED.replace("3 * self.head_size", "3 * self.rotary_ndims"),
     ]
