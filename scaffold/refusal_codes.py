@@ -72,8 +72,9 @@ FUSED_PROJECTION = RefusalCode(
     "fused-projection",
     "a projection whose output the source splits, in a form other than the ones analysis reads as separate "
     "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices or "
-    "`t.chunk(n, dim=-1)` and read nowhere else, part sizes the constructor can compute; NXS027), needs a "
-    "per-part split of its weight",
+    "`t.chunk(n, dim=-1)` (`dim=2` too where the linear reads the block's input) after at most in-place "
+    "clamps `t = t.clamp(...)`, and read nowhere else, part sizes the constructor can compute; NXS027), "
+    "needs a per-part split of its weight",
     "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "
     "the modeling file (--source) with a spec that splits its checkpoint tensor",
 )

@@ -69,6 +69,7 @@ class _Split:
     sizes: tuple[cst.BaseExpression, ...]  # in forward terms; None-free
     input: cst.BaseExpression
     view: _GroupedView | None = None  # the fused output viewed into groups before the split
+    elementwise: tuple[int, ...] = ()  # statements between the call and the split: `t = t.clamp(...)`
 
 
 @dataclass(frozen=True)
@@ -228,15 +229,14 @@ def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
             split = dataclasses.replace(split, view=dataclasses.replace(view, group=group))
         else:
             call_input = value.args[0].value  # type: ignore[attr-defined]
-            split = _chunk_split(body, index, fused, source, call_input) or _slice_split(
-                body, index, fused, source, call_input
-            )
+            split = _chunk_split(
+                body, index, fused, source, call_input, _features_dims(forward, call_input)
+            ) or _slice_split(body, index, fused, source, call_input)
         if split is None:
             return None
         call_input = split.input
-        uses = sum(
-            1 for i, s in enumerate(body) if i not in (index, *split.split_indices) and fused in names_in(s)
-        )
+        split_statements = (index, *split.split_indices, *split.elementwise)
+        uses = sum(1 for i, s in enumerate(body) if i not in split_statements and fused in names_in(s))
         inputs = names_in(call_input)
         between = body[index + 1 : max(split.split_indices)]
         rebinds = any(_binds(s) & inputs for s in between)
@@ -312,6 +312,15 @@ def _per_part(last: cst.BaseExpression, count: int) -> cst.BaseExpression | None
     return None
 
 
+def _features_dims(forward: cst.FunctionDef, call_input: cst.BaseExpression) -> tuple[int, ...]:
+    """The dimensions that are the features of the linear's output: the last, and 2 when its input is the
+    forward's first input (a block's hidden states: (batch, sequence, features), or (sequence, batch,
+    features) under sequence parallelism)."""
+    params = [param.name.value for param in forward.params.params]
+    first = params[1] if len(params) > 1 and params[0] == "self" else None
+    return (-1, 2) if first is not None and m.matches(call_input, m.Name(first)) else (-1,)
+
+
 def _rebound_by_split(body: list[cst.BaseStatement], split: _Split, fused: str) -> bool:
     """The split binds the fused name again (`up, gate = up.chunk(2, dim=-1)`): later uses read a part."""
     return fused in split.targets
@@ -325,19 +334,57 @@ def _binds(statement: cst.BaseStatement) -> set[str]:
 
 
 def _chunk_split(
-    body: list[cst.BaseStatement], index: int, fused: str, source: str, call_input: cst.BaseExpression
+    body: list[cst.BaseStatement],
+    index: int,
+    fused: str,
+    source: str,
+    call_input: cst.BaseExpression,
+    features_dims: tuple[int, ...] = (-1,),
 ) -> _Split | None:
-    """`a, b = t.chunk(n, dim=-1)` as the next statement that reads `t`."""
+    """`a, b = t.chunk(n, dim=-1)` as the next statement that reads `t`, after any statements that apply
+    an elementwise method to `t` in place (`t = t.clamp(...)`, alone or under an `if` without `else`)."""
+    elementwise: list[int] = []
     for later in range(index + 1, len(body)):
         if fused not in names_in(body[later]):
+            continue
+        if _elementwise_rebind(body[later], fused):
+            elementwise.append(later)
             continue
         assignment = _single_assignment(body[later])
         if assignment is None:
             return None
         target, value = assignment
-        names = _chunk_targets(target, value, m.Name(fused))
-        return None if names is None else _Split(source, index, (later,), names, (), call_input)
+        names = _chunk_targets(target, value, m.Name(fused), features_dims)
+        if names is None:
+            return None
+        return _Split(source, index, (later,), names, (), call_input, elementwise=tuple(elementwise))
     return None
+
+
+ELEMENTWISE_METHODS = ("clamp", "clip")
+
+
+def _elementwise_rebind(statement: cst.BaseStatement, fused: str) -> bool:
+    """`t = t.clamp(...)` (arguments not reading `t`), or that alone under an `if` (whose test does not
+    read `t`) without `else`: it commutes with a split of `t` along its features."""
+    if isinstance(statement, cst.If):
+        body = statement.body.body
+        return (
+            statement.orelse is None
+            and fused not in names_in(statement.test)
+            and len(body) == 1
+            and _elementwise_rebind(body[0], fused)
+        )
+    assignment = _single_assignment(statement)
+    if assignment is None or not m.matches(assignment[0], m.Name(fused)):
+        return False
+    value = assignment[1]
+    return (
+        isinstance(value, cst.Call)
+        and m.matches(value.func, m.Attribute(value=m.Name(fused)))
+        and value.func.attr.value in ELEMENTWISE_METHODS  # type: ignore[attr-defined]
+        and not any(fused in names_in(arg) for arg in value.args)
+    )
 
 
 def _inline_chunk(statement: cst.BaseStatement, index: int, source: str) -> _Split | None:
@@ -358,17 +405,24 @@ def _call_of(source: str) -> m.Call:
 
 
 def _chunk_targets(
-    target: cst.BaseAssignTargetExpression, value: cst.BaseExpression, receiver: m.BaseMatcherNode
+    target: cst.BaseAssignTargetExpression,
+    value: cst.BaseExpression,
+    receiver: m.BaseMatcherNode,
+    features_dims: tuple[int, ...] = (-1,),
 ) -> tuple[str, ...] | None:
-    """The names `a, b` of `a, b = <receiver>.chunk(n, dim=-1)` (n names), else None."""
+    """The names `a, b` of `a, b = <receiver>.chunk(n, dim=d)` (n names, `d` one of `features_dims`, the
+    dimensions that are the features), else None."""
+    dims = [
+        m.UnaryOperation(operator=m.Minus(), expression=m.Integer(str(-dim)))
+        if dim < 0
+        else m.Integer(str(dim))
+        for dim in features_dims
+    ]
     chunk = m.Call(
         func=m.Attribute(value=receiver, attr=m.Name("chunk")),  # type: ignore[arg-type]
         args=[
             m.Arg(value=m.Integer(), keyword=None),
-            m.Arg(
-                value=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1")),
-                keyword=m.Name("dim"),
-            ),
+            m.Arg(value=m.OneOf(*dims) if len(dims) > 1 else dims[0], keyword=m.Name("dim")),
         ],
     )
     if not m.matches(value, chunk) or not isinstance(target, cst.Tuple):
@@ -620,6 +674,10 @@ def _split_forward(forward: cst.FunctionDef, split: _Split, parts: tuple[str, ..
         for target, part in zip(split.targets, parts, strict=True)
     ]
     replaced: dict[int, list[cst.BaseStatement]] = {split.call_index: []}
+    for index in split.elementwise:  # applied to each part once the parts are computed
+        replaced[index] = []
+        fused = _assigned_name(body[split.call_index])
+        calls.extend(_each_part(body[index], fused, split.targets))  # type: ignore[arg-type]
     if len(split.split_indices) == 1:  # `a, b = t.chunk(2, dim=-1)`: one statement per part
         replaced[split.split_indices[0]] = calls  # type: ignore[assignment]
     else:
@@ -642,6 +700,22 @@ def _split_forward(forward: cst.FunctionDef, split: _Split, parts: tuple[str, ..
     for index in split.split_indices:
         split_names |= names_in(body[index])
     return _without_dead_locals(forward.with_changes(body=forward.body.with_changes(body=new)), split_names)
+
+
+def _assigned_name(statement: cst.BaseStatement) -> str:
+    assignment = _single_assignment(statement)
+    assert assignment is not None and isinstance(assignment[0], cst.Name)
+    return assignment[0].value
+
+
+def _each_part(statement: cst.BaseStatement, fused: str, targets: tuple[str, ...]) -> list[cst.BaseStatement]:
+    """An elementwise rebind of the fused output (`t = t.clamp(...)`, maybe under an `if`) applied to
+    every part instead."""
+    if isinstance(statement, cst.If):
+        inner = statement.body.body[0]
+        each = [inner.visit(_Substitute({fused: cst.Name(target)})) for target in targets]
+        return [statement.with_changes(body=statement.body.with_changes(body=each))]
+    return [statement.visit(_Substitute({fused: cst.Name(target)})) for target in targets]  # type: ignore[misc]
 
 
 def _part_value(split: _Split, part: str) -> cst.BaseExpression:

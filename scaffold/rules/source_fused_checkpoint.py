@@ -34,7 +34,8 @@ class SourceFusedCheckpoint(Rule):
         "parallel layers + SourceFusedLinearSpec"
     )
     ADVICE = (
-        "Splits of another shape than contiguous slices `t[..., a:b]` or `t.chunk(n, dim=-1)` of one linear, "
+        "Splits of another shape than contiguous slices `t[..., a:b]` or `t.chunk(n, dim=-1)` of one linear "
+        "(after in-place clamps), "
         "or `t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, are refused (R007, R003). Disabling "
         "it leaves the generated model expecting one checkpoint tensor per part."
     )

@@ -143,6 +143,78 @@ def test_other_splits_are_left_as_they_are() -> None:
         assert text == format_python(dedent(source).strip("\n") + "\n")
 
 
+CLAMPED = """
+class ToyAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.clip_qkv = config.clip_qkv
+        self.Wqkv = nn.Linear(self.hidden_size, 3 * self.hidden_size, bias=False)
+        self.out_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+
+    def forward(self, hidden_states, position_bias):
+        mixed_qkv = self.Wqkv(hidden_states)
+        if self.clip_qkv:
+            mixed_qkv = mixed_qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+
+        query_states, key_states, value_states = mixed_qkv.chunk(3, dim=2)
+        return self.out_proj(attend(query_states, key_states, value_states))
+"""
+
+
+def test_a_clamp_before_a_chunk_of_the_hidden_states_dimension_applies_to_each_part() -> None:
+    """MPT's form: the fused output clamped in place (under an `if`), then chunked along dim 2 of the
+    block's (batch, sequence, features) input: each part is clamped instead (clamp commutes with the
+    split), and dim 2 is the features."""
+    text, fusions = _split(CLAMPED)
+    clamp = "clamp(min=-self.clip_qkv, max=self.clip_qkv)"
+    assert text == format_python(
+        dedent(f"""
+        class ToyAttention(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.hidden_size = config.hidden_size
+                self.clip_qkv = config.clip_qkv
+                self.q_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+                self.k_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+                self.v_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+                self.out_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+
+            def forward(self, hidden_states, position_bias):
+                query_states = self.q_proj(hidden_states)
+                key_states = self.k_proj(hidden_states)
+                value_states = self.v_proj(hidden_states)
+                if self.clip_qkv:
+                    query_states = query_states.{clamp}
+                    key_states = key_states.{clamp}
+                    value_states = value_states.{clamp}
+                return self.out_proj(attend(query_states, key_states, value_states))
+        """).strip("\n")
+        + "\n"
+    )
+    assert [(f.source_name, f.part_sizes, f.groups) for f in fusions] == [
+        ("Wqkv", ("self.hidden_size",) * 3, None)
+    ]
+
+
+def test_other_clamps_and_dimensions_are_left_as_they_are() -> None:
+    """No-op cases (they stay refused, R007): a clamp bound that reads the fused output, an `if` with an
+    `else`, another operation than clamp, dim 2 of something else than the block's input."""
+    cases = [
+        CLAMPED.replace("max=self.clip_qkv)", "max=mixed_qkv.max())"),
+        CLAMPED.replace(
+            "max=self.clip_qkv)\n",
+            "max=self.clip_qkv)\n        else:\n            mixed_qkv = mixed_qkv * 2\n",
+        ),
+        CLAMPED.replace("mixed_qkv.clamp(", "mixed_qkv.add("),
+        CLAMPED.replace("self.Wqkv(hidden_states)", "self.Wqkv(position_bias)"),
+    ]
+    for source in cases:
+        text, fusions = _split(source)
+        assert fusions == ()
+        assert text == format_python(dedent(source).strip("\n") + "\n")
+
+
 VIEWED = """
 class ToyAttention(nn.Module):
     def __init__(self, config):
