@@ -332,7 +332,9 @@ class SourceFusion:
     """One linear of the source read as `part_names` (in output-feature order).
 
     `part_sizes` are expressions valid in the owner's constructor where the linear was built; `bias` is
-    the source's bias argument.
+    the source's bias argument. `groups` (an expression of the same kind) is set when the parts are
+    interleaved: the output features form that many equal groups, each holding its share of every part
+    in part order (per head `[q k v]`); None when the parts follow one another.
     """
 
     owner: str
@@ -341,6 +343,7 @@ class SourceFusion:
     part_sizes: tuple[str, ...]
     bias: str
     location: Location
+    groups: str | None = None
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,12 @@ CONV1D_TRANSPOSED = RefusalCode(
 INTERLEAVED_QKV = RefusalCode(
     "R003",
     "interleaved-fused-qkv",
-    "a fused projection whose output interleaves q, k and v per head cannot be column-split contiguously",
-    "split the fused projection into separate q, k and v linears in a copy of the modeling file (--source), "
-    "with a weight spec that de-interleaves the checkpoint",
+    "a fused projection whose output interleaves q, k and v per head, viewed in a form other than the one "
+    "analysis reads as separate linears (`t = self.x(inp).view(..., n * d)`, then transposes that keep the last "
+    "dimension last, then `t.chunk(n, dim=-1)`, the shape read nowhere else, the group count computable in the "
+    "constructor; NXS027), cannot be column-split contiguously",
+    "rewrite the view and split in that form, or split the fused projection into separate q, k and v linears "
+    "in a copy of the modeling file (--source), with a weight spec that de-interleaves the checkpoint",
 )
 FULL_WIDTH_NORM = RefusalCode(
     "R004",
@@ -71,8 +74,9 @@ FUSED_PROJECTION = RefusalCode(
     "fused-projection",
     "a projection whose output the source splits, in a form other than the ones analysis reads as separate "
     "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices or "
-    "`t.chunk(n, dim=-1)` and read nowhere else, part sizes the constructor can compute; NXS027), needs a "
-    "per-part split of its weight",
+    "`t.chunk(n, dim=-1)` (`dim=2` too where the linear reads the block's input) after at most in-place "
+    "clamps `t = t.clamp(...)`, and read nowhere else, part sizes the constructor can compute; NXS027), "
+    "needs a per-part split of its weight",
     "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "
     "the modeling file (--source) with a spec that splits its checkpoint tensor",
 )
@@ -107,7 +111,9 @@ UNKNOWN_LAYER = RefusalCode(
     "unknown-layer",
     "a torch.nn layer with parameters that the analysis does not know",
     "replace the layer by a known one in a copy of the modeling file (--source), or shard it by hand; a "
-    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`",
+    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`, "
+    "a linear a subclass of nn.Linear whose only method is a forward computing the plain linear "
+    "(`x @ self.weight.T` plus the bias when there is one, or `F.linear(x, self.weight, self.bias)`)",
 )
 LAYER_STACK = RefusalCode(
     "R013",
