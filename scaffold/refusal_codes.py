@@ -104,14 +104,16 @@ UNKNOWN_LAYER = RefusalCode(
     "unknown-layer",
     "a torch.nn layer with parameters that the analysis does not know",
     "replace the layer by a known one in a copy of the modeling file (--source), or shard it by hand; a "
-    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`",
+    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`, and "
+    "learned positions held by the base model (or its decoder) a subclass that trains nothing but its table",
 )
 LAYER_STACK = RefusalCode(
     "R013",
     "layer-stack",
     "the decoder-layer list mixes classes or builds them indirectly, so no single layer class can be planned",
-    "build the layers as `nn.ModuleList([LayerClass(config, i) for i in range(n)])` in a copy of the "
-    "modeling file (--source)",
+    "build the layers as `nn.ModuleList([LayerClass(config, i) for i in range(n)])` in the base model, or "
+    "in the one module it holds that embeds and loops over them (`self.decoder = Decoder(config)`), in a "
+    "copy of the modeling file (--source)",
 )
 UNRECOGNISED_ATTENTION = RefusalCode(
     "R014",
