@@ -155,6 +155,26 @@ def _attention_blueprint(**overrides: object):
 class TestAttentionVariants(RuleTest):
     TRANSFORM = AttentionVariants
 
+    def test_one_head_count_for_q_k_and_v_is_divided_once(self) -> None:
+        # GPT-Neo / GPT-J keep one `self.num_heads` for q, k and v: the K/V count reads it before it is divided.
+        import dataclasses
+
+        source = ATTENTION.replace(
+            "        self.head_dim = config.head_dim\n",
+            "        self.head_dim = config.head_dim\n        self.num_heads = config.num_attention_heads\n",
+        )
+        geometry = dataclasses.replace(
+            GEOMETRY, num_heads=expr("self.num_heads"), num_kv_heads=expr("self.num_heads")
+        )
+        bp = dataclasses.replace(_attention_blueprint(), attention=(geometry,))
+        out = AttentionVariants(CodemodContext(), bp).transform_module(cst.parse_module(source)).code
+        init = out.split("def forward")[0]
+        assert init.rstrip().endswith(
+            "        self.num_key_value_heads = divide(self.num_heads * self.kv_size_multiplier, tp_size)\n"
+            "        self.num_heads = divide(self.num_heads, tp_size)\n"
+            "        self.num_key_value_groups = self.num_heads // self.num_key_value_heads"
+        )
+
     def test_projections_become_the_variant_chosen_at_construction(self) -> None:
         import libcst as cst
         from libcst.codemod import CodemodContext
