@@ -7,7 +7,11 @@ parameter it creates; each hidden-scope construction passes `trn_config.sequence
 Per-head norms (q/k norms) act after the projections, on full sequences and local heads, so they keep
 the default (the sum of their partial gradients over the ranks' heads is NXS021's, with the attention).
 A torch `LayerNorm` becomes NxD's, which takes the same flag; other torch norms over the hidden stream
-are refused in analysis (R020). The inserted code comes from templates/code/sequence_parallel_norms.py.
+are refused in analysis (R020). A local subclass of a torch norm with its own forward (a weight-plus-one
+LayerNorm) creates no parameter itself: it marks every parameter its base created, after the base's
+`__init__`. The optional linears of the class that loops over the layers (`if c: self.project_in =
+nn.Linear(...)` / `else: ... = None`, left replicated) run on the sequence-sharded stream as well: their
+parameters carry the flag too. The inserted code comes from templates/code/sequence_parallel_norms.py.
 """
 
 from __future__ import annotations
