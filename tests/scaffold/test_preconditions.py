@@ -65,7 +65,7 @@ def test_refused_architectures_stop_with_every_code_before_any_rule(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["bert", "gpt_neo", "nemotron"])
+@pytest.mark.parametrize("model_type", ["bert", "gpt_neo", "olmoe"])
 def test_allow_unsupported_runs_every_rule_and_marks_each_refusal(model_type: str):
     """bert stopped mid-pipeline with NXS002 and no file:line even after --allow-unsupported."""
     emitted = emit_model(Request(model_type, allow_unsupported=True))
