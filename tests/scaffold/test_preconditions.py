@@ -98,11 +98,13 @@ def test_a_class_inheriting_the_constructor_a_rule_rewrites_is_refused(tmp_path:
 
 
 def test_a_constructor_without_a_config_parameter_is_refused(tmp_path: Path):
+    """R018 where NXS004 cannot give the constructor its callers' config."""
     text = (
         model_source()
         .replace(
             "class Feed(tnn.Module):\n    def __init__(self, config):",
-            "class Feed(tnn.Module):\n    def __init__(self, settings):",
+            # `*rest`: NXS004 cannot put the callers' config first (it does where it can)
+            "class Feed(tnn.Module):\n    def __init__(self, settings, *rest):",
         )
         .replace("config.intermediate_size", "settings.intermediate_size")
         .replace("self.p = Dense(config.hidden_size", "self.p = Dense(settings.hidden_size")
@@ -110,4 +112,4 @@ def test_a_constructor_without_a_config_parameter_is_refused(tmp_path: Path):
     blueprint, lines = _analyse(tmp_path, text)
     refusals = [r for r in blueprint.refusals if r.code == "R018"]
     assert [(r.subject, r.rules) for r in refusals] == [("Feed", ("NXS004",))]
-    assert lines[refusals[0].location.line - 1].strip() == "def __init__(self, settings):"
+    assert lines[refusals[0].location.line - 1].strip() == "def __init__(self, settings, *rest):"

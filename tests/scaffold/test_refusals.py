@@ -96,3 +96,10 @@ def test_constructors_without_config_take_their_callers():
     # ctrl's EncoderLayer(d_model_size, ...) and MultiHeadAttention(d_model_size, ...): built only in
     # constructors that hold a config.
     assert "R018" not in codes("ctrl")
+
+
+def test_heads_split_in_a_helper_method_without_a_recognised_attention_are_refused():
+    # ctrl shards Wq/Wk/Wv by dataflow, but splits heads in `self.split_into_heads` with `self.num_heads`
+    # and calls its own `scaled_dot_product_attention`: no rule adapts the head count per rank.
+    (line,) = lines_of("ctrl", "R014")
+    assert "x.reshape(batch_size, -1, self.num_heads, self.depth)" in line
