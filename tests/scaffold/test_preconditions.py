@@ -26,7 +26,7 @@ def test_a_cache_use_the_rule_cannot_remove_is_refused_where_it_is(tmp_path: Pat
     assert forward in model_source()
     reading = (
         "    def forward(self, input_ids, past_key_values=None):\n"
-        "        self.seen = past_key_values\n"
+        "        self.seen = past_key_values.get_seq_length()\n"  # a use: passing it on would be None
         "        h = self.tok(input_ids)\n"
     )
     blueprint, lines = _analyse(tmp_path, model_source().replace(forward, reading))
