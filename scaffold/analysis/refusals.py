@@ -35,10 +35,9 @@ from ..refusal_codes import (
     UNMAPPED_PARAMETER,
     UNRECOGNISED_ATTENTION,
 )
-from ..syntax import code, self_attribute, walk
+from ..syntax import code, walk
 from .constructors import ChildKind
 from .context import (
-    ClassAnalysis,
     Context,
     base_instance_path,
     class_scope,
@@ -46,7 +45,7 @@ from .context import (
     decoder_layer_list,
     stack_class,
 )
-from .dataflow import PARAM_PREFIX, Reshape, mentions_heads, sources
+from .dataflow import PARAM_PREFIX, mentions_heads, sources
 from .embedding_subclasses import is_replicated_lookup, is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
 from .norms import PER_HEAD_LIST, has_distributed_form, norm_call_location
@@ -453,38 +452,7 @@ def _unrecognised_attention(context: Context, refused: set[str]) -> list[Refusal
                     context.index.location(headed[0].node),
                 )
             )
-            continue
-        helper = _head_splitting_helper(analysis)
-        if helper is not None and analysis.projections:
-            method, reshape = helper
-            found.append(
-                Refusal(
-                    UNRECOGNISED_ATTENTION.code,
-                    f"{name}: the forward splits into heads through self.{method}; "
-                    f"{UNRECOGNISED_ATTENTION.why}",
-                    context.index.location(reshape.node),
-                )
-            )
     return found
-
-
-def _head_splitting_helper(analysis: ClassAnalysis) -> tuple[str, Reshape] | None:
-    """A method the forward calls (`self.split_into_heads(q, b)`) that reshapes a parameter into heads."""
-    forward = analysis.facts.forward
-    if forward is None:
-        return None
-    called = {
-        attribute
-        for node in walk(forward)
-        if isinstance(node, cst.Call) and (attribute := self_attribute(node.func)) is not None
-    }
-    for method, flow in analysis.flows.items():
-        if method == "forward" or method not in called:
-            continue
-        for reshape in flow.reshapes:
-            if reshape.headed and any(origin.is_param for origin in reshape.inputs):
-                return method, reshape
-    return None
 
 
 def learnable_activations(
