@@ -138,3 +138,10 @@ def test_constructors_without_config_take_their_callers():
     # ctrl's EncoderLayer(d_model_size, ...) and MultiHeadAttention(d_model_size, ...): built only in
     # constructors that hold a config.
     assert "R018" not in codes("ctrl")
+
+
+def test_ctrl_attention_with_its_own_kernel_stays_refused():
+    # ctrl shards Wq/Wk/Wv by dataflow, splits heads in `self.split_into_heads` with `self.num_heads` and
+    # calls its own `scaled_dot_product_attention`: no rule adapts the head count per rank, so the
+    # attention must be refused (R014 when the split is not traced, R025/R027 once it is), never emitted.
+    assert codes("ctrl") & {"R014", "R025", "R027"}
