@@ -47,7 +47,9 @@ Mixture of experts (a config class taking `num_experts_per_tok`: mixtral, qwen2_
 experts take `intermediate_size`, 96) and a shared expert of 48 (`shared_expert_intermediate_size`), all
 divisible by T <= 4 and the experts by EP <= 2; `output_router_logits` is on in every variant, so that the
 loss holds the auxiliary load-balancing loss (with the non-default `router_aux_loss_coef` 0.02) and the checks
-compare it. `unsupported_reason(config, T, EP)` adds the MoE divisibilities.
+compare it. `unsupported_reason(config, T, EP)` adds the MoE divisibilities. A router jitter whose default is
+not 0 (phimoe's `router_jitter_noise`, 0.01) is 0: in training phimoe's sparsemixer samples among the experts
+within the jitter of the best, which no two runs that order or shard the tokens differently reproduce.
 
 No routing near-tie: top-k routing is discontinuous, so a token whose k-th and (k+1)-th router logits are
 nearly equal could pick another expert after a mere reordering of sums, and two correct models would part.
@@ -122,6 +124,11 @@ _MOE_INTERMEDIATE_FIELDS = ("moe_intermediate_size", "shared_expert_intermediate
 
 # Every MoE variant computes the auxiliary loss (transformers adds it to the loss only when asked).
 _MOE_TRAITS: dict[str, Any] = {"output_router_logits": True}
+_JITTER_OFF = (
+    "mixture-of-experts trait: router jitter off (phimoe's sparsemixer samples among the experts within "
+    "2 * router_jitter_noise of the best in training, which two runs that order or shard the tokens "
+    "differently cannot reproduce; at 0 it takes the top 2 by logits)"
+)
 
 # Fields the catalogue sizes itself (the table above): not subject to the non-default rule.
 _SIZE_FIELDS = frozenset({*_COMMON, "head_dim", *_MOE_SIZES})
@@ -173,6 +180,12 @@ _ARCHITECTURE_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
         "attention bias, sliding window 5 on layer 1 only",
     ),
     "granite": ({"attention_bias": True, "mlp_bias": True}, "attention and MLP biases"),
+    # The flipped options, with a window that bites: its eager mask windows every layer (max_window_layers
+    # only steers its flash path).
+    "qwen2_moe": (
+        {"use_sliding_window": True, "sliding_window": 5, "norm_topk_prob": True, "qkv_bias": False},
+        "sliding window 5 (every layer); norm_topk_prob on; qkv_bias off",
+    ),
 }
 
 
@@ -293,12 +306,18 @@ class Variant:
         and with each field its traits or overrides set: default, value and the rule that decided."""
         parameters = _config_parameters(self.model_type)
         traits = _ARCHITECTURE_TRAITS.get(self.model_type, {})
-        moe_traits = {name: value for name, value in _traits(self.model_type).items() if name not in traits}
+        jitter = _jitter_off(self.model_type) if is_moe(self.model_type) else {}
+        moe_traits = {
+            name: value
+            for name, value in _traits(self.model_type).items()
+            if name not in traits and name not in jitter
+        }
         overrides = dict(self.overrides)
         found = {choice.name: choice for choice in _scalar_choices(self.model_type)}
         for source, rule in (
             (traits, "architecture trait"),
             (moe_traits, "mixture-of-experts trait: the loss holds the auxiliary loss"),
+            (jitter, _JITTER_OFF),
             (overrides, f"`{self.name}` variant"),
         ):
             for name, value in source.items():
@@ -382,7 +401,17 @@ def _traits(model_type: str) -> dict[str, Any]:
     if is_moe(model_type):
         parameters = _config_parameters(model_type)
         found.update({name: value for name, value in _MOE_TRAITS.items() if name in parameters})
+        found.update(_jitter_off(model_type))
     return found
+
+
+def _jitter_off(model_type: str) -> dict[str, float]:
+    """An MoE config's router jitter fields whose default is not 0, set to 0 (see `_JITTER_OFF`)."""
+    return {
+        name: 0.0
+        for name, parameter in _config_parameters(model_type).items()
+        if "jitter" in name and isinstance(parameter.default, float) and parameter.default != 0.0
+    }
 
 
 def _takes_head_dim(model_type: str) -> bool:

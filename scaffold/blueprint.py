@@ -110,6 +110,7 @@ class NormScope(enum.StrEnum):
     HIDDEN = "hidden"  # the residual stream: replicated weight, sequence-parallel under SP
     PER_HEAD = "per_head"  # each head's head_dim after the split into heads: local to a rank
     FULL_WIDTH = "full_width"  # all heads of a sharded projection: needs a cross-rank reduction
+    HEAD_ROWS = "head_rows"  # each head's head_dim with its own weight row per head: sharded with the heads
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,9 @@ class MLPBlock:
 
 @dataclass(frozen=True)
 class MoEBlock:
-    """A sparse mixture-of-experts block: a linear router, softmax, top-k (optionally renormalised) and a
-    list of gated expert MLPs, optionally a shared expert scaled by a sigmoid gate; sizes as config
-    expressions. `normalize` is the condition under which the top-k probabilities are renormalised
+    """A sparse mixture-of-experts block: a linear router, softmax, top-k (optionally renormalised) or a
+    routing function of the source, and a list of gated expert MLPs, optionally a shared expert scaled by
+    a sigmoid gate; sizes as config expressions. `normalize` is the condition under which the top-k probabilities are renormalised
     ("True", "False" or a config expression); `jitter` the router jitter of the source, if any."""
 
     owner: str  # the block class
@@ -250,6 +251,10 @@ class MoEBlock:
     dense_layers: bool  # the layer builds the block under a condition (other layers hold a dense MLP)
     logits_plumbed: bool  # the source's layers return the router logits already (`output_router_logits`)
     location: Location
+    # A block that routes with a function of its own: the call as NxD's router writes it (`router_logits`,
+    # `self.config.<field>`, `self.training`) and the function's name; None for softmax -> top-k.
+    routing: str | None = None
+    routing_function: str | None = None
 
 
 @dataclass(frozen=True)
@@ -278,7 +283,7 @@ class Features:
     qkv_bias: Expr | None
     o_bias: Expr | None
     mlp_bias: Expr | None
-    qk_norm: str  # "none", "per_head" or "full_width"
+    qk_norm: str  # "none", "per_head", "head_rows" or "full_width"
     sliding_window: Expr | None
     attention_softcap: Expr | None
     final_logit_softcap: Expr | None
@@ -368,6 +373,8 @@ class Blueprint:
     style: CodeStyle = CodeStyle()
     fusions: tuple[SourceFusion, ...] = ()  # linears the source splits into parts (read as separate)
     moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
+    # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
+    learnable_activations: tuple[tuple[str, str], ...] = ()
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

@@ -50,10 +50,11 @@ INTERLEAVED_QKV = RefusalCode(
 FULL_WIDTH_NORM = RefusalCode(
     "R004",
     "full-width-norm",
-    "a norm over the full width of a column-parallel output reduces across ranks (needs a distributed norm)",
-    "implement the norm with an all-reduce of its statistics over the TP group by hand: "
-    "templates/modules/tensor_parallel_norms.py (ColumnParallelRMSNorm, ColumnParallelLayerNorm) has one, "
-    "its weight sharded with the columns (replicated K/V heads need their checkpoint spec and gradient sum)",
+    "a norm over the full width of a column-parallel output reduces across ranks; NXS026 distributes an RMS "
+    "norm (with its eps given) over the whole output of the query or key projection, no other",
+    "make it an RMS norm of one query or key projection in a copy of the modeling file (--source), or use "
+    "templates/modules/tensor_parallel_norms.py by hand (ColumnParallelLayerNorm for a LayerNorm; its "
+    "weight sharded with the columns, HeadRowsSpec for NxD's GQA layer)",
 )
 NON_SOFTMAX_MIXER = RefusalCode(
     "R005",
@@ -100,7 +101,8 @@ CHAINED_PROJECTION = RefusalCode(
 UNMAPPED_PARAMETER = RefusalCode(
     "R011",
     "unmapped-parameter",
-    "a bare nn.Parameter outside a norm has no sharding rule",
+    "a bare nn.Parameter outside a norm, or an activation with learnable parameters anywhere but a parallel "
+    "MLP's intermediate (NXS025), has no sharding rule",
     "decide whether the parameter is replicated (and sums its gradient over TP) or sharded, by hand",
 )
 UNKNOWN_LAYER = RefusalCode(
@@ -129,9 +131,10 @@ UNRECOGNISED_ATTENTION = RefusalCode(
 HEAD_SHARDED_NORM = RefusalCode(
     "R015",
     "per-head-norm-weights",
-    "a norm applied per head whose weight is not one head_dim vector (e.g. one row per head) must be "
-    "sharded by head",
-    "shard the norm's weight by head with a custom weight spec, by hand",
+    "a norm applied per head whose weight is neither one head_dim vector (replicated) nor one head_dim row "
+    "per head of its projection, `(heads, head_dim)` (sharded by head, NXS026), has no sharding rule",
+    "shard the norm's weight by head by hand (templates/modules/tensor_parallel_norms.py's shard_by_head "
+    "and attention_norm_weights.py's HeadRowsSpec do it for one row per head)",
 )
 RELATIVE_IMPORT = RefusalCode(
     "R016",
@@ -213,8 +216,8 @@ QKV_PROJECTIONS = RefusalCode(
 ATTENTION_INPUT_SHAPE = RefusalCode(
     "R026",
     "attention-input-shape",
-    "the attention forward reads its input's shape other than as `x.shape[:-1]`, which under sequence "
-    "parallelism is the sequence-first shard",
+    "the attention forward reads its input's shape other than as `x.shape[:-1]` (or the older "
+    "`b, s, _ = x.size()`), which under sequence parallelism is the sequence-first shard",
     "read the leading shape as `input_shape = hidden_states.shape[:-1]` in a copy of the modeling file "
     "(--source), or make the marked line batch-first over the full sequence by hand",
 )
@@ -222,7 +225,9 @@ ATTENTION_DISPATCH = RefusalCode(
     "R027",
     "attention-dispatch",
     "the attention does not pick its kernel from transformers' ALL_ATTENTION_FUNCTIONS with an eager "
-    "function that adds its mask as `scores = scores + mask`, so the Neuron flash path cannot be added",
+    "function that adds its mask as `scores = scores + mask` (nor computes eager attention inline in the "
+    "older form: scores, mask block, softmax, `@ v`, `transpose(1, 2)`), so the Neuron flash path cannot "
+    "be added",
     "write the eager/flash switch by hand (nki_flash_attn_func when config._attn_implementation == "
     '"flash_attention_2") and a causal mask for calls without one',
 )
@@ -237,10 +242,13 @@ LINEAR_LAYOUT = RefusalCode(
 UNRECOGNISED_ROUTING = RefusalCode(
     "R029",
     "unrecognised-routing",
-    "the experts are not routed by softmax -> top-k (-> renormalisation) over one linear router, the only "
-    "routing NxD's RouterTopK computes (sparsemixer, sigmoid or grouped routing differ)",
+    "the experts are routed neither by softmax -> top-k (-> renormalisation) over one linear router, which "
+    "NxD's RouterTopK computes, nor by a function of the modeling file that takes the router's logits and "
+    "returns `weights, indices` from config-only arguments, which a generated RouterBase subclass calls "
+    "(sigmoid, grouped or bias-corrected routing written in the block's forward differ)",
     "write the router by hand (a RouterBase subclass that computes the source's affinities) at the TODO "
-    "marker, keeping NxD's ExpertMLPs for the experts",
+    "marker, keeping NxD's ExpertMLPs for the experts, or move the routing into a module function "
+    "`weights, indices = route(router_logits, ...)` in a copy of the modeling file (--source)",
 )
 
 ALL_CODES: tuple[RefusalCode, ...] = (

@@ -300,7 +300,8 @@ def judge_run(job: ReplicasJob, run: ReplicasRun) -> Verdict:
     reasons = [_reason(job, run, name, spread) for name, spread in sorted(differing.items())]
     reasons += [
         f"K/V replicas of {name} differ after {job.config.steps} optimizer steps (max |replica - replica 0| "
-        f"{spread:.3g}): the GQA layer's kv-shared gradient all-reduce is missing"
+        f"{spread:.3g}): the sum of their gradients over the kv-shared group is missing (the GQA layer's "
+        "for K/V, the norm's for a key norm's entries)"
         for name, spread in sorted(kv_differing.items())
     ]
     reasons += [

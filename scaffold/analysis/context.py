@@ -23,7 +23,7 @@ from .constructors import ChildKind, Construct, torch_base
 from .dataflow import Flow, trace
 from .expressions import Scope
 from .mlp import MLPFacts, find_mlp
-from .norms import norm_classes
+from .norms import norm_classes, per_head_norm_lists
 from .parsing import SourceIndex, prune
 from .roles import FlowRole, dataflow_roles, is_projection
 from .source_fusions import read_module
@@ -91,8 +91,11 @@ def gather(source: ModelSource) -> Context:
     facts = collect_classes(mapping, index)
     tree = build_tree(source.causal_lm_class, facts, index, mapping)
     closure_classes = [name for name in closure if name in facts]
-    kinds = norm_classes({name: facts[name] for name in closure_classes}, index)
     constructs = {name: class_constructs(facts[name], index, mapping) for name in closure_classes}
+    kinds = norm_classes({name: facts[name] for name in closure_classes}, index)
+    kinds |= per_head_norm_lists(
+        {name: facts[name] for name in closure_classes if name not in kinds}, constructs, index
+    )
     torch_derived = frozenset(
         name for name in closure_classes if torch_base(name, index, mapping) is not None
     )

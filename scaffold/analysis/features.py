@@ -51,6 +51,8 @@ def features(
     qk_norm = (
         "full_width"
         if NormScope.FULL_WIDTH in attention_norms
+        else "head_rows"
+        if NormScope.HEAD_ROWS in attention_norms
         else "per_head"
         if NormScope.PER_HEAD in attention_norms
         else "none"

@@ -63,6 +63,7 @@ from ..syntax import (
 )
 from .constructors import ChildKind, classify
 from .context import Context
+from .mask_options import unguardable_mask_options
 from .refusals import _same_value
 
 PARALLEL_RULES = {Role.EMBEDDING: "NXS010", Role.LM_HEAD: "NXS013", Role.COLUMN: "NXS024", Role.ROW: "NXS024"}
@@ -316,6 +317,17 @@ def _base_model(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
             location,
             name,
             "NXS012",
+        )
+    options = unguardable_mask_options(forward)
+    if options:
+        yield _refusal(
+            MASK_BUILDERS,
+            f"{name}.forward sets {', '.join(options)} other than in an `if self.config.<flag>:` branch that "
+            "only stores them into the mask arguments (NXS014 turns such a branch into a construction error)",
+            location,
+            name,
+            "NXS012",
+            "NXS014",
         )
     loose = spread_without_dict(forward, callables)
     if loose:

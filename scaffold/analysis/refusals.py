@@ -15,6 +15,7 @@ from ..blueprint import (
     LayerKind,
     LayerSite,
     Location,
+    MLPBlock,
     NormScope,
     NormSite,
     Refusal,
@@ -40,7 +41,7 @@ from .context import Context, base_instance_path, class_scope, decoder_layer_cla
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
 from .embedding_subclasses import is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
-from .norms import norm_call_location
+from .norms import PER_HEAD_LIST, has_distributed_form, norm_call_location
 from .parsing import SourceIndex
 from .sites import member_location
 
@@ -51,6 +52,7 @@ def detect(
     norms: list[NormSite],
     geometries: list[AttentionGeometry],
     moe_classes: frozenset[str] = frozenset(),
+    mlps: tuple[MLPBlock, ...] = (),
 ) -> list[Refusal]:
     """Every refusal the structure calls for (role refusals come from `sites.layer_sites`; the sparse
     blocks of `moe_classes` are judged by `moe.moe_blocks`)."""
@@ -59,14 +61,14 @@ def detect(
     found += _mixture_of_experts(context, moe_classes)
     found += _layer_types(context, sites)
     found += _interleaved_qkv(context, refused)
-    found += _full_width_norms(context, norms)
+    found += _full_width_norms(context, norms, geometries)
     found += _non_softmax_layers(context, {geometry.path for geometry in geometries})
     found += _per_head_norm_weights(context, norms, geometries)
     found += _cross_attention(context, refused)
     found += _fused_projections(context, refused)
     found += _unrecognised_attention(context, refused)
     found += _parameters_and_unknown_layers(context)
-    found += _learnable_activations(context)
+    found += [refusal for _, refusal in learnable_activations(context, mlps) if refusal is not None]
     found += _layer_stack(context)
     return _first_per_line(found)
 
@@ -101,6 +103,25 @@ def _mixture_of_experts(context: Context, moe_classes: frozenset[str]) -> list[R
                     member_location(context, member),
                 )
             )
+    for member in context.tree.members:
+        dimensions = _packed_dimensions(member.assign.value)
+        if (
+            stack is not None
+            and member.owner.path.startswith(stack)
+            and member.construct.kind is ChildKind.PARAMETER
+            and member.owner.class_name not in context.norm_kinds
+            and dimensions is not None
+        ):
+            found.append(
+                Refusal(
+                    MOE.code,
+                    f"{member.owner.class_name}.{member.attribute} is a {dimensions}-D parameter in a decoder layer "
+                    f"(experts packed as one tensor, [experts, ...]); NXS040 rebuilds experts only from a list of "
+                    f"expert MLPs, and no spec maps a packed tensor onto ExpertMLPs' gate_up_proj / down_proj; "
+                    f"{MOE.why}",
+                    member_location(context, member),
+                )
+            )
     for name, analysis in context.classes.items():
         if name in moe_classes:
             continue
@@ -118,6 +139,14 @@ def _mixture_of_experts(context: Context, moe_classes: frozenset[str]) -> list[R
                         )
                     )
     return _first_per_line(found)
+
+
+def _packed_dimensions(value: cst.BaseExpression) -> int | None:
+    """The dimensions of `nn.Parameter(torch.empty(a, b, c, ...))` (any tensor factory) when three or more."""
+    if not (isinstance(value, cst.Call) and value.args and isinstance(value.args[0].value, cst.Call)):
+        return None
+    sizes = [arg for arg in value.args[0].value.args if arg.keyword is None and not arg.star]
+    return len(sizes) if len(sizes) >= 3 else None
 
 
 def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:
@@ -205,11 +234,16 @@ def _interleaves_three(shape: tuple[cst.BaseExpression, ...], local_scope: Scope
     return any(any(three(item) for item in group) and any(heads(item) for item in group) for group in groups)
 
 
-def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
+def _full_width_norms(
+    context: Context, norms: list[NormSite], geometries: list[AttentionGeometry]
+) -> list[Refusal]:
+    """Full-width norms NXS026 cannot distribute (not an RMS norm over one query or key projection)."""
     found: list[Refusal] = []
     seen: set[tuple[str, str]] = set()
     for norm in norms:
         if norm.scope is not NormScope.FULL_WIDTH or (norm.owner, norm.attribute) in seen:
+            continue
+        if has_distributed_form(norm, geometries, context.default_config):
             continue
         seen.add((norm.owner, norm.attribute))
         flow = context.classes[norm.owner].forward
@@ -217,10 +251,12 @@ def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
         found.append(
             Refusal(
                 FULL_WIDTH_NORM.code,
-                f"{norm.owner}.{norm.attribute} normalises the whole output of "
+                f"{norm.owner}.{norm.attribute} ({norm.kind} norm) normalises the whole output of "
                 f"{', '.join(norm.normalises)} (width {norm.width.source}) before it is split into heads; "
                 f"{FULL_WIDTH_NORM.why}",
                 location,
+                subject=norm.owner,
+                rules=("NXS026",),
             )
         )
     return found
@@ -363,10 +399,17 @@ def _unrecognised_attention(context: Context, refused: set[str]) -> list[Refusal
     return found
 
 
-def _learnable_activations(context: Context) -> list[Refusal]:
-    """`ACT2FN[config.x]` whose default activation has parameters (e.g. xIELU)."""
+def learnable_activations(
+    context: Context, mlps: tuple[MLPBlock, ...]
+) -> list[tuple[tuple[str, str], Refusal | None]]:
+    """`ACT2FN[config.x]` whose default activation has parameters (e.g. xIELU), by (owner, attribute): the
+    activation of a parallel MLP block (its parameters act on the rank's columns of the intermediate; NXS025
+    sums their gradients over TP) with no refusal, any other refused (R011)."""
     learnable = dict(context.source.facts.learnable_activations)
-    found: list[Refusal] = []
+    mlp_activations = {
+        (block.owner, block.activation.source) for block in mlps if block.activation is not None
+    }
+    found: list[tuple[tuple[str, str], Refusal | None]] = []
     seen: set[tuple[str, str]] = set()
     for member in context.tree.members:
         value = member.assign.value
@@ -388,15 +431,19 @@ def _learnable_activations(context: Context) -> list[Refusal]:
             activation = learnable.get(name_expr.evaluate(context.default_config))
         except (TypeError, ValueError, AttributeError):
             continue
-        if activation is not None:
-            found.append(
-                Refusal(
-                    UNMAPPED_PARAMETER.code,
-                    f"{member.owner.class_name}.{member.attribute} = {SourceIndex.code(value)} builds "
-                    f"{activation}, an activation with learnable parameters; {UNMAPPED_PARAMETER.why}",
-                    member_location(context, member),
-                )
-            )
+        if activation is None:
+            continue
+        if (member.owner.class_name, SourceIndex.code(index.value)) in mlp_activations:
+            found.append((key, None))
+            continue
+        refusal = Refusal(
+            UNMAPPED_PARAMETER.code,
+            f"{member.owner.class_name}.{member.attribute} = {SourceIndex.code(value)} builds "
+            f"{activation}, an activation with learnable parameters, outside a parallel MLP's intermediate; "
+            f"{UNMAPPED_PARAMETER.why}",
+            member_location(context, member),
+        )
+        found.append((key, refusal))
     return found
 
 
@@ -420,6 +467,7 @@ def _parameters_and_unknown_layers(context: Context) -> list[Refusal]:
             )
         elif (
             kind is ChildKind.LIST
+            and context.norm_kinds.get(owner) != PER_HEAD_LIST  # one norm per head: sharded by head (NXS026)
             and member.construct.element is not None
             and member.construct.element.kind
             not in (

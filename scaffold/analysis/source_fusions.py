@@ -32,6 +32,7 @@ from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 from ..blueprint import Location, SourceFusion
 from ..source import ModelSource
 from ..syntax import code, names_in, walk
+from .current_forms import current_forms
 from .linear_subclasses import read_as_linear
 from .parsing import parse_module
 
@@ -42,10 +43,10 @@ SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the
 
 
 def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """The modeling file parsed, its plain-linear subclasses read as `nn.Linear` (`linear_subclasses`) and
-    its fused projections as separate linears (what analysis and the rules both work on), and what was
-    split."""
-    module = read_as_linear(parse_module(source.read_text(), source.display_path))
+    """The modeling file parsed, its pre-refactor forms read as the current ones, its plain-linear
+    subclasses as `nn.Linear` (`linear_subclasses`) and its fused projections as separate linears (what
+    analysis and the rules both work on), and what was split."""
+    module = read_as_linear(current_forms(parse_module(source.read_text(), source.display_path)))
     return split_source_fusions(module, source.display_path)
 
 

@@ -72,6 +72,7 @@ class BaseModelForward(Rule):
     EXAMPLES = (
         stored_example(CODE, "mistral", "MistralModel"),
         stored_example(CODE, "llama", "LlamaDecoderLayer"),
+        stored_example(CODE, "qwen2_moe", "Qwen2MoeModel"),
     )
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:

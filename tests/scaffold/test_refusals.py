@@ -26,10 +26,18 @@ def lines_of(model_type: str, code: str) -> list[str]:
     ]
 
 
-def test_mixtral_experts_are_rebuilt_not_refused_and_phimoe_routing_is_refused():
-    # NXS040 rebuilds Mixtral's block on NxD's MoE; PhiMoE's sparsemixer is no routing NxD computes.
+def test_mixtral_experts_are_rebuilt_not_refused_and_phimoe_routing_is_kept():
+    # NXS040 rebuilds Mixtral's block on NxD's MoE, and PhiMoE's with a router that calls its sparsemixer:
+    # what stops phimoe is its older attention and cache code, not the block (nor its gate, once R008).
     assert codes("mixtral") == set()
-    (line,) = lines_of("phimoe", "R029")
+    assert codes("phimoe") == {"R019", "R026", "R027"}
+
+
+def test_ernie4_5_moe_bias_corrected_choice_is_refused_as_routing():
+    # `_, selected_experts = torch.topk(self.moe_statics(routing_weights), self.top_k, dim=-1)`: the experts
+    # are chosen on the softmax plus a correction bias, a routing neither RouterTopK nor a module function is.
+    assert codes("ernie4_5_moe") == {"R029"}
+    (line,) = lines_of("ernie4_5_moe", "R029")
     assert "self.gate = nn.Linear" in line
 
 
@@ -39,11 +47,45 @@ def test_gpt2_conv1d_is_refused_at_each_constructor():
     assert all("Conv1D(" in line for line in lines)
 
 
-def test_olmo2_full_width_qk_norm_is_refused():
-    assert codes("olmo2") == {"R004"}
-    lines = lines_of("olmo2", "R004")
-    assert any("self.q_norm(self.q_proj(" in line for line in lines)
-    assert any("self.k_norm(self.k_proj(" in line for line in lines)
+def test_qk_norms_sharded_with_their_heads_are_not_refused():
+    # olmo2: RMS norms over the whole q_proj/k_proj output (NXS026 distributes them); cohere: LayerNorms with
+    # one weight row per head (NXS026 shards them by head).
+    assert codes("olmo2") == set()
+    assert codes("cohere") == set()
+    scopes = {
+        (model_type, norm.attribute): norm.scope.value
+        for model_type in ("olmo2", "cohere")
+        for norm in blueprint_of(model_type).norms
+        if norm.normalises
+    }
+    assert scopes == {
+        ("olmo2", "q_norm"): "full_width",
+        ("olmo2", "k_norm"): "full_width",
+        ("cohere", "q_norm"): "head_rows",
+        ("cohere", "k_norm"): "head_rows",
+    }
+
+
+def test_a_list_of_one_norm_per_head_is_sharded_by_head_not_refused():
+    # stablelm's StableLmLayerNormPerHead: nn.ModuleList([nn.LayerNorm(dim) for _ in range(num_heads)]), each
+    # applied to its head's slice (torch.split(x, 1, dim=1)); its other refusals are not about norms.
+    assert "R012" not in codes("stablelm")
+    norms = {
+        norm.attribute: (norm.kind, norm.scope.value)
+        for norm in blueprint_of("stablelm").norms
+        if norm.normalises
+    }
+    assert norms == {
+        "q_layernorm": ("per_head_list", "head_rows"),
+        "k_layernorm": ("per_head_list", "head_rows"),
+    }
+
+
+def test_a_learnable_activation_of_a_parallel_mlp_is_not_refused():
+    # apertus' MLP applies xIELU (parameters alpha_p, alpha_n) to up_proj's output: NXS025 sums their gradients.
+    assert codes("apertus") == set()
+    assert blueprint_of("apertus").learnable_activations == (("ApertusMLP", "act_fn"),)
+    assert blueprint_of("llama").learnable_activations == ()
 
 
 def test_bloom_interleaved_qkv_is_refused():
@@ -55,7 +97,7 @@ def test_bloom_interleaved_qkv_is_refused():
 def test_refusal_messages_name_their_reason_and_codes_are_unique():
     known = {code.code: code for code in ALL_CODES}
     assert len(known) == len(ALL_CODES)
-    for model_type in ("phimoe", "gpt2", "olmo2", "bloom"):
+    for model_type in ("phimoe", "gpt2", "rwkv", "bloom"):
         for refusal in blueprint_of(model_type).refusals:
             assert known[refusal.code].why in refusal.message
             assert refusal.location.file == blueprint_of(model_type).source_file
