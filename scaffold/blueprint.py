@@ -347,6 +347,38 @@ class SourceFusion:
 
 
 @dataclass(frozen=True)
+class CacheCallee:
+    """A function NXS002 removes parameters from, as a call of it sees it."""
+
+    function: str  # "GPT2Block.forward"
+    parameters: tuple[str, ...]  # the parameters a positional argument binds, in order (`self` left out)
+    removed: tuple[str, ...]  # the ones NXS002 removes: cache parameters and those the cache reaches
+
+
+@dataclass(frozen=True)
+class CacheForwarding:
+    """Where the KV cache travels between the file's functions, for NXS002 to follow it.
+
+    A cache passed under another name (`layer(..., layer_past=past_key_values)`) makes the callee's
+    parameter of that name a cache parameter too (`aliases`); a call whose callee loses parameters has
+    the arguments bound to them dropped, positional ones included (`calls`); a method that takes the
+    cache and that nothing in the file calls serves generation only (`helpers`).
+    """
+
+    aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()  # function -> parameters the cache reaches
+    calls: tuple[tuple[str, str, CacheCallee], ...] = ()  # (caller, callee as written, callee)
+    helpers: tuple[str, ...] = ()  # "Class.method"
+
+    def aliases_of(self, function: str) -> frozenset[str]:
+        """The parameters of `function` that receive the cache under another name."""
+        return frozenset(name for owner, names in self.aliases if owner == function for name in names)
+
+    def callees_of(self, function: str) -> dict[str, CacheCallee]:
+        """The calls in `function` whose callee loses parameters, by the callee as written."""
+        return {written: callee for caller, written, callee in self.calls if caller == function}
+
+
+@dataclass(frozen=True)
 class Blueprint:
     """Everything known about one model, in deterministic order (source order, then path)."""
 
@@ -375,6 +407,7 @@ class Blueprint:
     moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
     # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
     learnable_activations: tuple[tuple[str, str], ...] = ()
+    cache: CacheForwarding = CacheForwarding()  # where the KV cache travels (NXS002)
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

@@ -65,7 +65,8 @@ NON_SOFTMAX_MIXER = RefusalCode(
 CROSS_ATTENTION = RefusalCode(
     "R006",
     "cross-attention",
-    "keys and values computed from another input than the queries (encoder states) are out of scope",
+    "keys and values computed from another input than the queries (encoder states) are out of scope "
+    "(parameters every call binds to the same expression, `attn(x, x, x)`, count as one input)",
     "encoder-decoder and cross-attention models are out of scope; write the training model by hand",
 )
 FUSED_PROJECTION = RefusalCode(
@@ -154,15 +155,16 @@ NO_CONFIG_PARAMETER = RefusalCode(
     "R018",
     "no-config-parameter",
     "the constructor builds parallel layers or sequence-parallel norms but takes no config parameter to "
-    "read their sizes, dtype and init range from",
+    "read their sizes, dtype and init range from, and NXS004 cannot give it one (a call of it outside "
+    "the constructor of a class that holds a config, or a `config` name or `*args` already there)",
     "pass the model config to the constructor (as `config`, or a parameter annotated with the config "
     "class) in a copy of the modeling file (--source)",
 )
 CACHE_USE = RefusalCode(
     "R019",
     "cache-use",
-    "the function still reads the KV cache after the cache plumbing is removed: a use of the cache the "
-    "rule does not understand",
+    "the function still uses the KV cache after the cache plumbing is removed (calls it, reads its "
+    "attributes or items): a use of the cache the rule does not understand",
     "remove the cache use by hand (training runs without a cache), or simplify it in a copy of the "
     "modeling file (--source)",
 )

@@ -35,7 +35,7 @@ from ..refusal_codes import (
     UNMAPPED_PARAMETER,
     UNRECOGNISED_ATTENTION,
 )
-from ..syntax import walk
+from ..syntax import code, walk
 from .constructors import ChildKind
 from .context import Context, base_instance_path, class_scope, decoder_layer_class, decoder_layer_list
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
@@ -324,12 +324,14 @@ def _non_softmax_layers(context: Context, has_attention: set[str]) -> list[Refus
 
 
 def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
-    """Projections feeding the same consumer read different inputs of the forward."""
+    """Projections feeding the same consumer read different inputs of the forward (parameters that every
+    call of the class binds to the same expression, `attention(x, x, x)`, are one input)."""
     found: list[Refusal] = []
     for name, analysis in context.classes.items():
         flow = analysis.forward
         if flow is None or len(analysis.projections) < 2:
             continue
+        same = _same_inputs(context, name)
         for call in flow.module_calls:
             if call.attribute not in analysis.projections:
                 continue
@@ -338,7 +340,7 @@ def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
             for producer in sorted(feeding):
                 for producer_call in flow.calls_of(producer):
                     params = {o.source[len(PARAM_PREFIX) :] for o in producer_call.inputs if o.is_param}
-                    for param in params:
+                    for param in {same.get(param, param) for param in params}:
                         inputs.setdefault(param, set()).add(producer)
             if len(inputs) > 1:
                 described = "; ".join(f"{', '.join(sorted(v))} read {k}" for k, v in sorted(inputs.items()))
@@ -353,6 +355,43 @@ def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
                 )
                 break
     return found
+
+
+def _same_inputs(context: Context, name: str) -> dict[str, str]:
+    """The forward parameters of class `name` that every call of its instances binds to the same
+    expression as an earlier parameter (`self.attn(normed, normed, normed)` into `forward(v, k, q)`),
+    each mapped to that earlier one; empty when no call is seen or a call spreads `*args`."""
+    forward = context.classes[name].facts.forward
+    if forward is None:
+        return {}
+    names = [param.name.value for param in (*forward.params.posonly_params, *forward.params.params)][1:]
+    bindings: list[dict[str, str]] = []
+    for owner in context.classes.values():
+        attributes = {
+            attribute
+            for attribute, construct in owner.constructs.items()
+            if name in (construct.qualified, construct.element.qualified if construct.element else None)
+        }
+        for flow in owner.flows.values():
+            for call in flow.module_calls:
+                if call.attribute not in attributes:
+                    continue
+                if any(arg.star for arg in call.node.args):
+                    return {}
+                bound = dict(zip(names, (code(arg.value) for arg in call.node.args if arg.keyword is None)))
+                bound.update((arg.keyword.value, code(arg.value)) for arg in call.node.args if arg.keyword)
+                bindings.append(bound)
+    if not bindings:
+        return {}
+    same: dict[str, str] = {}
+    for index, later in enumerate(names):
+        for earlier in names[:index]:
+            if earlier not in same and all(
+                later in bound and bound.get(earlier) == bound[later] for bound in bindings
+            ):
+                same[later] = earlier
+                break
+    return same
 
 
 def _fused_projections(context: Context, refused: set[str]) -> list[Refusal]:

@@ -115,3 +115,26 @@ def test_replicating_plan_styles_are_not_read_as_sharding():
     assert blueprint.site("model.layers.*.mlp.down_proj").evidence.startswith(
         "tp plan 'rowwise'; dataflow agrees"
     )
+
+
+def test_attention_called_with_one_tensor_three_times_is_self_attention():
+    # ctrl's MultiHeadAttention.forward(v, k, q, ...) is called `(normed, normed, normed, ...)` only: no R006.
+    assert "R006" not in codes("ctrl")
+    # xglm's attention reads `key_value_states` for keys and values: cross-attention stays refused.
+    assert any(
+        "key_value_states" in refusal.message
+        for refusal in blueprint_of("xglm").refusals
+        if refusal.code == "R006"
+    )
+
+
+def test_the_cache_followed_across_calls_leaves_no_cache_use():
+    # gpt2 (positional), gpt_neox and ctrl (`layer_past=`), mpt (a cache-only helper), xglm (returned tuple).
+    for model_type in ("gpt2", "gpt_neox", "ctrl", "mpt", "xglm"):
+        assert "R019" not in codes(model_type), model_type
+
+
+def test_constructors_without_config_take_their_callers():
+    # ctrl's EncoderLayer(d_model_size, ...) and MultiHeadAttention(d_model_size, ...): built only in
+    # constructors that hold a config.
+    assert "R018" not in codes("ctrl")
