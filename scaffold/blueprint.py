@@ -185,6 +185,8 @@ class Backbone:
     final_norm: str | None  # path
     rotary: str | None  # path of the rotary-embedding module
     lm_head: str | None  # path
+    positions: tuple[str, ...] = ()  # paths of the base model's position embeddings (learned, replicated)
+    stack_class: str = ""  # the class that embeds and loops over the layers: the base model, or its decoder
 
 
 @dataclass(frozen=True)

@@ -112,15 +112,17 @@ UNKNOWN_LAYER = RefusalCode(
     "a torch.nn layer with parameters that the analysis does not know",
     "replace the layer by a known one in a copy of the modeling file (--source), or shard it by hand; a "
     "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`, "
-    "a linear a subclass of nn.Linear whose only method is a forward computing the plain linear "
+    "learned positions held by the base model (or its decoder) a subclass that trains nothing but its "
+    "table, a linear a subclass of nn.Linear whose only method is a forward computing the plain linear "
     "(`x @ self.weight.T` plus the bias when there is one, or `F.linear(x, self.weight, self.bias)`)",
 )
 LAYER_STACK = RefusalCode(
     "R013",
     "layer-stack",
     "the decoder-layer list mixes classes or builds them indirectly, so no single layer class can be planned",
-    "build the layers as `nn.ModuleList([LayerClass(config, i) for i in range(n)])` in a copy of the "
-    "modeling file (--source)",
+    "build the layers as `nn.ModuleList([LayerClass(config, i) for i in range(n)])` in the base model, or "
+    "in the one module it holds that embeds and loops over them (`self.decoder = Decoder(config)`), in a "
+    "copy of the modeling file (--source)",
 )
 UNRECOGNISED_ATTENTION = RefusalCode(
     "R014",

@@ -277,7 +277,7 @@ def _norm_class(context: Context, name: str, parameters: list[str]) -> Iterator[
 
 
 def _base_model(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
-    name = blueprint.base_model_class
+    name = blueprint.backbone.stack_class or blueprint.base_model_class
     analysis = context.classes[name]
     node = analysis.facts.node
     init, forward = find_method(node, "__init__"), find_method(node, "forward")

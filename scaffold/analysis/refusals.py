@@ -37,9 +37,16 @@ from ..refusal_codes import (
 )
 from ..syntax import code, walk
 from .constructors import ChildKind
-from .context import Context, base_instance_path, class_scope, decoder_layer_class, decoder_layer_list
+from .context import (
+    Context,
+    base_instance_path,
+    class_scope,
+    decoder_layer_class,
+    decoder_layer_list,
+    stack_class,
+)
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
-from .embedding_subclasses import is_scaled_lookup
+from .embedding_subclasses import is_replicated_lookup, is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
 from .norms import PER_HEAD_LIST, has_distributed_form, norm_call_location
 from .parsing import SourceIndex
@@ -151,12 +158,22 @@ def _packed_dimensions(value: cst.BaseExpression) -> int | None:
 
 def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:
     found: list[Refusal] = []
+    holder = stack_class(context)
     for site in sites:
         subclass = context.classes.get(site.constructor)
+        # learned positions held by the stack module, kept whole (NXS012 moves their output to the layout)
+        positions = (
+            site.role is Role.REPLICATED
+            and site.kind is LayerKind.EMBEDDING
+            and site.owner == holder
+            and subclass is not None
+            and is_replicated_lookup(subclass.facts, context.index)
+        )
         if (
             subclass is not None
             and "forward" in subclass.facts.methods
             and not (site.role is Role.EMBEDDING and is_scaled_lookup(subclass.facts, context.index))
+            and not positions
         ):
             found.append(
                 Refusal(
@@ -558,18 +575,18 @@ def _layer_stack(context: Context) -> list[Refusal]:
     attribute, construct = layers
     if not construct.heterogeneous:
         return []
-    base = context.classes[context.source.base_model_class]
-    assign = base.facts.last_assign(attribute)
+    holder = context.classes[stack_class(context)]
+    own = attribute.rsplit(".", 1)[-1]
+    assign = holder.facts.last_assign(own)
     location = (
         context.index.location(assign.statement)
         if assign is not None
-        else context.index.location(base.facts.node)
+        else context.index.location(holder.facts.node)
     )
     return [
         Refusal(
             LAYER_STACK.code,
-            f"{context.source.base_model_class}.{attribute} builds its layers indirectly or from several "
-            f"classes; {LAYER_STACK.why}",
+            f"{holder.facts.name}.{own} builds its layers indirectly or from several classes; {LAYER_STACK.why}",
             location,
         )
     ]

@@ -43,9 +43,9 @@ SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the
 
 
 def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """The modeling file parsed, its pre-refactor forms read as the current ones, its plain-linear
-    subclasses as `nn.Linear` (`linear_subclasses`) and its fused projections as separate linears (what
-    analysis and the rules both work on), and what was split."""
+    """The modeling file parsed, its pre-refactor forms read as the current ones (`current_forms`), its
+    plain-linear subclasses as `nn.Linear` (`linear_subclasses`) and its fused projections as separate
+    linears (what analysis and the rules both work on), and what was split."""
     module = read_as_linear(current_forms(parse_module(source.read_text(), source.display_path)))
     return split_source_fusions(module, source.display_path)
 
