@@ -185,6 +185,8 @@ class Backbone:
     final_norm: str | None  # path
     rotary: str | None  # path of the rotary-embedding module
     lm_head: str | None  # path
+    positions: tuple[str, ...] = ()  # paths of the base model's position embeddings (learned, replicated)
+    stack_class: str = ""  # the class that embeds and loops over the layers: the base model, or its decoder
 
 
 @dataclass(frozen=True)
@@ -225,9 +227,9 @@ class MLPBlock:
 
 @dataclass(frozen=True)
 class MoEBlock:
-    """A sparse mixture-of-experts block: a linear router, softmax, top-k (optionally renormalised) and a
-    list of gated expert MLPs, optionally a shared expert scaled by a sigmoid gate; sizes as config
-    expressions. `normalize` is the condition under which the top-k probabilities are renormalised
+    """A sparse mixture-of-experts block: a linear router, softmax, top-k (optionally renormalised) or a
+    routing function of the source, and a list of gated expert MLPs, optionally a shared expert scaled by
+    a sigmoid gate; sizes as config expressions. `normalize` is the condition under which the top-k probabilities are renormalised
     ("True", "False" or a config expression); `jitter` the router jitter of the source, if any."""
 
     owner: str  # the block class
@@ -251,6 +253,10 @@ class MoEBlock:
     dense_layers: bool  # the layer builds the block under a condition (other layers hold a dense MLP)
     logits_plumbed: bool  # the source's layers return the router logits already (`output_router_logits`)
     location: Location
+    # A block that routes with a function of its own: the call as NxD's router writes it (`router_logits`,
+    # `self.config.<field>`, `self.training`) and the function's name; None for softmax -> top-k.
+    routing: str | None = None
+    routing_function: str | None = None
 
 
 @dataclass(frozen=True)
@@ -328,7 +334,9 @@ class SourceFusion:
     """One linear of the source read as `part_names` (in output-feature order).
 
     `part_sizes` are expressions valid in the owner's constructor where the linear was built; `bias` is
-    the source's bias argument.
+    the source's bias argument. `groups` (an expression of the same kind) is set when the parts are
+    interleaved: the output features form that many equal groups, each holding its share of every part
+    in part order (per head `[q k v]`); None when the parts follow one another.
     """
 
     owner: str
@@ -337,6 +345,39 @@ class SourceFusion:
     part_sizes: tuple[str, ...]
     bias: str
     location: Location
+    groups: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheCallee:
+    """A function NXS002 removes parameters from, as a call of it sees it."""
+
+    function: str  # "GPT2Block.forward"
+    parameters: tuple[str, ...]  # the parameters a positional argument binds, in order (`self` left out)
+    removed: tuple[str, ...]  # the ones NXS002 removes: cache parameters and those the cache reaches
+
+
+@dataclass(frozen=True)
+class CacheForwarding:
+    """Where the KV cache travels between the file's functions, for NXS002 to follow it.
+
+    A cache passed under another name (`layer(..., layer_past=past_key_values)`) makes the callee's
+    parameter of that name a cache parameter too (`aliases`); a call whose callee loses parameters has
+    the arguments bound to them dropped, positional ones included (`calls`); a method that takes the
+    cache and that nothing in the file calls serves generation only (`helpers`).
+    """
+
+    aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()  # function -> parameters the cache reaches
+    calls: tuple[tuple[str, str, CacheCallee], ...] = ()  # (caller, callee as written, callee)
+    helpers: tuple[str, ...] = ()  # "Class.method"
+
+    def aliases_of(self, function: str) -> frozenset[str]:
+        """The parameters of `function` that receive the cache under another name."""
+        return frozenset(name for owner, names in self.aliases if owner == function for name in names)
+
+    def callees_of(self, function: str) -> dict[str, CacheCallee]:
+        """The calls in `function` whose callee loses parameters, by the callee as written."""
+        return {written: callee for caller, written, callee in self.calls if caller == function}
 
 
 @dataclass(frozen=True)
@@ -368,6 +409,7 @@ class Blueprint:
     moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
     # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
     learnable_activations: tuple[tuple[str, str], ...] = ()
+    cache: CacheForwarding = CacheForwarding()  # where the KV cache travels (NXS002)
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

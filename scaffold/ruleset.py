@@ -14,4 +14,5 @@ from __future__ import annotations
 # 3: the pretrained class zeroes the parallel linears' biases (NXS006), as transformers' _init_weights does.
 # 4: per-head norms built inside a block get their TP gradient sum there; in-place ops on the projections
 # (the fused branch's split views) become out-of-place assignments.
-RULESET_VERSION = 4
+# 5: config switches that set a mask option (or/and_mask_function) raise at construction (NXS014).
+RULESET_VERSION = 5

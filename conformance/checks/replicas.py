@@ -152,7 +152,7 @@ class Replicas(Check[ReplicasConfig, ReplicasJob, ReplicasRun | None]):
             # EP ranks are data-parallel ranks: what is not an expert must stay equal over them too.
             cases.append(ReplicasConfig(base, 2, True, ep_size=2))
         if profile == "quick":
-            return cases
+            return list(dict.fromkeys(cases))
         cases += [ReplicasConfig(gqa, gqa_tp, False), ReplicasConfig(base, 4, True)]
         if catalogue.is_moe:
             cases += [ReplicasConfig(base, 1, ep_size=2), ReplicasConfig(base, 2, False, ep_size=2)]

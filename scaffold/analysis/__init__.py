@@ -10,6 +10,7 @@ import dataclasses
 
 from ..blueprint import Blueprint, ClassPlan, Role
 from ..source import ModelSource, locate
+from .cache_forwarding import cache_forwarding
 from .classes import config_parameter
 from .context import Context, gather
 from .features import config_fields, features
@@ -70,6 +71,7 @@ def analyze(source: ModelSource) -> Blueprint:
         learnable_activations=tuple(
             key for key, refusal in learnable_activations(context, tuple(mlps)) if refusal is None
         ),
+        cache=cache_forwarding(context.index.module),
     )
     refusals = [
         # one line each: messages quote source, and they end up in comments (`TODO(<code>)` markers)

@@ -99,7 +99,7 @@ def _scale(context: Context, class_name: str, step: ScaleStep, applies_to: str) 
 
 
 def _embedding_scale(context: Context, backbone: Backbone) -> Scale | None:
-    base = context.classes.get(context.source.base_model_class)
+    base = context.classes.get(backbone.stack_class or context.source.base_model_class)
     if base is None or base.forward is None or backbone.embedding is None:
         return None
     attribute = backbone.embedding.rsplit(".", 1)[-1]

@@ -12,9 +12,15 @@ A block is a class whose constructor builds a `nn.ModuleList` of expert classes 
   list's comprehension, their intermediate size and activation resolved through the expert's constructor;
 - a shared expert: another MLP child, optionally scaled by a sigmoid of a linear to one output.
 
+A block that routes with a function of its own instead (`weights, indices = f(logits, ...)` on one linear
+router's logits, `f` a function of the source module: PhiMoE's `sparsemixer`) keeps it: the block's
+`routing` is that call as NxD's router writes it (`router_logits` for the logits, `self.config.<field>` for
+what the block reads from the config, `self.training` kept), and its top-k count is the function's `top_k`
+(or `k`) argument, passed or defaulted.
+
 Every expression is resolved to the config. A block that has experts but another structure is refused:
-R029 when the routing is not softmax -> top-k over one linear (PhiMoE's sparsemixer, for one), R001
-(narrowed) when the block holds other modules or its experts are not gated MLPs.
+R029 when the routing is neither (sigmoid or grouped top-k, a bias-corrected choice), R001 (narrowed)
+when the block holds other modules or its experts are not gated MLPs.
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ def _block(
             experts_attribute,
         )
     routing = _routing(context, forward, analysis)
+    function_routing: FunctionRouting | None = None
     if isinstance(routing, str):
         routers = _routers(analysis, count, scope)
         if not routers:
@@ -129,10 +136,13 @@ def _block(
                 f"no linear sized by the number of experts routes them; {MOE.why}",
                 experts_attribute,
             )
-        consumer = _consumer(forward, routers[0])
-        if consumer is not None:
-            routing += f" (the router's logits go to `{consumer}`)"
-        return refuse(UNRECOGNISED_ROUTING.code, f"{routing}; {UNRECOGNISED_ROUTING.why}", routers[0])
+        found = _function_routing(context, forward, routers, scope)
+        if isinstance(found, str):
+            consumer = _consumer(forward, routers[0])
+            routing += f" (the router's logits go to `{consumer}`: {found})" if consumer else f" ({found})"
+            return refuse(UNRECOGNISED_ROUTING.code, f"{routing}; {UNRECOGNISED_ROUTING.why}", routers[0])
+        function_routing = found
+        routing = (found.router, found.top_k, FALSE, _jitter(forward))
     router, top_k, normalize, jitter = routing
 
     expert_class = experts_construct.qualified
@@ -212,6 +222,8 @@ def _block(
         dense_layers=dense_layers,
         logits_plumbed=plumbed,
         location=context.index.location(facts.node),
+        routing=function_routing.call if function_routing is not None else None,
+        routing_function=function_routing.function if function_routing is not None else None,
     )
 
 
@@ -272,6 +284,123 @@ def _consumer(forward: cst.FunctionDef, router: str) -> str | None:
         ):
             return code(node.func)
     return None
+
+
+@dataclass(frozen=True)
+class FunctionRouting:
+    """A block that routes with a function of the source module: `weights, indices = f(logits, ...)`."""
+
+    router: str  # attribute of the linear router
+    function: str  # the routing function's name
+    call: str  # the call as NxD's router writes it
+    top_k: cst.BaseExpression
+
+
+TOP_K_PARAMETERS = ("top_k", "k")
+ROUTER_LOGITS = cst.Name("router_logits")
+
+
+def _function_routing(
+    context: Context, forward: cst.FunctionDef, routers: list[str], scope: Scope
+) -> FunctionRouting | str:
+    """The routing function of the block, or why its router's logits do not go to one."""
+    logits = {
+        name: router
+        for name, statement in _assignments(forward)
+        for router in routers
+        if isinstance(statement.value, cst.Call) and self_attribute(statement.value.func) == router
+    }
+    if len(logits) != 1:
+        return "the router's logits are not assigned to one name"
+    ((name, router),) = logits.items()
+    calls = [
+        node
+        for node in walk(forward)
+        if isinstance(node, cst.Call)
+        and any(isinstance(arg.value, cst.Name) and arg.value.value == name for arg in node.args)
+    ]
+    call = calls[0] if calls else None
+    function = call.func.value if call is not None and isinstance(call.func, cst.Name) else None
+    definition = context.mapping.functions.get(function) if function is not None else None
+    if call is None or definition is None:
+        return "they go to no function of the modeling file"
+    if not any(
+        isinstance(node, cst.Assign)
+        and node.value is call
+        and len(node.targets) == 1
+        and isinstance(node.targets[0].target, cst.Tuple)
+        and len(node.targets[0].target.elements) == 2
+        for node in walk(forward)
+    ):
+        return f"`{function}` is not unpacked as `weights, indices = {function}(...)`"
+    arguments = _bound(call, definition)
+    if arguments is None:
+        return f"`{code(call)}` passes arguments by `*` or `**`"
+    top_k = next((arguments[p] for p in TOP_K_PARAMETERS if p in arguments), None)
+    if top_k is None or to_expr(top_k, scope).resolved is None:
+        return f"`{function}` takes no `top_k` (or `k`) that resolves to the config or a constant"
+
+    class _Written(cst.CSTTransformer):
+        """The call's arguments as the router writes them (None where one cannot be)."""
+
+        def __init__(self) -> None:
+            self.unresolved: list[str] = []
+
+        def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+            value = original.value
+            if isinstance(value, cst.Name) and value.value == name:
+                return updated.with_changes(value=ROUTER_LOGITS)
+            if code(value) == "self.training":
+                return updated
+            resolved = to_expr(value, scope).resolved
+            if resolved is None:
+                self.unresolved.append(code(value))
+                return updated
+            return updated.with_changes(value=_on_self_config(cst.parse_expression(resolved)))
+
+    written = _Written()
+    rewritten = cst.ensure_type(call.visit(written), cst.Call)
+    if written.unresolved:
+        listed = ", ".join(f"`{text}`" for text in written.unresolved)
+        return f"`{function}` is passed {listed}, which the router cannot compute (not from the config)"
+    return FunctionRouting(router, function, code(rewritten), top_k)
+
+
+def _bound(call: cst.Call, definition: cst.FunctionDef) -> dict[str, cst.BaseExpression] | None:
+    """The function's parameters bound to the call's arguments, defaults included (None with `*`/`**`)."""
+    if any(arg.star for arg in call.args):
+        return None
+    params = [*definition.params.posonly_params, *definition.params.params, *definition.params.kwonly_params]
+    positional = [arg.value for arg in call.args if arg.keyword is None]
+    keywords = {arg.keyword.value: arg.value for arg in call.args if arg.keyword is not None}
+    bound: dict[str, cst.BaseExpression] = {}
+    for position, param in enumerate(params):
+        if position < len(positional):
+            bound[param.name.value] = positional[position]
+        elif param.name.value in keywords:
+            bound[param.name.value] = keywords[param.name.value]
+        elif param.default is not None:
+            bound[param.name.value] = param.default
+    return bound
+
+
+def _on_self_config(node: cst.BaseExpression) -> cst.BaseExpression:
+    """`config.x` -> `self.config.x` (the router keeps the config)."""
+
+    class _Self(cst.CSTTransformer):
+        def __init__(self) -> None:
+            self.attributes: set[int] = set()  # the `x` of `a.x`: a name, not a reference
+
+        def visit_Attribute(self, node: cst.Attribute) -> bool:
+            self.attributes.add(id(node.attr))
+            return True
+
+        def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+            if updated.value == CONFIG_SCOPE_NAME.value and id(original) not in self.attributes:
+                return cst.Attribute(cst.Name("self"), cst.Name("config"))
+            return updated
+
+    return cst.ensure_type(node.visit(_Self()), cst.BaseExpression)
 
 
 def _routers(analysis: ClassAnalysis, count: cst.BaseExpression, scope: Scope) -> list[str]:

@@ -35,11 +35,18 @@ from ..refusal_codes import (
     UNMAPPED_PARAMETER,
     UNRECOGNISED_ATTENTION,
 )
-from ..syntax import walk
+from ..syntax import code, walk
 from .constructors import ChildKind
-from .context import Context, base_instance_path, class_scope, decoder_layer_class, decoder_layer_list
+from .context import (
+    Context,
+    base_instance_path,
+    class_scope,
+    decoder_layer_class,
+    decoder_layer_list,
+    stack_class,
+)
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
-from .embedding_subclasses import is_scaled_lookup
+from .embedding_subclasses import is_replicated_lookup, is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
 from .norms import PER_HEAD_LIST, has_distributed_form, norm_call_location
 from .parsing import SourceIndex
@@ -103,6 +110,25 @@ def _mixture_of_experts(context: Context, moe_classes: frozenset[str]) -> list[R
                     member_location(context, member),
                 )
             )
+    for member in context.tree.members:
+        dimensions = _packed_dimensions(member.assign.value)
+        if (
+            stack is not None
+            and member.owner.path.startswith(stack)
+            and member.construct.kind is ChildKind.PARAMETER
+            and member.owner.class_name not in context.norm_kinds
+            and dimensions is not None
+        ):
+            found.append(
+                Refusal(
+                    MOE.code,
+                    f"{member.owner.class_name}.{member.attribute} is a {dimensions}-D parameter in a decoder layer "
+                    f"(experts packed as one tensor, [experts, ...]); NXS040 rebuilds experts only from a list of "
+                    f"expert MLPs, and no spec maps a packed tensor onto ExpertMLPs' gate_up_proj / down_proj; "
+                    f"{MOE.why}",
+                    member_location(context, member),
+                )
+            )
     for name, analysis in context.classes.items():
         if name in moe_classes:
             continue
@@ -122,14 +148,32 @@ def _mixture_of_experts(context: Context, moe_classes: frozenset[str]) -> list[R
     return _first_per_line(found)
 
 
+def _packed_dimensions(value: cst.BaseExpression) -> int | None:
+    """The dimensions of `nn.Parameter(torch.empty(a, b, c, ...))` (any tensor factory) when three or more."""
+    if not (isinstance(value, cst.Call) and value.args and isinstance(value.args[0].value, cst.Call)):
+        return None
+    sizes = [arg for arg in value.args[0].value.args if arg.keyword is None and not arg.star]
+    return len(sizes) if len(sizes) >= 3 else None
+
+
 def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:
     found: list[Refusal] = []
+    holder = stack_class(context)
     for site in sites:
         subclass = context.classes.get(site.constructor)
+        # learned positions held by the stack module, kept whole (NXS012 moves their output to the layout)
+        positions = (
+            site.role is Role.REPLICATED
+            and site.kind is LayerKind.EMBEDDING
+            and site.owner == holder
+            and subclass is not None
+            and is_replicated_lookup(subclass.facts, context.index)
+        )
         if (
             subclass is not None
             and "forward" in subclass.facts.methods
             and not (site.role is Role.EMBEDDING and is_scaled_lookup(subclass.facts, context.index))
+            and not positions
         ):
             found.append(
                 Refusal(
@@ -297,12 +341,14 @@ def _non_softmax_layers(context: Context, has_attention: set[str]) -> list[Refus
 
 
 def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
-    """Projections feeding the same consumer read different inputs of the forward."""
+    """Projections feeding the same consumer read different inputs of the forward (parameters that every
+    call of the class binds to the same expression, `attention(x, x, x)`, are one input)."""
     found: list[Refusal] = []
     for name, analysis in context.classes.items():
         flow = analysis.forward
         if flow is None or len(analysis.projections) < 2:
             continue
+        same = _same_inputs(context, name)
         for call in flow.module_calls:
             if call.attribute not in analysis.projections:
                 continue
@@ -311,7 +357,7 @@ def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
             for producer in sorted(feeding):
                 for producer_call in flow.calls_of(producer):
                     params = {o.source[len(PARAM_PREFIX) :] for o in producer_call.inputs if o.is_param}
-                    for param in params:
+                    for param in {same.get(param, param) for param in params}:
                         inputs.setdefault(param, set()).add(producer)
             if len(inputs) > 1:
                 described = "; ".join(f"{', '.join(sorted(v))} read {k}" for k, v in sorted(inputs.items()))
@@ -326,6 +372,43 @@ def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
                 )
                 break
     return found
+
+
+def _same_inputs(context: Context, name: str) -> dict[str, str]:
+    """The forward parameters of class `name` that every call of its instances binds to the same
+    expression as an earlier parameter (`self.attn(normed, normed, normed)` into `forward(v, k, q)`),
+    each mapped to that earlier one; empty when no call is seen or a call spreads `*args`."""
+    forward = context.classes[name].facts.forward
+    if forward is None:
+        return {}
+    names = [param.name.value for param in (*forward.params.posonly_params, *forward.params.params)][1:]
+    bindings: list[dict[str, str]] = []
+    for owner in context.classes.values():
+        attributes = {
+            attribute
+            for attribute, construct in owner.constructs.items()
+            if name in (construct.qualified, construct.element.qualified if construct.element else None)
+        }
+        for flow in owner.flows.values():
+            for call in flow.module_calls:
+                if call.attribute not in attributes:
+                    continue
+                if any(arg.star for arg in call.node.args):
+                    return {}
+                bound = dict(zip(names, (code(arg.value) for arg in call.node.args if arg.keyword is None)))
+                bound.update((arg.keyword.value, code(arg.value)) for arg in call.node.args if arg.keyword)
+                bindings.append(bound)
+    if not bindings:
+        return {}
+    same: dict[str, str] = {}
+    for index, later in enumerate(names):
+        for earlier in names[:index]:
+            if earlier not in same and all(
+                later in bound and bound.get(earlier) == bound[later] for bound in bindings
+            ):
+                same[later] = earlier
+                break
+    return same
 
 
 def _fused_projections(context: Context, refused: set[str]) -> list[Refusal]:
@@ -492,18 +575,18 @@ def _layer_stack(context: Context) -> list[Refusal]:
     attribute, construct = layers
     if not construct.heterogeneous:
         return []
-    base = context.classes[context.source.base_model_class]
-    assign = base.facts.last_assign(attribute)
+    holder = context.classes[stack_class(context)]
+    own = attribute.rsplit(".", 1)[-1]
+    assign = holder.facts.last_assign(own)
     location = (
         context.index.location(assign.statement)
         if assign is not None
-        else context.index.location(base.facts.node)
+        else context.index.location(holder.facts.node)
     )
     return [
         Refusal(
             LAYER_STACK.code,
-            f"{context.source.base_model_class}.{attribute} builds its layers indirectly or from several "
-            f"classes; {LAYER_STACK.why}",
+            f"{holder.facts.name}.{own} builds its layers indirectly or from several classes; {LAYER_STACK.why}",
             location,
         )
     ]

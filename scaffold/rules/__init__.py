@@ -20,6 +20,7 @@ from .base_model_forward import BaseModelForward
 from .fused_gate_up import FusedGateUp
 from .kv_cache import DropKVCache
 from .learnable_activations import LearnableActivationGradients
+from .mask_option_guard import MaskOptionGuard
 from .moe_block import MoEBlocks
 from .neuron_flash_attention import NeuronFlashAttention
 from .neuron_model_classes import NeuronModelClasses
@@ -43,6 +44,7 @@ RULES: tuple[type[Rule], ...] = (
     ParallelEmbeddingRule,  # NXS010
     SequenceParallelNorms,  # NXS011
     BaseModelForward,  # NXS012
+    MaskOptionGuard,  # NXS014
     VocabParallelLMHead,  # NXS013
     FusedGateUp,  # NXS020
     AttentionVariants,  # NXS021

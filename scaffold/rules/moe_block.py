@@ -7,6 +7,10 @@
   3-D expert tensors and the router's weight onto NxD's name. A shared expert stays the source's (now
   parallel) MLP, added to the routed output, scaled by the sigmoid of its gate when the source has one.
   Its forward returns the router logits batch-major, as transformers does, also under SP.
+- A block that routes with a function of its own (PhiMoE's `sparsemixer`; `MoEBlock.routing`) gets a
+  router of its own instead of `RouterTopK`, `<Block>Router` before the block: a subclass of NxD's
+  `RouterBase` whose forward passes NxD's router logits to the source's function (kept in the file) and
+  returns its weights as the affinities of the chosen experts (no renormalisation in `ExpertMLPs`).
 - The decoder layer keeps the logits it unpacked as `_` and returns `(hidden_states, router_logits)`
   (None from a dense MLP when the block is built under a condition); a source whose layers take
   `output_router_logits` returns and collects them already, and is left as it is.
@@ -45,6 +49,12 @@ ALL_ROUTER_LOGITS = "all_router_logits"
 OUTPUT_ROUTER_LOGITS = "output_router_logits"
 SPEC_DEFAULTS = {"experts_name": "experts", "gate_proj_name": "gate_proj", "up_proj_name": "up_proj"}
 SPEC_DEFAULTS["down_proj_name"] = "down_proj"
+FUNCTION_ROUTER_CLASS = "SourceRouter"
+ROUTER_SUFFIX = "Router"  # the router class of a block that routes with a function: `<Block>Router`
+ROUTER = "router"  # the local name of the router in the block's __init__ template
+TOPK_ROUTER_WORDS = "a softmax top-k router"  # in the block's docstring
+TOPK_ROUTER = "RouterTopK"
+TWO_BLANK = [cst.EmptyLine(), cst.EmptyLine()]
 
 
 class MoEBlocks(Rule):
@@ -54,8 +64,8 @@ class MoEBlocks(Rule):
         "sparse MoE block -> NxD MoE (RouterTopK + ExpertMLPs + expert specs); router logits to the loss"
     )
     ADVICE = (
-        "Blocks with another routing than softmax -> top-k over one linear (R029) or another shape (R001) "
-        "are refused. Disabling it keeps the source's block as written, which is yours to finish: its router "
+        "Blocks that route otherwise than softmax -> top-k over one linear or a function of the modeling "
+        "file on its logits (R029), or have another shape (R001), are refused. Disabling it keeps the source's block as written, which is yours to finish: its router "
         "is then a plain replicated linear (no sequence-parallel mark) and its experts a loop of parallel MLPs "
         "without expert parallelism."
     )
@@ -75,7 +85,9 @@ class MoEBlocks(Rule):
     def _blocks(self) -> list[MoEBlock]:
         return [block for block in self.blueprint.moe if self.refusal_for(block.owner) is None]
 
-    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+    def leave_ClassDef(
+        self, original_node: cst.ClassDef, updated_node: cst.ClassDef
+    ) -> cst.ClassDef | cst.FlattenSentinel[cst.ClassDef]:
         name = updated_node.name.value
         for block in self.blueprint.moe:
             if block.owner == name:
@@ -112,7 +124,7 @@ class MoEBlocks(Rule):
 
     # --- the block ------------------------------------------------------------------------------------
 
-    def _block(self, cls: cst.ClassDef, block: MoEBlock) -> cst.ClassDef:
+    def _block(self, cls: cst.ClassDef, block: MoEBlock) -> cst.ClassDef | cst.FlattenSentinel[cst.ClassDef]:
         style = self.blueprint.style
 
         def expression(text: str) -> cst.BaseExpression:
@@ -141,13 +153,57 @@ class MoEBlocks(Rule):
             up=name_or_default("up_proj_name", block.up),
             down=name_or_default("down_proj_name", block.down),
         )
+        if block.routing is not None:  # the block gets a router of its own instead
+            needed = {import_ for import_ in needed if import_.name != TOPK_ROUTER}
         self.add_template_imports(needed)
         assert isinstance(new, cst.ClassDef)
         self._converted = True
         new = _without_omitted(new)
         if block.shared_expert is not None:
             new = self._with_shared_expert(new, cls, block)
-        return new.with_changes(leading_lines=cls.leading_lines)
+        if block.routing is None:
+            return new.with_changes(leading_lines=cls.leading_lines)
+        router, new = self._with_function_router(new, block)
+        return cst.FlattenSentinel(
+            [router.with_changes(leading_lines=cls.leading_lines), new.with_changes(leading_lines=TWO_BLANK)]
+        )
+
+    def _with_function_router(self, new: cst.ClassDef, block: MoEBlock) -> tuple[cst.ClassDef, cst.ClassDef]:
+        """(the router class that routes with the source's function, the block built with it)."""
+        assert block.routing is not None and block.routing_function is not None
+        style = self.blueprint.style
+        name = f"{block.owner}{ROUTER_SUFFIX}"
+        (router,), needed = templates.fill_statements(
+            TEMPLATES,
+            "function_router",
+            style,
+            renames={FUNCTION_ROUTER_CLASS: name},
+            config_class=cst.Name(self.blueprint.config_class),
+            num_experts=cst.parse_expression(_resolved(block.num_experts)),
+            top_k=cst.parse_expression(_resolved(block.top_k)),
+            hidden_size=cst.parse_expression(_resolved(block.hidden_size)),
+            jitter=cst.parse_expression(_resolved(block.jitter)) if block.jitter is not None else OMITTED,
+            routing=cst.parse_expression(block.routing),
+        )
+        self.add_template_imports(needed)
+        (instance,), needed = templates.fill_statements(
+            TEMPLATES, "function_router_instance", style, router_class=cst.Name(name)
+        )
+        self.add_template_imports(needed)
+        init = find_method(new, "__init__")
+        assert init is not None
+        body = [instance if _assigns_name(statement, ROUTER) else statement for statement in init.body.body]
+        new = with_method(new, init.with_changes(body=init.body.with_changes(body=body)))
+        docstring = new.body.body[0]
+        assert isinstance(docstring, cst.SimpleStatementLine)
+        expression = docstring.body[0]
+        assert isinstance(expression, cst.Expr) and isinstance(expression.value, cst.SimpleString)
+        text = expression.value.value.replace(TOPK_ROUTER_WORDS, f"a `{block.routing_function}` router")
+        docstring = docstring.with_changes(
+            body=[expression.with_changes(value=expression.value.with_changes(value=text))]
+        )
+        new = new.with_changes(body=new.body.with_changes(body=[docstring, *new.body.body[1:]]))
+        return cst.ensure_type(_without_omitted(cst.ensure_type(router, cst.ClassDef)), cst.ClassDef), new
 
     def _with_shared_expert(self, new: cst.ClassDef, source: cst.ClassDef, block: MoEBlock) -> cst.ClassDef:
         """The source's shared expert (and gate) built after the MoE, added to the routed output."""
@@ -297,6 +353,15 @@ def _assigns_self(statement: cst.CSTNode, attribute: str) -> bool:
         isinstance(small, cst.Assign)
         and any(code(target.target) == f"self.{attribute}" for target in small.targets)
         for small in statement.body
+    )
+
+
+def _assigns_name(statement: cst.CSTNode, name: str) -> bool:
+    """`statement` is `name = ...`."""
+    return (
+        isinstance(statement, cst.SimpleStatementLine)
+        and isinstance(statement.body[0], cst.Assign)
+        and code(statement.body[0].targets[0].target) == name
     )
 
 

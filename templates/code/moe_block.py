@@ -10,6 +10,7 @@ from functools import partial
 
 import torch
 from neuronx_distributed.modules.moe import ExpertMLPs, MoE, RouterTopK
+from neuronx_distributed.modules.moe.routing import RouterBase
 from neuronx_distributed.parallel_layers.mappings import gather_from_sequence_parallel_region
 
 from ..config import TrainingNeuronConfig
@@ -105,6 +106,48 @@ def sparse_block(
                     )
                 router_logits = router_logits.transpose(0, 1).reshape(-1, self.num_experts)
             return output, router_logits
+
+
+def function_router(config_class, num_experts, top_k, hidden_size, jitter, routing):
+    """A router that routes as the source does, with its routing function (`routing` stands for the
+    source's call, its logits written `router_logits`)."""
+
+    class SourceRouter(RouterBase):
+        """NxD's linear router (replicated, its logits gathered under sequence parallelism in training), then
+        the source's routing function on its logits: the chosen experts and their weights, which the affinities
+        hold at the chosen experts (zero elsewhere, so that `ExpertMLPs` reads them without renormalising).
+        """
+
+        def __init__(self, config: {config_class}, sequence_parallel: bool, sequence_dimension: int):
+            # `act_fn` is NxD's to check, and unused: the routing function computes the weights.
+            super().__init__(
+                num_experts={num_experts},
+                top_k={top_k},
+                hidden_size={hidden_size},
+                act_fn="softmax",
+                sequence_parallel_enabled=sequence_parallel,
+                sequence_dimension=sequence_dimension,
+                dtype=config.dtype,
+                device=torch.device("cpu"),
+                jitter_eps={jitter},
+            )
+            self.config = config
+
+        def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            router_logits = self.get_router_logits(hidden_states)
+            expert_weights, expert_index = {routing}
+            expert_affinities = torch.zeros_like(router_logits).scatter(1, expert_index, expert_weights)
+            return (
+                router_logits,
+                expert_affinities.to(dtype=hidden_states.dtype),
+                expert_index.detach().to(dtype=torch.long),
+            )
+
+
+def function_router_instance(router_class, config, sequence_parallel, sequence_dimension):
+    """The block's router when the source routes with a function of its own."""
+    router = {router_class}(config, sequence_parallel, sequence_dimension)
+    return router
 
 
 def shared_expert_output(self, output, hidden_states):

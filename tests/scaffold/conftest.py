@@ -17,10 +17,15 @@ ACTIVATION_TARGETS = ("apertus",)  # NXS025: an activation with parameters (xIEL
 EXAMPLE_MODELS = (
     *TARGETS,
     "phi3",
+    "gpt_neox",
     *MOE_TARGETS,
     *NORM_TARGETS,
     *ACTIVATION_TARGETS,
-)  # rules may show their examples on these (phi3: projections fused in the source)
+    "gemma3_text",
+    "qwen2_moe",
+)  # rules may show their examples on these (phi3: projections fused in the source; gpt_neox: q|k|v
+# interleaved per head in the source; gemma3_text: a config flag that sets a mask option; qwen2_moe: the
+# pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms)
 
 
 @functools.cache

@@ -109,11 +109,22 @@ def test_qwen3_moe_normalises_under_norm_topk_prob_and_keeps_dense_layers():
     assert blueprint_of("qwen3_moe").refusals == ()
 
 
-def test_phimoe_sparsemixer_is_refused_at_its_router():
-    (refusal,) = [refusal for refusal in blueprint_of("phimoe").refusals if refusal.code == "R029"]
-    assert "sparsemixer" in refusal.message
-    assert "self.gate = nn.Linear" in source_line("phimoe", refusal.location.line)
-    assert not [refusal for refusal in blueprint_of("phimoe").refusals if refusal.code == "R001"]
+def test_phimoe_routes_with_its_sparsemixer_which_the_block_keeps():
+    (block,) = blueprint_of("phimoe").moe
+    # `routing_weights, selected_experts = sparsemixer(router_logits, jitter_eps=self.router_jitter_noise,
+    # training=self.training)`; `def sparsemixer(scores, jitter_eps, training, top_k=2)`
+    assert (block.routing_function, block.router) == ("sparsemixer", "gate")
+    assert block.routing is not None
+    assert "".join(block.routing.split()) == (
+        "sparsemixer(router_logits,jitter_eps=self.config.router_jitter_noise,training=self.training,)"
+    )
+    assert block.top_k.resolved == "2"  # the function's default, not the config's num_experts_per_tok
+    assert block.normalize.resolved == "False"  # the function's weights are used as they are
+    assert block.jitter is not None and block.jitter.resolved == "config.input_jitter_noise"
+    assert (block.gate, block.up, block.down) == ("w1", "w3", "w2")
+    assert block.logits_plumbed  # its layers take `output_router_logits`
+    codes = {refusal.code for refusal in blueprint_of("phimoe").refusals}
+    assert not codes & {"R001", "R008", "R029"}  # the router is the block's (R008 was its gate)
 
 
 def test_qwen2_moe_shared_expert_and_gate_are_recognised_and_its_layers_return_the_logits_already():
@@ -155,6 +166,45 @@ def test_renormalisation_is_read_with_its_condition(tmp_path: Path, normalise: s
     assert block.normalize.resolved == expected
 
 
+ROUTING_FUNCTION = """
+
+def choose(scores, noise, training, top_k=2):
+    weights, picked = torch.topk(scores, top_k, dim=-1)
+    return weights.sigmoid(), picked
+"""
+
+
+def test_a_routing_function_of_the_module_is_carried_with_its_config_arguments(tmp_path: Path):
+    text = moe_source(
+        init="self.noise = config.rms_norm_eps * 2",
+        routing="top, picked = choose(scores, self.noise, self.training)  # <- routing",
+    ).replace("\n\nclass Sparse(", ROUTING_FUNCTION + "\n\nclass Sparse(")
+    (block,) = analyse(tmp_path, text).moe
+    assert block.routing == "choose(router_logits, self.config.rms_norm_eps * 2, self.training)"
+    assert (block.routing_function, block.router, block.top_k.resolved) == ("choose", "route", "2")
+    assert block.normalize.resolved == "False"
+
+
+@pytest.mark.parametrize(
+    ("routing", "why"),
+    [
+        (
+            "top, picked = choose(scores, x.sum(), self.training)",
+            "`x.sum()`, which the router cannot compute",
+        ),
+        ("top, picked = scores.sort(dim=-1)", "they go to no function of the modeling file"),
+        ("both = choose(scores, 0.1, self.training)", "not unpacked as `weights, indices = choose(...)`"),
+    ],
+)
+def test_a_routing_function_the_router_cannot_call_is_refused(tmp_path: Path, routing: str, why: str):
+    text = moe_source(routing=routing).replace("\n\nclass Sparse(", ROUTING_FUNCTION + "\n\nclass Sparse(")
+    blueprint = analyse(tmp_path, text)
+    assert blueprint.moe == ()
+    (refusal,) = [refusal for refusal in blueprint.refusals if refusal.code == "R029"]
+    assert why in refusal.message
+    assert refusal.location.line == line_of(text, "# <- router")
+
+
 def test_a_shared_expert_and_its_sigmoid_gate_are_recognised(tmp_path: Path):
     text = moe_source(
         init="self.common = Feed(config)\n        self.weigh = Dense(config.hidden_size, 1, bias=False)",
@@ -190,3 +240,16 @@ def test_a_package_on_nxd_moe_carries_the_expert_weight_specs_as_they_are():
         in files["modeling_mixtral.py"].decode()
     )
     assert "moe_expert_weights.py" not in render_package(cached_emit(Request("llama"))).files
+
+
+@pytest.mark.parametrize("model_type", ["granitemoe", "gpt_oss"])
+def test_packed_expert_tensors_are_refused_at_their_parameter(model_type: str):
+    # granitemoe: `self.weight = nn.Parameter(torch.empty(num_experts, output_size, input_size))`;
+    # gpt_oss: `self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_size, 2 * ...))`
+    packed = [
+        refusal
+        for refusal in blueprint_of(model_type).refusals
+        if refusal.code == "R001" and "experts packed as one tensor" in refusal.message
+    ]
+    assert packed
+    assert all("nn.Parameter(torch.empty(" in source_line(model_type, r.location.line) for r in packed)

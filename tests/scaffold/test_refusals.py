@@ -26,10 +26,18 @@ def lines_of(model_type: str, code: str) -> list[str]:
     ]
 
 
-def test_mixtral_experts_are_rebuilt_not_refused_and_phimoe_routing_is_refused():
-    # NXS040 rebuilds Mixtral's block on NxD's MoE; PhiMoE's sparsemixer is no routing NxD computes.
+def test_mixtral_experts_are_rebuilt_not_refused_and_phimoe_routing_is_kept():
+    # NXS040 rebuilds Mixtral's block on NxD's MoE, and PhiMoE's with a router that calls its sparsemixer:
+    # what stops phimoe is its older attention and cache code, not the block (nor its gate, once R008).
     assert codes("mixtral") == set()
-    (line,) = lines_of("phimoe", "R029")
+    assert codes("phimoe") == {"R019", "R026", "R027"}
+
+
+def test_ernie4_5_moe_bias_corrected_choice_is_refused_as_routing():
+    # `_, selected_experts = torch.topk(self.moe_statics(routing_weights), self.top_k, dim=-1)`: the experts
+    # are chosen on the softmax plus a correction bias, a routing neither RouterTopK nor a module function is.
+    assert codes("ernie4_5_moe") == {"R029"}
+    (line,) = lines_of("ernie4_5_moe", "R029")
     assert "self.gate = nn.Linear" in line
 
 
@@ -107,3 +115,26 @@ def test_replicating_plan_styles_are_not_read_as_sharding():
     assert blueprint.site("model.layers.*.mlp.down_proj").evidence.startswith(
         "tp plan 'rowwise'; dataflow agrees"
     )
+
+
+def test_attention_called_with_one_tensor_three_times_is_self_attention():
+    # ctrl's MultiHeadAttention.forward(v, k, q, ...) is called `(normed, normed, normed, ...)` only: no R006.
+    assert "R006" not in codes("ctrl")
+    # xglm's attention reads `key_value_states` for keys and values: cross-attention stays refused.
+    assert any(
+        "key_value_states" in refusal.message
+        for refusal in blueprint_of("xglm").refusals
+        if refusal.code == "R006"
+    )
+
+
+def test_the_cache_followed_across_calls_leaves_no_cache_use():
+    # gpt2 (positional), gpt_neox and ctrl (`layer_past=`), mpt (a cache-only helper), xglm (returned tuple).
+    for model_type in ("gpt2", "gpt_neox", "ctrl", "mpt", "xglm"):
+        assert "R019" not in codes(model_type), model_type
+
+
+def test_constructors_without_config_take_their_callers():
+    # ctrl's EncoderLayer(d_model_size, ...) and MultiHeadAttention(d_model_size, ...): built only in
+    # constructors that hold a config.
+    assert "R018" not in codes("ctrl")

@@ -139,6 +139,44 @@ class ToyMoE(MoE, CustomModule):
         return output, router_logits
 '''
 
+PICK = """
+
+def pick(scores, noise, training):
+    return torch.topk(scores, 2)
+"""
+
+FUNCTION_ROUTER = '''
+class ToyMoERouter(RouterBase):
+    """NxD's linear router (replicated, its logits gathered under sequence parallelism in training), then
+    the source's routing function on its logits: the chosen experts and their weights, which the affinities
+    hold at the chosen experts (zero elsewhere, so that `ExpertMLPs` reads them without renormalising).
+    """
+
+    def __init__(self, config: ToyConfig, sequence_parallel: bool, sequence_dimension: int):
+        # `act_fn` is NxD's to check, and unused: the routing function computes the weights.
+        super().__init__(
+            num_experts=config.num_experts,
+            top_k=2,
+            hidden_size=config.hidden_size,
+            act_fn="softmax",
+            sequence_parallel_enabled=sequence_parallel,
+            sequence_dimension=sequence_dimension,
+            dtype=config.dtype,
+            device=torch.device("cpu"),
+        )
+        self.config = config
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        router_logits = self.get_router_logits(hidden_states)
+        expert_weights, expert_index = pick(router_logits, self.config.noise, self.training)
+        expert_affinities = torch.zeros_like(router_logits).scatter(1, expert_index, expert_weights)
+        return (
+            router_logits,
+            expert_affinities.to(dtype=hidden_states.dtype),
+            expert_index.detach().to(dtype=torch.long),
+        )
+'''
+
 MOE_IMPORTS = """
 import torch
 from torch import nn
@@ -193,6 +231,43 @@ class TestMoEBlock(RuleTest):
                 shared_init=shared_init,
                 shared_forward=shared_forward,
             )
+        )
+        self.assertCodemod(before, after, blueprint(moe=[block]))
+
+    def test_a_block_that_routes_with_its_function_gets_a_router_that_calls_it(self) -> None:
+        before = BLOCK.replace(
+            "        weights, chosen = torch.topk(logits.softmax(-1), self.top_k)",
+            "        weights, chosen = pick(logits, self.noise, self.training)",
+        ).replace("\n\n# routes", PICK + "\n\n# routes")
+        block = toy_block(
+            top_k=Expr("2", "2"),
+            normalize=Expr("False", "False"),
+            routing="pick(router_logits, self.config.noise, self.training)",
+            routing_function="pick",
+        )
+        moe_class = (
+            MOE_CLASS.format(jitter="", shared_init="", shared_forward="")
+            .replace("a softmax top-k router", "a `pick` router")
+            .replace("top_k=config.top_k", "top_k=2")
+            .replace("normalize_top_k_affinities=config.norm_topk_prob", "normalize_top_k_affinities=False")
+        )
+        router_call = moe_class[
+            moe_class.index("        router = RouterTopK(") : moe_class.index("        expert_mlps")
+        ]
+        moe_class = moe_class.replace(
+            router_call, "        router = ToyMoERouter(config, sequence_parallel, sequence_dimension)\n"
+        )
+        after = (
+            MOE_IMPORTS.replace(
+                ", MoE, RouterTopK\n",
+                ", MoE\nfrom neuronx_distributed.modules.moe.routing import RouterBase\n",
+            )
+            + INIT_HELPER
+            + PICK
+            + "\n\n# routes each token to its top-k experts"
+            + FUNCTION_ROUTER
+            + "\n"
+            + moe_class
         )
         self.assertCodemod(before, after, blueprint(moe=[block]))
 
