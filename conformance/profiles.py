@@ -53,12 +53,20 @@ class ModelCatalogue:
 
     @property
     def base(self) -> str:
-        """The variant most checks run: `<model_type>/gqa`."""
-        return self.key("gqa")
+        """The variant most checks run: `<model_type>/gqa`, or the first variant of an architecture
+        without K/V head count (`<model_type>/mha-8`)."""
+        return self.key("gqa" if "gqa" in self.variants else next(iter(self.variants)))
 
     def smallest_gqa(self, tp_sizes: Iterable[int] = GQA_SEARCH_TP_SIZES) -> tuple[str, int]:
-        """(variant key, TP size) with the smallest TP at which a variant reaches NxD's GQA layer."""
-        name, tp_size = smallest_gqa_tp(self.variants, tp_sizes)
+        """(variant key, TP size) with the smallest TP at which a variant reaches NxD's GQA layer; the base
+        variant at T=2 for an architecture none of whose variants can (one K/V head per query head: the
+        heads that divide T never need the GQA layer, the others cannot be spread at all)."""
+        try:
+            name, tp_size = smallest_gqa_tp(self.variants, tp_sizes)
+        except LookupError:
+            if "gqa" in self.variants:
+                raise
+            return self.base, 2
         return self.key(name), tp_size
 
     def buildable(self, tp_sizes: Iterable[int]) -> list[tuple[Variant, int]]:

@@ -151,8 +151,9 @@ _DECODER_FIELDS = (
     "intermediate_size",
     "num_hidden_layers",
     "num_attention_heads",
-    "num_key_value_heads",
 )
+# A config class without it (GPT-NeoX) gives every query head its own K/V head: its variants vary the heads only.
+_KV_HEADS_FIELD = "num_key_value_heads"
 
 # Parameter names of attention projection biases (what NxD's GQA layer cannot hold: NXD-09, ON-10).
 _QKV_BIASES = ("q_proj.bias", "k_proj.bias", "v_proj.bias", "qkv_proj.bias")
@@ -179,6 +180,12 @@ _ARCHITECTURE_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
         "attention bias, sliding window 5 on layer 1 only",
     ),
     "granite": ({"attention_bias": True, "mlp_bias": True}, "attention and MLP biases"),
+    # The flipped options, with a window that bites: its eager mask windows every layer (max_window_layers
+    # only steers its flash path).
+    "qwen2_moe": (
+        {"use_sliding_window": True, "sliding_window": 5, "norm_topk_prob": True, "qkv_bias": False},
+        "sliding window 5 (every layer); norm_topk_prob on; qkv_bias off",
+    ),
 }
 
 
@@ -193,6 +200,11 @@ def attention_variant(heads: int, kv_heads: int, tp_size: int, fuse_qkv: bool) -
     if fuse_qkv and heads == kv_heads:
         return "fused"
     return "separate"
+
+
+def key_value_heads(config: PretrainedConfig) -> int:
+    """The K/V heads of `config`: its `num_key_value_heads`, or one per query head where it has none."""
+    return getattr(config, _KV_HEADS_FIELD, None) or config.num_attention_heads
 
 
 def kv_size_multiplier(kv_heads: int, tp_size: int) -> int:
@@ -228,7 +240,7 @@ def unsupported_reason(config: PretrainedConfig, tp_size: int, ep_size: int = 1)
             f"vocab_size {config.vocab_size} is not divisible by tensor parallel size {tp_size} "
             "(the vocab-parallel embedding and LM head need it; NxD pads only for inference)"
         )
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    heads, kv_heads = config.num_attention_heads, key_value_heads(config)
     if heads % tp_size:
         problems.append(f"num_attention_heads {heads} is not divisible by {tp_size}")
     if (kv_heads * kv_size_multiplier(kv_heads, tp_size)) % tp_size:
@@ -278,6 +290,8 @@ class Variant:
             **_traits(self.model_type),
             **dict(self.overrides),
         }
+        if not _takes_kv_heads(self.model_type):
+            del values[_KV_HEADS_FIELD]  # a config class keeps unknown keywords: one would read as a field
         if _takes_head_dim(self.model_type):
             values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
         for name, parameter in _config_parameters(self.model_type).items():
@@ -326,7 +340,7 @@ class Variant:
     def facts(self) -> dict[str, Any]:
         """Key figures for listings and reports (config values as the built config holds them)."""
         config = self.config()
-        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        heads, kv_heads = config.num_attention_heads, key_value_heads(config)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return {
             "variant": self.key,
@@ -348,7 +362,7 @@ class Variant:
         ranks. The vocabulary plays no part: a model that keeps it replicated builds where a vocab-parallel
         one is refused, and its attention is the same."""
         config = self.config()
-        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        heads, kv_heads = config.num_attention_heads, key_value_heads(config)
         if heads % tp_size or (kv_heads * kv_size_multiplier(kv_heads, tp_size)) % tp_size:
             return None
         return attention_variant(heads, kv_heads, tp_size, fuse_qkv)
@@ -404,6 +418,13 @@ def _takes_head_dim(model_type: str) -> bool:
     return "head_dim" in _config_parameters(model_type)
 
 
+def _takes_kv_heads(model_type: str) -> bool:
+    accepted = set(_config_parameters(model_type)) | set(
+        getattr(CONFIG_MAPPING[model_type], "attribute_map", {})
+    )
+    return _KV_HEADS_FIELD in accepted
+
+
 def _features_of(model_type: str) -> tuple[dict[str, Any], str] | None:
     """The `features` overrides: the architecture's table entry, else every boolean option of the config
     class flipped (bias options, q/k norms, sliding window...), `_NOT_FEATURES` and options that make the
@@ -448,8 +469,9 @@ def _scalar_choices(model_type: str) -> tuple[FieldChoice, ...]:
 def _accepts(model_type: str, name: str, value: Any) -> bool:
     """Whether the config class builds at the tiny sizes with `name=value` and holds the value (a dict may
     gain keys: transformers adds `rope_type` beside a legacy `type`)."""
+    common = {k: v for k, v in _COMMON.items() if k != _KV_HEADS_FIELD or _takes_kv_heads(model_type)}
     try:
-        config = CONFIG_MAPPING[model_type](**{**_COMMON, **_moe_values(model_type), name: value})
+        config = CONFIG_MAPPING[model_type](**{**common, **_moe_values(model_type), name: value})
     except (ValueError, KeyError, TypeError):
         return False
     held = getattr(config, name, None)
@@ -487,6 +509,8 @@ def _variants_of(model_type: str) -> list[Variant]:
     def make(name: str, summary: str, overrides: Mapping[str, Any]) -> Variant:
         return Variant(model_type, name, summary, tuple(sorted(overrides.items())))
 
+    if not _takes_kv_heads(model_type):
+        return _mha_variants_of(model_type, make)
     found = [
         make("gqa", "8 heads / 2 kv heads: GQA layer at T=4 (m=2), separate q/k/v below", {}),
         make("mqa", "8 heads / 1 kv head: GQA layer at T=2 (m=2) and T=4 (m=4)", {"num_key_value_heads": 1}),
@@ -507,6 +531,30 @@ def _variants_of(model_type: str) -> list[Variant]:
                 "head-dim",
                 "head_dim 32 with hidden 64 and 4 heads (not hidden/heads); GQA layer at T=4",
                 {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32},
+            )
+        )
+    found.append(make("odd-vocab", "vocabulary 250: built at T=1, 2; rejected at T=4", {"vocab_size": 250}))
+    features = _features_of(model_type)
+    if features is not None:
+        overrides, summary = features
+        found.append(make("features", summary, overrides))
+    return found
+
+
+def _mha_variants_of(model_type: str, make: Any) -> list[Variant]:
+    """The variants of an architecture whose config has no K/V head count (one K/V head per query head):
+    no GQA or MQA variant, the rest as for the others."""
+    found = [
+        make("mha-8", "8 heads, each its own K/V head (no kv-head field): separate q/k/v at T=2 and 4", {}),
+        make("mha", "4 heads: fused qkv_proj with fuse_qkv, separate without", {"num_attention_heads": 4}),
+        make("tied", "tied embeddings, 8 heads", {"tie_word_embeddings": True}),
+    ]
+    if _takes_head_dim(model_type):
+        found.append(
+            make(
+                "head-dim",
+                "head_dim 32 with hidden 64 and 4 heads (not hidden/heads)",
+                {"num_attention_heads": 4, "head_dim": 32},
             )
         )
     found.append(make("odd-vocab", "vocabulary 250: built at T=1, 2; rejected at T=4", {"vocab_size": 250}))

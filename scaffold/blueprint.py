@@ -110,6 +110,7 @@ class NormScope(enum.StrEnum):
     HIDDEN = "hidden"  # the residual stream: replicated weight, sequence-parallel under SP
     PER_HEAD = "per_head"  # each head's head_dim after the split into heads: local to a rank
     FULL_WIDTH = "full_width"  # all heads of a sharded projection: needs a cross-rank reduction
+    HEAD_ROWS = "head_rows"  # each head's head_dim with its own weight row per head: sharded with the heads
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,8 @@ class Backbone:
     final_norm: str | None  # path
     rotary: str | None  # path of the rotary-embedding module
     lm_head: str | None  # path
+    positions: tuple[str, ...] = ()  # paths of the base model's position embeddings (learned, replicated)
+    stack_class: str = ""  # the class that embeds and loops over the layers: the base model, or its decoder
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,7 @@ class Features:
     qkv_bias: Expr | None
     o_bias: Expr | None
     mlp_bias: Expr | None
-    qk_norm: str  # "none", "per_head" or "full_width"
+    qk_norm: str  # "none", "per_head", "head_rows" or "full_width"
     sliding_window: Expr | None
     attention_softcap: Expr | None
     final_logit_softcap: Expr | None
@@ -331,7 +334,9 @@ class SourceFusion:
     """One linear of the source read as `part_names` (in output-feature order).
 
     `part_sizes` are expressions valid in the owner's constructor where the linear was built; `bias` is
-    the source's bias argument.
+    the source's bias argument. `groups` (an expression of the same kind) is set when the parts are
+    interleaved: the output features form that many equal groups, each holding its share of every part
+    in part order (per head `[q k v]`); None when the parts follow one another.
     """
 
     owner: str
@@ -340,6 +345,39 @@ class SourceFusion:
     part_sizes: tuple[str, ...]
     bias: str
     location: Location
+    groups: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheCallee:
+    """A function NXS002 removes parameters from, as a call of it sees it."""
+
+    function: str  # "GPT2Block.forward"
+    parameters: tuple[str, ...]  # the parameters a positional argument binds, in order (`self` left out)
+    removed: tuple[str, ...]  # the ones NXS002 removes: cache parameters and those the cache reaches
+
+
+@dataclass(frozen=True)
+class CacheForwarding:
+    """Where the KV cache travels between the file's functions, for NXS002 to follow it.
+
+    A cache passed under another name (`layer(..., layer_past=past_key_values)`) makes the callee's
+    parameter of that name a cache parameter too (`aliases`); a call whose callee loses parameters has
+    the arguments bound to them dropped, positional ones included (`calls`); a method that takes the
+    cache and that nothing in the file calls serves generation only (`helpers`).
+    """
+
+    aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()  # function -> parameters the cache reaches
+    calls: tuple[tuple[str, str, CacheCallee], ...] = ()  # (caller, callee as written, callee)
+    helpers: tuple[str, ...] = ()  # "Class.method"
+
+    def aliases_of(self, function: str) -> frozenset[str]:
+        """The parameters of `function` that receive the cache under another name."""
+        return frozenset(name for owner, names in self.aliases if owner == function for name in names)
+
+    def callees_of(self, function: str) -> dict[str, CacheCallee]:
+        """The calls in `function` whose callee loses parameters, by the callee as written."""
+        return {written: callee for caller, written, callee in self.calls if caller == function}
 
 
 @dataclass(frozen=True)
@@ -369,6 +407,9 @@ class Blueprint:
     style: CodeStyle = CodeStyle()
     fusions: tuple[SourceFusion, ...] = ()  # linears the source splits into parts (read as separate)
     moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
+    # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
+    learnable_activations: tuple[tuple[str, str], ...] = ()
+    cache: CacheForwarding = CacheForwarding()  # where the KV cache travels (NXS002)
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

@@ -20,7 +20,9 @@ from .record import RECORD_FILE, GenerationRecord, placeholder_test_model
 
 INIT_FILE = "__init__.py"
 MODULES_DIR = Path(__file__).resolve().parent / "templates" / "modules"
-EXPERT_WEIGHTS = "moe_expert_weights.py"  # the specs a model on NxD's MoE imports (NXS040)
+# Modules a package carries beside its modeling file when the modeling file imports them (`from .<name>
+# import`): the specs a model on NxD's MoE imports (NXS040), the norms and specs of NXS026.
+CARRIED_MODULES = ("attention_norm_weights.py", "moe_expert_weights.py", "tensor_parallel_norms.py")
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,9 @@ def render_package(emitted: EmittedModel, test_model: str | None = None) -> Gene
     """The package files of a generation (in memory); `test_model` defaults to the placeholder."""
     request = emitted.request
     content = {INIT_FILE: b"", emitted.filename: emitted.text.encode("utf-8")}
-    if f"from .{EXPERT_WEIGHTS.removesuffix('.py')} import" in emitted.text:
-        content[EXPERT_WEIGHTS] = (MODULES_DIR / EXPERT_WEIGHTS).read_bytes()
+    for module in CARRIED_MODULES:
+        if f"from .{module.removesuffix('.py')} import" in emitted.text:
+            content[module] = (MODULES_DIR / module).read_bytes()
     record = GenerationRecord(
         model_type=request.model_type,
         source_file=emitted.source.display_path if request.source is None else request.source.name,

@@ -40,17 +40,21 @@ CONV1D_TRANSPOSED = RefusalCode(
 INTERLEAVED_QKV = RefusalCode(
     "R003",
     "interleaved-fused-qkv",
-    "a fused projection whose output interleaves q, k and v per head cannot be column-split contiguously",
-    "split the fused projection into separate q, k and v linears in a copy of the modeling file (--source), "
-    "with a weight spec that de-interleaves the checkpoint",
+    "a fused projection whose output interleaves q, k and v per head, viewed in a form other than the one "
+    "analysis reads as separate linears (`t = self.x(inp).view(..., n * d)`, then transposes that keep the last "
+    "dimension last, then `t.chunk(n, dim=-1)`, the shape read nowhere else, the group count computable in the "
+    "constructor; NXS027), cannot be column-split contiguously",
+    "rewrite the view and split in that form, or split the fused projection into separate q, k and v linears "
+    "in a copy of the modeling file (--source), with a weight spec that de-interleaves the checkpoint",
 )
 FULL_WIDTH_NORM = RefusalCode(
     "R004",
     "full-width-norm",
-    "a norm over the full width of a column-parallel output reduces across ranks (needs a distributed norm)",
-    "implement the norm with an all-reduce of its statistics over the TP group by hand: "
-    "templates/modules/tensor_parallel_norms.py (ColumnParallelRMSNorm, ColumnParallelLayerNorm) has one, "
-    "its weight sharded with the columns (replicated K/V heads need their checkpoint spec and gradient sum)",
+    "a norm over the full width of a column-parallel output reduces across ranks; NXS026 distributes an RMS "
+    "norm (with its eps given) over the whole output of the query or key projection, no other",
+    "make it an RMS norm of one query or key projection in a copy of the modeling file (--source), or use "
+    "templates/modules/tensor_parallel_norms.py by hand (ColumnParallelLayerNorm for a LayerNorm; its "
+    "weight sharded with the columns, HeadRowsSpec for NxD's GQA layer)",
 )
 NON_SOFTMAX_MIXER = RefusalCode(
     "R005",
@@ -61,7 +65,8 @@ NON_SOFTMAX_MIXER = RefusalCode(
 CROSS_ATTENTION = RefusalCode(
     "R006",
     "cross-attention",
-    "keys and values computed from another input than the queries (encoder states) are out of scope",
+    "keys and values computed from another input than the queries (encoder states) are out of scope "
+    "(parameters every call binds to the same expression, `attn(x, x, x)`, count as one input)",
     "encoder-decoder and cross-attention models are out of scope; write the training model by hand",
 )
 FUSED_PROJECTION = RefusalCode(
@@ -69,8 +74,9 @@ FUSED_PROJECTION = RefusalCode(
     "fused-projection",
     "a projection whose output the source splits, in a form other than the ones analysis reads as separate "
     "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices or "
-    "`t.chunk(n, dim=-1)` and read nowhere else, part sizes the constructor can compute; NXS027), needs a "
-    "per-part split of its weight",
+    "`t.chunk(n, dim=-1)` (`dim=2` too where the linear reads the block's input) after at most in-place "
+    "clamps `t = t.clamp(...)`, and read nowhere else, part sizes the constructor can compute; NXS027), "
+    "needs a per-part split of its weight",
     "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "
     "the modeling file (--source) with a spec that splits its checkpoint tensor",
 )
@@ -96,7 +102,8 @@ CHAINED_PROJECTION = RefusalCode(
 UNMAPPED_PARAMETER = RefusalCode(
     "R011",
     "unmapped-parameter",
-    "a bare nn.Parameter outside a norm has no sharding rule",
+    "a bare nn.Parameter outside a norm, or an activation with learnable parameters anywhere but a parallel "
+    "MLP's intermediate (NXS025), has no sharding rule",
     "decide whether the parameter is replicated (and sums its gradient over TP) or sharded, by hand",
 )
 UNKNOWN_LAYER = RefusalCode(
@@ -104,14 +111,18 @@ UNKNOWN_LAYER = RefusalCode(
     "unknown-layer",
     "a torch.nn layer with parameters that the analysis does not know",
     "replace the layer by a known one in a copy of the modeling file (--source), or shard it by hand; a "
-    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`",
+    "token embedding may be a subclass of nn.Embedding whose forward only scales `super().forward(ids)`, "
+    "learned positions held by the base model (or its decoder) a subclass that trains nothing but its "
+    "table, a linear a subclass of nn.Linear whose only method is a forward computing the plain linear "
+    "(`x @ self.weight.T` plus the bias when there is one, or `F.linear(x, self.weight, self.bias)`)",
 )
 LAYER_STACK = RefusalCode(
     "R013",
     "layer-stack",
     "the decoder-layer list mixes classes or builds them indirectly, so no single layer class can be planned",
-    "build the layers as `nn.ModuleList([LayerClass(config, i) for i in range(n)])` in a copy of the "
-    "modeling file (--source)",
+    "build the layers as `nn.ModuleList([LayerClass(config, i) for i in range(n)])` in the base model, or "
+    "in the one module it holds that embeds and loops over them (`self.decoder = Decoder(config)`), in a "
+    "copy of the modeling file (--source)",
 )
 UNRECOGNISED_ATTENTION = RefusalCode(
     "R014",
@@ -123,9 +134,10 @@ UNRECOGNISED_ATTENTION = RefusalCode(
 HEAD_SHARDED_NORM = RefusalCode(
     "R015",
     "per-head-norm-weights",
-    "a norm applied per head whose weight is not one head_dim vector (e.g. one row per head) must be "
-    "sharded by head",
-    "shard the norm's weight by head with a custom weight spec, by hand",
+    "a norm applied per head whose weight is neither one head_dim vector (replicated) nor one head_dim row "
+    "per head of its projection, `(heads, head_dim)` (sharded by head, NXS026), has no sharding rule",
+    "shard the norm's weight by head by hand (templates/modules/tensor_parallel_norms.py's shard_by_head "
+    "and attention_norm_weights.py's HeadRowsSpec do it for one row per head)",
 )
 RELATIVE_IMPORT = RefusalCode(
     "R016",
@@ -145,15 +157,16 @@ NO_CONFIG_PARAMETER = RefusalCode(
     "R018",
     "no-config-parameter",
     "the constructor builds parallel layers or sequence-parallel norms but takes no config parameter to "
-    "read their sizes, dtype and init range from",
+    "read their sizes, dtype and init range from, and NXS004 cannot give it one (a call of it outside "
+    "the constructor of a class that holds a config, or a `config` name or `*args` already there)",
     "pass the model config to the constructor (as `config`, or a parameter annotated with the config "
     "class) in a copy of the modeling file (--source)",
 )
 CACHE_USE = RefusalCode(
     "R019",
     "cache-use",
-    "the function still reads the KV cache after the cache plumbing is removed: a use of the cache the "
-    "rule does not understand",
+    "the function still uses the KV cache after the cache plumbing is removed (calls it, reads its "
+    "attributes or items): a use of the cache the rule does not understand",
     "remove the cache use by hand (training runs without a cache), or simplify it in a copy of the "
     "modeling file (--source)",
 )
@@ -207,8 +220,8 @@ QKV_PROJECTIONS = RefusalCode(
 ATTENTION_INPUT_SHAPE = RefusalCode(
     "R026",
     "attention-input-shape",
-    "the attention forward reads its input's shape other than as `x.shape[:-1]`, which under sequence "
-    "parallelism is the sequence-first shard",
+    "the attention forward reads its input's shape other than as `x.shape[:-1]` (or the older "
+    "`b, s, _ = x.size()`), which under sequence parallelism is the sequence-first shard",
     "read the leading shape as `input_shape = hidden_states.shape[:-1]` in a copy of the modeling file "
     "(--source), or make the marked line batch-first over the full sequence by hand",
 )
@@ -216,7 +229,9 @@ ATTENTION_DISPATCH = RefusalCode(
     "R027",
     "attention-dispatch",
     "the attention does not pick its kernel from transformers' ALL_ATTENTION_FUNCTIONS with an eager "
-    "function that adds its mask as `scores = scores + mask`, so the Neuron flash path cannot be added",
+    "function that adds its mask as `scores = scores + mask` (nor computes eager attention inline in the "
+    "older form: scores, mask block, softmax, `@ v`, `transpose(1, 2)`), so the Neuron flash path cannot "
+    "be added",
     "write the eager/flash switch by hand (nki_flash_attn_func when config._attn_implementation == "
     '"flash_attention_2") and a causal mask for calls without one',
 )

@@ -95,8 +95,10 @@ def _norm_row(norm: NormSite) -> PlanRow:
         becomes = f"{norm.norm_class}(..., sequence_parallel_enabled)"
     elif norm.scope is NormScope.PER_HEAD:
         becomes = f"{norm.norm_class} over head_dim (rank-local)"
+    elif norm.scope is NormScope.HEAD_ROWS:
+        becomes = f"{norm.norm_class}, rows sharded by head (NXS026)"
     else:
-        becomes = "— (refused)"
+        becomes = "ColumnParallelRMSNorm (NXS026)" if norm.kind == "rms" else "— (refused)"
     return PlanRow(
         module=norm.path,
         source_layer=f"{norm.norm_class}({norm.width.source})",

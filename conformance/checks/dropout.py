@@ -10,7 +10,10 @@ with the config's dropout probabilities, into the parallel model at TP = T and, 
 - in `eval()` mode, two forwards must give the same logits, equal to transformers' model in eval mode on
   the same checkpoint (the parity bound): dropout is off.
 
-A config without any non-zero `*dropout*` field has nothing to show: SKIP, with the reason.
+A config without any non-zero `*dropout*` field has nothing to show: SKIP, with the reason; so has one
+whose non-zero fields transformers' own causal LM never applies (GPT-NeoX's `classifier_dropout` is read
+by its token-classification head only): two training-mode forwards of transformers' model give the same
+logits.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from conformance.model_runs.fixed_batch import FixedBatch, fixed_batch
 from conformance.model_runs.logits import logits_of
 from conformance.model_runs.parallel_model import load_parallel
 from reference_models import variant
+from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
 
 if TYPE_CHECKING:
     from conformance.profiles import ModelCatalogue
@@ -83,8 +87,15 @@ class Dropout(Check[DropoutConfig, DropoutJob, dict[str, Any] | None]):
         return [DropoutConfig(catalogue.base, 2)]
 
     def skip_reason(self, config: DropoutConfig) -> str | None:
-        if not nonzero_dropout(variant(config.variant).config()):
+        fields = nonzero_dropout(variant(config.variant).config())
+        if not fields:
             return f"{config.variant}'s config sets no dropout (no non-zero *dropout* field): nothing to show"
+        if not _live_in_transformers(config.variant):
+            named = ", ".join(f"{name}={value:g}" for name, value in fields.items())
+            return (
+                f"transformers' causal LM of {config.variant} applies none of its config's dropout ({named}): "
+                "two of its training-mode forwards give the same logits, so there is nothing to show"
+            )
         return super().skip_reason(config)
 
     def prepare(self, config: DropoutConfig, workspace: Workspace, index: int) -> DropoutJob:
@@ -163,6 +174,20 @@ def judge_logits(
             "(dropout applied in eval, or another difference the parity check names)"
         )
     return Verdict(figures=figures, reasons=reasons)
+
+
+def _live_in_transformers(key: str) -> bool:
+    """Whether transformers' causal LM of the variant draws dropout masks: two training-mode forwards of
+    the tiny model (random init, built in a moment) differ."""
+    from transformers import AutoModelForCausalLM
+
+    config = variant(key).config()
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").train()
+        ids = torch.arange(PARITY_SEQUENCE_LENGTH).remainder(config.vocab_size)[None]
+        with torch.no_grad():
+            return not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
 def _transformers_eval_logits(job: DropoutJob, batch: FixedBatch) -> torch.Tensor:

@@ -104,7 +104,7 @@ from conformance.model_runs.rank_gather import gather_to_rank_0
 from conformance.model_runs.transformers_reference import config_values, reference_run
 from conformance.results import Status, configuration_label
 from reference_models import variant, variants_for
-from reference_models.catalogue import PARITY_SEQUENCE_LENGTH
+from reference_models.catalogue import PARITY_SEQUENCE_LENGTH, key_value_heads
 from reference_models.routing import MIN_ROUTER_MARGIN
 
 if TYPE_CHECKING:
@@ -300,22 +300,26 @@ class Parity(Check[ParityConfig, ParityJob, ParityMeasurement | None]):
         if profile == "quick":
             base = catalogue.base
             gqa, gqa_tp = catalogue.smallest_gqa()
-            return [
-                ParityConfig(base, 1),
-                ParityConfig(base, 2),
-                ParityConfig(base, 2, recompute_causal_mask=False),
-                ParityConfig(base, 2, sequence_parallel=True),
-                ParityConfig(base, 2, True, recompute_causal_mask=False, gradient_checkpointing=True),
-                ParityConfig(gqa, gqa_tp, sequence_parallel=True),
-                ParityConfig(
-                    gqa,
-                    gqa_tp,
-                    True,
-                    fuse_qkv=True,
-                    kv_size_multiplier=explicit_kv_size_multiplier(variant(gqa), gqa_tp),
-                ),
-                *moe,
-            ]
+            return list(
+                dict.fromkeys(
+                    [
+                        ParityConfig(base, 1),
+                        ParityConfig(base, 2),
+                        ParityConfig(base, 2, recompute_causal_mask=False),
+                        ParityConfig(base, 2, sequence_parallel=True),
+                        ParityConfig(base, 2, True, recompute_causal_mask=False, gradient_checkpointing=True),
+                        ParityConfig(gqa, gqa_tp, sequence_parallel=True),
+                        ParityConfig(
+                            gqa,
+                            gqa_tp,
+                            True,
+                            fuse_qkv=True,
+                            kv_size_multiplier=explicit_kv_size_multiplier(variant(gqa), gqa_tp),
+                        ),
+                        *moe,
+                    ]
+                )
+            )
         flash = [
             ParityConfig(catalogue.base, tp, sp, attn_implementation=FLASH)
             for tp, sp in ((1, False), (2, True), (4, True))
@@ -497,7 +501,7 @@ def explicit_kv_size_multiplier(entry: Any, tp_size: int) -> int | None:
     if entry.attention(tp_size) != "gqa":
         return None
     config = entry.config()
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    heads, kv_heads = config.num_attention_heads, key_value_heads(config)
     inferred = max(1, tp_size // kv_heads)
     doubled = 2 * inferred
     if tp_size % doubled == 0 and (kv_heads * doubled) % tp_size == 0 and heads % (kv_heads * doubled) == 0:

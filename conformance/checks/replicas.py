@@ -152,7 +152,7 @@ class Replicas(Check[ReplicasConfig, ReplicasJob, ReplicasRun | None]):
             # EP ranks are data-parallel ranks: what is not an expert must stay equal over them too.
             cases.append(ReplicasConfig(base, 2, True, ep_size=2))
         if profile == "quick":
-            return cases
+            return list(dict.fromkeys(cases))
         cases += [ReplicasConfig(gqa, gqa_tp, False), ReplicasConfig(base, 4, True)]
         if catalogue.is_moe:
             cases += [ReplicasConfig(base, 1, ep_size=2), ReplicasConfig(base, 2, False, ep_size=2)]
@@ -300,7 +300,8 @@ def judge_run(job: ReplicasJob, run: ReplicasRun) -> Verdict:
     reasons = [_reason(job, run, name, spread) for name, spread in sorted(differing.items())]
     reasons += [
         f"K/V replicas of {name} differ after {job.config.steps} optimizer steps (max |replica - replica 0| "
-        f"{spread:.3g}): the GQA layer's kv-shared gradient all-reduce is missing"
+        f"{spread:.3g}): the sum of their gradients over the kv-shared group is missing (the GQA layer's "
+        "for K/V, the norm's for a key norm's entries)"
         for name, spread in sorted(kv_differing.items())
     ]
     reasons += [

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 GQA_SPEC = "GQAQKVColumnParallelLinearSpec"
+HEAD_ROWS_SPEC = "HeadRowsSpec"  # a generated package's q/k norm parameters under the GQA layer (NXS026)
 
 
 def _replicas(shards: list[torch.Tensor], multiplier: int) -> list[torch.Tensor]:
@@ -64,7 +65,8 @@ def _gqa_kv_shards(
 def kv_replica_disagreement(
     sharded: dict[str, list[torch.Tensor]], specs_metadata: list[dict[str, Any]]
 ) -> dict[str, float]:
-    """Per replicated K/V tensor (transformers name): max |replica c - replica 0| over the replicas.
+    """Per replicated K/V tensor (transformers name): max |replica c - replica 0| over the replicas; the
+    GQA layer's K/V projections and the parameters of key norms that tile with them (`HeadRowsSpec`).
 
     `sharded` maps parameter names to per-rank tensors (rank order); `specs_metadata` is the
     "model_weight_transformation_specs" section of `create_parameter_metadata`. Only GQA layers with
@@ -74,11 +76,18 @@ def kv_replica_disagreement(
     for module in specs_metadata:
         for class_name, fields in module["specs"]:
             multiplier = fields.get("kv_size_multiplier", 1)
-            if class_name != GQA_SPEC or multiplier == 1:
+            if multiplier == 1:
                 continue
-            for name, shards in _gqa_kv_shards(
-                sharded, module["module_fully_qualified_name"], fields
-            ).items():
+            fqn = module["module_fully_qualified_name"]
+            if class_name == GQA_SPEC:
+                replicated = _gqa_kv_shards(sharded, fqn, fields)
+            elif class_name == HEAD_ROWS_SPEC and fields["projection"] == "key":
+                # a key norm's parameters tile with the K heads they scale
+                names = (f"{fqn}.{name}" for name in fields["parameter_names"])
+                replicated = {name: sharded[name] for name in names if name in sharded}
+            else:
+                continue
+            for name, shards in replicated.items():
                 copies = _replicas(shards, multiplier)
                 spread[name] = max(float((copy - copies[0]).abs().max()) for copy in copies)
     return spread

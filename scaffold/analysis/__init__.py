@@ -10,13 +10,15 @@ import dataclasses
 
 from ..blueprint import Blueprint, ClassPlan, Role
 from ..source import ModelSource, locate
+from .cache_forwarding import cache_forwarding
 from .classes import config_parameter
 from .context import Context, gather
 from .features import config_fields, features
 from .moe import moe_blocks
+from .norms import with_head_rows
 from .plumbing import code_style, eager_function, mask_builders
 from .preconditions import preconditions
-from .refusals import detect
+from .refusals import detect, learnable_activations
 from .sites import attention_geometries, backbone, layer_sites, mlp_blocks, norm_sites, parameter_sites
 
 
@@ -39,6 +41,7 @@ def analyze(source: ModelSource) -> Blueprint:
         dataclasses.replace(geometry, eager_function=eager_function(context, geometry.owner))
         for geometry in attention_geometries(context, norms)
     ]
+    norms = with_head_rows(norms, geometries, context.default_config)
     mlps = mlp_blocks(context)
     skeleton = backbone(context, sites, norms)
     blueprint = Blueprint(
@@ -65,6 +68,10 @@ def analyze(source: ModelSource) -> Blueprint:
         mask_builders=mask_builders(context),
         style=code_style(context),
         fusions=context.fusions,
+        learnable_activations=tuple(
+            key for key, refusal in learnable_activations(context, tuple(mlps)) if refusal is None
+        ),
+        cache=cache_forwarding(context.index.module),
     )
     refusals = [
         # one line each: messages quote source, and they end up in comments (`TODO(<code>)` markers)
@@ -72,7 +79,12 @@ def analyze(source: ModelSource) -> Blueprint:
         for refusal in role_refusals
         + list(moe.refusals)
         + detect(
-            context, sites, norms, geometries, frozenset(block.owner for block in moe.blocks) | moe.refused
+            context,
+            sites,
+            norms,
+            geometries,
+            frozenset(block.owner for block in moe.blocks) | moe.refused,
+            tuple(mlps),
         )
         + preconditions(context, blueprint)
     ]

@@ -110,6 +110,24 @@ class ClassFacts:
         found = [assign for assign in self.assigns if assign.attribute == attribute]
         return found[-1] if found else None
 
+    def module_assign(self, attribute: str) -> SelfAssign | None:
+        """The assignment that builds the child `attribute`: the last one, except that an optional layer
+        (`if c: self.x = Layer(...)` / `else: self.x = None`) is the layer, which the rules convert where
+        it stands (the `None` arm stays as written)."""
+        found = [assign for assign in self.assigns if assign.attribute == attribute]
+        if not found:
+            return None
+        last = found[-1]
+        if last.conditional and _is_none(last.value):
+            built = [assign for assign in found[:-1] if assign.conditional and not _is_none(assign.value)]
+            if built:
+                return built[-1]
+        return last
+
+
+def _is_none(value: cst.BaseExpression) -> bool:
+    return isinstance(value, cst.Name) and value.value == "None"
+
 
 def collect_classes(mapping: ModuleMap, index: SourceIndex) -> dict[str, ClassFacts]:
     """Facts for every top-level class; local bases are processed first so children can merge them."""

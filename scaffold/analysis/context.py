@@ -23,7 +23,7 @@ from .constructors import ChildKind, Construct, torch_base
 from .dataflow import Flow, trace
 from .expressions import Scope
 from .mlp import MLPFacts, find_mlp
-from .norms import norm_classes
+from .norms import norm_classes, per_head_norm_lists
 from .parsing import SourceIndex, prune
 from .roles import FlowRole, dataflow_roles, is_projection
 from .source_fusions import read_module
@@ -91,8 +91,11 @@ def gather(source: ModelSource) -> Context:
     facts = collect_classes(mapping, index)
     tree = build_tree(source.causal_lm_class, facts, index, mapping)
     closure_classes = [name for name in closure if name in facts]
-    kinds = norm_classes({name: facts[name] for name in closure_classes}, index)
     constructs = {name: class_constructs(facts[name], index, mapping) for name in closure_classes}
+    kinds = norm_classes({name: facts[name] for name in closure_classes}, index)
+    kinds |= per_head_norm_lists(
+        {name: facts[name] for name in closure_classes if name not in kinds}, constructs, index
+    )
     torch_derived = frozenset(
         name for name in closure_classes if torch_base(name, index, mapping) is not None
     )
@@ -172,7 +175,7 @@ def _analyse_class(
     scope = class_scope(facts)
     norm_names = frozenset(kinds)
     flows = {
-        name: trace(method, constructs, norm_names, weightless, scope, index)
+        name: trace(method, constructs, norm_names, weightless, scope, index, facts.methods)
         for name, method in facts.methods.items()
         if name != "__init__"
     }
@@ -240,15 +243,54 @@ def base_instance_path(context: Context) -> str | None:
     return None
 
 
-def decoder_layer_list(context: Context) -> tuple[str, Construct] | None:
-    """The base model's list of decoder layers: (attribute, construct), the first list of classes.
-
-    None when the causal LM does not hold the base model directly (encoder-decoder wrappers).
-    """
+def decoder_stack(context: Context) -> tuple[str, str] | None:
+    """(class, attribute path under the base model) of the module that holds the decoder-layer list: the
+    base model itself (path ""), or, one level down, the one child module of the base model that holds it
+    (a base model wrapping its decoder, as `self.decoder = Decoder(config)`). None when the causal LM does
+    not hold the base model directly (encoder-decoder wrappers) or no such list is found."""
     base = context.classes.get(context.source.base_model_class)
     if base is None or base_instance_path(context) is None:
         return None
-    for attr, construct in base.constructs.items():
+    if _layer_list_of(base) is not None:
+        return base.facts.name, ""
+    holders = [
+        (attribute, construct.qualified)
+        for attribute, construct in base.constructs.items()
+        if construct.kind is ChildKind.CLASS
+        and construct.qualified in context.classes
+        and _layer_list_of(context.classes[construct.qualified]) is not None
+    ]
+    if len(holders) != 1:
+        return None
+    ((attribute, holder),) = holders
+    return holder, attribute
+
+
+def stack_class(context: Context) -> str:
+    """The class whose forward embeds the tokens and loops over the decoder layers (the base model, or
+    the decoder module it wraps)."""
+    stack = decoder_stack(context)
+    return stack[0] if stack is not None else context.source.base_model_class
+
+
+def decoder_layer_list(context: Context) -> tuple[str, Construct] | None:
+    """The decoder-layer list: (attribute path under the base model, construct), the first list of
+    classes of the stack module (`layers`, or `decoder.layers` one level down).
+
+    None when the causal LM does not hold the base model directly (encoder-decoder wrappers).
+    """
+    stack = decoder_stack(context)
+    if stack is None:
+        return None
+    holder, prefix = stack
+    found = _layer_list_of(context.classes[holder])
+    assert found is not None
+    attribute, construct = found
+    return (f"{prefix}.{attribute}" if prefix else attribute), construct
+
+
+def _layer_list_of(analysis: ClassAnalysis) -> tuple[str, Construct] | None:
+    for attr, construct in analysis.constructs.items():
         element = construct.element
         if construct.kind is not ChildKind.LIST or element is None:
             continue

@@ -11,6 +11,12 @@ The analysis is flow-insensitive inside branches (both arms of an `if` are taken
 otherwise: a call of an unknown function depends on all its arguments. One precision rule keeps q and k
 apart: `a, b = f(x, y, ...)` binds `a` to `x` and `b` to `y` when exactly two arguments carry
 provenance (the rotary `apply_rotary_pos_emb(q, k, cos, sin)` pattern).
+
+A call of one of the class's own helper methods (`self._split_heads(q, self.num_heads, self.head_dim)`,
+`self._attn(q, k, v, mask)`) is traced inline: the helper's parameters take the arguments' provenance
+(and, for untraced arguments, their expressions, so shapes written with the helper's parameter names
+read as the caller's), its events are recorded in the caller's flow at the call, and the call's value is
+what the helper returns. Helpers calling helpers are inlined too, never recursively.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ _METADATA_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda",
 _METADATA_METHODS = frozenset({"size", "dim", "numel", "get_device", "element_size"})
 _SPLITS = frozenset({"split", "chunk", "unbind", "tensor_split"})
 _TORCH_SPLITS = frozenset(f"torch.{name}" for name in _SPLITS)
+_MAX_INLINE_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -165,13 +172,17 @@ def trace(
     weightless_classes: frozenset[str],
     class_scope: Scope,
     index: SourceIndex,
+    methods: dict[str, cst.FunctionDef] | None = None,
 ) -> Flow:
-    """Trace one method of a class whose children are `constructs`.
+    """Trace one method of a class whose children are `constructs` (and whose own helper `methods`
+    are inlined where the method calls them).
 
     Norm children pass provenance through; children of a weightless local class (a wrapped
     activation) pass it through as activated; any other child's output is a new origin.
     """
     tracer = _Tracer(function.name.value, constructs, norm_classes, weightless_classes, class_scope, index)
+    tracer.methods = dict(methods or {})
+    tracer.inlining = (function.name.value,)
     params = [*function.params.posonly_params, *function.params.params, *function.params.kwonly_params]
     for param in params[1:]:
         tracer.env[param.name.value] = frozenset({Origin(PARAM_PREFIX + param.name.value)})
@@ -202,6 +213,8 @@ class _Tracer:
         self.positional_of: dict[int, tuple[Prov, ...]] = {}
         self.class_scope = class_scope
         self.flow.local_scope = Scope()
+        self.methods: dict[str, cst.FunctionDef] = {}
+        self.inlining: tuple[str, ...] = (method,)
 
     # statements -------------------------------------------------------------------------------------
     def block(self, suite: cst.BaseSuite) -> None:
@@ -411,6 +424,13 @@ class _Tracer:
     def child_call(self, attribute: str, inputs: Prov, node: cst.Call) -> Prov:
         construct = self.constructs.get(attribute)
         if construct is None:
+            helper = self.methods.get(attribute)
+            if (
+                helper is not None
+                and attribute not in self.inlining
+                and len(self.inlining) <= _MAX_INLINE_DEPTH
+            ):
+                return self.inline(helper, node)
             return inputs
         if construct.kind is ChildKind.ACTIVATION:
             self.flow.activations.append(ActivationCall(f"self.{attribute}", inputs, node))
@@ -425,6 +445,47 @@ class _Tracer:
             construct.kind is ChildKind.CLASS and construct.qualified in self.norm_classes
         )
         return inputs if is_norm else frozenset({Origin(attribute)})
+
+    def inline(self, helper: cst.FunctionDef, node: cst.Call) -> Prov:
+        """Trace the helper's body where it is called; its events join this flow, its return is the
+        call's value."""
+        inner = _Tracer(
+            self.flow.method,
+            self.constructs,
+            self.norm_classes,
+            self.weightless_classes,
+            self.class_scope,
+            self.index,
+        )
+        inner.flow = Flow(self.flow.method)
+        inner.methods = self.methods
+        inner.inlining = (*self.inlining, helper.name.value)
+        inner.handles = dict(self.handles)
+        params = [*helper.params.posonly_params, *helper.params.params, *helper.params.kwonly_params][1:]
+        positional = [arg for arg in node.args if arg.keyword is None and not arg.star]
+        keywords = {arg.keyword.value: arg for arg in node.args if arg.keyword is not None}
+        for position, param in enumerate(params):
+            name = param.name.value
+            arg = positional[position] if position < len(positional) else keywords.get(name)
+            value = arg.value if arg is not None else param.default
+            prov = self.value(arg.value) if arg is not None else _NONE
+            inner.env[name] = prov
+            if not prov and value is not None:
+                caller_value = substitute(value, self.flow.local_scope)
+                inner.flow.local_scope.names[name] = (caller_value, inner.flow.local_scope)
+        inner.block(helper.body)
+        for events in (
+            "module_calls",
+            "reshapes",
+            "combines",
+            "scales",
+            "splits",
+            "function_calls",
+            "activations",
+        ):
+            getattr(self.flow, events).extend(getattr(inner.flow, events))
+        self.positional_of.update(inner.positional_of)
+        return inner.flow.returns
 
     def method_call(self, method: str, base: Prov, every: Prov, node: cst.Call) -> Prov:
         if method in _RESHAPES:
@@ -453,9 +514,21 @@ class _Tracer:
             if isinstance(only, cst.Name) and only.value in self.flow.local_scope.names:
                 only = self.flow.local_scope.names[only.value][0]
             if isinstance(only, cst.Tuple | cst.List):
-                return tuple(element.value for element in only.elements)
-            return (only,)
-        return tuple(arg.value for arg in args)
+                return self.in_caller_terms(tuple(element.value for element in only.elements))
+            if (
+                isinstance(only, cst.BinaryOperation)
+                and isinstance(only.operator, cst.Add)
+                and isinstance(only.right, cst.Tuple)
+            ):  # `x.size()[:-1] + (heads, head_dim)`: the leading dims, then the trailing ones
+                return self.in_caller_terms((only.left, *(element.value for element in only.right.elements)))
+            return self.in_caller_terms((only,))
+        return self.in_caller_terms(tuple(arg.value for arg in args))
+
+    def in_caller_terms(self, shape: tuple[cst.BaseExpression, ...]) -> tuple[cst.BaseExpression, ...]:
+        """Inside an inlined helper, a shape's parameter names replaced by the caller's arguments."""
+        if len(self.inlining) == 1:
+            return shape
+        return tuple(substitute(element, self.flow.local_scope) for element in shape)
 
 
 def _is_enumerate(node: cst.BaseExpression) -> bool:

@@ -37,6 +37,14 @@ def is_scaled_lookup(facts: ClassFacts, index: SourceIndex) -> bool:
     return _scales_parent_lookup(facts.forward)
 
 
+def is_replicated_lookup(facts: ClassFacts, index: SourceIndex) -> bool:
+    """Whether the class is a table kept whole with nothing of its own to train: one base, not a local
+    class; `__init__` calls the parent's and creates no parameter or layer (its forward may be anything)."""
+    if len(facts.bases) != 1 or facts.local_bases or facts.init is None:
+        return False
+    return _parent_init_only(facts.init, index)
+
+
 def _parent_init_only(init: cst.FunctionDef, index: SourceIndex) -> bool:
     calls = [node for node in walk(init) if isinstance(node, cst.Call)]
     if sum(m.matches(call, SUPER_INIT_CALL) for call in calls) != 1:

@@ -51,6 +51,8 @@ def features(
     qk_norm = (
         "full_width"
         if NormScope.FULL_WIDTH in attention_norms
+        else "head_rows"
+        if NormScope.HEAD_ROWS in attention_norms
         else "per_head"
         if NormScope.PER_HEAD in attention_norms
         else "none"
@@ -97,7 +99,7 @@ def _scale(context: Context, class_name: str, step: ScaleStep, applies_to: str) 
 
 
 def _embedding_scale(context: Context, backbone: Backbone) -> Scale | None:
-    base = context.classes.get(context.source.base_model_class)
+    base = context.classes.get(backbone.stack_class or context.source.base_model_class)
     if base is None or base.forward is None or backbone.embedding is None:
         return None
     attribute = backbone.embedding.rsplit(".", 1)[-1]

@@ -41,12 +41,11 @@ from ..rules.base_model_forward import (
     spread_without_dict,
 )
 from ..rules.fused_gate_up import gate_up_calls
-from ..rules.kv_cache import CACHE_PARAMETERS, strip_cache
+from ..rules.kv_cache import CACHE_PARAMETERS, CachePlan, strip_cache
 from ..rules.neuron_flash_attention import attention_call, mask_argument, mask_block, table_dispatch
 from ..rules.parallel_linears import LINEAR
-from ..rules.prune_closure import GENERATION_METHODS
 from ..rules.sequence_parallel_norms import has_sequence_parallel_form, norm_parameters
-from ..rules.trn_config_threading import classes_needing_trn_config
+from ..rules.trn_config_threading import classes_needing_trn_config, config_can_be_added
 from ..rules.vocab_parallel_lm_head import (
     calls_transformers_loss,
     logits_statement,
@@ -61,6 +60,7 @@ from ..syntax import (
     self_calls,
     walk,
 )
+from .cache_forwarding import cache_functions
 from .constructors import ChildKind, classify
 from .context import Context
 from .mask_options import unguardable_mask_options
@@ -130,10 +130,14 @@ def _relative_imports(context: Context, blueprint: Blueprint) -> Iterator[Refusa
 
 def _cache_uses(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
     mentioning = _mentioning(context.index.module, set(CACHE_PARAMETERS))
-    for subject, function in _functions(context.index.module):
-        if function not in mentioning:
+    forwarding = blueprint.cache
+    for subject, function in cache_functions(context.index.module):
+        if subject in forwarding.helpers:
+            continue  # NXS002 removes it
+        plan = CachePlan(forwarding.aliases_of(subject), forwarding.callees_of(subject))
+        if function not in mentioning and not plan.aliases and not plan.callees:
             continue  # the rule leaves a function that names no cache alone
-        _, dangling = strip_cache(function, blueprint.mask_builders)
+        _, dangling = strip_cache(function, blueprint.mask_builders, plan=plan)
         if dangling:
             yield _refusal(
                 CACHE_USE,
@@ -168,32 +172,14 @@ def _mentioning(module: cst.Module, names: set[str]) -> set[cst.FunctionDef]:
     return visitor.found
 
 
-def _functions(module: cst.Module) -> Iterator[tuple[str, cst.FunctionDef]]:
-    """Every function the cache rule rewrites, by the name it gives it (`Class.method`, `function`):
-    nested ones too, generation methods (dropped by NXS001) not."""
-
-    def visit(node: cst.CSTNode, owner: str | None) -> Iterator[tuple[str, cst.FunctionDef]]:
-        for child in node.children:
-            if isinstance(child, cst.ClassDef):
-                yield from visit(child, child.name.value)
-            elif isinstance(child, cst.FunctionDef):
-                if owner is not None and child.name.value in GENERATION_METHODS:
-                    continue
-                yield from visit(child, owner)
-                yield (f"{owner}.{child.name.value}" if owner else child.name.value), child
-            else:
-                yield from visit(child, owner)
-
-    yield from visit(module, None)
-
-
 # --- NXS004 and every rule that rewrites a constructor ------------------------------------------------
 
 
 def _constructors(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
     """A class that must take `trn_config` defines its own `__init__`, with the model config as a plain
     parameter."""
-    for name in sorted(classes_needing_trn_config(blueprint)):
+    needing = classes_needing_trn_config(blueprint)
+    for name in sorted(needing):
         analysis = context.classes[name]
         location = context.index.location(analysis.facts.node)
         init = find_method(analysis.facts.node, "__init__")
@@ -203,6 +189,8 @@ def _constructors(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
             config = blueprint.class_plan(name).config_parameter
             plain = {param.name.value: param for param in init.params.params}
             parameters = ", ".join(param.name.value for param in init.params.params)
+            if config is None and config_can_be_added(context.index.module, name, needing):
+                continue  # NXS004 adds it, and the callers pass theirs
             if config is None:
                 problem = "takes no config parameter"
             elif config not in plain:
@@ -289,7 +277,7 @@ def _norm_class(context: Context, name: str, parameters: list[str]) -> Iterator[
 
 
 def _base_model(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
-    name = blueprint.base_model_class
+    name = blueprint.backbone.stack_class or blueprint.base_model_class
     analysis = context.classes[name]
     node = analysis.facts.node
     init, forward = find_method(node, "__init__"), find_method(node, "forward")

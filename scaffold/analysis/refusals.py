@@ -15,6 +15,7 @@ from ..blueprint import (
     LayerKind,
     LayerSite,
     Location,
+    MLPBlock,
     NormScope,
     NormSite,
     Refusal,
@@ -34,13 +35,20 @@ from ..refusal_codes import (
     UNMAPPED_PARAMETER,
     UNRECOGNISED_ATTENTION,
 )
-from ..syntax import walk
+from ..syntax import code, walk
 from .constructors import ChildKind
-from .context import Context, base_instance_path, class_scope, decoder_layer_class, decoder_layer_list
+from .context import (
+    Context,
+    base_instance_path,
+    class_scope,
+    decoder_layer_class,
+    decoder_layer_list,
+    stack_class,
+)
 from .dataflow import PARAM_PREFIX, mentions_heads, sources
-from .embedding_subclasses import is_scaled_lookup
+from .embedding_subclasses import is_replicated_lookup, is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
-from .norms import norm_call_location
+from .norms import PER_HEAD_LIST, has_distributed_form, norm_call_location
 from .parsing import SourceIndex
 from .sites import member_location
 
@@ -51,6 +59,7 @@ def detect(
     norms: list[NormSite],
     geometries: list[AttentionGeometry],
     moe_classes: frozenset[str] = frozenset(),
+    mlps: tuple[MLPBlock, ...] = (),
 ) -> list[Refusal]:
     """Every refusal the structure calls for (role refusals come from `sites.layer_sites`; the sparse
     blocks of `moe_classes` are judged by `moe.moe_blocks`)."""
@@ -59,14 +68,14 @@ def detect(
     found += _mixture_of_experts(context, moe_classes)
     found += _layer_types(context, sites)
     found += _interleaved_qkv(context, refused)
-    found += _full_width_norms(context, norms)
+    found += _full_width_norms(context, norms, geometries)
     found += _non_softmax_layers(context, {geometry.path for geometry in geometries})
     found += _per_head_norm_weights(context, norms, geometries)
     found += _cross_attention(context, refused)
     found += _fused_projections(context, refused)
     found += _unrecognised_attention(context, refused)
     found += _parameters_and_unknown_layers(context)
-    found += _learnable_activations(context)
+    found += [refusal for _, refusal in learnable_activations(context, mlps) if refusal is not None]
     found += _layer_stack(context)
     return _first_per_line(found)
 
@@ -149,12 +158,22 @@ def _packed_dimensions(value: cst.BaseExpression) -> int | None:
 
 def _layer_types(context: Context, sites: list[LayerSite]) -> list[Refusal]:
     found: list[Refusal] = []
+    holder = stack_class(context)
     for site in sites:
         subclass = context.classes.get(site.constructor)
+        # learned positions held by the stack module, kept whole (NXS012 moves their output to the layout)
+        positions = (
+            site.role is Role.REPLICATED
+            and site.kind is LayerKind.EMBEDDING
+            and site.owner == holder
+            and subclass is not None
+            and is_replicated_lookup(subclass.facts, context.index)
+        )
         if (
             subclass is not None
             and "forward" in subclass.facts.methods
             and not (site.role is Role.EMBEDDING and is_scaled_lookup(subclass.facts, context.index))
+            and not positions
         ):
             found.append(
                 Refusal(
@@ -232,11 +251,16 @@ def _interleaves_three(shape: tuple[cst.BaseExpression, ...], local_scope: Scope
     return any(any(three(item) for item in group) and any(heads(item) for item in group) for group in groups)
 
 
-def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
+def _full_width_norms(
+    context: Context, norms: list[NormSite], geometries: list[AttentionGeometry]
+) -> list[Refusal]:
+    """Full-width norms NXS026 cannot distribute (not an RMS norm over one query or key projection)."""
     found: list[Refusal] = []
     seen: set[tuple[str, str]] = set()
     for norm in norms:
         if norm.scope is not NormScope.FULL_WIDTH or (norm.owner, norm.attribute) in seen:
+            continue
+        if has_distributed_form(norm, geometries, context.default_config):
             continue
         seen.add((norm.owner, norm.attribute))
         flow = context.classes[norm.owner].forward
@@ -244,10 +268,12 @@ def _full_width_norms(context: Context, norms: list[NormSite]) -> list[Refusal]:
         found.append(
             Refusal(
                 FULL_WIDTH_NORM.code,
-                f"{norm.owner}.{norm.attribute} normalises the whole output of "
+                f"{norm.owner}.{norm.attribute} ({norm.kind} norm) normalises the whole output of "
                 f"{', '.join(norm.normalises)} (width {norm.width.source}) before it is split into heads; "
                 f"{FULL_WIDTH_NORM.why}",
                 location,
+                subject=norm.owner,
+                rules=("NXS026",),
             )
         )
     return found
@@ -315,12 +341,14 @@ def _non_softmax_layers(context: Context, has_attention: set[str]) -> list[Refus
 
 
 def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
-    """Projections feeding the same consumer read different inputs of the forward."""
+    """Projections feeding the same consumer read different inputs of the forward (parameters that every
+    call of the class binds to the same expression, `attention(x, x, x)`, are one input)."""
     found: list[Refusal] = []
     for name, analysis in context.classes.items():
         flow = analysis.forward
         if flow is None or len(analysis.projections) < 2:
             continue
+        same = _same_inputs(context, name)
         for call in flow.module_calls:
             if call.attribute not in analysis.projections:
                 continue
@@ -329,7 +357,7 @@ def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
             for producer in sorted(feeding):
                 for producer_call in flow.calls_of(producer):
                     params = {o.source[len(PARAM_PREFIX) :] for o in producer_call.inputs if o.is_param}
-                    for param in params:
+                    for param in {same.get(param, param) for param in params}:
                         inputs.setdefault(param, set()).add(producer)
             if len(inputs) > 1:
                 described = "; ".join(f"{', '.join(sorted(v))} read {k}" for k, v in sorted(inputs.items()))
@@ -344,6 +372,43 @@ def _cross_attention(context: Context, refused: set[str]) -> list[Refusal]:
                 )
                 break
     return found
+
+
+def _same_inputs(context: Context, name: str) -> dict[str, str]:
+    """The forward parameters of class `name` that every call of its instances binds to the same
+    expression as an earlier parameter (`self.attn(normed, normed, normed)` into `forward(v, k, q)`),
+    each mapped to that earlier one; empty when no call is seen or a call spreads `*args`."""
+    forward = context.classes[name].facts.forward
+    if forward is None:
+        return {}
+    names = [param.name.value for param in (*forward.params.posonly_params, *forward.params.params)][1:]
+    bindings: list[dict[str, str]] = []
+    for owner in context.classes.values():
+        attributes = {
+            attribute
+            for attribute, construct in owner.constructs.items()
+            if name in (construct.qualified, construct.element.qualified if construct.element else None)
+        }
+        for flow in owner.flows.values():
+            for call in flow.module_calls:
+                if call.attribute not in attributes:
+                    continue
+                if any(arg.star for arg in call.node.args):
+                    return {}
+                bound = dict(zip(names, (code(arg.value) for arg in call.node.args if arg.keyword is None)))
+                bound.update((arg.keyword.value, code(arg.value)) for arg in call.node.args if arg.keyword)
+                bindings.append(bound)
+    if not bindings:
+        return {}
+    same: dict[str, str] = {}
+    for index, later in enumerate(names):
+        for earlier in names[:index]:
+            if earlier not in same and all(
+                later in bound and bound.get(earlier) == bound[later] for bound in bindings
+            ):
+                same[later] = earlier
+                break
+    return same
 
 
 def _fused_projections(context: Context, refused: set[str]) -> list[Refusal]:
@@ -390,10 +455,17 @@ def _unrecognised_attention(context: Context, refused: set[str]) -> list[Refusal
     return found
 
 
-def _learnable_activations(context: Context) -> list[Refusal]:
-    """`ACT2FN[config.x]` whose default activation has parameters (e.g. xIELU)."""
+def learnable_activations(
+    context: Context, mlps: tuple[MLPBlock, ...]
+) -> list[tuple[tuple[str, str], Refusal | None]]:
+    """`ACT2FN[config.x]` whose default activation has parameters (e.g. xIELU), by (owner, attribute): the
+    activation of a parallel MLP block (its parameters act on the rank's columns of the intermediate; NXS025
+    sums their gradients over TP) with no refusal, any other refused (R011)."""
     learnable = dict(context.source.facts.learnable_activations)
-    found: list[Refusal] = []
+    mlp_activations = {
+        (block.owner, block.activation.source) for block in mlps if block.activation is not None
+    }
+    found: list[tuple[tuple[str, str], Refusal | None]] = []
     seen: set[tuple[str, str]] = set()
     for member in context.tree.members:
         value = member.assign.value
@@ -415,15 +487,19 @@ def _learnable_activations(context: Context) -> list[Refusal]:
             activation = learnable.get(name_expr.evaluate(context.default_config))
         except (TypeError, ValueError, AttributeError):
             continue
-        if activation is not None:
-            found.append(
-                Refusal(
-                    UNMAPPED_PARAMETER.code,
-                    f"{member.owner.class_name}.{member.attribute} = {SourceIndex.code(value)} builds "
-                    f"{activation}, an activation with learnable parameters; {UNMAPPED_PARAMETER.why}",
-                    member_location(context, member),
-                )
-            )
+        if activation is None:
+            continue
+        if (member.owner.class_name, SourceIndex.code(index.value)) in mlp_activations:
+            found.append((key, None))
+            continue
+        refusal = Refusal(
+            UNMAPPED_PARAMETER.code,
+            f"{member.owner.class_name}.{member.attribute} = {SourceIndex.code(value)} builds "
+            f"{activation}, an activation with learnable parameters, outside a parallel MLP's intermediate; "
+            f"{UNMAPPED_PARAMETER.why}",
+            member_location(context, member),
+        )
+        found.append((key, refusal))
     return found
 
 
@@ -447,6 +523,7 @@ def _parameters_and_unknown_layers(context: Context) -> list[Refusal]:
             )
         elif (
             kind is ChildKind.LIST
+            and context.norm_kinds.get(owner) != PER_HEAD_LIST  # one norm per head: sharded by head (NXS026)
             and member.construct.element is not None
             and member.construct.element.kind
             not in (
@@ -498,18 +575,18 @@ def _layer_stack(context: Context) -> list[Refusal]:
     attribute, construct = layers
     if not construct.heterogeneous:
         return []
-    base = context.classes[context.source.base_model_class]
-    assign = base.facts.last_assign(attribute)
+    holder = context.classes[stack_class(context)]
+    own = attribute.rsplit(".", 1)[-1]
+    assign = holder.facts.last_assign(own)
     location = (
         context.index.location(assign.statement)
         if assign is not None
-        else context.index.location(base.facts.node)
+        else context.index.location(holder.facts.node)
     )
     return [
         Refusal(
             LAYER_STACK.code,
-            f"{context.source.base_model_class}.{attribute} builds its layers indirectly or from several "
-            f"classes; {LAYER_STACK.why}",
+            f"{holder.facts.name}.{own} builds its layers indirectly or from several classes; {LAYER_STACK.why}",
             location,
         )
     ]

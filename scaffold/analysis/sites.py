@@ -26,7 +26,7 @@ from ..blueprint import (
 )
 from .attention import geometry
 from .constructors import ChildKind
-from .context import Context, decoder_layer_list
+from .context import Context, decoder_layer_list, decoder_stack, stack_class
 from .expressions import Scope, to_expr
 from .mlp import mlp_block
 from .norms import norm_site
@@ -224,16 +224,25 @@ def backbone(context: Context, sites: list[LayerSite], norms: list[NormSite]) ->
     layer_path = f"{prefix}.{layers[0]}.*" if layers and prefix else None
     embedding = next((site.path for site in sites if site.role is Role.EMBEDDING), None)
     lm_head = next((site.path for site in sites if site.role is Role.LM_HEAD), None)
-    base_norms = [
-        norm.path
-        for norm in norms
-        if norm.owner == context.source.base_model_class and norm.scope is NormScope.HIDDEN
-    ]
+    holder = stack_class(context)
+    stack = decoder_stack(context)
+    stack_path = f"{prefix}.{stack[1]}" if stack is not None and stack[1] and prefix else prefix
+    # Embeddings the base model holds besides the token embedding, not sized by the vocabulary: learned
+    # absolute positions, looked up from position ids and added to the hidden stream.
+    positions = tuple(
+        site.path
+        for site in sites
+        if site.kind is LayerKind.EMBEDDING
+        and site.role is Role.REPLICATED
+        and stack_path
+        and site.path.rpartition(".")[0] == stack_path
+    )
+    base_norms = [norm.path for norm in norms if norm.owner == holder and norm.scope is NormScope.HIDDEN]
     rotary = next(
         (
             member.path
             for member in context.tree.members
-            if member.owner.class_name == context.source.base_model_class
+            if member.owner.class_name == holder
             and member.construct.kind is ChildKind.CLASS
             and context.classes.get(member.construct.qualified) is not None
             and context.classes[member.construct.qualified].kind.value == "rotary"
@@ -248,6 +257,8 @@ def backbone(context: Context, sites: list[LayerSite], norms: list[NormSite]) ->
         final_norm=base_norms[-1] if base_norms else None,
         rotary=rotary,
         lm_head=lm_head,
+        positions=positions,
+        stack_class=holder,
     )
 
 

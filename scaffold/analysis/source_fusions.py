@@ -8,12 +8,19 @@ linear per part (`self.query_proj = nn.Linear(in, a)`, ...) and called each on t
 after (roles, the attention variants, the fused gate/up) sees a model of separate projections, and
 `SourceFusion` records how the checkpoint's fused tensor splits into them, for NXS025 to map it.
 
+A fused output viewed into groups before it is chunked, `qkv = self.qkv(x).view(*shape, -1, 3 * d)` then
+`q, k, v = qkv.chunk(3, dim=-1)` (GPT-NeoX), interleaves the parts per group (per head: `[q0 k0 v0 q1 k1 v1
+...]`). It is read the same way, each part viewed with last dimension `d` (`self.q_proj(x).view(*shape, -1,
+d)`), and `SourceFusion.groups` records how many groups the checkpoint's rows form, so that NXS027's spec
+de-interleaves them.
+
 Only the patterns below are read this way; a split of any other shape stays as it is, and is refused
-(R007). The rewrite is structural: it names no model, only linears, slices and `chunk`.
+(R007, R003). The rewrite is structural: it names no model, only linears, views, slices and `chunk`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,17 +32,22 @@ from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 from ..blueprint import Location, SourceFusion
 from ..source import ModelSource
 from ..syntax import code, names_in, walk
+from .current_forms import current_forms
+from .linear_subclasses import read_as_linear
 from .parsing import parse_module
 
 LINEAR_CONSTRUCTORS = ("nn.Linear", "torch.nn.Linear")
+VIEW_METHODS = ("view", "reshape")
 STRIPPED_SUFFIXES = ("_states", "_state", "_output", "_out")
 SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the parallel layers: q_proj...
 
 
 def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """The modeling file parsed, its fused projections read as separate linears (what analysis and the
-    rules both work on), and what was split."""
-    return split_source_fusions(parse_module(source.read_text(), source.display_path), source.display_path)
+    """The modeling file parsed, its pre-refactor forms read as the current ones (`current_forms`), its
+    plain-linear subclasses as `nn.Linear` (`linear_subclasses`) and its fused projections as separate
+    linears (what analysis and the rules both work on), and what was split."""
+    module = read_as_linear(current_forms(parse_module(source.read_text(), source.display_path)))
+    return split_source_fusions(module, source.display_path)
 
 
 def split_source_fusions(
@@ -57,6 +69,19 @@ class _Split:
     targets: tuple[str, ...]
     sizes: tuple[cst.BaseExpression, ...]  # in forward terms; None-free
     input: cst.BaseExpression
+    view: _GroupedView | None = None  # the fused output viewed into groups before the split
+    elementwise: tuple[int, ...] = ()  # statements between the call and the split: `t = t.clamp(...)`
+
+
+@dataclass(frozen=True)
+class _GroupedView:
+    """`self.<source>(x).view(shape)` (then transposes), the shape's last element `n * group` for a
+    split into `n` parts: each group of `n * group` output features holds `group` features of each part."""
+
+    expression: cst.BaseExpression  # the fused statement's whole value
+    last: cst.BaseExpression  # the shape's last element (`n * group`)
+    shape_local: str | None  # the forward's local holding the shape (`hidden_shape`), if the view reads one
+    group: cst.BaseExpression | None = None  # one part's features in one group, in forward terms
 
 
 class _Splitter(cst.CSTTransformer):
@@ -88,6 +113,11 @@ class _Splitter(cst.CSTTransformer):
             taken = names_in(updated_node) | {
                 name for name in (_assigned_attribute(s) for s in init.body.body) if name
             }
+            groups = None
+            if split.view is not None:
+                groups = _constructor_groups(split, sizes[0], forward, init, index)
+                if groups is None:
+                    continue
             parts = _part_names(split.targets, source, taken)
             location = self._location(original_node, init.name.value, index)
             init, bias = _split_constructor(init, index, call, parts, sizes)
@@ -100,6 +130,7 @@ class _Splitter(cst.CSTTransformer):
                     part_sizes=tuple(code(size) for size in sizes),
                     bias=bias,
                     location=location,
+                    groups=None if groups is None else code(groups),
                 )
             )
         body = [
@@ -187,18 +218,26 @@ def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
         if assignment is None or not isinstance(assignment[0], cst.Name):
             continue
         target, value = assignment
-        if not m.matches(value, _call_of(source)):
+        view = _grouped_view(value, source, body, index)
+        if view is None and not m.matches(value, _call_of(source)):
             continue
         fused = target.value
-        call_input = value.args[0].value  # type: ignore[attr-defined]
-        split = _chunk_split(body, index, fused, source, call_input) or _slice_split(
-            body, index, fused, source, call_input
-        )
+        if view is not None:
+            split = _chunk_split(body, index, fused, source, _innermost_call(value).args[0].value)
+            group = None if split is None else _per_part(view.last, len(split.targets))
+            if split is None or group is None:
+                return None
+            split = dataclasses.replace(split, view=dataclasses.replace(view, group=group))
+        else:
+            call_input = value.args[0].value  # type: ignore[attr-defined]
+            split = _chunk_split(
+                body, index, fused, source, call_input, _features_dims(forward, call_input)
+            ) or _slice_split(body, index, fused, source, call_input)
         if split is None:
             return None
-        uses = sum(
-            1 for i, s in enumerate(body) if i not in (index, *split.split_indices) and fused in names_in(s)
-        )
+        call_input = split.input
+        split_statements = (index, *split.split_indices, *split.elementwise)
+        uses = sum(1 for i, s in enumerate(body) if i not in split_statements and fused in names_in(s))
         inputs = names_in(call_input)
         between = body[index + 1 : max(split.split_indices)]
         rebinds = any(_binds(s) & inputs for s in between)
@@ -206,6 +245,81 @@ def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
             return None
         return None if rebinds else split
     return None
+
+
+def _grouped_view(
+    value: cst.BaseExpression, source: str, body: list[cst.BaseStatement], index: int
+) -> _GroupedView | None:
+    """`self.<source>(x).view(shape)`, then any `.transpose(i, j)` of literal dimensions that keep the
+    last one last, as statement `index` of `body`; the shape written in the call or read from a tuple
+    local that this statement alone reads. A starred part of the shape (`*input_shape`) counts as two
+    dimensions: a projection's input has batch and sequence dimensions at least."""
+    node, view, transposed = value, None, [0]
+    while isinstance(node, cst.Call) and not m.matches(node, _call_of(source)):
+        if not isinstance(node.func, cst.Attribute):
+            return None
+        method = node.func.attr.value
+        if method in VIEW_METHODS and view is None:
+            view = node
+        elif method == "transpose" and view is None and _non_negative_literals(node):
+            transposed += [int(arg.value.value) for arg in node.args]  # type: ignore[attr-defined]
+        else:
+            return None
+        node = node.func.value
+    if view is None or not m.matches(node, _call_of(source)) or any(arg.keyword for arg in view.args):
+        return None
+    local = None
+    items = [(arg.value, bool(arg.star)) for arg in view.args]
+    if len(view.args) == 1 and isinstance(view.args[0].value, cst.Name):
+        local = view.args[0].value.value
+        bound = [s for s in body[:index] if local in _binds(s)]
+        readers = [i for i, s in enumerate(body) if i != index and local in names_in(s)]
+        if len(bound) != 1 or len(readers) != 1 or body[readers[0]] is not bound[0]:
+            return None  # rebound, or read elsewhere: rewriting it would change another use
+        items = [(bound[0].body[0].value, False)]  # type: ignore[attr-defined]
+    if len(items) == 1 and isinstance(items[0][0], cst.Tuple):
+        items = [(e.value, isinstance(e, cst.StarredElement)) for e in items[0][0].elements]
+    if len(items) < 2 or items[-1][1] or max(transposed) >= sum(2 if star else 1 for _, star in items) - 1:
+        return None
+    return _GroupedView(value, items[-1][0], local)
+
+
+def _non_negative_literals(call: cst.Call) -> bool:
+    return len(call.args) == 2 and all(
+        arg.keyword is None and isinstance(arg.value, cst.Integer) for arg in call.args
+    )
+
+
+def _innermost_call(value: cst.BaseExpression) -> cst.Call:
+    """The call `self.<source>(x)` under a chain of method calls on its result."""
+    node = value
+    while (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Attribute)
+        and not (m.matches(node.func.value, m.Name("self")))
+    ):
+        node = node.func.value
+    assert isinstance(node, cst.Call)
+    return node
+
+
+def _per_part(last: cst.BaseExpression, count: int) -> cst.BaseExpression | None:
+    """`size` of a group's extent `count * size` (or `size * count`)."""
+    if isinstance(last, cst.BinaryOperation) and isinstance(last.operator, cst.Multiply):
+        if m.matches(last.left, m.Integer(str(count))):
+            return _ungrouped(last.right)
+        if m.matches(last.right, m.Integer(str(count))):
+            return _ungrouped(last.left)
+    return None
+
+
+def _features_dims(forward: cst.FunctionDef, call_input: cst.BaseExpression) -> tuple[int, ...]:
+    """The dimensions that are the features of the linear's output: the last, and 2 when its input is the
+    forward's first input (a block's hidden states: (batch, sequence, features), or (sequence, batch,
+    features) under sequence parallelism)."""
+    params = [param.name.value for param in forward.params.params]
+    first = params[1] if len(params) > 1 and params[0] == "self" else None
+    return (-1, 2) if first is not None and m.matches(call_input, m.Name(first)) else (-1,)
 
 
 def _rebound_by_split(body: list[cst.BaseStatement], split: _Split, fused: str) -> bool:
@@ -221,19 +335,57 @@ def _binds(statement: cst.BaseStatement) -> set[str]:
 
 
 def _chunk_split(
-    body: list[cst.BaseStatement], index: int, fused: str, source: str, call_input: cst.BaseExpression
+    body: list[cst.BaseStatement],
+    index: int,
+    fused: str,
+    source: str,
+    call_input: cst.BaseExpression,
+    features_dims: tuple[int, ...] = (-1,),
 ) -> _Split | None:
-    """`a, b = t.chunk(n, dim=-1)` as the next statement that reads `t`."""
+    """`a, b = t.chunk(n, dim=-1)` as the next statement that reads `t`, after any statements that apply
+    an elementwise method to `t` in place (`t = t.clamp(...)`, alone or under an `if` without `else`)."""
+    elementwise: list[int] = []
     for later in range(index + 1, len(body)):
         if fused not in names_in(body[later]):
+            continue
+        if _elementwise_rebind(body[later], fused):
+            elementwise.append(later)
             continue
         assignment = _single_assignment(body[later])
         if assignment is None:
             return None
         target, value = assignment
-        names = _chunk_targets(target, value, m.Name(fused))
-        return None if names is None else _Split(source, index, (later,), names, (), call_input)
+        names = _chunk_targets(target, value, m.Name(fused), features_dims)
+        if names is None:
+            return None
+        return _Split(source, index, (later,), names, (), call_input, elementwise=tuple(elementwise))
     return None
+
+
+ELEMENTWISE_METHODS = ("clamp", "clip")
+
+
+def _elementwise_rebind(statement: cst.BaseStatement, fused: str) -> bool:
+    """`t = t.clamp(...)` (arguments not reading `t`), or that alone under an `if` (whose test does not
+    read `t`) without `else`: it commutes with a split of `t` along its features."""
+    if isinstance(statement, cst.If):
+        body = statement.body.body
+        return (
+            statement.orelse is None
+            and fused not in names_in(statement.test)
+            and len(body) == 1
+            and _elementwise_rebind(body[0], fused)
+        )
+    assignment = _single_assignment(statement)
+    if assignment is None or not m.matches(assignment[0], m.Name(fused)):
+        return False
+    value = assignment[1]
+    return (
+        isinstance(value, cst.Call)
+        and m.matches(value.func, m.Attribute(value=m.Name(fused)))
+        and value.func.attr.value in ELEMENTWISE_METHODS  # type: ignore[attr-defined]
+        and not any(fused in names_in(arg) for arg in value.args)
+    )
 
 
 def _inline_chunk(statement: cst.BaseStatement, index: int, source: str) -> _Split | None:
@@ -254,17 +406,24 @@ def _call_of(source: str) -> m.Call:
 
 
 def _chunk_targets(
-    target: cst.BaseAssignTargetExpression, value: cst.BaseExpression, receiver: m.BaseMatcherNode
+    target: cst.BaseAssignTargetExpression,
+    value: cst.BaseExpression,
+    receiver: m.BaseMatcherNode,
+    features_dims: tuple[int, ...] = (-1,),
 ) -> tuple[str, ...] | None:
-    """The names `a, b` of `a, b = <receiver>.chunk(n, dim=-1)` (n names), else None."""
+    """The names `a, b` of `a, b = <receiver>.chunk(n, dim=d)` (n names, `d` one of `features_dims`, the
+    dimensions that are the features), else None."""
+    dims = [
+        m.UnaryOperation(operator=m.Minus(), expression=m.Integer(str(-dim)))
+        if dim < 0
+        else m.Integer(str(dim))
+        for dim in features_dims
+    ]
     chunk = m.Call(
         func=m.Attribute(value=receiver, attr=m.Name("chunk")),  # type: ignore[arg-type]
         args=[
             m.Arg(value=m.Integer(), keyword=None),
-            m.Arg(
-                value=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1")),
-                keyword=m.Name("dim"),
-            ),
+            m.Arg(value=m.OneOf(*dims) if len(dims) > 1 else dims[0], keyword=m.Name("dim")),
         ],
     )
     if not m.matches(value, chunk) or not isinstance(target, cst.Tuple):
@@ -380,6 +539,26 @@ def _constructor_sizes(
     return tuple(sizes)  # type: ignore[arg-type]
 
 
+def _constructor_groups(
+    split: _Split,
+    size: cst.BaseExpression,
+    forward: cst.FunctionDef,
+    init: cst.FunctionDef,
+    index: int,
+) -> cst.BaseExpression | None:
+    """How many groups the fused output holds (one part's size over its extent in a group), as an
+    expression the constructor can compute where it built the linear."""
+    assert split.view is not None and split.view.group is not None
+    locals_ = {}
+    for statement in forward.body.body[: split.call_index]:
+        assignment = _single_assignment(statement)
+        if assignment is not None and isinstance(assignment[0], cst.Name):
+            locals_[assignment[0].value] = assignment[1]
+    group = _ungrouped(split.view.group.visit(_Substitute(locals_)))
+    groups = cst.BinaryOperation(_grouped(size), cst.FloorDivide(), _grouped(group))
+    return groups if _computable(groups, _constructor_names(init, index)) else None
+
+
 def _sum(sizes: list[cst.BaseExpression]) -> cst.BaseExpression:
     total = sizes[0]
     for size in sizes[1:]:
@@ -477,20 +656,29 @@ def _split_constructor(
 
 def _split_forward(forward: cst.FunctionDef, split: _Split, parts: tuple[str, ...]) -> cst.FunctionDef:
     body = list(forward.body.body)
+    view = split.view
+    if view is not None and view.shape_local is not None:  # the shape local now views one part
+        assert view.group is not None
+        body = [
+            s.visit(_Replace({view.last: view.group})) if view.shape_local in _binds(s) else s  # type: ignore[misc]
+            for s in body
+        ]
     calls = [
         cst.SimpleStatementLine(
             body=[
                 cst.Assign(
                     targets=[cst.AssignTarget(cst.Name(target))],
-                    value=cst.Call(
-                        func=cst.Attribute(cst.Name("self"), cst.Name(part)), args=[cst.Arg(split.input)]
-                    ),
+                    value=_part_value(split, part),
                 )
             ]
         )
         for target, part in zip(split.targets, parts, strict=True)
     ]
     replaced: dict[int, list[cst.BaseStatement]] = {split.call_index: []}
+    for index in split.elementwise:  # applied to each part once the parts are computed
+        replaced[index] = []
+        fused = _assigned_name(body[split.call_index])
+        calls.extend(_each_part(body[index], fused, split.targets))  # type: ignore[arg-type]
     if len(split.split_indices) == 1:  # `a, b = t.chunk(2, dim=-1)`: one statement per part
         replaced[split.split_indices[0]] = calls  # type: ignore[assignment]
     else:
@@ -513,6 +701,46 @@ def _split_forward(forward: cst.FunctionDef, split: _Split, parts: tuple[str, ..
     for index in split.split_indices:
         split_names |= names_in(body[index])
     return _without_dead_locals(forward.with_changes(body=forward.body.with_changes(body=new)), split_names)
+
+
+def _assigned_name(statement: cst.BaseStatement) -> str:
+    assignment = _single_assignment(statement)
+    assert assignment is not None and isinstance(assignment[0], cst.Name)
+    return assignment[0].value
+
+
+def _each_part(statement: cst.BaseStatement, fused: str, targets: tuple[str, ...]) -> list[cst.BaseStatement]:
+    """An elementwise rebind of the fused output (`t = t.clamp(...)`, maybe under an `if`) applied to
+    every part instead."""
+    if isinstance(statement, cst.If):
+        inner = statement.body.body[0]
+        each = [inner.visit(_Substitute({fused: cst.Name(target)})) for target in targets]
+        return [statement.with_changes(body=statement.body.with_changes(body=each))]
+    return [statement.visit(_Substitute({fused: cst.Name(target)})) for target in targets]  # type: ignore[misc]
+
+
+def _part_value(split: _Split, part: str) -> cst.BaseExpression:
+    """`self.<part>(x)`, viewed as the fused output was with one part's extent per group."""
+    call = cst.Call(func=cst.Attribute(cst.Name("self"), cst.Name(part)), args=[cst.Arg(split.input)])
+    view = split.view
+    if view is None:
+        return call
+    assert view.group is not None
+    replacements: dict[cst.CSTNode, cst.CSTNode] = {_innermost_call(view.expression): call}
+    if view.shape_local is None:
+        replacements[view.last] = view.group
+    return view.expression.visit(_Replace(replacements))  # type: ignore[return-value]
+
+
+class _Replace(cst.CSTTransformer):
+    """Nodes (by identity) replaced by others."""
+
+    def __init__(self, replacements: Mapping[cst.CSTNode, cst.CSTNode]) -> None:
+        super().__init__()
+        self.replacements = {id(old): new for old, new in replacements.items()}
+
+    def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode) -> cst.CSTNode:  # type: ignore[override]
+        return self.replacements.get(id(original_node), updated_node)
 
 
 def _without_dead_locals(forward: cst.FunctionDef, candidates: set[str]) -> cst.FunctionDef:

@@ -64,15 +64,32 @@ class InstanceTree:
 
 
 def class_constructs(facts: ClassFacts, index: SourceIndex, mapping: ModuleMap) -> dict[str, Construct]:
-    """Every non-value attribute of a class, classified (the last assignment of each attribute wins)."""
+    """Every non-value attribute of a class, classified (the last assignment of each attribute wins, except
+    the `None` arm of an optional layer: `ClassFacts.module_assign`)."""
     constructs: dict[str, Construct] = {}
     for assign in facts.assigns:
         construct = classify(assign.value, index, mapping)
         if construct.kind is ChildKind.VALUE:
+            if _built(facts, assign.attribute, index, mapping) is not facts.last_assign(assign.attribute):
+                continue  # the `None` arm of an optional norm
             constructs.pop(assign.attribute, None)
         else:
             constructs[assign.attribute] = construct
     return constructs
+
+
+def _built(facts: ClassFacts, attribute: str, index: SourceIndex, mapping: ModuleMap) -> SelfAssign | None:
+    """The assignment that builds the child: the last one, or the norm of an optional norm (`if c: self.norm
+    = LayerNorm(...)` / `else: self.norm = None`), which the norm rules convert where it stands. An optional
+    linear keeps the last assignment (the `None`): a replicated linear in the sequence-parallel region has no
+    rule."""
+    built = facts.module_assign(attribute)
+    if built is None or built is facts.last_assign(attribute):
+        return built
+    construct = classify(built.value, index, mapping)
+    if construct.kind is ChildKind.TORCH_NORM or construct.kind is ChildKind.CLASS:
+        return built
+    return facts.last_assign(attribute)
 
 
 def build_tree(
@@ -124,7 +141,11 @@ def _expand(
 ) -> None:
     tree.instances.append(instance)
     class_facts = facts[instance.class_name]
-    last: dict[str, SelfAssign] = {assign.attribute: assign for assign in class_facts.assigns}
+    last: dict[str, SelfAssign] = {
+        assign.attribute: built
+        for assign in class_facts.assigns
+        if (built := _built(class_facts, assign.attribute, index, mapping)) is not None
+    }
     seen: set[str] = set()
     for assign in class_facts.assigns:
         if assign.attribute in seen:

@@ -12,12 +12,14 @@ from collections.abc import Iterable
 
 from ..errors import ScaffoldError
 from .absolute_imports import AbsoluteTransformersImports
+from .attention_norms import AttentionNorms
 from .attention_sequence_parallel import AttentionSequenceParallel
 from .attention_variants import AttentionVariants
 from .base import Rule, RuleExample, RuleOptions
 from .base_model_forward import BaseModelForward
 from .fused_gate_up import FusedGateUp
 from .kv_cache import DropKVCache
+from .learnable_activations import LearnableActivationGradients
 from .mask_option_guard import MaskOptionGuard
 from .moe_block import MoEBlocks
 from .neuron_flash_attention import NeuronFlashAttention
@@ -46,10 +48,12 @@ RULES: tuple[type[Rule], ...] = (
     VocabParallelLMHead,  # NXS013
     FusedGateUp,  # NXS020
     AttentionVariants,  # NXS021
+    AttentionNorms,  # NXS026
     AttentionSequenceParallel,  # NXS022
     NeuronFlashAttention,  # NXS023
     SourceFusedCheckpoint,  # NXS027
     ParallelLinears,  # NXS024
+    LearnableActivationGradients,  # NXS025
     MoEBlocks,  # NXS040
     RemoveUnusedImports,  # NXS030
 )

@@ -39,7 +39,9 @@ from ..syntax import (
     names_in,
     operand,
     replace_nodes,
+    self_attribute,
     self_calls,
+    walk,
     with_base,
     with_body,
     with_method,
@@ -135,8 +137,14 @@ class AttentionVariants(Rule):
             for i, s in enumerate(body[:last])
             if i not in places and assigned_self_attribute(s) != "num_key_value_groups"
         ]
+        # `self.num_heads` becomes the per-rank query count: a K/V count that reads it is taken first
+        reads_heads = any(self_attribute(node) == "num_heads" for node in walk(kv_heads))
         per_rank, needed = templates.fill_statements(
-            TEMPLATES, "per_rank_heads", self.blueprint.style, heads=heads, kv_heads_operand=operand(kv_heads)
+            TEMPLATES,
+            "per_rank_heads_kv_first" if reads_heads else "per_rank_heads",
+            self.blueprint.style,
+            heads=heads,
+            kv_heads_operand=operand(kv_heads),
         )
         self.add_template_imports(needed)
         norms = self._per_head_norms(geometry)

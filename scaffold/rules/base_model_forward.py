@@ -13,6 +13,10 @@
   `self.gradient_checkpointing` (set from `trn_config.gradient_checkpointing`) and training; the
   decoder layer becomes a plain `nn.Module` (transformers' `GradientCheckpointingLayer` would checkpoint
   a second time).
+- Learned absolute position embeddings (a replicated embedding the base model holds besides the token
+  embedding) are looked up for the whole sequence on every rank; under sequence parallelism the lookup is
+  then transposed and scattered into the stream's `(S/T, B, D)` layout before it is added (a lookup inside
+  a larger expression is first bound to a name of its own).
 - Everything else the source computes (embedding scale, collected outputs) is kept as written.
 The mask builders come from the Blueprint; the shapes of their calls and of the layer loop are checked
 in analysis (R021, R022). The inserted code comes from templates/code/base_model_forward.py.
@@ -72,10 +76,16 @@ class BaseModelForward(Rule):
     EXAMPLES = (
         stored_example(CODE, "mistral", "MistralModel"),
         stored_example(CODE, "llama", "LlamaDecoderLayer"),
+        stored_example(CODE, "qwen2_moe", "Qwen2MoeModel"),
     )
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         return False  # the rule rewrites whole classes: nothing to visit inside a method
+
+    @property
+    def _stack_class(self) -> str:
+        """The class that embeds and loops over the layers: the base model, or the decoder it wraps."""
+        return self.blueprint.backbone.stack_class or self.blueprint.base_model_class
 
     def visit_Module(self, node: cst.Module) -> None:
         self._uses_sliding = False
@@ -84,7 +94,7 @@ class BaseModelForward(Rule):
         self, original_node: cst.ImportFrom, updated_node: cst.ImportFrom
     ) -> cst.ImportFrom | cst.RemovalSentinel:
         module = dotted(updated_node.module) if updated_node.module is not None else None
-        if module == TRANSFORMERS_MASKING and self.refusal_for(self.blueprint.base_model_class) is None:
+        if module == TRANSFORMERS_MASKING and self.refusal_for(self._stack_class) is None:
             return (
                 cst.RemoveFromParent()
             )  # the host's builders replace transformers' (NXS003 made it absolute)
@@ -95,7 +105,7 @@ class BaseModelForward(Rule):
         name = updated_node.name.value
         if name == blueprint.backbone.decoder_layer:
             updated_node = self._plain_module(updated_node)
-        if name == blueprint.base_model_class:
+        if name == self._stack_class:
             refusal = self.refusal_for(name)
             if refusal is not None:
                 return with_todo(updated_node, refusal)
@@ -108,9 +118,7 @@ class BaseModelForward(Rule):
                 TEMPLATES, "sliding_window_mask_helper", self.blueprint.style
             )
             self.add_template_imports(needed)
-            updated_node = insert_module_statements(
-                updated_node, helper, before=self.blueprint.base_model_class
-            )
+            updated_node = insert_module_statements(updated_node, helper, before=self._stack_class)
         return updated_node
 
     # --- decoder layer ---------------------------------------------------------------------------------
@@ -132,6 +140,7 @@ class BaseModelForward(Rule):
         assert init is not None and forward is not None, "checked in analysis (R017)"
         cls = with_method(cls, self._checkpointing_switch(init))
         forward = self._sequence_length(forward)
+        forward = self._positions_layout(forward)
         forward = self._masks(forward)
         forward = self._checkpointed_layers(forward)
         return with_method(cls, forward)
@@ -224,6 +233,58 @@ class BaseModelForward(Rule):
             assert isinstance(result, cst.FunctionDef)
             return result
         return forward
+
+    def _positions_layout(self, forward: cst.FunctionDef) -> cst.FunctionDef:
+        """Each lookup of a position embedding, followed by its move into the stream's layout."""
+        attributes = {_last(path) for path in self.blueprint.backbone.positions}
+        if not attributes:
+            return forward
+        rule = self
+        taken = set(names_in(forward))
+
+        def lookup(node: cst.CSTNode) -> cst.Call | None:
+            for inner in walk(node):
+                if isinstance(inner, cst.Call) and self_attribute(inner.func) in attributes:
+                    return inner
+            return None
+
+        def layout(name: str) -> list[cst.BaseStatement]:
+            statements, needed = templates.fill_statements(
+                TEMPLATES,
+                "positions_in_stream_layout",
+                rule.blueprint.style,
+                renames={"position_embeds": name},
+            )
+            rule.add_template_imports(needed)
+            return statements
+
+        class _Positions(cst.CSTTransformer):
+            def leave_SimpleStatementLine(
+                self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
+            ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement]:
+                call = lookup(updated)
+                if call is None:
+                    return updated
+                small = updated.body[0] if len(updated.body) == 1 else None
+                if (
+                    isinstance(small, cst.Assign)
+                    and small.value is call
+                    and len(small.targets) == 1
+                    and isinstance(small.targets[0].target, cst.Name)
+                ):
+                    return cst.FlattenSentinel([updated, *layout(small.targets[0].target.value)])
+                name = fresh_name("position_embeds", taken)
+                taken.add(name)
+                bound = cst.SimpleStatementLine(
+                    [cst.Assign([cst.AssignTarget(cst.Name(name))], call)],
+                    leading_lines=updated.leading_lines,
+                )
+                rest = updated.deep_replace(call, cst.Name(name)).with_changes(leading_lines=[])
+                return cst.FlattenSentinel([bound, *layout(name), rest])
+
+        result = forward.visit(_Positions())
+        assert isinstance(result, cst.FunctionDef)
+        return result
 
     def _masks(self, forward: cst.FunctionDef) -> cst.FunctionDef:
         """Mask builders -> the host's (with `trn_config`), skipped when the attention recomputes the mask."""

@@ -9,7 +9,15 @@ the causal mask. A name bound to a constant by that folding (`past_seen_tokens =
 its uses. Keyword arguments and dict entries that forward the removed values go, except into
 transformers' mask builders, which keep `cache_position` and get `past_key_values=None` (so the file
 still runs as plain transformers code; NXS012 moves the masks to the host). Cache-only class attributes
-go too. Anything that still reads a removed name afterwards is refused rather than left dangling.
+go too.
+
+Across calls (facts from `CacheForwarding`): a parameter that only ever receives the cache under another
+name (`layer(..., layer_past=past_key_values)`) goes like the cache, at every level it is passed on; a
+call stops passing what its callee no longer takes, positional arguments included; a name assigned once
+from the cache (`self_attn_cache = past_key_values`) is no cache either; a remaining read of the absent
+cache as a value becomes `None` (`[hidden_states, past_key_values]` in a list filtered by `is not None`
+loses it); a method that takes the cache and that nothing calls goes. A read that would use the cache
+(`past_key_values.get_seq_length()`) is refused rather than left dangling.
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from ..blueprint import Refusal
-from ..syntax import aliases_of, docstring_count, dotted, laid_out, names_in
+from ..blueprint import CacheCallee, CacheForwarding, Refusal
+from ..syntax import aliases_of, docstring_count, dotted, laid_out, name_nodes, names_in
 from .base import Rule, stored_example, todo_comment
 
 NONE = "None"
@@ -63,16 +71,43 @@ class DropKVCache(Rule):
         refusal = self.refusal_for(subject)
         if refusal is not None:
             return updated_node.with_changes(leading_lines=[*updated_node.leading_lines, _comment(refusal)])
-        stripped, dangling = strip_cache(updated_node, self.blueprint.mask_builders)
+        stripped, dangling = strip_cache(
+            updated_node, self.blueprint.mask_builders, plan=_plan(self.blueprint.cache, subject)
+        )
         assert not dangling, (
             f"{subject} reads {dangling} after the cache was removed (not refused in analysis)"
         )
         return stripped
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
-        self._classes.pop()
-        body = [statement for statement in updated_node.body.body if not _cache_only_attribute(statement)]
+        owner = self._classes.pop()
+        helpers = {f"{owner}.{name}" for name in _method_names(updated_node)} & set(
+            self.blueprint.cache.helpers
+        )
+        body = [
+            statement
+            for statement in updated_node.body.body
+            if not _cache_only_attribute(statement)
+            and not (isinstance(statement, cst.FunctionDef) and f"{owner}.{statement.name.value}" in helpers)
+        ]
         return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What NXS002 knows about one function beyond its own text: the parameters through which the cache
+    reaches it under another name, and the callees that lose parameters (by the callee as written)."""
+
+    aliases: frozenset[str] = frozenset()
+    callees: dict[str, CacheCallee] = field(default_factory=dict)
+
+
+def _plan(forwarding: CacheForwarding, subject: str) -> CachePlan:
+    return CachePlan(forwarding.aliases_of(subject), forwarding.callees_of(subject))
+
+
+def _method_names(node: cst.ClassDef) -> list[str]:
+    return [statement.name.value for statement in node.body.body if isinstance(statement, cst.FunctionDef)]
 
 
 def _comment(refusal: Refusal) -> cst.EmptyLine:
@@ -84,40 +119,87 @@ class _State:
     known: dict[str, str]  # name -> "None" / "False" while its training value is known
     mask_functions: set[str]
     mask_arguments: set[str]  # names of dicts spread into mask builders (`**mask_kwargs`)
+    callees: dict[str, CacheCallee] = field(default_factory=dict)
+    single: frozenset[str] = frozenset()  # names the function assigns once (may alias the cache)
     folded: dict[str, cst.BaseExpression] = field(default_factory=dict)
 
 
 def strip_cache(
-    function: cst.FunctionDef, mask_functions: tuple[str, ...]
+    function: cst.FunctionDef, mask_functions: tuple[str, ...], *, plan: CachePlan | None = None
 ) -> tuple[cst.FunctionDef, frozenset[str]]:
     """`function` without its cache plumbing, and the removed names it would still read (empty when the
-    rewrite is complete; the analysis refuses a function where it is not, rule NXS002's precondition)."""
-    removed = [name for name in _parameter_names(function) if name in CACHE_PARAMETERS]
-    if not removed and not _forwards_cache(function):
+    rewrite is complete; the analysis refuses a function where it is not, rule NXS002's precondition).
+
+    `plan` adds what the function's own text does not say (see `CacheForwarding`): parameters through
+    which the cache arrives under another name, and callees whose removed parameters the calls stop
+    passing, by keyword or by position."""
+    plan = plan or CachePlan()
+    removed = [
+        name for name in _parameter_names(function) if name in CACHE_PARAMETERS or name in plan.aliases
+    ]
+    if not removed and not _forwards_cache(function) and not plan.callees:
         return function, frozenset()
     builders = set(mask_functions) | aliases_of(function, mask_functions)
     state = _State(
-        known={name: CACHE_PARAMETERS[name] for name in removed},
+        known={name: CACHE_PARAMETERS.get(name, NONE) for name in removed},
         mask_functions=builders,
         mask_arguments=_spread_into(function, builders),
+        callees=plan.callees,
+        single=frozenset(name for name, count in assignment_counts(function.body).items() if count == 1),
     )
     params = function.params
-    kept = [param for param in params.params if param.name.value not in CACHE_PARAMETERS]
+    kept = [param for param in params.params if param.name.value not in removed]
     if kept:
         kept[-1] = kept[-1].with_changes(
             comma=params.params[-1].comma if params.params else cst.MaybeSentinel.DEFAULT
         )
-    kwonly = [param for param in params.kwonly_params if param.name.value not in CACHE_PARAMETERS]
+    kwonly = [param for param in params.kwonly_params if param.name.value not in removed]
     function = function.with_changes(params=params.with_changes(params=kept, kwonly_params=kwonly))
     body = _block(list(function.body.body), state)
     body = _substitute_folded(body, state)
+    body = _substitute_known(body, state)
     if docstring_count(body) and any(name in cst.Module(body=[body[0]]).code for name in removed):
         body = body[1:]
     if not body:
         body = [cst.SimpleStatementLine(body=[cst.Pass()])]
     function = function.with_changes(body=function.body.with_changes(body=body))
-    dangling = frozenset(names_in(function.body) & (FORWARDED_ONLY & set(removed)))
+    cache_names = {name for name, value in state.known.items() if value == NONE and name != POSITIONS}
+    dangling = frozenset(names_in(function.body) & (cache_names | (FORWARDED_ONLY & set(removed))))
     return function, dangling
+
+
+def assignment_counts(node: cst.CSTNode) -> dict[str, int]:
+    """How many times each plain name is bound by an assignment (or a loop) under `node`."""
+    counts: dict[str, int] = {}
+
+    class _Count(cst.CSTVisitor):
+        def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+            for name in names_in(node.target):
+                counts[name] = counts.get(name, 0) + 1
+
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            for name in names_in(node.target):
+                counts[name] = counts.get(name, 0) + 2
+
+        def visit_For(self, node: cst.For) -> None:
+            for name in names_in(node.target):
+                counts[name] = counts.get(name, 0) + 2
+
+    node.visit(_Count())
+    return counts
+
+
+def cache_valued(node: cst.BaseExpression, cache: set[str] | frozenset[str]) -> bool:
+    """Whether `node` is the (absent) cache: one of the `cache` names, or a conditional whose arms are
+    cache names or `None` (`past_key_values if not checkpointing else None`)."""
+    if isinstance(node, cst.Name):
+        return node.value in cache
+    if isinstance(node, cst.IfExp):
+        arms = (node.body, node.orelse)
+        return all(cache_valued(arm, cache) or dotted(arm) == NONE for arm in arms) and any(
+            cache_valued(arm, cache) for arm in arms
+        )
+    return False
 
 
 def _spread_into(function: cst.FunctionDef, callees: set[str]) -> set[str]:
@@ -223,6 +305,17 @@ def _assigns_known(small: cst.BaseSmallStatement, state: _State) -> bool:
         return False
     if all(name in state.known and name != POSITIONS for name in names):
         return True
+    value = small.value
+    if (
+        len(names) == 1
+        and names[0] in state.single
+        and value is not None
+        and cache_valued(
+            value, {name for name, known in state.known.items() if known == NONE and name != POSITIONS}
+        )
+    ):
+        state.known[names[0]] = NONE  # `self_attn_cache = past_key_values`: another name for no cache
+        return True
     for name in names:
         state.known.pop(name, None)  # cache_position: computed from here on
     return False
@@ -306,7 +399,10 @@ class _Expressions(cst.CSTTransformer):
                 for arg in updated.args
             ]
             return updated.with_changes(args=args)
+        callee = self.state.callees.get(dotted(updated.func) or "")
         args = [arg for arg in updated.args if _keyword(arg) not in FORWARDED_ONLY | {POSITIONS}]
+        if callee is not None:
+            args = _bound_to_kept(args, callee)
         if len(args) == len(updated.args):
             return updated
         if args:
@@ -333,6 +429,25 @@ class _Expressions(cst.CSTTransformer):
         return updated.with_changes(elements=elements)
 
 
+def _bound_to_kept(args: list[cst.Arg], callee: CacheCallee) -> list[cst.Arg]:
+    """`args` without those the callee's removed parameters would bind (by position or keyword); a
+    positional argument after `*args` binds no known parameter and stays."""
+    kept: list[cst.Arg] = []
+    position = 0
+    for arg in args:
+        if arg.keyword is None and not arg.star:
+            parameter = callee.parameters[position] if position < len(callee.parameters) else None
+            position += 1
+            if parameter in callee.removed:
+                continue
+        elif arg.star == "*":
+            position = len(callee.parameters)
+        elif _keyword(arg) in callee.removed:
+            continue
+        kept.append(arg)
+    return kept
+
+
 def _keyword(arg: cst.Arg) -> str | None:
     return arg.keyword.value if arg.keyword is not None else None
 
@@ -341,6 +456,72 @@ def _expression(node: cst.CSTNode, state: _State, *, blocks: bool = False) -> cs
     """`node` with decided conditionals and forwarded cache arguments rewritten; with `blocks` (loops,
     `with`, `try`), the statements of nested blocks go through `_block` as well."""
     return node.visit(_Expressions(state, blocks))
+
+
+# --- reads of the absent cache ------------------------------------------------------------------------
+
+
+def _substitute_known(body: list[cst.BaseStatement], state: _State) -> list[cst.BaseStatement]:
+    """`body` with the remaining reads of the absent cache as a value replaced by `None`: an argument
+    (`layer_past=past_key_values`), an element (`[hidden_states, past_key_values]`). A read that would
+    use the cache (`past_key_values.get_seq_length()`, `past_key_values[0]`) stays, and is refused.
+    `None if c else None` becomes `None`; a list filtered by `if v is not None` loses its `None`s."""
+    cache = {name for name, value in state.known.items() if value == NONE and name != POSITIONS}
+    module = cst.Module(body=body)
+    if not cache or not (names_in(module) & cache):
+        return body
+    used: set[int] = set()  # Names that are the object of an attribute, subscript or call
+
+    class _Used(cst.CSTVisitor):
+        def visit_Attribute(self, node: cst.Attribute) -> None:
+            used.add(id(node.value))
+
+        def visit_Subscript(self, node: cst.Subscript) -> None:
+            used.add(id(node.value))
+
+        def visit_Call(self, node: cst.Call) -> None:
+            used.add(id(node.func))
+
+        def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+            used.update(id(name) for name in name_nodes(node.target))
+
+    module.visit(_Used())
+    readable = {id(name) for name in name_nodes(module) if name.value in cache and id(name) not in used}
+
+    class _Substitute(cst.CSTTransformer):
+        def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+            return cst.Name(NONE) if id(original) in readable else updated
+
+        def leave_IfExp(self, original: cst.IfExp, updated: cst.IfExp) -> cst.BaseExpression:
+            if dotted(updated.body) == NONE and dotted(updated.orelse) == NONE:
+                return updated.body.with_changes(lpar=updated.lpar, rpar=updated.rpar)
+            return updated
+
+        def leave_CompFor(self, original: cst.CompFor, updated: cst.CompFor) -> cst.CompFor:
+            if not (isinstance(updated.iter, cst.List | cst.Tuple) and _filters_none(updated)):
+                return updated
+            elements = [element for element in updated.iter.elements if dotted(element.value) != NONE]
+            if len(elements) == len(updated.iter.elements) or not elements:
+                return updated
+            elements[-1] = elements[-1].with_changes(comma=updated.iter.elements[-1].comma)
+            return updated.with_changes(iter=updated.iter.with_changes(elements=elements))
+
+    return list(module.visit(_Substitute()).body)
+
+
+def _filters_none(comprehension: cst.CompFor) -> bool:
+    """`for v in ... if v is not None`."""
+    target = comprehension.target
+    if not isinstance(target, cst.Name) or len(comprehension.ifs) != 1:
+        return False
+    test = comprehension.ifs[0].test
+    return (
+        isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.comparisons[0].operator, cst.IsNot)
+        and dotted(test.left) == target.value
+        and dotted(test.comparisons[0].comparator) == NONE
+    )
 
 
 # --- folded constants ---------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class NeuronFlashAttention(Rule):
     EXAMPLES = (
         stored_example(CODE, "mistral", "eager_attention_forward"),
         stored_example(CODE, "llama", "LlamaAttention"),
+        stored_example(CODE, "qwen2_moe", "Qwen2MoeAttention"),
     )
 
     def visit_ClassDef(self, node: cst.ClassDef) -> bool:

@@ -7,7 +7,9 @@ the other rules give the parts their usual parallel form: NxD's attention varian
 the owning module a `CustomModule` and, after the constructor has built its specs, wraps the spec that
 owns the parts in a `SourceFusedLinearSpec` (inserted once per file from
 templates/definitions/source_fused_linears.py): loading splits the fused tensor into the parts and hands
-them to that spec; saving joins the parts back, bit for bit.
+them to that spec; saving joins the parts back, bit for bit. Parts interleaved per head in the source
+(GPT-NeoX's `query_key_value` viewed as `(..., heads, 3 * head_size)`) give the spec their group count,
+and it de-interleaves them: each rank then holds whole heads' q, k and v.
 """
 
 from __future__ import annotations
@@ -27,13 +29,21 @@ CUSTOM_MODULE = "CustomModule"
 class SourceFusedCheckpoint(Rule):
     CODE = "NXS027"
     NAME = "source-fused-checkpoint"
-    SUMMARY = "q|k|v or gate|up fused in the source: parts as parallel layers + SourceFusedLinearSpec"
+    SUMMARY = (
+        "q|k|v or gate|up fused in the source (one after the other, or interleaved per head): parts as "
+        "parallel layers + SourceFusedLinearSpec"
+    )
     ADVICE = (
         "Splits of another shape than contiguous slices `t[..., a:b]` or `t.chunk(n, dim=-1)` of one linear "
-        "are refused (R007). Disabling it leaves the generated model expecting one checkpoint tensor per part."
+        "(after in-place clamps), "
+        "or `t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, are refused (R007, R003). Disabling "
+        "it leaves the generated model expecting one checkpoint tensor per part."
     )
     REQUIRES = ("NXS004",)
-    EXAMPLES = (stored_example(CODE, "phi3", "Phi3MLP"),)
+    EXAMPLES = (
+        stored_example(CODE, "phi3", "Phi3MLP"),
+        stored_example(CODE, "gpt_neox", "GPTNeoXAttention"),
+    )
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         return False  # the rule rewrites whole classes: nothing to visit inside a method
@@ -71,15 +81,16 @@ class SourceFusedCheckpoint(Rule):
             if any(_names_part(code(statement), part) for part in fusion.part_names)
         ]
         assert mentions, "the parts are built in __init__"
-        statement, needed = templates.fill_statements(
-            TEMPLATES,
-            "source_fused_spec",
-            self.blueprint.style,
-            source=cst.SimpleString(f'"{fusion.source_name}"'),
-            parts=cst.List([cst.Element(cst.SimpleString(f'"{part}"')) for part in fusion.part_names]),
-            sizes=cst.List([cst.Element(cst.parse_expression(size)) for size in fusion.part_sizes]),
-            bias=cst.parse_expression(fusion.bias),
-        )
+        fields: dict[str, cst.BaseExpression] = {
+            "source": cst.SimpleString(f'"{fusion.source_name}"'),
+            "parts": cst.List([cst.Element(cst.SimpleString(f'"{part}"')) for part in fusion.part_names]),
+            "sizes": cst.List([cst.Element(cst.parse_expression(size)) for size in fusion.part_sizes]),
+            "bias": cst.parse_expression(fusion.bias),
+        }
+        template = "source_fused_spec"
+        if fusion.groups is not None:
+            template, fields["groups"] = "source_fused_interleaved_spec", cst.parse_expression(fusion.groups)
+        statement, needed = templates.fill_statements(TEMPLATES, template, self.blueprint.style, **fields)
         self.add_template_imports({n for n in needed if n.module != DEFINITIONS})
         last = mentions[-1] + 1
         result = with_body(init, [*body[:last], *statement, *body[last:]])

@@ -7,6 +7,10 @@ constructor gets the parameter right after `config`, stores it as `self.trn_conf
 constructor runs, and passes it on to the children that need it, in the position or keyword style the
 call already uses for `config`. Later rules rely on this: `trn_config` in `__init__`, `self.trn_config`
 in `forward`.
+
+A constructor that takes its sizes instead of the config (`Attention(embed_dim, num_heads)`) gets both
+parameters first, `(self, config, trn_config, embed_dim, num_heads)`, when every call of it is in the
+constructor of a class that holds a config (or gets one so): the callers pass theirs.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ..blueprint import Blueprint, NormScope, Role
-from ..syntax import code, dotted, find_method, insert_after_super_init
+from ..syntax import code, dotted, find_method, insert_after_super_init, walk
 from . import templates
 from .base import Rule, stored_example, with_todo
 
@@ -40,6 +44,48 @@ def classes_needing_trn_config(blueprint: Blueprint) -> frozenset[str]:
     return frozenset(needing)
 
 
+CONFIG = "config"
+
+
+def config_can_be_added(module: cst.Module, name: str, needing: frozenset[str]) -> bool:
+    """Whether class `name`, which takes no config, can take one from its callers: it defines `__init__`
+    without a `config` name or `*args`, and every call of it is in the `__init__` of a class in `needing`
+    (which holds a config, or gets one the same way)."""
+    classes = {
+        statement.name.value: statement for statement in module.body if isinstance(statement, cst.ClassDef)
+    }
+    init = find_method(classes[name], "__init__") if name in classes else None
+    if (
+        init is None
+        or isinstance(init.params.star_arg, cst.Param)
+        or CONFIG
+        in {
+            param.name.value
+            for param in (*init.params.posonly_params, *init.params.params, *init.params.kwonly_params)
+        }
+    ):
+        return False
+    calls = 0
+    for owner, node in classes.items():
+        for method in node.body.body:
+            if not isinstance(method, cst.FunctionDef):
+                continue
+            built = sum(
+                1 for call in walk(method) if isinstance(call, cst.Call) and dotted(call.func) == name
+            )
+            if built and (method.name.value != "__init__" or owner not in needing):
+                return False
+            calls += built
+    functions = [statement for statement in module.body if isinstance(statement, cst.FunctionDef)]
+    if any(
+        isinstance(call, cst.Call) and dotted(call.func) == name
+        for function in functions
+        for call in walk(function)
+    ):
+        return False
+    return calls > 0
+
+
 class ThreadTrnConfig(Rule):
     CODE = "NXS004"
     NAME = "thread-trn-config"
@@ -60,9 +106,13 @@ class ThreadTrnConfig(Rule):
         self._needing = classes_needing_trn_config(self.blueprint)
         self._config: dict[str, str] = {}  # class -> its config parameter
         self._config_position: dict[str, int] = {}  # class -> position of the config among the arguments
+        self._added: set[str] = set()  # classes that take the config from their callers (R018 retired)
         for plan in self.blueprint.classes:
             if plan.name in self._needing and plan.config_parameter is not None:
                 self._config[plan.name] = plan.config_parameter
+            elif plan.name in self._needing and config_can_be_added(node, plan.name, self._needing):
+                self._config[plan.name] = CONFIG
+                self._added.add(plan.name)
         for statement in node.body:
             if isinstance(statement, cst.ClassDef) and statement.name.value in self._config:
                 init = find_method(statement, "__init__")
@@ -71,6 +121,8 @@ class ThreadTrnConfig(Rule):
                     self._config_position[statement.name.value] = (
                         names.index(self._config[statement.name.value]) - 1
                     )
+                elif statement.name.value in self._added:
+                    self._config_position[statement.name.value] = 0
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         name = updated_node.name.value
@@ -81,7 +133,9 @@ class ThreadTrnConfig(Rule):
             return with_todo(updated_node, refusal)
         init = find_method(updated_node, "__init__")
         assert init is not None and name in self._config, "checked in analysis (R017, R018)"
-        init = _pass_to_children(init, self._needing, self._config_position)
+        init = _pass_to_children(init, self._needing, self._config_position, self._added, self._config[name])
+        if name in self._added:
+            init = _take_config(init)
         init = self._take_and_store(init, self._config[name])
         body = [init if _is_init(statement) else statement for statement in updated_node.body.body]
         return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
@@ -115,16 +169,36 @@ def _is_init(statement: cst.CSTNode) -> bool:
     return isinstance(statement, cst.FunctionDef) and statement.name.value == "__init__"
 
 
+def _take_config(init: cst.FunctionDef) -> cst.FunctionDef:
+    """`__init__(self, config, ...)`: the config first after `self`."""
+    params = list(init.params.params)
+    config = cst.Param(cst.Name(CONFIG), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    if len(params) == 1 and isinstance(params[0].comma, cst.MaybeSentinel):
+        params[0] = params[0].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        config = config.with_changes(comma=cst.MaybeSentinel.DEFAULT)
+    params.insert(1, config)
+    return init.with_changes(params=init.params.with_changes(params=params))
+
+
 def _pass_to_children(
-    init: cst.FunctionDef, needing: frozenset[str], config_position: dict[str, int]
+    init: cst.FunctionDef,
+    needing: frozenset[str],
+    config_position: dict[str, int],
+    added: set[str],
+    config: str,
 ) -> cst.FunctionDef:
-    """Every call `Child(...)` of a class that needs it passes `trn_config` right after the config."""
+    """Every call `Child(...)` of a class that needs it passes `trn_config` right after the config, and
+    first the config `config` where the child takes it from its callers (`added`)."""
 
     class _Calls(cst.CSTTransformer):
         def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
             callee = dotted(updated.func)
             if callee not in needing or _passes_trn_config(updated):
                 return updated
+            if callee in added:
+                space = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+                first = cst.Arg(cst.Name(config), comma=space if updated.args else cst.MaybeSentinel.DEFAULT)
+                updated = updated.with_changes(args=[first, *updated.args])
             return _with_trn_config(updated, config_position.get(callee, 0))
 
     result = init.visit(_Calls())

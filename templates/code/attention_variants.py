@@ -113,6 +113,16 @@ def per_rank_heads(self, tp_size, heads, kv_heads_operand):
     self.num_key_value_groups = self.num_heads // self.num_key_value_heads
 
 
+def per_rank_heads_kv_first(self, tp_size, heads, kv_heads_operand):
+    """The same, when the K/V count is read from `self.num_heads` (one head count for q, k and v): the K/V
+    count is taken before `self.num_heads` becomes the per-rank query count."""
+
+    # Per-rank head counts (K/V heads after replication by kv_size_multiplier).
+    self.num_key_value_heads = divide({kv_heads_operand} * self.kv_size_multiplier, tp_size)
+    self.num_heads = divide({heads}, tp_size)
+    self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+
+
 def per_head_norm_gradients(parameters):
     """Gradient hooks for norms applied per head (q/k norms)."""
     # The per-head norms are replicated but each rank normalises only its own heads: their gradients

@@ -1,10 +1,11 @@
 """Templates of NXS012 (base-model-forward), filled by `scaffold.rules.templates`.
 
-`sequence_length`, `inputs_embeds` and `causal_mask` stand for the forward's own names: the rule renames
-them.
+`sequence_length`, `inputs_embeds`, `causal_mask` and `position_embeds` stand for the forward's own names:
+the rule renames them.
 """
 
 import torch
+from neuronx_distributed.parallel_layers.mappings import scatter_to_sequence_parallel_region
 
 from ..config import TrainingNeuronConfig
 from ..masking_utils import create_causal_mask
@@ -39,6 +40,15 @@ def sequence_length(self, sequence_length, inputs_embeds):
         else inputs_embeds.size(1)
     )
     return sequence_length
+
+
+def positions_in_stream_layout(self, position_embeds):
+    """After the lookup of learned positions `(B, S, D)`, replicated on every rank: under sequence
+    parallelism the hidden stream they are added to is `(S/T, B, D)`, so each rank keeps its own positions
+    (the backward gathers the shards' gradients, so every rank's table gets the whole gradient)."""
+    if self.trn_config.sequence_parallel_enabled:  # (B, S, D) -> the stream's (S/T, B, D)
+        position_embeds = scatter_to_sequence_parallel_region(position_embeds.transpose(0, 1).contiguous())
+    return position_embeds
 
 
 def mask_unless_recomputed(self, causal_mask, mask):

@@ -9,3 +9,13 @@ def source_fused_spec(self, source, parts, sizes, bias):
     # transformers' checkpoint holds these projections as one linear, split along its output features:
     # its tensor is split into them when loading and joined back when saving.
     self.specs = with_source_fused_linear(self.specs, {source}, {parts}, {sizes}, bias={bias})
+
+
+def source_fused_interleaved_spec(self, source, parts, sizes, bias, groups):
+    """The same for a linear whose parts are interleaved in `groups` groups (per head `[q k v]`)."""
+    # transformers' checkpoint holds these projections as one linear whose output features interleave
+    # them group by group: its tensor is de-interleaved into them when loading and interleaved again
+    # when saving.
+    self.specs = with_source_fused_linear(
+        self.specs, {source}, {parts}, {sizes}, bias={bias}, groups={groups}
+    )

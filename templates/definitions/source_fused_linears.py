@@ -33,6 +33,10 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
     the generated model's layers `part_names`, through the spec `inner` (`[class name, fields]`, empty when
     the parts are plain parallel linears).
 
+    `groups` > 1: the parts are interleaved, the rows forming `groups` equal groups that each hold
+    `part_sizes[i] // groups` rows of every part in turn (per head `[q k v]`, as GPT-NeoX's
+    `query_key_value`); loading de-interleaves them and consolidation interleaves them again.
+
     LoRA: the checkpoint has one lora_A and one lora_B for the source linear; lora_B is split like the
     weight and every part gets a copy of lora_A. The wrapped spec merges those copies into one by their
     mean; the generated layer gets the checkpoint's lora_A itself, so that nothing is rounded.
@@ -43,6 +47,7 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
     part_sizes: list[int]
     bias: bool
     inner: list = field(default_factory=list)
+    groups: int = 1
 
     def _inner_spec(self) -> ModelWeightTransformationSpec | None:
         """The spec of the parts in the generated model, rebuilt from its class name and fields."""
@@ -52,6 +57,23 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
         spec = getattr(transformations_utils, class_name)(**fields)
         spec.peft_type = self.peft_type
         return spec
+
+    def _split(self, fused: torch.Tensor) -> list[torch.Tensor]:
+        """The parts of a fused tensor (along its rows), de-interleaved when they come in groups."""
+        if self.groups == 1:
+            return [part.contiguous() for part in torch.split(fused, self.part_sizes, dim=0)]
+        grouped = fused.reshape(self.groups, -1, *fused.shape[1:])
+        shares = [size // self.groups for size in self.part_sizes]
+        return [
+            part.reshape(-1, *fused.shape[1:]).contiguous() for part in torch.split(grouped, shares, dim=1)
+        ]
+
+    def _join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The fused tensor of its parts: the inverse of `_split`."""
+        if self.groups == 1:
+            return torch.cat(parts, dim=0).contiguous()
+        grouped = [part.reshape(self.groups, -1, *part.shape[1:]) for part in parts]
+        return torch.cat(grouped, dim=1).reshape(-1, *parts[0].shape[1:]).contiguous()
 
     def _param_names(self) -> list[str]:
         return ["weight", "bias"] if self.bias else ["weight"]
@@ -105,13 +127,13 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
             source = f"{prefix}.{self.source_name}.{param}"
             if source not in state_dict:
                 continue  # in another file of the checkpoint: split when that file is loaded
-            parts = torch.split(state_dict.pop(source), self.part_sizes, dim=0)
+            parts = self._split(state_dict.pop(source))
             for name, part in zip(self.part_names, parts, strict=True):
                 target = f"{prefix}.{name}.{param}"
                 if inner is not None:
-                    state_dict[target] = part.contiguous()  # the wrapped spec shards it
+                    state_dict[target] = part  # the wrapped spec shards it
                 else:
-                    state_dict[target] = _local(part.contiguous(), named_parameters.get(target))
+                    state_dict[target] = _local(part, named_parameters.get(target))
         if inner is not None:
             state_dict = inner.adapt_state_dict(
                 prefix, named_parameters, state_dict, upstanding_sharded_params, inplace=True
@@ -133,18 +155,16 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
         if source_a not in state_dict or source_b not in state_dict:
             return state_dict  # no adapter on this linear
         lora_a = state_dict.pop(source_a)
-        parts_b = torch.split(state_dict.pop(source_b), self.part_sizes, dim=0)
+        parts_b = self._split(state_dict.pop(source_b))
         inner = self._inner_spec()
         before = set(state_dict)
         for name, part_b in zip(self.part_names, parts_b, strict=True):
             if inner is not None:
                 state_dict[f"{prefix}.{name}.lora_A.weight"] = lora_a.clone()
-                state_dict[f"{prefix}.{name}.lora_B.weight"] = part_b.contiguous()
+                state_dict[f"{prefix}.{name}.lora_B.weight"] = part_b
             else:  # the parts are column-parallel: lora_A whole on every rank, lora_B sharded
                 state_dict[f"{prefix}.{name}.lora_A.weight"] = lora_a.clone()
-                state_dict[f"{prefix}.{name}.lora_B.weight"] = create_local_weight_with_padding(
-                    part_b.contiguous(), 0, 1
-                )
+                state_dict[f"{prefix}.{name}.lora_B.weight"] = create_local_weight_with_padding(part_b, 0, 1)
         if inner is not None:
             state_dict = inner.adapt_state_dict(
                 prefix, named_parameters, state_dict, upstanding_sharded_params, inplace=True
@@ -175,7 +195,7 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
                     removed.append(key)
         for param in self._param_names():
             parts = [weights.pop(f"{prefix}.{name}.{param}") for name in self.part_names]
-            weights[f"{prefix}.{self.source_name}.{param}"] = torch.cat(parts, dim=0).contiguous()
+            weights[f"{prefix}.{self.source_name}.{param}"] = self._join(parts)
         return weights, removed
 
     def _lora_to_original_weights(
@@ -204,7 +224,7 @@ class SourceFusedLinearSpec(ModelWeightTransformationSpec):
         copies = [weights.pop(name) for name in names_a]
         weights[f"{prefix}.{self.source_name}.lora_A.weight"] = copies[0]
         parts_b = [weights.pop(name) for name in names_b]
-        weights[f"{prefix}.{self.source_name}.lora_B.weight"] = torch.cat(parts_b, dim=0).contiguous()
+        weights[f"{prefix}.{self.source_name}.lora_B.weight"] = self._join(parts_b)
         return weights, removed
 
 
@@ -240,18 +260,20 @@ def with_source_fused_linear(
     part_names: list[str],
     part_sizes: list[int],
     bias: bool,
+    groups: int = 1,
 ) -> ModelWeightTransformationSpecs:
-    """`specs` with the spec that owns the parts (if any) wrapped by a `SourceFusedLinearSpec`."""
+    """`specs` with the spec that owns the parts (if any) wrapped by a `SourceFusedLinearSpec`
+    (`groups` > 1: the parts interleaved in that many groups)."""
     wrapped = ModelWeightTransformationSpecs(module_fully_qualified_name=specs.module_fully_qualified_name)
     owner = None
     for spec in specs:
         relevant = spec.get_relevant_parameter_names("")
         if owner is None and any(f".{name}.weight" in relevant for name in part_names):
             owner = [type(spec).__name__, asdict(spec)]
-            spec = SourceFusedLinearSpec(source_name, part_names, part_sizes, bias, owner)
+            spec = SourceFusedLinearSpec(source_name, part_names, part_sizes, bias, owner, groups)
         wrapped.add_spec(spec)
     if owner is None:
-        wrapped.add_spec(SourceFusedLinearSpec(source_name, part_names, part_sizes, bias))
+        wrapped.add_spec(SourceFusedLinearSpec(source_name, part_names, part_sizes, bias, groups=groups))
     return wrapped
 
 

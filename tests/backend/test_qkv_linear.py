@@ -367,7 +367,8 @@ def _agreement_with_dense_under(trn2_groups: bool) -> dict[str, bool]:
     ((qd * torch.cat(list(gq), dim=-1)).sum() + (kd * gk_dense).sum() + (vd * gv_dense).sum()).backward()
     q_rows = list(range(r * q_pp, (r + 1) * q_pp))
     agree = {
-        "outputs": torch.allclose(k, kd[..., kv_rows], atol=1e-6) and torch.allclose(q, qd[..., q_rows], atol=1e-6),
+        "outputs": torch.allclose(k, kd[..., kv_rows], atol=1e-6)
+        and torch.allclose(q, qd[..., q_rows], atol=1e-6),
         "Q weight grad": torch.allclose(layer.weight_q.grad, dense[0].weight.grad[q_rows], atol=1e-6),
         "K weight grad": torch.allclose(layer.weight_k.grad, dense[1].weight.grad[kv_rows], atol=1e-6),
         "V weight grad": torch.allclose(layer.weight_v.grad, dense[2].weight.grad[kv_rows], atol=1e-6),

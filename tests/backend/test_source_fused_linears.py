@@ -293,3 +293,234 @@ def test_a_lora_adapter_on_the_fused_linear_loads_and_comes_back_bit_for_bit(hos
     assert sorted(consolidated) == sorted(adapter)
     for name, tensor in adapter.items():
         assert torch.equal(consolidated[name], tensor), f"{host}: {name} is not given back"
+
+
+# --- parts interleaved per head (GPT-NeoX's query_key_value) --------------------------------------------
+
+I_HEADS, I_HEAD_DIM = 4, 2  # 4 heads of 2 features: rows [q0 q0 k0 k0 v0 v0 q1 q1 k1 k1 v1 v1 ...]
+I_ROWS = 3 * I_HEADS * I_HEAD_DIM
+
+
+def _interleaved_rows(part: int) -> list[int]:
+    """The checkpoint rows of part `part` (0 q, 1 k, 2 v), head by head: a hand-written index table."""
+    return [
+        head * 3 * I_HEAD_DIM + part * I_HEAD_DIM + feature
+        for head in range(I_HEADS)
+        for feature in range(I_HEAD_DIM)
+    ]
+
+
+def test_the_index_table_is_what_a_per_head_view_then_chunk_reads() -> None:
+    """The oracle's table against the source's own reading: view (heads, 3 * d), chunk the last dim."""
+    fused = torch.arange(I_ROWS)
+    viewed = fused.view(I_HEADS, 3 * I_HEAD_DIM).chunk(3, dim=-1)
+    for part in range(3):
+        assert viewed[part].reshape(-1).tolist() == _interleaved_rows(part)
+
+
+def _interleaved_model(host: str, layout: str, tp: int, bias: bool) -> nn.Module:
+    """`attn` with q|k|v interleaved per head in the checkpoint's `query_key_value`, held as plain
+    column-parallel q/k/v ("separate") or NxD's GQA layer ("gqa", one K/V head per query head)."""
+    host_module, package = HOSTS[host]
+    template = _template(package)
+
+    class Block(nn.Module, host_module.CustomModule):
+        pass
+
+    block = Block()
+    specs = host_module.ModelWeightTransformationSpecs()
+    rows = I_HEADS * I_HEAD_DIM
+    if layout == "separate":
+        for name in ("q_proj", "k_proj", "v_proj"):
+            part = nn.Module()
+            _param(part, "weight", (rows // tp, H), tp, 0)
+            if bias:
+                _param(part, "bias", (rows // tp,), tp, 0)
+            block.add_module(name, part)
+    else:
+        gqa = nn.Module()
+        for suffix in "qkv":
+            _param(gqa, f"weight_{suffix}", (rows // tp, H), tp, 0)
+        block.add_module("qkv_proj", gqa)
+        specs.add_spec(
+            host_module.GQAQKVColumnParallelLinearSpec(
+                "qkv_proj",
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "dense",
+                I_HEADS,
+                I_HEADS,
+                1,
+                rows // tp,
+                rows // tp,
+                False,
+                False,
+                tp,
+            )
+        )
+    output = nn.Module()
+    _param(output, "weight", (H, rows // tp), tp, 1)
+    block.add_module("dense", output)
+    with tensor_parallel_rank(tp, 0):
+        block.specs = template.with_source_fused_linear(
+            specs, "query_key_value", ["q_proj", "k_proj", "v_proj"], [rows] * 3, bias=bias, groups=I_HEADS
+        )
+    root = nn.Module()
+    root.add_module("block", block)
+    root.parameters_for_current_stage = {name for name, _ in root.named_parameters()}
+    host_module.specialize_transformation_specs_for_model(root)
+    return root
+
+
+INTERLEAVED_CASES = [("separate", False), ("separate", True), ("gqa", False)]
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+@pytest.mark.parametrize(
+    ("layout", "bias"), INTERLEAVED_CASES, ids=[f"{c[0]}-bias{c[1]}" for c in INTERLEAVED_CASES]
+)
+def test_a_per_head_interleaved_checkpoint_loads_head_aligned_and_comes_back_bit_for_bit(
+    host: str, layout: str, bias: bool
+) -> None:
+    """Each rank gets whole heads' q, k and v, de-interleaved by the index table (GQA: the released spec
+    over the de-interleaved rows); consolidation interleaves them again, bit for bit."""
+    tp = 2
+    model = _interleaved_model(host, layout, tp, bias)
+    generator = torch.Generator().manual_seed(2)
+    full = {"block.query_key_value.weight": torch.randn(I_ROWS, H, generator=generator)}
+    if bias:
+        full["block.query_key_value.bias"] = torch.randn(I_ROWS, generator=generator)
+    full["block.dense.weight"] = torch.randn(H, I_HEADS * I_HEAD_DIM, generator=generator)
+    parts = {
+        param: [full[f"block.query_key_value.{param}"][_interleaved_rows(p)] for p in range(3)]
+        for param in ("weight", "bias")
+        if f"block.query_key_value.{param}" in full
+    }
+    per_rank = []
+    for rank in range(tp):
+        loaded = _load(host, model, full, tp, rank)
+        if layout == "separate":
+            expected = {
+                f"block.{n}_proj.{param}": _blocks(tensors[i], tp, rank)
+                for param, tensors in parts.items()
+                for i, n in enumerate("qkv")
+            }
+            expected["block.dense.weight"] = torch.chunk(full["block.dense.weight"], tp, dim=1)[rank]
+        else:
+            separate = {f"block.{n}_proj.weight": parts["weight"][i] for i, n in enumerate("qkv")}
+            separate["block.dense.weight"] = full["block.dense.weight"]
+            rows = I_HEADS * I_HEAD_DIM
+            spec = on.GQAQKVColumnParallelLinearSpec(
+                "qkv_proj", "q_proj", "k_proj", "v_proj", "dense", I_HEADS, I_HEADS, 1,
+                rows // tp, rows // tp, False, False, tp,
+            )  # fmt: skip
+            with tensor_parallel_rank(tp, rank):
+                expected = spec._adapt_state_dict("block", {}, separate, {}, inplace=False)
+        assert sorted(loaded) == sorted(expected)
+        for name, tensor in expected.items():
+            assert torch.equal(loaded[name], tensor), f"{host} {layout} rank {rank}: {name}"
+        per_rank.append(loaded)
+    consolidated = _consolidate(host, model, per_rank)
+    assert sorted(consolidated) == sorted(full)
+    for name, tensor in full.items():
+        assert torch.equal(consolidated[name], tensor), f"{host} {layout}: {name} is not given back"
+
+
+def test_contiguous_sizes_on_an_interleaved_checkpoint_load_the_wrong_rows() -> None:
+    """Negative: the same spec without `groups` reads the checkpoint as [q | k | v] one after the other,
+    which the index table sees."""
+    model = _interleaved_model("released", "separate", 2, False)
+    next(iter(model.block.specs)).groups = 1
+    full = {
+        "block.query_key_value.weight": torch.randn(I_ROWS, H, generator=torch.Generator().manual_seed(3)),
+        "block.dense.weight": torch.zeros(H, I_HEADS * I_HEAD_DIM),
+    }
+    loaded = _load("released", model, full, 2, 0)
+    q_rows = full["block.query_key_value.weight"][_interleaved_rows(0)]
+    assert not torch.equal(loaded["block.q_proj.weight"], _blocks(q_rows, 2, 0))
+
+
+# --- parts interleaved per K/V group (Falcon's new decoder architecture) ---------------------------------
+
+G_KV, G_HEADS, G_HEAD_DIM = 2, 4, 2  # per K/V group: [q q | q q | k | v] (2 query heads, then k, then v)
+
+
+def _grouped_rows(part: int) -> list[int]:
+    """The checkpoint rows of q (0), k (1) or v (2) when each K/V group holds its query heads, then its k
+    head, then its v head: a hand-written index table."""
+    per_group = (G_HEADS // G_KV + 2) * G_HEAD_DIM
+    q_rows = G_HEADS // G_KV * G_HEAD_DIM
+    offset, width = [(0, q_rows), (q_rows, G_HEAD_DIM), (q_rows + G_HEAD_DIM, G_HEAD_DIM)][part]
+    return [group * per_group + offset + row for group in range(G_KV) for row in range(width)]
+
+
+def test_a_checkpoint_grouped_per_kv_head_reaches_the_gqa_layer_with_replicated_kv() -> None:
+    """K/V groups (2 K/V heads, 4 query heads) at T=4: NxD's GQA layer replicates each K/V head twice
+    (kv_size_multiplier 2). Rank tensors: the released spec over the rows the index table cuts; the
+    consolidated checkpoint comes back bit for bit, under both hosts."""
+    tp, multiplier = 4, 2
+    q_size, kv_size = G_HEADS * G_HEAD_DIM, G_KV * G_HEAD_DIM
+    q_local, kv_local = q_size // tp, kv_size * multiplier // tp
+    total = q_size + 2 * kv_size
+    generator = torch.Generator().manual_seed(4)
+    full = {
+        "block.query_key_value.weight": torch.randn(total, H, generator=generator),
+        "block.dense.weight": torch.randn(H, q_size, generator=generator),
+    }
+    names = ["q_proj", "k_proj", "v_proj"]
+    separate = {
+        f"block.{name}.weight": full["block.query_key_value.weight"][_grouped_rows(part)]
+        for part, name in enumerate(names)
+    }
+    separate["block.dense.weight"] = full["block.dense.weight"]
+    fields = ("qkv_proj", "q_proj", "k_proj", "v_proj", "dense", G_HEADS, G_KV, multiplier)
+    for host in sorted(HOSTS):
+        host_module, package = HOSTS[host]
+
+        class Block(nn.Module, host_module.CustomModule):
+            pass
+
+        block = Block()
+        gqa = nn.Module()
+        for suffix, rows in (("q", q_local), ("k", kv_local), ("v", kv_local)):
+            _param(gqa, f"weight_{suffix}", (rows, H), tp, 0)
+        block.add_module("qkv_proj", gqa)
+        output = nn.Module()
+        _param(output, "weight", (H, q_size // tp), tp, 1)
+        block.add_module("dense", output)
+        specs = host_module.ModelWeightTransformationSpecs()
+        specs.add_spec(
+            host_module.GQAQKVColumnParallelLinearSpec(*fields, q_local, kv_local, False, False, tp)
+        )
+        with tensor_parallel_rank(tp, 0):
+            block.specs = _template(package).with_source_fused_linear(
+                specs, "query_key_value", names, [q_size, kv_size, kv_size], bias=False, groups=G_KV
+            )
+        root = nn.Module()
+        root.add_module("block", block)
+        root.parameters_for_current_stage = {name for name, _ in root.named_parameters()}
+        host_module.specialize_transformation_specs_for_model(root)
+        oracle = on.GQAQKVColumnParallelLinearSpec(*fields, q_local, kv_local, False, False, tp)
+        per_rank = []
+        for rank in range(tp):
+            loaded = _load(host, root, full, tp, rank)
+            with tensor_parallel_rank(tp, rank):
+                expected = oracle._adapt_state_dict("block", {}, dict(separate), {}, inplace=False)
+            assert sorted(loaded) == sorted(expected)
+            for name, tensor in expected.items():
+                assert torch.equal(loaded[name], tensor), f"{host} rank {rank}: {name}"
+            per_rank.append(loaded)
+        consolidated = _consolidate(host, root, per_rank)
+        assert sorted(consolidated) == sorted(full)
+        for name, tensor in full.items():
+            assert torch.equal(consolidated[name], tensor), f"{host}: {name} is not given back"
+
+
+def test_the_grouped_index_table_is_what_the_grouped_view_reads() -> None:
+    """The oracle's table against Falcon's own reading: view (kv groups, heads/kv + 2, d), q = [:-2],
+    k = [-2], v = [-1]."""
+    fused = torch.arange((G_HEADS + 2 * G_KV) * G_HEAD_DIM)
+    viewed = fused.view(G_KV, G_HEADS // G_KV + 2, G_HEAD_DIM)
+    for part, rows in enumerate((viewed[:, :-2], viewed[:, [-2]], viewed[:, [-1]])):
+        assert rows.reshape(-1).tolist() == _grouped_rows(part)

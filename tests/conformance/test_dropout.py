@@ -131,3 +131,16 @@ def test_a_config_without_dropout_is_skipped_with_the_reason(
     assert result.reasons == [
         "llama/gqa's config sets no dropout (no non-zero *dropout* field): nothing to show"
     ]
+
+
+def test_a_dropout_transformers_never_applies_is_skipped_with_the_reason() -> None:
+    """gpt_neox's config keeps classifier_dropout 0.1 (its token-classification head's) and its causal LM's
+    own dropouts at 0: transformers' causal LM repeats its training-mode logits, so the check has nothing to
+    show (it used to FAIL the generated model for "never applying" it)."""
+    assert nonzero_dropout(variant("gpt_neox/mha-8").config()) == {"classifier_dropout": 0.1}
+    assert CHECK.skip_reason(DropoutConfig("gpt_neox/mha-8", 2)) == (
+        "transformers' causal LM of gpt_neox/mha-8 applies none of its config's dropout "
+        "(classifier_dropout=0.1): two of its training-mode forwards give the same logits, so there is "
+        "nothing to show"
+    )
+    assert CHECK.skip_reason(DropoutConfig("seed_oss/gqa", 2)) is None

@@ -106,3 +106,29 @@ def test_replicated_parameters_are_compared_across_ranks_and_sharded_ones_are_no
         {"norm.weight": torch.tensor([1.0, 2.5]), "bias": torch.tensor([3.0]), "proj.weight": torch.zeros(2)},
     ]
     assert replicated_disagreement(per_rank, metadata) == {"norm.weight": 0.5, "bias": 0.0}
+
+
+def _key_norm_spec(projection: str) -> list[dict]:
+    fields = {
+        "parameter_names": ["k_norm.weight"],
+        "projection": projection,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "kv_size_multiplier": 2,
+    }
+    return [{"module_fully_qualified_name": "layers.0.attn", "specs": [["HeadRowsSpec", fields]]}]
+
+
+def test_a_key_norm_replica_that_missed_the_kv_group_sum_is_measured() -> None:
+    # The key norm's weight tiles like K: [a, b, a, b] over the four ranks; rank 3's copy of b is partial.
+    sharded = {
+        "layers.0.attn.k_norm.weight": [
+            torch.tensor([1.0]),
+            torch.tensor([2.0]),
+            torch.tensor([1.0]),
+            torch.tensor([0.5]),
+        ]
+    }
+    assert kv_replica_disagreement(sharded, _key_norm_spec("key")) == {"layers.0.attn.k_norm.weight": 1.5}
+    # A query norm's entries are each held once: nothing to compare.
+    assert kv_replica_disagreement(sharded, _key_norm_spec("query")) == {}

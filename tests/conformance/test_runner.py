@@ -18,10 +18,11 @@ from conformance.cli import main
 from conformance.coverage import not_tested
 from conformance.harness.registry import check_names
 from conformance.model_location import locate_package
-from conformance.profiles import PlannedCheck, plan, smallest_gqa_tp
+from conformance.profiles import ModelCatalogue, PlannedCheck, plan, smallest_gqa_tp
 from conformance.results import Status
 from conformance.runner import run_check
 from reference_models import attention_variant, variant, variants_for
+from reference_models.catalogue import key_value_heads
 
 MLP_FORWARD = "        gate, up = self.gate_up_proj(x).split(self.split_size, dim=-1)\n"
 
@@ -34,10 +35,26 @@ def _layouts(configurations: tuple[ParityConfig, ...], tp_size: int) -> set[str]
         config = variant(configuration.variant).config()
         found.add(
             attention_variant(
-                config.num_attention_heads, config.num_key_value_heads, tp_size, configuration.fuse_qkv
+                config.num_attention_heads, key_value_heads(config), tp_size, configuration.fuse_qkv
             )
         )
     return found
+
+
+def test_an_architecture_without_kv_heads_plans_on_its_first_variant_without_repeats() -> None:
+    """gpt_neox has one K/V head per query head: no variant reaches the GQA layer (heads that divide T never
+    need it, the others cannot be spread), so the checks that add "the smallest GQA case" run the base
+    variant at T=2 instead: its fused-qkv case is new, the others it repeats are planned once."""
+    catalogue = ModelCatalogue.of("gpt_neox")
+    assert catalogue.base == "gpt_neox/mha-8"
+    assert catalogue.smallest_gqa() == ("gpt_neox/mha-8", 2)
+    with pytest.raises(LookupError):
+        smallest_gqa_tp(catalogue.variants)
+    planned = {entry.name: entry.configurations for entry in plan("gpt_neox", "quick")}
+    for name, configurations in planned.items():
+        assert len(set(configurations)) == len(configurations), name
+    assert {c.fuse_qkv for c in planned["parity"]} == {False, True}
+    assert _layouts(planned["parity"], 2) <= {"separate", "fused"}
 
 
 def test_quick_profile_covers_tp_1_and_2_and_the_smallest_tp_reaching_the_gqa_layer() -> None:

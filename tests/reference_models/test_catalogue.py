@@ -164,8 +164,8 @@ def test_unknown_names_list_the_catalogue() -> None:
 @pytest.mark.parametrize(
     ("model_type", "reason"),
     [
-        ("gpt2", "GPT2Config does not take intermediate_size, num_key_value_heads"),
-        ("mamba", "MambaConfig does not take intermediate_size, num_attention_heads, num_key_value_heads"),
+        ("gpt2", "GPT2Config does not take intermediate_size"),
+        ("mamba", "MambaConfig does not take intermediate_size, num_attention_heads"),
         ("t5", "no causal LM class"),
         ("no-such-model", "no config class"),
     ],
@@ -193,6 +193,19 @@ def test_other_architectures_get_the_generic_variants_from_their_config_class() 
     starcoder2 = {entry.name: entry for entry in variants_for("starcoder2")}
     assert list(starcoder2) == ["gqa", "mqa", "mha", "tied", "odd-vocab", "features"]
     assert starcoder2["gqa"].config().use_bias and not starcoder2["features"].config().use_bias
+
+
+def test_a_config_without_kv_heads_gets_one_kv_head_per_query_head() -> None:
+    """GPTNeoXConfig has no num_key_value_heads: no GQA/MQA variant, the field is not passed (a config
+    class would keep it as an attribute), and the layouts are those of 8 and 4 K/V heads."""
+    neox = {entry.name: entry for entry in variants_for("gpt_neox")}
+    assert list(neox) == ["mha-8", "mha", "tied", "odd-vocab", "features"]
+    config = neox["mha-8"].config()
+    assert not hasattr(config, "num_key_value_heads")
+    assert config.num_attention_heads == 8 and neox["mha"].config().num_attention_heads == 4
+    assert [neox["mha-8"].attention(tp) for tp in (1, 2, 4)] == ["separate"] * 3
+    assert neox["mha"].attention(2, fuse_qkv=True) == "fused"
+    assert neox["mha-8"].facts()["kv_heads"] == 8
 
 
 def test_features_keep_the_attention_causal() -> None:

@@ -12,13 +12,20 @@ from scaffold.source import ModelSource, locate
 
 TARGETS = ("llama", "mistral", "qwen2", "qwen3", "granite")
 MOE_TARGETS = ("mixtral", "qwen3_moe")  # the mixture-of-experts models NXS040's examples come from
+NORM_TARGETS = ("olmo2", "cohere")  # the q/k norms NXS026 shards: full width, one row per head
+ACTIVATION_TARGETS = ("apertus",)  # NXS025: an activation with parameters (xIELU)
 EXAMPLE_MODELS = (
     *TARGETS,
     "phi3",
+    "gpt_neox",
     *MOE_TARGETS,
+    *NORM_TARGETS,
+    *ACTIVATION_TARGETS,
     "gemma3_text",
-)  # rules may show their examples on these (phi3: projections fused in the source; gemma3_text: a
-# config flag that sets a mask option)
+    "qwen2_moe",
+)  # rules may show their examples on these (phi3: projections fused in the source; gpt_neox: q|k|v
+# interleaved per head in the source; gemma3_text: a config flag that sets a mask option; qwen2_moe: the
+# pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms)
 
 
 @functools.cache

@@ -40,9 +40,9 @@ def test_inspect_llama_prints_the_plan():
 
 
 def test_inspect_shows_refusals_with_locations():
-    status, out = run(["inspect", "olmo2"])
+    status, out = run(["inspect", "mamba"])
     assert status == 0
-    assert "R004" in out and "transformers/models/olmo2/modeling_olmo2.py:" in out
+    assert "R005" in out and "transformers/models/mamba/modeling_mamba.py:" in out
 
 
 def test_inspect_json_is_the_blueprint_and_is_deterministic(capsys: pytest.CaptureFixture[str]):
@@ -136,7 +136,7 @@ def test_decoder_only_types_leave_out_encoders_and_encoder_decoders():
 
 def test_list_says_which_types_scaffold_and_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NXD_SCAFFOLD_CACHE", str(tmp_path))
-    status, out = run(["list", "llama", "gpt2", "olmo2"])
+    status, out = run(["list", "llama", "gpt2", "mamba"])
     assert status == 0
     rows = {
         line.split("│")[1].strip(): line
@@ -145,9 +145,9 @@ def test_list_says_which_types_scaffold_and_why_not(tmp_path: Path, monkeypatch:
     }
     assert "scaffolds" in rows["llama"]
     assert "refused" in rows["gpt2"] and "R002" in rows["gpt2"]  # Conv1D, as `new-model gpt2` says
-    assert "refused" in rows["olmo2"] and "R004" in rows["olmo2"]  # a norm over the full q_proj width
+    assert "refused" in rows["mamba"] and "R005" in rows["mamba"]  # a state-space mixer
     assert "1 of 3 scaffold" in out
-    assert run(["list", "llama", "gpt2", "olmo2"]) == (status, out)  # the second run reads the cache
+    assert run(["list", "llama", "gpt2", "mamba"]) == (status, out)  # the second run reads the cache
 
 
 def test_list_refuses_a_type_that_is_not_a_decoder_only_lm(capsys: pytest.CaptureFixture[str]):

@@ -53,7 +53,7 @@ def test_scaffold_rules_explains_a_refusal_code(key: str) -> None:
 def test_scaffold_rules_explains_a_rule_with_what_builds_on_it() -> None:
     status, out = _run(["rules", "NXS021"])
     assert status == 0
-    assert "Builds on: NXS004. Built on by: NXS022." in out and "What to do:" in out
+    assert "Builds on: NXS004. Built on by: NXS026, NXS022." in out and "What to do:" in out
     assert "--- llama: LlamaAttention, before" in out
     status, out = _run(["rules"])
     assert status == 0 and all(rule.CODE in out for rule in RULES) and all(e.code in out for e in ALL_CODES)

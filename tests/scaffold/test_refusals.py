@@ -47,11 +47,45 @@ def test_gpt2_conv1d_is_refused_at_each_constructor():
     assert all("Conv1D(" in line for line in lines)
 
 
-def test_olmo2_full_width_qk_norm_is_refused():
-    assert codes("olmo2") == {"R004"}
-    lines = lines_of("olmo2", "R004")
-    assert any("self.q_norm(self.q_proj(" in line for line in lines)
-    assert any("self.k_norm(self.k_proj(" in line for line in lines)
+def test_qk_norms_sharded_with_their_heads_are_not_refused():
+    # olmo2: RMS norms over the whole q_proj/k_proj output (NXS026 distributes them); cohere: LayerNorms with
+    # one weight row per head (NXS026 shards them by head).
+    assert codes("olmo2") == set()
+    assert codes("cohere") == set()
+    scopes = {
+        (model_type, norm.attribute): norm.scope.value
+        for model_type in ("olmo2", "cohere")
+        for norm in blueprint_of(model_type).norms
+        if norm.normalises
+    }
+    assert scopes == {
+        ("olmo2", "q_norm"): "full_width",
+        ("olmo2", "k_norm"): "full_width",
+        ("cohere", "q_norm"): "head_rows",
+        ("cohere", "k_norm"): "head_rows",
+    }
+
+
+def test_a_list_of_one_norm_per_head_is_sharded_by_head_not_refused():
+    # stablelm's StableLmLayerNormPerHead: nn.ModuleList([nn.LayerNorm(dim) for _ in range(num_heads)]), each
+    # applied to its head's slice (torch.split(x, 1, dim=1)); its other refusals are not about norms.
+    assert "R012" not in codes("stablelm")
+    norms = {
+        norm.attribute: (norm.kind, norm.scope.value)
+        for norm in blueprint_of("stablelm").norms
+        if norm.normalises
+    }
+    assert norms == {
+        "q_layernorm": ("per_head_list", "head_rows"),
+        "k_layernorm": ("per_head_list", "head_rows"),
+    }
+
+
+def test_a_learnable_activation_of_a_parallel_mlp_is_not_refused():
+    # apertus' MLP applies xIELU (parameters alpha_p, alpha_n) to up_proj's output: NXS025 sums their gradients.
+    assert codes("apertus") == set()
+    assert blueprint_of("apertus").learnable_activations == (("ApertusMLP", "act_fn"),)
+    assert blueprint_of("llama").learnable_activations == ()
 
 
 def test_bloom_interleaved_qkv_is_refused():
@@ -63,7 +97,7 @@ def test_bloom_interleaved_qkv_is_refused():
 def test_refusal_messages_name_their_reason_and_codes_are_unique():
     known = {code.code: code for code in ALL_CODES}
     assert len(known) == len(ALL_CODES)
-    for model_type in ("phimoe", "gpt2", "olmo2", "bloom"):
+    for model_type in ("phimoe", "gpt2", "rwkv", "bloom"):
         for refusal in blueprint_of(model_type).refusals:
             assert known[refusal.code].why in refusal.message
             assert refusal.location.file == blueprint_of(model_type).source_file
@@ -81,3 +115,26 @@ def test_replicating_plan_styles_are_not_read_as_sharding():
     assert blueprint.site("model.layers.*.mlp.down_proj").evidence.startswith(
         "tp plan 'rowwise'; dataflow agrees"
     )
+
+
+def test_attention_called_with_one_tensor_three_times_is_self_attention():
+    # ctrl's MultiHeadAttention.forward(v, k, q, ...) is called `(normed, normed, normed, ...)` only: no R006.
+    assert "R006" not in codes("ctrl")
+    # xglm's attention reads `key_value_states` for keys and values: cross-attention stays refused.
+    assert any(
+        "key_value_states" in refusal.message
+        for refusal in blueprint_of("xglm").refusals
+        if refusal.code == "R006"
+    )
+
+
+def test_the_cache_followed_across_calls_leaves_no_cache_use():
+    # gpt2 (positional), gpt_neox and ctrl (`layer_past=`), mpt (a cache-only helper), xglm (returned tuple).
+    for model_type in ("gpt2", "gpt_neox", "ctrl", "mpt", "xglm"):
+        assert "R019" not in codes(model_type), model_type
+
+
+def test_constructors_without_config_take_their_callers():
+    # ctrl's EncoderLayer(d_model_size, ...) and MultiHeadAttention(d_model_size, ...): built only in
+    # constructors that hold a config.
+    assert "R018" not in codes("ctrl")

@@ -84,7 +84,7 @@ def test_tp_plan_and_dataflow_disagreeing_is_refused(tmp_path: Path):
         (
             "R004",
             dict(
-                mixer_init="self.qn = Norm(config.num_attention_heads * self.size)",
+                mixer_init="self.qn = tnn.LayerNorm(config.num_attention_heads * self.size)",
                 mixer_forward="first = self.qn(self.a(x)).view(shape).transpose(1, 2)  # <-\n"
                 "second = self.b(x).view(shape).transpose(1, 2)\n"
                 "third = self.c(x).view(shape).transpose(1, 2)\n"
@@ -131,7 +131,7 @@ def test_tp_plan_and_dataflow_disagreeing_is_refused(tmp_path: Path):
         (
             "R015",
             dict(
-                mixer_init="self.qn = Norm((config.num_attention_heads, self.size))  # <-",
+                mixer_init="self.qn = Norm((2 * config.num_attention_heads, self.size))  # <-",
                 mixer_forward="first = self.qn(self.a(x).view(shape)).transpose(1, 2)\n"
                 "second = self.b(x).view(shape).transpose(1, 2)\n"
                 "third = self.c(x).view(shape).transpose(1, 2)\n"
@@ -158,6 +158,62 @@ def test_refusal_codes_and_lines(tmp_path: Path, code: str, parts: dict[str, str
     else:  # R010: the chained projection's constructor
         assert "self.high = Dense" in lines[found[0].location.line - 1]
     assert found[0].location.file == str(tmp_path / "modeling_synthetic.py")
+
+
+@pytest.mark.parametrize(
+    ("norm", "applied", "scope", "code"),
+    [
+        # an RMS norm over the whole query output, eps given: NXS026 distributes it
+        (
+            "Norm(config.num_attention_heads * self.size, eps=1e-5)",
+            "self.qn(self.a(x)).view(shape)",
+            "full_width",
+            None,
+        ),
+        # the class's default eps is read; a torch LayerNorm stays refused
+        (
+            "tnn.LayerNorm(config.num_attention_heads * self.size)",
+            "self.qn(self.a(x)).view(shape)",
+            "full_width",
+            "R004",
+        ),
+        (
+            "Norm(config.num_attention_heads * self.size)",
+            "self.qn(self.a(x) + self.a(x)).view(shape)",
+            "full_width",
+            None,
+        ),
+        # one weight row per head of the query projection: sharded by head
+        (
+            "Norm((config.num_attention_heads, self.size))",
+            "self.qn(self.a(x).view(shape))",
+            "head_rows",
+            None,
+        ),
+        # rows of another count: refused
+        (
+            "Norm((config.num_key_value_heads + 1, self.size))",
+            "self.qn(self.a(x).view(shape))",
+            "per_head",
+            "R015",
+        ),
+    ],
+)
+def test_qk_norm_scopes_and_what_stays_refused(
+    tmp_path: Path, norm: str, applied: str, scope: str, code: str | None
+):
+    text = model_source(
+        mixer_init=f"self.qn = {norm}",
+        mixer_forward=f"first = {applied}.transpose(1, 2)\n"
+        "second = self.b(x).view(shape).transpose(1, 2)\n"
+        "third = self.c(x).view(shape).transpose(1, 2)\n"
+        "out = kernel(first, second, third)",
+    )
+    blueprint = analyse_text(tmp_path, text)
+    (site,) = [site for site in blueprint.norms if site.attribute == "qn"]
+    assert site.scope.value == scope
+    norm_codes = {refusal.code for refusal in blueprint.refusals} & {"R004", "R015"}
+    assert norm_codes == ({code} if code else set()), [str(refusal) for refusal in blueprint.refusals]
 
 
 def test_unparsable_file_names_file_and_line(tmp_path: Path):

@@ -155,6 +155,26 @@ def _attention_blueprint(**overrides: object):
 class TestAttentionVariants(RuleTest):
     TRANSFORM = AttentionVariants
 
+    def test_one_head_count_for_q_k_and_v_is_divided_once(self) -> None:
+        # GPT-Neo / GPT-J keep one `self.num_heads` for q, k and v: the K/V count reads it before it is divided.
+        import dataclasses
+
+        source = ATTENTION.replace(
+            "        self.head_dim = config.head_dim\n",
+            "        self.head_dim = config.head_dim\n        self.num_heads = config.num_attention_heads\n",
+        )
+        geometry = dataclasses.replace(
+            GEOMETRY, num_heads=expr("self.num_heads"), num_kv_heads=expr("self.num_heads")
+        )
+        bp = dataclasses.replace(_attention_blueprint(), attention=(geometry,))
+        out = AttentionVariants(CodemodContext(), bp).transform_module(cst.parse_module(source)).code
+        init = out.split("def forward")[0]
+        assert init.rstrip().endswith(
+            "        self.num_key_value_heads = divide(self.num_heads * self.kv_size_multiplier, tp_size)\n"
+            "        self.num_heads = divide(self.num_heads, tp_size)\n"
+            "        self.num_key_value_groups = self.num_heads // self.num_key_value_heads"
+        )
+
     def test_projections_become_the_variant_chosen_at_construction(self) -> None:
         import libcst as cst
         from libcst.codemod import CodemodContext
@@ -439,12 +459,7 @@ class ToyModel(ToyPreTrainedModel):
 """
 
 
-class TestBaseModelForward(RuleTest):
-    TRANSFORM = BaseModelForward
-    BACKBONE = Backbone("model", "model.embed_tokens", "model.layers.*", "ToyLayer", None, None, None)
-
-    def test_sequence_parallel_positions_host_mask_and_checkpointing(self) -> None:
-        after = """
+BASE_AFTER = """
 from torch import nn
 
 from ..masking_utils import create_causal_mask
@@ -488,12 +503,100 @@ class ToyModel(ToyPreTrainedModel):
                 hidden_states = decoder_layer(hidden_states, attention_mask=causal_mask)
         return hidden_states
 """
+
+
+class TestBaseModelForward(RuleTest):
+    TRANSFORM = BaseModelForward
+    BACKBONE = Backbone("model", "model.embed_tokens", "model.layers.*", "ToyLayer", None, None, None)
+
+    def test_sequence_parallel_positions_host_mask_and_checkpointing(self) -> None:
+        after = BASE_AFTER
         bp = blueprint(
             classes=[klass("ToyModel", ClassKind.BASE_MODEL), klass("ToyLayer", ClassKind.DECODER_LAYER)],
             backbone=self.BACKBONE,
             mask_builders=["create_causal_mask"],
         )
         self.assertCodemod(BASE, after, blueprint=bp)
+
+    def test_learned_positions_move_into_the_stream_layout(self) -> None:
+        before = """
+from torch import nn
+
+
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.post_init()
+
+    def forward(self, input_ids, position_ids):
+        inputs_embeds = self.embed_tokens(input_ids)
+        position_embeds = self.wpe(position_ids)
+        hidden_states = inputs_embeds + position_embeds
+        # a lookup inside a larger expression is bound to a name of its own first
+        return hidden_states + self.wpe(position_ids).to(hidden_states.dtype)
+"""
+        after = """
+from neuronx_distributed.parallel_layers.mappings import scatter_to_sequence_parallel_region
+from torch import nn
+
+
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, input_ids, position_ids):
+        inputs_embeds = self.embed_tokens(input_ids)
+        position_embeds = self.wpe(position_ids)
+        if self.trn_config.sequence_parallel_enabled:  # (B, S, D) -> the stream's (S/T, B, D)
+            position_embeds = scatter_to_sequence_parallel_region(position_embeds.transpose(0, 1).contiguous())
+        hidden_states = inputs_embeds + position_embeds
+        # a lookup inside a larger expression is bound to a name of its own first
+        position_embeds_2 = self.wpe(position_ids)
+        if self.trn_config.sequence_parallel_enabled:  # (B, S, D) -> the stream's (S/T, B, D)
+            position_embeds_2 = scatter_to_sequence_parallel_region(position_embeds_2.transpose(0, 1).contiguous())
+        return hidden_states + position_embeds_2.to(hidden_states.dtype)
+"""
+        backbone = Backbone(
+            "model", "model.embed_tokens", None, None, None, None, None, positions=("model.wpe",)
+        )
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=backbone)
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_the_decoder_a_base_model_wraps_is_rewritten_not_the_wrapper(self) -> None:
+        wrapper = """
+
+class ToyWrapper(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.decoder = ToyModel(config, trn_config)
+
+    def forward(self, input_ids):
+        return self.decoder(input_ids)
+"""
+        backbone = Backbone(
+            "model",
+            "model.decoder.embed_tokens",
+            "model.decoder.layers.*",
+            "ToyLayer",
+            None,
+            None,
+            None,
+            stack_class="ToyModel",
+        )
+        bp = blueprint(
+            classes=[klass("ToyWrapper", ClassKind.BASE_MODEL), klass("ToyLayer", ClassKind.DECODER_LAYER)],
+            backbone=backbone,
+            mask_builders=["create_causal_mask"],
+            base_model_class="ToyWrapper",
+        )
+        # the decoder reads as the flat base model's hand-written `after`; the wrapper stays as written
+        self.assertCodemod(BASE + wrapper, BASE_AFTER + wrapper, blueprint=bp)
 
     def test_a_file_binding_nn_as_torch_nn_gets_no_second_binding(self) -> None:
         bp = blueprint(

@@ -143,6 +143,163 @@ def test_other_splits_are_left_as_they_are() -> None:
         assert text == format_python(dedent(source).strip("\n") + "\n")
 
 
+CLAMPED = """
+class ToyAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.clip_qkv = config.clip_qkv
+        self.Wqkv = nn.Linear(self.hidden_size, 3 * self.hidden_size, bias=False)
+        self.out_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+
+    def forward(self, hidden_states, position_bias):
+        mixed_qkv = self.Wqkv(hidden_states)
+        if self.clip_qkv:
+            mixed_qkv = mixed_qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+
+        query_states, key_states, value_states = mixed_qkv.chunk(3, dim=2)
+        return self.out_proj(attend(query_states, key_states, value_states))
+"""
+
+
+def test_a_clamp_before_a_chunk_of_the_hidden_states_dimension_applies_to_each_part() -> None:
+    """MPT's form: the fused output clamped in place (under an `if`), then chunked along dim 2 of the
+    block's (batch, sequence, features) input: each part is clamped instead (clamp commutes with the
+    split), and dim 2 is the features."""
+    text, fusions = _split(CLAMPED)
+    clamp = "clamp(min=-self.clip_qkv, max=self.clip_qkv)"
+    assert text == format_python(
+        dedent(f"""
+        class ToyAttention(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.hidden_size = config.hidden_size
+                self.clip_qkv = config.clip_qkv
+                self.q_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+                self.k_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+                self.v_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+                self.out_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+
+            def forward(self, hidden_states, position_bias):
+                query_states = self.q_proj(hidden_states)
+                key_states = self.k_proj(hidden_states)
+                value_states = self.v_proj(hidden_states)
+                if self.clip_qkv:
+                    query_states = query_states.{clamp}
+                    key_states = key_states.{clamp}
+                    value_states = value_states.{clamp}
+                return self.out_proj(attend(query_states, key_states, value_states))
+        """).strip("\n")
+        + "\n"
+    )
+    assert [(f.source_name, f.part_sizes, f.groups) for f in fusions] == [
+        ("Wqkv", ("self.hidden_size",) * 3, None)
+    ]
+
+
+def test_other_clamps_and_dimensions_are_left_as_they_are() -> None:
+    """No-op cases (they stay refused, R007): a clamp bound that reads the fused output, an `if` with an
+    `else`, another operation than clamp, dim 2 of something else than the block's input."""
+    cases = [
+        CLAMPED.replace("max=self.clip_qkv)", "max=mixed_qkv.max())"),
+        CLAMPED.replace(
+            "max=self.clip_qkv)\n",
+            "max=self.clip_qkv)\n        else:\n            mixed_qkv = mixed_qkv * 2\n",
+        ),
+        CLAMPED.replace("mixed_qkv.clamp(", "mixed_qkv.add("),
+        CLAMPED.replace("self.Wqkv(hidden_states)", "self.Wqkv(position_bias)"),
+    ]
+    for source in cases:
+        text, fusions = _split(source)
+        assert fusions == ()
+        assert text == format_python(dedent(source).strip("\n") + "\n")
+
+
+VIEWED = """
+class ToyAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, 3 * self.head_size)
+
+        qkv = self.query_key_value(hidden_states).view(hidden_shape).transpose(1, 2)
+        query_states, key_states, value_states = qkv.chunk(3, dim=-1)
+        return self.dense(attend(query_states, key_states, value_states))
+"""
+
+
+def test_a_view_into_heads_then_a_chunk_reads_as_parts_interleaved_per_head() -> None:
+    """GPT-NeoX's form: the fused output viewed as (..., heads, 3 * head_size) and chunked. Each part is
+    viewed with head_size last; the fusion records the group count (heads) for the checkpoint's spec."""
+    text, fusions = _split(VIEWED)
+    assert text == format_python(
+        dedent("""
+        class ToyAttention(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.head_size = config.hidden_size // config.num_attention_heads
+                self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+                self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+                self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+                self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+            def forward(self, hidden_states):
+                input_shape = hidden_states.shape[:-1]
+                hidden_shape = (*input_shape, -1, self.head_size)
+
+                query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+                key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+                value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+                return self.dense(attend(query_states, key_states, value_states))
+        """).strip("\n")
+        + "\n"
+    )
+    assert fusions == (
+        SourceFusion(
+            owner="ToyAttention",
+            source_name="query_key_value",
+            part_names=("q_proj", "k_proj", "v_proj"),
+            part_sizes=("config.hidden_size",) * 3,
+            bias="config.attention_bias",
+            location=Location("toy.py", 5),
+            groups="config.hidden_size // self.head_size",
+        ),
+    )
+
+
+def test_a_view_written_in_the_call_reads_the_same_way() -> None:
+    inline = VIEWED.replace("        hidden_shape = (*input_shape, -1, 3 * self.head_size)\n", "").replace(
+        ".view(hidden_shape)", ".view(*input_shape, -1, self.head_size * 3)"
+    )
+    text, fusions = _split(inline)
+    assert "self.q_proj(hidden_states).view(*input_shape, -1, self.head_size).transpose(1, 2)" in text
+    assert [f.groups for f in fusions] == ["config.hidden_size // self.head_size"]
+
+
+def test_other_views_are_left_as_they_are() -> None:
+    """No-op cases (they stay refused, R003): the shape local read elsewhere too, a transpose that may move
+    the last dimension, a last dimension that is not the parts' count times a size, a group size the
+    constructor cannot compute."""
+    cases = [
+        VIEWED.replace("return self.dense(", "return hidden_shape, self.dense("),
+        VIEWED.replace(".transpose(1, 2)", ".transpose(-1, -2)"),
+        VIEWED.replace(
+            ".transpose(1, 2)", ".transpose(2, 3)"
+        ),  # (*input_shape, -1, n * d): 3 may be the last
+        VIEWED.replace("3 * self.head_size)", "2 * self.head_size)"),
+        VIEWED.replace("3 * self.head_size", "3 * self.rotary_ndims"),
+    ]
+    for source in cases:
+        text, fusions = _split(source)
+        assert fusions == ()
+        assert text == format_python(dedent(source).strip("\n") + "\n")
+
+
 class TestFusedGateUpOnSeparateStatements(RuleTest):
     """NXS020 after analysis split a chunk: gate and up called in two statements."""
 
@@ -241,6 +398,11 @@ class TestSourceFusedCheckpoint(RuleTest):
         assert head.count("def with_source_fused_linear(") == 1
         assert "from .. import transformations_utils" in head
         assert "from dataclasses import asdict, dataclass, field" in head
+
+    def test_parts_interleaved_in_groups_pass_the_group_count(self) -> None:
+        out = self._run(MLP, (dataclasses.replace(FUSION, groups="config.num_attention_heads"),))
+        assert "bias=False,\n            groups=config.num_attention_heads,\n        )" in out
+        assert "whose output features interleave" in out
 
     def test_two_fused_classes_get_the_definitions_once(self) -> None:
         source = MLP + MLP.split("\n\n\n")[1].replace("ToyMLP", "ToyAttention")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import libcst as cst
+
 from scaffold.blueprint import AttentionGeometry, Backbone, ClassKind, LayerKind, Refusal, Role
 from scaffold.rules.absolute_imports import AbsoluteTransformersImports
 from scaffold.rules.kv_cache import DropKVCache
 from scaffold.rules.neuron_model_classes import NeuronModelClasses
 from scaffold.rules.parallel_bias_init import ParallelBiasInit
 from scaffold.rules.prune_closure import PruneToTrainingClosure
-from scaffold.rules.trn_config_threading import ThreadTrnConfig
+from scaffold.rules.trn_config_threading import ThreadTrnConfig, config_can_be_added
 from scaffold.rules.unused_imports import RemoveUnusedImports
 
 from .toy import ALLOWED, HERE, RuleTest, blueprint, expr, klass, site
@@ -371,3 +373,79 @@ class TestRemoveUnusedImports(RuleTest):
 
     def test_used_imports_stay(self) -> None:
         self.assertUnchanged("import torch\n\nx = torch.ones(1)\n", blueprint=blueprint())
+
+
+class TestConfigFromCallers(RuleTest):
+    """R018 retired where it can be: a constructor that takes sizes instead of the config gets the config
+    (and trn_config) first, from callers that hold one."""
+
+    TRANSFORM = ThreadTrnConfig
+
+    def test_a_constructor_without_config_takes_the_one_its_callers_hold(self) -> None:
+        before = """
+class ToyAttention(nn.Module):
+    def __init__(self, embed_dim, num_heads, layer_idx=None):
+        super().__init__()
+        self.q = nn.Linear(embed_dim, embed_dim)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, embed_dim, num_heads):
+        super().__init__()
+        self.attn = ToyAttention(embed_dim, num_heads, layer_idx=0)
+
+
+class ToyModel(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.layers = nn.ModuleList([ToyLayer(cfg.hidden_size, cfg.heads) for _ in range(cfg.n)])
+"""
+        after = """
+from ..config import TrainingNeuronConfig
+
+
+class ToyAttention(nn.Module):
+    def __init__(self, config, trn_config: TrainingNeuronConfig, embed_dim, num_heads, layer_idx=None):
+        super().__init__()
+        self.trn_config = trn_config
+        self.q = nn.Linear(embed_dim, embed_dim)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, trn_config: TrainingNeuronConfig, embed_dim, num_heads):
+        super().__init__()
+        self.trn_config = trn_config
+        self.attn = ToyAttention(config, trn_config, embed_dim, num_heads, layer_idx=0)
+
+
+class ToyModel(nn.Module):
+    def __init__(self, cfg, trn_config: TrainingNeuronConfig):
+        super().__init__()
+        self.trn_config = trn_config
+        self.layers = nn.ModuleList([ToyLayer(cfg, trn_config, cfg.hidden_size, cfg.heads) for _ in range(cfg.n)])
+"""
+        model = klass("ToyModel", children=[("layers", "ToyLayer")])
+        bp = blueprint(
+            classes=[
+                klass("ToyAttention").__class__(
+                    **{**klass("ToyAttention").__dict__, "config_parameter": None}
+                ),
+                klass("ToyLayer", children=[("attn", "ToyAttention")]).__class__(
+                    **{
+                        **klass("ToyLayer", children=[("attn", "ToyAttention")]).__dict__,
+                        "config_parameter": None,
+                    }
+                ),
+                model.__class__(**{**model.__dict__, "config_parameter": "cfg"}),
+            ],
+            sites=[site("ToyAttention", "q", Role.COLUMN)],
+            base_model_class="ToyModel",
+            causal_lm_class="ToyModel",
+        )
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_a_constructor_built_outside_a_constructor_cannot_take_the_config(self) -> None:
+        module = cst.parse_module(
+            "class A:\n    def __init__(self, n):\n        pass\n\n\ndef build(n):\n    return A(n)\n"
+        )
+        assert not config_can_be_added(module, "A", frozenset({"A"}))

@@ -17,6 +17,7 @@ from scaffold.blueprint import (
     AttentionGeometry,
     Backbone,
     Blueprint,
+    CacheForwarding,
     ClassKind,
     ClassPlan,
     CodeStyle,
@@ -135,6 +136,7 @@ def blueprint(
     base_model_class: str = "ToyModel",
     causal_lm_class: str = "ToyForCausalLM",
     config_class: str = "ToyConfig",
+    cache: CacheForwarding | None = None,
 ) -> Blueprint:
     """A Blueprint holding the given facts (and empty or neutral ones elsewhere)."""
     return Blueprint(
@@ -159,6 +161,7 @@ def blueprint(
         source_package="transformers.models.toy",
         mask_builders=tuple(mask_builders),
         style=style,
+        cache=cache or CacheForwarding(),
         moe=tuple(moe),
     )
 

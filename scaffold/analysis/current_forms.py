@@ -1,0 +1,946 @@
+"""Pre-refactor transformers forms, read as the current ones (what analysis and the rules both work on).
+
+Several transformers modeling files still carry the forms from before the attention and mask refactors.
+Each is rewritten here into the form the current files use, in the source's own terms, so that one set
+of analyses and rules serves both:
+
+- an attention class picked from a module-level table keyed by `config._attn_implementation`
+  (`X_ATTENTION_CLASSES = {"eager": A, "sdpa": B, ...}`): the lookup becomes the `"eager"` class, the one
+  training uses; the table and the other classes leave the training closure;
+- a base model building its causal mask with a method of its own (the legacy `_update_causal_mask`
+  family: a method taking `attention_mask`, `cache_position` and the cache, filling a `torch.finfo(...)
+  .min` mask): the call becomes transformers' `create_causal_mask` with the same embeddings, mask,
+  positions and cache, and the method (with the methods only it calls) goes. Where the method limits the
+  keys to a sliding window under a condition, the condition is kept: `create_sliding_window_causal_mask`
+  when it holds;
+- an attention forward computing eager attention inline (scores `q @ k^T` scaled, the mask added under
+  `if <mask> is not None:`, softmax, dropout, `@ v`, then `transpose(1, 2)`): those statements move to a
+  module-level eager function of the current shape, `(module, query, key, value, attention_mask,
+  scaling, dropout=0.0, **kwargs) -> (output (B, S, h, d), weights)`, and the forward picks it from
+  transformers' `ALL_ATTENTION_FUNCTIONS` as the current files do (passing the source's dropout, its
+  scaling and, where the mask had one, its sliding window). The K/V head expansion just before the scores
+  moves with them; a size check of the output is dropped (it reads the unsharded head count);
+- its leading shape read as `bsz, q_len, _ = x.size()` (or `x.shape`) becomes `bsz, q_len = x.shape[:-1]`,
+  and `view`/`reshape` sizes that read the unsharded head count or width (`self.num_heads`,
+  `self.hidden_size`, attributes set to those config fields) become `-1`.
+
+Nothing here names a model: only transformers' conventions (`_attn_implementation`, the mask and cache
+argument names, `torch.matmul`/`softmax`/`finfo`). Line numbers stay those of the file where the
+rewrite is shorter than what it replaces (blank lines take the place of removed code), so locations
+in messages still point into the modeling file. A form that does not fully match is left as written,
+and the usual refusals (R019, R026, R027) name it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import libcst as cst
+import libcst.matchers as m
+
+from ..syntax import code, dotted, fresh_name, names_in, walk
+
+EAGER_KEY = "eager"
+IMPLEMENTATION = "_attn_implementation"
+MASK_PARAMETERS = frozenset({"attention_mask", "cache_position"})
+CACHE_NAMES = frozenset({"past_key_values", "past_key_value"})
+CAUSAL_MASK = "create_causal_mask"
+SLIDING_MASK = "create_sliding_window_causal_mask"
+MASKING_MODULE = "transformers.masking_utils"
+TABLE_MODULE = "transformers.modeling_utils"
+ATTENTION_TABLE = "ALL_ATTENTION_FUNCTIONS"
+EAGER_FUNCTION = "eager_attention_forward"
+INTERFACE = "attention_interface"
+# config fields holding unsharded sizes: a view or reshape reading them breaks once heads are sharded
+UNSHARDED_FIELDS = frozenset({"num_attention_heads", "num_key_value_heads", "hidden_size"})
+
+
+def current_forms(module: cst.Module) -> cst.Module:
+    """`module` with every recognised pre-refactor form rewritten into the current one."""
+    module = _attention_tables(module)
+    window, module, mask_imports = _legacy_masks(module)
+    module, outlined = _inline_attention(module, window)
+    imports = [*mask_imports]
+    if outlined and not _imports_name(module, ATTENTION_TABLE):
+        imports.append((TABLE_MODULE, (ATTENTION_TABLE,)))
+    return _with_imports(module, imports)
+
+
+# --- attention class tables -----------------------------------------------------------------------------
+
+
+def _attention_tables(module: cst.Module) -> cst.Module:
+    classes = {s.name.value for s in module.body if isinstance(s, cst.ClassDef)}
+    tables: dict[str, str] = {}
+    for statement in module.body:
+        for name, value in _module_assignments(statement):
+            eager = _eager_entry(value, classes)
+            if eager is not None:
+                tables[name] = eager
+    if not tables:
+        return module
+
+    class _Lookup(cst.CSTTransformer):
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            func = updated.func
+            if (
+                isinstance(func, cst.Subscript)
+                and isinstance(func.value, cst.Name)
+                and func.value.value in tables
+                and any(
+                    isinstance(n, cst.Attribute) and n.attr.value == IMPLEMENTATION
+                    for n in walk(func.slice[0])
+                )
+            ):
+                return updated.with_changes(func=cst.Name(tables[func.value.value]))
+            return updated
+
+    result = module.visit(_Lookup())
+    assert isinstance(result, cst.Module)
+    return _without_definitions(result, set(tables) | _siblings(module, tables))
+
+
+def _siblings(module: cst.Module, tables: dict[str, str]) -> set[str]:
+    """The classes of the tables other than their eager ones, where nothing else names them."""
+    listed = {
+        element.value.value  # type: ignore[attr-defined]
+        for statement in module.body
+        for name, value in _module_assignments(statement)
+        if name in tables
+        for element in value.elements  # type: ignore[attr-defined]
+    } - set(tables.values())
+    outside = set()
+    for statement in module.body:
+        defined = statement.name.value if isinstance(statement, cst.ClassDef | cst.FunctionDef) else None
+        assigned = {name for name, _ in _module_assignments(statement)}
+        if defined in listed or assigned & set(tables):
+            continue
+        outside |= names_in(statement)
+    return listed - outside
+
+
+def _without_definitions(module: cst.Module, names: set[str]) -> cst.Module:
+    """`module` without the top-level classes and assignments named, each become as many blank lines."""
+    body: list[cst.BaseStatement] = []
+    pending = 0
+    for statement in module.body:
+        defined = statement.name.value if isinstance(statement, cst.ClassDef | cst.FunctionDef) else None
+        assigned = {name for name, _ in _module_assignments(statement)}
+        if defined in names or (assigned and assigned <= names):
+            pending += _line_count(statement)
+            continue
+        if pending:
+            statement = statement.with_changes(leading_lines=[*_blanks(pending), *statement.leading_lines])
+            pending = 0
+        body.append(statement)
+    return module.with_changes(body=body, footer=[*_blanks(pending), *module.footer])
+
+
+def _blanks(count: int) -> list[cst.EmptyLine]:
+    return [cst.EmptyLine(indent=False) for _ in range(count)]
+
+
+def _module_assignments(statement: cst.BaseStatement) -> Iterator[tuple[str, cst.BaseExpression]]:
+    if isinstance(statement, cst.SimpleStatementLine):
+        for small in statement.body:
+            if isinstance(small, cst.Assign) and len(small.targets) == 1:
+                target = small.targets[0].target
+                if isinstance(target, cst.Name):
+                    yield target.value, small.value
+
+
+def _eager_entry(value: cst.BaseExpression, classes: set[str]) -> str | None:
+    """The class under the "eager" key of a dict of local classes keyed by strings."""
+    if not isinstance(value, cst.Dict) or not value.elements:
+        return None
+    entries: dict[str, str] = {}
+    for element in value.elements:
+        if not (
+            isinstance(element, cst.DictElement)
+            and isinstance(element.key, cst.SimpleString)
+            and isinstance(element.value, cst.Name)
+            and element.value.value in classes
+        ):
+            return None
+        key = element.key.evaluated_value
+        if isinstance(key, str):
+            entries[key] = element.value.value
+    return entries.get(EAGER_KEY)
+
+
+# --- legacy mask helpers ----------------------------------------------------------------------------------
+
+
+def _legacy_masks(
+    module: cst.Module,
+) -> tuple[cst.BaseExpression | None, cst.Module, list[tuple[str, tuple[str, ...]]]]:
+    """(the window condition in `self.config` terms, the module, the imports it needs)."""
+    window: cst.BaseExpression | None = None
+    needed: set[str] = set()
+    body = list(module.body)
+    for position, statement in enumerate(body):
+        if not isinstance(statement, cst.ClassDef):
+            continue
+        rewritten = _mask_class(statement)
+        if rewritten is None:
+            continue
+        body[position], pending, condition = rewritten
+        if pending and position + 1 < len(body):
+            following = body[position + 1]
+            body[position + 1] = following.with_changes(
+                leading_lines=[*_blanks(pending), *following.leading_lines]
+            )
+        needed.add(CAUSAL_MASK)
+        if condition is not None:
+            needed.add(SLIDING_MASK)
+            window = condition
+    imports = [(MASKING_MODULE, tuple(sorted(needed)))] if needed else []
+    return window, module.with_changes(body=body), imports
+
+
+def _methods(cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
+    return {s.name.value: s for s in cls.body.body if isinstance(s, cst.FunctionDef)}
+
+
+def _self_calls(node: cst.CSTNode, methods: dict[str, cst.FunctionDef]) -> list[cst.Call]:
+    return [
+        n
+        for n in walk(node)
+        if isinstance(n, cst.Call)
+        and isinstance(n.func, cst.Attribute)
+        and isinstance(n.func.value, cst.Name)
+        and n.func.value.value == "self"
+        and n.func.attr.value in methods
+    ]
+
+
+def _reached(name: str, methods: dict[str, cst.FunctionDef]) -> list[str]:
+    """`name` and the methods it calls through `self.` (transitively), in call order."""
+    order, stack = [], [name]
+    while stack:
+        current = stack.pop(0)
+        if current in order:
+            continue
+        order.append(current)
+        stack += [call.func.attr.value for call in _self_calls(methods[current], methods)]  # type: ignore[attr-defined]
+    return order
+
+
+def _parameters(function: cst.FunctionDef) -> list[str]:
+    names = [p.name.value for p in function.params.params]
+    return names[1:] if names and names[0] == "self" else names
+
+
+def _is_mask_builder(name: str, methods: dict[str, cst.FunctionDef]) -> bool:
+    """A method taking the mask, the positions and the cache, filling a `torch.finfo(...).min` mask."""
+    parameters = set(_parameters(methods[name]))
+    if not (MASK_PARAMETERS <= parameters and parameters & CACHE_NAMES):
+        return False
+    return any(
+        isinstance(n, cst.Attribute) and n.attr.value == "min" and "finfo" in code(n.value)
+        for reached in _reached(name, methods)
+        for n in walk(methods[reached])
+    )
+
+
+def _bound_arguments(function: cst.FunctionDef, call: cst.Call) -> dict[str, cst.BaseExpression] | None:
+    """The call's arguments by the parameter names of `function` (None for `*`/`**` arguments)."""
+    parameters = _parameters(function)
+    bound: dict[str, cst.BaseExpression] = {}
+    for position, arg in enumerate(call.args):
+        if arg.star:
+            return None
+        if arg.keyword is not None:
+            bound[arg.keyword.value] = arg.value
+        elif position < len(parameters):
+            bound[parameters[position]] = arg.value
+        else:
+            return None
+    return bound
+
+
+def _mask_class(cls: cst.ClassDef) -> tuple[cst.ClassDef, int, cst.BaseExpression | None] | None:
+    methods = _methods(cls)
+    forward = methods.get("forward")
+    if forward is None:
+        return None
+    for index, statement in enumerate(forward.body.body):
+        call = _assigned_self_call(statement, methods)
+        if call is None:
+            continue
+        name = call.func.attr.value  # type: ignore[attr-defined]
+        if name == "forward" or not _is_mask_builder(name, methods):
+            continue
+        bound = _bound_arguments(methods[name], call)
+        if bound is None:
+            return None
+        inputs = [p for p in _parameters(methods[name]) if p not in MASK_PARAMETERS | CACHE_NAMES]
+        cache = next((p for p in _parameters(methods[name]) if p in CACHE_NAMES), None)
+        if not inputs or inputs[0] not in bound or cache not in bound:
+            return None
+        condition = _window_condition(name, methods)
+        if condition is False:
+            return None  # a window under a condition this cannot restate: left as written (R019)
+        new_forward = _masked_forward(forward, index, bound, inputs[0], cache, condition)  # type: ignore[arg-type]
+        dropped = set(_reached(name, methods)) - {"forward"}
+        kept = {**methods, "forward": new_forward}
+        if any(
+            other not in dropped and _self_calls(kept[other], {d: methods[d] for d in dropped})
+            for other in kept
+        ):
+            return None  # another method still calls the helpers
+        return (*_without_methods(cls, dropped, new_forward), condition)  # type: ignore[return-value]
+    return None
+
+
+def _assigned_self_call(statement: cst.BaseStatement, methods: dict[str, cst.FunctionDef]) -> cst.Call | None:
+    """The call of `x = self.<method>(...)`, the whole statement."""
+    assigned = _assignment(statement)
+    if assigned is None or not isinstance(assigned[1], cst.Call):
+        return None
+    call = assigned[1]
+    return call if _self_calls(call.func, methods) == [] and call in _self_calls(call, methods) else None
+
+
+def _window_condition(name: str, methods: dict[str, cst.FunctionDef]) -> cst.BaseExpression | bool | None:
+    """The condition under which the mask helpers limit the keys to `config.sliding_window`, restated in
+    the caller's terms (`self.config...`): None without a window, False when it cannot be restated."""
+    for caller in _reached(name, methods):
+        for node in walk(methods[caller]):
+            if not isinstance(node, cst.If) or not _reads_window(node.test):
+                continue
+            return _restated(node.test, caller, name, methods)
+    return None
+
+
+WINDOW_SET = m.Comparison(
+    left=m.Attribute(attr=m.Name("sliding_window")),
+    comparisons=[m.ComparisonTarget(m.IsNot(), m.Name("None"))],
+)
+
+
+def _reads_window(test: cst.BaseExpression) -> bool:
+    """A test that the config has a window (`<config>.sliding_window is not None`, in any conjunction)."""
+    return any(m.matches(n, WINDOW_SET) for n in walk(test))
+
+
+def _restated(
+    test: cst.BaseExpression, owner: str, root: str, methods: dict[str, cst.FunctionDef]
+) -> cst.BaseExpression | bool:
+    """`test` of method `owner` with its locals and parameters replaced by what they are bound to, up to
+    the root helper's caller (whose `self` is the base model's): False when that is not possible."""
+    chain = _call_chain(root, owner, methods)
+    if chain is None:
+        return False
+    expression = test
+    for function, call in reversed(chain):
+        expression = _substituted(expression, function, call)
+        if expression is None:
+            return False
+    free = names_in(expression) - {"self", "getattr", "hasattr", "None", "True", "False"}
+    return False if free else expression
+
+
+def _call_chain(
+    root: str, target: str, methods: dict[str, cst.FunctionDef]
+) -> list[tuple[cst.FunctionDef, cst.Call | None]] | None:
+    """[(root, None), (callee, its call in root), ..., (target, its call)] along `self.` calls."""
+    if root == target:
+        return [(methods[root], None)]
+    for call in _self_calls(methods[root], methods):
+        callee = call.func.attr.value  # type: ignore[attr-defined]
+        if callee == root:
+            continue
+        rest = _call_chain(callee, target, methods)
+        if rest is not None:
+            return [(methods[root], None), (rest[0][0], call), *rest[1:]]
+    return None
+
+
+def _substituted(
+    expression: cst.BaseExpression, function: cst.FunctionDef, call: cst.Call | None
+) -> cst.BaseExpression | None:
+    """Locals assigned once in `function` -> their value, then parameters -> the call's arguments (a
+    root helper's parameters are left to its caller: they stay free and the restatement fails)."""
+    assigned: dict[str, list[cst.BaseExpression]] = {}
+    for node in walk(function):
+        if isinstance(node, cst.Assign):
+            for target in node.targets:
+                if isinstance(target.target, cst.Name):
+                    assigned.setdefault(target.target.value, []).append(node.value)
+    locals_ = {name: values[0] for name, values in assigned.items() if len(values) == 1}
+    expression = _renamed(expression, {n: locals_[n] for n in names_in(expression) if n in locals_})
+    bound = _bound_arguments(function, call) if call is not None else {}
+    if bound is None:
+        return None
+    return _renamed(expression, {n: bound[n] for n in names_in(expression) if n in bound})
+
+
+def _renamed(
+    expression: cst.BaseExpression, replacements: dict[str, cst.BaseExpression]
+) -> cst.BaseExpression:
+    """`expression` with the variables in `replacements` replaced (attribute and keyword names kept)."""
+    if not replacements:
+        return expression
+
+    class _Names(cst.CSTTransformer):
+        def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+            return replacements.get(updated.value, updated)
+
+        def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+            return updated.with_changes(attr=original.attr)
+
+        def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+            return updated.with_changes(keyword=original.keyword)
+
+    result = expression.visit(_Names())
+    assert isinstance(result, cst.BaseExpression)
+    return result
+
+
+def _masked_forward(
+    forward: cst.FunctionDef,
+    index: int,
+    bound: dict[str, cst.BaseExpression],
+    embeds: str,
+    cache: str,
+    condition: cst.BaseExpression | None,
+) -> cst.FunctionDef:
+    statement = forward.body.body[index]
+    assert isinstance(statement, cst.SimpleStatementLine)
+    assign = statement.body[0]
+    assert isinstance(assign, cst.Assign)
+    target = code(assign.targets[0].target)
+    arguments = {
+        "config": "self.config",
+        "input_embeds": code(bound[embeds]),
+        "attention_mask": code(bound["attention_mask"]),
+        "cache_position": code(bound["cache_position"]),
+        "past_key_values": code(bound[cache]),
+    }
+    call = ", ".join(f"{key}={value}" for key, value in arguments.items())
+    lines = []
+    function = CAUSAL_MASK
+    if condition is not None:
+        function = fresh_name("mask_function", names_in(forward))
+        lines.append(f"{function} = {SLIDING_MASK} if {code(condition)} else {CAUSAL_MASK}")
+    lines.append(f"{target} = {function}({call})")
+    new = [cst.parse_statement(line) for line in lines]
+    new[0] = new[0].with_changes(leading_lines=statement.leading_lines)
+    body = _padded(list(forward.body.body), index, new, 1)
+    return forward.with_changes(body=forward.body.with_changes(body=body))
+
+
+def _without_methods(
+    cls: cst.ClassDef, dropped: set[str], forward: cst.FunctionDef
+) -> tuple[cst.ClassDef, int]:
+    """The class without the methods named (blank lines in their place), and the count of blank lines
+    still owed after its last statement."""
+    body: list[cst.BaseStatement] = []
+    pending = 0
+    for statement in cls.body.body:
+        if isinstance(statement, cst.FunctionDef) and statement.name.value in dropped:
+            pending += _line_count(statement)
+            continue
+        if isinstance(statement, cst.FunctionDef) and statement.name.value == "forward":
+            statement = forward
+        if pending:
+            statement = statement.with_changes(leading_lines=[*_blanks(pending), *statement.leading_lines])
+            pending = 0
+        body.append(statement)
+    return cls.with_changes(body=cls.body.with_changes(body=body)), pending
+
+
+# --- inline eager attention -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Region:
+    """The statements of a forward computing eager attention inline."""
+
+    start: int  # first statement moved (the K/V expansion, else the scores)
+    end: int  # last statement moved (the transpose back to (B, S, h, d))
+    dropped: tuple[int, ...]  # size checks of the output, dropped
+    query: str
+    key: str
+    value: str
+    mask: str
+    scores: str
+    output: str
+    scaling: cst.BaseExpression
+    dropout: cst.BaseExpression
+
+
+def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> tuple[cst.Module, bool]:
+    body = list(module.body)
+    taken = {s.name.value for s in body if isinstance(s, cst.ClassDef | cst.FunctionDef)}
+    outlined = False
+    position = 0
+    while position < len(body):
+        cls = body[position]
+        position += 1
+        if not isinstance(cls, cst.ClassDef):
+            continue
+        methods = _methods(cls)
+        original, init = methods.get("forward"), methods.get("__init__")
+        if original is None:
+            continue
+        forward = _leading_shape_read(original)
+        region = _region(forward)
+        if region is None or init is None or "config" not in _self_attributes(init):
+            if forward is not original:
+                body[position - 1] = _with_method(cls, forward)
+            continue
+        forward = _unsharded_views(forward, _unsharded_attributes(init))
+        name = fresh_name(EAGER_FUNCTION, taken)
+        taken.add(name)
+        region = _region(forward)
+        assert region is not None, "a view's sizes do not change the region"
+        function = _outlined(forward, region, name)
+        body[position - 1] = _with_method(cls, _dispatching(forward, region, name, window))
+        position += _place(body, position - 1, function)
+        outlined = True
+    return module.with_changes(body=body), outlined
+
+
+def _place(body: list[cst.BaseStatement], position: int, function: cst.FunctionDef) -> int:
+    """Put `function` after the class at `position` where the blank lines of dropped definitions leave
+    room for it (the file's later lines keep their numbers), else before the class."""
+    size = _line_count(function) + 2
+    following = body[position + 1] if position + 1 < len(body) else None
+    if following is not None:
+        blanks = list(following.leading_lines)
+        free = next((i for i, line in enumerate(blanks) if line.comment is not None), len(blanks))
+        if free >= size + 2:
+            body[position + 1] = following.with_changes(leading_lines=blanks[size:])
+            body.insert(position + 1, function.with_changes(leading_lines=_blanks(2)))
+            return 1
+    cls = body[position]
+    body.insert(position, function.with_changes(leading_lines=cls.leading_lines))
+    body[position + 1] = cls.with_changes(leading_lines=_blanks(2))
+    return 1
+
+
+def _with_method(cls: cst.ClassDef, method: cst.FunctionDef) -> cst.ClassDef:
+    body = [
+        method if isinstance(s, cst.FunctionDef) and s.name.value == method.name.value else s
+        for s in cls.body.body
+    ]
+    return cls.with_changes(body=cls.body.with_changes(body=body))
+
+
+def _self_attributes(init: cst.FunctionDef) -> dict[str, cst.BaseExpression]:
+    found: dict[str, cst.BaseExpression] = {}
+    for node in walk(init):
+        if isinstance(node, cst.Assign) and len(node.targets) == 1:
+            target = node.targets[0].target
+            if isinstance(target, cst.Attribute) and dotted(target.value) == "self":
+                found[target.attr.value] = node.value
+    return found
+
+
+def _unsharded_attributes(init: cst.FunctionDef) -> set[str]:
+    """`self.x` set to an unsharded size of the config (`config.num_attention_heads`, ...)."""
+    return {
+        attribute
+        for attribute, value in _self_attributes(init).items()
+        if isinstance(value, cst.Attribute) and value.attr.value in UNSHARDED_FIELDS
+    }
+
+
+LEADING_UNPACK = m.Tuple(elements=[m.Element(m.Name()), m.Element(m.Name()), m.Element(m.Name("_"))])
+
+
+def _leading_shape_read(forward: cst.FunctionDef) -> cst.FunctionDef:
+    """`a, b, _ = x.size()` (or `x.shape`) of the forward's input `x` -> `a, b = x.shape[:-1]`."""
+    params = [p.name.value for p in forward.params.params]
+    if len(params) < 2:
+        return forward
+    source = params[1]
+    read = m.Call(func=m.Attribute(value=m.Name(source), attr=m.Name("size")), args=[]) | m.Attribute(
+        value=m.Name(source), attr=m.Name("shape")
+    )
+    body = list(forward.body.body)
+    for index, statement in enumerate(body):
+        if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
+            continue
+        small = statement.body[0]
+        if not (
+            isinstance(small, cst.Assign)
+            and len(small.targets) == 1
+            and m.matches(small.targets[0].target, LEADING_UNPACK)
+            and m.matches(small.value, read)
+        ):
+            continue
+        target = small.targets[0].target
+        assert isinstance(target, cst.Tuple)
+        elements = list(target.elements[:2])
+        elements[1] = elements[1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+        assign = small.with_changes(
+            targets=[small.targets[0].with_changes(target=target.with_changes(elements=elements))],
+            value=cst.parse_expression(f"{source}.shape[:-1]"),
+        )
+        body[index] = statement.with_changes(body=[assign])
+        return forward.with_changes(body=forward.body.with_changes(body=body))
+    return forward
+
+
+def _unsharded_views(forward: cst.FunctionDef, unsharded: set[str]) -> cst.FunctionDef:
+    """`view`/`reshape` sizes reading an unsharded count or width (`self.num_heads`) -> -1."""
+    if not unsharded:
+        return forward
+
+    class _Views(cst.CSTTransformer):
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            func = updated.func
+            if not (isinstance(func, cst.Attribute) and func.attr.value in ("view", "reshape")):
+                return updated
+            reads = [
+                i
+                for i, arg in enumerate(updated.args)
+                if isinstance(arg.value, cst.Attribute)
+                and dotted(arg.value.value) == "self"
+                and arg.value.attr.value in unsharded
+            ]
+            if len(reads) != 1 or any(code(arg.value) == "-1" for arg in updated.args):
+                return updated
+            args = list(updated.args)
+            args[reads[0]] = args[reads[0]].with_changes(value=cst.parse_expression("-1"))
+            return updated.with_changes(args=args)
+
+    result = forward.visit(_Views())
+    assert isinstance(result, cst.FunctionDef)
+    return result
+
+
+MATMUL = m.Call(func=m.Attribute(value=m.Name("torch"), attr=m.Name("matmul")))
+
+
+def _matmul_operands(node: cst.BaseExpression) -> tuple[cst.BaseExpression, cst.BaseExpression] | None:
+    if m.matches(node, MATMUL) and len(node.args) == 2:  # type: ignore[attr-defined]
+        return node.args[0].value, node.args[1].value  # type: ignore[attr-defined]
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.MatrixMultiply):
+        return node.left, node.right
+    return None
+
+
+def _assignment(statement: cst.BaseStatement) -> tuple[str, cst.BaseExpression] | None:
+    if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+        small = statement.body[0]
+        if isinstance(small, cst.Assign) and len(small.targets) == 1:
+            target = small.targets[0].target
+            if isinstance(target, cst.Name):
+                return target.value, small.value
+    return None
+
+
+def _scores(value: cst.BaseExpression) -> tuple[str, str, cst.BaseExpression] | None:
+    """(q, k, scaling) of `matmul(q, k.transpose(..)) [/ or *] factor`."""
+    factor: cst.BaseExpression = cst.Float("1.0")
+    product = value
+    if isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.Divide | cst.Multiply):
+        product = value.left
+        right = value.right
+        if isinstance(right, cst.BinaryOperation):
+            right = right.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+        factor = (
+            cst.BinaryOperation(left=cst.Integer("1"), operator=cst.Divide(), right=right)
+            if isinstance(value.operator, cst.Divide)
+            else right
+        )
+    operands = _matmul_operands(product)
+    if operands is None:
+        return None
+    query, key = operands
+    if not (
+        isinstance(query, cst.Name)
+        and isinstance(key, cst.Call)
+        and isinstance(key.func, cst.Attribute)
+        and key.func.attr.value == "transpose"
+        and isinstance(key.func.value, cst.Name)
+    ):
+        return None
+    return query.value, key.func.value.value, factor
+
+
+def _region(forward: cst.FunctionDef) -> _Region | None:
+    body = list(forward.body.body)
+    parameters = [p.name.value for p in forward.params.params]
+    for index, statement in enumerate(body):
+        assigned = _assignment(statement)
+        found = _scores(assigned[1]) if assigned else None
+        if found is None:
+            continue
+        scores, (query, key, scaling) = assigned[0], found  # type: ignore[index]
+        end = next(
+            (
+                i
+                for i in range(index + 1, len(body))
+                if (a := _assignment(body[i])) is not None
+                and (ops := _matmul_operands(a[1])) is not None
+                and m.matches(ops[0], m.Name(scores))
+                and isinstance(ops[1], cst.Name)
+            ),
+            None,
+        )
+        if end is None:
+            return None
+        output, value_expression = _assignment(body[end])  # type: ignore[misc]
+        value = _matmul_operands(value_expression)[1].value  # type: ignore[index,union-attr]
+        start = index
+        while start > 0 and _expands(body[start - 1], (key, value)):
+            start -= 1
+        inner = body[index:end]
+        mask = _mask_name(inner, scores, parameters)
+        if mask is None:
+            return None
+        after, dropped = end + 1, []
+        while after < len(body) and _checks(body[after], output):
+            dropped.append(after)
+            after += 1
+        if after >= len(body) or not _transposes_back(body[after], output):
+            return None
+        moved = [s for i, s in enumerate(body[start : after + 1], start) if i not in dropped]
+        read_before = {n for s in body[:start] for n in names_in(s)}
+        free = {n for s in moved for n in names_in(s)} & read_before
+        if free - {query, key, value, mask, "self"} - _module_level_hint(forward):
+            return None
+        return _Region(
+            start=start,
+            end=after,
+            dropped=tuple(dropped),
+            query=query,
+            key=key,
+            value=value,
+            mask=mask,
+            scores=scores,
+            output=output,
+            scaling=scaling,
+            dropout=_dropout(inner, scores),
+        )
+    return None
+
+
+def _module_level_hint(forward: cst.FunctionDef) -> set[str]:
+    """Names the forward reads without assigning them (module-level functions, builtins)."""
+    assigned = {p.name.value for p in forward.params.params}
+    for node in walk(forward):
+        if isinstance(node, cst.AssignTarget | cst.For | cst.WithItem):
+            assigned |= names_in(node.target if not isinstance(node, cst.WithItem) else node)  # type: ignore[union-attr]
+    return names_in(forward) - assigned
+
+
+def _expands(statement: cst.BaseStatement, names: tuple[str, str]) -> bool:
+    """`k = f(k, ...)` for k one of `names` (a K/V head expansion)."""
+    assigned = _assignment(statement)
+    if assigned is None or assigned[0] not in names or not isinstance(assigned[1], cst.Call):
+        return False
+    args = assigned[1].args
+    return (
+        bool(args)
+        and m.matches(args[0].value, m.Name(assigned[0]))
+        and isinstance(assigned[1].func, cst.Name)
+    )
+
+
+def _mask_name(statements: list[cst.BaseStatement], scores: str, parameters: list[str]) -> str | None:
+    """The forward parameter of the `if <mask> is not None:` block adding it to the scores."""
+    for statement in statements:
+        if (
+            isinstance(statement, cst.If)
+            and statement.orelse is None
+            and m.matches(
+                statement.test,
+                m.Comparison(left=m.Name(), comparisons=[m.ComparisonTarget(m.IsNot(), m.Name("None"))]),
+            )
+        ):
+            mask = statement.test.left.value  # type: ignore[attr-defined]
+            adds = any(
+                (
+                    isinstance(n, cst.AugAssign)
+                    and isinstance(n.operator, cst.AddAssign)
+                    and code(n.target) == scores
+                )
+                or (
+                    isinstance(n, cst.Assign)
+                    and isinstance(n.value, cst.BinaryOperation)
+                    and isinstance(n.value.operator, cst.Add)
+                    and code(n.value.left) == scores
+                    and code(n.targets[0].target) == scores
+                )
+                for n in walk(statement.body)
+            )
+            if adds and mask in parameters:
+                return mask
+    return None
+
+
+def _checks(statement: cst.BaseStatement, output: str) -> bool:
+    """`if <reads output's size>: raise ...` (a size check of the attention output)."""
+    return (
+        isinstance(statement, cst.If)
+        and statement.orelse is None
+        and output in names_in(statement.test)
+        and all(
+            isinstance(s, cst.SimpleStatementLine) and all(isinstance(x, cst.Raise) for x in s.body)
+            for s in statement.body.body
+        )
+    )
+
+
+def _transposes_back(statement: cst.BaseStatement, output: str) -> bool:
+    assigned = _assignment(statement)
+    if assigned is None or assigned[0] != output:
+        return False
+    value = assigned[1]
+    if m.matches(value, m.Call(func=m.Attribute(attr=m.Name("contiguous")), args=[])):
+        value = value.func.value  # type: ignore[attr-defined]
+    return m.matches(
+        value,
+        m.Call(
+            func=m.Attribute(value=m.Name(output), attr=m.Name("transpose")),
+            args=[m.Arg(m.Integer("1")), m.Arg(m.Integer("2"))],
+        ),
+    )
+
+
+def _dropout(statements: list[cst.BaseStatement], scores: str) -> cst.BaseExpression:
+    """The dropout probability the inline code applies to the scores while training (0.0 without)."""
+    for statement in statements:
+        assigned = _assignment(statement)
+        if assigned is None or assigned[0] != scores or not isinstance(assigned[1], cst.Call):
+            continue
+        call = assigned[1]
+        func = dotted(call.func) or ""
+        if func.endswith("functional.dropout") or func.endswith("F.dropout"):
+            p = next((a.value for a in call.args if a.keyword and a.keyword.value == "p"), None)
+            if p is None and len(call.args) > 1 and call.args[1].keyword is None:
+                p = call.args[1].value
+            if p is not None:
+                return cst.parse_expression(f"{code(p)} if self.training else 0.0")
+        if func.startswith("self.") and func.count(".") == 1 and "dropout" in func:
+            return cst.parse_expression(f"{func}.p if self.training else 0.0")
+    return cst.Float("0.0")
+
+
+def _outlined(forward: cst.FunctionDef, region: _Region, name: str) -> cst.FunctionDef:
+    """The moved statements as a module-level eager function of the current shape."""
+    statements = [
+        s
+        for i, s in enumerate(forward.body.body[region.start : region.end + 1], region.start)
+        if i not in region.dropped
+    ]
+    statements[0] = statements[0].with_changes(
+        leading_lines=[line for line in statements[0].leading_lines if line.comment is not None]
+    )
+
+    class _Module(cst.CSTTransformer):
+        def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
+            return updated.with_changes(value="module") if updated.value == "self" else updated
+
+        def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+            return updated.with_changes(attr=original.attr)
+
+        def leave_AugAssign(self, original: cst.AugAssign, updated: cst.AugAssign) -> cst.BaseSmallStatement:
+            if isinstance(updated.operator, cst.AddAssign) and code(updated.target) == region.scores:
+                return cst.Assign(
+                    targets=[cst.AssignTarget(updated.target)],
+                    value=cst.BinaryOperation(left=updated.target, operator=cst.Add(), right=updated.value),
+                )
+            return updated
+
+    moved = [s.visit(_Module()) for s in statements]
+    header = (
+        f"def {name}(module, {region.query}, {region.key}, {region.value}, {region.mask}, scaling, "
+        "dropout=0.0, **kwargs):\n"
+        f"    return {region.output}, {region.scores}\n"
+    )
+    function = cst.parse_statement(header)
+    assert isinstance(function, cst.FunctionDef)
+    body = [*moved, *function.body.body]
+    return function.with_changes(body=function.body.with_changes(body=body))
+
+
+def _dispatching(
+    forward: cst.FunctionDef, region: _Region, name: str, window: cst.BaseExpression | None
+) -> cst.FunctionDef:
+    """The forward picking its attention function from transformers' table, the eager one by default."""
+    body = list(forward.body.body)
+    interface = fresh_name(INTERFACE, names_in(forward))
+    arguments = (
+        f"self, {region.query}, {region.key}, {region.value}, {region.mask}, "
+        f"dropout={code(region.dropout)}, scaling={code(region.scaling)}"
+    )
+    if window is not None:
+        arguments += f", sliding_window=self.config.sliding_window if {code(window)} else None"
+    lines = [
+        f"{interface} = {name}\n",
+        f'if self.config.{IMPLEMENTATION} != "{EAGER_KEY}":\n'
+        f"    {interface} = {ATTENTION_TABLE}[self.config.{IMPLEMENTATION}]\n",
+        f"{region.output}, {region.scores} = {interface}({arguments})\n",
+    ]
+    new = [cst.parse_statement(line) for line in lines]
+    new[0] = new[0].with_changes(
+        leading_lines=[line for line in body[region.start].leading_lines if line.comment is None]
+    )
+    body = _padded(body, region.start, new, region.end + 1 - region.start)
+    return forward.with_changes(body=forward.body.with_changes(body=body))
+
+
+# --- line numbers and imports -----------------------------------------------------------------------------
+
+
+def _line_count(statement: cst.CSTNode) -> int:
+    return cst.Module(body=[statement]).code.count("\n")  # type: ignore[list-item]
+
+
+def _padded(
+    body: list[cst.BaseStatement], index: int, new: list[cst.BaseStatement], replaced: int
+) -> list[cst.BaseStatement]:
+    """`body` with `new` in place of its statements `index .. index + replaced - 1`, blank lines added
+    before the next statement up to the line count of what they replace."""
+    old = body[index : index + replaced]
+    missing = sum(_line_count(s) for s in old) - sum(_line_count(s) for s in new)
+    rest = body[index + replaced :]
+    if missing > 0 and rest:
+        rest[0] = rest[0].with_changes(
+            leading_lines=[*(cst.EmptyLine(indent=False) for _ in range(missing)), *rest[0].leading_lines]
+        )
+    return [*body[:index], *new, *rest]
+
+
+def _imports_name(module: cst.Module, name: str) -> bool:
+    return any(
+        isinstance(small, cst.ImportFrom)
+        and not isinstance(small.names, cst.ImportStar)
+        and any(alias.evaluated_alias or alias.evaluated_name == name for alias in small.names)
+        for statement in module.body
+        if isinstance(statement, cst.SimpleStatementLine)
+        for small in statement.body
+    )
+
+
+def _with_imports(module: cst.Module, imports: list[tuple[str, tuple[str, ...]]]) -> cst.Module:
+    """`from <module> import <names>` after the last top-level import, each taking the place of a blank
+    line below the imports where there is one (so the file's later lines keep their numbers)."""
+    if not imports:
+        return module
+    body = list(module.body)
+    last = max(
+        (
+            i
+            for i, s in enumerate(body)
+            if isinstance(s, cst.SimpleStatementLine) and isinstance(s.body[0], cst.Import | cst.ImportFrom)
+        ),
+        default=-1,
+    )
+    new = [cst.parse_statement(f"from {source} import {', '.join(names)}") for source, names in imports]
+    following = last + 1
+    if following < len(body):
+        blanks = list(body[following].leading_lines)
+        for _ in new:
+            if blanks and blanks[0].comment is None:
+                blanks.pop(0)
+        body[following] = body[following].with_changes(leading_lines=blanks)
+    return module.with_changes(body=[*body[: last + 1], *new, *body[following:]])

@@ -1,0 +1,214 @@
+"""Pre-refactor transformers forms read as the current ones (scaffold.analysis.current_forms).
+
+Oracles: hand-written expected code for small snippets, the modeling files' own line numbers, and the
+unchanged text of files already in the current form.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import libcst as cst
+import pytest
+import transformers
+
+from scaffold.analysis.current_forms import current_forms
+
+MODELS = Path(transformers.__file__).parent / "models"
+
+
+def _normalised(source: str) -> str:
+    return current_forms(cst.parse_module(textwrap.dedent(source))).code
+
+
+def _lines(text: str) -> list[str]:
+    """Non-blank lines, right-stripped (blank lines stand in for removed code)."""
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+TABLE = """
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    pass
+
+
+class SdpaAttention(Attention):
+    pass
+
+
+ATTENTION_CLASSES = {"eager": Attention, "sdpa": SdpaAttention}
+
+
+class Layer(nn.Module):
+    def __init__(self, config, layer_idx):
+        self.self_attn = ATTENTION_CLASSES[config._attn_implementation](config, layer_idx)
+"""
+
+
+def test_attention_table_lookup_becomes_the_eager_class_and_the_rest_goes():
+    expected = """
+    import torch
+    from torch import nn
+    class Attention(nn.Module):
+        pass
+    class Layer(nn.Module):
+        def __init__(self, config, layer_idx):
+            self.self_attn = Attention(config, layer_idx)
+    """
+    result = _normalised(TABLE)
+    assert _lines(result) == _lines(textwrap.dedent(expected))
+    assert result.count("\n") == textwrap.dedent(TABLE).count("\n")  # blank lines keep the numbering
+
+
+MASK = """
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def forward(self, inputs_embeds, attention_mask, cache_position, past_key_values):
+        causal_mask = self._update_causal_mask(
+            attention_mask, inputs_embeds, cache_position, past_key_values
+        )
+        return causal_mask
+
+    def _update_causal_mask(self, attention_mask, input_tensor, cache_position, past_key_values):
+        return self._prepare(attention_mask, config=self.config, cache_position=cache_position)
+
+    @staticmethod
+    def _prepare(attention_mask, config, cache_position):
+        min_dtype = torch.finfo(torch.float32).min
+        text_config = config.get_text_config()
+        if getattr(text_config, "use_sliding_window", True) and text_config.sliding_window is not None:
+            min_dtype = min_dtype + 0
+        return min_dtype
+"""
+
+
+def test_legacy_mask_helper_becomes_the_mask_builders_keeping_the_window_condition():
+    expected = """
+    import torch
+    from torch import nn
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+    class Model(nn.Module):
+        def forward(self, inputs_embeds, attention_mask, cache_position, past_key_values):
+            mask_function = create_sliding_window_causal_mask if getattr(self.config.get_text_config(), "use_sliding_window", True) and self.config.get_text_config().sliding_window is not None else create_causal_mask
+            causal_mask = mask_function(config=self.config, input_embeds=inputs_embeds, attention_mask=attention_mask, cache_position=cache_position, past_key_values=past_key_values)
+            return causal_mask
+    """
+    result = _normalised(MASK)
+    assert _lines(result) == _lines(textwrap.dedent(expected))
+
+
+def test_legacy_mask_helper_without_a_window_becomes_create_causal_mask():
+    source = MASK.replace(
+        '        if getattr(text_config, "use_sliding_window", True) and text_config.sliding_window is not None:\n'
+        "            min_dtype = min_dtype + 0\n",
+        "",
+    )
+    result = _normalised(source)
+    assert (
+        "        causal_mask = create_causal_mask(config=self.config, input_embeds=inputs_embeds, "
+        "attention_mask=attention_mask, cache_position=cache_position, past_key_values=past_key_values)"
+    ) in result
+    assert "_update_causal_mask" not in result and "_prepare" not in result
+    assert "from transformers.masking_utils import create_causal_mask\n" in result
+
+
+INLINE = """
+import math
+
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        self.config = config
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+
+    def forward(self, hidden_states, attention_mask=None):
+        bsz, q_len, _ = hidden_states.size()
+        query_states = self.q_proj(hidden_states).view(bsz, q_len, self.num_heads, 4).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(bsz, q_len, -1, 4).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(bsz, q_len, -1, 4).transpose(1, 2)
+        key_states = repeat_kv(key_states, self.num_key_value_groups)
+        value_states = repeat_kv(value_states, self.num_key_value_groups)
+        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(4)
+        if attention_mask is not None:
+            attn_weights += attention_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        attn_weights = nn.functional.dropout(attn_weights, p=self.attention_dropout, training=self.training)
+        attn_output = torch.matmul(attn_weights, value_states)
+        if attn_output.size() != (bsz, self.num_heads, q_len, 4):
+            raise ValueError("wrong size")
+        attn_output = attn_output.transpose(1, 2).contiguous()
+        attn_output = attn_output.reshape(bsz, q_len, self.hidden_size)
+        return self.o_proj(attn_output), attn_weights
+"""
+
+
+def test_inline_eager_attention_moves_to_an_eager_function_picked_from_the_table():
+    expected = """
+    import math
+    import torch
+    from torch import nn
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    def eager_attention_forward(module, query_states, key_states, value_states, attention_mask, scaling, dropout=0.0, **kwargs):
+        key_states = repeat_kv(key_states, module.num_key_value_groups)
+        value_states = repeat_kv(value_states, module.num_key_value_groups)
+        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(4)
+        if attention_mask is not None:
+            attn_weights = attn_weights + attention_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        attn_weights = nn.functional.dropout(attn_weights, p=module.attention_dropout, training=module.training)
+        attn_output = torch.matmul(attn_weights, value_states)
+        attn_output = attn_output.transpose(1, 2).contiguous()
+        return attn_output, attn_weights
+    class Attention(nn.Module):
+        def __init__(self, config):
+            self.config = config
+            self.hidden_size = config.hidden_size
+            self.num_heads = config.num_attention_heads
+        def forward(self, hidden_states, attention_mask=None):
+            bsz, q_len = hidden_states.shape[:-1]
+            query_states = self.q_proj(hidden_states).view(bsz, q_len, -1, 4).transpose(1, 2)
+            key_states = self.k_proj(hidden_states).view(bsz, q_len, -1, 4).transpose(1, 2)
+            value_states = self.v_proj(hidden_states).view(bsz, q_len, -1, 4).transpose(1, 2)
+            attention_interface = eager_attention_forward
+            if self.config._attn_implementation != "eager":
+                attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+            attn_output, attn_weights = attention_interface(self, query_states, key_states, value_states, attention_mask, dropout=self.attention_dropout if self.training else 0.0, scaling=1 / math.sqrt(4))
+            attn_output = attn_output.reshape(bsz, q_len, -1)
+            return self.o_proj(attn_output), attn_weights
+    """
+    assert _lines(_normalised(INLINE)) == _lines(textwrap.dedent(expected))
+
+
+def test_inline_attention_without_the_transpose_back_is_left_as_written():
+    source = INLINE.replace("        attn_output = attn_output.transpose(1, 2).contiguous()\n", "")
+    result = _normalised(source)
+    assert "eager_attention_forward" not in result
+    assert "attn_weights = torch.matmul(query_states, key_states.transpose(2, 3))" in result
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen3_moe", "gemma2"])
+def test_files_in_the_current_form_are_unchanged(model_type):
+    text = (MODELS / model_type / f"modeling_{model_type}.py").read_text()
+    assert current_forms(cst.parse_module(text)).code == text
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "olmoe", "phimoe", "stablelm", "nemotron"])
+def test_later_definitions_keep_their_line_numbers(model_type):
+    """Every top-level class keeps the line it has in the modeling file (messages point into it)."""
+    text = (MODELS / model_type / f"modeling_{model_type}.py").read_text()
+    result = current_forms(cst.parse_module(text)).code
+    original = {line: i for i, line in enumerate(text.splitlines()) if line.startswith("class ")}
+    kept = {line: i for i, line in enumerate(result.splitlines()) if line.startswith("class ")}
+    assert kept, model_type
+    assert all(original[line] == index for line, index in kept.items())
