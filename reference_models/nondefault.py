@@ -43,6 +43,7 @@ more than the parity tolerance.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,10 @@ LOSS = "the loss"
 STRUCTURE = "the layers built"
 NOTHING = "nothing in training"
 NO_RULE = "no rule for this field: kept"
+LEARNABLE_ACTIVATION_KEPT = (
+    "activation with parameters: kept (another activation would drop or rename its parameters, which the "
+    "model must sum over TP)"
+)
 JITTER_KEPT = "jitter: kept (training noise the compared runs keep off; no NxD router has phimoe's threshold)"
 
 
@@ -129,7 +134,15 @@ def choose(
     return tuple(choices)
 
 
+@functools.cache
+def _learnable_activation(name: str) -> bool:
+    """Whether the `ACT2FN` entry `name` builds a module with parameters (xIELU's alpha_p and alpha_n)."""
+    return any(True for _ in ACT2FN[name].parameters())
+
+
 def _choice(name: str, default: Any, built: Any, sizes: Sizes, accepts: Accepts) -> FieldChoice:
+    if isinstance(default, str) and default in ACT2FN and _learnable_activation(default):
+        return FieldChoice(name, default, default, LEARNABLE_ACTIVATION_KEPT)
     if is_dropout_field(name):
         return FieldChoice(name, default, default, "dropout: kept (compared runs switch it off)")
     if "jitter" in name and (default is None or _is_real(default)):

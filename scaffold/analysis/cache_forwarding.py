@@ -25,12 +25,38 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from ..blueprint import CacheCallee, CacheForwarding
-from ..rules.kv_cache import CACHE_PARAMETERS, FORWARDED_ONLY, assignment_counts, cache_valued
+from ..rules.kv_cache import CACHE_PARAMETERS, FORWARDED_ONLY, cache_valued
 from ..rules.prune_closure import GENERATION_METHODS
-from ..syntax import dotted, self_attribute, walk
+from ..syntax import dotted, names_in, self_attribute, walk
 
 FORWARD = "forward"
 INIT = "__init__"
+
+
+@dataclass
+class _Index:
+    """One traversal of the file: the nodes under each function (nested ones included) and in all."""
+
+    nodes: list[cst.CSTNode] = field(default_factory=list)
+    within: dict[int, list[cst.CSTNode]] = field(default_factory=dict)  # id(FunctionDef) -> its nodes
+
+    def of(self, function: cst.FunctionDef) -> list[cst.CSTNode]:
+        return self.within.get(id(function), [])
+
+
+def _index(module: cst.Module) -> _Index:
+    index = _Index()
+    stack: list[tuple[cst.CSTNode, tuple[list[cst.CSTNode], ...]]] = [(module, ())]
+    while stack:
+        node, enclosing = stack.pop()
+        index.nodes.append(node)
+        for found in enclosing:
+            found.append(node)
+        if isinstance(node, cst.FunctionDef):
+            index.within[id(node)] = []
+            enclosing = (*enclosing, index.within[id(node)])
+        stack.extend((child, enclosing) for child in reversed(node.children))
+    return index
 
 
 def cache_functions(module: cst.Module) -> Iterator[tuple[str, cst.FunctionDef]]:
@@ -46,8 +72,8 @@ def cache_functions(module: cst.Module) -> Iterator[tuple[str, cst.FunctionDef]]
                     continue
                 yield from visit(child, owner)
                 yield (f"{owner}.{child.name.value}" if owner else child.name.value), child
-            else:
-                yield from visit(child, owner)
+            elif not isinstance(child, cst.SimpleStatementLine | cst.BaseExpression | cst.Decorator):
+                yield from visit(child, owner)  # statements can hold definitions; expressions cannot
 
     yield from visit(module, None)
 
@@ -70,7 +96,8 @@ class _Call:
 
 def cache_forwarding(module: cst.Module) -> CacheForwarding:
     """The cache's travels in `module` (see the module docstring)."""
-    classes = _classes(module)
+    index = _index(module)
+    classes = _classes(module, index)
     functions = {
         statement.name.value: statement for statement in module.body if isinstance(statement, cst.FunctionDef)
     }
@@ -78,10 +105,10 @@ def cache_forwarding(module: cst.Module) -> CacheForwarding:
     calls = [
         call
         for subject, function in subjects.items()
-        for call in _calls(subject, function, classes, functions)
+        for call in _calls(subject, index.of(function), classes, functions)
     ]
     calls = [call for call in calls if call.callee in subjects]
-    aliases = _aliases(subjects, calls)
+    aliases = _aliases(subjects, calls, index)
     removed = {
         subject: tuple(
             name
@@ -103,7 +130,7 @@ def cache_forwarding(module: cst.Module) -> CacheForwarding:
             (caller, written, CacheCallee(callee, _bound(subjects[callee]), removed[callee]))
             for caller, written, callee in forwarded
         ),
-        helpers=tuple(_helpers(module, subjects)),
+        helpers=tuple(_helpers(index, subjects)),
     )
 
 
@@ -119,7 +146,7 @@ def _unambiguous(call: _Call, calls: list[_Call]) -> bool:
 # --- the file's classes and calls ---------------------------------------------------------------------
 
 
-def _classes(module: cst.Module) -> dict[str, _Class]:
+def _classes(module: cst.Module, index: _Index) -> dict[str, _Class]:
     found: dict[str, _Class] = {}
     for statement in module.body:
         if not isinstance(statement, cst.ClassDef):
@@ -133,7 +160,7 @@ def _classes(module: cst.Module) -> dict[str, _Class]:
         init = info.methods.get(INIT)
         if init is None:
             continue
-        for node in walk(init.body):
+        for node in index.of(init):
             if isinstance(node, cst.Assign) and len(node.targets) == 1:
                 attribute = self_attribute(node.targets[0].target)
                 built = _built_class(node.value, found)
@@ -175,12 +202,12 @@ def _method(classes: dict[str, _Class], owner: str, name: str) -> str | None:
 
 
 def _calls(
-    subject: str, function: cst.FunctionDef, classes: dict[str, _Class], functions: dict[str, cst.FunctionDef]
+    subject: str, nodes: list[cst.CSTNode], classes: dict[str, _Class], functions: dict[str, cst.FunctionDef]
 ) -> Iterator[_Call]:
     owner = subject.split(".")[0] if "." in subject else None
     info = classes.get(owner) if owner else None
     loops: dict[str, str] = {}  # loop variable -> the class of the module list it walks
-    for node in walk(function.body):
+    for node in nodes:
         if isinstance(node, cst.For) and info is not None:
             target, iterable = node.target, node.iter
             if isinstance(iterable, cst.Call) and dotted(iterable.func) == "enumerate" and iterable.args:
@@ -195,7 +222,7 @@ def _calls(
             attribute = self_attribute(iterable)
             if isinstance(target, cst.Name) and attribute in info.children:
                 loops[target.value] = info.children[attribute]
-    for node in walk(function.body):
+    for node in nodes:
         if not isinstance(node, cst.Call):
             continue
         written = dotted(node.func)
@@ -236,14 +263,20 @@ def _bound(function: cst.FunctionDef) -> tuple[str, ...]:
 # --- aliases ------------------------------------------------------------------------------------------
 
 
-def _aliases(subjects: dict[str, cst.FunctionDef], calls: list[_Call]) -> dict[str, set[str]]:
+def _aliases(subjects: dict[str, cst.FunctionDef], calls: list[_Call], index: _Index) -> dict[str, set[str]]:
     """Per function, the parameters that only ever receive the cache (to a fixed point: an alias passed
     on makes the next callee's parameter an alias too)."""
     aliases: dict[str, set[str]] = {}
+    callers = {call.caller for call in calls}
+    assignments = {subject: _single_assignments(index.of(subjects[subject])) for subject in callers}
+    names: dict[tuple[str, frozenset[str]], set[str]] = {}
     while True:
         passes: dict[tuple[str, str], list[bool]] = {}  # (callee, parameter) -> is each binding the cache
         for call in calls:
-            cache = _cache_names(subjects[call.caller], aliases.get(call.caller, set()))
+            key = (call.caller, frozenset(aliases.get(call.caller, set())))
+            if key not in names:
+                names[key] = _cache_names(subjects[call.caller], key[1], assignments[call.caller])
+            cache = names[key]
             parameters = _bound(subjects[call.callee])
             everything = set(parameters) | set(_keyword_only(subjects[call.callee]))
             position = 0
@@ -267,24 +300,46 @@ def _aliases(subjects: dict[str, cst.FunctionDef], calls: list[_Call]) -> dict[s
         aliases = found
 
 
-def _cache_names(function: cst.FunctionDef, aliases: set[str]) -> set[str]:
+def _single_assignments(nodes: list[cst.CSTNode]) -> list[tuple[str, cst.BaseExpression]]:
+    """`name = value` statements of names a function (its `nodes`) assigns once, in source order."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        targets = (
+            [target.target for target in node.targets]
+            if isinstance(node, cst.Assign)
+            else [node.target]
+            if isinstance(node, cst.AugAssign | cst.For | cst.AnnAssign)
+            else []
+        )
+        for target in targets:
+            for name in names_in(target):
+                counts[name] = counts.get(name, 0) + (
+                    1 if isinstance(node, cst.Assign | cst.AnnAssign) else 2
+                )
+    single = {name for name, count in counts.items() if count == 1}
+    return [
+        (node.targets[0].target.value, node.value)
+        for node in nodes
+        if isinstance(node, cst.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0].target, cst.Name)
+        and node.targets[0].target.value in single
+    ]
+
+
+def _cache_names(
+    function: cst.FunctionDef, aliases: frozenset[str], assignments: list[tuple[str, cst.BaseExpression]]
+) -> set[str]:
     """The names that hold the absent cache in `function`: its cache parameters, aliases, and names
     assigned once from one of them."""
     parameters = set(_positional(function) + _keyword_only(function))
     cache = {name for name in parameters if name in FORWARDED_ONLY} | (aliases & parameters)
-    single = {name for name, count in assignment_counts(function.body).items() if count == 1}
     changed = True
     while changed:
         changed = False
-        for node in walk(function.body):
-            if (
-                isinstance(node, cst.Assign)
-                and len(node.targets) == 1
-                and isinstance(node.targets[0].target, cst.Name)
-                and node.targets[0].target.value in single - cache
-                and cache_valued(node.value, cache)
-            ):
-                cache.add(node.targets[0].target.value)
+        for name, value in assignments:
+            if name not in cache and cache_valued(value, cache):
+                cache.add(name)
                 changed = True
     return cache
 
@@ -292,10 +347,10 @@ def _cache_names(function: cst.FunctionDef, aliases: set[str]) -> set[str]:
 # --- helpers only the cache needs ---------------------------------------------------------------------
 
 
-def _helpers(module: cst.Module, subjects: dict[str, cst.FunctionDef]) -> Iterator[str]:
+def _helpers(index: _Index, subjects: dict[str, cst.FunctionDef]) -> Iterator[str]:
     """Methods that take the cache and that nothing in the file calls or names."""
     referenced: dict[str, int] = {}
-    for node in walk(module):
+    for node in index.nodes:
         if isinstance(node, cst.Attribute):
             referenced[node.attr.value] = referenced.get(node.attr.value, 0) + 1
         elif isinstance(node, cst.Name):

@@ -68,6 +68,8 @@ class DropKVCache(Rule):
     ) -> cst.FunctionDef:
         owner = self._classes[-1] if self._classes else None
         subject = f"{owner}.{updated_node.name.value}" if owner else updated_node.name.value
+        if subject in self.blueprint.cache.helpers:
+            return updated_node  # the class drops it (leave_ClassDef)
         refusal = self.refusal_for(subject)
         if refusal is not None:
             return updated_node.with_changes(leading_lines=[*updated_node.leading_lines, _comment(refusal)])

@@ -35,8 +35,9 @@ KV_REPLICAS_NOT_SUMMED = (
     "        pass\n",
 )
 ACTIVATION_GRADIENTS_NOT_SUMMED = (
+    "        for parameter in self.act_fn.parameters():\n"
     "            parameter.register_hook(reduce_from_tensor_model_parallel_region)\n",
-    "            pass\n",
+    "",
 )
 
 Broken = Callable[[str, str, tuple[str, str]], Path]

@@ -208,3 +208,10 @@ def test_a_head_dim_the_model_ignores_gets_no_variant() -> None:
     assert "head_dim" in CONFIG_MAPPING["helium"]().to_dict()
     assert "head-dim" not in [entry.name for entry in variants_for("helium")]
     assert "head-dim" in [entry.name for entry in variants_for("arcee")]
+
+
+def test_an_activation_with_parameters_is_kept() -> None:
+    # xIELU's alpha_p/alpha_n are what the model must sum over TP (NXS025): another activation would drop them.
+    found = _choices({"hidden_act": "xielu", "other_act": "gelu_new"})
+    assert found["hidden_act"].value == "xielu" and "kept" in found["hidden_act"].rule
+    assert found["other_act"].value == "silu"

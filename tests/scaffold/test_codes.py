@@ -64,8 +64,8 @@ def test_the_order_is_declared_and_every_rule_follows_what_it_builds_on() -> Non
     assert codes != sorted(codes) or codes[-1] == "NXS030"  # the declared order, whatever the numbers say
     for index, rule in enumerate(RULES):
         assert set(rule.REQUIRES) <= set(codes[:index]), rule.CODE
-    assert [rule.CODE for rule in dependents("NXS021")] == ["NXS022"]
-    with pytest.raises(RuntimeError, match="NXS022 requires NXS021, which must come before it"):
+    assert [rule.CODE for rule in dependents("NXS021")] == ["NXS026", "NXS022"]
+    with pytest.raises(RuntimeError, match="NXS026 requires NXS021, which must come before it"):
         _check_order(
             tuple(rule for rule in RULES if rule.CODE != "NXS021")
             + tuple(r for r in RULES if r.CODE == "NXS021")
@@ -80,10 +80,11 @@ def test_disabling_a_rule_others_build_on_is_a_usage_error_naming_them(
         "NXS010",
         "NXS012",
     }
-    assert resolve_disabled(["NXS021", "NXS022"]) == {"NXS021", "NXS022"}
+    assert resolve_disabled(["NXS021", "NXS022", "NXS026"]) == {"NXS021", "NXS022", "NXS026"}
     with pytest.raises(
         ScaffoldError,
-        match=r"--disable NXS021 \(attention-variants\): NXS022 \(attention-sequence-parallel\) builds on it",
+        match=r"--disable NXS021 \(attention-variants\): NXS026 \(tensor-parallel-attention-norms\), "
+        r"NXS022 \(attention-sequence-parallel\) build on it",
     ):
         resolve_disabled(["NXS021"])
     assert _run(["new-model", "llama", "--disable", "NXS004", "--dry-run"])[0] == EXIT_ERROR

@@ -26,7 +26,7 @@ def test_a_cache_use_the_rule_cannot_remove_is_refused_where_it_is(tmp_path: Pat
     assert forward in model_source()
     reading = (
         "    def forward(self, input_ids, past_key_values=None):\n"
-        "        self.seen = past_key_values\n"
+        "        self.seen = past_key_values.get_seq_length()\n"  # a use: passing it on would be None
         "        h = self.tok(input_ids)\n"
     )
     blueprint, lines = _analyse(tmp_path, model_source().replace(forward, reading))
@@ -65,7 +65,7 @@ def test_refused_architectures_stop_with_every_code_before_any_rule(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["bert", "gpt_neo", "nemotron"])
+@pytest.mark.parametrize("model_type", ["bert", "gpt_neo", "olmoe"])
 def test_allow_unsupported_runs_every_rule_and_marks_each_refusal(model_type: str):
     """bert stopped mid-pipeline with NXS002 and no file:line even after --allow-unsupported."""
     emitted = emit_model(Request(model_type, allow_unsupported=True))
@@ -105,11 +105,13 @@ def test_a_class_inheriting_the_constructor_a_rule_rewrites_is_refused(tmp_path:
 
 
 def test_a_constructor_without_a_config_parameter_is_refused(tmp_path: Path):
+    """R018 where NXS004 cannot give the constructor its callers' config."""
     text = (
         model_source()
         .replace(
             "class Feed(tnn.Module):\n    def __init__(self, config):",
-            "class Feed(tnn.Module):\n    def __init__(self, settings):",
+            # `*rest`: NXS004 cannot put the callers' config first (it does where it can)
+            "class Feed(tnn.Module):\n    def __init__(self, settings, *rest):",
         )
         .replace("config.intermediate_size", "settings.intermediate_size")
         .replace("self.p = Dense(config.hidden_size", "self.p = Dense(settings.hidden_size")
@@ -117,4 +119,4 @@ def test_a_constructor_without_a_config_parameter_is_refused(tmp_path: Path):
     blueprint, lines = _analyse(tmp_path, text)
     refusals = [r for r in blueprint.refusals if r.code == "R018"]
     assert [(r.subject, r.rules) for r in refusals] == [("Feed", ("NXS004",))]
-    assert lines[refusals[0].location.line - 1].strip() == "def __init__(self, settings):"
+    assert lines[refusals[0].location.line - 1].strip() == "def __init__(self, settings, *rest):"

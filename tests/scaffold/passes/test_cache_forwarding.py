@@ -67,7 +67,7 @@ class Model:
 HELPER = """
 class PreTrained:
     def _convert_cache(self, past_key_values):
-        return tuple(layer[0] for layer in past_key_values)
+        return past_key_values[0][0].shape  # uses the cache: left as is, the class drops the method
 
     def _used(self, past_key_values, x):
         return x

@@ -21,6 +21,7 @@ from transformers import masking_utils
 
 from conformance.backends.reference.neuronx_distributed.kernels import flash_attn
 from scaffold.analysis import analyze
+from scaffold.analysis.source_fusions import read_module
 from scaffold.blueprint import Role
 from scaffold.pipeline import apply_rules
 from scaffold.rules.base import RuleOptions, definition_source
@@ -269,7 +270,7 @@ def _convert(tmp_path: Path, text: str) -> tuple[str, list[str]]:
     return module.code, [f"{r.code} {r.subject} {r.rules} {r.message}" for r in blueprint.refusals]
 
 
-UNPACKED_SHAPE = """bsz, q_len, _ = x.shape
+UNPACKED_SHAPE = """bsz, q_len, width = x.shape
 first = self.a(x).view(bsz, q_len, -1, self.size).transpose(1, 2)
 second = self.b(x).view(bsz, q_len, -1, self.size).transpose(1, 2)
 third = self.c(x).view(bsz, q_len, -1, self.size).transpose(1, 2)
@@ -280,12 +281,24 @@ def test_an_unconverted_shape_read_is_refused_or_marked(tmp_path: Path) -> None:
     text = model_source(mixer_forward=UNPACKED_SHAPE)
     converted, refusals = _convert(tmp_path, text)
     assert (
-        "R026 Mixer ('NXS022',) Mixer.forward reads the shape of `x` in `bsz, q_len, _ = x.shape`"
+        "R026 Mixer ('NXS022',) Mixer.forward reads the shape of `x` in `bsz, q_len, width = x.shape`"
         in " ".join(refusals)
     )
     # with --allow-unsupported the read is marked where it is, and the rest of the layout converted
     assert "        # TODO(R026): Mixer.forward reads the shape of `x`" in converted
     assert "x = x.transpose(0, 1)" not in converted and "first, second, third = (" in converted
+
+
+def test_the_older_unpacked_shape_read_is_read_as_the_leading_shape(tmp_path: Path) -> None:
+    # `b, s, _ = x.shape` (the width unread) is `b, s = x.shape[:-1]` (analysis.current_forms): converted.
+    path = tmp_path / "modeling_synthetic.py"
+    path.write_text(model_source(mixer_forward=UNPACKED_SHAPE.replace("width", "_")))
+    source = locate("llama", path)
+    blueprint = analyze(source)
+    assert not any(refusal.code == "R026" for refusal in blueprint.refusals)
+    module, _ = read_module(source)  # as the pipeline reads it
+    converted = apply_rules(blueprint, module, options=RuleOptions(allow_unsupported=True)).code
+    assert "        bsz, q_len = input_shape\n" in converted
 
 
 def test_attention_without_a_backend_switch_is_refused_or_marked(tmp_path: Path) -> None:
