@@ -63,7 +63,9 @@ transformers' by ~1e-7 (fp32, T <= 4), four orders of magnitude below the margin
 Other architectures: `variants_for(<model_type>)` derives the same variants for any decoder-only causal LM
 of the installed transformers whose config class takes the standard decoder fields (`vocab_size`,
 `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads`), so
-that a model scaffolded from another architecture can be checked as well. Its `features` variant flips
+that a model scaffolded from another architecture can be checked as well. A field may go by another name
+(`_FIELD_ALIASES`: OPT's MLP width is `ffn_dim`); a width the class keeps apart from the hidden size
+(`word_embed_proj_dim`) equals it in every tiny config. Its `features` variant flips
 every boolean option of the config class (`attention_bias`, `mlp_bias`, `use_bias`, `qk_layernorm`...)
 but those that make the attention bidirectional (`use_bidirectional_attention`: an encoder, not a causal LM);
 the non-default rule applies as above. Its `head-dim` variant is offered only where transformers' model
@@ -111,6 +113,17 @@ _COMMON: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 
+# Other names config classes give the standard decoder fields, where they take neither the standard name nor
+# an `attribute_map` alias of it (OPTConfig's MLP width is `ffn_dim`). The catalogue passes the tiny size under
+# the name the class takes and reads it back through `decoder_field`.
+_FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "intermediate_size": ("ffn_dim",),
+}
+# Widths a config class may keep apart from the hidden size (OPT's `word_embed_proj_dim`, the embedding width
+# projected in and out of the decoder). The tiny configs keep them equal to it: the catalogue describes the
+# decoder stack, and a projected embedding is a feature of its own.
+_HIDDEN_WIDTH_FIELDS = ("word_embed_proj_dim",)
+
 # Mixture-of-experts sizes, for the fields the config class takes (the expert-count field is named either way).
 _MOE_SIZES: dict[str, Any] = {
     "num_local_experts": 4,
@@ -131,7 +144,15 @@ _JITTER_OFF = (
 )
 
 # Fields the catalogue sizes itself (the table above): not subject to the non-default rule.
-_SIZE_FIELDS = frozenset({*_COMMON, "head_dim", *_MOE_SIZES})
+_SIZE_FIELDS = frozenset(
+    {
+        *_COMMON,
+        "head_dim",
+        *_MOE_SIZES,
+        *(alias for aliases in _FIELD_ALIASES.values() for alias in aliases),
+        *_HIDDEN_WIDTH_FIELDS,
+    }
+)
 
 # Head sizes across the variants below (hidden/heads for 8 and 4 heads, and the `head-dim` variant's 32):
 # a partial rotary factor must give an even number of rotary dims at each.
@@ -202,6 +223,18 @@ def attention_variant(heads: int, kv_heads: int, tp_size: int, fuse_qkv: bool) -
     return "separate"
 
 
+def decoder_field(config: PretrainedConfig, name: str) -> Any:
+    """The value of the standard decoder field `name` in `config`, under the name its class gives it."""
+    if hasattr(config, name):
+        return getattr(config, name)
+    for alias in _FIELD_ALIASES.get(name, ()):
+        if hasattr(config, alias):
+            return getattr(config, alias)
+    raise AttributeError(
+        f"{type(config).__name__} has no {name} (nor {', '.join(_FIELD_ALIASES.get(name, ()))})"
+    )
+
+
 def key_value_heads(config: PretrainedConfig) -> int:
     """The K/V heads of `config`: its `num_key_value_heads`, or one per query head where it has none."""
     return getattr(config, _KV_HEADS_FIELD, None) or config.num_attention_heads
@@ -245,8 +278,9 @@ def unsupported_reason(config: PretrainedConfig, tp_size: int, ep_size: int = 1)
         problems.append(f"num_attention_heads {heads} is not divisible by {tp_size}")
     if (kv_heads * kv_size_multiplier(kv_heads, tp_size)) % tp_size:
         problems.append(f"num_key_value_heads {kv_heads} cannot be spread over {tp_size} ranks")
-    if config.intermediate_size % tp_size:
-        problems.append(f"intermediate_size {config.intermediate_size} is not divisible by {tp_size}")
+    intermediate = decoder_field(config, "intermediate_size")
+    if intermediate % tp_size:
+        problems.append(f"intermediate_size {intermediate} is not divisible by {tp_size}")
     for name in _MOE_INTERMEDIATE_FIELDS:
         size = getattr(config, name, None)
         if isinstance(size, int) and size % tp_size:
@@ -284,7 +318,7 @@ class Variant:
         """
         chosen = {choice.name: choice.value for choice in _scalar_choices(self.model_type) if choice.changed}
         values = {
-            **_COMMON,
+            **_common(self.model_type),
             **_moe_values(self.model_type),
             **chosen,
             **_traits(self.model_type),
@@ -294,6 +328,9 @@ class Variant:
             del values[_KV_HEADS_FIELD]  # a config class keeps unknown keywords: one would read as a field
         if _takes_head_dim(self.model_type):
             values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+        for name in _HIDDEN_WIDTH_FIELDS:
+            if name in _config_parameters(self.model_type):
+                values.setdefault(name, values["hidden_size"])
         for name, parameter in _config_parameters(self.model_type).items():
             default = parameter.default
             if name.endswith("_token_id") and isinstance(default, int) and default >= values["vocab_size"]:
@@ -387,6 +424,26 @@ def _config_parameters(model_type: str) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(CONFIG_MAPPING[model_type].__init__).parameters)
 
 
+def _accepted_fields(model_type: str) -> set[str]:
+    """The names the config class takes: its `__init__` parameters and its `attribute_map` aliases."""
+    return set(_config_parameters(model_type)) | set(getattr(CONFIG_MAPPING[model_type], "attribute_map", {}))
+
+
+def _field_name(model_type: str, name: str) -> str | None:
+    """The name under which the config class takes the standard decoder field `name` (itself, else the first
+    alias of `_FIELD_ALIASES` it takes), or None."""
+    accepted = _accepted_fields(model_type)
+    for candidate in (name, *_FIELD_ALIASES.get(name, ())):
+        if candidate in accepted:
+            return candidate
+    return None
+
+
+def _common(model_type: str) -> dict[str, Any]:
+    """The common tiny sizes under the names the config class takes (`_COMMON` renamed by `_FIELD_ALIASES`)."""
+    return {_field_name(model_type, name) or name: value for name, value in _COMMON.items()}
+
+
 def _moe_values(model_type: str) -> dict[str, Any]:
     """The MoE sizes for the fields the config class takes (nothing for a dense architecture)."""
     if not is_moe(model_type):
@@ -419,10 +476,7 @@ def _takes_head_dim(model_type: str) -> bool:
 
 
 def _takes_kv_heads(model_type: str) -> bool:
-    accepted = set(_config_parameters(model_type)) | set(
-        getattr(CONFIG_MAPPING[model_type], "attribute_map", {})
-    )
-    return _KV_HEADS_FIELD in accepted
+    return _KV_HEADS_FIELD in _accepted_fields(model_type)
 
 
 def _features_of(model_type: str) -> tuple[dict[str, Any], str] | None:
@@ -469,7 +523,9 @@ def _scalar_choices(model_type: str) -> tuple[FieldChoice, ...]:
 def _accepts(model_type: str, name: str, value: Any) -> bool:
     """Whether the config class builds at the tiny sizes with `name=value` and holds the value (a dict may
     gain keys: transformers adds `rope_type` beside a legacy `type`)."""
-    common = {k: v for k, v in _COMMON.items() if k != _KV_HEADS_FIELD or _takes_kv_heads(model_type)}
+    common = {
+        k: v for k, v in _common(model_type).items() if k != _KV_HEADS_FIELD or _takes_kv_heads(model_type)
+    }
     try:
         config = CONFIG_MAPPING[model_type](**{**common, **_moe_values(model_type), name: value})
     except (ValueError, KeyError, TypeError):
@@ -498,8 +554,7 @@ def _why_not_described(model_type: str) -> str | None:
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "transformers has no causal LM class for it"
     config_class = CONFIG_MAPPING[model_type]
-    accepted = set(_config_parameters(model_type)) | set(getattr(config_class, "attribute_map", {}))
-    missing = [field for field in _DECODER_FIELDS if field not in accepted]
+    missing = [field for field in _DECODER_FIELDS if _field_name(model_type, field) is None]
     if missing:
         return f"its config class {config_class.__name__} does not take {', '.join(missing)}"
     return None

@@ -172,6 +172,10 @@ class ClassPlan:
     paths: tuple[str, ...]  # module paths where instances live ("" for the root)
     location: Location
     config_parameter: str | None = None  # the `__init__` parameter holding the model config, if any
+    # the torch norm it subclasses (qualified), whose parameters it inherits
+    torch_norm_base: str | None = None
+    # optional linears (`if c: self.x = nn.Linear(...)` / `else: self.x = None`) left replicated as written
+    optional_linears: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..blueprint import Blueprint, ClassPlan, Role
+import libcst as cst
+
+from ..blueprint import Blueprint, ClassPlan, LayerKind, Role
 from ..source import ModelSource, locate
 from .cache_forwarding import cache_forwarding
-from .classes import config_parameter
+from .classes import ClassFacts, config_parameter
+from .constructors import TORCH_NORMS, ChildKind, classify
 from .context import Context, gather
 from .features import config_fields, features
 from .moe import moe_blocks
@@ -117,9 +120,34 @@ def _class_plans(context: Context) -> list[ClassPlan]:
                 paths=tuple(context.tree.paths_of(name)),
                 location=context.index.location(analysis.facts.node),
                 config_parameter=config_parameter(analysis.facts, context.source.config.class_name),
+                torch_norm_base=_torch_norm_base(analysis.facts.node, context),
+                optional_linears=_optional_linears(analysis.facts, context),
             )
         )
     return plans
+
+
+def _optional_linears(facts: ClassFacts, context: Context) -> tuple[str, ...]:
+    """Attributes built as a linear on one arm and `None` on the other: the tree keeps them as written
+    (replicated), so the rules that act on replicated parameters in the sequence-parallel region see them."""
+    found: list[str] = []
+    for attribute in dict.fromkeys(assign.attribute for assign in facts.assigns):
+        built, last = facts.module_assign(attribute), facts.last_assign(attribute)
+        if built is None or built is last:
+            continue
+        construct = classify(built.value, context.index, context.mapping)
+        if construct.kind is ChildKind.LAYER and construct.layer_kind is LayerKind.LINEAR:
+            found.append(attribute)
+    return tuple(found)
+
+
+def _torch_norm_base(node: cst.ClassDef, context: Context) -> str | None:
+    """The torch norm class `node` subclasses directly (`nn.LayerNorm`), qualified, or None."""
+    for base in node.bases:
+        for name in sorted(context.index.qualified_names(base.value)):
+            if name in TORCH_NORMS:
+                return name
+    return None
 
 
 __all__ = ["analyze", "analyze_model_type"]

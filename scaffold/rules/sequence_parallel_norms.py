@@ -7,7 +7,11 @@ parameter it creates; each hidden-scope construction passes `trn_config.sequence
 Per-head norms (q/k norms) act after the projections, on full sequences and local heads, so they keep
 the default (the sum of their partial gradients over the ranks' heads is NXS021's, with the attention).
 A torch `LayerNorm` becomes NxD's, which takes the same flag; other torch norms over the hidden stream
-are refused in analysis (R020). The inserted code comes from templates/code/sequence_parallel_norms.py.
+are refused in analysis (R020). A local subclass of a torch norm with its own forward (a weight-plus-one
+LayerNorm) creates no parameter itself: it marks every parameter its base created, after the base's
+`__init__`. The optional linears of the class that loops over the layers (`if c: self.project_in =
+nn.Linear(...)` / `else: ... = None`, left replicated) run on the sequence-sharded stream as well: their
+parameters carry the flag too. The inserted code comes from templates/code/sequence_parallel_norms.py.
 """
 
 from __future__ import annotations
@@ -41,11 +45,25 @@ def norm_parameters(blueprint: Blueprint, norm_class: str) -> list[str]:
     return [attribute for attribute, constructor in plan.children if constructor == PARAMETER_CONSTRUCTOR]
 
 
+def inherits_norm_parameters(blueprint: Blueprint, norm_class: str) -> bool:
+    """Whether a local norm class gets its parameters from the torch norm it subclasses (a `nn.LayerNorm`
+    subclass with its own forward, like a weight-plus-one form) rather than creating them itself."""
+    try:
+        plan = blueprint.class_plan(norm_class)
+    except KeyError:
+        return False
+    return plan.torch_norm_base is not None and not norm_parameters(blueprint, norm_class)
+
+
 def has_sequence_parallel_form(blueprint: Blueprint, norm: NormSite) -> bool | None:
-    """Whether the rule can flag a hidden-stream norm: a local norm with parameters or a torch norm with an
-    NxD counterpart (True); a local norm without parameters, which has no gradient to sum (None); a torch
-    norm without a counterpart (False: refused in analysis, R020)."""
-    if norm.norm_class in TORCH_TO_NXD_NORMS or norm_parameters(blueprint, norm.norm_class):
+    """Whether the rule can flag a hidden-stream norm: a local norm with parameters (its own or its torch
+    base's) or a torch norm with an NxD counterpart (True); a local norm without parameters, which has no
+    gradient to sum (None); a torch norm without a counterpart (False: refused in analysis, R020)."""
+    if (
+        norm.norm_class in TORCH_TO_NXD_NORMS
+        or norm_parameters(blueprint, norm.norm_class)
+        or inherits_norm_parameters(blueprint, norm.norm_class)
+    ):
         return True
     return False if "." in norm.norm_class else None
 
@@ -75,23 +93,68 @@ class SequenceParallelNorms(Rule):
         built_here = [
             norm for norm in norms if norm.owner == name and has_sequence_parallel_form(self.blueprint, norm)
         ]
-        is_norm_class = any(norm.norm_class == name for norm in norms) and norm_parameters(
-            self.blueprint, name
+        is_norm_class = any(norm.norm_class == name for norm in norms) and (
+            norm_parameters(self.blueprint, name) or inherits_norm_parameters(self.blueprint, name)
         )
-        if not built_here and not is_norm_class:
+        optional = self._stream_optional_linears(name)
+        if not built_here and not is_norm_class and not optional:
             return updated_node
         refusal = self.refusal_for(name)
         if refusal is not None:
             return with_todo(updated_node, refusal)
         if is_norm_class:
-            updated_node = self._flag_norm_class(updated_node, norm_parameters(self.blueprint, name))
-        if built_here:
+            updated_node = self._flag_norm_class(
+                updated_node,
+                norm_parameters(self.blueprint, name),
+                inherited=inherits_norm_parameters(self.blueprint, name),
+            )
+        if built_here or optional:
             init = find_method(updated_node, "__init__")
             assert init is not None, "checked in analysis (R017)"
             for norm in built_here:
                 init = self._pass_flag(init, norm)
+            init = self._mark_optional_linears(init, optional)
             updated_node = with_method(updated_node, init)
         return updated_node
+
+    def _stream_optional_linears(self, name: str) -> tuple[str, ...]:
+        """The optional linears (left replicated) of the class that loops over the layers: its forward runs
+        them on the sequence-sharded stream (OPT's `project_in`/`project_out`), like its norms."""
+        if name != self.blueprint.backbone.stack_class:
+            return ()
+        try:
+            return self.blueprint.class_plan(name).optional_linears
+        except KeyError:
+            return ()
+
+    def _mark_optional_linears(self, init: cst.FunctionDef, attributes: tuple[str, ...]) -> cst.FunctionDef:
+        """After each `self.<attribute> = <linear>`: its parameters carry the flag, so that NxD sums their
+        partial gradients over the TP group under sequence parallelism."""
+        if not attributes:
+            return init
+        style = self.blueprint.style
+        flag, needed = templates.fill_expression(TEMPLATES, "flag_argument", style)
+        self.add_template_imports(needed)
+
+        class _Mark(cst.CSTTransformer):
+            def leave_IndentedBlock(
+                self, original: cst.IndentedBlock, updated: cst.IndentedBlock
+            ) -> cst.IndentedBlock:
+                body: list[cst.BaseStatement] = []
+                for statement in updated.body:
+                    body.append(statement)
+                    attribute = assigned_self_attribute(statement)
+                    if attribute in attributes and not _assigns_none(statement):
+                        module = cst.Attribute(value=cst.Name("self"), attr=cst.Name(attribute))
+                        marked, _ = templates.fill_statements(
+                            TEMPLATES, "linear_marked", style, module=module, flag=flag.deep_clone()
+                        )
+                        body.extend(marked)
+                return updated.with_changes(body=body)
+
+        result = init.visit(_Mark())
+        assert isinstance(result, cst.FunctionDef)
+        return result
 
     def _pass_flag(self, init: cst.FunctionDef, norm: NormSite) -> cst.FunctionDef:
         replacement = TORCH_TO_NXD_NORMS.get(norm.norm_class)
@@ -110,7 +173,9 @@ class SequenceParallelNorms(Rule):
         )  # built here: checked in analysis (R017)
         return result
 
-    def _flag_norm_class(self, cls: cst.ClassDef, parameters: list[str]) -> cst.ClassDef:
+    def _flag_norm_class(self, cls: cst.ClassDef, parameters: list[str], inherited: bool) -> cst.ClassDef:
+        """Add the flag parameter to the norm class and mark its parameters: after each one it creates, or
+        (`inherited`) all of them after its torch base's `__init__`."""
         init = find_method(cls, "__init__")
         assert init is not None, "checked in analysis (R017)"
         if any(param.name.value == FLAG for param in init.params.params):
@@ -139,8 +204,38 @@ class SequenceParallelNorms(Rule):
                             TEMPLATES, "weight_marked", style, weight=weight
                         )
                         body.extend(marked)
+                    elif inherited and _is_super_init(statement):
+                        marked, _ = templates.fill_statements(
+                            TEMPLATES, "parameters_marked", style, module=cst.Name("self")
+                        )
+                        body.extend(marked)
                 return updated.with_changes(body=body)
 
         result = init.visit(_Mark())  # creates a parameter directly: checked in analysis (R017)
         assert isinstance(result, cst.FunctionDef)
         return with_method(cls, result)
+
+
+def _is_super_init(statement: cst.BaseStatement) -> bool:
+    """`super().__init__(...)` (or `super(Cls, self).__init__(...)`) as a statement of its own."""
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return False
+    expression = statement.body[0]
+    if not isinstance(expression, cst.Expr) or not isinstance(expression.value, cst.Call):
+        return False
+    func = expression.value.func
+    return (
+        isinstance(func, cst.Attribute)
+        and func.attr.value == "__init__"
+        and isinstance(func.value, cst.Call)
+        and isinstance(func.value.func, cst.Name)
+        and func.value.func.value == "super"
+    )
+
+
+def _assigns_none(statement: cst.BaseStatement) -> bool:
+    """`self.<attribute> = None`: the arm of an optional layer that builds nothing."""
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return False
+    small = statement.body[0]
+    return isinstance(small, cst.Assign) and isinstance(small.value, cst.Name) and small.value.value == "None"

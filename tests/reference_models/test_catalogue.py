@@ -8,6 +8,7 @@ not computed by the function under test.
 from __future__ import annotations
 
 import pytest
+import torch
 import transformers
 from transformers import CONFIG_MAPPING
 
@@ -241,3 +242,22 @@ def test_attention_biases_are_read_from_the_model_whatever_turns_them_on() -> No
         variant("qwen3/features").has_attention_biases() and not variant("qwen3/gqa").has_attention_biases()
     )
     assert variant("starcoder2/gqa").has_attention_biases()
+
+
+def test_a_config_naming_the_mlp_width_otherwise_gets_the_tiny_sizes_under_its_name() -> None:
+    """OPTConfig takes `ffn_dim` (not `intermediate_size`) and `word_embed_proj_dim`: transformers' model
+    of each variant has MLPs of 96 and no embedding projections (the width stays the hidden size)."""
+    variants = {entry.name: entry for entry in variants_for("opt")}
+    assert list(variants) == ["mha-8", "mha", "tied", "odd-vocab", "features"]
+    config = variants["mha-8"].config()
+    assert not hasattr(config, "intermediate_size")
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    decoder = model.model.decoder
+    assert [layer.fc1.out_features for layer in decoder.layers] == [96, 96]
+    assert decoder.project_in is None and decoder.project_out is None
+    assert decoder.embed_tokens.embedding_dim == 64
+    assert "ffn_dim" not in variants["mha-8"].nondefault()
+    odd_width = variants["mha-8"].config()
+    odd_width.ffn_dim = 98
+    assert "intermediate_size 98 is not divisible by 4" in unsupported_reason(odd_width, 4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from scaffold.blueprint import ClassKind, MLPBlock, NormScope, Refusal, Role
+from scaffold.blueprint import Backbone, ClassKind, MLPBlock, NormScope, Refusal, Role
 from scaffold.rules.fused_gate_up import FusedGateUp
 from scaffold.rules.parallel_embedding import ParallelEmbeddingRule
 from scaffold.rules.parallel_linears import ParallelLinears
@@ -370,6 +370,132 @@ class ToyLayer(nn.Module):
                 norm("ToyLayer", "final", "torch.nn.LayerNorm"),
             ],
         )
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_a_torch_norm_subclass_marks_the_parameters_its_base_creates(self) -> None:
+        """A `nn.LayerNorm` subclass with its own forward (weight + 1) creates no parameter itself: after its
+        base's `__init__` every parameter the base made (weight, and bias where there is one) is marked."""
+        before = """
+from torch import nn
+
+
+class OnePlusNorm(nn.LayerNorm):
+    def __init__(self, width, eps=1e-5, bias=True):
+        super().__init__(width, eps, bias=bias)
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x, self.normalized_shape, self.weight + 1, self.bias, self.eps)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.norm = OnePlusNorm(config.hidden_size, eps=config.eps)
+"""
+        after = """
+from torch import nn
+
+
+class OnePlusNorm(nn.LayerNorm):
+    def __init__(self, width, eps=1e-5, bias=True, sequence_parallel_enabled: bool = False):
+        super().__init__(width, eps, bias=bias)
+        for parameter in self.parameters(recurse=False):
+            parameter.sequence_parallel_enabled = sequence_parallel_enabled
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x, self.normalized_shape, self.weight + 1, self.bias, self.eps)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.norm = OnePlusNorm(
+            config.hidden_size,
+            eps=config.eps,
+            sequence_parallel_enabled=trn_config.sequence_parallel_enabled,
+        )
+"""
+        norm_class = dataclasses.replace(
+            klass("OnePlusNorm", ClassKind.NORM), torch_norm_base="torch.nn.LayerNorm"
+        )
+        bp = blueprint(
+            classes=[norm_class, klass("ToyLayer")], norms=[norm("ToyLayer", "norm", "OnePlusNorm")]
+        )
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_a_norm_without_parameters_or_torch_base_is_left_alone(self) -> None:
+        source = """
+from torch import nn
+
+
+class ScaleFreeNorm(nn.Module):
+    def forward(self, x):
+        return x * x.pow(2).mean(-1, keepdim=True).rsqrt()
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.norm = ScaleFreeNorm()
+"""
+        bp = blueprint(
+            classes=[klass("ScaleFreeNorm", ClassKind.NORM), klass("ToyLayer")],
+            norms=[norm("ToyLayer", "norm", "ScaleFreeNorm")],
+        )
+        self.assertUnchanged(source, blueprint=bp)
+
+    def test_optional_linears_of_the_layer_loop_class_mark_their_parameters(self) -> None:
+        """OPT's `project_in`/`project_out` (built when the embedding width differs from the hidden size)
+        stay replicated on the sequence-sharded stream: their parameters carry the flag, so that their
+        partial gradients are summed over the TP group; the `None` arm and other classes stay as written."""
+        before = """
+from torch import nn
+
+
+class ToyDecoder(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        if config.embed_dim != config.hidden_size:
+            self.project_in = nn.Linear(config.embed_dim, config.hidden_size, bias=False)
+        else:
+            self.project_in = None
+
+
+class ToyAttention(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        if config.extra:
+            self.extra = nn.Linear(config.hidden_size, config.hidden_size)
+        else:
+            self.extra = None
+"""
+        after = """
+from torch import nn
+
+
+class ToyDecoder(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        if config.embed_dim != config.hidden_size:
+            self.project_in = nn.Linear(config.embed_dim, config.hidden_size, bias=False)
+            for parameter in self.project_in.parameters():
+                parameter.sequence_parallel_enabled = trn_config.sequence_parallel_enabled
+        else:
+            self.project_in = None
+
+
+class ToyAttention(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        if config.extra:
+            self.extra = nn.Linear(config.hidden_size, config.hidden_size)
+        else:
+            self.extra = None
+"""
+        decoder = dataclasses.replace(klass("ToyDecoder"), optional_linears=("project_in",))
+        attention = dataclasses.replace(klass("ToyAttention"), optional_linears=("extra",))
+        backbone = Backbone("model", None, "model.layers.*", None, None, None, None, stack_class="ToyDecoder")
+        bp = blueprint(classes=[decoder, attention], backbone=backbone)
         self.assertCodemod(before, after, blueprint=bp)
 
     def test_no_hidden_norm_no_change(self) -> None:
