@@ -409,6 +409,7 @@ class Blueprint:
     source_package: str = ""  # the dotted package the source's relative imports resolve against
     mask_builders: tuple[str, ...] = ()  # names the file binds to transformers' mask builders
     style: CodeStyle = CodeStyle()
+    init_std: str = "initializer_range"  # the config field the source's _init_weights draws its std from
     fusions: tuple[SourceFusion, ...] = ()  # linears the source splits into parts (read as separate)
     moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
     # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate

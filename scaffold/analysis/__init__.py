@@ -19,7 +19,7 @@ from .context import Context, gather
 from .features import config_fields, features
 from .moe import moe_blocks
 from .norms import with_head_rows
-from .plumbing import code_style, eager_function, mask_builders
+from .plumbing import code_style, eager_function, init_std_field, mask_builders
 from .preconditions import preconditions
 from .refusals import detect, learnable_activations
 from .sites import attention_geometries, backbone, layer_sites, mlp_blocks, norm_sites, parameter_sites
@@ -70,6 +70,7 @@ def analyze(source: ModelSource) -> Blueprint:
         source_package=source.package,
         mask_builders=mask_builders(context),
         style=code_style(context),
+        init_std=init_std_field(context),
         fusions=context.fusions,
         learnable_activations=tuple(
             key for key, refusal in learnable_activations(context, tuple(mlps)) if refusal is None

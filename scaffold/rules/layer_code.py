@@ -47,7 +47,10 @@ def with_init_method(rule: Rule, init: cst.FunctionDef, config: str) -> cst.Func
     An earlier binding by a rule (the same `partial(_init_normal, ...)`) moves to that place.
     """
     value, needed = templates.fill_expression(
-        LAYERS, INIT_METHOD, rule.blueprint.style, renames={"config": config}
+        LAYERS,
+        INIT_METHOD,
+        rule.blueprint.style,
+        init_std=cst.Attribute(cst.Name(config), cst.Name(rule.blueprint.init_std)),
     )
     rule.add_template_imports(needed)
     body = list(init.body.body)

@@ -25,9 +25,10 @@ def init_helper():
         return nn.init.normal_(tensor, mean=0.0, std=std)
 
 
-def init_method(config, _init_normal):
-    """The constructor's init method, bound once (as `init_method`) before its first parallel layer."""
-    return partial(_init_normal, config.initializer_range)
+def init_method(_init_normal, init_std):
+    """The constructor's init method, bound once (as `init_method`) before its first parallel layer;
+    `init_std` is the config field the source's `_init_weights` reads (`config.initializer_range`)."""
+    return partial(_init_normal, {init_std})
 
 
 def column_parallel_linear(config, trn_config, init_method, in_features, out_features, bias):
