@@ -20,6 +20,12 @@ of analyses and rules serves both:
   transformers' `ALL_ATTENTION_FUNCTIONS` as the current files do (passing the source's dropout, its
   scaling and, where the mask had one, its sliding window). The K/V head expansion just before the scores
   moves with them; a size check of the output is dropped (it reads the unsharded head count);
+- the same kernel computed in a helper method of the attention class that the forward calls once
+  (`out, weights = self._attn(q, k, v, mask, head_mask)`, ending in `return out, weights` in (B, h, S, d)):
+  its body becomes the eager function (its other parameters, a head mask, become keyword parameters),
+  the forward transposes the result back to (B, h, S, d); a causal mask buffer of the module's own that
+  `__init__` limits to a window under a condition has that window recorded (`self.sliding_window = W if
+  C else None`) and passed as `sliding_window=`; any other buffer leaves the helper as written (R027);
 - its leading shape read as `bsz, q_len, _ = x.size()` (or `x.shape`) becomes `bsz, q_len = x.shape[:-1]`,
   and `view`/`reshape` sizes that read the unsharded head count or width (`self.num_heads`,
   `self.hidden_size`, attributes set to those config fields) become `-1`.
