@@ -20,6 +20,12 @@ of analyses and rules serves both:
   transformers' `ALL_ATTENTION_FUNCTIONS` as the current files do (passing the source's dropout, its
   scaling and, where the mask had one, its sliding window). The K/V head expansion just before the scores
   moves with them; a size check of the output is dropped (it reads the unsharded head count);
+- the same kernel computed in a helper method of the attention class that the forward calls once
+  (`out, weights = self._attn(q, k, v, mask, head_mask)`, ending in `return out, weights` in (B, h, S, d)):
+  its body becomes the eager function (its other parameters, a head mask, become keyword parameters),
+  the forward transposes the result back to (B, h, S, d); a causal mask buffer of the module's own that
+  `__init__` limits to a window under a condition has that window recorded (`self.sliding_window = W if
+  C else None`) and passed as `sliding_window=`; any other buffer leaves the helper as written (R027);
 - its leading shape read as `bsz, q_len, _ = x.size()` (or `x.shape`) becomes `bsz, q_len = x.shape[:-1]`,
   and `view`/`reshape` sizes that read the unsharded head count or width (`self.num_heads`,
   `self.hidden_size`, attributes set to those config fields) become `-1`.
@@ -488,6 +494,16 @@ def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> 
             continue
         forward = _leading_shape_read(original)
         region = _region(forward)
+        if region is None and init is not None and "config" in _self_attributes(init):
+            helper = _helper_kernel(cls, forward)
+            if helper is not None and (helper.window is None or window is None):
+                name = fresh_name(EAGER_FUNCTION, taken)
+                taken.add(name)
+                new_cls, function = _outlined_helper(cls, forward, helper, name, window)
+                body[position - 1] = new_cls
+                position += _place(body, position - 1, function)
+                outlined = True
+                continue
         if region is None or init is None or "config" not in _self_attributes(init):
             if forward is not original:
                 body[position - 1] = _with_method(cls, forward)
@@ -502,6 +518,231 @@ def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> 
         position += _place(body, position - 1, function)
         outlined = True
     return module.with_changes(body=body), outlined
+
+
+@dataclass(frozen=True)
+class _Helper:
+    """A method of the attention class computing the eager kernel, called once from its forward as
+    `out, weights = self.<method>(q, k, v, mask, ...)` and ending in `return out, weights` (B, h, S, d)."""
+
+    method: cst.FunctionDef
+    call_index: int  # the forward statement calling it
+    targets: tuple[str, str]  # the names the forward assigns the output and weights to
+    bound: dict[str, cst.BaseExpression]  # the method's parameters -> the call's arguments
+    query: str
+    key: str
+    value: str
+    mask: str
+    scores: str
+    output: str
+    scaling: cst.BaseExpression
+    dropout: cst.BaseExpression
+    extra: tuple[cst.Param, ...]  # the method's other parameters (a head mask), passed by keyword
+    window: tuple[int, cst.BaseExpression, cst.BaseExpression] | None  # a mask buffer's window (see below)
+
+
+def _pair_call(statement: cst.BaseStatement) -> tuple[tuple[str, str], cst.Call] | None:
+    """`(a, b)` and the call of `a, b = <call>`."""
+    if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
+        return None
+    small = statement.body[0]
+    if not (isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.value, cst.Call)):
+        return None
+    target = small.targets[0].target
+    if not (
+        isinstance(target, cst.Tuple)
+        and len(target.elements) == 2
+        and all(isinstance(e.value, cst.Name) for e in target.elements)
+    ):
+        return None
+    names = tuple(e.value.value for e in target.elements)  # type: ignore[attr-defined]
+    return names, small.value  # type: ignore[return-value]
+
+
+def _helper_kernel(cls: cst.ClassDef, forward: cst.FunctionDef) -> _Helper | None:
+    """The eager kernel computed in a helper method the forward calls once (the pre-refactor GPT form)."""
+    methods = _methods(cls)
+    helpers = {n: f for n, f in methods.items() if n not in ("forward", "__init__")}
+    for index, statement in enumerate(forward.body.body):
+        found = _pair_call(statement)
+        if found is None or _self_calls(found[1].func, helpers) != [] or not _self_calls(found[1], helpers):
+            continue
+        targets, call = found
+        if call not in _self_calls(call, helpers):
+            continue
+        name = call.func.attr.value  # type: ignore[attr-defined]
+        method = helpers[name]
+        calls = [c for f in methods.values() for c in _self_calls(f, {name: method})]
+        bound = _bound_arguments(method, call)
+        if len(calls) != 1 or bound is None or method.params.star_kwarg or method.params.kwonly_params:
+            return None
+        if isinstance(method.params.star_arg, cst.Param) or method.decorators:
+            return None
+        kernel = _kernel(method)
+        if kernel is None:
+            return None
+        query, key, value, mask, scores, output, scaling, dropout = kernel
+        parameters = _parameters(method)
+        essential = (query, key, value, mask)
+        if not set(essential) <= set(bound) or len(set(essential)) != 4:
+            return None
+        extra = tuple(
+            p for p in method.params.params if p.name.value in parameters and p.name.value not in essential
+        )
+        if any(p.default is None and p.name.value not in bound for p in extra):
+            return None
+        # a causal mask buffer of the module's own: the flash kernel is causal, a window is passed to it
+        init = methods["__init__"]
+        built = [_causal_buffer(init, b) for b in sorted(_buffers_read(init, list(method.body.body)))]
+        windows = [b for b in built if isinstance(b, tuple)]
+        if any(b is None for b in built) or len(windows) > 1:
+            return None
+        window = windows[0] if windows else None
+        return _Helper(
+            method,
+            index,
+            targets,
+            bound,
+            query,
+            key,
+            value,
+            mask,
+            scores,
+            output,
+            scaling,
+            dropout,
+            extra,
+            window,
+        )
+    return None
+
+
+def _kernel(method: cst.FunctionDef) -> tuple | None:
+    """(q, k, v, mask, scores, output, scaling, dropout) of a method body computing eager attention and
+    ending in `return output, scores`; the scores may be scaled by the statement after them."""
+    body = list(method.body.body)
+    parameters = _parameters(method)
+    last = body[-1] if body else None
+    if not (
+        isinstance(last, cst.SimpleStatementLine)
+        and isinstance(last.body[0], cst.Return)
+        and isinstance(last.body[0].value, cst.Tuple)
+        and len(last.body[0].value.elements) == 2
+        and all(isinstance(e.value, cst.Name) for e in last.body[0].value.elements)
+    ):
+        return None
+    output, weights = (e.value.value for e in last.body[0].value.elements)  # type: ignore[attr-defined]
+    if any(isinstance(n, cst.Return) for s in body[:-1] for n in walk(s)):
+        return None
+    for index, statement in enumerate(body):
+        assigned = _assignment(statement)
+        found = _scores(assigned[1]) if assigned else None
+        if found is None:
+            continue
+        scores, (query, key, scaling) = assigned[0], found  # type: ignore[index]
+        if scores != weights:
+            return None
+        following = _assignment(body[index + 1]) if index + 1 < len(body) else None
+        if (
+            following is not None
+            and following[0] == scores
+            and isinstance(following[1], cst.BinaryOperation)
+            and isinstance(following[1].operator, cst.Divide | cst.Multiply)
+            and m.matches(following[1].left, m.Name(scores))
+            and code(scaling) == "1.0"
+        ):
+            factor = following[1].right
+            if isinstance(factor, cst.BinaryOperation):
+                factor = factor.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+            scaling = (
+                cst.BinaryOperation(left=cst.Integer("1"), operator=cst.Divide(), right=factor)
+                if isinstance(following[1].operator, cst.Divide)
+                else factor
+            )
+        ends = [
+            a
+            for s in body[index + 1 : -1]
+            if (a := _assignment(s)) is not None
+            and a[0] == output
+            and (ops := _matmul_operands(a[1])) is not None
+            and m.matches(ops[0], m.Name(scores))
+            and isinstance(ops[1], cst.Name)
+        ]
+        if len(ends) != 1:
+            return None
+        value = _matmul_operands(ends[0][1])[1].value  # type: ignore[index,union-attr]
+        mask = _mask_name(body[index:-1], scores, parameters)
+        if mask is None or not {query, key, value} <= set(parameters):
+            return None
+        return query, key, value, mask, scores, output, scaling, _dropout(body[index:-1], scores)
+    return None
+
+
+def _outlined_helper(
+    cls: cst.ClassDef, forward: cst.FunctionDef, helper: _Helper, name: str, window: cst.BaseExpression | None
+) -> tuple[cst.ClassDef, cst.FunctionDef]:
+    """The class without the helper, its forward dispatching over transformers' table, and the helper's body
+    as the module-level eager function (returning the current (B, S, h, d) layout)."""
+    statements = list(helper.method.body.body[:-1])
+    region = _Region(
+        start=0,
+        end=len(statements),
+        dropped=(),
+        query=helper.query,
+        key=helper.key,
+        value=helper.value,
+        mask=helper.mask,
+        scores=helper.scores,
+        output=helper.output,
+        scaling=helper.scaling,
+        dropout=helper.dropout,
+    )
+    back = cst.parse_statement(f"{helper.output} = {helper.output}.transpose(1, 2).contiguous()\n")
+    shell = helper.method.with_changes(
+        body=helper.method.body.with_changes(body=[*statements, back]), decorators=()
+    )
+    function = _outlined(shell, region, name)
+    extra = [p.with_changes(comma=cst.MaybeSentinel.DEFAULT, annotation=p.annotation) for p in helper.extra]
+    params = list(function.params.params)
+    function = function.with_changes(params=function.params.with_changes(params=[*params, *extra]))
+    caller = _Region(
+        start=helper.call_index,
+        end=helper.call_index,
+        dropped=(),
+        query=code(helper.bound[helper.query]),
+        key=code(helper.bound[helper.key]),
+        value=code(helper.bound[helper.value]),
+        mask=code(helper.bound[helper.mask]),
+        scores=helper.targets[1],
+        output=helper.targets[0],
+        scaling=helper.scaling,
+        dropout=helper.dropout,
+    )
+    new_forward = _dispatching(forward, caller, name, window)
+    body = list(new_forward.body.body)
+    # the call's statements: interface, if, call; extra arguments by keyword, then the source's layout back
+    index = helper.call_index + 2
+    call_line = body[index]
+    passed = "".join(
+        f", {p.name.value}={code(helper.bound[p.name.value])}"
+        for p in helper.extra
+        if p.name.value in helper.bound
+    )
+    text = code(call_line).rstrip("\n")
+    assert text.endswith(")")
+    init = _methods(cls)["__init__"]
+    if helper.window is not None:
+        attribute = fresh_name(WINDOW_ATTRIBUTE, set(_self_attributes(init)))
+        passed += f", sliding_window=self.{attribute}"
+        init = _window_recorded(init, *helper.window, attribute)
+    restored = f"{caller.output} = {caller.output}.transpose(1, 2)\n"
+    body[index : index + 1] = [
+        cst.parse_statement(text[:-1] + passed + ")\n"),
+        cst.parse_statement(restored),
+    ]
+    new_forward = new_forward.with_changes(body=new_forward.body.with_changes(body=body))
+    new_cls, _ = _without_methods(cls, {helper.method.name.value}, new_forward)
+    return _with_method(new_cls, init), function
 
 
 def _place(body: list[cst.BaseStatement], position: int, function: cst.FunctionDef) -> int:
@@ -944,3 +1185,108 @@ def _with_imports(module: cst.Module, imports: list[tuple[str, tuple[str, ...]]]
                 blanks.pop(0)
         body[following] = body[following].with_changes(leading_lines=blanks)
     return module.with_changes(body=[*body[: last + 1], *new, *body[following:]])
+
+
+WINDOW_ATTRIBUTE = "sliding_window"
+XOR = m.Call(func=m.Attribute(value=m.Name("torch"), attr=m.Name("bitwise_xor") | m.Name("logical_xor")))
+TRIL = m.Call(func=m.Attribute(value=m.Name("torch"), attr=m.Name("tril")))
+ONES = m.Call(func=m.Attribute(value=m.Name("torch"), attr=m.Name("ones")))
+
+
+def _buffers_read(init: cst.FunctionDef, statements: list[cst.BaseStatement]) -> set[str]:
+    """The buffers `__init__` registers (`self.register_buffer("x", ...)`) that `statements` read."""
+    registered = {
+        n.args[0].value.evaluated_value
+        for n in walk(init)
+        if isinstance(n, cst.Call)
+        and dotted(n.func) == "self.register_buffer"
+        and n.args
+        and isinstance(n.args[0].value, cst.SimpleString)
+    }
+    read = {
+        n.attr.value
+        for s in statements
+        for n in walk(s)
+        if isinstance(n, cst.Attribute) and dotted(n.value) == "self"
+    }
+    return registered & read
+
+
+def _causal_buffer(
+    init: cst.FunctionDef, buffer: str
+) -> tuple[int, cst.BaseExpression, cst.BaseExpression] | bool | None:
+    """How `__init__` builds a boolean key mask registered as `buffer`: True for the plain causal
+    `torch.tril(torch.ones(...))`, (index of the `if`, window, condition) where it is then limited to the
+    last `window` keys under a condition (`m = torch.bitwise_xor(m, torch.tril(m, -window))`), None for
+    anything else (the flash path could not honour it)."""
+    body = list(init.body.body)
+    local, registration = None, None
+    for index, statement in enumerate(body):
+        for n in walk(statement):
+            if (
+                isinstance(n, cst.Call)
+                and dotted(n.func) == "self.register_buffer"
+                and len(n.args) >= 2
+                and isinstance(n.args[0].value, cst.SimpleString)
+                and n.args[0].value.evaluated_value == buffer
+                and isinstance(n.args[1].value, cst.Name)
+            ):
+                local, registration = n.args[1].value.value, index
+    if local is None:
+        return None
+    writes = [
+        (i, s)
+        for i, s in enumerate(body[:registration])
+        if any(
+            isinstance(n, cst.AssignTarget | cst.AugAssign) and local in names_in(n.target) for n in walk(s)
+        )
+    ]
+    if not writes:
+        return None
+    first = _assignment(writes[0][1])
+    causal = first is not None and any(
+        m.matches(n, TRIL) and len(n.args) == 1 and m.matches(n.args[0].value, ONES)  # type: ignore[attr-defined]
+        for n in walk(first[1])
+    )
+    if not causal or local in names_in(first[1]):  # type: ignore[index]
+        return None
+    if len(writes) == 1:
+        return True
+    if len(writes) != 2 or not isinstance(writes[1][1], cst.If) or writes[1][1].orelse is not None:
+        return None
+    index, limit = writes[1]
+    inner = limit.body.body  # type: ignore[attr-defined]
+    assigned = _assignment(inner[0]) if len(inner) == 1 else None
+    if assigned is None or assigned[0] != local or not m.matches(assigned[1], XOR):
+        return None
+    args = assigned[1].args  # type: ignore[attr-defined]
+    if len(args) != 2 or not m.matches(args[0].value, m.Name(local)) or not m.matches(args[1].value, TRIL):
+        return None
+    tril = args[1].value.args
+    if not (
+        len(tril) == 2
+        and m.matches(tril[0].value, m.Name(local))
+        and isinstance(tril[1].value, cst.UnaryOperation)
+        and isinstance(tril[1].value.operator, cst.Minus)
+    ):
+        return None
+    return index, tril[1].value.expression, limit.test  # type: ignore[attr-defined]
+
+
+def _window_recorded(
+    init: cst.FunctionDef,
+    index: int,
+    window: cst.BaseExpression,
+    condition: cst.BaseExpression,
+    attribute: str,
+) -> cst.FunctionDef:
+    """`__init__` recording the window after the `if` that applies it (`self.<attribute> = W if C else
+    None`), taking the place of a blank line below it where there is one."""
+    body = list(init.body.body)
+    line = cst.parse_statement(f"self.{attribute} = {code(window)} if {code(condition)} else None\n")
+    following = body[index + 1] if index + 1 < len(body) else None
+    if following is not None and following.leading_lines and following.leading_lines[0].comment is None:
+        body[index + 1] = following.with_changes(leading_lines=following.leading_lines[1:])
+        line = line.with_changes(leading_lines=())
+    body.insert(index + 1, line)
+    return init.with_changes(body=init.body.with_changes(body=body))

@@ -222,3 +222,132 @@ def test_models_in_the_older_forms_are_no_longer_refused_for_their_attention_mas
 
     codes = {refusal.code for refusal in analyze_model_type(model_type).refusals}
     assert not codes & {"R019", "R026", "R027"}
+
+
+HELPER = """
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        self.config = config
+        self.scale_attn = 8.0
+        self.attn_dropout = nn.Dropout(0.1)
+
+    def _attn(self, query, key, value, attention_mask=None, head_mask=None):
+        query = query.to(torch.float32)
+        attn_weights = torch.matmul(query, key.transpose(-1, -2))
+        attn_weights = attn_weights / self.scale_attn
+        if attention_mask is not None:
+            attn_weights = attn_weights + attention_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        attn_weights = self.attn_dropout(attn_weights)
+        if head_mask is not None:
+            attn_weights = attn_weights * head_mask
+        attn_output = torch.matmul(attn_weights, value)
+        return attn_output, attn_weights
+
+    def forward(self, hidden_states, attention_mask=None, head_mask=None):
+        q, k, v = self.split(hidden_states)
+        attn_output, attn_weights = self._attn(q, k, v, attention_mask, head_mask)
+        attn_output = self.merge(attn_output)
+        return attn_output, attn_weights
+"""
+
+
+def test_eager_kernel_in_a_helper_method_moves_to_an_eager_function_picked_from_the_table():
+    """The helper's body (upcast, separate scaling statement, head mask) becomes the current eager function,
+    returning (B, S, h, d); the forward transposes back to the (B, h, S, d) its own code reads."""
+    expected = """
+    import torch
+    from torch import nn
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, head_mask=None, **kwargs):
+        query = query.to(torch.float32)
+        attn_weights = torch.matmul(query, key.transpose(-1, -2))
+        attn_weights = attn_weights / module.scale_attn
+        if attention_mask is not None:
+            attn_weights = attn_weights + attention_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        attn_weights = module.attn_dropout(attn_weights)
+        if head_mask is not None:
+            attn_weights = attn_weights * head_mask
+        attn_output = torch.matmul(attn_weights, value)
+        attn_output = attn_output.transpose(1, 2).contiguous()
+        return attn_output, attn_weights
+    class Attention(nn.Module):
+        def __init__(self, config):
+            self.config = config
+            self.scale_attn = 8.0
+            self.attn_dropout = nn.Dropout(0.1)
+        def forward(self, hidden_states, attention_mask=None, head_mask=None):
+            q, k, v = self.split(hidden_states)
+            attention_interface = eager_attention_forward
+            if self.config._attn_implementation != "eager":
+                attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+            attn_output, attn_weights = attention_interface(self, q, k, v, attention_mask, dropout=self.attn_dropout.p if self.training else 0.0, scaling=1 / self.scale_attn, head_mask=head_mask)
+            attn_output = attn_output.transpose(1, 2)
+            attn_output = self.merge(attn_output)
+            return attn_output, attn_weights
+    """
+    assert _lines(_normalised(HELPER)) == _lines(textwrap.dedent(expected))
+
+
+WINDOWED = (
+    HELPER.replace(
+        "        self.scale_attn = 8.0\n",
+        "        self.scale_attn = 8.0\n"
+        "        bias = torch.tril(torch.ones((4, 4), dtype=bool)).view(1, 1, 4, 4)\n"
+        '        if kind == "local":\n'
+        "            bias = torch.bitwise_xor(bias, torch.tril(bias, -config.window_size))\n"
+        "\n"
+        '        self.register_buffer("bias", bias, persistent=False)\n',
+    )
+    .replace(
+        "        attn_weights = attn_weights / self.scale_attn\n",
+        "        attn_weights = torch.where(self.bias[:, :, :4, :4], attn_weights, -1e9)\n",
+    )
+    .replace("def __init__(self, config):", "def __init__(self, config, kind):")
+)
+
+
+def test_a_window_in_the_modules_own_mask_buffer_is_recorded_and_passed_as_sliding_window():
+    """No scaling statement: scaling 1.0; the buffer's window (keys i - W < j <= i under the condition)
+    is recorded in `__init__` in place of the blank line and passed to the attention function."""
+    result = _normalised(WINDOWED)
+    lines = _lines(result)
+    assert '        self.sliding_window = config.window_size if kind == "local" else None' in lines
+    assert lines.index('        self.sliding_window = config.window_size if kind == "local" else None') == (
+        lines.index('        self.register_buffer("bias", bias, persistent=False)') - 1
+    )
+    assert (
+        "        attn_output, attn_weights = attention_interface(self, q, k, v, attention_mask, "
+        "dropout=self.attn_dropout.p if self.training else 0.0, scaling=1.0, head_mask=head_mask, "
+        "sliding_window=self.sliding_window)"
+    ) in lines
+    assert "    attn_weights = torch.where(module.bias[:, :, :4, :4], attn_weights, -1e9)" in lines
+
+
+def test_a_mask_buffer_of_another_construction_leaves_the_helper_as_written():
+    """A buffer the flash kernel could not honour (not `tril(ones)` optionally windowed): R027 stays."""
+    source = WINDOWED.replace("torch.tril(torch.ones((4, 4), dtype=bool))", "torch.ones((4, 4), dtype=bool)")
+    result = _normalised(source)
+    assert "eager_attention_forward" not in result and "def _attn(" in result
+
+
+def test_a_helper_called_twice_is_left_as_written():
+    source = HELPER.replace(
+        "        attn_output = self.merge(attn_output)\n",
+        "        attn_output = self.merge(attn_output)\n        self._attn(q, k, v, attention_mask, head_mask)\n",
+    )
+    result = _normalised(source)
+    assert "eager_attention_forward" not in result and "def _attn(" in result
+
+
+@pytest.mark.parametrize("model_type", ["gpt_neo", "gptj"])
+def test_helper_kernels_of_the_gpt_files_are_read(model_type):
+    text = (MODELS / model_type / f"modeling_{model_type}.py").read_text()
+    result = current_forms(cst.parse_module(text)).code
+    assert "def eager_attention_forward(" in result and "def _attn(" not in result
+    assert "attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]" in result
