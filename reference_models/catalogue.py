@@ -184,6 +184,9 @@ _SLIDING_ON_LAYER_1 = {"use_sliding_window": True, "sliding_window": 5, "max_win
 # Traits every variant of an architecture carries.
 _ARCHITECTURE_TRAITS: dict[str, dict[str, Any]] = {
     "mistral": {"sliding_window": 5},
+    # GPT-Neo lists its layer types compressed ([pattern, repeats]); the config checks they cover
+    # num_layers. One global then one local layer, the local window shorter than the fixed batch.
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]], "window_size": 5},
     "granite": {
         "embedding_multiplier": 4.0,
         "residual_multiplier": 0.5,
@@ -432,9 +435,16 @@ def _accepted_fields(model_type: str) -> set[str]:
 def _field_name(model_type: str, name: str) -> str | None:
     """The name under which the config class takes the standard decoder field `name` (itself, else the first
     alias of `_FIELD_ALIASES` it takes), or None."""
-    accepted = _accepted_fields(model_type)
+    parameters = _config_parameters(model_type)
+    attribute_map = getattr(CONFIG_MAPPING[model_type], "attribute_map", {})
     for candidate in (name, *_FIELD_ALIASES.get(name, ())):
-        if candidate in accepted:
+        if candidate in parameters:
+            return candidate
+        if attribute_map.get(candidate) in parameters:
+            # Passed under the constructor's own name: the class's __init__ may check it (GPT-Neo's
+            # num_layers) before the attribute map applies.
+            return attribute_map[candidate]
+        if candidate in attribute_map:
             return candidate
     return None
 

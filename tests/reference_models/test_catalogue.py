@@ -261,3 +261,16 @@ def test_a_config_naming_the_mlp_width_otherwise_gets_the_tiny_sizes_under_its_n
     odd_width = variants["mha-8"].config()
     odd_width.ffn_dim = 98
     assert "intermediate_size 98 is not divisible by 4" in unsupported_reason(odd_width, 4)
+
+
+def test_a_config_checking_its_layer_count_gets_it_under_its_constructors_name() -> None:
+    """GPTNeoConfig checks its layer types against `num_layers` in __init__, before its attribute map
+    (num_hidden_layers -> num_layers) applies: transformers' model of each variant has the tiny layer count,
+    one global then one local layer."""
+    variants = {entry.name: entry for entry in variants_for("gpt_neo")}
+    config = variants["mha-8"].config()
+    assert config.num_layers == 2 and config.attention_layers == ["global", "local"]
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert len(model.transformer.h) == 2
+    assert [layer.attn.attention_type for layer in model.transformer.h] == ["global", "local"]
