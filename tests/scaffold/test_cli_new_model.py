@@ -139,10 +139,10 @@ def test_refused_architecture_is_an_error_and_writes_nothing(
 
 
 def test_allow_unsupported_writes_todo_markers(in_tmp: Path, fast_emit):
-    status, out = run(["new-model", "phimoe", "--allow-unsupported", *no_rules()])
+    status, out = run(["new-model", "ernie4_5_moe", "--allow-unsupported", *no_rules()])
     assert status == 0, out
-    text = (in_tmp / "workspace" / "phimoe" / "modeling_phimoe.py").read_text()
-    blueprint = cached_emit(Request("phimoe", disabled=NO_RULES, allow_unsupported=True)).blueprint
+    text = (in_tmp / "workspace" / "ernie4_5_moe" / "modeling_ernie4_5_moe.py").read_text()
+    blueprint = cached_emit(Request("ernie4_5_moe", disabled=NO_RULES, allow_unsupported=True)).blueprint
     assert blueprint.refusals
     for refusal in blueprint.refusals:
         assert f"TODO({refusal.code}) {refusal.location}" in text

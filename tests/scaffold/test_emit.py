@@ -109,9 +109,9 @@ def test_refused_architecture_stops_before_any_rule():
 
 
 def test_allow_unsupported_lists_every_refusal_as_a_todo():
-    emitted = emit_model(Request("phimoe", disabled=ALL_RULES, allow_unsupported=True))
+    emitted = emit_model(Request("ernie4_5_moe", disabled=ALL_RULES, allow_unsupported=True))
     refusals = emitted.blueprint.refusals
-    assert refusals, "phimoe is expected to be refused (sparsemixer routing, attention, cache)"
+    assert refusals, "ernie4_5_moe is expected to be refused (bias-corrected top-k routing)"
     header = emitted.text.split("\n\n", 1)[0]
     for refusal in refusals:
         assert f"#   TODO({refusal.code}) {refusal.location}: {refusal.message}" in header
