@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scaffold.architectures import decoder_only_types, survey  # noqa: E402
+from scaffold.facts_cache import WITHOUT_FRAMEWORKS  # noqa: E402
 
 COUNTED = ("PASS", "WARN", "UNSUPPORTED", "SKIP", "FAIL")
 
@@ -54,8 +55,11 @@ class Outcome:
 
 def check(model_type: str, profile: str, timeout: float) -> Outcome:
     """Scaffold `model_type` and run the conformance profile on it, in a fresh folder."""
+    # `decoder_only_types` imported transformers here without torch (USE_TORCH=0 ...): the conformance run
+    # needs it, so those switches stay in this process.
+    inherited = {name: value for name, value in os.environ.items() if name not in WITHOUT_FRAMEWORKS}
     env = {
-        **os.environ,
+        **inherited,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
