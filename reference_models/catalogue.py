@@ -117,7 +117,7 @@ _COMMON: dict[str, Any] = {
 # an `attribute_map` alias of it (OPTConfig's MLP width is `ffn_dim`). The catalogue passes the tiny size under
 # the name the class takes and reads it back through `decoder_field`.
 _FIELD_ALIASES: dict[str, tuple[str, ...]] = {
-    "intermediate_size": ("ffn_dim",),
+    "intermediate_size": ("ffn_dim", "n_inner"),
 }
 # Widths a config class may keep apart from the hidden size (OPT's `word_embed_proj_dim`, the embedding width
 # projected in and out of the decoder). The tiny configs keep them equal to it: the catalogue describes the
@@ -187,6 +187,8 @@ _ARCHITECTURE_TRAITS: dict[str, dict[str, Any]] = {
     # GPT-Neo lists its layer types compressed ([pattern, repeats]); the config checks they cover
     # num_layers. One global then one local layer, the local window shorter than the fixed batch.
     "gpt_neo": {"attention_types": [[["global", "local"], 1]], "window_size": 5},
+    # GPT-J rotates the first `rotary_dim` dimensions of each head (64 by default, wider than a tiny head).
+    "gptj": {"rotary_dim": 4},
     "granite": {
         "embedding_multiplier": 4.0,
         "residual_multiplier": 0.5,

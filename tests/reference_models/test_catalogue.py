@@ -165,7 +165,7 @@ def test_unknown_names_list_the_catalogue() -> None:
 @pytest.mark.parametrize(
     ("model_type", "reason"),
     [
-        ("gpt2", "GPT2Config does not take intermediate_size"),
+        ("bloom", "BloomConfig does not take intermediate_size"),
         ("mamba", "MambaConfig does not take intermediate_size, num_attention_heads"),
         ("t5", "no causal LM class"),
         ("no-such-model", "no config class"),
