@@ -55,6 +55,7 @@ ROUTER = "router"  # the local name of the router in the block's __init__ templa
 TOPK_ROUTER_WORDS = "a softmax top-k router"  # in the block's docstring
 TOPK_ROUTER = "RouterTopK"
 TWO_BLANK = [cst.EmptyLine(), cst.EmptyLine()]
+PACKED_CONCATENATED = "packed_concatenated"  # ExpertMLPsSpec's layout of a packed gate | up
 
 
 class MoEBlocks(Rule):
@@ -113,13 +114,15 @@ class MoEBlocks(Rule):
         module = layer_code.with_init_helper(self, updated_node) if self._converted else updated_node
         body = list(module.body)
         for block in blocks:
-            others = [
-                statement
-                for statement in body
-                if not (isinstance(statement, cst.ClassDef) and statement.name.value == block.expert_class)
-            ]
-            if all(block.expert_class not in names_in(statement) for statement in others):
-                body = others  # the experts live in ExpertMLPs now
+            replaced = block.packed.classes if block.packed is not None else (block.expert_class,)
+            for name in replaced:
+                others = [
+                    statement
+                    for statement in body
+                    if not (isinstance(statement, cst.ClassDef) and statement.name.value == name)
+                ]
+                if all(name not in names_in(statement) for statement in others):
+                    body = others  # the experts (and a packed block's router) live in NxD's MoE now
         return module.with_changes(body=body)
 
     # --- the block ------------------------------------------------------------------------------------
@@ -148,10 +151,7 @@ class MoEBlocks(Rule):
             normalize=expression(normalize),
             jitter=expression(_resolved(block.jitter)) if block.jitter is not None else OMITTED,
             renamed=cst.parse_expression(f'{{"router.linear_router.weight": "{block.router}.weight"}}'),
-            experts=name_or_default("experts_name", block.experts),
-            gate=name_or_default("gate_proj_name", block.gate),
-            up=name_or_default("up_proj_name", block.up),
-            down=name_or_default("down_proj_name", block.down),
+            **_expert_names(block, name_or_default),
         )
         if block.routing is not None:  # the block gets a router of its own instead
             needed = {import_ for import_ in needed if import_.name != TOPK_ROUTER}
@@ -317,6 +317,30 @@ class MoEBlocks(Rule):
         body[-1] = _with_returned_logits(body[-1], returned)
         forward = forward.with_changes(params=params, body=forward.body.with_changes(body=body))
         return with_method(cls, forward)
+
+
+def _expert_names(block: MoEBlock, name_or_default) -> dict[str, cst.BaseExpression]:  # type: ignore[no-untyped-def]
+    """The expert spec's naming keywords: the expert list's names, or the packed parameters' paths."""
+    if block.packed is None:
+        return {
+            "experts": name_or_default("experts_name", block.experts),
+            "gate": name_or_default("gate_proj_name", block.gate),
+            "up": name_or_default("up_proj_name", block.up),
+            "down": name_or_default("down_proj_name", block.down),
+            "layout": OMITTED,
+            "gate_up": OMITTED,
+            "transposed": OMITTED,
+        }
+    packed = block.packed
+    return {
+        "experts": cst.SimpleString('""'),  # the packed paths are relative to the block
+        "gate": OMITTED,
+        "up": OMITTED,
+        "down": cst.SimpleString(f'"{packed.down}"'),
+        "layout": cst.SimpleString(f'"{PACKED_CONCATENATED}"'),
+        "gate_up": cst.SimpleString(f'"{packed.gate_up}"'),
+        "transposed": cst.Name("True") if packed.transposed else OMITTED,
+    }
 
 
 def _resolved(expr) -> str:  # type: ignore[no-untyped-def]
