@@ -38,7 +38,7 @@ from .classes import config_parameter
 from .constructors import ChildKind, Construct
 from .context import ClassAnalysis, Context, decoder_layer_list
 from .expressions import CONFIG_SCOPE_NAME, Scope, to_expr
-from .packed_experts import packed_block, packed_children
+from .packed_experts import PackedChild, packed_block, packed_children
 from .sites import class_mlp_block
 from .tree import bind_arguments, instance_scope
 
@@ -97,7 +97,7 @@ def moe_blocks(context: Context) -> MoEFindings:
         )
         if isinstance(found, Refusal):
             refusals.append(found)
-            owned.update(construct.qualified for _, construct, _ in packed)
+            owned.update(child.construct.qualified for child in packed)
             continue
         blocks.append(found)
         if found.packed is not None:
@@ -110,7 +110,7 @@ def moe_blocks(context: Context) -> MoEFindings:
 
 
 def _packed(
-    context: Context, name: str, analysis: ClassAnalysis, children: list[tuple[str, Construct, str]]
+    context: Context, name: str, analysis: ClassAnalysis, children: list[PackedChild]
 ) -> MoEBlock | Refusal:
     """A block whose experts are packed parameters (see `packed_experts`), or its refusal."""
     facts = analysis.facts
@@ -118,12 +118,13 @@ def _packed(
     scope = instance_scope(facts, Scope(names={parameter: (CONFIG_SCOPE_NAME, None)}))
     found = packed_block(context, analysis, scope, children)
     if found.why is not None:
-        attribute, construct, packed = children[0]
-        assign = context.classes[construct.qualified].facts.last_assign(packed)
+        first = children[0]
+        assign = context.classes[first.construct.qualified].facts.last_assign(first.parameters[0])
         node = found.node or (assign.statement if assign is not None else facts.node)
         return Refusal(
             MOE.code,
-            f"{name} (experts packed as parameters, `{attribute}.{packed}`...): {found.why}; {MOE.why}",
+            f"{name} (experts packed as parameters, `{first.attribute}.{first.parameters[0]}`...): "
+            f"{found.why}; {MOE.why}",
             context.index.location(node),
             subject=name,
             rules=("NXS040",),

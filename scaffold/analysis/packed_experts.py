@@ -84,22 +84,35 @@ class PackedFindings:
     node: cst.CSTNode | None = None
 
 
-def packed_children(context: Context, analysis: ClassAnalysis) -> list[tuple[str, Construct, str]]:
-    """(attribute, construct, parameter) of the block's children that hold one packed 3-D parameter."""
+@dataclass(frozen=True)
+class PackedChild:
+    """A child of the block that holds packed `[experts, ., .]` parameters, and what else it holds."""
+
+    attribute: str
+    construct: Construct
+    parameters: tuple[str, ...]  # its 3-D parameters
+    others: tuple[str, ...]  # its other parameters and modules
+
+
+def packed_children(context: Context, analysis: ClassAnalysis) -> list[PackedChild]:
+    """The block's children that hold packed 3-D parameters."""
     found = []
     for attribute, construct in analysis.constructs.items():
         if construct.kind is not ChildKind.CLASS or construct.qualified not in context.classes:
             continue
         child = context.classes[construct.qualified]
-        parameters = [
+        parameters = tuple(
             name
             for name, inner in child.constructs.items()
             if inner.kind is ChildKind.PARAMETER and packed_dimensions(child.facts.last_assign(name)) == 3
-        ]
-        if len(parameters) == 1 and all(
-            inner.kind in IGNORED for name, inner in child.constructs.items() if name != parameters[0]
-        ):
-            found.append((attribute, construct, parameters[0]))
+        )
+        others = tuple(
+            name
+            for name, inner in child.constructs.items()
+            if name not in parameters and inner.kind not in IGNORED
+        )
+        if parameters:
+            found.append(PackedChild(attribute, construct, parameters, others))
     return found
 
 
@@ -123,7 +136,7 @@ def _sizes(value: cst.Call) -> list[cst.BaseExpression]:
 
 
 def packed_block(
-    context: Context, analysis: ClassAnalysis, scope: Scope, children: list[tuple[str, Construct, str]]
+    context: Context, analysis: ClassAnalysis, scope: Scope, children: list[PackedChild]
 ) -> PackedFindings:
     """The packed block's parts, or why it is not one NXS040 rebuilds."""
     facts = analysis.facts
@@ -134,11 +147,33 @@ def packed_block(
     forward = facts.forward
     if forward is None:
         return refuse("has no forward")
+    for child in children:
+        holder = context.classes[child.construct.qualified].facts
+        statement = holder.last_assign(child.parameters[0])
+        node = statement.statement if statement is not None else holder.node
+        listed = ", ".join(f"`{name}`" for name in child.parameters)
+        reasons = []
+        if len(child.parameters) > 1:
+            reasons.append(
+                f"holds {len(child.parameters)} packed parameters ({listed}), where NXS040 reads packed experts "
+                "from one module per packed parameter (gate | up, down), each applying one expert's slice at a time"
+            )
+        if child.others:
+            others = ", ".join(f"`{name}`" for name in child.others)
+            reasons.append(
+                f"holds {others} besides its packed {listed}, where NxD's ExpertMLPs (as the reference backend "
+                "provides it) holds the packed weights only, no expert biases (NXD-23)"
+            )
+        if reasons:
+            return refuse(
+                f"`{child.attribute}` ({child.construct.qualified}) " + ", and ".join(reasons), node
+            )
     if len(children) != 2:
-        names = ", ".join(f"`{attribute}.{parameter}`" for attribute, _, parameter in children)
-        return refuse(f"packs its experts in {len(children)} parameters ({names}), not gate|up and down")
+        names = ", ".join(f"`{child.attribute}.{child.parameters[0]}`" for child in children)
+        return refuse(f"packs its experts in {len(children)} parameters ({names}), not gate | up and down")
     packed: dict[str, PackedSizes] = {}
-    for attribute, construct, parameter in children:
+    for child in children:
+        attribute, construct, parameter = child.attribute, child.construct, child.parameters[0]
         found = _packed_sizes(context, construct, attribute, parameter, scope)
         if isinstance(found, str):
             return refuse(found, context.classes[construct.qualified].facts.last_assign(parameter).statement)  # type: ignore[union-attr]
@@ -184,7 +219,11 @@ def packed_block(
     ]
     if others:
         listed = ", ".join(f"`{attribute}`" for attribute in others)
-        return refuse(f"also holds {listed} besides the router and the packed experts", forward)
+        statement = facts.last_assign(others[0])
+        return refuse(
+            f"also holds {listed} besides the router and the packed experts; NXS040's MoE holds only those",
+            statement.statement if statement is not None else forward,
+        )
     assign = facts.last_assign(activation_attribute)
     assert assign is not None
     activation_value = assign.value

@@ -242,17 +242,36 @@ def test_a_package_on_nxd_moe_carries_the_expert_weight_specs_as_they_are():
     assert "moe_expert_weights.py" not in render_package(cached_emit(Request("llama"))).files
 
 
-@pytest.mark.parametrize("model_type", ["gpt_oss"])
-def test_packed_expert_tensors_of_the_block_itself_are_refused_at_their_parameter(model_type: str):
-    # gpt_oss: `self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_size, 2 * ...))`,
-    # parameters of the experts module itself (granitemoe's packed-expert modules scaffold: see below)
-    packed = [
-        refusal
-        for refusal in blueprint_of(model_type).refusals
-        if refusal.code == "R001" and "experts packed as one tensor" in refusal.message
-    ]
-    assert packed
-    assert all("nn.Parameter(torch.empty(" in source_line(model_type, r.location.line) for r in packed)
+@pytest.mark.parametrize(
+    ("model_type", "why", "written"),
+    [
+        # gpt_oss: one experts module holds both packed tensors, and their biases.
+        (
+            "gpt_oss",
+            "`experts` (GptOssExperts) holds 2 packed parameters (`gate_up_proj`, `down_proj`)",
+            "self.gate_up_proj = nn.Parameter(torch.empty(",
+        ),
+        (
+            "gpt_oss",
+            "holds `gate_up_proj_bias`, `down_proj_bias` besides",
+            "self.gate_up_proj = nn.Parameter(",
+        ),
+        # jetmoe: granitemoe's block plus a parameter of its own.
+        (
+            "jetmoe",
+            "also holds `bias` besides the router and the packed experts",
+            "self.bias = torch.nn.Parameter(",
+        ),
+    ],
+)
+def test_packed_experts_of_another_shape_are_refused_at_the_construct(
+    model_type: str, why: str, written: str
+):
+    (refusal,) = [r for r in blueprint_of(model_type).refusals if r.code == "R001" and why in r.message]
+    assert written in source_line(model_type, refusal.location.line)
+    assert "experts packed as one tensor" not in " ".join(
+        r.message for r in blueprint_of(model_type).refusals
+    )
 
 
 # --- experts packed as parameters ------------------------------------------------------------------------
