@@ -267,8 +267,8 @@ def _packed_sizes(
     if forward is None:
         return f"`{construct.qualified}` has no forward"
     transposed: set[bool] = set()
+    slices = _expert_slices(parameter)
     for node in walk(forward):
-        slices = _expert_slices(node, parameter)
         if isinstance(node, cst.Call) and len(node.args) >= 2 and slices(node.args[1].value):
             names = context.index.qualified_names(node.func)
             if names & LINEAR:
@@ -290,7 +290,7 @@ def _packed_sizes(
     return PackedSizes(attribute, parameter, orientation, shape, assign.statement)  # type: ignore[arg-type]
 
 
-def _expert_slices(node: cst.CSTNode, parameter: str):  # type: ignore[no-untyped-def]
+def _expert_slices(parameter: str):  # type: ignore[no-untyped-def]
     """A predicate: the expression is `self.<parameter>[i]`."""
 
     def slices(expression: cst.BaseExpression) -> bool:

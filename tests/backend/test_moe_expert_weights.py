@@ -269,15 +269,20 @@ def test_transposed_packed_experts_by_a_hand_written_index_table(host: str) -> N
     ]  # what a LoRA target is checked against
 
 
-@pytest.mark.parametrize("kind", ["llama4", "gpt_oss"])
+@pytest.mark.parametrize("kind", ["llama4", "gpt_oss", "granitemoe"])
 def test_packed_experts_are_read_as_transformers_computes_them(kind: str) -> None:
-    """The gate/up reading of `dense_weights` (halves for Llama 4, even/odd columns for gpt-oss) is the one
+    """The gate/up reading of `dense_weights` (halves for Llama 4 and Granite-MoE, even/odd columns for gpt-oss) is the one
     transformers' forward uses: each expert's output from the dense weights equals the module's."""
     source = Source(kind, experts=3, hidden=4, intermediate=2)
     block = transformers_block(source)
     w = dense_weights(source, block)
     tokens = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(1))
-    if kind == "llama4":
+    if kind == "granitemoe":  # the packed modules themselves, two tokens per expert
+        with torch.no_grad():
+            both = block.input_linear(tokens.reshape(-1, 4), [2, 2, 2]).chunk(2, dim=-1)
+            expected = block.output_linear(block.activation(both[0]) * both[1], [2, 2, 2]).view(3, 2, 4)
+        act = block.activation
+    elif kind == "llama4":
         expected = block(tokens.reshape(-1, 4)).view(3, 2, 4)
         act = torch.nn.functional.silu
     else:
@@ -296,7 +301,7 @@ def test_packed_experts_are_read_as_transformers_computes_them(kind: str) -> Non
 
     for e in range(3):
         gate, up = tokens[e] @ w.gate[e].T, tokens[e] @ w.up[e].T
-        hidden = act(gate) * up if kind == "llama4" else act(gate) * (up.clamp(-7.0, 7.0) + 1)
+        hidden = act(gate) * up if kind != "gpt_oss" else act(gate) * (up.clamp(-7.0, 7.0) + 1)
         torch.testing.assert_close(
             hidden @ w.down[e].T, expected[e]
         )  # fp32 defaults; a wrong split is O(1) off

@@ -302,7 +302,22 @@ class TestMoEBlock(RuleTest):
 """,
             )
         )
-        self.assertCodemod(PACKED_BLOCK, after, blueprint(moe=[block]))
+        init = """
+
+class ToyPreTrainedModel(nn.Module):
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, Bank):
+            module.table.data.normal_(mean=0.0, std=self.config.initializer_range)
+"""
+        kept = init.replace(
+            """        if isinstance(module, Bank):
+            module.table.data.normal_(mean=0.0, std=self.config.initializer_range)
+""",
+            "",
+        )
+        # The packed-expert class was only initialised there: its branch goes, and then the class.
+        self.assertCodemod(PACKED_BLOCK + init, after + kept, blueprint(moe=[block]))
 
     def test_a_refused_block_is_marked_and_kept(self) -> None:
         refusal = Refusal(
