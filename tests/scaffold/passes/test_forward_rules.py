@@ -710,3 +710,91 @@ class ToyModel(ToyPreTrainedModel):
 """
         bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
         self.assertCodemod(before, after, blueprint=bp)
+
+    def test_a_view_of_the_stream_to_batch_first_runs_without_sequence_parallelism_only(self) -> None:
+        # GPT-Neo, GPT-J and CodeGen end their base model with `hidden_states.view(output_shape)`, output_shape
+        # `(-1, seq_length, D)`: the identity on (B, S, D), a scramble of the (S/T, B, D) stream under SP.
+        before = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.post_init()
+
+    def forward(self, input_ids):
+        inputs_embeds = self.embed_tokens(input_ids)
+        seq_length = inputs_embeds.shape[1]
+        hidden_states = inputs_embeds
+        output_shape = (-1, seq_length, hidden_states.size(-1))
+        flat = hidden_states.view(-1, hidden_states.size(-1))
+        hidden_states = hidden_states.reshape(-1, seq_length, hidden_states.shape[-1])
+        hidden_states = hidden_states.view(output_shape)
+        return hidden_states, flat
+"""
+        after = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, input_ids):
+        inputs_embeds = self.embed_tokens(input_ids)
+        # (B, S, D), or (S/T, B, D) under sequence parallelism
+        sequence_length = (
+            inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+            if self.trn_config.sequence_parallel_enabled
+            else inputs_embeds.size(1)
+        )
+        seq_length = sequence_length
+        hidden_states = inputs_embeds
+        output_shape = (-1, seq_length, hidden_states.size(-1))
+        flat = hidden_states.view(-1, hidden_states.size(-1))
+        if not self.trn_config.sequence_parallel_enabled:  # a (B, S, D) view; SP has (S/T, B, D)
+            hidden_states = hidden_states.reshape(-1, seq_length, hidden_states.shape[-1])
+        if not self.trn_config.sequence_parallel_enabled:  # a (B, S, D) view; SP has (S/T, B, D)
+            hidden_states = hidden_states.view(output_shape)
+        return hidden_states, flat
+"""
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_views_of_other_shapes_or_names_are_kept(self) -> None:
+        body = """
+        shape = (-1, seq_length, other.size(-1))
+        shape = shape + (1,)
+        hidden_states = other.view(-1, seq_length, inputs_embeds.size(-1))
+        hidden_states = hidden_states.view(shape)
+        hidden_states = hidden_states.view(seq_length, -1, hidden_states.size(-1))
+        hidden_states = hidden_states.view(-1, seq_length, other.size(-1))
+        return hidden_states
+"""
+        before = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(self, input_ids, other):
+        inputs_embeds = self.embed_tokens(input_ids)
+        seq_length = inputs_embeds.shape[1]
+"""
+        after = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, input_ids, other):
+        inputs_embeds = self.embed_tokens(input_ids)
+        # (B, S, D), or (S/T, B, D) under sequence parallelism
+        sequence_length = (
+            inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+            if self.trn_config.sequence_parallel_enabled
+            else inputs_embeds.size(1)
+        )
+        seq_length = sequence_length
+"""
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
+        self.assertCodemod(before + body, after + body, blueprint=bp)
