@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from ..blueprint import AttentionGeometry, Expr, NormSite
+from ..syntax import self_attribute, walk
 from .dataflow import Flow, FunctionCall, Reshape, sources
 from .expressions import Scope, resolved_text, substitute, to_expr
 from .parsing import SourceIndex
@@ -148,7 +149,34 @@ def geometry(
         q_norm=norm_of(facts.q),
         k_norm=norm_of(facts.k),
         core_call=index.location(facts.kernel.node),
+        total_head_counts=_total_head_counts(flow, scope, num_heads, num_kv_heads),
     )
+
+
+PER_RANK_HEADS = "num_heads"  # the attributes NXS021 sets to the per-rank counts after construction
+PER_RANK_KV_HEADS = "num_key_value_heads"
+
+
+def _total_head_counts(flow: Flow, scope: Scope, heads: Expr, kv_heads: Expr) -> tuple[tuple[str, str], ...]:
+    """`self.<attribute>` reads in the shapes of the forward's head reshapes (a helper's shape read in the
+    caller's terms) whose value is the total query or K/V head count, paired with the per-rank attribute
+    that replaces them; attributes already named as the per-rank ones are left out."""
+    totals = {PER_RANK_HEADS: heads.resolved, PER_RANK_KV_HEADS: kv_heads.resolved}
+    found: dict[str, str] = {}
+    for reshape in flow.reshapes:
+        if not reshape.headed:
+            continue
+        for element in reshape.shape:
+            for node in walk(element):
+                attribute = self_attribute(node)
+                if attribute is None or attribute in totals or attribute in found:
+                    continue
+                value = resolved_text(node, scope)  # type: ignore[arg-type]
+                for per_rank, total in totals.items():
+                    if total is not None and value == total:
+                        found[attribute] = per_rank
+                        break
+    return tuple(sorted(found.items()))
 
 
 def _inline_scaling(facts: AttentionFacts, flow: Flow, scope: Scope) -> Expr | None:

@@ -54,6 +54,9 @@ first = torch.cat([first_rot * 2, first_pass], dim=-1)
 out = self._mix(first, second, third)"""
 
 
+FORWARD = "\n    def forward(self, x):\n"
+
+
 def analyse_with_helpers(tmp_path: Path, forward: str):
     text = model_source(mixer_forward=forward).replace(
         "\n    def forward(self, x):\n        shape", HELPERS + "        shape", 1
@@ -124,3 +127,36 @@ def test_gpt_neo_and_gptj_attention_is_found_with_its_geometry(model_type: str, 
     )
     assert getattr(attention, geometry.o).weight.shape[1] == heads * head_dim
     assert head_dim == attention.head_dim
+
+
+def test_total_head_counts_read_through_a_helper_are_listed_with_their_per_rank_attribute(tmp_path: Path):
+    # GPT-J's shape: the helper splits with the head count it is passed, the forward passes the total one
+    # (`self.heads`, `self.kv_heads`); `self.size` (head_dim) and the -1 of a view are no head count.
+    helpers = (
+        """
+    def _split(self, tensor, count, width):
+        new_shape = tensor.size()[:-1] + (count, width)
+        return tensor.view(new_shape).transpose(1, 2)
+"""
+        + FORWARD
+    )
+    forward = """first = self._split(self.a(x), self.heads, self.size)
+second = self._split(self.b(x), self.kv_heads, self.size)
+third = self.c(x).view(shape).transpose(1, 2)
+out = self._mix(first, second, third)"""
+    text = model_source(
+        mixer_init="self.heads = config.num_attention_heads\n        self.kv_heads = config.num_key_value_heads",
+        mixer_forward=forward,
+    ).replace(
+        "\n    def forward(self, x):\n        shape", HELPERS.replace(FORWARD, helpers) + "        shape", 1
+    )
+    assert "def _split" in text and "def _mix" in text
+    path = tmp_path / "modeling_synthetic.py"
+    path.write_text(text)
+    (attention,) = analyze(locate("llama", path)).attention
+    assert attention.total_head_counts == (("heads", "num_heads"), ("kv_heads", "num_key_value_heads"))
+
+
+def test_head_counts_already_per_rank_names_or_spelled_as_minus_one_are_not_listed(tmp_path: Path):
+    (attention,) = analyse_with_helpers(tmp_path, THROUGH_HELPERS).attention
+    assert attention.total_head_counts == ()
