@@ -160,3 +160,26 @@ out = self._mix(first, second, third)"""
 def test_head_counts_already_per_rank_names_or_spelled_as_minus_one_are_not_listed(tmp_path: Path):
     (attention,) = analyse_with_helpers(tmp_path, THROUGH_HELPERS).attention
     assert attention.total_head_counts == ()
+
+
+def test_codegen_heads_cut_into_groups_twice_read_as_the_config_head_count():
+    """CodeGen splits heads in two views, `(heads // mp_num, d)` on a tensor already cut into `mp_num`
+    groups, then `x.shape[:-2] + (-1,) + x.shape[-1:]` (still split into heads): the head count is the
+    dividend (its product with head_dim is the projection's width on the default config), so the query
+    projection read out of the fused qkv_proj has heads * head_dim rows in the transformers model."""
+    blueprint = analyze_model_type("codegen")
+    assert not blueprint.refusals, blueprint.refusals
+    (geometry,) = blueprint.attention
+    assert geometry.num_heads.resolved == geometry.num_kv_heads.resolved == "config.num_attention_heads"
+    assert geometry.total_head_counts == (("num_attention_heads", "num_heads"),)
+    source = locate("codegen")
+    hf_config = source.config_class(
+        vocab_size=64, n_positions=16, n_embd=64, n_head=8, n_layer=2, rotary_dim=4
+    )
+    model = getattr(transformers, source.causal_lm_class)(hf_config)
+    attention = model.get_submodule(geometry.path.replace("*", "0"))
+    heads, head_dim = geometry.num_heads.evaluate(hf_config), geometry.head_dim.evaluate(hf_config)
+    assert heads == 8 and head_dim == attention.head_dim
+    (fusion,) = blueprint.fusions
+    assert fusion.part_names == ("q_proj", "v_proj", "k_proj") and fusion.groups == "4"
+    assert attention.qkv_proj.weight.shape[0] == 3 * heads * head_dim
