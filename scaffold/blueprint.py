@@ -213,6 +213,9 @@ class AttentionGeometry:
     k_norm: str | None
     core_call: Location  # the call that computes softmax(q k^T) v
     eager_function: str | None = None  # the module-level eager attention function the forward defaults to
+    # Instance attributes holding a total head count that the forward's head reshapes read (directly or
+    # through a helper method's arguments), each with the per-rank attribute NXS021 gives it instead.
+    total_head_counts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,9 @@ FUSED_PROJECTION = RefusalCode(
     "a projection whose output the source splits, in a form other than the ones analysis reads as separate "
     "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices or "
     "`t.chunk(n, dim=-1)` (`dim=2` too where the linear reads the block's input) after at most in-place "
-    "clamps `t = t.clamp(...)`, and read nowhere else, part sizes the constructor can compute; NXS027), "
-    "needs a per-part split of its weight",
+    "clamps `t = t.clamp(...)`, or first cut into groups `g = t.reshape(t.shape[:-1] + (groups, -1))` and "
+    "then split by `torch.split(g, size, dim=-1)` or `g.chunk(n, dim=-1)`, and read nowhere else, part sizes "
+    "and group count the constructor can compute; NXS027), needs a per-part split of its weight",
     "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "
     "the modeling file (--source) with a spec that splits its checkpoint tensor",
 )

@@ -22,10 +22,13 @@ of analyses and rules serves both:
   moves with them; a size check of the output is dropped (it reads the unsharded head count);
 - the same kernel computed in a helper method of the attention class that the forward calls once
   (`out, weights = self._attn(q, k, v, mask, head_mask)`, ending in `return out, weights` in (B, h, S, d)):
-  its body becomes the eager function (its other parameters, a head mask, become keyword parameters),
+  its body becomes the eager function (its other parameters, a head mask, become keyword parameters;
+  a scaling of the scores may follow the mask block, `(q k^T + mask) / s`, and is passed as `1 / s`),
   the forward transposes the result back to (B, h, S, d); a causal mask buffer of the module's own that
   `__init__` limits to a window under a condition has that window recorded (`self.sliding_window = W if
   C else None`) and passed as `sliding_window=`; any other buffer leaves the helper as written (R027);
+  a constructor that does not keep its config keeps it (`self.config = config`, on the line of its
+  `super().__init__()`), since the dispatch reads `self.config._attn_implementation`;
 - its leading shape read as `bsz, q_len, _ = x.size()` (or `x.shape`) becomes `bsz, q_len = x.shape[:-1]`,
   and `view`/`reshape` sizes that read the unsharded head count or width (`self.num_heads`,
   `self.hidden_size`, attributes set to those config fields) become `-1`.
@@ -48,6 +51,7 @@ import libcst.matchers as m
 from ..syntax import code, dotted, fresh_name, names_in, walk
 
 EAGER_KEY = "eager"
+CONFIG = "config"
 IMPLEMENTATION = "_attn_implementation"
 MASK_PARAMETERS = frozenset({"attention_mask", "cache_position"})
 CACHE_NAMES = frozenset({"past_key_values", "past_key_value"})
@@ -494,11 +498,12 @@ def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> 
             continue
         forward = _leading_shape_read(original)
         region = _region(forward)
-        if region is None and init is not None and "config" in _self_attributes(init):
+        if region is None and init is not None and _holds_config(init):
             helper = _helper_kernel(cls, forward)
             if helper is not None and (helper.window is None or window is None):
                 name = fresh_name(EAGER_FUNCTION, taken)
                 taken.add(name)
+                cls = _with_method(cls, _config_kept(init))
                 new_cls, function = _outlined_helper(cls, forward, helper, name, window)
                 body[position - 1] = new_cls
                 position += _place(body, position - 1, function)
@@ -642,7 +647,10 @@ def _kernel(method: cst.FunctionDef) -> tuple | None:
         scores, (query, key, scaling) = assigned[0], found  # type: ignore[index]
         if scores != weights:
             return None
-        following = _assignment(body[index + 1]) if index + 1 < len(body) else None
+        after = index + 1
+        if after < len(body) and _mask_name([body[after]], scores, parameters) is not None:
+            after += 1  # the scaling may come after the mask is added (`(q k^T + mask) / s`)
+        following = _assignment(body[after]) if after < len(body) else None
         if (
             following is not None
             and following[0] == scores
@@ -769,6 +777,38 @@ def _with_method(cls: cst.ClassDef, method: cst.FunctionDef) -> cst.ClassDef:
         for s in cls.body.body
     ]
     return cls.with_changes(body=cls.body.with_changes(body=body))
+
+
+def _holds_config(init: cst.FunctionDef) -> bool:
+    """Whether the constructor keeps its config (`self.config = config`) or takes a `config` parameter
+    that `_config_kept` can keep: the dispatch reads `self.config._attn_implementation`."""
+    if CONFIG in _self_attributes(init):
+        return True
+    return CONFIG in _parameters(init) and _parent_init(init) is not None
+
+
+def _config_kept(init: cst.FunctionDef) -> cst.FunctionDef:
+    """The constructor with `self.config = config` after its `super().__init__()` when it does not keep its
+    config: on the same line, so that the file's later lines keep their numbers."""
+    if CONFIG in _self_attributes(init):
+        return init
+    index = _parent_init(init)
+    assert index is not None
+    body = list(init.body.body)
+    line = body[index]
+    assert isinstance(line, cst.SimpleStatementLine)
+    kept = cst.parse_statement(f"self.{CONFIG} = {CONFIG}\n")
+    assert isinstance(kept, cst.SimpleStatementLine)
+    body[index] = line.with_changes(body=[*line.body, *kept.body])
+    return init.with_changes(body=init.body.with_changes(body=body))
+
+
+def _parent_init(init: cst.FunctionDef) -> int | None:
+    """The index of the constructor's top-level `super().__init__()` statement, if it has one."""
+    pattern = m.SimpleStatementLine(
+        body=[m.Expr(m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__"))))]
+    )
+    return next((i for i, s in enumerate(init.body.body) if m.matches(s, pattern)), None)
 
 
 def _self_attributes(init: cst.FunctionDef) -> dict[str, cst.BaseExpression]:

@@ -9,7 +9,9 @@ owns the parts in a `SourceFusedLinearSpec` (inserted once per file from
 templates/definitions/source_fused_linears.py): loading splits the fused tensor into the parts and hands
 them to that spec; saving joins the parts back, bit for bit. Parts interleaved per head in the source
 (GPT-NeoX's `query_key_value` viewed as `(..., heads, 3 * head_size)`) give the spec their group count,
-and it de-interleaves them: each rank then holds whole heads' q, k and v.
+and it de-interleaves them: each rank then holds whole heads' q, k and v. So do parts split out of groups
+the fused output is cut into first (CodeGen's `qkv_proj` reshaped into `mp_num` groups of `q|v|k`): the
+parts are given in the source's order, so the spec reads each group's shares in that order.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ class SourceFusedCheckpoint(Rule):
     CODE = "NXS027"
     NAME = "source-fused-checkpoint"
     SUMMARY = (
-        "q|k|v or gate|up fused in the source (one after the other, or interleaved per head): parts as "
+        "q|k|v or gate|up fused in the source (one after the other, or interleaved per head or group): parts as "
         "parallel layers + SourceFusedLinearSpec"
     )
     ADVICE = (
         "Splits of another shape than contiguous slices `t[..., a:b]` or `t.chunk(n, dim=-1)` of one linear "
         "(after in-place clamps), "
-        "or `t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, are refused (R007, R003). Disabling "
+        "`t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, or `torch.split(g, size, dim=-1)` "
+        "of its output cut into groups `(..., groups, -1)`, are refused (R007, R003). Disabling "
         "it leaves the generated model expecting one checkpoint tensor per part."
     )
     REQUIRES = ("NXS004",)

@@ -345,9 +345,52 @@ def test_a_helper_called_twice_is_left_as_written():
     assert "eager_attention_forward" not in result and "def _attn(" in result
 
 
-@pytest.mark.parametrize("model_type", ["gpt_neo", "gptj"])
+@pytest.mark.parametrize("model_type", ["gpt_neo", "gptj", "codegen"])
 def test_helper_kernels_of_the_gpt_files_are_read(model_type):
     text = (MODELS / model_type / f"modeling_{model_type}.py").read_text()
     result = current_forms(cst.parse_module(text)).code
     assert "def eager_attention_forward(" in result and "def _attn(" not in result
     assert "attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]" in result
+
+
+CONFIG_NOT_KEPT = HELPER.replace(
+    "    def __init__(self, config):\n        self.config = config\n",
+    "    def __init__(self, config):\n        super().__init__()\n",
+).replace(
+    "        attn_weights = attn_weights / self.scale_attn\n"
+    "        if attention_mask is not None:\n"
+    "            attn_weights = attn_weights + attention_mask\n",
+    "        if attention_mask is not None:\n"
+    "            attn_weights += attention_mask\n"
+    "        attn_weights = attn_weights / self.scale_attn\n",
+)
+
+
+def test_a_constructor_not_keeping_its_config_keeps_it_and_a_scaling_after_the_mask_is_read():
+    """CodeGen's form: no `self.config` (the dispatch reads it: kept on the `super().__init__()` line, so
+    that later lines keep their numbers) and the scores scaled after the mask is added (`(q k^T + m) / s`:
+    the flash path gets 1 / s; the eager function computes the source's order)."""
+    result = _normalised(CONFIG_NOT_KEPT)
+    lines = _lines(result)
+    assert "        super().__init__(); self.config = config" in lines
+    for text in (result, textwrap.dedent(CONFIG_NOT_KEPT)):  # the class's lines keep their distances
+        every = text.splitlines()
+        assert (
+            every.index("    def forward(self, hidden_states, attention_mask=None, head_mask=None):")
+            - (every.index("class Attention(nn.Module):"))
+            == 19
+        )
+    call = next(line for line in lines if "= attention_interface(" in line)
+    assert "scaling=1 / self.scale_attn" in call
+    eager = lines[lines.index("    attn_weights = torch.matmul(query, key.transpose(-1, -2))") :]
+    assert eager[1:4] == [
+        "    if attention_mask is not None:",
+        "        attn_weights = attn_weights + attention_mask",
+        "    attn_weights = attn_weights / module.scale_attn",
+    ]
+
+
+def test_a_constructor_without_config_or_parent_call_leaves_the_helper_as_written():
+    source = CONFIG_NOT_KEPT.replace("        super().__init__()\n", "        pass\n")
+    result = _normalised(source)
+    assert "eager_attention_forward" not in result and "def _attn(" in result
