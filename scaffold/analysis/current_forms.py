@@ -26,6 +26,10 @@ of analyses and rules serves both:
   the forward transposes the result back to (B, h, S, d); a causal mask buffer of the module's own that
   `__init__` limits to a window under a condition has that window recorded (`self.sliding_window = W if
   C else None`) and passed as `sliding_window=`; any other buffer leaves the helper as written (R027);
+- an eager function (module level: attention scores `s = matmul(q, k.transpose(..)) ...`) that adds its
+  mask to the scores unconditionally, `s = s + mask` or through a slice of it (`m = mask[..., :k]` then
+  `s = s + m`), as if a mask always came: those statements move under `if <mask> is not None:`, the
+  current form, so that the function also runs without a mask (the training host builds none);
 - its leading shape read as `bsz, q_len, _ = x.size()` (or `x.shape`) becomes `bsz, q_len = x.shape[:-1]`,
   and `view`/`reshape` sizes that read the unsharded head count or width (`self.num_heads`,
   `self.hidden_size`, attributes set to those config fields) become `-1`.
@@ -67,6 +71,7 @@ def current_forms(module: cst.Module) -> cst.Module:
     module = _attention_tables(module)
     window, module, mask_imports = _legacy_masks(module)
     module, outlined = _inline_attention(module, window)
+    module = _conditional_masks(module)
     imports = [*mask_imports]
     if outlined and not _imports_name(module, ATTENTION_TABLE):
         imports.append((TABLE_MODULE, (ATTENTION_TABLE,)))
@@ -459,6 +464,86 @@ def _without_methods(
 
 
 # --- inline eager attention -------------------------------------------------------------------------------
+
+
+# --- an eager function adding its mask unconditionally ---------------------------------------------------
+
+
+def _conditional_masks(module: cst.Module) -> cst.Module:
+    body = [_with_conditional_mask(s) if isinstance(s, cst.FunctionDef) else s for s in module.body]
+    return module.with_changes(body=body)
+
+
+def _with_conditional_mask(function: cst.FunctionDef) -> cst.FunctionDef:
+    """`function` with its unconditional mask statements under `if <mask> is not None:` (unchanged when
+    it is not an eager attention function of that form)."""
+    parameters = _parameters(function)
+    mask = "attention_mask" if "attention_mask" in parameters else None
+    if mask is None and len(parameters) > 4:
+        mask = parameters[4]
+    body = list(function.body.body)
+    if mask is None or not isinstance(function.body, cst.IndentedBlock):
+        return function
+    found = _unconditional_mask(body, mask)
+    if found is None:
+        return function
+    start, end = found
+    moved = [body[start].with_changes(leading_lines=[]), *body[start + 1 : end + 1]]
+    leading = list(body[start].leading_lines)
+    blank = next((i for i, line in enumerate(leading) if line.comment is None), None)
+    if blank is not None:  # the `if` line takes a blank line's place: later lines keep their numbers
+        leading.pop(blank)
+    condition = cst.If(
+        test=cst.Comparison(
+            left=cst.Name(mask), comparisons=[cst.ComparisonTarget(cst.IsNot(), cst.Name("None"))]
+        ),
+        body=cst.IndentedBlock(body=moved),
+        leading_lines=leading,
+    )
+    body[start : end + 1] = [condition]
+    return function.with_changes(body=function.body.with_changes(body=body))
+
+
+def _unconditional_mask(body: list[cst.BaseStatement], mask: str) -> tuple[int, int] | None:
+    """(first, last) top-level statements that add `mask` to attention scores unconditionally: `s = s + mask`
+    alone, or `t = <expression of mask>` right before `s = s + t`; the scores `s` computed earlier by a
+    `matmul(q, k.transpose(..))`, the mask read nowhere else."""
+    readers = [i for i, statement in enumerate(body) if mask in names_in(statement)]
+    if not readers or any(isinstance(body[i], cst.If | cst.With | cst.For | cst.While) for i in readers):
+        return None
+    for index, statement in enumerate(body):
+        found = _assignment(statement)
+        if found is None:
+            continue
+        target, value = found
+        if not (
+            isinstance(value, cst.BinaryOperation)
+            and isinstance(value.operator, cst.Add)
+            and isinstance(value.left, cst.Name)
+            and value.left.value == target
+            and isinstance(value.right, cst.Name)
+        ):
+            continue
+        if not any(
+            (earlier := _assignment(s)) is not None
+            and earlier[0] == target
+            and _scores(earlier[1]) is not None
+            for s in body[:index]
+        ):
+            continue
+        added = value.right.value
+        if added == mask and readers == [index]:
+            return index, index
+        previous = _assignment(body[index - 1]) if index > 0 else None
+        if (
+            previous is not None
+            and previous[0] == added
+            and readers == [index - 1]
+            and all(added not in names_in(s) for s in body[index + 1 :])
+        ):
+            return index - 1, index
+        return None
+    return None
 
 
 @dataclass(frozen=True)

@@ -351,3 +351,81 @@ def test_helper_kernels_of_the_gpt_files_are_read(model_type):
     result = current_forms(cst.parse_module(text)).code
     assert "def eager_attention_forward(" in result and "def _attn(" not in result
     assert "attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]" in result
+
+
+UNCONDITIONAL = """
+import torch
+from torch import nn
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+
+    # the mask, cut to the keys
+    causal_mask = attention_mask[:, :, :, : key.shape[-2]]
+    attn_weights = attn_weights + causal_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+    attn_output = torch.matmul(attn_weights, value)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+"""
+
+
+def test_a_mask_added_unconditionally_moves_under_a_mask_check_keeping_the_line_numbers():
+    expected = """
+    import torch
+    from torch import nn
+    def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+        # the mask, cut to the keys
+        if attention_mask is not None:
+            causal_mask = attention_mask[:, :, :, : key.shape[-2]]
+            attn_weights = attn_weights + causal_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        attn_output = torch.matmul(attn_weights, value)
+        return attn_output.transpose(1, 2).contiguous(), attn_weights
+    """
+    result = _normalised(UNCONDITIONAL)
+    assert _lines(result) == _lines(textwrap.dedent(expected))
+    assert len(result.splitlines()) == len(textwrap.dedent(UNCONDITIONAL).splitlines())
+
+
+def test_a_mask_added_directly_moves_under_a_mask_check():
+    source = UNCONDITIONAL.replace(
+        "    causal_mask = attention_mask[:, :, :, : key.shape[-2]]\n    attn_weights = attn_weights + causal_mask\n",
+        "    attn_weights = attn_weights + attention_mask\n",
+    )
+    assert "    if attention_mask is not None:\n        attn_weights = attn_weights + attention_mask\n" in (
+        _normalised(source)
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # the mask is read again later: moving its add alone would leave that read unguarded
+        (
+            "    return attn_output",
+            "    attn_output = attn_output + attention_mask.sum()\n    return attn_output",
+        ),
+        # what gets the mask is not attention scores (no q @ k^T before it)
+        ("torch.matmul(query, key.transpose(2, 3)) * scaling", "query * scaling"),
+        # the sliced mask is read again after the add
+        (
+            "    attn_weights = nn.functional.softmax",
+            "    attn_weights = attn_weights * causal_mask\n    attn_weights = nn.functional.softmax",
+        ),
+    ],
+)
+def test_other_unconditional_uses_of_the_mask_are_left_as_written(change):
+    source = UNCONDITIONAL.replace(*change)
+    assert _normalised(source) == textwrap.dedent(source)
+
+
+def test_modernbert_decoder_is_no_longer_refused_for_its_eager_mask():
+    """Its eager function adds the mask sliced to the keys without checking for one (R027 before); what
+    is left (its prediction head before the vocabulary projection, R008, and its own shifted
+    CrossEntropyLoss, R023/R007) belongs to other passes."""
+    from scaffold.analysis import analyze_model_type
+
+    codes = {refusal.code for refusal in analyze_model_type("modernbert-decoder").refusals}
+    assert "R027" not in codes
