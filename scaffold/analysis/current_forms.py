@@ -30,6 +30,12 @@ of analyses and rules serves both:
   mask to the scores unconditionally, `s = s + mask` or through a slice of it (`m = mask[..., :k]` then
   `s = s + m`), as if a mask always came: those statements move under `if <mask> is not None:`, the
   current form, so that the function also runs without a mask (the training host builds none);
+- a causal LM computing its loss by hand under `if labels is not None:` as the shifted cross-entropy
+  (`s = logits[..., :-1, :]`, `t = labels[..., 1:]`, each optionally `.contiguous()`, flattened by
+  `.view(-1, V)` / `.view(-1)`, the labels optionally moved `.to(...)`, `loss = CrossEntropyLoss()(s, t)`
+  through a name): the block becomes `loss = self.loss_function(logits=logits, labels=labels,
+  vocab_size=V)`, the same loss (transformers' causal-LM loss shifts the labels and takes the mean over
+  the labels that are not -100, as `CrossEntropyLoss()` does), which the head rules know;
 - its leading shape read as `bsz, q_len, _ = x.size()` (or `x.shape`) becomes `bsz, q_len = x.shape[:-1]`,
   and `view`/`reshape` sizes that read the unsharded head count or width (`self.num_heads`,
   `self.hidden_size`, attributes set to those config fields) become `-1`.
@@ -43,12 +49,14 @@ and the usual refusals (R019, R026, R027) name it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import libcst as cst
 import libcst.matchers as m
 
+from ..patterns import IS_NOT_NONE
 from ..syntax import code, dotted, fresh_name, names_in, walk
 
 EAGER_KEY = "eager"
@@ -72,6 +80,7 @@ def current_forms(module: cst.Module) -> cst.Module:
     window, module, mask_imports = _legacy_masks(module)
     module, outlined = _inline_attention(module, window)
     module = _conditional_masks(module)
+    module = _transformers_losses(module)
     imports = [*mask_imports]
     if outlined and not _imports_name(module, ATTENTION_TABLE):
         imports.append((TABLE_MODULE, (ATTENTION_TABLE,)))
@@ -464,6 +473,79 @@ def _without_methods(
 
 
 # --- inline eager attention -------------------------------------------------------------------------------
+
+
+# --- a causal LM's shifted cross-entropy written out ----------------------------------------------------
+
+LABELS = "labels"
+CROSS_ENTROPY = frozenset({"CrossEntropyLoss", "nn.CrossEntropyLoss", "torch.nn.CrossEntropyLoss"})
+_CONTIGUOUS = r"(?:\.contiguous\(\))?"
+_SHIFTED_LOGITS = re.compile(rf"(\w+)\[\.\.\., :-1, :\]{_CONTIGUOUS}")
+_SHIFTED_LABELS = re.compile(rf"{LABELS}\[\.\.\., 1:\]{_CONTIGUOUS}")
+
+
+def _transformers_losses(module: cst.Module) -> cst.Module:
+    body = list(module.body)
+    for position, cls in enumerate(body):
+        if not isinstance(cls, cst.ClassDef):
+            continue
+        forward = _methods(cls).get("forward")
+        if forward is None or not isinstance(forward.body, cst.IndentedBlock):
+            continue
+        statements = list(forward.body.body)
+        for index, statement in enumerate(statements):
+            loss = _hand_written_loss(statement)
+            if loss is None:
+                continue
+            assert isinstance(statement, cst.If)
+            block = statement.with_changes(body=statement.body.with_changes(body=[loss]))
+            new_forward = forward.with_changes(
+                body=forward.body.with_changes(body=_padded(statements, index, [block], 1))
+            )
+            body[position] = _with_method(cls, new_forward)
+            break
+    return module.with_changes(body=body)
+
+
+def _hand_written_loss(statement: cst.BaseStatement) -> cst.SimpleStatementLine | None:
+    """`loss = self.loss_function(...)` for an `if labels is not None:` block computing the shifted
+    cross-entropy by hand (the module docstring's form), else None."""
+    if not (
+        isinstance(statement, cst.If)
+        and statement.orelse is None
+        and m.matches(statement.test, IS_NOT_NONE)
+        and m.matches(statement.test.left, m.Name(LABELS))  # type: ignore[attr-defined]
+    ):
+        return None
+    logits = shifted_logits = shifted_labels = loss_fn = loss = None
+    vocab: str | None = None
+    for inner in statement.body.body:
+        found = _assignment(inner)
+        if found is None:
+            return None
+        target, value = found
+        text = code(value)
+        if (match := _SHIFTED_LOGITS.fullmatch(text)) is not None and shifted_logits is None:
+            logits, shifted_logits = match.group(1), target
+        elif _SHIFTED_LABELS.fullmatch(text) and shifted_labels is None:
+            shifted_labels = target
+        elif isinstance(value, cst.Call) and not value.args and code(value.func) in CROSS_ENTROPY:
+            loss_fn = target
+        elif target == shifted_logits and (view := re.fullmatch(rf"{target}\.view\(-1, (.+)\)", text)):
+            vocab = view.group(1)
+        elif target == shifted_labels and re.fullmatch(rf"{target}\.(view\(-1\)|to\([\w.]+\))", text):
+            continue
+        elif loss_fn is not None and text == f"{loss_fn}({shifted_logits}, {shifted_labels})":
+            loss = target
+        else:
+            return None
+    if logits is None or shifted_labels is None or loss is None:
+        return None
+    call = (
+        f"{loss} = self.loss_function(logits={logits}, labels={LABELS}, "
+        f"vocab_size={vocab or 'self.config.vocab_size'})"
+    )
+    return cst.parse_statement(call)  # type: ignore[return-value]
 
 
 # --- an eager function adding its mask unconditionally ---------------------------------------------------
