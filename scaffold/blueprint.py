@@ -233,6 +233,19 @@ class MLPBlock:
 
 
 @dataclass(frozen=True)
+class PackedExperts:
+    """The experts of a sparse block held as two packed parameters `[experts, ., .]` (paths relative to the
+    block): gate | up concatenated along the features, and down. `transposed`: stored `[E, out, in]`
+    (applied as `F.linear`) rather than `[E, in, out]`. `classes`: the source classes the rebuilt block
+    replaces (the packed-expert modules and the router module)."""
+
+    gate_up: str
+    down: str
+    transposed: bool
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class MoEBlock:
     """A sparse mixture-of-experts block: a linear router, softmax, top-k (optionally renormalised) or a
     routing function of the source, and a list of gated expert MLPs, optionally a shared expert scaled by
@@ -264,6 +277,9 @@ class MoEBlock:
     # `self.config.<field>`, `self.training`) and the function's name; None for softmax -> top-k.
     routing: str | None = None
     routing_function: str | None = None
+    # Experts packed as parameters (then `experts`, `expert_class`, `gate`, `up` and `down` name the packed
+    # gate | up module, its class and the packed parameters' paths); None for a list of expert MLPs.
+    packed: PackedExperts | None = None
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ class RefusalCode:
 MOE = RefusalCode(
     "R001",
     "mixture-of-experts",
-    "a block with a list of experts that NXS040 does not recognise: it rebuilds a sparse block on NxD's MoE "
-    "only when it holds one linear router, one list of gated expert MLPs and at most a shared expert (with a "
-    "sigmoid gate)",
+    "a block with experts that NXS040 does not recognise: it rebuilds a sparse block on NxD's MoE only when it "
+    "holds one linear router, one list of gated expert MLPs and at most a shared expert (with a sigmoid gate), "
+    "or a router module and two packed-expert modules (gate | up and down, one [experts, ., .] parameter each)",
     "bring the block to that shape in a copy of the modeling file (--source), or write it with NxD's MoE "
     "(RouterTopK + ExpertMLPs) by hand from the TODO marker",
 )
