@@ -353,6 +353,28 @@ class SourceFusion:
 
 
 @dataclass(frozen=True)
+class CrossAttentionGuard:
+    """A constructor branch that built cross-attention modules under `test` (in `__init__` terms), read as
+    absent: NXS017 makes `owner`'s constructor raise when `test` holds."""
+
+    owner: str
+    test: str
+    attributes: tuple[str, ...]  # what the branch built
+    location: Location
+
+
+@dataclass(frozen=True)
+class CrossAttentionPruning:
+    """The cross-attention path analysis read as absent (`analysis.cross_attention`), for NXS017: the
+    inputs to remove from signatures and calls, the guards to add, and the constructor parameters that
+    only the removed branches passed (class, parameter), which go too."""
+
+    guards: tuple[CrossAttentionGuard, ...] = ()
+    inputs: tuple[str, ...] = ()
+    defaulted: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class CacheCallee:
     """A function NXS002 removes parameters from, as a call of it sees it."""
 
@@ -415,6 +437,7 @@ class Blueprint:
     # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
     learnable_activations: tuple[tuple[str, str], ...] = ()
     cache: CacheForwarding = CacheForwarding()  # where the KV cache travels (NXS002)
+    cross_attention: CrossAttentionPruning = CrossAttentionPruning()  # read as absent (NXS017)
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

@@ -66,8 +66,13 @@ CROSS_ATTENTION = RefusalCode(
     "R006",
     "cross-attention",
     "keys and values computed from another input than the queries (encoder states) are out of scope "
-    "(parameters every call binds to the same expression, `attn(x, x, x)`, count as one input)",
-    "encoder-decoder and cross-attention models are out of scope; write the training model by hand",
+    "(parameters every call binds to the same expression, `attn(x, x, x)`, count as one input); a decoder's "
+    "optional cross-attention path is removed instead (NXS017) where every read of the encoder inputs "
+    "(`encoder_hidden_states`, `encoder_attention_mask`, `key_value_states`) sits in a branch decided by "
+    "their being None, or passes them on unchanged",
+    "encoder-decoder models are out of scope; for a decoder whose cross-attention path could not be removed, "
+    "move the reads of the encoder inputs under `if <input> is not None:` branches in a copy of the modeling "
+    "file (--source), or write the training model by hand",
 )
 FUSED_PROJECTION = RefusalCode(
     "R007",

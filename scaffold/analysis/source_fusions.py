@@ -29,9 +29,10 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
-from ..blueprint import Location, SourceFusion
+from ..blueprint import CrossAttentionPruning, Location, SourceFusion
 from ..source import ModelSource
 from ..syntax import code, names_in, walk
+from .cross_attention import prune_cross_attention
 from .current_forms import current_forms
 from .linear_subclasses import read_as_linear
 from .parsing import parse_module
@@ -43,11 +44,20 @@ SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the
 
 
 def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """The modeling file parsed, its pre-refactor forms read as the current ones (`current_forms`), its
-    plain-linear subclasses as `nn.Linear` (`linear_subclasses`) and its fused projections as separate
-    linears (what analysis and the rules both work on), and what was split."""
-    module = read_as_linear(current_forms(parse_module(source.read_text(), source.display_path)))
-    return split_source_fusions(module, source.display_path)
+    """The modeling file as analysis and the rules both work on it (`read_source`), and what was split."""
+    module, fusions, _ = read_source(source)
+    return module, fusions
+
+
+def read_source(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...], CrossAttentionPruning]:
+    """The modeling file parsed, its cross-attention path read as absent (`cross_attention`), its
+    pre-refactor forms read as the current ones (`current_forms`), its plain-linear subclasses as
+    `nn.Linear` (`linear_subclasses`) and its fused projections as separate linears; what was split, and
+    what was pruned."""
+    parsed = parse_module(source.read_text(), source.display_path)
+    pruned, pruning = prune_cross_attention(parsed, source.display_path)
+    module, fusions = split_source_fusions(read_as_linear(current_forms(pruned)), source.display_path)
+    return module, fusions, pruning
 
 
 def split_source_fusions(

@@ -120,12 +120,18 @@ def test_replicating_plan_styles_are_not_read_as_sharding():
 def test_attention_called_with_one_tensor_three_times_is_self_attention():
     # ctrl's MultiHeadAttention.forward(v, k, q, ...) is called `(normed, normed, normed, ...)` only: no R006.
     assert "R006" not in codes("ctrl")
-    # xglm's attention reads `key_value_states` for keys and values: cross-attention stays refused.
-    assert any(
-        "key_value_states" in refusal.message
-        for refusal in blueprint_of("xglm").refusals
-        if refusal.code == "R006"
-    )
+
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_bigcode", "biogpt", "xglm"])
+def test_a_decoder_cross_attention_path_is_removed_not_refused(model_type: str):
+    # Their attention reads `encoder_hidden_states` / `key_value_states` for keys and values only where those
+    # are not None, and their layers build the cross-attention modules under `config.add_cross_attention`:
+    # analysis reads the path as absent (NXS017 guards the switch), nothing is refused as R006.
+    assert "R006" not in codes(model_type)
+    guards = blueprint_of(model_type).cross_attention.guards
+    assert all(source_line(model_type, g.location.line).strip() == f"if {g.test}:" for g in guards)
+    assert len(guards) == (0 if model_type == "biogpt" else 1)
 
 
 def test_the_cache_followed_across_calls_leaves_no_cache_use():
