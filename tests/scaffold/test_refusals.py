@@ -122,7 +122,6 @@ def test_attention_called_with_one_tensor_three_times_is_self_attention():
     assert "R006" not in codes("ctrl")
 
 
-
 @pytest.mark.parametrize("model_type", ["gpt2", "gpt_bigcode", "biogpt", "xglm"])
 def test_a_decoder_cross_attention_path_is_removed_not_refused(model_type: str):
     # Their attention reads `encoder_hidden_states` / `key_value_states` for keys and values only where those
