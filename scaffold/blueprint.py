@@ -340,7 +340,8 @@ class SourceFusion:
     `part_sizes` are expressions valid in the owner's constructor where the linear was built; `bias` is
     the source's bias argument. `groups` (an expression of the same kind) is set when the parts are
     interleaved: the output features form that many equal groups, each holding its share of every part
-    in part order (per head `[q k v]`); None when the parts follow one another.
+    in part order (per head `[q k v]`); None when the parts follow one another. A linear the source builds
+    as transformers' `Conv1D` is recorded even when it is not split (one part, its own name), `transposed`.
     """
 
     owner: str
@@ -350,6 +351,7 @@ class SourceFusion:
     bias: str
     location: Location
     groups: str | None = None
+    transposed: bool = False  # the checkpoint stores the weight `[in, out]` (transformers' Conv1D)
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,11 @@ MOE = RefusalCode(
 CONV1D_TRANSPOSED = RefusalCode(
     "R002",
     "conv1d-weights",
-    "transformers' Conv1D stores linear weights transposed; the parallel layers and specs assume nn.Linear",
-    "convert the Conv1D layers to nn.Linear (transposing their weights in a weight spec) in a copy of the "
-    "modeling file and pass it with --source",
+    "transformers' Conv1D stores linear weights transposed; analysis reads it as nn.Linear (its checkpoint "
+    "weight transposed by NXS027's TransposedSourceFusedLinearSpec) only where a constructor builds it as "
+    "`self.<attr> = Conv1D(nf, nx)`, two positional arguments",
+    "build each Conv1D as its own attribute in the constructor, `self.<attr> = Conv1D(nf, nx)`, in a copy of "
+    "the modeling file (--source), or convert it to nn.Linear with a spec that transposes its weight by hand",
 )
 INTERLEAVED_QKV = RefusalCode(
     "R003",
@@ -78,8 +80,9 @@ FUSED_PROJECTION = RefusalCode(
     "R007",
     "fused-projection",
     "a projection whose output the source splits, in a form other than the ones analysis reads as separate "
-    "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices or "
-    "`t.chunk(n, dim=-1)` (`dim=2` too where the linear reads the block's input) after at most in-place "
+    "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices, "
+    "`t.chunk(n, dim=-1)` or, unpacked in the statement that calls it, `t.split(size, dim=-1)` (`dim=2` "
+    "too where the linear reads the block's input) after at most in-place "
     "clamps `t = t.clamp(...)`, and read nowhere else, part sizes the constructor can compute; NXS027), "
     "needs a per-part split of its weight",
     "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "

@@ -41,10 +41,19 @@ def test_ernie4_5_moe_bias_corrected_choice_is_refused_as_routing():
     assert "self.gate = nn.Linear" in line
 
 
-def test_gpt2_conv1d_is_refused_at_each_constructor():
-    lines = lines_of("gpt2", "R002")
-    assert len(lines) >= 3
-    assert all("Conv1D(" in line for line in lines)
+def test_gpt2_conv1d_reads_as_linears_with_transposed_checkpoints():
+    # Every Conv1D of gpt2 is `self.<attr> = Conv1D(nf, nx)` in a constructor: read as nn.Linear, each gets
+    # the transposing spec (c_attn split into q, k and v by `.split(self.split_size, dim=2)`), no refusal.
+    blueprint = blueprint_of("gpt2")
+    assert codes("gpt2") == set()
+    transposed = {(f.owner, f.source_name): f.part_names for f in blueprint.fusions if f.transposed}
+    assert transposed == {
+        ("GPT2Attention", "c_attn"): ("q_proj", "k_proj", "v_proj"),
+        ("GPT2Attention", "c_proj"): ("c_proj",),
+        ("GPT2MLP", "c_fc"): ("c_fc",),
+        ("GPT2MLP", "c_proj"): ("c_proj",),
+    }
+    assert all("Conv1D(" in source_line("gpt2", f.location.line) for f in blueprint.fusions if f.transposed)
 
 
 def test_qk_norms_sharded_with_their_heads_are_not_refused():
