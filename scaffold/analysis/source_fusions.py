@@ -35,10 +35,13 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
-from ..blueprint import Location, SourceFusion
+from ..blueprint import CrossAttentionPruning, Location, SourceFusion
 from ..source import ModelSource
 from ..syntax import code, names_in, walk
+from .conv1d import TransposedLinear, read_conv1d_as_linear
+from .cross_attention import prune_cross_attention
 from .current_forms import current_forms
+from .head_pruning import without_head_pruning
 from .linear_subclasses import read_as_linear
 from .parsing import parse_module
 
@@ -49,11 +52,49 @@ SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the
 
 
 def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """The modeling file parsed, its pre-refactor forms read as the current ones (`current_forms`), its
-    plain-linear subclasses as `nn.Linear` (`linear_subclasses`) and its fused projections as separate
-    linears (what analysis and the rules both work on), and what was split."""
-    module = read_as_linear(current_forms(parse_module(source.read_text(), source.display_path)))
-    return split_source_fusions(module, source.display_path)
+    """The modeling file as analysis and the rules both work on it (`read_source`), and what was split."""
+    module, fusions, _ = read_source(source)
+    return module, fusions
+
+
+def read_source(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...], CrossAttentionPruning]:
+    """The modeling file parsed, its cross-attention path read as absent (`cross_attention`), its
+    pre-refactor forms read as the current ones (`current_forms`), its plain-linear subclasses as
+    `nn.Linear` (`linear_subclasses`) and its fused projections as separate linears; what was split, and
+    what was pruned."""
+    parsed = parse_module(source.read_text(), source.display_path)
+    pruned, pruning = prune_cross_attention(parsed, source.display_path)
+    pruned, transposed = read_conv1d_as_linear(
+        without_head_pruning(pruned), source.package, source.display_path
+    )
+    module, fusions = split_source_fusions(read_as_linear(current_forms(pruned)), source.display_path)
+    return module, with_transposed(fusions, transposed), pruning
+
+
+def with_transposed(
+    fusions: tuple[SourceFusion, ...], transposed: tuple[TransposedLinear, ...]
+) -> tuple[SourceFusion, ...]:
+    """The fusions, those of a linear stored transposed marked so, and such a linear that is not split
+    as a fusion of one part (itself): its checkpoint tensor needs the transposing spec all the same."""
+    marked = {(linear.owner, linear.attribute) for linear in transposed}
+    result = [
+        dataclasses.replace(f, transposed=True) if (f.owner, f.source_name) in marked else f for f in fusions
+    ]
+    split = {(f.owner, f.source_name) for f in fusions}
+    result += [
+        SourceFusion(
+            owner=linear.owner,
+            source_name=linear.attribute,
+            part_names=(linear.attribute,),
+            part_sizes=(linear.out_features,),
+            bias="True",
+            location=linear.location,
+            transposed=True,
+        )
+        for linear in transposed
+        if (linear.owner, linear.attribute) not in split
+    ]
+    return tuple(result)
 
 
 def split_source_fusions(
@@ -78,6 +119,7 @@ class _Split:
     view: _GroupedView | None = None  # the fused output viewed into groups before the split
     elementwise: tuple[int, ...] = ()  # statements between the call and the split: `t = t.clamp(...)`
     groups_first: _GroupsFirst | None = None  # the fused output cut into groups by a statement of its own
+    by_size: bool = False  # `t.split(size, ...)`: every part `size` features
 
 
 @dataclass(frozen=True)
@@ -237,7 +279,7 @@ def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
     """The forward's `t = self.<source>(x)` and the statements right after that split `t` and nothing else."""
     body = list(forward.body.body)
     for index, statement in enumerate(body):
-        inline = _inline_chunk(statement, index, source)
+        inline = _inline_chunk(statement, index, source) or _inline_split(statement, index, source, forward)
         if inline is not None:
             return inline
         assignment = _single_assignment(statement)
@@ -520,6 +562,37 @@ def _inline_chunk(statement: cst.BaseStatement, index: int, source: str) -> _Spl
     return _Split(source, index, (index,), names, (), call_input)
 
 
+def _inline_split(
+    statement: cst.BaseStatement, index: int, source: str, forward: cst.FunctionDef
+) -> _Split | None:
+    """`a, b, c = self.<source>(x).split(size, dim=d)`, `d` a dimension of the features: parts of `size`
+    features each (exact when the linear has `n * size`; otherwise the spec's split of the checkpoint
+    tensor fails when loading, as the source's own unpacking would)."""
+    assignment = _single_assignment(statement)
+    if assignment is None or not isinstance(assignment[0], cst.Tuple):
+        return None
+    target, value = assignment
+    call = m.Call(
+        func=m.Attribute(value=_call_of(source), attr=m.Name("split")),
+        args=[m.Arg(keyword=None), m.Arg(value=m.Integer() | m.UnaryOperation(), keyword=m.Name("dim"))],
+    )
+    if not m.matches(value, call):
+        return None
+    call_input = value.func.value.args[0].value  # type: ignore[attr-defined]
+    dim = value.args[1].value  # type: ignore[attr-defined]
+    dim_value = -int(dim.expression.value) if isinstance(dim, cst.UnaryOperation) else int(dim.value)
+    size = value.args[0].value  # type: ignore[attr-defined]
+    names = [e.value.value for e in target.elements if isinstance(e.value, cst.Name)]
+    if (
+        dim_value not in _features_dims(forward, call_input)
+        or len(names) != len(target.elements)
+        or len(names) < 2
+        or isinstance(size, cst.List | cst.Tuple)
+    ):
+        return None
+    return _Split(source, index, (index,), tuple(names), (size,) * len(names), call_input, by_size=True)
+
+
 def _call_of(source: str) -> m.Call:
     return m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name(source)), args=[m.Arg(keyword=None)])
 
@@ -649,8 +722,12 @@ def _constructor_sizes(
         if assignment is not None and isinstance(assignment[0], cst.Name):
             locals_[assignment[0].value] = assignment[1]
     sizes = [_ungrouped(size.visit(_Substitute(locals_))) for size in split.sizes]
-    total = sizes[0] if len(sizes) == 1 else _sum(sizes)
-    sizes.append(cst.BinaryOperation(_grouped(out), cst.Subtract(), _grouped(total)))
+    if split.by_size:  # the size's own value: rules may give an attribute of the source a per-rank meaning
+        attributes = _attribute_values(init, index)
+        sizes = [attributes.get(_self_attribute_name(size), size) for size in sizes]
+    if len(sizes) < count:  # slices: the last part is what remains
+        total = sizes[0] if len(sizes) == 1 else _sum(sizes)
+        sizes.append(cst.BinaryOperation(_grouped(out), cst.Subtract(), _grouped(total)))
     available = _constructor_names(init, index)
     for size in sizes:
         if not _computable(size, available):  # type: ignore[arg-type]
@@ -697,6 +774,24 @@ def _sum(sizes: list[cst.BaseExpression]) -> cst.BaseExpression:
     for size in sizes[1:]:
         total = cst.BinaryOperation(total, cst.Add(), size)
     return total
+
+
+def _self_attribute_name(node: cst.BaseExpression) -> str:
+    return node.attr.value if m.matches(node, m.Attribute(value=m.Name("self"))) else ""  # type: ignore[attr-defined]
+
+
+def _attribute_values(init: cst.FunctionDef, index: int) -> dict[str, cst.BaseExpression]:
+    """`attr -> value` for the attributes the constructor assigns exactly once, `self.attr = value`,
+    before its statement `index`."""
+    values: dict[str, cst.BaseExpression] = {}
+    counts: dict[str, int] = {}
+    for statement in init.body.body[:index]:
+        assignment = _single_assignment(statement)
+        if assignment is not None and m.matches(assignment[0], m.Attribute(value=m.Name("self"))):
+            name = assignment[0].attr.value  # type: ignore[attr-defined]
+            counts[name] = counts.get(name, 0) + 1
+            values[name] = assignment[1]
+    return {name: value for name, value in values.items() if counts[name] == 1}
 
 
 def _constructor_names(init: cst.FunctionDef, index: int) -> tuple[set[str], set[str]]:
