@@ -213,6 +213,9 @@ class AttentionGeometry:
     k_norm: str | None
     core_call: Location  # the call that computes softmax(q k^T) v
     eager_function: str | None = None  # the module-level eager attention function the forward defaults to
+    # Instance attributes holding a total head count that the forward's head reshapes read (directly or
+    # through a helper method's arguments), each with the per-rank attribute NXS021 gives it instead.
+    total_head_counts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -356,7 +359,8 @@ class SourceFusion:
     `part_sizes` are expressions valid in the owner's constructor where the linear was built; `bias` is
     the source's bias argument. `groups` (an expression of the same kind) is set when the parts are
     interleaved: the output features form that many equal groups, each holding its share of every part
-    in part order (per head `[q k v]`); None when the parts follow one another.
+    in part order (per head `[q k v]`); None when the parts follow one another. A linear the source builds
+    as transformers' `Conv1D` is recorded even when it is not split (one part, its own name), `transposed`.
     """
 
     owner: str
@@ -366,6 +370,29 @@ class SourceFusion:
     bias: str
     location: Location
     groups: str | None = None
+    transposed: bool = False  # the checkpoint stores the weight `[in, out]` (transformers' Conv1D)
+
+
+@dataclass(frozen=True)
+class CrossAttentionGuard:
+    """A constructor branch that built cross-attention modules under `test` (in `__init__` terms), read as
+    absent: NXS017 makes `owner`'s constructor raise when `test` holds."""
+
+    owner: str
+    test: str
+    attributes: tuple[str, ...]  # what the branch built
+    location: Location
+
+
+@dataclass(frozen=True)
+class CrossAttentionPruning:
+    """The cross-attention path analysis read as absent (`analysis.cross_attention`), for NXS017: the
+    inputs to remove from signatures and calls, the guards to add, and the constructor parameters that
+    only the removed branches passed (class, parameter), which go too."""
+
+    guards: tuple[CrossAttentionGuard, ...] = ()
+    inputs: tuple[str, ...] = ()
+    defaulted: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -431,6 +458,7 @@ class Blueprint:
     # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
     learnable_activations: tuple[tuple[str, str], ...] = ()
     cache: CacheForwarding = CacheForwarding()  # where the KV cache travels (NXS002)
+    cross_attention: CrossAttentionPruning = CrossAttentionPruning()  # read as absent (NXS017)
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

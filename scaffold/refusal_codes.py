@@ -33,9 +33,11 @@ MOE = RefusalCode(
 CONV1D_TRANSPOSED = RefusalCode(
     "R002",
     "conv1d-weights",
-    "transformers' Conv1D stores linear weights transposed; the parallel layers and specs assume nn.Linear",
-    "convert the Conv1D layers to nn.Linear (transposing their weights in a weight spec) in a copy of the "
-    "modeling file and pass it with --source",
+    "transformers' Conv1D stores linear weights transposed; analysis reads it as nn.Linear (its checkpoint "
+    "weight transposed by NXS027's TransposedSourceFusedLinearSpec) only where a constructor builds it as "
+    "`self.<attr> = Conv1D(nf, nx)`, two positional arguments",
+    "build each Conv1D as its own attribute in the constructor, `self.<attr> = Conv1D(nf, nx)`, in a copy of "
+    "the modeling file (--source), or convert it to nn.Linear with a spec that transposes its weight by hand",
 )
 INTERLEAVED_QKV = RefusalCode(
     "R003",
@@ -66,17 +68,24 @@ CROSS_ATTENTION = RefusalCode(
     "R006",
     "cross-attention",
     "keys and values computed from another input than the queries (encoder states) are out of scope "
-    "(parameters every call binds to the same expression, `attn(x, x, x)`, count as one input)",
-    "encoder-decoder and cross-attention models are out of scope; write the training model by hand",
+    "(parameters every call binds to the same expression, `attn(x, x, x)`, count as one input); a decoder's "
+    "optional cross-attention path is removed instead (NXS017) where every read of the encoder inputs "
+    "(`encoder_hidden_states`, `encoder_attention_mask`, `key_value_states`) sits in a branch decided by "
+    "their being None, or passes them on unchanged",
+    "encoder-decoder models are out of scope; for a decoder whose cross-attention path could not be removed, "
+    "move the reads of the encoder inputs under `if <input> is not None:` branches in a copy of the modeling "
+    "file (--source), or write the training model by hand",
 )
 FUSED_PROJECTION = RefusalCode(
     "R007",
     "fused-projection",
     "a projection whose output the source splits, in a form other than the ones analysis reads as separate "
-    "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices or "
-    "`t.chunk(n, dim=-1)` (`dim=2` too where the linear reads the block's input) after at most in-place "
-    "clamps `t = t.clamp(...)`, and read nowhere else, part sizes the constructor can compute; NXS027), "
-    "needs a per-part split of its weight",
+    "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices, "
+    "`t.chunk(n, dim=-1)` or, unpacked in the statement that calls it, `t.split(size, dim=-1)` (`dim=2` "
+    "too where the linear reads the block's input) after at most in-place clamps `t = t.clamp(...)`, or "
+    "first cut into groups `g = t.reshape(t.shape[:-1] + (groups, -1))` and then split by "
+    "`torch.split(g, size, dim=-1)` or `g.chunk(n, dim=-1)`, and read nowhere else, part sizes and group "
+    "count the constructor can compute; NXS027), needs a per-part split of its weight",
     "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "
     "the modeling file (--source) with a spec that splits its checkpoint tensor",
 )

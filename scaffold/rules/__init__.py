@@ -17,6 +17,7 @@ from .attention_sequence_parallel import AttentionSequenceParallel
 from .attention_variants import AttentionVariants
 from .base import Rule, RuleExample, RuleOptions
 from .base_model_forward import BaseModelForward
+from .cross_attention_guard import CrossAttentionGuardRule
 from .fused_gate_up import FusedGateUp
 from .kv_cache import DropKVCache
 from .learnable_activations import LearnableActivationGradients
@@ -37,6 +38,7 @@ from .vocab_parallel_lm_head import VocabParallelLMHead
 RULES: tuple[type[Rule], ...] = (
     PruneToTrainingClosure,  # NXS001
     DropKVCache,  # NXS002
+    CrossAttentionGuardRule,  # NXS017
     AbsoluteTransformersImports,  # NXS003
     ThreadTrnConfig,  # NXS004
     NeuronModelClasses,  # NXS005

@@ -9,7 +9,13 @@ owns the parts in a `SourceFusedLinearSpec` (inserted once per file from
 templates/definitions/source_fused_linears.py): loading splits the fused tensor into the parts and hands
 them to that spec; saving joins the parts back, bit for bit. Parts interleaved per head in the source
 (GPT-NeoX's `query_key_value` viewed as `(..., heads, 3 * head_size)`) give the spec their group count,
-and it de-interleaves them: each rank then holds whole heads' q, k and v.
+and it de-interleaves them: each rank then holds whole heads' q, k and v. So do parts split out of groups
+the fused output is cut into first (CodeGen's `qkv_proj` reshaped into `mp_num` groups of `q|v|k`): the
+parts are given in the source's order, so the spec reads each group's shares in that order. A linear the
+source builds as transformers' `Conv1D` (weight stored `[in, out]`; `scaffold.analysis.conv1d`) gets the
+subclass `TransposedSourceFusedLinearSpec` (templates/definitions/transposed_linears.py, inserted after the
+first definitions where a file needs it), split into parts or not: it transposes the weight on loading and
+back on saving.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from .base import Rule, stored_example
 
 TEMPLATES = "source_fused_checkpoint"
 DEFINITIONS = "source_fused_linears"
+TRANSPOSED_DEFINITIONS = "transposed_linears"  # linears built as transformers' Conv1D (weight `[in, out]`)
 CUSTOM_MODULE = "CustomModule"
 
 
@@ -30,13 +37,14 @@ class SourceFusedCheckpoint(Rule):
     CODE = "NXS027"
     NAME = "source-fused-checkpoint"
     SUMMARY = (
-        "q|k|v or gate|up fused in the source (one after the other, or interleaved per head): parts as "
+        "q|k|v or gate|up fused in the source (one after the other, or interleaved per head or group): parts as "
         "parallel layers + SourceFusedLinearSpec"
     )
     ADVICE = (
-        "Splits of another shape than contiguous slices `t[..., a:b]` or `t.chunk(n, dim=-1)` of one linear "
-        "(after in-place clamps), "
-        "or `t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, are refused (R007, R003). Disabling "
+        "Splits of another shape than contiguous slices `t[..., a:b]`, `t.chunk(n, dim=-1)` or an unpacked "
+        "`t.split(size, dim=-1)` of one linear (after in-place clamps), "
+        "`t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, or `torch.split(g, size, dim=-1)` "
+        "of its output cut into groups `(..., groups, -1)`, are refused (R007, R003). Disabling "
         "it leaves the generated model expecting one checkpoint tensor per part."
     )
     REQUIRES = ("NXS004",)
@@ -64,6 +72,10 @@ class SourceFusedCheckpoint(Rule):
         if not converted:
             return updated_node
         statements, needed = templates.definitions(DEFINITIONS, self.blueprint.style)
+        if any(f.transposed for f in self.blueprint.fusions if f.owner in converted):
+            transposed, more = templates.definitions(TRANSPOSED_DEFINITIONS, self.blueprint.style)
+            statements += transposed
+            needed |= {n for n in more if n.module != DEFINITIONS}
         self.add_template_imports(needed)
         body = list(updated_node.body)
         first = next(i for i, s in enumerate(body) if isinstance(s, cst.ClassDef | cst.FunctionDef))
@@ -87,11 +99,14 @@ class SourceFusedCheckpoint(Rule):
             "sizes": cst.List([cst.Element(cst.parse_expression(size)) for size in fusion.part_sizes]),
             "bias": cst.parse_expression(fusion.bias),
         }
-        template = "source_fused_spec"
+        template = "transposed_spec" if fusion.transposed else "source_fused_spec"
         if fusion.groups is not None:
-            template, fields["groups"] = "source_fused_interleaved_spec", cst.parse_expression(fusion.groups)
+            template = "transposed_interleaved_spec" if fusion.transposed else "source_fused_interleaved_spec"
+            fields["groups"] = cst.parse_expression(fusion.groups)
         statement, needed = templates.fill_statements(TEMPLATES, template, self.blueprint.style, **fields)
-        self.add_template_imports({n for n in needed if n.module != DEFINITIONS})
+        self.add_template_imports(
+            {n for n in needed if n.module not in (DEFINITIONS, TRANSPOSED_DEFINITIONS)}
+        )
         last = mentions[-1] + 1
         result = with_body(init, [*body[:last], *statement, *body[last:]])
         assert isinstance(result, cst.FunctionDef)

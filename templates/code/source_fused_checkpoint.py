@@ -2,6 +2,7 @@
 names is inserted whole from templates/definitions/source_fused_linears.py."""
 
 from .source_fused_linears import with_source_fused_linear
+from .transposed_linears import with_transposed_source_fused_linear
 
 
 def source_fused_spec(self, source, parts, sizes, bias):
@@ -17,5 +18,22 @@ def source_fused_interleaved_spec(self, source, parts, sizes, bias, groups):
     # them group by group: its tensor is de-interleaved into them when loading and interleaved again
     # when saving.
     self.specs = with_source_fused_linear(
+        self.specs, {source}, {parts}, {sizes}, bias={bias}, groups={groups}
+    )
+
+
+def transposed_spec(self, source, parts, sizes, bias):
+    """The same for a linear the checkpoint stores transposed (transformers' `Conv1D`: `[in, out]`)."""
+    # transformers' checkpoint holds this linear as a Conv1D, its weight transposed (input features first):
+    # the tensor is transposed (and split into the parts) when loading and transposed back when saving.
+    self.specs = with_transposed_source_fused_linear(self.specs, {source}, {parts}, {sizes}, bias={bias})
+
+
+def transposed_interleaved_spec(self, source, parts, sizes, bias, groups):
+    """The same for a transposed linear whose parts are interleaved in `groups` groups."""
+    # transformers' checkpoint holds these projections as one Conv1D, its weight transposed (input features
+    # first) and its output features interleaving them group by group: the tensor is transposed and
+    # de-interleaved when loading, interleaved and transposed back when saving.
+    self.specs = with_transposed_source_fused_linear(
         self.specs, {source}, {parts}, {sizes}, bias={bias}, groups={groups}
     )

@@ -23,9 +23,11 @@ EXAMPLE_MODELS = (
     *ACTIVATION_TARGETS,
     "gemma3_text",
     "qwen2_moe",
+    "gpt2",
 )  # rules may show their examples on these (phi3: projections fused in the source; gpt_neox: q|k|v
 # interleaved per head in the source; gemma3_text: a config flag that sets a mask option; qwen2_moe: the
-# pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms)
+# pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms; gpt2:
+# a cross-attention path a causal LM never takes)
 
 
 @functools.cache

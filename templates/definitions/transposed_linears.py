@@ -1,0 +1,78 @@
+"""Definitions NXS027 (source-fused-checkpoint) inserts whole, once per file and after those of
+source_fused_linears.py, into a model whose transformers source builds linears as transformers' `Conv1D`.
+
+`Conv1D(nf, nx)` stores its weight transposed, `[nx, nf]` (input features first), where the generated
+model's parallel linear holds `[nf, nx]`. `TransposedSourceFusedLinearSpec` is `SourceFusedLinearSpec` for
+such a checkpoint tensor: loading transposes the weight before splitting it into the parts (one part, the
+linear itself, when the source does not split it) and sharding it; consolidation joins the parts and
+transposes the weight back, bit for bit. Biases, and LoRA's `lora_A`/`lora_B` (PEFT shapes them as for a
+linear whatever the base layer stores), are not transposed.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import transformations_utils
+from ..transformations_utils import ModelWeightTransformationSpecs
+from .source_fused_linears import SourceFusedLinearSpec, with_source_fused_linear
+
+
+@dataclass
+class TransposedSourceFusedLinearSpec(SourceFusedLinearSpec):
+    """`SourceFusedLinearSpec` for a checkpoint linear `source_name` whose weight is stored `[in, out]`."""
+
+    def _adapt_state_dict(
+        self,
+        module_fully_qualified_name: str,
+        named_parameters: dict[str, nn.Parameter],
+        orig_state_dict: dict[str, torch.Tensor],
+        upstanding_sharded_params: dict[str, torch.Tensor],
+        inplace: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        state_dict = orig_state_dict if inplace else dict(orig_state_dict)
+        weight = f"{module_fully_qualified_name}.{self.source_name}.weight"
+        if weight in state_dict:
+            state_dict[weight] = state_dict[weight].t().contiguous()
+        return super()._adapt_state_dict(
+            module_fully_qualified_name, named_parameters, state_dict, upstanding_sharded_params, inplace=True
+        )
+
+    def _to_original_weights(
+        self,
+        module_fully_qualified_name: str,
+        sharded_state_dicts: dict[str, list[torch.Tensor]],
+        parameters_metadata: dict[str, dict[str, Any]],
+    ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        weights, removed = super()._to_original_weights(
+            module_fully_qualified_name, sharded_state_dicts, parameters_metadata
+        )
+        weight = f"{module_fully_qualified_name}.{self.source_name}.weight"
+        weights[weight] = weights[weight].t().contiguous()
+        return weights, removed
+
+
+def with_transposed_source_fused_linear(
+    specs: ModelWeightTransformationSpecs,
+    source_name: str,
+    part_names: list[str],
+    part_sizes: list[int],
+    bias: bool,
+    groups: int = 1,
+) -> ModelWeightTransformationSpecs:
+    """`with_source_fused_linear` for a checkpoint linear whose weight is stored transposed."""
+    fused = with_source_fused_linear(specs, source_name, part_names, part_sizes, bias, groups)
+    transposed = ModelWeightTransformationSpecs(module_fully_qualified_name=fused.module_fully_qualified_name)
+    for spec in fused:
+        if type(spec) is SourceFusedLinearSpec and spec.source_name == source_name:
+            spec = TransposedSourceFusedLinearSpec(**asdict(spec))
+        transposed.add_spec(spec)
+    return transposed
+
+
+# optimum-neuron rebuilds specs from checkpoint metadata by looking their class up in its
+# transformations_utils module: the class defined here is registered there (the first copy stays).
+if not hasattr(transformations_utils, TransposedSourceFusedLinearSpec.__name__):
+    setattr(transformations_utils, TransposedSourceFusedLinearSpec.__name__, TransposedSourceFusedLinearSpec)
