@@ -441,6 +441,18 @@ def _router(context: Context, analysis: ClassAnalysis, scope: Scope, taken: set[
     )
 
 
+def _along_experts(call: cst.Call, position: int) -> bool:
+    """The call's `dim` (keyword, or positional argument `position`) is absent, -1 or 1: the experts of the
+    `(tokens, experts)` logits a router module computes."""
+    dim = next(
+        (arg.value for arg in call.args if arg.keyword is not None and arg.keyword.value == "dim"), None
+    )
+    positional = [arg.value for arg in call.args if arg.keyword is None]
+    if dim is None and len(positional) > position:
+        dim = positional[position]
+    return dim is None or code(dim) in ("-1", "1")
+
+
 def _top_k(context: Context, forward: cst.FunctionDef, linear: str) -> tuple[cst.BaseExpression, Expr] | str:
     """(k, renormalisation) of `v, i = logits.topk(k); w = softmax(v)` (renormalised: True) on the
     logits of `self.<linear>`."""
@@ -467,6 +479,8 @@ def _top_k(context: Context, forward: cst.FunctionDef, linear: str) -> tuple[cst
         k = operands[1]
     if k is None or not operands:
         return f"`{code(call)}` does not read as topk(logits, k)"
+    if not _along_experts(call, 1 if method else 2):
+        return f"`{code(call)}` does not pick along the experts (the last dimension of 2-D logits)"
     logits = _before(forward, operands[0])
     while (
         isinstance(logits, cst.Call)
@@ -496,4 +510,6 @@ def _top_k(context: Context, forward: cst.FunctionDef, linear: str) -> tuple[cst
     ]
     if values is None or len(softmaxes) != 1:
         return "its top-k logits do not go through one softmax (the weights of the chosen experts)"
+    if not _along_experts(softmaxes[0], 1):
+        return f"`{code(softmaxes[0])}` does not normalise along the chosen experts"
     return k, Expr("True", "True")

@@ -398,6 +398,15 @@ def test_packed_experts_of_another_shape_are_refused_precisely(
     assert refusal.location.line == line_of(text, marker)
 
 
+def test_a_router_module_that_picks_along_another_dimension_is_refused(tmp_path: Path):
+    text = packed_source().replace(
+        "best, picked = scores.topk(self.k, dim=-1)", "best, picked = scores.topk(self.k, 0)"
+    )
+    blueprint = analyse(tmp_path, text)
+    assert blueprint.moe == ()
+    assert any("does not pick along the experts" in refusal.message for refusal in blueprint.refusals)
+
+
 def test_granitemoe_packed_experts_come_from_its_source():
     (block,) = blueprint_of("granitemoe").moe
     assert block.packed is not None
