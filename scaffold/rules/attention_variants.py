@@ -129,6 +129,8 @@ class AttentionVariants(Rule):
             o=cst.SimpleString(f'"{geometry.o}"'),
         )
         self.add_template_imports(needed)
+        if geometry.num_heads.source == geometry.num_kv_heads.source:  # every query head has its K/V head
+            block[-1] = _fused_without_head_check(block[-1])
         separate = [body[index].with_changes(leading_lines=[]) for index in places]
         block[-1] = _with_separate_branch(block[-1], separate, keep_bias_note=q.bias.source != "False")
         _, block[0] = leading_to(body[places[0]], block[0])
@@ -380,5 +382,29 @@ def _out_of_place(statement: cst.BaseStatement, names: set[str]) -> cst.BaseStat
             return cst.Assign(targets=[cst.AssignTarget(cst.Name(target.value))], value=value)
 
     result = statement.visit(_OutOfPlace())
+    assert isinstance(result, cst.BaseStatement)
+    return result
+
+
+def _fused_without_head_check(statement: cst.BaseStatement) -> cst.BaseStatement:
+    """The variant choice whose fused branch reads `elif trn_config.fuse_qkv:` where the template's
+    `and <heads> == <kv heads>` compares one count with itself (a source without a K/V head count)."""
+
+    class _Drop(cst.CSTTransformer):
+        def leave_BooleanOperation(
+            self, original_node: cst.BooleanOperation, updated_node: cst.BooleanOperation
+        ) -> cst.BaseExpression:
+            right = updated_node.right
+            if (
+                isinstance(updated_node.operator, cst.And)
+                and isinstance(right, cst.Comparison)
+                and len(right.comparisons) == 1
+                and isinstance(right.comparisons[0].operator, cst.Equal)
+                and right.left.deep_equals(right.comparisons[0].comparator)
+            ):
+                return updated_node.left
+            return updated_node
+
+    result = statement.visit(_Drop())
     assert isinstance(result, cst.BaseStatement)
     return result

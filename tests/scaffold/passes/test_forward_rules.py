@@ -182,6 +182,9 @@ class TestAttentionVariants(RuleTest):
             "        self.num_heads = divide(self.num_heads, tp_size)\n"
             "        self.num_key_value_groups = self.num_heads // self.num_key_value_heads"
         )
+        # one count for both: the fused variant needs no comparison of the count with itself
+        assert "        elif trn_config.fuse_qkv:\n" in init
+        assert "self.num_heads == self.num_heads" not in init
 
     def test_total_head_counts_the_forward_and_its_helpers_read_become_per_rank(self) -> None:
         # GPT-J's shape: a helper splits with the count the forward passes it (the total), another reads the
@@ -234,6 +237,7 @@ class TestAttentionVariants(RuleTest):
             in init
         )
         assert "self.qkv_proj = GQAQKVColumnParallelLinear(" in init and "stride=3" in init
+        assert "elif trn_config.fuse_qkv and config.num_attention_heads == config.num_key_value_heads:" in init
         assert "NXD-09" not in init  # no bias: no deviation note
         assert init.index("init_method = partial(") < init.index(
             "if self.qkv_linear:\n            self.qkv_proj"
