@@ -155,9 +155,13 @@ def _joined(
 class _Decider:
     """Decides conditions of one function's statements on `known` names, keeping the taken branches."""
 
-    def __init__(self, known: dict[str, str], counts: dict[str, int]) -> None:
+    def __init__(
+        self, known: dict[str, str], counts: dict[str, int], parameters: frozenset[str] = frozenset()
+    ) -> None:
         self.known = dict(known)
         self.counts = counts
+        self.parameters = parameters
+        self.aliases: dict[str, str] = {}  # a local bound once to a decided choice of a parameter
 
     def block(self, statements: Sequence[cst.BaseStatement]) -> list[_Piece]:
         pieces: list[_Piece] = []
@@ -194,11 +198,21 @@ class _Decider:
                     return [_Piece(None, _lines(statement))]
                 if name in CROSS_INPUTS and value == self.known.get(name):
                     return [_Piece(None, _lines(statement))]  # `encoder_attention_mask = None`
+                chosen = small.value.visit(_Expressions(self.known, self.aliases))
+                if (
+                    isinstance(small.value, cst.IfExp)
+                    and isinstance(chosen, cst.Name)
+                    and self.counts.get(name) == 1
+                    and chosen.value in self.parameters
+                    and not self.counts.get(chosen.value)
+                ):  # `current_states = key_value_states if is_cross else hidden_states`: one name
+                    self.aliases[name] = chosen.value
+                    return [_Piece(None, _lines(statement))]
         if isinstance(statement, cst.SimpleStatementLine):
-            return [_Piece(statement.visit(_Expressions(self.known)))]  # type: ignore[arg-type]
+            return [_Piece(statement.visit(_Expressions(self.known, self.aliases)))]  # type: ignore[arg-type]
         if isinstance(statement, cst.For | cst.While | cst.With | cst.Try):
             return [_Piece(self._compound(statement))]
-        return [_Piece(statement.visit(_Expressions(self.known)))]  # type: ignore[arg-type]
+        return [_Piece(statement.visit(_Expressions(self.known, self.aliases)))]  # type: ignore[arg-type]
 
     def _compound(self, statement: cst.BaseCompoundStatement) -> cst.BaseStatement:
         updated = statement.with_changes(body=self.suite(statement.body, self.block(statement.body.body)))
@@ -233,7 +247,7 @@ class _Decider:
                     orelse = statements[0]
                 else:
                     orelse = cst.Else(body=self.suite(orelse.body, kept))
-            test = node.test.visit(_Expressions(self.known))
+            test = node.test.visit(_Expressions(self.known, self.aliases))
             return [_Piece(node.with_changes(test=test, body=body, orelse=orelse))]
         total = _lines(node)
         if decided:
@@ -265,11 +279,14 @@ def _pure(test: cst.BaseExpression) -> bool:
 class _Expressions(cst.CSTTransformer):
     """Conditional expressions on decided conditions replaced by their taken side."""
 
-    def __init__(self, known: dict[str, str]) -> None:
+    def __init__(self, known: dict[str, str], aliases: dict[str, str] | None = None) -> None:
         super().__init__()
         self.known = known
+        self.aliases = aliases or {}
 
     def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+        if updated_node.value in self.aliases:
+            return updated_node.with_changes(value=self.aliases[updated_node.value])
         value = self.known.get(updated_node.value)
         if value is None or updated_node.value in CROSS_INPUTS:
             return updated_node  # an input passed on stays a name until NXS017 drops the argument
@@ -339,7 +356,11 @@ class _FoldInputs(cst.CSTTransformer):
         inputs = CROSS_INPUTS & _parameters(updated_node)
         if not inputs:
             return updated_node
-        decider = _Decider(dict.fromkeys(inputs, NONE), _assignment_counts(updated_node))
+        decider = _Decider(
+            dict.fromkeys(inputs, NONE),
+            _assignment_counts(updated_node),
+            frozenset(_parameters(updated_node)),
+        )
         body = updated_node.body
         if not isinstance(body, cst.IndentedBlock):
             return updated_node
