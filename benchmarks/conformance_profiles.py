@@ -1,12 +1,12 @@
 """Time `python -m conformance <type>` for the quick and full profiles, per check, as a user runs it.
 
     python benchmarks/conformance_profiles.py [--models llama] [--profiles quick full] [--warm-cache]
-    python benchmarks/conformance_profiles.py --models mixtral --profiles quick \
-        --package mixtral=tests/fixtures/moe_models/mixtral
+    python benchmarks/conformance_profiles.py --models mixtral --profiles quick
+    python benchmarks/conformance_profiles.py --models mytype --package mytype=path/to/hand-edited/mytype
 
 Each run is a fresh process in an empty working folder (so the model is scaffolded first, as from a fresh
-clone; `--package TYPE=FOLDER` checks that package folder instead, as the hand-finished MoE fixtures are
-checked until the scaffolder generates MoE models) with an empty reference-model cache unless `--warm-cache`
+clone; `--package TYPE=FOLDER` checks that package folder instead: a hand-edited
+or hand-written package) with an empty reference-model cache unless `--warm-cache`
 (then one cache is shared by the runs). Prints the load average before and after, the wall time of each
 run, the wall seconds of each check (launcher start-up included, from results.json) and the verdict counts,
 and writes them as JSON to `--json` if given. Targets on a 2-core machine: quick <= 90 s and full <= 600 s

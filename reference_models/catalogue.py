@@ -189,6 +189,9 @@ _ARCHITECTURE_TRAITS: dict[str, dict[str, Any]] = {
     "gpt_neo": {"attention_types": [[["global", "local"], 1]], "window_size": 5},
     # GPT-J rotates the first `rotary_dim` dimensions of each head (64 by default, wider than a tiny head).
     "gptj": {"rotary_dim": 4},
+    # CodeGen too; its qkv_proj holds `mp_num` = 4 groups of q|v|k, and each rank cuts its own heads into 4
+    # groups again: the 8 heads of the base variants keep 4 per rank at T=2 (quick), not at T=4.
+    "codegen": {"rotary_dim": 4},
     "granite": {
         "embedding_multiplier": 4.0,
         "residual_multiplier": 0.5,

@@ -213,6 +213,9 @@ class AttentionGeometry:
     k_norm: str | None
     core_call: Location  # the call that computes softmax(q k^T) v
     eager_function: str | None = None  # the module-level eager attention function the forward defaults to
+    # Instance attributes holding a total head count that the forward's head reshapes read (directly or
+    # through a helper method's arguments), each with the per-rank attribute NXS021 gives it instead.
+    total_head_counts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,19 @@ class MLPBlock:
     activation: Expr | None
     intermediate_size: Expr
     location: Location
+
+
+@dataclass(frozen=True)
+class PackedExperts:
+    """The experts of a sparse block held as two packed parameters `[experts, ., .]` (paths relative to the
+    block): gate | up concatenated along the features, and down. `transposed`: stored `[E, out, in]`
+    (applied as `F.linear`) rather than `[E, in, out]`. `classes`: the source classes the rebuilt block
+    replaces (the packed-expert modules and the router module)."""
+
+    gate_up: str
+    down: str
+    transposed: bool
+    classes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -261,6 +277,9 @@ class MoEBlock:
     # `self.config.<field>`, `self.training`) and the function's name; None for softmax -> top-k.
     routing: str | None = None
     routing_function: str | None = None
+    # Experts packed as parameters (then `experts`, `expert_class`, `gate`, `up` and `down` name the packed
+    # gate | up module, its class and the packed parameters' paths); None for a list of expert MLPs.
+    packed: PackedExperts | None = None
 
 
 @dataclass(frozen=True)

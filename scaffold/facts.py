@@ -83,6 +83,9 @@ class DefaultConfig:
     def __getattr__(self, name: str) -> Any:
         if name in self.__values:
             return self.__values[name]
+        aliases = self.__values.get("attribute_map")
+        if isinstance(aliases, dict) and name in aliases:  # `config.hidden_size` for GPT-2's `n_embd`
+            return getattr(self, aliases[name])
         if name in self.__opaque:
             return OpaqueValue(self.__opaque[name])
         if name in self.__methods:

@@ -17,6 +17,7 @@ from .blueprint import Blueprint
 from .errors import ScaffoldError
 from .rules import RULES, Rule, RuleOptions, check_disabled, rule_by_key
 from .rules.base import DEFER_IMPORTS
+from .rules.unused_imports import without_emptied_guards
 
 
 def resolve_disabled(keys: Iterable[str]) -> frozenset[str]:
@@ -59,6 +60,9 @@ class RulePipeline(MagicArgsCodemodCommand):
 
     def get_transforms(self) -> Generator[type[Codemod], None, None]:
         yield from self.rules
+
+    def transform_module(self, tree: cst.Module) -> cst.Module:
+        return without_emptied_guards(super().transform_module(tree), self.context.filename)
 
 
 def apply_rules(

@@ -24,9 +24,9 @@ class RefusalCode:
 MOE = RefusalCode(
     "R001",
     "mixture-of-experts",
-    "a block with a list of experts that NXS040 does not recognise: it rebuilds a sparse block on NxD's MoE "
-    "only when it holds one linear router, one list of gated expert MLPs and at most a shared expert (with a "
-    "sigmoid gate)",
+    "a block with experts that NXS040 does not recognise: it rebuilds a sparse block on NxD's MoE only when it "
+    "holds one linear router, one list of gated expert MLPs and at most a shared expert (with a sigmoid gate), "
+    "or a router module and two packed-expert modules (gate | up and down, one [experts, ., .] parameter each)",
     "bring the block to that shape in a copy of the modeling file (--source), or write it with NxD's MoE "
     "(RouterTopK + ExpertMLPs) by hand from the TODO marker",
 )
@@ -83,8 +83,9 @@ FUSED_PROJECTION = RefusalCode(
     "linears (an nn.Linear built once, called once, its output cut by `t[..., a:b]` slices, "
     "`t.chunk(n, dim=-1)` or, unpacked in the statement that calls it, `t.split(size, dim=-1)` (`dim=2` "
     "too where the linear reads the block's input) after at most in-place "
-    "clamps `t = t.clamp(...)`, and read nowhere else, part sizes the constructor can compute; NXS027), "
-    "needs a per-part split of its weight",
+    "clamps `t = t.clamp(...)`, or first cut into groups `g = t.reshape(t.shape[:-1] + (groups, -1))` and "
+    "then split by `torch.split(g, size, dim=-1)` or `g.chunk(n, dim=-1)`, and read nowhere else, part sizes "
+    "and group count the constructor can compute; NXS027), needs a per-part split of its weight",
     "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "
     "the modeling file (--source) with a spec that splits its checkpoint tensor",
 )

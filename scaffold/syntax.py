@@ -254,6 +254,26 @@ def insert_after_super_init(
     return function.with_changes(body=function.body.with_changes(body=body))
 
 
+def with_statements_after(
+    function: cst.FunctionDef, inserted: Callable[[cst.BaseStatement], Sequence[cst.BaseStatement]]
+) -> cst.FunctionDef:
+    """`function` with `inserted(statement)` right after each statement of each of its blocks (an `if`
+    arm's too), so code placed after an assignment exists exactly when the assignment runs."""
+
+    class _After(cst.CSTTransformer):
+        def leave_IndentedBlock(
+            self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
+        ) -> cst.IndentedBlock:
+            body: list[cst.BaseStatement] = []
+            for statement in updated_node.body:
+                body += [statement, *inserted(statement)]
+            return updated_node.with_changes(body=body)
+
+    result = function.visit(_After())
+    assert isinstance(result, cst.FunctionDef)
+    return result
+
+
 def insert_module_statements(
     module: cst.Module, statements: Sequence[cst.BaseStatement], *, before: str | None = None
 ) -> cst.Module:

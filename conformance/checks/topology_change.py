@@ -32,6 +32,16 @@ margin under `MIN_ROUTER_MARGIN` says it may be a near-tie. Tokens whose router 
 padding embedding is zero, and left padding attends to padding only) tie every expert but route nothing
 (bias-free experts map zero to zero): they are left out of the margin, which would else read 0.
 
+Persistent buffers (transformers' xIELU `beta` and `eps`) do not reach the consolidated checkpoint: the
+host's consolidation writes parameters only (optimum-neuron 0.4.5, mirrored by the kit's host;
+`comparisons.dropped_buffers`). Both loaders then report them missing and keep their constructor's values:
+when those are the T=a model's, the row is a WARN naming the buffers (the logits comparisons still decide
+whether the reloaded models are the same), otherwise a FAIL.
+
+The seeded model keeps the dtypes its modules choose, as the host's `from_config` does: a parameter that
+the source creates in bf16 inside an fp32 model (xIELU's alpha_p/alpha_n) computes in bf16 in transformers
+too, and casting the whole model to fp32 would give it other logits than the checkpoint it saves.
+
 Configurations are batched: one launcher call per source (T, EP), then one per target (T, EP).
 """
 
@@ -50,6 +60,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from conformance.comparisons.bound_text import number
+from conformance.comparisons.dropped_buffers import classify, constructor_buffers, persistent_buffer_names
 from conformance.comparisons.state_dicts import bias_keys, diff_state_dicts, explain, loading_reasons, names
 from conformance.harness.dispatch import run_jobs
 from conformance.harness.protocol import (
@@ -67,7 +78,7 @@ from conformance.model_runs.checkpoint_io import consolidate, original_state_dic
 from conformance.model_runs.fixed_batch import checkpoint_batch
 from conformance.model_runs.logits import batch_logits
 from conformance.model_runs.parallel_model import load_parallel, training_config
-from conformance.results import CheckResult
+from conformance.results import CheckResult, Status
 from reference_models import variant
 from reference_models.routing import MIN_ROUTER_MARGIN, layer_margins, transformers_router_logits
 
@@ -165,6 +176,9 @@ class SideOutcome:
     figures: dict[str, Any] = field(default_factory=dict)
     init_reasons: list[str] = field(default_factory=list)
     """Why the seeded init at T=b differs from the one at T=a (target side only; judged with the layouts)."""
+    dropped_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Source side: the model's persistent buffers that the consolidated checkpoint lacks, with their
+    values."""
 
 
 @dataclass
@@ -240,6 +254,7 @@ class TopologyChange(Check[TopologyConfig, Any, Any]):
         )
         source, target = value.source, value.target
         figures: dict[str, Any] = {"source_attention": source.attention}
+        dropped = set(source.dropped_buffers)
         reasons: list[str] = list(value.transformers_reasons)
         notes: list[str] = []
         if value.router_margin is not None:
@@ -255,9 +270,9 @@ class TopologyChange(Check[TopologyConfig, Any, Any]):
         )
         figures["target_attention"] = target.attention
         figures.update(target.figures)
-        reasons += [
-            f"{b}: {reason}" for reason in loading_reasons(target.info, f"the {a} consolidated checkpoint")
-        ]
+        info = {kind: keys for kind, keys in target.info.items() if kind != "missing_keys"}
+        info["missing_keys"] = [key for key in target.info.get("missing_keys", []) if key not in dropped]
+        reasons += [f"{b}: {reason}" for reason in loading_reasons(info, f"the {a} consolidated checkpoint")]
         if config.source_ep_size != config.ep_size:
             figures["init_compared"] = False
             figures["init_not_compared"] = (
@@ -278,7 +293,17 @@ class TopologyChange(Check[TopologyConfig, Any, Any]):
                 f"< {MIN_ROUTER_MARGIN:g}): a logits difference may be a token taking another expert after a "
                 "reordering of sums"
             )
-        return Verdict(figures=figures, reasons=reasons, notes=notes)
+        if not dropped:
+            return Verdict(figures=figures, reasons=reasons, notes=notes)
+        figures["buffers_dropped_by_consolidation"] = sorted(dropped)
+        buffers = classify(dropped, source.dropped_buffers, constructor_buffers(job.checkpoint))
+        reasons += buffers.failures()
+        warning = buffers.warning()
+        if warning is None:
+            return Verdict(figures=figures, reasons=reasons, notes=notes)
+        if reasons:
+            return Verdict(figures=figures, reasons=[*reasons, warning], notes=notes)
+        return Verdict(figures=figures, reasons=[warning], notes=notes, status=Status.WARN)
 
 
 CHECK = TopologyChange()
@@ -292,6 +317,8 @@ class TransformersRun:
     reasons: list[str]
     seconds: float
     router_margin: float | None = None
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
 
 
 def _combined(source: RankReport, reference: TransformersRun | None, target: RankReport | None) -> RankReport:
@@ -301,9 +328,16 @@ def _combined(source: RankReport, reference: TransformersRun | None, target: Ran
     error = source.error or (target.error if target else None)
     if error is not None or target is None or reference is None:
         return RankReport(None, error, deviations, seconds)
-    outcome = TopologyOutcome(
-        source.value, reference.logits, reference.reasons, target.value, reference.router_margin
-    )
+    dropped = set(source.value.dropped_buffers) if source.value is not None else set()
+    reasons = list(reference.reasons)
+    for kind, found in (
+        ("missing_keys", reference.missing_keys),
+        ("unexpected_keys", reference.unexpected_keys),
+    ):
+        found = [key for key in found if key not in dropped]
+        if found:
+            reasons.append(f"transformers loading the consolidated checkpoint reports {kind}: {names(found)}")
+    outcome = TopologyOutcome(source.value, reference.logits, reasons, target.value, reference.router_margin)
     return RankReport(outcome, None, deviations, seconds)
 
 
@@ -326,7 +360,7 @@ def _seeded_model(package: ModuleType, job: SourceJob, tp_size: int, ep_size: in
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)
             model = model_cls(config, trn_config)
-        return model.to(torch.float32).eval()
+        return model.eval()
 
     return rank_step(f"building from config at {size_label(tp_size, ep_size)}", build, construction=True)
 
@@ -337,6 +371,7 @@ def _source(package: ModuleType, job: SourceJob) -> SideOutcome | None:
 
     a, ea = job.config.source_tp_size, job.config.source_ep_size
     model = _seeded_model(package, job, a, ea)
+    buffers = persistent_buffer_names(model)
     outcome = SideOutcome(attention=sorted(set(attention_layouts(model).values())))
     outcome.logits = rank_step(
         f"the forward at {size_label(a, ea)}",
@@ -353,6 +388,11 @@ def _source(package: ModuleType, job: SourceJob) -> SideOutcome | None:
         shutil.copy(saved / "config.json", Path(job.consolidated) / "config.json")
 
     local_step(f"consolidating the {size_label(a, ea)} checkpoint", consolidate_source)
+    consolidated = original_state_dict(Path(job.consolidated))
+    state = model.state_dict()
+    outcome.dropped_buffers = {
+        name: state[name].detach().clone() for name in sorted(buffers) if name not in consolidated
+    }
     return outcome
 
 
@@ -468,17 +508,13 @@ def _transformers_run(job: SourceJob) -> TransformersRun:
                 margin = min(
                     layer_margins(router_logits, model.config.num_experts_per_tok, skip_zero_inputs=True)
                 )
-        for kind in ("missing_keys", "unexpected_keys"):
-            found = sorted(info.get(kind, []))
-            if found:
-                reasons.append(
-                    f"transformers loading the consolidated checkpoint reports {kind}: {names(found)}"
-                )
+        missing, unexpected = sorted(info.get("missing_keys", [])), sorted(info.get("unexpected_keys", []))
     except Exception as exc:
         reasons.append(
             f"transformers could not load the consolidated checkpoint: {type(exc).__name__}: {exc}"
         )
-    return TransformersRun(logits, reasons, time.perf_counter() - start, margin)
+        missing, unexpected = [], []
+    return TransformersRun(logits, reasons, time.perf_counter() - start, margin, missing, unexpected)
 
 
 def _logits_reason(

@@ -88,7 +88,7 @@ def analyze(source: ModelSource) -> Blueprint:
             sites,
             norms,
             geometries,
-            frozenset(block.owner for block in moe.blocks) | moe.refused,
+            frozenset(block.owner for block in moe.blocks) | moe.refused | moe.owned,
             tuple(mlps),
         )
         + preconditions(context, blueprint)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from ..blueprint import AttentionGeometry, Expr, NormSite
+from ..syntax import self_attribute, walk
 from .dataflow import Flow, FunctionCall, Reshape, sources
 from .expressions import Scope, resolved_text, substitute, to_expr
 from .parsing import SourceIndex
@@ -110,13 +111,16 @@ def geometry(
     out_features: dict[str, cst.BaseExpression],
     norms: list[NormSite],
     index: SourceIndex,
+    config: object = None,
 ) -> AttentionGeometry:
     """Instance-level geometry: every size as an Expr resolved in the instance's scope."""
     head_dim_node = facts.q_view.shape[-1] if facts.q_view is not None and facts.q_view.shape else None
     head_dim = _forward_expr(head_dim_node, flow, scope) if head_dim_node is not None else Expr("?", None)
     head_dim_text = resolved_text(_locals(head_dim_node, flow), scope) if head_dim_node is not None else None
-    num_heads = _heads(out_features.get(facts.q), facts.q_view, head_dim, head_dim_text, flow, scope)
-    num_kv_heads = _heads(out_features.get(facts.k), facts.k_view, head_dim, head_dim_text, flow, scope)
+    num_heads = _heads(out_features.get(facts.q), facts.q_view, head_dim, head_dim_text, flow, scope, config)
+    num_kv_heads = _heads(
+        out_features.get(facts.k), facts.k_view, head_dim, head_dim_text, flow, scope, config
+    )
 
     def keyword(*names: str) -> Expr | None:
         for name in names:
@@ -148,7 +152,46 @@ def geometry(
         q_norm=norm_of(facts.q),
         k_norm=norm_of(facts.k),
         core_call=index.location(facts.kernel.node),
+        total_head_counts=_total_head_counts(flow, scope, num_heads, num_kv_heads),
     )
+
+
+def _times_head_dim_is(
+    heads: Expr, head_dim: Expr, out: cst.BaseExpression | None, scope: Scope, config: object
+) -> bool | None:
+    """Whether `heads * head_dim == out_features` on the default config (None when it cannot be told)."""
+    if out is None or config is None:
+        return None
+    try:
+        return heads.evaluate(config) * head_dim.evaluate(config) == to_expr(out, scope).evaluate(config)
+    except Exception:  # not config-only
+        return None
+
+
+PER_RANK_HEADS = "num_heads"  # the attributes NXS021 sets to the per-rank counts after construction
+PER_RANK_KV_HEADS = "num_key_value_heads"
+
+
+def _total_head_counts(flow: Flow, scope: Scope, heads: Expr, kv_heads: Expr) -> tuple[tuple[str, str], ...]:
+    """`self.<attribute>` reads in the shapes of the forward's head reshapes (a helper's shape read in the
+    caller's terms) whose value is the total query or K/V head count, paired with the per-rank attribute
+    that replaces them; attributes already named as the per-rank ones are left out."""
+    totals = {PER_RANK_HEADS: heads.resolved, PER_RANK_KV_HEADS: kv_heads.resolved}
+    found: dict[str, str] = {}
+    for reshape in flow.reshapes:
+        if not reshape.headed:
+            continue
+        for element in reshape.shape:
+            for node in walk(element):
+                attribute = self_attribute(node)
+                if attribute is None or attribute in totals or attribute in found:
+                    continue
+                value = resolved_text(node, scope)  # type: ignore[arg-type]
+                for per_rank, total in totals.items():
+                    if total is not None and value == total:
+                        found[attribute] = per_rank
+                        break
+    return tuple(sorted(found.items()))
 
 
 def _inline_scaling(facts: AttentionFacts, flow: Flow, scope: Scope) -> Expr | None:
@@ -181,8 +224,11 @@ def _heads(
     head_dim_text: str | None,
     flow: Flow,
     scope: Scope,
+    config: object = None,
 ) -> Expr:
-    """Heads of a projection: the factor of `out_features` that is not head_dim, else the view."""
+    """Heads of a projection: the factor of `out_features` that is not head_dim, else the view (its
+    dividend when the view splits a tensor already cut into groups: `heads // groups` per group, which the
+    default config tells apart), else `out_features // head_dim`."""
     if out is not None and isinstance(out, cst.BinaryOperation) and isinstance(out.operator, cst.Multiply):
         for factor, other in ((out.left, out.right), (out.right, out.left)):
             if head_dim_text is not None and resolved_text(other, scope) == head_dim_text:
@@ -190,7 +236,13 @@ def _heads(
     if view is not None and len(view.shape) >= 2:
         candidate = view.shape[-2]
         if not (isinstance(candidate, cst.UnaryOperation) or SourceIndex.code(candidate).strip() == "-1"):
-            return _forward_expr(candidate, flow, scope)
+            heads = _forward_expr(candidate, flow, scope)
+            if _times_head_dim_is(heads, head_dim, out, scope, config) is not False:
+                return heads
+            if isinstance(candidate, cst.BinaryOperation) and isinstance(candidate.operator, cst.FloorDivide):
+                dividend = _forward_expr(candidate.left, flow, scope)
+                if _times_head_dim_is(dividend, head_dim, out, scope, config):
+                    return dividend
     if out is not None:
         out_expr = to_expr(out, scope)
         source = f"({out_expr.source}) // ({head_dim.source})"

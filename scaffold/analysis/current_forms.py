@@ -22,13 +22,26 @@ of analyses and rules serves both:
   moves with them; a size check of the output is dropped (it reads the unsharded head count);
 - the same kernel computed in a helper method of the attention class that the forward calls once
   (`out, weights = self._attn(q, k, v, mask, head_mask)`, ending in `return out, weights` in (B, h, S, d)):
-  its body becomes the eager function (its other parameters, a head mask, become keyword parameters),
+  its body becomes the eager function (its other parameters, a head mask, become keyword parameters;
+  a scaling of the scores may follow the mask block, `(q k^T + mask) / s`, and is passed as `1 / s`),
   the forward transposes the result back to (B, h, S, d); a causal mask buffer of the module's own that
   `__init__` limits to a window under a condition has that window recorded (`self.sliding_window = W if
   C else None`) and passed as `sliding_window=`; any other buffer leaves the helper as written (R027);
+  a constructor that does not keep its config keeps it (`self.config = config`, on the line of its
+  `super().__init__()`), since the dispatch reads `self.config._attn_implementation`;
 - its leading shape read as `bsz, q_len, _ = x.size()` (or `x.shape`) becomes `bsz, q_len = x.shape[:-1]`,
   and `view`/`reshape` sizes that read the unsharded head count or width (`self.num_heads`,
   `self.hidden_size`, attributes set to those config fields) become `-1`.
+- an eager function (module level: attention scores `s = matmul(q, k.transpose(..)) ...`) that adds its
+  mask to the scores unconditionally, `s = s + mask` or through a slice of it (`m = mask[..., :k]` then
+  `s = s + m`), as if a mask always came: those statements move under `if <mask> is not None:`, the
+  current form, so that the function also runs without a mask (the training host builds none);
+- a causal LM computing its loss by hand under `if labels is not None:` as the shifted cross-entropy
+  (`s = logits[..., :-1, :]`, `t = labels[..., 1:]`, each optionally `.contiguous()`, flattened by
+  `.view(-1, V)` / `.view(-1)`, the labels optionally moved `.to(...)`, `loss = CrossEntropyLoss()(s, t)`
+  through a name): the block becomes `loss = self.loss_function(logits=logits, labels=labels,
+  vocab_size=V)`, the same loss (transformers' causal-LM loss shifts the labels and takes the mean over
+  the labels that are not -100, as `CrossEntropyLoss()` does), which the head rules know;
 
 Nothing here names a model: only transformers' conventions (`_attn_implementation`, the mask and cache
 argument names, `torch.matmul`/`softmax`/`finfo`). Line numbers stay those of the file where the
@@ -39,15 +52,18 @@ and the usual refusals (R019, R026, R027) name it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import libcst as cst
 import libcst.matchers as m
 
+from ..patterns import IS_NOT_NONE
 from ..syntax import code, dotted, fresh_name, names_in, walk
 
 EAGER_KEY = "eager"
+CONFIG = "config"
 IMPLEMENTATION = "_attn_implementation"
 MASK_PARAMETERS = frozenset({"attention_mask", "cache_position"})
 CACHE_NAMES = frozenset({"past_key_values", "past_key_value"})
@@ -67,6 +83,8 @@ def current_forms(module: cst.Module) -> cst.Module:
     module = _attention_tables(module)
     window, module, mask_imports = _legacy_masks(module)
     module, outlined = _inline_attention(module, window)
+    module = _conditional_masks(module)
+    module = _transformers_losses(module)
     imports = [*mask_imports]
     if outlined and not _imports_name(module, ATTENTION_TABLE):
         imports.append((TABLE_MODULE, (ATTENTION_TABLE,)))
@@ -461,6 +479,159 @@ def _without_methods(
 # --- inline eager attention -------------------------------------------------------------------------------
 
 
+# --- a causal LM's shifted cross-entropy written out ----------------------------------------------------
+
+LABELS = "labels"
+CROSS_ENTROPY = frozenset({"CrossEntropyLoss", "nn.CrossEntropyLoss", "torch.nn.CrossEntropyLoss"})
+_CONTIGUOUS = r"(?:\.contiguous\(\))?"
+_SHIFTED_LOGITS = re.compile(rf"(\w+)\[\.\.\., :-1, :\]{_CONTIGUOUS}")
+_SHIFTED_LABELS = re.compile(rf"{LABELS}\[\.\.\., 1:\]{_CONTIGUOUS}")
+
+
+def _transformers_losses(module: cst.Module) -> cst.Module:
+    body = list(module.body)
+    for position, cls in enumerate(body):
+        if not isinstance(cls, cst.ClassDef):
+            continue
+        forward = _methods(cls).get("forward")
+        if forward is None or not isinstance(forward.body, cst.IndentedBlock):
+            continue
+        statements = list(forward.body.body)
+        for index, statement in enumerate(statements):
+            loss = _hand_written_loss(statement)
+            if loss is None:
+                continue
+            assert isinstance(statement, cst.If)
+            block = statement.with_changes(body=statement.body.with_changes(body=[loss]))
+            new_forward = forward.with_changes(
+                body=forward.body.with_changes(body=_padded(statements, index, [block], 1))
+            )
+            body[position] = _with_method(cls, new_forward)
+            break
+    return module.with_changes(body=body)
+
+
+def _hand_written_loss(statement: cst.BaseStatement) -> cst.SimpleStatementLine | None:
+    """`loss = self.loss_function(...)` for an `if labels is not None:` block computing the shifted
+    cross-entropy by hand (the module docstring's form), else None."""
+    if not (
+        isinstance(statement, cst.If)
+        and statement.orelse is None
+        and m.matches(statement.test, IS_NOT_NONE)
+        and m.matches(statement.test.left, m.Name(LABELS))  # type: ignore[attr-defined]
+    ):
+        return None
+    logits = shifted_logits = shifted_labels = loss_fn = loss = None
+    vocab: str | None = None
+    for inner in statement.body.body:
+        found = _assignment(inner)
+        if found is None:
+            return None
+        target, value = found
+        text = code(value)
+        if (match := _SHIFTED_LOGITS.fullmatch(text)) is not None and shifted_logits is None:
+            logits, shifted_logits = match.group(1), target
+        elif _SHIFTED_LABELS.fullmatch(text) and shifted_labels is None:
+            shifted_labels = target
+        elif isinstance(value, cst.Call) and not value.args and code(value.func) in CROSS_ENTROPY:
+            loss_fn = target
+        elif target == shifted_logits and (view := re.fullmatch(rf"{target}\.view\(-1, (.+)\)", text)):
+            vocab = view.group(1)
+        elif target == shifted_labels and re.fullmatch(rf"{target}\.(view\(-1\)|to\([\w.]+\))", text):
+            continue
+        elif loss_fn is not None and text == f"{loss_fn}({shifted_logits}, {shifted_labels})":
+            loss = target
+        else:
+            return None
+    if logits is None or shifted_labels is None or loss is None:
+        return None
+    call = (
+        f"{loss} = self.loss_function(logits={logits}, labels={LABELS}, "
+        f"vocab_size={vocab or 'self.config.vocab_size'})"
+    )
+    return cst.parse_statement(call)  # type: ignore[return-value]
+
+
+# --- an eager function adding its mask unconditionally ---------------------------------------------------
+
+
+def _conditional_masks(module: cst.Module) -> cst.Module:
+    body = [_with_conditional_mask(s) if isinstance(s, cst.FunctionDef) else s for s in module.body]
+    return module.with_changes(body=body)
+
+
+def _with_conditional_mask(function: cst.FunctionDef) -> cst.FunctionDef:
+    """`function` with its unconditional mask statements under `if <mask> is not None:` (unchanged when
+    it is not an eager attention function of that form)."""
+    parameters = _parameters(function)
+    mask = "attention_mask" if "attention_mask" in parameters else None
+    if mask is None and len(parameters) > 4:
+        mask = parameters[4]
+    body = list(function.body.body)
+    if mask is None or not isinstance(function.body, cst.IndentedBlock):
+        return function
+    found = _unconditional_mask(body, mask)
+    if found is None:
+        return function
+    start, end = found
+    moved = [body[start].with_changes(leading_lines=[]), *body[start + 1 : end + 1]]
+    leading = list(body[start].leading_lines)
+    blank = next((i for i, line in enumerate(leading) if line.comment is None), None)
+    if blank is not None:  # the `if` line takes a blank line's place: later lines keep their numbers
+        leading.pop(blank)
+    condition = cst.If(
+        test=cst.Comparison(
+            left=cst.Name(mask), comparisons=[cst.ComparisonTarget(cst.IsNot(), cst.Name("None"))]
+        ),
+        body=cst.IndentedBlock(body=moved),
+        leading_lines=leading,
+    )
+    body[start : end + 1] = [condition]
+    return function.with_changes(body=function.body.with_changes(body=body))
+
+
+def _unconditional_mask(body: list[cst.BaseStatement], mask: str) -> tuple[int, int] | None:
+    """(first, last) top-level statements that add `mask` to attention scores unconditionally: `s = s + mask`
+    alone, or `t = <expression of mask>` right before `s = s + t`; the scores `s` computed earlier by a
+    `matmul(q, k.transpose(..))`, the mask read nowhere else."""
+    readers = [i for i, statement in enumerate(body) if mask in names_in(statement)]
+    if not readers or any(isinstance(body[i], cst.If | cst.With | cst.For | cst.While) for i in readers):
+        return None
+    for index, statement in enumerate(body):
+        found = _assignment(statement)
+        if found is None:
+            continue
+        target, value = found
+        if not (
+            isinstance(value, cst.BinaryOperation)
+            and isinstance(value.operator, cst.Add)
+            and isinstance(value.left, cst.Name)
+            and value.left.value == target
+            and isinstance(value.right, cst.Name)
+        ):
+            continue
+        if not any(
+            (earlier := _assignment(s)) is not None
+            and earlier[0] == target
+            and _scores(earlier[1]) is not None
+            for s in body[:index]
+        ):
+            continue
+        added = value.right.value
+        if added == mask and readers == [index]:
+            return index, index
+        previous = _assignment(body[index - 1]) if index > 0 else None
+        if (
+            previous is not None
+            and previous[0] == added
+            and readers == [index - 1]
+            and all(added not in names_in(s) for s in body[index + 1 :])
+        ):
+            return index - 1, index
+        return None
+    return None
+
+
 @dataclass(frozen=True)
 class _Region:
     """The statements of a forward computing eager attention inline."""
@@ -494,11 +665,12 @@ def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> 
             continue
         forward = _leading_shape_read(original)
         region = _region(forward)
-        if region is None and init is not None and "config" in _self_attributes(init):
+        if region is None and init is not None and _holds_config(init):
             helper = _helper_kernel(cls, forward)
             if helper is not None and (helper.window is None or window is None):
                 name = fresh_name(EAGER_FUNCTION, taken)
                 taken.add(name)
+                cls = _with_method(cls, _config_kept(init))
                 new_cls, function = _outlined_helper(cls, forward, helper, name, window)
                 body[position - 1] = new_cls
                 position += _place(body, position - 1, function)
@@ -642,7 +814,10 @@ def _kernel(method: cst.FunctionDef) -> tuple | None:
         scores, (query, key, scaling) = assigned[0], found  # type: ignore[index]
         if scores != weights:
             return None
-        following = _assignment(body[index + 1]) if index + 1 < len(body) else None
+        after = index + 1
+        if after < len(body) and _mask_name([body[after]], scores, parameters) is not None:
+            after += 1  # the scaling may come after the mask is added (`(q k^T + mask) / s`)
+        following = _assignment(body[after]) if after < len(body) else None
         if (
             following is not None
             and following[0] == scores
@@ -769,6 +944,38 @@ def _with_method(cls: cst.ClassDef, method: cst.FunctionDef) -> cst.ClassDef:
         for s in cls.body.body
     ]
     return cls.with_changes(body=cls.body.with_changes(body=body))
+
+
+def _holds_config(init: cst.FunctionDef) -> bool:
+    """Whether the constructor keeps its config (`self.config = config`) or takes a `config` parameter
+    that `_config_kept` can keep: the dispatch reads `self.config._attn_implementation`."""
+    if CONFIG in _self_attributes(init):
+        return True
+    return CONFIG in _parameters(init) and _parent_init(init) is not None
+
+
+def _config_kept(init: cst.FunctionDef) -> cst.FunctionDef:
+    """The constructor with `self.config = config` after its `super().__init__()` when it does not keep its
+    config: on the same line, so that the file's later lines keep their numbers."""
+    if CONFIG in _self_attributes(init):
+        return init
+    index = _parent_init(init)
+    assert index is not None
+    body = list(init.body.body)
+    line = body[index]
+    assert isinstance(line, cst.SimpleStatementLine)
+    kept = cst.parse_statement(f"self.{CONFIG} = {CONFIG}\n")
+    assert isinstance(kept, cst.SimpleStatementLine)
+    body[index] = line.with_changes(body=[*line.body, *kept.body])
+    return init.with_changes(body=init.body.with_changes(body=body))
+
+
+def _parent_init(init: cst.FunctionDef) -> int | None:
+    """The index of the constructor's top-level `super().__init__()` statement, if it has one."""
+    pattern = m.SimpleStatementLine(
+        body=[m.Expr(m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__"))))]
+    )
+    return next((i for i, s in enumerate(init.body.body) if m.matches(s, pattern)), None)
 
 
 def _self_attributes(init: cst.FunctionDef) -> dict[str, cst.BaseExpression]:

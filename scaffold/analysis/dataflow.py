@@ -494,7 +494,7 @@ class _Tracer:
                 resolved_text(substitute(element, self.flow.local_scope), self.class_scope)
                 for element in shape
             )
-            headed = mentions_heads(text)
+            headed = mentions_heads(text) or (_keeps_last(node) and any(origin.headed for origin in base))
             self.flow.reshapes.append(Reshape(base, shape, headed, node))
             return frozenset(dataclasses.replace(origin, headed=headed) for origin in base)
         if method in _SPLITS:
@@ -529,6 +529,29 @@ class _Tracer:
         if len(self.inlining) == 1:
             return shape
         return tuple(substitute(element, self.flow.local_scope) for element in shape)
+
+
+def _keeps_last(node: cst.Call) -> bool:
+    """Whether a reshape `x.view(...)` ends its shape with `x`'s own last dimension (`x.shape[-1]`,
+    `x.size(-1)`, or `... + x.shape[-1:]`): a tensor split into heads stays split (CodeGen's second view
+    folds groups of heads into one head dimension, `x.shape[:-2] + (-1,) + x.shape[-1:]`)."""
+    if not isinstance(node.func, cst.Attribute):
+        return False
+    receiver = SourceIndex.code(node.func.value)
+    args = [arg.value for arg in node.args if arg.keyword is None and not arg.star]
+    if not args:
+        return False
+    last = args[-1]
+    if isinstance(last, cst.BinaryOperation) and isinstance(last.operator, cst.Add):
+        last = last.right
+    elif isinstance(last, cst.Tuple) and last.elements:
+        last = last.elements[-1].value
+    return SourceIndex.code(last) in {
+        f"{receiver}.shape[-1:]",
+        f"{receiver}.size()[-1:]",
+        f"{receiver}.shape[-1]",
+        f"{receiver}.size(-1)",
+    }
 
 
 def _is_enumerate(node: cst.BaseExpression) -> bool:

@@ -38,6 +38,7 @@ from .classes import config_parameter
 from .constructors import ChildKind, Construct
 from .context import ClassAnalysis, Context, decoder_layer_list
 from .expressions import CONFIG_SCOPE_NAME, Scope, to_expr
+from .packed_experts import PackedChild, packed_block, packed_children
 from .sites import class_mlp_block
 from .tree import bind_arguments, instance_scope
 
@@ -58,6 +59,7 @@ class MoEFindings:
     blocks: tuple[MoEBlock, ...]
     refusals: tuple[Refusal, ...]
     routers: frozenset[str]  # module paths of routers and shared-expert gates (kept whole: replicated)
+    owned: frozenset[str] = frozenset()  # classes a packed block is built from (its experts and router)
 
     @property
     def refused(self) -> frozenset[str]:
@@ -70,6 +72,7 @@ def moe_blocks(context: Context) -> MoEFindings:
     blocks: list[MoEBlock] = []
     refusals: list[Refusal] = []
     routers: set[str] = set()
+    owned: set[str] = set()
     stack = decoder_layer_list(context)
     layer_class = stack[1].qualified if stack is not None else None
     for name in context.closure:
@@ -86,18 +89,84 @@ def moe_blocks(context: Context) -> MoEFindings:
             and construct.element.qualified in context.classes
             and context.classes[construct.element.qualified].projections
         ]
-        if not experts:
+        packed = packed_children(context, analysis) if not experts else []
+        if not experts and not packed:
             continue
-        found = _block(context, name, analysis, experts)
+        found = (
+            _block(context, name, analysis, experts) if experts else _packed(context, name, analysis, packed)
+        )
         if isinstance(found, Refusal):
             refusals.append(found)
+            owned.update(child.construct.qualified for child in packed)
             continue
         blocks.append(found)
+        if found.packed is not None:
+            owned.update(found.packed.classes)
         for path in context.tree.paths_of(name):
             routers.update(
                 f"{path}.{attribute}" for attribute in (found.router, found.shared_expert_gate) if attribute
             )
-    return MoEFindings(tuple(blocks), tuple(refusals), frozenset(routers))
+    return MoEFindings(tuple(blocks), tuple(refusals), frozenset(routers), frozenset(owned))
+
+
+def _packed(
+    context: Context, name: str, analysis: ClassAnalysis, children: list[PackedChild]
+) -> MoEBlock | Refusal:
+    """A block whose experts are packed parameters (see `packed_experts`), or its refusal."""
+    facts = analysis.facts
+    parameter = config_parameter(facts, context.config.class_name) or "config"
+    scope = instance_scope(facts, Scope(names={parameter: (CONFIG_SCOPE_NAME, None)}))
+    found = packed_block(context, analysis, scope, children)
+    if found.why is not None:
+        first = children[0]
+        assign = context.classes[first.construct.qualified].facts.last_assign(first.parameters[0])
+        node = found.node or (assign.statement if assign is not None else facts.node)
+        return Refusal(
+            MOE.code,
+            f"{name} (experts packed as parameters, `{first.attribute}.{first.parameters[0]}`...): "
+            f"{found.why}; {MOE.why}",
+            context.index.location(node),
+            subject=name,
+            rules=("NXS040",),
+        )
+    experts, routing = found.experts, found.routing
+    assert experts is not None and routing is not None and found.num_experts is not None
+    assert found.intermediate_size is not None and found.activation is not None
+    holder = _holder(context, name)
+    if isinstance(holder, str):
+        return Refusal(
+            MOE.code,
+            f"{name}: {holder}; {MOE.why}",
+            context.index.location(facts.node),
+            subject=name,
+            rules=("NXS040",),
+        )
+    layer_class, layer_attribute, dense_layers, plumbed = holder
+    gate_up_module = experts.gate_up.rpartition(".")[0]
+    return MoEBlock(
+        owner=name,
+        router=routing.router,
+        experts=gate_up_module,
+        expert_class=analysis.constructs[gate_up_module].qualified,
+        gate=experts.gate_up,
+        up=experts.gate_up,
+        down=experts.down,
+        num_experts=found.num_experts,
+        top_k=routing.top_k,
+        hidden_size=routing.hidden_size,
+        intermediate_size=found.intermediate_size,
+        activation=found.activation,
+        normalize=routing.normalize,
+        jitter=None,
+        shared_expert=None,
+        shared_expert_gate=None,
+        layer_class=layer_class,
+        layer_attribute=layer_attribute,
+        dense_layers=dense_layers,
+        logits_plumbed=plumbed,
+        location=context.index.location(facts.node),
+        packed=experts,
+    )
 
 
 def _block(

@@ -74,7 +74,7 @@ def detect(
     found += _cross_attention(context, refused)
     found += _fused_projections(context, refused)
     found += _unrecognised_attention(context, refused)
-    found += _parameters_and_unknown_layers(context)
+    found += _parameters_and_unknown_layers(context, moe_classes)
     found += [refusal for _, refusal in learnable_activations(context, mlps) if refusal is not None]
     found += _layer_stack(context)
     return _first_per_line(found)
@@ -117,15 +117,16 @@ def _mixture_of_experts(context: Context, moe_classes: frozenset[str]) -> list[R
             and member.owner.path.startswith(stack)
             and member.construct.kind is ChildKind.PARAMETER
             and member.owner.class_name not in context.norm_kinds
+            and member.owner.class_name not in moe_classes
             and dimensions is not None
         ):
             found.append(
                 Refusal(
                     MOE.code,
                     f"{member.owner.class_name}.{member.attribute} is a {dimensions}-D parameter in a decoder layer "
-                    f"(experts packed as one tensor, [experts, ...]); NXS040 rebuilds experts only from a list of "
-                    f"expert MLPs, and no spec maps a packed tensor onto ExpertMLPs' gate_up_proj / down_proj; "
-                    f"{MOE.why}",
+                    f"(experts packed as one tensor, [experts, ...]); NXS040 rebuilds packed experts only from "
+                    f"modules that each hold one [experts, ., .] parameter (gate | up and down), children of the "
+                    f"block, not from parameters of the block itself; {MOE.why}",
                     member_location(context, member),
                 )
             )
@@ -503,7 +504,9 @@ def learnable_activations(
     return found
 
 
-def _parameters_and_unknown_layers(context: Context) -> list[Refusal]:
+def _parameters_and_unknown_layers(context: Context, moe_classes: frozenset[str]) -> list[Refusal]:
+    """Bare parameters, lists of non-modules and unknown layers (the packed experts of the sparse blocks
+    that `moe.moe_blocks` judges are theirs)."""
     found: list[Refusal] = []
     seen: set[tuple[str, str]] = set()
     for member in context.tree.members:
@@ -513,7 +516,7 @@ def _parameters_and_unknown_layers(context: Context) -> list[Refusal]:
             continue
         seen.add(key)
         kind = member.construct.kind
-        if kind is ChildKind.PARAMETER and owner not in context.norm_kinds:
+        if kind is ChildKind.PARAMETER and owner not in context.norm_kinds and owner not in moe_classes:
             found.append(
                 Refusal(
                     UNMAPPED_PARAMETER.code,

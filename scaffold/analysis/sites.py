@@ -172,6 +172,7 @@ def attention_geometries(context: Context, norms: list[NormSite]) -> list[Attent
                 _out_features(context, instance.class_name),
                 norms,
                 context.index,
+                context.default_config,
             )
         )
     return found

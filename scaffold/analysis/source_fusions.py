@@ -14,6 +14,12 @@ A fused output viewed into groups before it is chunked, `qkv = self.qkv(x).view(
 d)`), and `SourceFusion.groups` records how many groups the checkpoint's rows form, so that NXS027's spec
 de-interleaves them.
 
+A fused output cut into groups by a statement of its own, `g = t.reshape(t.shape[:-1] + (groups, -1))`, then
+split, `query, value, key = torch.split(g, size, dim=-1)` (CodeGen's `mp_num` groups of `q|v|k`), holds in
+each group a share of every part, in the order of the split's targets. It is read as one linear per part in
+that order, each part's output cut into the groups by the same statement, and `SourceFusion.groups` records
+the group count.
+
 Only the patterns below are read this way; a split of any other shape stays as it is, and is refused
 (R007, R003). The rewrite is structural: it names no model, only linears, views, slices and `chunk`.
 """
@@ -112,7 +118,21 @@ class _Split:
     input: cst.BaseExpression
     view: _GroupedView | None = None  # the fused output viewed into groups before the split
     elementwise: tuple[int, ...] = ()  # statements between the call and the split: `t = t.clamp(...)`
+    groups_first: _GroupsFirst | None = None  # the fused output cut into groups by a statement of its own
     by_size: bool = False  # `t.split(size, ...)`: every part `size` features
+
+
+@dataclass(frozen=True)
+class _GroupsFirst:
+    """`g = t.reshape(t.shape[:-1] + (groups, -1))` (or `view`, or `(*t.shape[:-1], groups, -1)`), statement
+    `index` of the forward: the fused output cut into `groups` equal groups, each holding a share of every
+    part in turn, before the groups are split into the parts (CodeGen's `qkv_split`, `mp_num` groups of
+    `q|v|k`). Each part is then viewed the same way: the statement, reading the part instead of `t`."""
+
+    index: int
+    name: str
+    groups: cst.BaseExpression  # in forward terms
+    statement: cst.BaseStatement
 
 
 @dataclass(frozen=True)
@@ -158,6 +178,12 @@ class _Splitter(cst.CSTTransformer):
             groups = None
             if split.view is not None:
                 groups = _constructor_groups(split, sizes[0], forward, init, index)
+                if groups is None:
+                    continue
+            elif split.groups_first is not None:
+                groups = _constructor_expression(
+                    split.groups_first.groups, forward, split.groups_first.index, init, index
+                )
                 if groups is None:
                     continue
             parts = _part_names(split.targets, source, taken)
@@ -272,13 +298,17 @@ def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
             split = dataclasses.replace(split, view=dataclasses.replace(view, group=group))
         else:
             call_input = value.args[0].value  # type: ignore[attr-defined]
-            split = _chunk_split(
-                body, index, fused, source, call_input, _features_dims(forward, call_input)
-            ) or _slice_split(body, index, fused, source, call_input)
+            split = (
+                _chunk_split(body, index, fused, source, call_input, _features_dims(forward, call_input))
+                or _slice_split(body, index, fused, source, call_input)
+                or _groups_first_split(body, index, fused, source, call_input)
+            )
         if split is None:
             return None
         call_input = split.input
         split_statements = (index, *split.split_indices, *split.elementwise)
+        if split.groups_first is not None:
+            split_statements += (split.groups_first.index,)
         uses = sum(1 for i, s in enumerate(body) if i not in split_statements and fused in names_in(s))
         inputs = names_in(call_input)
         between = body[index + 1 : max(split.split_indices)]
@@ -402,6 +432,95 @@ def _chunk_split(
             return None
         return _Split(source, index, (later,), names, (), call_input, elementwise=tuple(elementwise))
     return None
+
+
+def _groups_first_split(
+    body: list[cst.BaseStatement], index: int, fused: str, source: str, call_input: cst.BaseExpression
+) -> _Split | None:
+    """`g = t.reshape(t.shape[:-1] + (groups, -1))` as the next statement that reads `t`, then
+    `a, b, c = torch.split(g, size, dim=-1)` (or `g.split(size, dim=-1)`, `g.chunk(n, dim=-1)`) as the
+    next one that reads `g`: every group is cut into the same parts, so each part holds the same share of
+    every group (the n names of a split by one size: n equal parts, as the part views require)."""
+    later = next((i for i in range(index + 1, len(body)) if fused in names_in(body[i])), None)
+    if later is None:
+        return None
+    grouped = _groups_view(body[later], fused)
+    if grouped is None:
+        return None
+    name, groups = grouped
+    split_at = next((i for i in range(later + 1, len(body)) if name in names_in(body[i])), None)
+    if split_at is None:
+        return None
+    assignment = _single_assignment(body[split_at])
+    if assignment is None:
+        return None
+    names = _chunk_targets(*assignment, m.Name(name)) or _split_targets(*assignment, name)
+    if names is None or name in names:
+        return None
+    uses = [i for i, statement in enumerate(body) if name in names_in(statement)]
+    if uses != [later, split_at]:
+        return None  # the grouped tensor is read elsewhere
+    first = _GroupsFirst(later, name, groups, body[later])
+    return _Split(source, index, (split_at,), names, (), call_input, groups_first=first)
+
+
+def _groups_view(statement: cst.BaseStatement, fused: str) -> tuple[str, cst.BaseExpression] | None:
+    """`(g, groups)` of `g = t.reshape(t.shape[:-1] + (groups, -1))` (`view`, or `(*t.shape[:-1], groups,
+    -1)`), with `t` the fused output."""
+    assignment = _single_assignment(statement)
+    if assignment is None or not isinstance(assignment[0], cst.Name):
+        return None
+    target, value = assignment
+    view = m.Call(
+        func=m.Attribute(value=m.Name(fused), attr=m.OneOf(*(m.Name(name) for name in VIEW_METHODS))),
+        args=[m.Arg(keyword=None, star="")],
+    )
+    if not m.matches(value, view):
+        return None
+    shape = value.args[0].value  # type: ignore[attr-defined]
+    leading = f"{fused}.shape[:-1]"
+    minus_one = m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1"))
+    if (
+        isinstance(shape, cst.BinaryOperation)
+        and isinstance(shape.operator, cst.Add)
+        and code(shape.left) == leading
+        and isinstance(shape.right, cst.Tuple)
+        and len(shape.right.elements) == 2
+        and m.matches(shape.right.elements[1].value, minus_one)
+        and not isinstance(shape.right.elements[0], cst.StarredElement)
+    ):
+        return target.value, shape.right.elements[0].value
+    if (
+        isinstance(shape, cst.Tuple)
+        and len(shape.elements) == 3
+        and isinstance(shape.elements[0], cst.StarredElement)
+        and code(shape.elements[0].value) == leading
+        and m.matches(shape.elements[2].value, minus_one)
+        and not isinstance(shape.elements[1], cst.StarredElement)
+    ):
+        return target.value, shape.elements[1].value
+    return None
+
+
+def _split_targets(
+    target: cst.BaseAssignTargetExpression, value: cst.BaseExpression, receiver: str
+) -> tuple[str, ...] | None:
+    """The names of `a, b, c = torch.split(g, size, dim=-1)` or `g.split(size, dim=-1)` (one size, not a
+    list of sizes), else None."""
+    minus_one = m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1"))
+    size = m.Arg(value=~m.List() & ~m.Tuple(), keyword=None, star="")
+    dim = m.Arg(value=minus_one, keyword=m.Name("dim"))
+    function = m.Call(
+        func=m.Attribute(value=m.Name("torch"), attr=m.Name("split")),
+        args=[m.Arg(value=m.Name(receiver), keyword=None, star=""), size, dim],
+    )
+    method = m.Call(func=m.Attribute(value=m.Name(receiver), attr=m.Name("split")), args=[size, dim])
+    if not m.matches(value, function | method) or not isinstance(target, cst.Tuple):
+        return None
+    names = [e.value.value for e in target.elements if isinstance(e.value, cst.Name)]
+    if len(names) < 2 or len(names) != len(target.elements):
+        return None
+    return tuple(names)
 
 
 ELEMENTWISE_METHODS = ("clamp", "clip")
@@ -636,6 +755,20 @@ def _constructor_groups(
     return groups if _computable(groups, _constructor_names(init, index)) else None
 
 
+def _constructor_expression(
+    expression: cst.BaseExpression, forward: cst.FunctionDef, before: int, init: cst.FunctionDef, index: int
+) -> cst.BaseExpression | None:
+    """`expression`, read in the forward before its statement `before`, with the forward's locals replaced
+    by their values: when the constructor can compute it where it built the linear (statement `index`)."""
+    locals_ = {}
+    for statement in forward.body.body[:before]:
+        assignment = _single_assignment(statement)
+        if assignment is not None and isinstance(assignment[0], cst.Name):
+            locals_[assignment[0].value] = assignment[1]
+    value = _ungrouped(expression.visit(_Substitute(locals_)))  # type: ignore[arg-type]
+    return value if _computable(value, _constructor_names(init, index)) else None
+
+
 def _sum(sizes: list[cst.BaseExpression]) -> cst.BaseExpression:
     total = sizes[0]
     for size in sizes[1:]:
@@ -769,7 +902,22 @@ def _split_forward(forward: cst.FunctionDef, split: _Split, parts: tuple[str, ..
         )
         for target, part in zip(split.targets, parts, strict=True)
     ]
+    if split.groups_first is not None:  # each part cut into the groups as the fused output was
+        first = split.groups_first
+        fused = _assigned_name(body[split.call_index])
+        calls = [
+            statement
+            for call, target in zip(calls, split.targets, strict=True)
+            for statement in (
+                call,
+                first.statement.visit(
+                    _Substitute({fused: cst.Name(target), first.name: cst.Name(target)})
+                ).with_changes(leading_lines=[]),
+            )
+        ]
     replaced: dict[int, list[cst.BaseStatement]] = {split.call_index: []}
+    if split.groups_first is not None:
+        replaced[split.groups_first.index] = []
     for index in split.elementwise:  # applied to each part once the parts are computed
         replaced[index] = []
         fused = _assigned_name(body[split.call_index])

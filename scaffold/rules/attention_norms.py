@@ -25,7 +25,13 @@ from __future__ import annotations
 import libcst as cst
 
 from ..blueprint import AttentionGeometry, NormScope, NormSite
-from ..syntax import assigned_self_attribute, find_method, rewrite_assigned_call, with_method
+from ..syntax import (
+    assigned_self_attribute,
+    find_method,
+    rewrite_assigned_call,
+    with_method,
+    with_statements_after,
+)
 from . import templates
 from .base import Rule, stored_example, with_todo
 
@@ -168,17 +174,11 @@ def _insert_after_assignment(
 ) -> cst.FunctionDef:
     """`init` with `statements` right after the assignment of `self.<attribute>`, in whatever block it is."""
 
-    class _Insert(cst.CSTTransformer):
-        def leave_IndentedBlock(
-            self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
-        ) -> cst.IndentedBlock:
-            body: list[cst.BaseStatement] = []
-            for statement in updated_node.body:
-                body.append(statement)
-                if assigned_self_attribute(statement) == attribute:
-                    body.extend(inserted.deep_clone() for inserted in statements)
-            return updated_node.with_changes(body=body)
-
-    result = init.visit(_Insert())
-    assert isinstance(result, cst.FunctionDef)
-    return result
+    return with_statements_after(
+        init,
+        lambda statement: (
+            [inserted.deep_clone() for inserted in statements]
+            if assigned_self_attribute(statement) == attribute
+            else []
+        ),
+    )

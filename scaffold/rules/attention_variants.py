@@ -9,7 +9,9 @@ chosen at construction as the contributing guide prescribes.
 - otherwise the separate q/k/v projections, left to NXS024 (column parallel).
 
 After construction `num_heads = H/T`, `num_key_value_heads = KV*m/T` are per-rank counts and
-`num_key_value_groups` their ratio. The forward computes the three projections first (one branch per
+`num_key_value_groups` their ratio; an attribute of another name holding a total count that the forward's
+head reshapes read (directly, or as an argument of a helper method: GPT-J's `self._split_heads(q,
+self.num_attention_heads, ...)`) is read as the per-rank one in the forward and its helpers. The forward computes the three projections first (one branch per
 variant; the fused branch is taken when `fuse_qkv`, per-rank heads are equal and m == 1) and feeds them
 to the source's own head reshapes, norms and RoPE. Biases follow the source (`bias=<its expression>`).
 The fused branch's q, k and v are views of one `split`, which autograd lets no in-place op modify: the
@@ -92,6 +94,7 @@ class AttentionVariants(Rule):
         init = self._constructor(init, geometry, q, k)
         forward = self._projections(forward, geometry)
         cls = with_method(with_method(cls, init), forward)
+        cls = _per_rank_head_reads(cls, dict(geometry.total_head_counts))
         self.add_host_import("transformations_utils", CUSTOM_MODULE)
         return with_base(cls, CUSTOM_MODULE)
 
@@ -256,6 +259,50 @@ def projection_calls(forward: cst.FunctionDef, geometry: AttentionGeometry) -> l
         calls.append(found[0])
     inputs = {cst.Module(body=[]).code_for_node(call.args[0].value) for call in calls}
     return calls if len(inputs) == 1 else None
+
+
+def _per_rank_head_reads(cls: cst.ClassDef, counts: dict[str, str]) -> cst.ClassDef:
+    """Reads of `self.<total>` in the forward and the helper methods it calls (`self._split_heads(q,
+    self.num_attention_heads, ...)`) -> the per-rank `self.<count>`: the rank's tensors hold its heads only.
+    The constructor keeps the totals (the layers and specs are built from them)."""
+    if not counts:
+        return cls
+    for name in sorted(_forward_methods(cls)):
+        method = find_method(cls, name)
+        assert method is not None
+        cls = with_method(cls, _with_attributes_renamed(method, counts))
+    return cls
+
+
+def _forward_methods(cls: cst.ClassDef) -> set[str]:
+    """`forward` and the methods of `cls` it calls as `self.<method>(...)`, transitively."""
+    found: set[str] = set()
+    pending = ["forward"]
+    while pending:
+        name = pending.pop()
+        method = find_method(cls, name)
+        if name in found or method is None or name == "__init__":
+            continue
+        found.add(name)
+        pending.extend(
+            called
+            for node in walk(method)
+            if isinstance(node, cst.Call) and (called := self_attribute(node.func)) is not None
+        )
+    return found
+
+
+def _with_attributes_renamed(method: cst.FunctionDef, counts: dict[str, str]) -> cst.FunctionDef:
+    class _Rename(cst.CSTTransformer):
+        def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+            attribute = self_attribute(updated)
+            if attribute in counts:
+                return updated.with_changes(attr=cst.Name(counts[attribute]))
+            return updated
+
+    result = method.visit(_Rename())
+    assert isinstance(result, cst.FunctionDef)
+    return result
 
 
 def _with_separate_branch(

@@ -17,6 +17,8 @@
   embedding) are looked up for the whole sequence on every rank; under sequence parallelism the lookup is
   then transposed and scattered into the stream's `(S/T, B, D)` layout before it is added (a lookup inside
   a larger expression is first bound to a name of its own).
+- A view of the stream back to `(-1, seq_length, D)` (GPT-Neo's `hidden_states.view(output_shape)`), the
+  identity on `(B, S, D)`, runs only without sequence parallelism: it would scramble `(S/T, B, D)`.
 - Everything else the source computes (embedding scale, collected outputs) is kept as written.
 The mask builders come from the Blueprint; the shapes of their calls and of the layer loop are checked
 in analysis (R021, R022). The inserted code comes from templates/code/base_model_forward.py.
@@ -139,7 +141,9 @@ class BaseModelForward(Rule):
         init, forward = find_method(cls, "__init__"), find_method(cls, "forward")
         assert init is not None and forward is not None, "checked in analysis (R017)"
         cls = with_method(cls, self._checkpointing_switch(init))
-        forward = self._sequence_length(forward)
+        forward, length = self._sequence_length(forward)
+        if length is not None:
+            forward = self._stream_views(forward, length)
         forward = self._positions_layout(forward)
         forward = self._masks(forward)
         forward = self._checkpointed_layers(forward)
@@ -178,11 +182,12 @@ class BaseModelForward(Rule):
         assert isinstance(result, cst.FunctionDef)
         return result
 
-    def _sequence_length(self, forward: cst.FunctionDef) -> cst.FunctionDef:
-        """Reads of the embeddings' dim 1 (the sequence without SP) -> a layout-aware `sequence_length`."""
+    def _sequence_length(self, forward: cst.FunctionDef) -> tuple[cst.FunctionDef, str | None]:
+        """Reads of the embeddings' dim 1 (the sequence without SP) -> a layout-aware `sequence_length`
+        (returned with the name it got; None when the forward reads no such length)."""
         embeds = _embedding_outputs(forward, _last(self.blueprint.backbone.embedding))
         if not embeds:
-            return forward
+            return forward, None
         taken = names_in(forward)
         name = SEQUENCE_LENGTH if SEQUENCE_LENGTH not in taken else fresh_name(SEQUENCE_LENGTH, taken)
 
@@ -231,8 +236,35 @@ class BaseModelForward(Rule):
             moved, length[0] = leading_to(changed, length[0])  # type: ignore[arg-type]
             result = with_body(forward, [*body[:index], *length, moved, *rest])  # type: ignore[list-item]
             assert isinstance(result, cst.FunctionDef)
-            return result
-        return forward
+            return result, name
+        return forward, None
+
+    def _stream_views(self, forward: cst.FunctionDef, length: str) -> cst.FunctionDef:
+        """`x = x.view(-1, S, x.size(-1))` (the shape written out or bound to a name first), the identity on
+        the stream's `(B, S, D)` -> run only without sequence parallelism, where the stream has that layout."""
+        lengths = _copies_of(forward, length)
+        shapes = _tuples_bound_once(forward)
+        rule = self
+
+        class _Views(cst.CSTTransformer):
+            def leave_SimpleStatementLine(
+                self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
+            ) -> cst.BaseStatement:
+                if not is_stream_view(updated, lengths, shapes):
+                    return updated
+                (switch,), needed = templates.fill_statements(
+                    TEMPLATES, "stream_view_without_sequence_parallel", rule.blueprint.style
+                )
+                rule.add_template_imports(needed)
+                assert isinstance(switch, cst.If)
+                plain = updated.with_changes(leading_lines=[])
+                return switch.with_changes(
+                    body=switch.body.with_changes(body=[plain]), leading_lines=updated.leading_lines
+                )
+
+        result = forward.visit(_Views())
+        assert isinstance(result, cst.FunctionDef)
+        return result
 
     def _positions_layout(self, forward: cst.FunctionDef) -> cst.FunctionDef:
         """Each lookup of a position embedding, followed by its move into the stream's layout."""
@@ -508,6 +540,81 @@ def spread_without_dict(function: cst.FunctionDef, callables: set[str]) -> set[s
     }
     copies = dict_copies(function)
     return {name for name in spread if copied_from(name, copies) not in assigned}
+
+
+VIEWS = frozenset({"view", "reshape"})
+
+
+def is_stream_view(statement: cst.BaseStatement, lengths: set[str], shapes: dict[str, cst.Tuple]) -> bool:
+    """Whether `statement` is `x = x.view(shape)` (or `reshape`) with `shape` `(-1, S, x.size(-1))` (or
+    `x.shape[-1]`), written as the arguments, a tuple, or a name bound once to that tuple, and `S` one of
+    `lengths`: on a 3-d `(B, S, D)` tensor that view is the identity."""
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return False
+    assign = statement.body[0]
+    if not isinstance(assign, cst.Assign) or len(assign.targets) != 1:
+        return False
+    target, call = assign.targets[0].target, assign.value
+    if not isinstance(target, cst.Name) or not isinstance(call, cst.Call):
+        return False
+    func = call.func
+    if not (
+        isinstance(func, cst.Attribute)
+        and func.attr.value in VIEWS
+        and m.matches(func.value, m.Name(target.value))
+        and all(arg.keyword is None and arg.star == "" for arg in call.args)
+    ):
+        return False
+    parts: list[cst.BaseExpression] = [arg.value for arg in call.args]
+    if len(parts) == 1:
+        shape = parts[0]
+        if isinstance(shape, cst.Name):
+            shape = shapes.get(shape.value, shape)
+        if isinstance(shape, cst.Tuple) and all(isinstance(e, cst.Element) for e in shape.elements):
+            parts = [element.value for element in shape.elements]
+    if len(parts) != 3:
+        return False
+    first, second, third = (code(part) for part in parts)
+    stream = target.value
+    return first == "-1" and second in lengths and third in {f"{stream}.size(-1)", f"{stream}.shape[-1]"}
+
+
+def _copies_of(function: cst.FunctionDef, name: str) -> set[str]:
+    """`name` and the local names bound to it, directly or through one another (`seq_length = name`)."""
+    found = {name}
+    pairs = [
+        (node.targets[0].target.value, node.value.value)
+        for node in walk(function)
+        if isinstance(node, cst.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0].target, cst.Name)
+        and isinstance(node.value, cst.Name)
+    ]
+    grown = True
+    while grown:
+        grown = False
+        for target, value in pairs:
+            if value in found and target not in found:
+                found.add(target)
+                grown = True
+    return found
+
+
+def _tuples_bound_once(function: cst.FunctionDef) -> dict[str, cst.Tuple]:
+    """Local names bound exactly once in `function`, to a tuple literal."""
+    bound: dict[str, list[cst.CSTNode]] = {}
+    for node in walk(function):
+        if isinstance(node, cst.Assign):
+            for target in node.targets:
+                if isinstance(target.target, cst.Name):
+                    bound.setdefault(target.target.value, []).append(node.value)
+        elif isinstance(node, cst.AugAssign | cst.AnnAssign) and isinstance(node.target, cst.Name):
+            bound.setdefault(node.target.value, []).append(node)
+    found: dict[str, cst.Tuple] = {}
+    for name, values in bound.items():
+        if len(values) == 1 and isinstance(values[0], cst.Tuple):
+            found[name] = values[0]
+    return found
 
 
 def _embedding_outputs(forward: cst.FunctionDef, embedding: str | None) -> set[str]:

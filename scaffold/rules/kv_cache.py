@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from ..blueprint import CacheCallee, CacheForwarding, Refusal
-from ..syntax import aliases_of, docstring_count, dotted, laid_out, name_nodes, names_in
+from ..syntax import aliases_of, docstring_count, dotted, laid_out, name_nodes, names_in, walk
 from .base import Rule, stored_example, todo_comment
 
 NONE = "None"
@@ -252,9 +252,12 @@ def _statement(statement: cst.BaseStatement, state: _State) -> list[cst.BaseStat
             if isinstance(orelse, cst.If):
                 return _statement(orelse, state)
             return _spliced(statement, _block(list(orelse.body.body), state))
+        body = _block(list(statement.body.body), state)
+        if not body and statement.orelse is None and not _calls(statement.test):
+            return []  # a condition that only guarded cache code: nothing left to guard
         changed = statement.with_changes(
             test=_expression(statement.test, state),
-            body=statement.body.with_changes(body=_block(list(statement.body.body), state) or [_pass()]),
+            body=statement.body.with_changes(body=body or [_pass()]),
         )
         if statement.orelse is not None:
             changed = changed.with_changes(orelse=_else(statement.orelse, state))
@@ -281,6 +284,11 @@ def _else(orelse: cst.If | cst.Else, state: _State) -> cst.If | cst.Else:
     return orelse.with_changes(
         body=orelse.body.with_changes(body=_block(list(orelse.body.body), state) or [_pass()])
     )
+
+
+def _calls(expression: cst.BaseExpression) -> bool:
+    """Whether evaluating `expression` may call something (a condition without calls can go unread)."""
+    return any(isinstance(node, cst.Call) for node in walk(expression))
 
 
 def _pass() -> cst.SimpleStatementLine:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ..syntax import assigned_self_attribute, find_method, with_method
+from ..syntax import assigned_self_attribute, find_method, with_method, with_statements_after
 from . import templates
 from .base import Rule, stored_example, with_todo
 
@@ -47,25 +47,17 @@ class LearnableActivationGradients(Rule):
         init = find_method(updated_node, "__init__")
         assert init is not None, "checked in analysis (R017)"
         style = self.blueprint.style
-        rule = self
 
-        class _HooksAfter(cst.CSTTransformer):
-            def leave_IndentedBlock(
-                self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
-            ) -> cst.IndentedBlock:
-                body: list[cst.BaseStatement] = []
-                for statement in updated_node.body:
-                    body.append(statement)
-                    attribute = assigned_self_attribute(statement)
-                    if attribute in attributes:
-                        activation = cst.Attribute(value=cst.Name("self"), attr=cst.Name(attribute))
-                        hooks, needed = templates.fill_statements(
-                            TEMPLATES, "gradients_summed", style, activation=activation
-                        )
-                        rule.add_template_imports(needed)
-                        body.extend(hooks)
-                return updated_node.with_changes(body=body)
+        def hooks(statement: cst.BaseStatement) -> list[cst.BaseStatement]:
+            attribute = assigned_self_attribute(statement)
+            if attribute not in attributes:
+                return []
+            activation = cst.Attribute(value=cst.Name("self"), attr=cst.Name(attribute))
+            statements, needed = templates.fill_statements(
+                TEMPLATES, "gradients_summed", style, activation=activation
+            )
+            self.add_template_imports(needed)
+            return statements
 
-        result = init.visit(_HooksAfter())
-        assert isinstance(result, cst.FunctionDef)
+        result = with_statements_after(init, hooks)
         return with_method(updated_node, result)

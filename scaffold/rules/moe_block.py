@@ -18,6 +18,11 @@
   returns them in its output's `router_logits`, which the causal LM's auxiliary loss (kept from the source,
   with the config's coefficient) reads.
 - The expert class is removed when nothing else uses it (a dense MLP layer may).
+- A block whose experts are packed parameters (`MoEBlock.packed`: a router module and two modules holding one
+  `[experts, ., .]` tensor each, gate | up and down) is rebuilt the same way; its expert spec maps the packed
+  tensors (`layout="packed_concatenated"`, `transposed=True` for tensors stored as `F.linear` applies them)
+  and the router's linear by its path (`router.layer.weight`). The packed-expert and router classes go with
+  their `_init_weights` branches (NxD's experts are drawn by the block's `init_method`).
 
 The inserted code comes from templates/code/moe_block.py; the weight specs are the package's
 moe_expert_weights.py (templates/modules), written beside the modeling file.
@@ -55,6 +60,8 @@ ROUTER = "router"  # the local name of the router in the block's __init__ templa
 TOPK_ROUTER_WORDS = "a softmax top-k router"  # in the block's docstring
 TOPK_ROUTER = "RouterTopK"
 TWO_BLANK = [cst.EmptyLine(), cst.EmptyLine()]
+INIT_WEIGHTS = "_init_weights"
+PACKED_CONCATENATED = "packed_concatenated"  # ExpertMLPsSpec's layout of a packed gate | up
 
 
 class MoEBlocks(Rule):
@@ -64,8 +71,9 @@ class MoEBlocks(Rule):
         "sparse MoE block -> NxD MoE (RouterTopK + ExpertMLPs + expert specs); router logits to the loss"
     )
     ADVICE = (
-        "Blocks that route otherwise than softmax -> top-k over one linear or a function of the modeling "
-        "file on its logits (R029), or have another shape (R001), are refused. Disabling it keeps the source's block as written, which is yours to finish: its router "
+        "Blocks that route otherwise than softmax -> top-k over one linear (or top-k of a router module's "
+        "logits, then a softmax over the k) or a function of the modeling file on its logits (R029), or have "
+        "another shape (R001: a list of gated expert MLPs, or two packed-expert modules), are refused. Disabling it keeps the source's block as written, which is yours to finish: its router "
         "is then a plain replicated linear (no sequence-parallel mark) and its experts a loop of parallel MLPs "
         "without expert parallelism."
     )
@@ -97,6 +105,11 @@ class MoEBlocks(Rule):
                     if refusal is not None
                     else self._block(updated_node, block)
                 )
+        replaced = {
+            name for block in self._blocks() if block.packed is not None for name in block.packed.classes
+        }
+        if replaced and find_method(updated_node, INIT_WEIGHTS) is not None:
+            updated_node = _without_init_branches(updated_node, replaced)
         blocks = [block for block in self._blocks() if not block.logits_plumbed]
         if not blocks:
             return updated_node
@@ -113,13 +126,15 @@ class MoEBlocks(Rule):
         module = layer_code.with_init_helper(self, updated_node) if self._converted else updated_node
         body = list(module.body)
         for block in blocks:
-            others = [
-                statement
-                for statement in body
-                if not (isinstance(statement, cst.ClassDef) and statement.name.value == block.expert_class)
-            ]
-            if all(block.expert_class not in names_in(statement) for statement in others):
-                body = others  # the experts live in ExpertMLPs now
+            replaced = block.packed.classes if block.packed is not None else (block.expert_class,)
+            for name in replaced:
+                others = [
+                    statement
+                    for statement in body
+                    if not (isinstance(statement, cst.ClassDef) and statement.name.value == name)
+                ]
+                if all(name not in names_in(statement) for statement in others):
+                    body = others  # the experts (and a packed block's router) live in NxD's MoE now
         return module.with_changes(body=body)
 
     # --- the block ------------------------------------------------------------------------------------
@@ -148,10 +163,7 @@ class MoEBlocks(Rule):
             normalize=expression(normalize),
             jitter=expression(_resolved(block.jitter)) if block.jitter is not None else OMITTED,
             renamed=cst.parse_expression(f'{{"router.linear_router.weight": "{block.router}.weight"}}'),
-            experts=name_or_default("experts_name", block.experts),
-            gate=name_or_default("gate_proj_name", block.gate),
-            up=name_or_default("up_proj_name", block.up),
-            down=name_or_default("down_proj_name", block.down),
+            **_expert_names(block, name_or_default),
         )
         if block.routing is not None:  # the block gets a router of its own instead
             needed = {import_ for import_ in needed if import_.name != TOPK_ROUTER}
@@ -317,6 +329,53 @@ class MoEBlocks(Rule):
         body[-1] = _with_returned_logits(body[-1], returned)
         forward = forward.with_changes(params=params, body=forward.body.with_changes(body=body))
         return with_method(cls, forward)
+
+
+def _expert_names(block: MoEBlock, name_or_default) -> dict[str, cst.BaseExpression]:  # type: ignore[no-untyped-def]
+    """The expert spec's naming keywords: the expert list's names, or the packed parameters' paths."""
+    if block.packed is None:
+        return {
+            "experts": name_or_default("experts_name", block.experts),
+            "gate": name_or_default("gate_proj_name", block.gate),
+            "up": name_or_default("up_proj_name", block.up),
+            "down": name_or_default("down_proj_name", block.down),
+            "layout": OMITTED,
+            "gate_up": OMITTED,
+            "transposed": OMITTED,
+        }
+    packed = block.packed
+    return {
+        "experts": cst.SimpleString('""'),  # the packed paths are relative to the block
+        "gate": OMITTED,
+        "up": OMITTED,
+        "down": cst.SimpleString(f'"{packed.down}"'),
+        "layout": cst.SimpleString(f'"{PACKED_CONCATENATED}"'),
+        "gate_up": cst.SimpleString(f'"{packed.gate_up}"'),
+        "transposed": cst.Name("True") if packed.transposed else OMITTED,
+    }
+
+
+def _without_init_branches(cls: cst.ClassDef, replaced: set[str]) -> cst.ClassDef:
+    """`_init_weights` without its `if isinstance(module, X):` branches for the classes NxD's MoE replaced
+    (their instances are gone: NxD's experts are drawn by the block's `init_method`)."""
+    method = find_method(cls, INIT_WEIGHTS)
+    assert method is not None
+
+    def initialises_replaced(statement: cst.BaseStatement) -> bool:
+        test = statement.test if isinstance(statement, cst.If) and statement.orelse is None else None
+        return (
+            isinstance(test, cst.Call)
+            and isinstance(test.func, cst.Name)
+            and test.func.value == "isinstance"
+            and len(test.args) == 2
+            and isinstance(test.args[1].value, cst.Name)
+            and test.args[1].value.value in replaced
+        )
+
+    body = [statement for statement in method.body.body if not initialises_replaced(statement)]
+    if len(body) == len(method.body.body):
+        return cls
+    return with_method(cls, method.with_changes(body=method.body.with_changes(body=body)))
 
 
 def _resolved(expr) -> str:  # type: ignore[no-untyped-def]

@@ -19,7 +19,14 @@ from __future__ import annotations
 import libcst as cst
 
 from ..blueprint import Blueprint, NormScope, NormSite
-from ..syntax import assigned_self_attribute, find_method, rewrite_assigned_call, with_arguments, with_method
+from ..syntax import (
+    assigned_self_attribute,
+    find_method,
+    rewrite_assigned_call,
+    with_arguments,
+    with_method,
+    with_statements_after,
+)
 from . import templates
 from .base import Rule, stored_example, with_todo
 
@@ -136,25 +143,17 @@ class SequenceParallelNorms(Rule):
         flag, needed = templates.fill_expression(TEMPLATES, "flag_argument", style)
         self.add_template_imports(needed)
 
-        class _Mark(cst.CSTTransformer):
-            def leave_IndentedBlock(
-                self, original: cst.IndentedBlock, updated: cst.IndentedBlock
-            ) -> cst.IndentedBlock:
-                body: list[cst.BaseStatement] = []
-                for statement in updated.body:
-                    body.append(statement)
-                    attribute = assigned_self_attribute(statement)
-                    if attribute in attributes and not _assigns_none(statement):
-                        module = cst.Attribute(value=cst.Name("self"), attr=cst.Name(attribute))
-                        marked, _ = templates.fill_statements(
-                            TEMPLATES, "linear_marked", style, module=module, flag=flag.deep_clone()
-                        )
-                        body.extend(marked)
-                return updated.with_changes(body=body)
+        def marked(statement: cst.BaseStatement) -> list[cst.BaseStatement]:
+            attribute = assigned_self_attribute(statement)
+            if attribute not in attributes or _assigns_none(statement):
+                return []
+            module = cst.Attribute(value=cst.Name("self"), attr=cst.Name(attribute))
+            statements, _ = templates.fill_statements(
+                TEMPLATES, "linear_marked", style, module=module, flag=flag.deep_clone()
+            )
+            return statements
 
-        result = init.visit(_Mark())
-        assert isinstance(result, cst.FunctionDef)
-        return result
+        return with_statements_after(init, marked)
 
     def _pass_flag(self, init: cst.FunctionDef, norm: NormSite) -> cst.FunctionDef:
         replacement = TORCH_TO_NXD_NORMS.get(norm.norm_class)
@@ -190,30 +189,19 @@ class SequenceParallelNorms(Rule):
         init = init.with_changes(params=init.params.with_changes(params=params))
         style = self.blueprint.style
 
-        class _Mark(cst.CSTTransformer):
-            def leave_IndentedBlock(
-                self, original: cst.IndentedBlock, updated: cst.IndentedBlock
-            ) -> cst.IndentedBlock:
-                body: list[cst.BaseStatement] = []
-                for statement in updated.body:
-                    body.append(statement)
-                    attribute = assigned_self_attribute(statement)
-                    if attribute in parameters:
-                        weight = cst.Attribute(value=cst.Name("self"), attr=cst.Name(attribute))
-                        marked, _ = templates.fill_statements(
-                            TEMPLATES, "weight_marked", style, weight=weight
-                        )
-                        body.extend(marked)
-                    elif inherited and _is_super_init(statement):
-                        marked, _ = templates.fill_statements(
-                            TEMPLATES, "parameters_marked", style, module=cst.Name("self")
-                        )
-                        body.extend(marked)
-                return updated.with_changes(body=body)
+        def marked(statement: cst.BaseStatement) -> list[cst.BaseStatement]:
+            attribute = assigned_self_attribute(statement)
+            if attribute in parameters:
+                weight = cst.Attribute(value=cst.Name("self"), attr=cst.Name(attribute))
+                return templates.fill_statements(TEMPLATES, "weight_marked", style, weight=weight)[0]
+            if inherited and _is_super_init(statement):
+                return templates.fill_statements(
+                    TEMPLATES, "parameters_marked", style, module=cst.Name("self")
+                )[0]
+            return []
 
-        result = init.visit(_Mark())  # creates a parameter directly: checked in analysis (R017)
-        assert isinstance(result, cst.FunctionDef)
-        return with_method(cls, result)
+        # creates a parameter directly: checked in analysis (R017)
+        return with_method(cls, with_statements_after(init, marked))
 
 
 def _is_super_init(statement: cst.BaseStatement) -> bool:

@@ -9,11 +9,13 @@ owns the parts in a `SourceFusedLinearSpec` (inserted once per file from
 templates/definitions/source_fused_linears.py): loading splits the fused tensor into the parts and hands
 them to that spec; saving joins the parts back, bit for bit. Parts interleaved per head in the source
 (GPT-NeoX's `query_key_value` viewed as `(..., heads, 3 * head_size)`) give the spec their group count,
-and it de-interleaves them: each rank then holds whole heads' q, k and v. A linear the source builds as
-transformers' `Conv1D` (weight stored `[in, out]`; `scaffold.analysis.conv1d`) gets the subclass
-`TransposedSourceFusedLinearSpec` (templates/definitions/transposed_linears.py, inserted after the first
-definitions where a file needs it), split into parts or not: it transposes the weight on loading and back
-on saving.
+and it de-interleaves them: each rank then holds whole heads' q, k and v. So do parts split out of groups
+the fused output is cut into first (CodeGen's `qkv_proj` reshaped into `mp_num` groups of `q|v|k`): the
+parts are given in the source's order, so the spec reads each group's shares in that order. A linear the
+source builds as transformers' `Conv1D` (weight stored `[in, out]`; `scaffold.analysis.conv1d`) gets the
+subclass `TransposedSourceFusedLinearSpec` (templates/definitions/transposed_linears.py, inserted after the
+first definitions where a file needs it), split into parts or not: it transposes the weight on loading and
+back on saving.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ class SourceFusedCheckpoint(Rule):
     CODE = "NXS027"
     NAME = "source-fused-checkpoint"
     SUMMARY = (
-        "q|k|v or gate|up fused in the source (one after the other, or interleaved per head): parts as "
+        "q|k|v or gate|up fused in the source (one after the other, or interleaved per head or group): parts as "
         "parallel layers + SourceFusedLinearSpec"
     )
     ADVICE = (
         "Splits of another shape than contiguous slices `t[..., a:b]`, `t.chunk(n, dim=-1)` or an unpacked "
         "`t.split(size, dim=-1)` of one linear (after in-place clamps), "
-        "or `t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, are refused (R007, R003). Disabling "
+        "`t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, or `torch.split(g, size, dim=-1)` "
+        "of its output cut into groups `(..., groups, -1)`, are refused (R007, R003). Disabling "
         "it leaves the generated model expecting one checkpoint tensor per part."
     )
     REQUIRES = ("NXS004",)

@@ -33,6 +33,7 @@ def classes_needing_trn_config(blueprint: Blueprint) -> frozenset[str]:
     needing = {site.owner for site in blueprint.sites if site.role in PARALLEL_ROLES}
     needing |= {norm.owner for norm in blueprint.norms if norm.scope is NormScope.HIDDEN}
     needing |= {blueprint.base_model_class, blueprint.causal_lm_class}
+    needing |= {block.owner for block in blueprint.moe}  # NXS040's MoE takes it (packed experts: no site)
     needing &= closure
     changed = True
     while changed:

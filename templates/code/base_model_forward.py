@@ -51,6 +51,14 @@ def positions_in_stream_layout(self, position_embeds):
     return position_embeds
 
 
+def stream_view_without_sequence_parallel(self):
+    """A view of the hidden stream to `(-1, sequence_length, D)`, which is the identity on the stream's
+    `(B, S, D)`: under sequence parallelism the stream is `(S/T, B, D)`, which that view would scramble, so it
+    runs without sequence parallelism only (the rule puts the source's statement in the body)."""
+    if not self.trn_config.sequence_parallel_enabled:  # a (B, S, D) view; SP has (S/T, B, D)
+        pass
+
+
 def mask_unless_recomputed(self, causal_mask, mask):
     """A mask built by a statement of its own: none when the attention recomputes a causal one."""
     if self.trn_config.recompute_causal_mask:

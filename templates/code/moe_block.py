@@ -33,6 +33,9 @@ def sparse_block(
     gate,
     up,
     down,
+    layout,
+    gate_up,
+    transposed,
 ):
     """The sparse block as NxD's `MoE`, with the specs that map the source's per-expert weights."""
 
@@ -88,9 +91,12 @@ def sparse_block(
                     ExpertMLPsSpec(
                         num_experts={num_experts},
                         experts_name={experts},
+                        layout={layout},
+                        gate_up_proj_name={gate_up},
                         gate_proj_name={gate},
                         up_proj_name={up},
                         down_proj_name={down},
+                        transposed={transposed},
                     ),
                 ]
             )

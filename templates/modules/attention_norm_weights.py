@@ -40,16 +40,14 @@ KEY = "key"
 StateDict = dict[str, torch.Tensor]
 
 
-@dataclass
-class HeadRowsSpec(ModelWeightTransformationSpec):
-    """Parameters (names relative to the attention module) whose first dimension runs over the heads of
-    the query (`projection="query"`) or key projection (`"key"`) of NxD's GQA layer."""
+class HeadLayoutSpec(ModelWeightTransformationSpec):
+    """What the per-head norm specs share: a `projection` (query or key) whose head count sizes them, and no
+    LoRA adapter (norms are not LoRA targets, so adapter checkpoints pass by untouched). Subclasses are
+    dataclasses with the fields `projection`, `num_attention_heads` and `num_key_value_heads`."""
 
-    parameter_names: list[str]
     projection: str
     num_attention_heads: int
     num_key_value_heads: int
-    kv_size_multiplier: int
 
     def __post_init__(self) -> None:
         if self.projection not in (QUERY, KEY):
@@ -58,6 +56,45 @@ class HeadRowsSpec(ModelWeightTransformationSpec):
     @property
     def heads(self) -> int:
         return self.num_attention_heads if self.projection == QUERY else self.num_key_value_heads
+
+    def guess_peft_type(self, model: torch.nn.Module, module_fully_qualified_name: str) -> str | None:
+        return None
+
+    def adapt_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
+        return peft_config
+
+    def to_original_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
+        return peft_config
+
+    def _lora_adapt_state_dict(
+        self,
+        module_fully_qualified_name: str,
+        named_parameters: dict[str, torch.nn.Parameter],
+        orig_state_dict: StateDict,
+        upstanding_sharded_params: StateDict,
+        inplace: bool = False,
+    ) -> StateDict:
+        return orig_state_dict if inplace else dict(orig_state_dict)
+
+    def _lora_to_original_weights(
+        self,
+        module_fully_qualified_name: str,
+        sharded_state_dicts: dict[str, list[torch.Tensor]],
+        parameters_metadata: dict[str, dict[str, Any]],
+    ) -> tuple[StateDict, list[str]]:
+        return {}, []
+
+
+@dataclass
+class HeadRowsSpec(HeadLayoutSpec):
+    """Parameters (names relative to the attention module) whose first dimension runs over the heads of
+    the query (`projection="query"`) or key projection (`"key"`) of NxD's GQA layer."""
+
+    parameter_names: list[str]
+    projection: str
+    num_attention_heads: int
+    num_key_value_heads: int
+    kv_size_multiplier: int
 
     def _query_indices(self, tp_size: int, tp_rank: int) -> torch.Tensor:
         return GQAQKVColumnParallelLinearSpec.compute_query_indices_for_rank(
@@ -88,15 +125,6 @@ class HeadRowsSpec(ModelWeightTransformationSpec):
     def get_relevant_parameter_names(self, module_fully_qualified_name: str) -> set[str]:
         return {f"{module_fully_qualified_name}.{name}" for name in self.parameter_names}
 
-    def guess_peft_type(self, model: torch.nn.Module, module_fully_qualified_name: str) -> str | None:
-        return None
-
-    def adapt_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
-        return peft_config
-
-    def to_original_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
-        return peft_config
-
     def _adapt_state_dict(
         self,
         module_fully_qualified_name: str,
@@ -112,16 +140,6 @@ class HeadRowsSpec(ModelWeightTransformationSpec):
                 state_dict[name] = self.local(state_dict.pop(name), tp_size, tp_rank)
         return state_dict
 
-    def _lora_adapt_state_dict(
-        self,
-        module_fully_qualified_name: str,
-        named_parameters: dict[str, torch.nn.Parameter],
-        orig_state_dict: StateDict,
-        upstanding_sharded_params: StateDict,
-        inplace: bool = False,
-    ) -> StateDict:
-        return orig_state_dict if inplace else dict(orig_state_dict)
-
     def _to_original_weights(
         self,
         module_fully_qualified_name: str,
@@ -136,17 +154,9 @@ class HeadRowsSpec(ModelWeightTransformationSpec):
             weights[name] = self.original(sharded_state_dicts[name][:count])
         return weights, []
 
-    def _lora_to_original_weights(
-        self,
-        module_fully_qualified_name: str,
-        sharded_state_dicts: dict[str, list[torch.Tensor]],
-        parameters_metadata: dict[str, dict[str, Any]],
-    ) -> tuple[StateDict, list[str]]:
-        return {}, []
-
 
 @dataclass
-class HeadModulesSpec(ModelWeightTransformationSpec):
+class HeadModulesSpec(HeadLayoutSpec):
     """A list of one module per head of the query or key projection (`module_list`, e.g.
     `"q_layernorm.norms"`, relative to the attention module; `parameter_names` inside one entry): the rank
     keeps its heads' entries, in its own order, so checkpoint entry `<head>` is the rank's entry `<index>`.
@@ -159,14 +169,6 @@ class HeadModulesSpec(ModelWeightTransformationSpec):
     num_key_value_heads: int
     kv_size_multiplier: int
     gqa: bool
-
-    def __post_init__(self) -> None:
-        if self.projection not in (QUERY, KEY):
-            raise ValueError(f"projection must be {QUERY!r} or {KEY!r}, not {self.projection!r}")
-
-    @property
-    def heads(self) -> int:
-        return self.num_attention_heads if self.projection == QUERY else self.num_key_value_heads
 
     def rank_heads(self, tp_size: int, tp_rank: int) -> list[int]:
         """The checkpoint heads of the rank's entries, in order."""
@@ -187,15 +189,6 @@ class HeadModulesSpec(ModelWeightTransformationSpec):
             for head in range(self.heads)
             for parameter in self.parameter_names
         }
-
-    def guess_peft_type(self, model: torch.nn.Module, module_fully_qualified_name: str) -> str | None:
-        return None
-
-    def adapt_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
-        return peft_config
-
-    def to_original_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
-        return peft_config
 
     def _adapt_state_dict(
         self,
@@ -221,16 +214,6 @@ class HeadModulesSpec(ModelWeightTransformationSpec):
                     state_dict[self._name(fqn, entry, parameter)] = full[head, parameter].clone()
         return state_dict
 
-    def _lora_adapt_state_dict(
-        self,
-        module_fully_qualified_name: str,
-        named_parameters: dict[str, torch.nn.Parameter],
-        orig_state_dict: StateDict,
-        upstanding_sharded_params: StateDict,
-        inplace: bool = False,
-    ) -> StateDict:
-        return orig_state_dict if inplace else dict(orig_state_dict)
-
     def _to_original_weights(
         self,
         module_fully_qualified_name: str,
@@ -250,14 +233,6 @@ class HeadModulesSpec(ModelWeightTransformationSpec):
                     if name not in weights:  # a replicated head: its first copy
                         weights[name] = sharded_state_dicts[self._name(fqn, entry, parameter)][rank]
         return weights, []
-
-    def _lora_to_original_weights(
-        self,
-        module_fully_qualified_name: str,
-        sharded_state_dicts: dict[str, list[torch.Tensor]],
-        parameters_metadata: dict[str, dict[str, Any]],
-    ) -> tuple[StateDict, list[str]]:
-        return {}, []
 
 
 for _spec_class in (HeadRowsSpec, HeadModulesSpec):

@@ -179,7 +179,9 @@ class ExpertMLPsSpec(LoRARefusingSpec):
     `layout` is "per_expert" (`{experts_name}.{e}.{gate_proj_name|up_proj_name|down_proj_name}.weight`,
     `nn.Linear` weights; `gate_proj_name=None` for experts without a gate), "packed_concatenated" or
     "packed_interleaved" (`{experts_name}.{gate_up_proj_name}` `[E, H, 2I]`, gate then up along the last
-    dimension or alternating, and `{experts_name}.{down_proj_name}` `[E, I, H]`). `expert_mlps_name` is
+    dimension or alternating, and `{experts_name}.{down_proj_name}` `[E, I, H]`; with `transposed`, stored
+    `[E, 2I, H]` and `[E, H, I]`, as `F.linear` applies them; an empty `experts_name` for packed names that are
+    paths of their own, e.g. `input_linear.weight`). `expert_mlps_name` is
     the path of NxD's `Experts` module (`MoE.expert_mlps.mlp_op`). All names are relative to the module
     holding the spec. `tp_size` and `ep_size` default to the live model-parallel sizes.
     """
@@ -191,6 +193,7 @@ class ExpertMLPsSpec(LoRARefusingSpec):
     up_proj_name: str = "up_proj"
     down_proj_name: str = "down_proj"
     gate_up_proj_name: str = "gate_up_proj"
+    transposed: bool = False
     expert_mlps_name: str = "expert_mlps.mlp_op"
     tp_size: int = field(default_factory=get_tensor_model_parallel_size)
     ep_size: int = field(default_factory=get_expert_model_parallel_size)
@@ -200,6 +203,10 @@ class ExpertMLPsSpec(LoRARefusingSpec):
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"ExpertMLPsSpec: layout must be one of {LAYOUTS}, not {self.layout!r}")
+        if self.transposed and self.layout == PER_EXPERT:
+            raise ValueError(
+                "ExpertMLPsSpec: `transposed` describes packed layouts; per-expert weights are nn.Linear's"
+            )
         if self.num_experts % self.ep_size:
             raise ValueError(
                 f"ExpertMLPsSpec: {self.num_experts} experts do not split over {self.ep_size} expert-parallel "
@@ -223,17 +230,22 @@ class ExpertMLPsSpec(LoRARefusingSpec):
 
     def _original_names(self, fqn: str, expert: int | None = None) -> list[str]:
         """The checkpoint names of one expert (per-expert layout) or of the packed tensors."""
-        prefix = f"{fqn}.{self.experts_name}"
         if self.layout != PER_EXPERT:
-            return [f"{prefix}.{self.gate_up_proj_name}", f"{prefix}.{self.down_proj_name}"]
+            return [f"{fqn}.{name}" for name in self._packed_names()]
+        prefix = f"{fqn}.{self.experts_name}"
         experts = range(self.num_experts) if expert is None else [expert]
         return [f"{prefix}.{e}.{linear}.weight" for e in experts for linear in self._expert_linears()]
+
+    def _packed_names(self) -> list[str]:
+        """The packed gate | up and down parameters' names, relative to the spec's module."""
+        prefix = f"{self.experts_name}." if self.experts_name else ""
+        return [f"{prefix}{self.gate_up_proj_name}", f"{prefix}{self.down_proj_name}"]
 
     def _module_names(self) -> list[str]:
         """Modules a PEFT config could target: NxD's expert linears and transformers' experts."""
         nxd = [f"{self.expert_mlps_name}.{name}" for name in ("gate_up_proj", "up_proj", "down_proj")]
         if self.layout != PER_EXPERT:
-            return [*nxd, self.experts_name]
+            return [*nxd, *sorted({name.rpartition(".")[0] for name in self._packed_names()} - {""})]
         per_expert = [
             f"{self.experts_name}.{e}.{linear}" for e in range(self.num_experts) for linear in self._expert_linears()
         ]
@@ -271,6 +283,8 @@ class ExpertMLPsSpec(LoRARefusingSpec):
             gate = columns[0] if self.glu else None
             return gate, columns[-2], columns[-1]
         gate_up, down = tensors
+        if self.transposed:
+            gate_up, down = gate_up.transpose(1, 2), down.transpose(1, 2)
         if gate_up.shape[-1] % 2:
             raise ValueError(
                 f"ExpertMLPsSpec: a packed gate/up projection of shape {tuple(gate_up.shape)} is not even"
@@ -379,14 +393,14 @@ class ExpertMLPsSpec(LoRARefusingSpec):
                 raise KeyError(f"the sharded checkpoint has no {name!r}, which ExpertMLPsSpec needs")
         first = self._gather(sharded_state_dicts[first_name], first_name, 2, split=self.glu)
         (down,) = self._gather(sharded_state_dicts[down_name], down_name, 1, split=False)
-        if self.layout == PACKED_INTERLEAVED:
-            gate_up = torch.stack(first, dim=-1).flatten(start_dim=-2)
+        if self.layout != PER_EXPERT:
+            if self.layout == PACKED_INTERLEAVED:
+                gate_up = torch.stack(first, dim=-1).flatten(start_dim=-2)
+            else:
+                gate_up = torch.cat(first, dim=-1)
+            if self.transposed:
+                gate_up, down = gate_up.transpose(1, 2).contiguous(), down.transpose(1, 2).contiguous()
             return dict(zip(self._original_names(fqn), (gate_up, down), strict=True)), [first_name, down_name]
-        if self.layout == PACKED_CONCATENATED:
-            return dict(zip(self._original_names(fqn), (torch.cat(first, dim=-1), down), strict=True)), [
-                first_name,
-                down_name,
-            ]
         weights: StateDict = {}
         for e in range(self.num_experts):
             linears = [*(w[e].T.contiguous() for w in first), down[e].T.contiguous()]

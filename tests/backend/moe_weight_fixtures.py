@@ -22,8 +22,16 @@ from types import ModuleType
 
 import torch
 from torch import nn
-from transformers import GptOssConfig, Llama4TextConfig, MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import (
+    GptOssConfig,
+    GraniteMoeConfig,
+    Llama4TextConfig,
+    MixtralConfig,
+    Qwen2MoeConfig,
+    Qwen3MoeConfig,
+)
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
+from transformers.models.granitemoe.modeling_granitemoe import GraniteMoeMoE
 from transformers.models.llama4.modeling_llama4 import Llama4TextExperts
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
@@ -64,14 +72,19 @@ def tiny_moe_package(destination: Path) -> Path:
 class Source:
     """A transformers MoE layout: which block, the names of its expert linears, the spec's arguments."""
 
-    kind: str  # mixtral | qwen3_moe | qwen2_moe | llama4 | gpt_oss
+    kind: str  # mixtral | qwen3_moe | qwen2_moe | llama4 | gpt_oss | granitemoe
     experts: int
     hidden: int
     intermediate: int
 
     @property
     def layout(self) -> str:
-        return {"llama4": "packed_concatenated", "gpt_oss": "packed_interleaved"}.get(self.kind, "per_expert")
+        packed = {
+            "llama4": "packed_concatenated",
+            "gpt_oss": "packed_interleaved",
+            "granitemoe": "packed_concatenated",
+        }
+        return packed.get(self.kind, "per_expert")
 
     @property
     def linears(self) -> tuple[str, str, str]:
@@ -109,6 +122,12 @@ def transformers_block(source: Source, seed: int = 0) -> nn.Module:
             num_experts_per_tok=2,
         )
         block = Qwen2MoeSparseMoeBlock(config)
+    elif source.kind == "granitemoe":
+        block = GraniteMoeMoE(
+            GraniteMoeConfig(
+                hidden_size=H, intermediate_size=inter, num_local_experts=E, num_experts_per_tok=2
+            )
+        )
     elif source.kind == "llama4":
         block = Llama4TextExperts(
             Llama4TextConfig(hidden_size=H, intermediate_size=inter, num_local_experts=E)
@@ -139,6 +158,16 @@ def dense_weights(source: Source, block: nn.Module) -> DenseWeights:
                 "shared_down": block.shared_expert.down_proj.weight.detach(),
             }
         return DenseWeights(router=router, gate=gate, up=up, down=down, **shared)
+    if (
+        source.kind == "granitemoe"
+    ):  # `F.linear` layout: input_linear [E, 2I, H] (gate rows first), output [E, H, I]
+        packed = block.input_linear.weight.detach()
+        return DenseWeights(
+            router=block.router.layer.weight.detach(),
+            gate=packed[:, : source.intermediate].contiguous(),
+            up=packed[:, source.intermediate :].contiguous(),
+            down=block.output_linear.weight.detach().contiguous(),
+        )
     gate_up = block.gate_up_proj.detach()
     if source.kind == "llama4":
         gate, up = gate_up[..., : source.intermediate], gate_up[..., source.intermediate :]
@@ -156,6 +185,8 @@ def dense_weights(source: Source, block: nn.Module) -> DenseWeights:
 def expert_state_dict(source: Source, block: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     """The block's checkpoint tensors (router and experts; shared experts for Qwen2-MoE), under `prefix`."""
     state = {name: tensor.detach().clone() for name, tensor in block.state_dict().items()}
+    if source.kind == "granitemoe":  # the packed modules' tensors and the router module's linear, as named
+        return {f"{prefix}{name}": tensor for name, tensor in state.items()}
     if source.layout != "per_expert":
         state = {f"experts.{name}": state[name] for name in ("gate_up_proj", "down_proj")}
     state.pop("shared_expert_gate.weight", None)  # NxD's MoE has no shared-expert gate
@@ -164,6 +195,15 @@ def expert_state_dict(source: Source, block: nn.Module, prefix: str) -> dict[str
 
 def spec_arguments(source: Source) -> dict[str, object]:
     """`ExpertMLPsSpec` arguments for the source (besides sizes)."""
+    if source.kind == "granitemoe":
+        return {
+            "num_experts": source.experts,
+            "layout": source.layout,
+            "experts_name": "",
+            "gate_up_proj_name": "input_linear.weight",
+            "down_proj_name": "output_linear.weight",
+            "transposed": True,
+        }
     if source.layout != "per_expert":
         return {"num_experts": source.experts, "layout": source.layout}
     gate, up, down = source.linears

@@ -42,6 +42,7 @@ SOURCES = {
     "qwen3_moe": Source("qwen3_moe", experts=4, hidden=4, intermediate=2),
     "qwen2_moe": Source("qwen2_moe", experts=2, hidden=4, intermediate=2),
     "llama4": Source("llama4", experts=4, hidden=4, intermediate=2),
+    "granitemoe": Source("granitemoe", experts=4, hidden=4, intermediate=2),
 }
 LAYER_CASES = [
     ("mixtral", 1, 1),
@@ -51,6 +52,7 @@ LAYER_CASES = [
     ("qwen3_moe", 2, 2),
     ("qwen2_moe", 2, 2),
     ("llama4", 2, 2),
+    ("granitemoe", 2, 2),
 ]
 
 
@@ -75,7 +77,8 @@ def _moe_root(host, template, source: Source):
         device=torch.device("cpu"),
     )
     experts = ExpertMLPs(E, 2, H, inter, "silu", glu_mlp=True, capacity_factor=None)
-    renamed = {"router.linear_router.weight": "gate.weight"}
+    router_name = "router.layer.weight" if source.kind == "granitemoe" else "gate.weight"
+    renamed = {"router.linear_router.weight": router_name}
     shared = None
     if source.kind == "qwen2_moe":
         shared = SharedExperts(

@@ -95,9 +95,10 @@ def _expected_experts(
 
 
 def _source_state_dict(
-    w: DenseWeights, layout: str, linears: tuple[str, str, str]
+    w: DenseWeights, layout: str, linears: tuple[str, str, str], transposed: bool = False
 ) -> dict[str, torch.Tensor]:
-    """A transformers-layout checkpoint of the dense weights: per-expert `nn.Linear`s, or packed `x @ W` tensors."""
+    """A transformers-layout checkpoint of the dense weights: per-expert `nn.Linear`s, or packed `x @ W` tensors
+    (`transposed`: packed `F.linear` tensors, `[E, out, in]`)."""
     prefix = f"{FQN}.experts"
     if layout == "per_expert":
         weights = {linears[1]: w.up, linears[2]: w.down} | (
@@ -114,10 +115,10 @@ def _source_state_dict(
         if layout == "packed_concatenated"
         else torch.stack([gate, up], -1).flatten(-2)
     )
-    return {
-        f"{prefix}.gate_up_proj": packed.contiguous(),
-        f"{prefix}.down_proj": w.down.detach().transpose(1, 2).contiguous(),
-    }
+    down = w.down.detach().transpose(1, 2)
+    if transposed:
+        packed, down = packed.transpose(1, 2), down.transpose(1, 2)
+    return {f"{prefix}.gate_up_proj": packed.contiguous(), f"{prefix}.down_proj": down.contiguous()}
 
 
 def _metadata(tp: int, gated: bool) -> dict[str, dict]:
@@ -183,11 +184,13 @@ def expert_shapes(draw) -> tuple[int, int, int, int, int, str, bool]:
     expert_shapes(),
     st.sampled_from(sorted(HOSTS)),
     st.sampled_from([("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj")]),
+    st.booleans(),
 )
-def test_load_gives_nxd_shards_and_consolidation_gives_the_checkpoint_back(shape, host, linears):
+def test_load_gives_nxd_shards_and_consolidation_gives_the_checkpoint_back(shape, host, linears, flip):
     E, H, inter, tp, ep, layout, gated = shape
+    transposed = flip and layout != "per_expert"  # packed tensors stored as F.linear applies them
     w = make_dense(E * 100 + H * 10 + inter, E, H, inter, gated=gated)
-    source = _source_state_dict(w, layout, linears)
+    source = _source_state_dict(w, layout, linears, transposed)
     template = HOSTS[host][1]
     names = {}  # packed: the defaults, `gate_up_proj` and `down_proj`
     if layout == "per_expert":
@@ -196,6 +199,8 @@ def test_load_gives_nxd_shards_and_consolidation_gives_the_checkpoint_back(shape
             "up_proj_name": linears[1],
             "down_proj_name": linears[2],
         }
+    if transposed:
+        names = {"transposed": True}
     spec = template.ExpertMLPsSpec(num_experts=E, layout=layout, tp_size=tp, ep_size=ep, **names)
     per_rank = {}
     for ep_rank, tp_rank in _ranks(tp, ep):
@@ -211,15 +216,73 @@ def test_load_gives_nxd_shards_and_consolidation_gives_the_checkpoint_back(shape
     assert sorted(removed) == sorted(sharded)
 
 
-@pytest.mark.parametrize("kind", ["llama4", "gpt_oss"])
+# Granite-MoE's packed experts, by hand: `input_linear.weight` [E=2, 2I=4, H=2] (rows: gate 0-1, up 2-3) holds
+# 100 e + 10 row + h, `output_linear.weight` [E=2, H=2, I=2] holds 1000 + 100 e + 10 h + i. At TP=2, EP=2,
+# rank (ep, tp) holds expert ep, gate row tp and up row 2 + tp as columns, and down column tp as a row.
+HAND_GATE_UP = {
+    (0, 0): [[[0, 20], [1, 21]]],
+    (0, 1): [[[10, 30], [11, 31]]],
+    (1, 0): [[[100, 120], [101, 121]]],
+    (1, 1): [[[110, 130], [111, 131]]],
+}
+HAND_DOWN = {
+    (0, 0): [[[1000, 1010]]],
+    (0, 1): [[[1001, 1011]]],
+    (1, 0): [[[1100, 1110]]],
+    (1, 1): [[[1101, 1111]]],
+}
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_transposed_packed_experts_by_a_hand_written_index_table(host: str) -> None:
+    e, row, h = torch.meshgrid(torch.arange(2), torch.arange(4), torch.arange(2), indexing="ij")
+    gate_up = (100 * e + 10 * row + h).float()
+    e, h, i = torch.meshgrid(torch.arange(2), torch.arange(2), torch.arange(2), indexing="ij")
+    down = (1000 + 100 * e + 10 * h + i).float()
+    source = {f"{FQN}.input_linear.weight": gate_up, f"{FQN}.output_linear.weight": down}
+    spec = HOSTS[host][1].ExpertMLPsSpec(
+        num_experts=2,
+        experts_name="",
+        layout="packed_concatenated",
+        gate_up_proj_name="input_linear.weight",
+        down_proj_name="output_linear.weight",
+        transposed=True,
+        tp_size=2,
+        ep_size=2,
+    )
+    first, second = f"{FQN}.{NXD}.gate_up_proj.weight", f"{FQN}.{NXD}.down_proj.weight"
+    per_rank = {}
+    for ep_rank, tp_rank in _ranks(2, 2):
+        with mesh_rank(2, tp_rank, 2, ep_rank):
+            local = spec.adapt_state_dict(FQN, {}, dict(source), {})
+        assert sorted(local) == sorted([first, second])
+        assert local[first].tolist() == HAND_GATE_UP[ep_rank, tp_rank]
+        assert local[second].tolist() == HAND_DOWN[ep_rank, tp_rank]
+        per_rank[ep_rank, tp_rank] = local
+    sharded = {name: [per_rank[r][name] for r in _ranks(2, 2)] for name in (first, second)}
+    weights, removed = spec.to_original_weights(FQN, sharded, _metadata(2, True))
+    _assert_same(weights, source)
+    assert sorted(removed) == sorted([first, second])
+    assert spec._module_names()[-2:] == [
+        "input_linear",
+        "output_linear",
+    ]  # what a LoRA target is checked against
+
+
+@pytest.mark.parametrize("kind", ["llama4", "gpt_oss", "granitemoe"])
 def test_packed_experts_are_read_as_transformers_computes_them(kind: str) -> None:
-    """The gate/up reading of `dense_weights` (halves for Llama 4, even/odd columns for gpt-oss) is the one
+    """The gate/up reading of `dense_weights` (halves for Llama 4 and Granite-MoE, even/odd columns for gpt-oss) is the one
     transformers' forward uses: each expert's output from the dense weights equals the module's."""
     source = Source(kind, experts=3, hidden=4, intermediate=2)
     block = transformers_block(source)
     w = dense_weights(source, block)
     tokens = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(1))
-    if kind == "llama4":
+    if kind == "granitemoe":  # the packed modules themselves, two tokens per expert
+        with torch.no_grad():
+            both = block.input_linear(tokens.reshape(-1, 4), [2, 2, 2]).chunk(2, dim=-1)
+            expected = block.output_linear(block.activation(both[0]) * both[1], [2, 2, 2]).view(3, 2, 4)
+        act = block.activation
+    elif kind == "llama4":
         expected = block(tokens.reshape(-1, 4)).view(3, 2, 4)
         act = torch.nn.functional.silu
     else:
@@ -238,7 +301,7 @@ def test_packed_experts_are_read_as_transformers_computes_them(kind: str) -> Non
 
     for e in range(3):
         gate, up = tokens[e] @ w.gate[e].T, tokens[e] @ w.up[e].T
-        hidden = act(gate) * up if kind == "llama4" else act(gate) * (up.clamp(-7.0, 7.0) + 1)
+        hidden = act(gate) * up if kind != "gpt_oss" else act(gate) * (up.clamp(-7.0, 7.0) + 1)
         torch.testing.assert_close(
             hidden @ w.down[e].T, expected[e]
         )  # fp32 defaults; a wrong split is O(1) off

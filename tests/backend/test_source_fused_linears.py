@@ -524,3 +524,97 @@ def test_the_grouped_index_table_is_what_the_grouped_view_reads() -> None:
     viewed = fused.view(G_KV, G_HEADS // G_KV + 2, G_HEAD_DIM)
     for part, rows in enumerate((viewed[:, :-2], viewed[:, [-2]], viewed[:, [-1]])):
         assert rows.reshape(-1).tolist() == _grouped_rows(part)
+
+
+# --- parts grouped first, in another order (CodeGen's qkv_proj: mp_num groups of q|v|k) ----------------
+
+M_GROUPS, M_HEADS, M_HEAD_DIM = 4, 8, 2  # 4 groups, each [q of 2 heads | v of 2 heads | k of 2 heads]
+M_WIDTH = M_HEADS * M_HEAD_DIM  # one part's rows
+M_ORDER = ("q", "v", "k")  # the order of the parts inside a group, as the source splits them
+
+
+def _mp_rows(part: str) -> list[int]:
+    """The checkpoint rows of q, k or v when the rows form 4 groups, each holding a quarter of q, then of
+    v, then of k: a hand-written index table."""
+    share = M_WIDTH // M_GROUPS
+    offset = M_ORDER.index(part) * share
+    return [group * 3 * share + offset + row for group in range(M_GROUPS) for row in range(share)]
+
+
+def test_the_mp_index_table_is_what_the_grouped_split_reads() -> None:
+    """The oracle's table against CodeGen's own reading: `qkv.reshape(qkv.shape[:-1] + (mp_num, -1))`,
+    then `query, value, key = torch.split(qkv_split, local_dim, dim=-1)`."""
+    qkv = torch.arange(3 * M_WIDTH)[None, :]
+    qkv_split = qkv.reshape(qkv.shape[:-1] + (M_GROUPS, -1))  # noqa: RUF005 (as the source writes it)
+    query, value, key = torch.split(qkv_split, M_WIDTH // M_GROUPS, dim=-1)
+    for part, rows in (("q", query), ("v", value), ("k", key)):
+        assert rows.reshape(-1).tolist() == _mp_rows(part)
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+@pytest.mark.parametrize("layout", ["separate", "gqa"])
+def test_an_mp_grouped_checkpoint_in_q_v_k_order_loads_and_comes_back_bit_for_bit(
+    host: str, layout: str
+) -> None:
+    """The parts given in the source's order (q, v, k) with 4 groups: each rank gets its heads' q, k and v
+    rows as the index table cuts them (GQA: the released spec over those rows); consolidation groups them
+    again, bit for bit."""
+    tp = 2
+    host_module, package = HOSTS[host]
+
+    class Block(nn.Module, host_module.CustomModule):
+        pass
+
+    block = Block()
+    specs = host_module.ModelWeightTransformationSpecs()
+    fields = ("qkv_proj", "q_proj", "k_proj", "v_proj", "out_proj", M_HEADS, M_HEADS, 1)
+    local = M_WIDTH // tp
+    if layout == "separate":
+        for name in ("q_proj", "v_proj", "k_proj"):
+            part = nn.Module()
+            _param(part, "weight", (local, H), tp, 0)
+            block.add_module(name, part)
+    else:
+        gqa = nn.Module()
+        for suffix in "qkv":
+            _param(gqa, f"weight_{suffix}", (local, H), tp, 0)
+        block.add_module("qkv_proj", gqa)
+        specs.add_spec(host_module.GQAQKVColumnParallelLinearSpec(*fields, local, local, False, False, tp))
+    output = nn.Module()
+    _param(output, "weight", (H, local), tp, 1)
+    block.add_module("out_proj", output)
+    names = [f"{part}_proj" for part in M_ORDER]
+    with tensor_parallel_rank(tp, 0):
+        block.specs = _template(package).with_source_fused_linear(
+            specs, "qkv_proj", names, [M_WIDTH] * 3, bias=False, groups=M_GROUPS
+        )
+    root = nn.Module()
+    root.add_module("block", block)
+    root.parameters_for_current_stage = {name for name, _ in root.named_parameters()}
+    host_module.specialize_transformation_specs_for_model(root)
+
+    generator = torch.Generator().manual_seed(5)
+    full = {
+        "block.qkv_proj.weight": torch.randn(3 * M_WIDTH, H, generator=generator),
+        "block.out_proj.weight": torch.randn(H, M_WIDTH, generator=generator),
+    }
+    separate = {f"block.{p}_proj.weight": full["block.qkv_proj.weight"][_mp_rows(p)] for p in "qkv"}
+    per_rank = []
+    for rank in range(tp):
+        loaded = _load(host, root, full, tp, rank)
+        if layout == "separate":
+            expected = {name: _blocks(tensor, tp, rank) for name, tensor in separate.items()}
+            expected["block.out_proj.weight"] = torch.chunk(full["block.out_proj.weight"], tp, dim=1)[rank]
+        else:
+            oracle = on.GQAQKVColumnParallelLinearSpec(*fields, local, local, False, False, tp)
+            inputs = {**separate, "block.out_proj.weight": full["block.out_proj.weight"]}
+            with tensor_parallel_rank(tp, rank):
+                expected = oracle._adapt_state_dict("block", {}, inputs, {}, inplace=False)
+        assert sorted(loaded) == sorted(expected)
+        for name, tensor in expected.items():
+            assert torch.equal(loaded[name], tensor), f"{host} {layout} rank {rank}: {name}"
+        per_rank.append(loaded)
+    consolidated = _consolidate(host, root, per_rank)
+    assert sorted(consolidated) == sorted(full)
+    for name, tensor in full.items():
+        assert torch.equal(consolidated[name], tensor), f"{host} {layout}: {name} is not given back"

@@ -15,16 +15,15 @@ from reference_models import CATALOGUE, variant
 
 
 @pytest.fixture
-def broken_copy(
-    generated: Callable[[str], Path], tmp_path: Path
-) -> Callable[[str, list[tuple[str, str]]], Path]:
+def broken_copy(generated: Callable[[str], Path], tmp_path: Path) -> Callable[..., Path]:
     """`broken_copy("llama", [(old, new), ...])`: a copy of the generated package with its modeling file
-    edited; each `old` must occur exactly once, so a regenerated model that no longer has it fails loudly."""
+    (or `file=` another of its modules) edited; each `old` must occur exactly once, so a regenerated model
+    that no longer has it fails loudly."""
 
-    def copy(model_type: str, replacements: list[tuple[str, str]]) -> Path:
+    def copy(model_type: str, replacements: list[tuple[str, str]], file: str | None = None) -> Path:
         target = tmp_path / "broken" / model_type
         shutil.copytree(generated(model_type), target)
-        modeling = target / f"modeling_{model_type}.py"
+        modeling = target / (file or f"modeling_{model_type}.py")
         text = modeling.read_text()
         for old, new in replacements:
             count = text.count(old)

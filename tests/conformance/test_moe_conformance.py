@@ -1,10 +1,9 @@
-"""Conformance of mixture-of-experts packages: the hand-finished Mixtral and Qwen3-MoE fixtures pass, and
-broken copies of them fail with a reason that names the cause.
+"""Conformance of mixture-of-experts packages: broken copies of the generated Mixtral and Qwen3-MoE fail
+with a reason that names the cause, and the generated Mixtral passes end to end with expert parallelism.
 
-The fixtures (`tests/fixtures/moe_models/`) are what the scaffolder's MoE pass is to generate: the dense
-parts from `scaffold new-model <type> --allow-unsupported`, the sparse block on NxD's `MoE` finished by hand
-with the expert-weight specs of the template. The oracle of every verdict is transformers on the same
-catalogue checkpoint, inside the checks; the tests assert the verdicts and the causes the reasons name:
+The packages are what `scaffold new-model <type>` writes (the `generated` fixture), edited in one place each.
+The oracle of every verdict is transformers on the same catalogue checkpoint, inside the checks; the tests
+assert the verdicts and the causes the reasons name:
 
 (a) the auxiliary loss computed NxD's way (its `load_balancing_loss_func`: divided by top_k, no padding mask)
     fails parity on the loss while the logits agree, and the reason names that variant of the loss;
@@ -19,8 +18,6 @@ catalogue checkpoint, inside the checks; the tests assert the verdicts and the c
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,8 +32,6 @@ from conformance.checks.round_trip import CHECK as ROUND_TRIP
 from conformance.checks.round_trip import RoundTripConfig
 from conformance.results import Status
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "moe_models"
-TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "modules" / "moe_expert_weights.py"
 SPEC_MODULE = "moe_expert_weights.py"
 
 NXD_AUXILIARY_LOSS = (
@@ -54,8 +49,8 @@ GATE_UP_SWAPPED_ON_LOAD = (
     "torch.cat([up[..., columns], gate[..., columns]], dim=-1)",
 )
 ROUTER_WITHOUT_SP_MARK = (
-    "        self.trn_config = trn_config\n        self.num_experts = config.num_local_experts\n",
-    "        self.trn_config = trn_config\n        self.num_experts = config.num_local_experts\n"
+    "        init_method(self.router.linear_router.weight.data)\n",
+    "        init_method(self.router.linear_router.weight.data)\n"
     "        self.router.linear_router.weight.sequence_parallel_enabled = False\n",
 )
 ROUTER_MARKED_AS_EXPERT = (
@@ -67,7 +62,7 @@ NORMALISATION_DROPPED = (
     "normalize_top_k_affinities=False,",
 )
 
-BrokenMoe = Callable[[str, list[tuple[str, str]], str | None], Path]
+BrokenMoe = Callable[..., Path]
 
 
 @pytest.fixture
@@ -75,57 +70,10 @@ def settings(checkpoint_cache: Path) -> RunSettings:
     return RunSettings(cache_dir=checkpoint_cache)
 
 
-@pytest.fixture
-def broken_moe(tmp_path: Path) -> BrokenMoe:
-    """`broken_moe("mixtral", [(old, new)], file)`: a copy of a MoE fixture with one of its files edited
-    (the modeling file by default); each `old` must occur exactly once."""
-
-    def copy(model_type: str, replacements: list[tuple[str, str]], file: str | None = None) -> Path:
-        target = tmp_path / "broken" / model_type
-        shutil.copytree(FIXTURES / model_type, target)
-        edited = target / (file or f"modeling_{model_type}.py")
-        text = edited.read_text()
-        for old, new in replacements:
-            assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in {edited.name}"
-            text = text.replace(old, new)
-        edited.write_text(text)
-        return target
-
-    return copy
-
-
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe"])
-def test_the_fixtures_are_generated_code_with_the_spec_template(model_type: str) -> None:
-    """What the scaffolder would write: its formatting, optimum-neuron's lint rules, the template as is, and
-    no TODO left."""
-    from ruff import find_ruff_bin
-
-    from scaffold.emit import format_python
-
-    package = FIXTURES / model_type
-    assert (package / SPEC_MODULE).read_bytes() == TEMPLATE.read_bytes()
-    modeling = (package / f"modeling_{model_type}.py").read_text()
-    assert "TODO(" not in modeling
-    for path in package.glob("*.py"):
-        assert format_python(path.read_text()) == path.read_text(), path.name
-    style = ["--isolated", "--target-version", "py310", "--line-length", "119"]
-    rules = ["--select", "C,E,F,I,W", "--ignore", "C901,E501,E741,W605"]
-    config = [
-        "--config",
-        "lint.isort.lines-after-imports=2",
-        "--config",
-        'lint.per-file-ignores={"__init__.py"=["F401"]}',
-    ]
-    lint = subprocess.run(
-        [find_ruff_bin(), "check", *style, *rules, *config, str(package)], capture_output=True, text=True
-    )
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-
-
 def test_auxiliary_loss_computed_the_nxd_way_fails_parity_naming_the_loss(
-    broken_moe: BrokenMoe, settings: RunSettings
+    broken_copy: BrokenMoe, settings: RunSettings
 ) -> None:
-    package = broken_moe("mixtral", [NXD_AUXILIARY_LOSS], None)
+    package = broken_copy("mixtral", [NXD_AUXILIARY_LOSS])
     (result,) = PARITY.run(package, [ParityConfig("mixtral/gqa", 2, True)], settings)
     assert result.status is Status.FAIL
     assert result.figures["logits_max_abs_diff"] <= 1e-5  # the forward is right: only the loss is off
@@ -139,9 +87,9 @@ def test_auxiliary_loss_computed_the_nxd_way_fails_parity_naming_the_loss(
 
 
 def test_gate_and_up_swapped_in_the_spec_fail_round_trip_and_parity(
-    broken_moe: BrokenMoe, settings: RunSettings
+    broken_copy: BrokenMoe, settings: RunSettings
 ) -> None:
-    package = broken_moe("mixtral", [GATE_UP_SWAPPED_ON_LOAD], SPEC_MODULE)
+    package = broken_copy("mixtral", [GATE_UP_SWAPPED_ON_LOAD], file=SPEC_MODULE)
     (trip,) = ROUND_TRIP.run(package, [RoundTripConfig("mixtral/gqa", 2)], settings)
     assert trip.status is Status.FAIL
     swapped = {
@@ -161,9 +109,9 @@ def test_gate_and_up_swapped_in_the_spec_fail_round_trip_and_parity(
 
 
 def test_a_router_under_sp_without_its_mark_fails_replicas_naming_the_router(
-    broken_moe: BrokenMoe, settings: RunSettings
+    broken_copy: BrokenMoe, settings: RunSettings
 ) -> None:
-    package = broken_moe("mixtral", [ROUTER_WITHOUT_SP_MARK], None)
+    package = broken_copy("mixtral", [ROUTER_WITHOUT_SP_MARK])
     (result,) = REPLICAS.run(package, [ReplicasConfig("mixtral/gqa", 2, True)], settings)
     assert result.status is Status.FAIL
     routers = {f"model.layers.{i}.block_sparse_moe.router.linear_router.weight" for i in range(2)}
@@ -179,11 +127,11 @@ def test_a_router_under_sp_without_its_mark_fails_replicas_naming_the_router(
 
 
 def test_a_shared_router_marked_as_an_expert_drifts_between_expert_parallel_ranks(
-    broken_moe: BrokenMoe, settings: RunSettings
+    broken_copy: BrokenMoe, settings: RunSettings
 ) -> None:
     # optimum-neuron averages an `expert_model_parallel` gradient only over the ranks holding the same
     # experts: the router, which every EP rank holds and trains on its own rows, then drifts apart.
-    package = broken_moe("mixtral", [ROUTER_MARKED_AS_EXPERT], None)
+    package = broken_copy("mixtral", [ROUTER_MARKED_AS_EXPERT])
     (result,) = REPLICAS.run(package, [ReplicasConfig("mixtral/gqa", 1, ep_size=2)], settings)
     assert result.status is Status.FAIL
     routers = {f"model.layers.{i}.block_sparse_moe.router.linear_router.weight" for i in range(2)}
@@ -200,9 +148,9 @@ def test_a_shared_router_marked_as_an_expert_drifts_between_expert_parallel_rank
 
 
 def test_dropped_top_k_normalisation_fails_parity_where_the_config_asks_for_it(
-    broken_moe: BrokenMoe, settings: RunSettings
+    broken_copy: BrokenMoe, settings: RunSettings
 ) -> None:
-    package = broken_moe("qwen3_moe", [NORMALISATION_DROPPED], None)
+    package = broken_copy("qwen3_moe", [NORMALISATION_DROPPED])
     normalised, plain = PARITY.run(
         package,
         [ParityConfig("qwen3_moe/features", 2, True), ParityConfig("qwen3_moe/gqa", 2, True)],
@@ -217,16 +165,16 @@ def test_dropped_top_k_normalisation_fails_parity_where_the_config_asks_for_it(
 
 
 @pytest.mark.slow
-def test_the_quick_profile_of_the_mixtral_fixture_passes_with_expert_parallelism(
-    settings: RunSettings,
+def test_the_quick_profile_of_the_generated_mixtral_passes_with_expert_parallelism(
+    generated: Callable[[str], Path], settings: RunSettings
 ) -> None:
-    """End to end, as `python -m conformance mixtral --package tests/fixtures/moe_models/mixtral` runs it:
+    """End to end, as `python -m conformance mixtral` runs it on the package `scaffold new-model` writes:
     every row PASS (dropout SKIPs: the config has none), EP=2 in parity, round trip, topology and replicas,
     and the routing figures beside parity's."""
     from conformance.reports.markdown import render_markdown
     from conformance.runner import run_model
 
-    run = run_model("mixtral", FIXTURES / "mixtral", settings=settings)
+    run = run_model("mixtral", generated("mixtral"), settings=settings)
     not_passing = {
         result.label: (result.status, result.reasons)
         for result in run.results

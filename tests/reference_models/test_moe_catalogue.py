@@ -21,7 +21,7 @@ from reference_models.builder import MANIFEST
 from reference_models.catalogue import is_moe, num_experts
 from reference_models.routing import MIN_ROUTER_MARGIN, layer_margins, tokens_per_expert, top_k_margins
 
-MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "phimoe")
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "phimoe", "granitemoe")
 ALL_MOE_VARIANTS = [entry.key for model_type in MOE_TYPES for entry in variants_for(model_type)]
 
 

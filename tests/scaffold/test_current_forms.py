@@ -345,9 +345,225 @@ def test_a_helper_called_twice_is_left_as_written():
     assert "eager_attention_forward" not in result and "def _attn(" in result
 
 
-@pytest.mark.parametrize("model_type", ["gpt_neo", "gptj"])
+@pytest.mark.parametrize("model_type", ["gpt_neo", "gptj", "codegen"])
 def test_helper_kernels_of_the_gpt_files_are_read(model_type):
     text = (MODELS / model_type / f"modeling_{model_type}.py").read_text()
     result = current_forms(cst.parse_module(text)).code
     assert "def eager_attention_forward(" in result and "def _attn(" not in result
     assert "attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]" in result
+
+
+CONFIG_NOT_KEPT = HELPER.replace(
+    "    def __init__(self, config):\n        self.config = config\n",
+    "    def __init__(self, config):\n        super().__init__()\n",
+).replace(
+    "        attn_weights = attn_weights / self.scale_attn\n"
+    "        if attention_mask is not None:\n"
+    "            attn_weights = attn_weights + attention_mask\n",
+    "        if attention_mask is not None:\n"
+    "            attn_weights += attention_mask\n"
+    "        attn_weights = attn_weights / self.scale_attn\n",
+)
+
+
+def test_a_constructor_not_keeping_its_config_keeps_it_and_a_scaling_after_the_mask_is_read():
+    """CodeGen's form: no `self.config` (the dispatch reads it: kept on the `super().__init__()` line, so
+    that later lines keep their numbers) and the scores scaled after the mask is added (`(q k^T + m) / s`:
+    the flash path gets 1 / s; the eager function computes the source's order)."""
+    result = _normalised(CONFIG_NOT_KEPT)
+    lines = _lines(result)
+    assert "        super().__init__(); self.config = config" in lines
+    for text in (result, textwrap.dedent(CONFIG_NOT_KEPT)):  # the class's lines keep their distances
+        every = text.splitlines()
+        assert (
+            every.index("    def forward(self, hidden_states, attention_mask=None, head_mask=None):")
+            - (every.index("class Attention(nn.Module):"))
+            == 19
+        )
+    call = next(line for line in lines if "= attention_interface(" in line)
+    assert "scaling=1 / self.scale_attn" in call
+    eager = lines[lines.index("    attn_weights = torch.matmul(query, key.transpose(-1, -2))") :]
+    assert eager[1:4] == [
+        "    if attention_mask is not None:",
+        "        attn_weights = attn_weights + attention_mask",
+        "    attn_weights = attn_weights / module.scale_attn",
+    ]
+
+
+def test_a_constructor_without_config_or_parent_call_leaves_the_helper_as_written():
+    source = CONFIG_NOT_KEPT.replace("        super().__init__()\n", "        pass\n")
+    result = _normalised(source)
+    assert "eager_attention_forward" not in result and "def _attn(" in result
+
+
+UNCONDITIONAL = """
+import torch
+from torch import nn
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+
+    # the mask, cut to the keys
+    causal_mask = attention_mask[:, :, :, : key.shape[-2]]
+    attn_weights = attn_weights + causal_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+    attn_output = torch.matmul(attn_weights, value)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+"""
+
+
+def test_a_mask_added_unconditionally_moves_under_a_mask_check_keeping_the_line_numbers():
+    expected = """
+    import torch
+    from torch import nn
+    def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+        # the mask, cut to the keys
+        if attention_mask is not None:
+            causal_mask = attention_mask[:, :, :, : key.shape[-2]]
+            attn_weights = attn_weights + causal_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        attn_output = torch.matmul(attn_weights, value)
+        return attn_output.transpose(1, 2).contiguous(), attn_weights
+    """
+    result = _normalised(UNCONDITIONAL)
+    assert _lines(result) == _lines(textwrap.dedent(expected))
+    assert len(result.splitlines()) == len(textwrap.dedent(UNCONDITIONAL).splitlines())
+
+
+def test_a_mask_added_directly_moves_under_a_mask_check():
+    source = UNCONDITIONAL.replace(
+        "    causal_mask = attention_mask[:, :, :, : key.shape[-2]]\n    attn_weights = attn_weights + causal_mask\n",
+        "    attn_weights = attn_weights + attention_mask\n",
+    )
+    assert "    if attention_mask is not None:\n        attn_weights = attn_weights + attention_mask\n" in (
+        _normalised(source)
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # the mask is read again later: moving its add alone would leave that read unguarded
+        (
+            "    return attn_output",
+            "    attn_output = attn_output + attention_mask.sum()\n    return attn_output",
+        ),
+        # what gets the mask is not attention scores (no q @ k^T before it)
+        ("torch.matmul(query, key.transpose(2, 3)) * scaling", "query * scaling"),
+        # the sliced mask is read again after the add
+        (
+            "    attn_weights = nn.functional.softmax",
+            "    attn_weights = attn_weights * causal_mask\n    attn_weights = nn.functional.softmax",
+        ),
+    ],
+)
+def test_other_unconditional_uses_of_the_mask_are_left_as_written(change):
+    source = UNCONDITIONAL.replace(*change)
+    assert _normalised(source) == textwrap.dedent(source)
+
+
+def test_modernbert_decoder_is_no_longer_refused_for_its_eager_mask() -> None:
+    """Its eager function adds the mask sliced to the keys without checking for one (R027 before); what
+    is left (its prediction head before the vocabulary projection, R008, and its own shifted
+    CrossEntropyLoss, R023/R007) belongs to other passes."""
+    from scaffold.analysis import analyze_model_type
+
+    codes = {refusal.code for refusal in analyze_model_type("modernbert-decoder").refusals}
+    assert "R027" not in codes
+
+
+HAND_WRITTEN_LOSS = """
+import torch
+from torch import nn
+from torch.nn import CrossEntropyLoss
+
+
+class ForCausalLM(nn.Module):
+    def forward(self, input_ids, labels=None):
+        hidden_states = self.model(input_ids)[0]
+        logits = self.decoder(self.head(hidden_states))
+
+        loss = None
+        if labels is not None:
+            # Shift so that tokens < n predict n
+            shift_logits = logits[..., :-1, :].contiguous()
+            shift_labels = labels[..., 1:].contiguous()
+            loss_fct = CrossEntropyLoss()
+            shift_logits = shift_logits.view(-1, self.config.vocab_size)
+            shift_labels = shift_labels.view(-1)
+            shift_labels = shift_labels.to(shift_logits.device)
+            loss = loss_fct(shift_logits, shift_labels)
+
+        return loss, logits
+"""
+
+
+def test_a_hand_written_shifted_cross_entropy_becomes_the_transformers_loss_keeping_the_line_numbers():
+    expected = """
+    import torch
+    from torch import nn
+    from torch.nn import CrossEntropyLoss
+    class ForCausalLM(nn.Module):
+        def forward(self, input_ids, labels=None):
+            hidden_states = self.model(input_ids)[0]
+            logits = self.decoder(self.head(hidden_states))
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+            return loss, logits
+    """
+    result = _normalised(HAND_WRITTEN_LOSS)
+    assert _lines(result) == _lines(textwrap.dedent(expected))
+    assert len(result.splitlines()) == len(textwrap.dedent(HAND_WRITTEN_LOSS).splitlines())
+
+
+def test_the_shortest_hand_written_loss_is_read_too():
+    source = """
+    class ForCausalLM(nn.Module):
+        def forward(self, input_ids, labels=None):
+            out = self.lm_head(self.model(input_ids))
+            if labels is not None:
+                s = out[..., :-1, :]
+                t = labels[..., 1:]
+                loss = nn.CrossEntropyLoss()
+                l = loss(s, t)
+            return out
+    """
+    assert (
+        "            l = self.loss_function(logits=out, labels=labels, vocab_size=self.config.vocab_size)\n"
+        in (_normalised(source))
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # another loss (label smoothing is not the plain cross-entropy)
+        ("CrossEntropyLoss()", "CrossEntropyLoss(label_smoothing=0.1)"),
+        # no shift: a masked-LM loss, not the causal one
+        ("logits[..., :-1, :].contiguous()", "logits.contiguous()"),
+        # anything else in the block
+        (
+            "            loss = loss_fct(",
+            "            shift_logits = shift_logits * 2\n            loss = loss_fct(",
+        ),
+        # labels shifted the other way
+        ("labels[..., 1:]", "labels[..., :-1]"),
+    ],
+)
+def test_other_losses_are_left_as_written(change):
+    source = HAND_WRITTEN_LOSS.replace(*change)
+    assert _normalised(source) == textwrap.dedent(source)
+
+
+def test_modernbert_decoder_is_left_with_its_prediction_heads_role_only():
+    """R023 (its hand-written loss) and R007 (the slice that shifts its logits) are gone; its prediction
+    head's dense layer, between the stack and the vocabulary projection, has no role yet (R008)."""
+    from scaffold.analysis import analyze_model_type
+
+    refusals = analyze_model_type("modernbert-decoder").refusals
+    assert [(refusal.code, refusal.message.split(":")[0]) for refusal in refusals] == [
+        ("R008", "lm_head.dense")
+    ]

@@ -37,6 +37,17 @@ def test_default_config_matches_a_real_default_instance(model_type, config_class
     assert callable(defaults.to_dict) and not hasattr(defaults, "no_such_attribute")
 
 
+def test_default_config_reads_attribute_map_aliases_as_a_real_instance_does():
+    """GPT-J's config names its fields `n_embd`, `n_head`...: `config.hidden_size` is an alias the instance
+    resolves through `attribute_map` (expressions of the analysis read the standard names)."""
+    from transformers import GPTJConfig
+
+    defaults, real = collect("gptj").config.defaults(), GPTJConfig()
+    for alias in GPTJConfig.attribute_map:
+        assert getattr(defaults, alias) == getattr(real, alias), alias
+    assert defaults.hidden_size == real.n_embd and not hasattr(defaults, "no_such_alias")
+
+
 def test_json_round_trip_is_exact():
     facts = collect("llama")
     again = ModelFacts.from_json(facts.to_json())

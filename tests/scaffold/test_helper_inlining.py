@@ -54,6 +54,9 @@ first = torch.cat([first_rot * 2, first_pass], dim=-1)
 out = self._mix(first, second, third)"""
 
 
+FORWARD = "\n    def forward(self, x):\n"
+
+
 def analyse_with_helpers(tmp_path: Path, forward: str):
     text = model_source(mixer_forward=forward).replace(
         "\n    def forward(self, x):\n        shape", HELPERS + "        shape", 1
@@ -124,3 +127,59 @@ def test_gpt_neo_and_gptj_attention_is_found_with_its_geometry(model_type: str, 
     )
     assert getattr(attention, geometry.o).weight.shape[1] == heads * head_dim
     assert head_dim == attention.head_dim
+
+
+def test_total_head_counts_read_through_a_helper_are_listed_with_their_per_rank_attribute(tmp_path: Path):
+    # GPT-J's shape: the helper splits with the head count it is passed, the forward passes the total one
+    # (`self.heads`, `self.kv_heads`); `self.size` (head_dim) and the -1 of a view are no head count.
+    helpers = (
+        """
+    def _split(self, tensor, count, width):
+        new_shape = tensor.size()[:-1] + (count, width)
+        return tensor.view(new_shape).transpose(1, 2)
+"""
+        + FORWARD
+    )
+    forward = """first = self._split(self.a(x), self.heads, self.size)
+second = self._split(self.b(x), self.kv_heads, self.size)
+third = self.c(x).view(shape).transpose(1, 2)
+out = self._mix(first, second, third)"""
+    text = model_source(
+        mixer_init="self.heads = config.num_attention_heads\n        self.kv_heads = config.num_key_value_heads",
+        mixer_forward=forward,
+    ).replace(
+        "\n    def forward(self, x):\n        shape", HELPERS.replace(FORWARD, helpers) + "        shape", 1
+    )
+    assert "def _split" in text and "def _mix" in text
+    path = tmp_path / "modeling_synthetic.py"
+    path.write_text(text)
+    (attention,) = analyze(locate("llama", path)).attention
+    assert attention.total_head_counts == (("heads", "num_heads"), ("kv_heads", "num_key_value_heads"))
+
+
+def test_head_counts_already_per_rank_names_or_spelled_as_minus_one_are_not_listed(tmp_path: Path):
+    (attention,) = analyse_with_helpers(tmp_path, THROUGH_HELPERS).attention
+    assert attention.total_head_counts == ()
+
+
+def test_codegen_heads_cut_into_groups_twice_read_as_the_config_head_count():
+    """CodeGen splits heads in two views, `(heads // mp_num, d)` on a tensor already cut into `mp_num`
+    groups, then `x.shape[:-2] + (-1,) + x.shape[-1:]` (still split into heads): the head count is the
+    dividend (its product with head_dim is the projection's width on the default config), so the query
+    projection read out of the fused qkv_proj has heads * head_dim rows in the transformers model."""
+    blueprint = analyze_model_type("codegen")
+    assert not blueprint.refusals, blueprint.refusals
+    (geometry,) = blueprint.attention
+    assert geometry.num_heads.resolved == geometry.num_kv_heads.resolved == "config.num_attention_heads"
+    assert geometry.total_head_counts == (("num_attention_heads", "num_heads"),)
+    source = locate("codegen")
+    hf_config = source.config_class(
+        vocab_size=64, n_positions=16, n_embd=64, n_head=8, n_layer=2, rotary_dim=4
+    )
+    model = getattr(transformers, source.causal_lm_class)(hf_config)
+    attention = model.get_submodule(geometry.path.replace("*", "0"))
+    heads, head_dim = geometry.num_heads.evaluate(hf_config), geometry.head_dim.evaluate(hf_config)
+    assert heads == 8 and head_dim == attention.head_dim
+    (fusion,) = blueprint.fusions
+    assert fusion.part_names == ("q_proj", "v_proj", "k_proj") and fusion.groups == "4"
+    assert attention.qkv_proj.weight.shape[0] == 3 * heads * head_dim

@@ -242,14 +242,177 @@ def test_a_package_on_nxd_moe_carries_the_expert_weight_specs_as_they_are():
     assert "moe_expert_weights.py" not in render_package(cached_emit(Request("llama"))).files
 
 
-@pytest.mark.parametrize("model_type", ["granitemoe", "gpt_oss"])
-def test_packed_expert_tensors_are_refused_at_their_parameter(model_type: str):
-    # granitemoe: `self.weight = nn.Parameter(torch.empty(num_experts, output_size, input_size))`;
-    # gpt_oss: `self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_size, 2 * ...))`
-    packed = [
+@pytest.mark.parametrize(
+    ("model_type", "why", "written"),
+    [
+        # gpt_oss: one experts module holds both packed tensors, and their biases.
+        (
+            "gpt_oss",
+            "`experts` (GptOssExperts) holds 2 packed parameters (`gate_up_proj`, `down_proj`)",
+            "self.gate_up_proj = nn.Parameter(torch.empty(",
+        ),
+        (
+            "gpt_oss",
+            "holds `gate_up_proj_bias`, `down_proj_bias` besides",
+            "self.gate_up_proj = nn.Parameter(",
+        ),
+        # jetmoe: granitemoe's block plus a parameter of its own.
+        (
+            "jetmoe",
+            "also holds `bias` besides the router and the packed experts",
+            "self.bias = torch.nn.Parameter(",
+        ),
+    ],
+)
+def test_packed_experts_of_another_shape_are_refused_at_the_construct(
+    model_type: str, why: str, written: str
+):
+    (refusal,) = [r for r in blueprint_of(model_type).refusals if r.code == "R001" and why in r.message]
+    assert written in source_line(model_type, refusal.location.line)
+    assert "experts packed as one tensor" not in " ".join(
+        r.message for r in blueprint_of(model_type).refusals
+    )
+
+
+# --- experts packed as parameters ------------------------------------------------------------------------
+
+PACKED = """
+
+class Bank(tnn.Module):
+    def __init__(self, count, fan_in, fan_out):
+        super().__init__()
+        self.table = tnn.Parameter(torch.empty(count, fan_in, fan_out))  # <- table
+
+    def forward(self, x, sizes):
+        parts = x.split(sizes, dim=0)
+        return torch.cat([{apply} for i in range(len(parts))], dim=0)
+
+
+class Chooser(tnn.Module):
+    def __init__(self, width, count, k):
+        super().__init__()
+        self.k = k
+        self.score = Dense(width, count, bias=False)
+
+    def forward(self, x):
+        scores = self.score(x).float()
+        best, picked = scores.topk(self.k, dim=-1)
+        weights = torch.softmax(best, dim=-1)
+        return picked, weights, scores
+
+
+class Sparse(tnn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.act = ACT2FN[config.hidden_act]
+        self.chooser = Chooser(config.hidden_size, config.num_local_experts, config.num_experts_per_tok)
+        self.first = Bank(config.num_local_experts, config.hidden_size, 2 * config.intermediate_size)
+        self.second = Bank(config.num_local_experts, config.intermediate_size, config.hidden_size)
+
+    def forward(self, x):  # <- forward
+        picked, weights, scores = self.chooser(x)
+        sizes = [int((picked == e).sum()) for e in range(weights.shape[-1])]
+        both = self.first(x, sizes)
+        halves = both.chunk(2, dim=-1)
+        inner = {product}
+        out = self.second(inner, sizes)
+        return out, scores
+"""
+MATMUL = "parts[i] @ self.table[i]"
+GATE_UP = "self.act(halves[0]) * halves[1]"
+
+
+def packed_source(apply: str = MATMUL, product: str = GATE_UP) -> str:
+    """The synthetic model whose feed-forward is a block of packed experts (`Bank`), routed by `Chooser`."""
+    text = moe_source()
+    start, end = text.index("\n\nclass Sparse("), text.index("\n\nclass Block(")
+    block = PACKED.replace("{apply}", apply).replace("{product}", product)
+    text = text[:start] + block + text[end:]
+    return text.replace(
+        "from torch.nn import functional as F\n",
+        "from torch.nn import functional as F\n\nfrom ...activations import ACT2FN\n",
+    )
+
+
+def test_packed_experts_are_read_from_the_forward_and_the_shapes(tmp_path: Path):
+    blueprint = analyse(tmp_path, packed_source())
+    (block,) = blueprint.moe
+    assert block.packed is not None
+    # `x @ table[i]`: stored [E, in, out]; `act(halves[0]) * halves[1]`: gate | up; `second` takes the product.
+    assert (block.packed.gate_up, block.packed.down, block.packed.transposed) == (
+        "first.table",
+        "second.table",
+        False,
+    )
+    assert block.packed.classes == ("Bank", "Chooser")
+    assert (block.router, block.experts, block.expert_class) == ("chooser.score", "first", "Bank")
+    resolved = {
+        field: getattr(block, field).resolved
+        for field in ("num_experts", "top_k", "hidden_size", "intermediate_size", "activation", "normalize")
+    }
+    assert resolved == {
+        "num_experts": "config.num_local_experts",
+        "top_k": "config.num_experts_per_tok",
+        "hidden_size": "config.hidden_size",
+        "intermediate_size": "config.intermediate_size",
+        "activation": "config.hidden_act",
+        "normalize": "True",  # a softmax over the top-k logits: the renormalised top-k probabilities
+    }
+    assert not [refusal for refusal in blueprint.refusals if refusal.code in ("R001", "R008", "R011", "R029")]
+
+
+def test_packed_experts_applied_as_linear_are_transposed(tmp_path: Path):
+    text = packed_source(apply="F.linear(parts[i], self.table[i])").replace(
+        "torch.empty(count, fan_in, fan_out)", "torch.empty(count, fan_out, fan_in)"
+    )
+    (block,) = analyse(tmp_path, text).moe
+    assert block.packed is not None and block.packed.transposed is True
+    assert block.intermediate_size.resolved == "config.intermediate_size"
+
+
+@pytest.mark.parametrize(
+    ("apply", "product", "why", "marker"),
+    [
+        (MATMUL, "self.act(halves[1]) * halves[0]", "up | gate order", "# <- forward"),
+        ("parts[i].sum() * self.table[i]", GATE_UP, "does not apply one expert's slice", "# <- table"),
+        (
+            "F.linear(parts[i], self.table[i])",  # a [E, in, out] table applied as F.linear: shapes disagree
+            GATE_UP,
+            "is not the gate | up of",
+            "# <- table",
+        ),
+    ],
+)
+def test_packed_experts_of_another_shape_are_refused_precisely(
+    tmp_path: Path, apply: str, product: str, why: str, marker: str
+):
+    text = packed_source(apply=apply, product=product)
+    blueprint = analyse(tmp_path, text)
+    assert blueprint.moe == ()
+    (refusal,) = [
         refusal
-        for refusal in blueprint_of(model_type).refusals
-        if refusal.code == "R001" and "experts packed as one tensor" in refusal.message
+        for refusal in blueprint.refusals
+        if refusal.code == "R001" and "experts packed as parameters" in refusal.message
     ]
-    assert packed
-    assert all("nn.Parameter(torch.empty(" in source_line(model_type, r.location.line) for r in packed)
+    assert why in refusal.message
+    assert refusal.location.line == line_of(text, marker)
+
+
+def test_granitemoe_packed_experts_come_from_its_source():
+    (block,) = blueprint_of("granitemoe").moe
+    assert block.packed is not None
+    # F.linear(x, self.weight[i]) on [E, out, in]; act(chunk[0]) * chunk[1]; output_linear takes the product.
+    assert (block.packed.gate_up, block.packed.down, block.packed.transposed) == (
+        "input_linear.weight",
+        "output_linear.weight",
+        True,
+    )
+    assert (block.router, block.layer_attribute, block.logits_plumbed) == (
+        "router.layer",
+        "block_sparse_moe",
+        True,
+    )
+    assert (block.intermediate_size.resolved, block.normalize.resolved) == (
+        "config.intermediate_size",
+        "True",
+    )

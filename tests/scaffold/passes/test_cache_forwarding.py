@@ -183,6 +183,24 @@ class Model:
         )
         self.assertCodemod(RENAMED, after, blueprint=blueprint(cache=forwarding))
 
+    def test_a_condition_that_guarded_only_cache_code_goes_and_one_with_a_call_stays(self) -> None:
+        before = """
+def forward(self, x, use_cache=None):
+    if self.gradient_checkpointing and self.training:
+        if use_cache:
+            use_cache = False
+    if torch.jit.is_tracing():
+        use_cache = False
+    return x
+"""
+        after = """
+def forward(self, x):
+    if torch.jit.is_tracing():
+        pass
+    return x
+"""
+        self.assertCodemod(before, after, blueprint=blueprint())
+
     def test_without_the_callee_known_the_renamed_cache_is_passed_as_none(self) -> None:
         before = """
 def forward(x, past_key_values=None):

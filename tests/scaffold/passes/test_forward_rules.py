@@ -117,6 +117,14 @@ class ToyAttention(nn.Module):
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 """
+HEAD_HELPERS = """    def _split(self, tensor, heads):
+        return tensor.view(tensor.size()[:-1] + (heads, self.head_dim)).transpose(1, 2)
+
+    def _merge(self, tensor):
+        tensor = tensor.transpose(1, 2).contiguous()
+        return tensor.view(tensor.size()[:-2] + (self.num_attention_heads * self.head_dim,))
+
+"""
 GEOMETRY = AttentionGeometry(
     owner="ToyAttention",
     path="attn",
@@ -174,6 +182,41 @@ class TestAttentionVariants(RuleTest):
             "        self.num_heads = divide(self.num_heads, tp_size)\n"
             "        self.num_key_value_groups = self.num_heads // self.num_key_value_heads"
         )
+
+    def test_total_head_counts_the_forward_and_its_helpers_read_become_per_rank(self) -> None:
+        # GPT-J's shape: a helper splits with the count the forward passes it (the total), another reads the
+        # total itself; the constructor keeps the total (the layers and the GQA spec are built from it).
+        import dataclasses
+
+        source = ATTENTION.replace(
+            "        self.head_dim = config.head_dim\n",
+            "        self.head_dim = config.head_dim\n        self.num_attention_heads = config.num_attention_heads\n",
+        ).replace(
+            "    def forward(self, hidden_states, attention_mask, **kwargs):\n",
+            HEAD_HELPERS + "    def forward(self, hidden_states, attention_mask, **kwargs):\n",
+        )
+        source = source.replace(
+            "query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)",
+            "query_states = self._split(self.q_proj(hidden_states), self.num_attention_heads)",
+        ).replace(
+            "attn_output = attn_output.reshape(*input_shape, -1).contiguous()",
+            "attn_output = self._merge(attn_output)",
+        )
+        geometry = dataclasses.replace(
+            GEOMETRY,
+            num_heads=expr("self.num_attention_heads"),
+            total_head_counts=(("num_attention_heads", "num_heads"),),
+        )
+        bp = dataclasses.replace(_attention_blueprint(), attention=(geometry,))
+        out = AttentionVariants(CodemodContext(), bp).transform_module(cst.parse_module(source)).code
+        init = out[: out.index("    def _split")]
+        assert "self.num_attention_heads = config.num_attention_heads" in init
+        assert "self.num_heads = divide(self.num_attention_heads, tp_size)" in init
+        helpers = out[out.index("    def _split") : out.index("    def forward")]
+        assert helpers == HEAD_HELPERS.replace("self.num_attention_heads", "self.num_heads")
+        forward = out[out.index("    def forward") :]
+        assert "query_states = self._split(query_states, self.num_heads)" in forward
+        assert "attn_output = self._merge(attn_output)" in forward and "num_attention_heads" not in forward
 
     def test_projections_become_the_variant_chosen_at_construction(self) -> None:
         import libcst as cst
@@ -710,3 +753,91 @@ class ToyModel(ToyPreTrainedModel):
 """
         bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
         self.assertCodemod(before, after, blueprint=bp)
+
+    def test_a_view_of_the_stream_to_batch_first_runs_without_sequence_parallelism_only(self) -> None:
+        # GPT-Neo, GPT-J and CodeGen end their base model with `hidden_states.view(output_shape)`, output_shape
+        # `(-1, seq_length, D)`: the identity on (B, S, D), a scramble of the (S/T, B, D) stream under SP.
+        before = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.post_init()
+
+    def forward(self, input_ids):
+        inputs_embeds = self.embed_tokens(input_ids)
+        seq_length = inputs_embeds.shape[1]
+        hidden_states = inputs_embeds
+        output_shape = (-1, seq_length, hidden_states.size(-1))
+        flat = hidden_states.view(-1, hidden_states.size(-1))
+        hidden_states = hidden_states.reshape(-1, seq_length, hidden_states.shape[-1])
+        hidden_states = hidden_states.view(output_shape)
+        return hidden_states, flat
+"""
+        after = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, input_ids):
+        inputs_embeds = self.embed_tokens(input_ids)
+        # (B, S, D), or (S/T, B, D) under sequence parallelism
+        sequence_length = (
+            inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+            if self.trn_config.sequence_parallel_enabled
+            else inputs_embeds.size(1)
+        )
+        seq_length = sequence_length
+        hidden_states = inputs_embeds
+        output_shape = (-1, seq_length, hidden_states.size(-1))
+        flat = hidden_states.view(-1, hidden_states.size(-1))
+        if not self.trn_config.sequence_parallel_enabled:  # a (B, S, D) view; SP has (S/T, B, D)
+            hidden_states = hidden_states.reshape(-1, seq_length, hidden_states.shape[-1])
+        if not self.trn_config.sequence_parallel_enabled:  # a (B, S, D) view; SP has (S/T, B, D)
+            hidden_states = hidden_states.view(output_shape)
+        return hidden_states, flat
+"""
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_views_of_other_shapes_or_names_are_kept(self) -> None:
+        body = """
+        shape = (-1, seq_length, other.size(-1))
+        shape = shape + (1,)
+        hidden_states = other.view(-1, seq_length, inputs_embeds.size(-1))
+        hidden_states = hidden_states.view(shape)
+        hidden_states = hidden_states.view(seq_length, -1, hidden_states.size(-1))
+        hidden_states = hidden_states.view(-1, seq_length, other.size(-1))
+        return hidden_states
+"""
+        before = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(self, input_ids, other):
+        inputs_embeds = self.embed_tokens(input_ids)
+        seq_length = inputs_embeds.shape[1]
+"""
+        after = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, input_ids, other):
+        inputs_embeds = self.embed_tokens(input_ids)
+        # (B, S, D), or (S/T, B, D) under sequence parallelism
+        sequence_length = (
+            inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+            if self.trn_config.sequence_parallel_enabled
+            else inputs_embeds.size(1)
+        )
+        seq_length = sequence_length
+"""
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
+        self.assertCodemod(before + body, after + body, blueprint=bp)

@@ -3,7 +3,7 @@ its router logits and the base model collects them; what the rule leaves alone."
 
 from __future__ import annotations
 
-from scaffold.blueprint import Expr, MoEBlock, Refusal
+from scaffold.blueprint import Expr, MoEBlock, PackedExperts, Refusal
 from scaffold.rules.moe_block import MoEBlocks
 
 from .toy import ALLOWED, HERE, RuleTest, blueprint, expr
@@ -271,6 +271,54 @@ class TestMoEBlock(RuleTest):
         )
         self.assertCodemod(before, after, blueprint(moe=[block]))
 
+    def test_packed_experts_map_their_parameters_and_their_classes_go(self) -> None:
+        block = toy_block(
+            router="chooser.score",
+            experts="first",
+            expert_class="Bank",
+            gate="first.table",
+            up="first.table",
+            down="second.table",
+            normalize=Expr("True", "True"),
+            packed=PackedExperts("first.table", "second.table", True, ("Bank", "Chooser")),
+        )
+        after = (
+            MOE_IMPORTS
+            + INIT_HELPER
+            + "\n# routes each token to its top-k experts"
+            + MOE_CLASS.format(jitter="", shared_init="", shared_forward="")
+            .replace("normalize_top_k_affinities=config.norm_topk_prob", "normalize_top_k_affinities=True")
+            .replace('"router.weight"', '"chooser.score.weight"')
+            .replace(
+                """                    gate_proj_name="w1",
+                    up_proj_name="w3",
+                    down_proj_name="w2",
+""",
+                """                    experts_name="",
+                    layout="packed_concatenated",
+                    gate_up_proj_name="first.table",
+                    down_proj_name="second.table",
+                    transposed=True,
+""",
+            )
+        )
+        init = """
+
+class ToyPreTrainedModel(nn.Module):
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, Bank):
+            module.table.data.normal_(mean=0.0, std=self.config.initializer_range)
+"""
+        kept = init.replace(
+            """        if isinstance(module, Bank):
+            module.table.data.normal_(mean=0.0, std=self.config.initializer_range)
+""",
+            "",
+        )
+        # The packed-expert class was only initialised there: its branch goes, and then the class.
+        self.assertCodemod(PACKED_BLOCK + init, after + kept, blueprint(moe=[block]))
+
     def test_a_refused_block_is_marked_and_kept(self) -> None:
         refusal = Refusal(
             "R029", "ToyMoE: its forward picks the experts without `topk`", HERE, "ToyMoE", ("NXS040",)
@@ -284,6 +332,37 @@ class TestMoEBlock(RuleTest):
     def test_no_block_no_change(self) -> None:
         self.assertUnchanged(BLOCK + LAYER + MODEL, blueprint())
 
+
+PACKED_BLOCK = """
+import torch
+from torch import nn
+
+
+class Bank(nn.Module):
+    def __init__(self, count, fan_in, fan_out):
+        super().__init__()
+        self.table = nn.Parameter(torch.empty(count, fan_out, fan_in))
+
+    def forward(self, x, sizes):
+        parts = x.split(sizes, dim=0)
+        return torch.cat([nn.functional.linear(parts[i], self.table[i]) for i in range(len(parts))], dim=0)
+
+
+class Chooser(nn.Module):
+    def __init__(self, width, count, k):
+        super().__init__()
+        self.k = k
+        self.score = nn.Linear(width, count, bias=False)
+
+
+# routes each token to its top-k experts
+class ToyMoE(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        self.chooser = Chooser(config.hidden_size, config.num_experts, config.top_k)
+        self.first = Bank(config.num_experts, config.hidden_size, 2 * config.expert_size)
+        self.second = Bank(config.num_experts, config.expert_size, config.hidden_size)
+"""
 
 LAYER = """
 

@@ -300,6 +300,91 @@ def test_other_views_are_left_as_they_are() -> None:
         assert text == format_python(dedent(source).strip("\n") + "\n")
 
 
+GROUPED_FIRST = """
+class ToyAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.embed_dim = config.hidden_size
+        self.qkv_proj = nn.Linear(self.embed_dim, self.embed_dim * 3, bias=False)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+
+    def forward(self, hidden_states):
+        qkv = self.qkv_proj(hidden_states)
+        mp_num = 4
+        qkv_split = qkv.reshape(qkv.shape[:-1] + (mp_num, -1))
+
+        local_dim = self.embed_dim // mp_num
+        query, value, key = torch.split(qkv_split, local_dim, dim=-1)
+        return self.out_proj(attend(query, key, value, mp_num))
+"""
+
+
+def test_groups_cut_first_then_split_read_as_parts_in_the_source_order() -> None:
+    """CodeGen's form: the fused output cut into `mp_num` groups, then each group split into q, v and k (in
+    that order). Each part is cut into the groups the same way; the fusion records the parts in the
+    source's order and the group count, as the constructor computes it."""
+    text, fusions = _split(GROUPED_FIRST)
+    assert text == format_python(
+        dedent("""
+        class ToyAttention(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.embed_dim = config.hidden_size
+                self.q_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+                self.v_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+                self.k_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+                self.out_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+
+            def forward(self, hidden_states):
+                mp_num = 4
+
+                query = self.q_proj(hidden_states)
+                query = query.reshape(query.shape[:-1] + (mp_num, -1))
+                value = self.v_proj(hidden_states)
+                value = value.reshape(value.shape[:-1] + (mp_num, -1))
+                key = self.k_proj(hidden_states)
+                key = key.reshape(key.shape[:-1] + (mp_num, -1))
+                return self.out_proj(attend(query, key, value, mp_num))
+        """).strip("\n")
+        + "\n"
+    )
+    assert fusions == (
+        SourceFusion(
+            owner="ToyAttention",
+            source_name="qkv_proj",
+            part_names=("q_proj", "v_proj", "k_proj"),
+            part_sizes=("self.embed_dim",) * 3,
+            bias="False",
+            location=Location("toy.py", 5),
+            groups="4",
+        ),
+    )
+
+
+def test_the_grouped_split_as_a_method_or_a_chunk_reads_the_same_way() -> None:
+    for split in ("qkv_split.split(local_dim, dim=-1)", "qkv_split.chunk(3, dim=-1)"):
+        text, fusions = _split(GROUPED_FIRST.replace("torch.split(qkv_split, local_dim, dim=-1)", split))
+        assert "query = query.reshape(query.shape[:-1] + (mp_num, -1))" in text
+        assert [(f.part_names, f.groups) for f in fusions] == [(("q_proj", "v_proj", "k_proj"), "4")]
+
+
+def test_other_grouped_splits_are_left_as_they_are() -> None:
+    """No-op cases (they stay refused, R007): the grouped tensor read elsewhere, groups that are not the
+    last but one dimension, sizes given one by one, a split along another dimension, a group count the
+    constructor cannot compute."""
+    cases = [
+        GROUPED_FIRST.replace("attend(query, key, value, mp_num)", "attend(query, key, value, qkv_split)"),
+        GROUPED_FIRST.replace("(mp_num, -1)", "(-1, mp_num)"),
+        GROUPED_FIRST.replace("local_dim, dim=-1", "[local_dim, local_dim, local_dim], dim=-1"),
+        GROUPED_FIRST.replace("local_dim, dim=-1", "local_dim, dim=-2"),
+        GROUPED_FIRST.replace("mp_num = 4", "mp_num = hidden_states.shape[0]"),
+    ]
+    for source in cases:
+        text, fusions = _split(source)
+        assert fusions == ()
+        assert text == format_python(dedent(source).strip("\n") + "\n")
+
+
 class TestFusedGateUpOnSeparateStatements(RuleTest):
     """NXS020 after analysis split a chunk: gate and up called in two statements."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from scaffold.blueprint import AttentionGeometry, Backbone, ClassKind, LayerKind, Refusal, Role
+from scaffold.pipeline import apply_rules
 from scaffold.rules.absolute_imports import AbsoluteTransformersImports
 from scaffold.rules.kv_cache import DropKVCache
 from scaffold.rules.neuron_model_classes import NeuronModelClasses
@@ -373,6 +374,28 @@ class TestRemoveUnusedImports(RuleTest):
 
     def test_used_imports_stay(self) -> None:
         self.assertUnchanged("import torch\n\nx = torch.ones(1)\n", blueprint=blueprint())
+
+    def test_a_guard_emptied_of_its_imports_goes_with_its_predicate_in_the_pipeline(self) -> None:
+        before = (
+            "from transformers.utils import is_flash_attn_available, is_torch_available, logging\n\n"
+            "if is_flash_attn_available():\n    from flash_attn import flash_attn_func\n\n"
+            "if is_torch_available():\n    import torch\n\n"
+            "logger = logging.get_logger(__name__)\n\n"
+            "def f():\n    return torch.ones(1)\n"
+        )
+        after = (
+            "from transformers.utils import is_torch_available, logging\n\n"
+            "if is_torch_available():\n    import torch\n\n"
+            "logger = logging.get_logger(__name__)\n\n"
+            "def f():\n    return torch.ones(1)\n"
+        )
+        module = apply_rules(blueprint(), cst.parse_module(before), rules=[RemoveUnusedImports])
+        assert module.code == after
+
+    def test_a_guard_the_source_left_empty_on_purpose_has_an_else_and_stays(self) -> None:
+        source = "if flag():\n    pass\nelse:\n    x = 1\n"
+        module = apply_rules(blueprint(), cst.parse_module(source), rules=[RemoveUnusedImports])
+        assert module.code == source
 
 
 class TestConfigFromCallers(RuleTest):
