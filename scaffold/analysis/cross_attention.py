@@ -23,6 +23,7 @@ stay those of the file (blank lines take the place of removed code). Nothing her
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,19 +37,18 @@ NONE, TRUE, FALSE = "None", "True", "False"
 CONSTANTS = frozenset({NONE, TRUE, FALSE})
 
 
-def prune_cross_attention(module: cst.Module, display_path: str) -> tuple[cst.Module, CrossAttentionPruning]:
+def prune_cross_attention(
+    module: cst.Module, display_path: str, text: str | None = None
+) -> tuple[cst.Module, CrossAttentionPruning]:
     """`module` with the cross-attention path removed, and what the rules must still do; `module` itself
-    (and no facts) when it has no such path or one that is not fully removable."""
-    if not any(
-        CROSS_INPUTS & _parameters(node) for node in walk(module) if isinstance(node, cst.FunctionDef)
-    ):
-        return module, CrossAttentionPruning()
+    (and no facts) when it has no such path or one that is not fully removable. `text` is the file's text
+    (default: the module's), where the guards' lines are looked up."""
+    if not any(CROSS_INPUTS & _parameters(function) for function in _definitions(module)):
+        return module, CrossAttentionPruning()  # the common case: no tree walk
     folded = module.visit(_FoldInputs())
     if _reads_inputs(folded):
         return module, CrossAttentionPruning()
-    positions = cst.MetadataWrapper(module, unsafe_skip_copy=True).resolve(cst.metadata.PositionProvider)
-    lines = {_key(node): positions[node].start.line for node in walk(module) if isinstance(node, cst.If)}
-    builder = _RemoveConstructions(lines, display_path)
+    builder = _RemoveConstructions(text if text is not None else module.code, display_path)
     pruned = folded.visit(builder)
     flags = _defaulted_parameters(pruned, builder.removed_calls)
     pruned = pruned.visit(_FoldFlags(flags))
@@ -59,8 +59,24 @@ def prune_cross_attention(module: cst.Module, display_path: str) -> tuple[cst.Mo
     )
 
 
-def _key(node: cst.If) -> str:
-    return code(node.test) + "\n" + code(node.body)
+def _definitions(module: cst.Module) -> list[cst.FunctionDef]:
+    """The module's functions and its classes' methods."""
+    found: list[cst.FunctionDef] = []
+    for statement in module.body:
+        if isinstance(statement, cst.FunctionDef):
+            found.append(statement)
+        elif isinstance(statement, cst.ClassDef):
+            found += [member for member in statement.body.body if isinstance(member, cst.FunctionDef)]
+    return found
+
+
+def line_in_class(text: str, owner: str, statement: str) -> int:
+    """The line of the first line of `statement` (as written) after the header of class `owner` in the
+    file's `text` (the rewrites before keep the file's lines and the text of what they keep)."""
+    header = re.search(rf"^class {re.escape(owner)}\b", text, re.MULTILINE)
+    first = statement.strip().splitlines()[0]
+    index = text.find(first, header.end() if header else 0)
+    return text.count("\n", 0, max(index, 0)) + 1
 
 
 # --- deciding conditions ------------------------------------------------------------------------------
@@ -168,6 +184,8 @@ class _Decider:
         for statement in statements:
             kept = self.statement(statement)
             pieces.extend(kept)
+            if len(kept) == 1 and kept[0].statement is statement:
+                continue  # unchanged (libcst keeps a node whose children did not change)
             shorter = _lines(statement) - sum(_piece_lines(piece) for piece in kept)
             if shorter > 0:  # a decided expression written over several lines now takes one
                 pieces.append(_Piece(None, shorter))
@@ -350,6 +368,9 @@ def _assignment_counts(function: cst.FunctionDef) -> dict[str, int]:
 class _FoldInputs(cst.CSTTransformer):
     """Every function taking a cross-attention input, its conditions decided with the input None."""
 
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # leave_FunctionDef decides the body statement by statement
+
     def leave_FunctionDef(
         self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
     ) -> cst.FunctionDef:
@@ -369,9 +390,7 @@ class _FoldInputs(cst.CSTTransformer):
 
 def _reads_inputs(module: cst.Module) -> bool:
     """Whether a cross-attention input is still read other than passed on to a call as itself."""
-    for node in walk(module):
-        if not isinstance(node, cst.FunctionDef):
-            continue
+    for node in _definitions(module):
         inputs = CROSS_INPUTS & _parameters(node)
         if not inputs:
             continue
@@ -384,23 +403,17 @@ def _reads_inputs(module: cst.Module) -> bool:
             and arg.value.value in inputs
             and (arg.keyword is None or arg.keyword.value == arg.value.value)
         }
-        for name in walk(node.body):
+        nodes = list(walk(node.body))
+        not_variables = {id(n.keyword) for n in nodes if isinstance(n, cst.Arg) and n.keyword is not None}
+        not_variables |= {id(n.attr) for n in nodes if isinstance(n, cst.Attribute)}
+        for name in nodes:
             if (
                 isinstance(name, cst.Name)
                 and name.value in inputs
                 and id(name) not in passed
-                and not _is_keyword_or_attribute(node.body, name)
+                and id(name) not in not_variables
             ):
                 return True
-    return False
-
-
-def _is_keyword_or_attribute(body: cst.CSTNode, name: cst.Name) -> bool:
-    for node in walk(body):
-        if isinstance(node, cst.Arg) and node.keyword is name:
-            return True
-        if isinstance(node, cst.Attribute) and node.attr is name:
-            return True
     return False
 
 
@@ -411,12 +424,15 @@ class _RemoveConstructions(cst.CSTTransformer):
     """In each class, an `__init__` branch under a parameter-only condition that builds only attributes
     no other method reads goes; its condition becomes a guard."""
 
-    def __init__(self, lines: dict[str, int], display_path: str) -> None:
+    def __init__(self, text: str, display_path: str) -> None:
         super().__init__()
-        self.lines = lines
+        self.text = text
         self.display_path = display_path
         self.guards: list[CrossAttentionGuard] = []
         self.removed_calls: list[cst.Call] = []
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # leave_ClassDef rewrites constructors whole
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         init = find_method(updated_node, "__init__")
@@ -436,7 +452,7 @@ class _RemoveConstructions(cst.CSTTransformer):
                 and _reads_only(statement.test, params)
             ):
                 changed = True
-                line = self.lines.get(_key(statement), 0)
+                line = line_in_class(self.text, updated_node.name.value, f"if {code(statement.test)}:")
                 self.guards.append(
                     CrossAttentionGuard(
                         owner=updated_node.name.value,
@@ -556,6 +572,9 @@ class _FoldFlags(cst.CSTTransformer):
     def __init__(self, flags: dict[str, dict[str, str]]) -> None:
         super().__init__()
         self.flags = flags
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # leave_ClassDef decides each method whole
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         params = self.flags.get(updated_node.name.value)
