@@ -59,12 +59,15 @@ def make_adapter(
 
 
 def projection_names(model: torch.nn.Module) -> list[str]:
-    """The names of the model's linear layers other than its output embeddings (the LM head), sorted."""
+    """The names of the model's linear layers other than its output embeddings (the LM head), sorted;
+    transformers' `Conv1D` (a linear stored transposed, GPT-2's) counts as one: PEFT adapts it as well."""
+    from transformers.pytorch_utils import Conv1D
+
     head = model.get_output_embeddings()
     return sorted(
         {
             name.rpartition(".")[2]
             for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and module is not head
+            if isinstance(module, torch.nn.Linear | Conv1D) and module is not head
         }
     )

@@ -12,14 +12,13 @@ transformers' `pytorch_utils` defines.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import libcst as cst
-from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from ..blueprint import Location
 from ..syntax import absolute_name, code, dotted, self_attribute
+from .cross_attention import line_in_class
 
 CONV1D = "transformers.pytorch_utils.Conv1D"
 
@@ -35,16 +34,17 @@ class TransposedLinear:
 
 
 def read_conv1d_as_linear(
-    module: cst.Module, package: str, display_path: str
+    module: cst.Module, package: str, display_path: str, text: str | None = None
 ) -> tuple[cst.Module, tuple[TransposedLinear, ...]]:
     """`module` with each `self.<attr> = Conv1D(nf, nx)` of a constructor read as `nn.Linear(nx, nf)`,
-    and those linears in source order."""
+    and those linears in source order (located in the file's `text`, default the module's)."""
     names = _conv1d_names(module, package)
     if not names:
         return module, ()
-    positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
     linear = "nn.Linear" if _binds_nn(module) else "torch.nn.Linear"
-    reader = _Read(names, cst.parse_expression(linear), positions, display_path)
+    reader = _Read(
+        names, cst.parse_expression(linear), text if text is not None else module.code, display_path
+    )
     return module.visit(reader), tuple(reader.found)
 
 
@@ -92,13 +92,13 @@ class _Read(cst.CSTTransformer):
         self,
         names: set[str],
         linear: cst.BaseExpression,
-        positions: Mapping[cst.CSTNode, CodeRange],
+        text: str,
         display_path: str,
     ) -> None:
         super().__init__()
         self.names = names
         self.linear = linear
-        self.positions = positions
+        self.text = text
         self.display_path = display_path
         self.found: list[TransposedLinear] = []
         self._classes: list[str] = []
@@ -134,7 +134,7 @@ class _Read(cst.CSTTransformer):
         ):
             return updated_node
         nf, nx = value.args
-        line = self.positions[original_node].start.line
+        line = line_in_class(self.text, self._classes[-1], code(original_node))
         location = Location(self.display_path, line)
         self.found.append(TransposedLinear(self._classes[-1], attribute, code(nf.value), location))
         args = [nx.with_changes(comma=nf.comma), nf.with_changes(comma=nx.comma)]

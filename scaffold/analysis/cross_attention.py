@@ -23,6 +23,7 @@ stay those of the file (blank lines take the place of removed code). Nothing her
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,19 +37,18 @@ NONE, TRUE, FALSE = "None", "True", "False"
 CONSTANTS = frozenset({NONE, TRUE, FALSE})
 
 
-def prune_cross_attention(module: cst.Module, display_path: str) -> tuple[cst.Module, CrossAttentionPruning]:
+def prune_cross_attention(
+    module: cst.Module, display_path: str, text: str | None = None
+) -> tuple[cst.Module, CrossAttentionPruning]:
     """`module` with the cross-attention path removed, and what the rules must still do; `module` itself
-    (and no facts) when it has no such path or one that is not fully removable."""
-    if not any(
-        CROSS_INPUTS & _parameters(node) for node in walk(module) if isinstance(node, cst.FunctionDef)
-    ):
-        return module, CrossAttentionPruning()
+    (and no facts) when it has no such path or one that is not fully removable. `text` is the file's text
+    (default: the module's), where the guards' lines are looked up."""
+    if not any(CROSS_INPUTS & _parameters(function) for function in _definitions(module)):
+        return module, CrossAttentionPruning()  # the common case: no tree walk
     folded = module.visit(_FoldInputs())
     if _reads_inputs(folded):
         return module, CrossAttentionPruning()
-    positions = cst.MetadataWrapper(module, unsafe_skip_copy=True).resolve(cst.metadata.PositionProvider)
-    lines = {_key(node): positions[node].start.line for node in walk(module) if isinstance(node, cst.If)}
-    builder = _RemoveConstructions(lines, display_path)
+    builder = _RemoveConstructions(text if text is not None else module.code, display_path)
     pruned = folded.visit(builder)
     flags = _defaulted_parameters(pruned, builder.removed_calls)
     pruned = pruned.visit(_FoldFlags(flags))
@@ -59,8 +59,24 @@ def prune_cross_attention(module: cst.Module, display_path: str) -> tuple[cst.Mo
     )
 
 
-def _key(node: cst.If) -> str:
-    return code(node.test) + "\n" + code(node.body)
+def _definitions(module: cst.Module) -> list[cst.FunctionDef]:
+    """The module's functions and its classes' methods."""
+    found: list[cst.FunctionDef] = []
+    for statement in module.body:
+        if isinstance(statement, cst.FunctionDef):
+            found.append(statement)
+        elif isinstance(statement, cst.ClassDef):
+            found += [member for member in statement.body.body if isinstance(member, cst.FunctionDef)]
+    return found
+
+
+def line_in_class(text: str, owner: str, statement: str) -> int:
+    """The line of the first line of `statement` (as written) after the header of class `owner` in the
+    file's `text` (the rewrites before keep the file's lines and the text of what they keep)."""
+    header = re.search(rf"^class {re.escape(owner)}\b", text, re.MULTILINE)
+    first = statement.strip().splitlines()[0]
+    index = text.find(first, header.end() if header else 0)
+    return text.count("\n", 0, max(index, 0)) + 1
 
 
 # --- deciding conditions ------------------------------------------------------------------------------
@@ -155,15 +171,21 @@ def _joined(
 class _Decider:
     """Decides conditions of one function's statements on `known` names, keeping the taken branches."""
 
-    def __init__(self, known: dict[str, str], counts: dict[str, int]) -> None:
+    def __init__(
+        self, known: dict[str, str], counts: dict[str, int], parameters: frozenset[str] = frozenset()
+    ) -> None:
         self.known = dict(known)
         self.counts = counts
+        self.parameters = parameters
+        self.aliases: dict[str, str] = {}  # a local bound once to a decided choice of a parameter
 
     def block(self, statements: Sequence[cst.BaseStatement]) -> list[_Piece]:
         pieces: list[_Piece] = []
         for statement in statements:
             kept = self.statement(statement)
             pieces.extend(kept)
+            if len(kept) == 1 and kept[0].statement is statement:
+                continue  # unchanged (libcst keeps a node whose children did not change)
             shorter = _lines(statement) - sum(_piece_lines(piece) for piece in kept)
             if shorter > 0:  # a decided expression written over several lines now takes one
                 pieces.append(_Piece(None, shorter))
@@ -194,11 +216,21 @@ class _Decider:
                     return [_Piece(None, _lines(statement))]
                 if name in CROSS_INPUTS and value == self.known.get(name):
                     return [_Piece(None, _lines(statement))]  # `encoder_attention_mask = None`
+                chosen = small.value.visit(_Expressions(self.known, self.aliases))
+                if (
+                    isinstance(small.value, cst.IfExp)
+                    and isinstance(chosen, cst.Name)
+                    and self.counts.get(name) == 1
+                    and chosen.value in self.parameters
+                    and not self.counts.get(chosen.value)
+                ):  # `current_states = key_value_states if is_cross else hidden_states`: one name
+                    self.aliases[name] = chosen.value
+                    return [_Piece(None, _lines(statement))]
         if isinstance(statement, cst.SimpleStatementLine):
-            return [_Piece(statement.visit(_Expressions(self.known)))]  # type: ignore[arg-type]
+            return [_Piece(statement.visit(_Expressions(self.known, self.aliases)))]  # type: ignore[arg-type]
         if isinstance(statement, cst.For | cst.While | cst.With | cst.Try):
             return [_Piece(self._compound(statement))]
-        return [_Piece(statement.visit(_Expressions(self.known)))]  # type: ignore[arg-type]
+        return [_Piece(statement.visit(_Expressions(self.known, self.aliases)))]  # type: ignore[arg-type]
 
     def _compound(self, statement: cst.BaseCompoundStatement) -> cst.BaseStatement:
         updated = statement.with_changes(body=self.suite(statement.body, self.block(statement.body.body)))
@@ -233,7 +265,7 @@ class _Decider:
                     orelse = statements[0]
                 else:
                     orelse = cst.Else(body=self.suite(orelse.body, kept))
-            test = node.test.visit(_Expressions(self.known))
+            test = node.test.visit(_Expressions(self.known, self.aliases))
             return [_Piece(node.with_changes(test=test, body=body, orelse=orelse))]
         total = _lines(node)
         if decided:
@@ -265,11 +297,14 @@ def _pure(test: cst.BaseExpression) -> bool:
 class _Expressions(cst.CSTTransformer):
     """Conditional expressions on decided conditions replaced by their taken side."""
 
-    def __init__(self, known: dict[str, str]) -> None:
+    def __init__(self, known: dict[str, str], aliases: dict[str, str] | None = None) -> None:
         super().__init__()
         self.known = known
+        self.aliases = aliases or {}
 
     def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+        if updated_node.value in self.aliases:
+            return updated_node.with_changes(value=self.aliases[updated_node.value])
         value = self.known.get(updated_node.value)
         if value is None or updated_node.value in CROSS_INPUTS:
             return updated_node  # an input passed on stays a name until NXS017 drops the argument
@@ -333,13 +368,20 @@ def _assignment_counts(function: cst.FunctionDef) -> dict[str, int]:
 class _FoldInputs(cst.CSTTransformer):
     """Every function taking a cross-attention input, its conditions decided with the input None."""
 
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # leave_FunctionDef decides the body statement by statement
+
     def leave_FunctionDef(
         self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
     ) -> cst.FunctionDef:
         inputs = CROSS_INPUTS & _parameters(updated_node)
         if not inputs:
             return updated_node
-        decider = _Decider(dict.fromkeys(inputs, NONE), _assignment_counts(updated_node))
+        decider = _Decider(
+            dict.fromkeys(inputs, NONE),
+            _assignment_counts(updated_node),
+            frozenset(_parameters(updated_node)),
+        )
         body = updated_node.body
         if not isinstance(body, cst.IndentedBlock):
             return updated_node
@@ -348,9 +390,7 @@ class _FoldInputs(cst.CSTTransformer):
 
 def _reads_inputs(module: cst.Module) -> bool:
     """Whether a cross-attention input is still read other than passed on to a call as itself."""
-    for node in walk(module):
-        if not isinstance(node, cst.FunctionDef):
-            continue
+    for node in _definitions(module):
         inputs = CROSS_INPUTS & _parameters(node)
         if not inputs:
             continue
@@ -363,23 +403,17 @@ def _reads_inputs(module: cst.Module) -> bool:
             and arg.value.value in inputs
             and (arg.keyword is None or arg.keyword.value == arg.value.value)
         }
-        for name in walk(node.body):
+        nodes = list(walk(node.body))
+        not_variables = {id(n.keyword) for n in nodes if isinstance(n, cst.Arg) and n.keyword is not None}
+        not_variables |= {id(n.attr) for n in nodes if isinstance(n, cst.Attribute)}
+        for name in nodes:
             if (
                 isinstance(name, cst.Name)
                 and name.value in inputs
                 and id(name) not in passed
-                and not _is_keyword_or_attribute(node.body, name)
+                and id(name) not in not_variables
             ):
                 return True
-    return False
-
-
-def _is_keyword_or_attribute(body: cst.CSTNode, name: cst.Name) -> bool:
-    for node in walk(body):
-        if isinstance(node, cst.Arg) and node.keyword is name:
-            return True
-        if isinstance(node, cst.Attribute) and node.attr is name:
-            return True
     return False
 
 
@@ -390,12 +424,15 @@ class _RemoveConstructions(cst.CSTTransformer):
     """In each class, an `__init__` branch under a parameter-only condition that builds only attributes
     no other method reads goes; its condition becomes a guard."""
 
-    def __init__(self, lines: dict[str, int], display_path: str) -> None:
+    def __init__(self, text: str, display_path: str) -> None:
         super().__init__()
-        self.lines = lines
+        self.text = text
         self.display_path = display_path
         self.guards: list[CrossAttentionGuard] = []
         self.removed_calls: list[cst.Call] = []
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # leave_ClassDef rewrites constructors whole
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         init = find_method(updated_node, "__init__")
@@ -415,7 +452,7 @@ class _RemoveConstructions(cst.CSTTransformer):
                 and _reads_only(statement.test, params)
             ):
                 changed = True
-                line = self.lines.get(_key(statement), 0)
+                line = line_in_class(self.text, updated_node.name.value, f"if {code(statement.test)}:")
                 self.guards.append(
                     CrossAttentionGuard(
                         owner=updated_node.name.value,
@@ -535,6 +572,9 @@ class _FoldFlags(cst.CSTTransformer):
     def __init__(self, flags: dict[str, dict[str, str]]) -> None:
         super().__init__()
         self.flags = flags
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # leave_ClassDef decides each method whole
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         params = self.flags.get(updated_node.name.value)

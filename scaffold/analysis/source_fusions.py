@@ -62,10 +62,11 @@ def read_source(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ..
     pre-refactor forms read as the current ones (`current_forms`), its plain-linear subclasses as
     `nn.Linear` (`linear_subclasses`) and its fused projections as separate linears; what was split, and
     what was pruned."""
-    parsed = parse_module(source.read_text(), source.display_path)
-    pruned, pruning = prune_cross_attention(parsed, source.display_path)
+    text = source.read_text()
+    parsed = parse_module(text, source.display_path)
+    pruned, pruning = prune_cross_attention(parsed, source.display_path, text)
     pruned, transposed = read_conv1d_as_linear(
-        without_head_pruning(pruned), source.package, source.display_path
+        without_head_pruning(pruned), source.package, source.display_path, text
     )
     module, fusions = split_source_fusions(read_as_linear(current_forms(pruned)), source.display_path)
     return module, with_transposed(fusions, transposed), pruning

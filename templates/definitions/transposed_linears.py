@@ -6,7 +6,8 @@ model's parallel linear holds `[nf, nx]`. `TransposedSourceFusedLinearSpec` is `
 such a checkpoint tensor: loading transposes the weight before splitting it into the parts (one part, the
 linear itself, when the source does not split it) and sharding it; consolidation joins the parts and
 transposes the weight back, bit for bit. Biases, and LoRA's `lora_A`/`lora_B` (PEFT shapes them as for a
-linear whatever the base layer stores), are not transposed.
+linear whatever the base layer stores), are not transposed; the adapter config's `fan_in_fan_out` follows
+the layer (off on the generated model, on in the original).
 """
 
 from dataclasses import asdict, dataclass
@@ -22,7 +23,21 @@ from .source_fused_linears import SourceFusedLinearSpec, with_source_fused_linea
 
 @dataclass
 class TransposedSourceFusedLinearSpec(SourceFusedLinearSpec):
-    """`SourceFusedLinearSpec` for a checkpoint linear `source_name` whose weight is stored `[in, out]`."""
+    """`SourceFusedLinearSpec` for a checkpoint linear `source_name` whose weight is stored `[in, out]`.
+
+    LoRA: PEFT adapts a `Conv1D` with `fan_in_fan_out=True` (its base weight is `[in, out]`); the generated
+    model's parallel linear holds `[out, in]`, so its adapter config has it off, and the original's on.
+    """
+
+    def adapt_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
+        peft_config = super().adapt_peft_config(peft_config, inplace=inplace)
+        peft_config.fan_in_fan_out = False
+        return peft_config
+
+    def to_original_peft_config(self, peft_config: Any, inplace: bool = False) -> Any:
+        peft_config = super().to_original_peft_config(peft_config, inplace=inplace)
+        peft_config.fan_in_fan_out = True
+        return peft_config
 
     def _adapt_state_dict(
         self,
@@ -38,6 +53,22 @@ class TransposedSourceFusedLinearSpec(SourceFusedLinearSpec):
             state_dict[weight] = state_dict[weight].t().contiguous()
         return super()._adapt_state_dict(
             module_fully_qualified_name, named_parameters, state_dict, upstanding_sharded_params, inplace=True
+        )
+
+    def _lora_adapt_state_dict(
+        self,
+        module_fully_qualified_name: str,
+        named_parameters: dict[str, nn.Parameter],
+        orig_state_dict: dict[str, torch.Tensor],
+        upstanding_sharded_params: dict[str, torch.Tensor],
+        inplace: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        if not self.inner and self.part_names == [self.source_name]:
+            # one plain parallel linear under its own name: the host shards its adapter by the layer's own
+            # layout (a row-parallel layer's lora_A by its input features), as for any parallel linear
+            return orig_state_dict if inplace else dict(orig_state_dict)
+        return super()._lora_adapt_state_dict(
+            module_fully_qualified_name, named_parameters, orig_state_dict, upstanding_sharded_params, inplace
         )
 
     def _to_original_weights(

@@ -30,7 +30,7 @@ activate("reference")
 from conformance.backends.reference.training import transformations_utils as tu  # noqa: E402
 
 from .oracle_optimum_neuron import ORACLE_PACKAGE, load_oracle  # noqa: E402
-from .transformation_trees import _param, tensor_parallel_rank  # noqa: E402
+from .transformation_trees import ADAPTER, LoraParallelLinear, _param, tensor_parallel_rank  # noqa: E402
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "templates" / "definitions"
 REFERENCE_HOST = "conformance.backends.reference.training"
@@ -225,3 +225,90 @@ def test_without_the_transposition_the_checkpoint_does_not_load_as_the_linear():
         with tensor_parallel_rank(2, 0):
             loaded = host_module.adapt_state_dict(model, {k: v.clone() for k, v in full.items()}, {})
         assert torch.equal(loaded["block.c_fc.weight"], _expected("column", full, 2, 0)["block.c_fc.weight"])
+
+
+def _lora_model(host: str, layout: str, tp: int, r: int) -> nn.Module:
+    """`block.c_fc` (column-parallel) or `block.c_proj` (row-parallel) wrapped by LoRA, with the spec."""
+    host_module, package = HOSTS[host]
+
+    class Block(nn.Module, host_module.CustomModule):
+        pass
+
+    base, lora_a, lora_b = nn.Module(), nn.Module(), nn.Module()
+    if layout == "column":
+        name, out, inputs = "c_fc", INTER, H
+        _param(base, "weight", (INTER // tp, H), tp, 0)
+        _param(lora_a, "weight", (r, H), tp, None)
+        _param(lora_b, "weight", (INTER // tp, r), tp, 0)
+    else:
+        name, out, inputs = "c_proj", H, INTER
+        _param(base, "weight", (H, INTER // tp), tp, 1)
+        _param(lora_a, "weight", (r, INTER // tp), tp, 1)
+        _param(lora_b, "weight", (H, r), tp, None)
+    block = Block()
+    block.add_module(name, LoraParallelLinear(base, lora_a, lora_b))
+    with tensor_parallel_rank(tp, 0):
+        block.specs = _template(package).with_transposed_source_fused_linear(
+            host_module.ModelWeightTransformationSpecs(), name, [name], [out], bias=False
+        )
+    root = nn.Module()
+    root.add_module("block", block)
+    root.parameters_for_current_stage = {n for n, _ in root.named_parameters()}
+    host_module.specialize_transformation_specs_for_model(root)
+    root.lora_shapes = (name, out, inputs)  # type: ignore[assignment]
+    return root
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+@pytest.mark.parametrize("layout", ["column", "row"])
+def test_a_lora_adapter_on_a_conv1d_loads_by_the_layer_layout_and_comes_back(host: str, layout: str) -> None:
+    """PEFT shapes a Conv1D's lora_A `[r, in]` and lora_B `[out, r]` as for a linear: nothing is transposed;
+    the column-parallel layer's lora_B and the row-parallel layer's lora_A are sharded (cut by hand), the
+    other kept whole; consolidation gives both back exactly."""
+    tp, r = 2, 3
+    model = _lora_model(host, layout, tp, r)
+    name, out, inputs = model.lora_shapes
+    generator = torch.Generator().manual_seed(2)
+    adapter = {
+        f"block.{name}.lora_A.weight": torch.randn(r, inputs, generator=generator),
+        f"block.{name}.lora_B.weight": torch.randn(out, r, generator=generator),
+    }
+    per_rank = []
+    for rank in range(tp):
+        with tensor_parallel_rank(tp, rank):
+            loaded = HOSTS[host][0].adapt_state_dict(
+                model, {k: v.clone() for k, v in adapter.items()}, {}, adapter_name=ADAPTER
+            )
+        lora_a, lora_b = adapter[f"block.{name}.lora_A.weight"], adapter[f"block.{name}.lora_B.weight"]
+        if layout == "column":
+            expected = {"lora_A": lora_a, "lora_B": torch.chunk(lora_b, tp, dim=0)[rank]}
+        else:
+            expected = {"lora_A": torch.chunk(lora_a, tp, dim=1)[rank], "lora_B": lora_b}
+        for lora, tensor in expected.items():
+            assert torch.equal(loaded[f"block.{name}.{lora}.weight"], tensor), f"{host} {layout} {lora}"
+        per_rank.append({k: v for k, v in loaded.items() if "lora_" in k})
+    host_module = HOSTS[host][0]
+    metadata = json.loads(json.dumps(host_module.create_parameter_metadata(model)))
+    specs = [
+        host_module.ModelWeightTransformationSpecs.from_metadata(m)
+        for m in metadata["model_weight_transformation_specs"]
+    ]
+    sharded = {key: [tensors[key] for tensors in per_rank] for key in per_rank[0]}
+    consolidated = host_module.to_original_weights(
+        specs, sharded, metadata["parameters"], adapter_name=ADAPTER
+    )
+    assert sorted(consolidated) == sorted(adapter)
+    for key, tensor in adapter.items():
+        assert torch.equal(consolidated[key], tensor), f"{host} {layout}: {key} is not given back"
+
+
+def test_the_adapter_config_follows_the_layer_layout() -> None:
+    """PEFT adapts a Conv1D with fan_in_fan_out=True; the parallel linear holds `[out, in]`: off there, and
+    back on for the original model."""
+    from peft import LoraConfig
+
+    spec = _template(HOSTS["released"][1]).TransposedSourceFusedLinearSpec("c_fc", ["c_fc"], [INTER], True)
+    original = LoraConfig(r=2, target_modules=["c_fc"], fan_in_fan_out=True)
+    adapted = spec.adapt_peft_config(original)
+    assert adapted.fan_in_fan_out is False and original.fan_in_fan_out is True
+    assert spec.to_original_peft_config(adapted).fan_in_fan_out is True

@@ -114,3 +114,14 @@ def test_the_judge_accepts_the_documented_semantics_and_names_every_fault() -> N
     assert "unexpected adapter key(s) after consolidation: m.layers.0.attn.qkv_proj.lora_B.weight" in text
     assert "2 lora_B tensor(s) differ" in text and "gate_proj.lora_B" in text and "up_proj.lora_B" in text
     assert "1 lora_A tensor(s) differ from the original: m.layers.0.mlp.down_proj.lora_A.weight" in text
+
+
+def test_the_adapter_targets_conv1d_projections_as_linears():
+    """The check's adapter targets every projection of the transformers model, GPT-2's `Conv1D` ones included
+    (PEFT adapts them; with only `nn.Linear` counted, GPT-2 had no target and PEFT refused the config)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conformance.model_runs.adapters import projection_names
+
+    config = GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=16, n_positions=8)
+    assert projection_names(GPT2LMHeadModel(config)) == ["c_attn", "c_fc", "c_proj"]

@@ -81,9 +81,8 @@ class ToyAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
 
     def forward(self, hidden_states, key_value_states=None, attention_mask=None):
-        current = hidden_states
         is_causal = attention_mask is None
-        return self.qkv_proj(current) * is_causal, attention_mask
+        return self.qkv_proj(hidden_states) * is_causal, attention_mask
 
 
 class ToyLayer(nn.Module):
@@ -118,9 +117,8 @@ class ToyAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
 
     def forward(self, hidden_states, attention_mask=None):
-        current = hidden_states
         is_causal = attention_mask is None
-        return self.qkv_proj(current) * is_causal, attention_mask
+        return self.qkv_proj(hidden_states) * is_causal, attention_mask
 
 
 class ToyLayer(nn.Module):

@@ -237,7 +237,9 @@ class TestAttentionVariants(RuleTest):
             in init
         )
         assert "self.qkv_proj = GQAQKVColumnParallelLinear(" in init and "stride=3" in init
-        assert "elif trn_config.fuse_qkv and config.num_attention_heads == config.num_key_value_heads:" in init
+        assert (
+            "elif trn_config.fuse_qkv and config.num_attention_heads == config.num_key_value_heads:" in init
+        )
         assert "NXD-09" not in init  # no bias: no deviation note
         assert init.index("init_method = partial(") < init.index(
             "if self.qkv_linear:\n            self.qkv_proj"
