@@ -17,8 +17,9 @@
   embedding) are looked up for the whole sequence on every rank; under sequence parallelism the lookup is
   then transposed and scattered into the stream's `(S/T, B, D)` layout before it is added (a lookup inside
   a larger expression is first bound to a name of its own).
-- A view of the stream back to `(-1, seq_length, D)` (GPT-Neo's `hidden_states.view(output_shape)`), the
-  identity on `(B, S, D)`, runs only without sequence parallelism: it would scramble `(S/T, B, D)`.
+- A view of the stream back to `(-1, seq_length, D)` (GPT-Neo's `hidden_states.view(output_shape)`; GPT-2's
+  `(-1,) + input_shape[1:] + (D,)`, `input_shape` an input's `(B, S)`), the identity on `(B, S, D)`, runs
+  only without sequence parallelism: it would scramble `(S/T, B, D)`.
 - Everything else the source computes (embedding scale, collected outputs) is kept as written.
 The mask builders come from the Blueprint; the shapes of their calls and of the layer loop are checked
 in analysis (R021, R022). The inserted code comes from templates/code/base_model_forward.py.
@@ -242,7 +243,7 @@ class BaseModelForward(Rule):
     def _stream_views(self, forward: cst.FunctionDef, length: str) -> cst.FunctionDef:
         """`x = x.view(-1, S, x.size(-1))` (the shape written out or bound to a name first), the identity on
         the stream's `(B, S, D)` -> run only without sequence parallelism, where the stream has that layout."""
-        lengths = _copies_of(forward, length)
+        lengths = _copies_of(forward, length) | {f"{name}[1:]" for name in _input_shapes(forward)}
         shapes = _tuples_bound_once(forward)
         rule = self
 
@@ -614,7 +615,55 @@ def _tuples_bound_once(function: cst.FunctionDef) -> dict[str, cst.Tuple]:
     for name, values in bound.items():
         if len(values) == 1 and isinstance(values[0], cst.Tuple):
             found[name] = values[0]
+        elif len(values) == 1 and (joined := _joined_tuple(values[0])) is not None:
+            found[name] = joined
     return found
+
+
+def _joined_tuple(value: cst.CSTNode) -> cst.Tuple | None:
+    """`(a,) + s[1:] + (b,)` (tuple literals and slices of a shape from 1 joined by `+`, GPT-2's output
+    shape) as one tuple `(a, s[1:], b)`: the slice stands for the one dimension it holds on a `(B, S)`
+    input shape (`_input_shapes`); None for anything else."""
+    if isinstance(value, cst.Tuple):
+        return value if all(isinstance(e, cst.Element) for e in value.elements) else None
+    if m.matches(
+        value, m.Subscript(slice=[m.SubscriptElement(slice=m.Slice(lower=m.Integer("1"), upper=None))])
+    ):
+        return cst.Tuple([cst.Element(value)])  # type: ignore[arg-type]
+    if isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.Add):
+        left, right = _joined_tuple(value.left), _joined_tuple(value.right)
+        if left is not None and right is not None:
+            return cst.Tuple([*left.elements, *right.elements])
+    return None
+
+
+def _input_shapes(function: cst.FunctionDef) -> set[str]:
+    """Local names every binding of which is an input's leading shape: `ids.size()` / `ids.shape` or
+    `embeds.size()[:-1]` / `embeds.shape[:-1]` (`(B, S)` in training, so `name[1:]` is the sequence)."""
+    leading = m.OneOf(
+        m.Call(func=m.Attribute(attr=m.Name("size")), args=[]),
+        m.Attribute(attr=m.Name("shape")),
+    )
+    without_features = m.Subscript(
+        value=leading,
+        slice=[
+            m.SubscriptElement(
+                slice=m.Slice(
+                    lower=None, upper=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1"))
+                )
+            )
+        ],
+    )
+    bindings: dict[str, list[bool]] = {}
+    for node in walk(function):
+        if isinstance(node, cst.Assign):
+            for target in node.targets:
+                if isinstance(target.target, cst.Name):
+                    shape = m.matches(node.value, leading | without_features)  # type: ignore[operator]
+                    bindings.setdefault(target.target.value, []).append(shape)
+        elif isinstance(node, cst.AugAssign | cst.AnnAssign) and isinstance(node.target, cst.Name):
+            bindings.setdefault(node.target.value, []).append(False)
+    return {name for name, shapes in bindings.items() if all(shapes)}
 
 
 def _embedding_outputs(forward: cst.FunctionDef, embedding: str | None) -> set[str]:
