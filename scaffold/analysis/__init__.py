@@ -72,6 +72,7 @@ def analyze(source: ModelSource) -> Blueprint:
         style=code_style(context),
         init_std=init_std_field(context),
         fusions=context.fusions,
+        input_guards=context.guards,
         learnable_activations=tuple(
             key for key, refusal in learnable_activations(context, tuple(mlps)) if refusal is None
         ),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from ..blueprint import ClassKind, LayerKind, SourceFusion
+from ..blueprint import ClassKind, InputGuard, LayerKind, SourceFusion
 from ..errors import ScaffoldError
 from ..facts import ConfigFacts, DefaultConfig
 from ..source import ModelSource
@@ -26,7 +26,7 @@ from .mlp import MLPFacts, find_mlp
 from .norms import norm_classes, per_head_norm_lists
 from .parsing import SourceIndex, prune
 from .roles import FlowRole, dataflow_roles, is_projection
-from .source_fusions import read_module
+from .source_fusions import read_source
 from .tree import InstanceTree, build_tree, class_constructs
 
 PRETRAINED_BASES = frozenset({"transformers.modeling_utils.PreTrainedModel"})
@@ -66,6 +66,7 @@ class Context:
     default_config: DefaultConfig
     tp_plan: dict[str, str]
     fusions: tuple[SourceFusion, ...] = ()
+    guards: tuple[InputGuard, ...] = ()
 
     @property
     def display_path(self) -> str:
@@ -75,7 +76,8 @@ class Context:
 
 def gather(source: ModelSource) -> Context:
     """Run the discovery pass over `source`."""
-    full, fusions = read_module(source)
+    read = read_source(source)
+    full, fusions = read.module, read.fusions
     roots = [source.base_model_class, source.causal_lm_class]
     full_map = map_module(full)
     missing = [name for name in roots if name not in full_map.classes]
@@ -119,6 +121,7 @@ def gather(source: ModelSource) -> Context:
         default_config=config,
         tp_plan=dict(source.config.tp_plan),
         fusions=fusions,
+        guards=read.guards,
     )
     _assign_kinds(context)
     return context

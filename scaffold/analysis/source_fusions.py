@@ -29,34 +29,59 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
-from ..blueprint import Location, SourceFusion
+from ..blueprint import InputGuard, Location, SourceFusion
 from ..source import ModelSource
 from ..syntax import code, names_in, walk
 from .current_forms import current_forms
 from .linear_subclasses import read_as_linear
+from .optional_inputs import optional_inputs
 from .parsing import parse_module
 
 LINEAR_CONSTRUCTORS = ("nn.Linear", "torch.nn.Linear")
 VIEW_METHODS = ("view", "reshape")
-STRIPPED_SUFFIXES = ("_states", "_state", "_output", "_out")
+STRIPPED_SUFFIXES = ("_states", "_state", "_layer", "_output", "_out")
 SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the parallel layers: q_proj...
 
 
+@dataclass(frozen=True)
+class ReadSource:
+    """The modeling file as analysis and the rules read it, what was split, and the config flags it was
+    read without (`optional_inputs`)."""
+
+    module: cst.Module
+    fusions: tuple[SourceFusion, ...]
+    guards: tuple[InputGuard, ...]
+
+
+def read_source(source: ModelSource) -> ReadSource:
+    """The modeling file parsed, read with inputs built under a config flag off (`optional_inputs`), its
+    pre-refactor forms read as the current ones (`current_forms`), its plain-linear subclasses as
+    `nn.Linear` (`linear_subclasses`) and its fused projections as separate linears."""
+    module, guards = optional_inputs(
+        parse_module(source.read_text(), source.display_path), source.display_path
+    )
+    module = read_as_linear(current_forms(module))
+    module, fusions = split_source_fusions(module, source.display_path)
+    return ReadSource(module, fusions, guards)
+
+
 def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """The modeling file parsed, its pre-refactor forms read as the current ones (`current_forms`), its
-    plain-linear subclasses as `nn.Linear` (`linear_subclasses`) and its fused projections as separate
-    linears (what analysis and the rules both work on), and what was split."""
-    module = read_as_linear(current_forms(parse_module(source.read_text(), source.display_path)))
-    return split_source_fusions(module, source.display_path)
+    """`read_source`'s module and fusions (what analysis and the rules both work on)."""
+    read = read_source(source)
+    return read.module, read.fusions
 
 
 def split_source_fusions(
     module: cst.Module, display_path: str
 ) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """`module` with every recognised fused projection read as separate linears, and what was split."""
+    """`module` with every recognised fused projection read as separate linears, and what was split
+    (those a layout helper method splits first: `helper_fusions`)."""
+    from .helper_fusions import split_helper_fusions  # it builds on this module's readers
+
+    module, by_helpers = split_helper_fusions(module, display_path)
     splitter = _Splitter(module, display_path)
     result = module.visit(splitter)
-    return result, tuple(splitter.fusions)
+    return result, (*by_helpers, *splitter.fusions)
 
 
 @dataclass(frozen=True)
@@ -488,7 +513,7 @@ def _ungrouped(expression: cst.BaseExpression) -> cst.BaseExpression:
 
 
 def _grouped(expression: cst.BaseExpression) -> cst.BaseExpression:
-    if isinstance(expression, cst.BinaryOperation | cst.UnaryOperation | cst.BooleanOperation):
+    if isinstance(expression, cst.BinaryOperation | cst.UnaryOperation | cst.BooleanOperation | cst.IfExp):
         return expression.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
     return expression
 

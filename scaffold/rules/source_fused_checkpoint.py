@@ -9,7 +9,9 @@ owns the parts in a `SourceFusedLinearSpec` (inserted once per file from
 templates/definitions/source_fused_linears.py): loading splits the fused tensor into the parts and hands
 them to that spec; saving joins the parts back, bit for bit. Parts interleaved per head in the source
 (GPT-NeoX's `query_key_value` viewed as `(..., heads, 3 * head_size)`) give the spec their group count,
-and it de-interleaves them: each rank then holds whole heads' q, k and v.
+and it de-interleaves them: each rank then holds whole heads' q, k and v. A helper method that picks the
+parts out of groups of heads, one layout per branch of config flags (Falcon's `_split_heads`:
+`scaffold.analysis.helper_fusions`), gives sizes and a group count that choose the branch's layout.
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ class SourceFusedCheckpoint(Rule):
     ADVICE = (
         "Splits of another shape than contiguous slices `t[..., a:b]` or `t.chunk(n, dim=-1)` of one linear "
         "(after in-place clamps), "
-        "or `t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, are refused (R007, R003). Disabling "
+        "or `t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, or a helper method picking each part's "
+        "heads out of groups under tests of config flags (one layout per branch), are refused (R007, R003). Disabling "
         "it leaves the generated model expecting one checkpoint tensor per part."
     )
     REQUIRES = ("NXS004",)
     EXAMPLES = (
         stored_example(CODE, "phi3", "Phi3MLP"),
         stored_example(CODE, "gpt_neox", "GPTNeoXAttention"),
+        stored_example(CODE, "falcon", "FalconAttention"),
     )
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:

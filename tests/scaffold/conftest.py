@@ -18,13 +18,14 @@ EXAMPLE_MODELS = (
     *TARGETS,
     "phi3",
     "gpt_neox",
+    "falcon",
     *MOE_TARGETS,
     *NORM_TARGETS,
     *ACTIVATION_TARGETS,
     "gemma3_text",
     "qwen2_moe",
 )  # rules may show their examples on these (phi3: projections fused in the source; gpt_neox: q|k|v
-# interleaved per head in the source; gemma3_text: a config flag that sets a mask option; qwen2_moe: the
+# interleaved per head in the source; falcon: q|k|v split by a layout helper, ALiBi read as off; gemma3_text: a config flag that sets a mask option; qwen2_moe: the
 # pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms)
 
 
