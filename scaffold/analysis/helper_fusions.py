@@ -23,7 +23,9 @@ right sizes for every value of the flags, and the checkpoint spec (NXS027, `Sour
 de-interleaves the fused tensor for whichever layout the config picks. The call becomes one call per part
 viewed as `(..., -1, head_dim)`; a part the helper broadcasts to another part's head count (the K/V-grouped
 layout's k and v) is repeated per head (`repeat_interleave` of the rank's own head ratio) under that
-branch's test, as the helper did.
+branch's test, as the helper did; where the module keeps its config, only for the eager kernel (the source's
+own, which relies on it): SDPA and the Neuron flash path repeat K/V heads themselves by
+`num_key_value_groups`, and a second repeat would multiply the heads.
 
 Only this shape is read (a branch's view of the leading two dimensions, then an optional group dimension,
 the parts' dimension and the head size; parts picked from the parts' dimension by literal slices, `[i]`
@@ -55,6 +57,7 @@ from .source_fusions import (
 )
 
 VIEW_METHODS = ("view", "reshape")
+IMPLEMENTATION = "_attn_implementation"
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,10 @@ class _HelperSplitter(cst.CSTTransformer):
             line = self._line(_original_statement(original_node, index))
             init, index = _with_hoisted(init, index, hoisted)
             init, bias = _split_constructor(init, index, call, parts, sizes)
-            forward = _split_forward(forward, call_index, split_index, targets, parts, call_input, layouts)
+            keeps_config = "config" in {_assigned_attribute(s) for s in init.body.body}
+            forward = _split_forward(
+                forward, call_index, split_index, targets, parts, call_input, layouts, eager_only=keeps_config
+            )
             self.fusions.append(
                 SourceFusion(
                     owner=updated_node.name.value,
@@ -663,9 +669,11 @@ def _split_forward(
     parts: tuple[str, ...],
     call_input: cst.BaseExpression,
     layouts: tuple[_Layout, ...],
+    eager_only: bool = False,
 ) -> cst.FunctionDef:
     """The fused call gone; the helper's call replaced by one viewed call per part, and the repeat of a
-    part the helper broadcast (under the tests of the branches that did)."""
+    part the helper broadcast (under the tests of the branches that did, and only for the eager kernel
+    where the module keeps its config: `eager_only`)."""
     body = list(forward.body.body)
     shape = fresh_name("input_shape", names_in(forward))
     head_dim = layouts[0].head_dim
@@ -689,6 +697,11 @@ def _split_forward(
             f"{target} = {target}.repeat_interleave({targets[other]}.shape[{dim}] // {target}.shape[{dim}], dim={dim})"
         )
         condition = _condition([layout.expands[number] is not None for layout in layouts], layouts)
+        if eager_only:  # the other kernels repeat K/V heads themselves (num_key_value_groups)
+            eager = cst.parse_expression(f'self.config.{IMPLEMENTATION} == "eager"')
+            condition = (
+                eager if condition is None else cst.BooleanOperation(_grouped(condition), cst.And(), eager)
+            )
         new.append(
             repeat if condition is None else cst.If(test=condition, body=cst.IndentedBlock(body=[repeat]))  # type: ignore[list-item]
         )

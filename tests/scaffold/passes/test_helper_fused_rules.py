@@ -206,3 +206,17 @@ def test_bloom_parts_give_transformers_q_k_v() -> None:
     got = [(x @ w.T + b[:, 0]).view(2, 5, -1, d).transpose(1, 2) for w, b in ((wq, bq), (wk, bk), (wv, bv))]
     for part, want in zip(got, expected, strict=True):
         torch.testing.assert_close(part, want, rtol=0, atol=1e-6)
+
+
+def test_a_module_keeping_its_config_repeats_only_for_the_eager_kernel() -> None:
+    """SDPA and the Neuron flash path repeat K/V heads by num_key_value_groups themselves: the helper's
+    broadcast becomes a repeat for the eager kernel only, or they would get the heads twice over."""
+    text, _ = _split(
+        TOY.replace(
+            "        super().__init__()\n", "        super().__init__()\n        self.config = config\n"
+        )
+    )
+    assert (
+        '        if self.grouped and self.config._attn_implementation == "eager":\n'
+        "            key_states = key_states.repeat_interleave("
+    ) in text
