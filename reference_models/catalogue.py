@@ -117,7 +117,8 @@ _COMMON: dict[str, Any] = {
 # an `attribute_map` alias of it (OPTConfig's MLP width is `ffn_dim`). The catalogue passes the tiny size under
 # the name the class takes and reads it back through `decoder_field`.
 _FIELD_ALIASES: dict[str, tuple[str, ...]] = {
-    "intermediate_size": ("ffn_dim", "n_inner"),
+    "intermediate_size": ("ffn_dim", "n_inner", "ffn_hidden_size"),
+    "num_key_value_heads": ("num_kv_heads",),
 }
 # Widths a config class may keep apart from the hidden size (OPT's `word_embed_proj_dim`, the embedding width
 # projected in and out of the decoder). The tiny configs keep them equal to it: the catalogue describes the
@@ -192,12 +193,27 @@ _ARCHITECTURE_TRAITS: dict[str, dict[str, Any]] = {
     # CodeGen too; its qkv_proj holds `mp_num` = 4 groups of q|v|k, and each rank cuts its own heads into 4
     # groups again: the 8 heads of the base variants keep 4 per rank at T=2 (quick), not at T=4.
     "codegen": {"rotary_dim": 4},
+    # Falcon's attention layout follows two flags: K/V-grouped (`new_decoder_architecture`, its K/V heads
+    # from `num_kv_heads`) in the standard variants; per-head interleaved q|k|v in `features`, one shared
+    # K/V head in `multi-query` (`_ARCHITECTURE_VARIANTS`).
+    "falcon": {"new_decoder_architecture": True, "multi_query": False},
     "granite": {
         "embedding_multiplier": 4.0,
         "residual_multiplier": 0.5,
         "attention_multiplier": 0.2,
         "logits_scaling": 0.5,
     },
+}
+
+# Variants of an architecture's own, after the standard ones: (name, summary, overrides).
+_ARCHITECTURE_VARIANTS: dict[str, tuple[tuple[str, str, dict[str, Any]], ...]] = {
+    "falcon": (
+        (
+            "multi-query",
+            "q heads then one shared k and v head (multi_query): GQA layer at T=2 (m=2) and T=4 (m=4)",
+            {"new_decoder_architecture": False, "multi_query": True, "num_key_value_heads": 1},
+        ),
+    ),
 }
 
 # Optional features, on in the `features` variant: (overrides, summary).
@@ -209,6 +225,16 @@ _ARCHITECTURE_FEATURES: dict[str, tuple[dict[str, Any], str]] = {
         "attention bias, sliding window 5 on layer 1 only",
     ),
     "granite": ({"attention_bias": True, "mlp_bias": True}, "attention and MLP biases"),
+    "falcon": (
+        {
+            "new_decoder_architecture": False,
+            "multi_query": False,
+            "num_key_value_heads": 8,
+            "parallel_attn": False,
+            "bias": True,
+        },
+        "q|k|v interleaved per head (8/8), sequential attention and MLP, biases",
+    ),
     # The flipped options, with a window that bites: its eager mask windows every layer (max_window_layers
     # only steers its flash path).
     "qwen2_moe": (
@@ -244,8 +270,13 @@ def decoder_field(config: PretrainedConfig, name: str) -> Any:
 
 
 def key_value_heads(config: PretrainedConfig) -> int:
-    """The K/V heads of `config`: its `num_key_value_heads`, or one per query head where it has none."""
-    return getattr(config, _KV_HEADS_FIELD, None) or config.num_attention_heads
+    """The K/V heads of `config`: its `num_key_value_heads` (or an alias of it), or one per query head where
+    it has none."""
+    for name in (_KV_HEADS_FIELD, *_FIELD_ALIASES[_KV_HEADS_FIELD]):
+        value = getattr(config, name, None)
+        if value:
+            return value
+    return config.num_attention_heads
 
 
 def kv_size_multiplier(kv_heads: int, tp_size: int) -> int:
@@ -332,8 +363,11 @@ class Variant:
             **_traits(self.model_type),
             **dict(self.overrides),
         }
-        if not _takes_kv_heads(self.model_type):
+        kv_field = _field_name(self.model_type, _KV_HEADS_FIELD)
+        if kv_field is None:
             del values[_KV_HEADS_FIELD]  # a config class keeps unknown keywords: one would read as a field
+        elif kv_field != _KV_HEADS_FIELD and _KV_HEADS_FIELD in values:  # an override under the standard name
+            values[kv_field] = values.pop(_KV_HEADS_FIELD)
         if _takes_head_dim(self.model_type):
             values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
         for name in _HIDDEN_WIDTH_FIELDS:
@@ -491,7 +525,7 @@ def _takes_head_dim(model_type: str) -> bool:
 
 
 def _takes_kv_heads(model_type: str) -> bool:
-    return _KV_HEADS_FIELD in _accepted_fields(model_type)
+    return _field_name(model_type, _KV_HEADS_FIELD) is not None
 
 
 def _features_of(model_type: str) -> tuple[dict[str, Any], str] | None:
@@ -608,6 +642,7 @@ def _variants_of(model_type: str) -> list[Variant]:
     if features is not None:
         overrides, summary = features
         found.append(make("features", summary, overrides))
+    found += [make(*variant) for variant in _ARCHITECTURE_VARIANTS.get(model_type, ())]
     return found
 
 

@@ -396,6 +396,18 @@ class CrossAttentionPruning:
 
 
 @dataclass(frozen=True)
+class InputGuard:
+    """The base-model class `owner` builds the optional input `name` of its layers only when `condition`
+    (an expression of its constructor, `config.alibi`) holds; analysis read the model with it off
+    (`analysis.optional_inputs`), so the generated model refuses the condition at construction (NXS028)."""
+
+    owner: str
+    name: str
+    condition: str
+    location: Location
+
+
+@dataclass(frozen=True)
 class CacheCallee:
     """A function NXS002 removes parameters from, as a call of it sees it."""
 
@@ -454,6 +466,7 @@ class Blueprint:
     style: CodeStyle = CodeStyle()
     init_std: str = "initializer_range"  # the config field the source's _init_weights draws its std from
     fusions: tuple[SourceFusion, ...] = ()  # linears the source splits into parts (read as separate)
+    input_guards: tuple[InputGuard, ...] = ()  # config flags the model was read without (NXS028 refuses them)
     moe: tuple[MoEBlock, ...] = ()  # sparse MoE blocks that NXS040 rebuilds on NxD's MoE
     # (owner, attribute) of activations with learnable parameters applied to a parallel MLP's intermediate
     learnable_activations: tuple[tuple[str, str], ...] = ()

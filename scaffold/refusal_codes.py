@@ -45,7 +45,9 @@ INTERLEAVED_QKV = RefusalCode(
     "a fused projection whose output interleaves q, k and v per head, viewed in a form other than the one "
     "analysis reads as separate linears (`t = self.x(inp).view(..., n * d)`, then transposes that keep the last "
     "dimension last, then `t.chunk(n, dim=-1)`, the shape read nowhere else, the group count computable in the "
-    "constructor; NXS027), cannot be column-split contiguously",
+    "constructor; or `a, b, c = self.helper(t)` where the helper's branches, tested on `self` attributes, each view "
+    "`t` as (batch, seq, [groups,] heads, d) and pick the parts' heads by literal indices in order; NXS027), cannot "
+    "be column-split contiguously",
     "rewrite the view and split in that form, or split the fused projection into separate q, k and v linears "
     "in a copy of the modeling file (--source), with a weight spec that de-interleaves the checkpoint",
 )

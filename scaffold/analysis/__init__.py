@@ -73,6 +73,7 @@ def analyze(source: ModelSource) -> Blueprint:
         init_std=init_std_field(context),
         fusions=context.fusions,
         cross_attention=context.cross_attention,
+        input_guards=context.guards,
         learnable_activations=tuple(
             key for key, refusal in learnable_activations(context, tuple(mlps)) if refusal is None
         ),

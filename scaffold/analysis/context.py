@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from ..blueprint import ClassKind, CrossAttentionPruning, LayerKind, SourceFusion
+from ..blueprint import ClassKind, CrossAttentionPruning, InputGuard, LayerKind, SourceFusion
 from ..errors import ScaffoldError
 from ..facts import ConfigFacts, DefaultConfig
 from ..source import ModelSource
@@ -67,6 +67,7 @@ class Context:
     tp_plan: dict[str, str]
     fusions: tuple[SourceFusion, ...] = ()
     cross_attention: CrossAttentionPruning = field(default_factory=CrossAttentionPruning)
+    guards: tuple[InputGuard, ...] = ()
 
     @property
     def display_path(self) -> str:
@@ -76,7 +77,8 @@ class Context:
 
 def gather(source: ModelSource) -> Context:
     """Run the discovery pass over `source`."""
-    full, fusions, pruning = read_source(source)
+    read = read_source(source)
+    full, fusions = read.module, read.fusions
     roots = [source.base_model_class, source.causal_lm_class]
     full_map = map_module(full)
     missing = [name for name in roots if name not in full_map.classes]
@@ -120,7 +122,8 @@ def gather(source: ModelSource) -> Context:
         default_config=config,
         tp_plan=dict(source.config.tp_plan),
         fusions=fusions,
-        cross_attention=pruning,
+        cross_attention=read.cross_attention,
+        guards=read.guards,
     )
     _assign_kinds(context)
     return context

@@ -7,6 +7,8 @@ of analyses and rules serves both:
 - an attention class picked from a module-level table keyed by `config._attn_implementation`
   (`X_ATTENTION_CLASSES = {"eager": A, "sdpa": B, ...}`): the lookup becomes the `"eager"` class, the one
   training uses; the table and the other classes leave the training closure;
+- a branch taken for one named implementation other than eager (`if self.config._attn_implementation ==
+  "sdpa" and ...: <SDPA> else: <eager>`): its `else` in its place (`implementation_branches`);
 - a base model building its causal mask with a method of its own (the legacy `_update_causal_mask`
   family: a method taking `attention_mask`, `cache_position` and the cache, filling a `torch.finfo(...)
   .min` mask): the call becomes transformers' `create_causal_mask` with the same embeddings, mask,
@@ -61,6 +63,7 @@ import libcst.matchers as m
 
 from ..patterns import IS_NOT_NONE
 from ..syntax import code, dotted, fresh_name, names_in, walk
+from .implementation_branches import eager_branches
 
 EAGER_KEY = "eager"
 CONFIG = "config"
@@ -75,12 +78,12 @@ ATTENTION_TABLE = "ALL_ATTENTION_FUNCTIONS"
 EAGER_FUNCTION = "eager_attention_forward"
 INTERFACE = "attention_interface"
 # config fields holding unsharded sizes: a view or reshape reading them breaks once heads are sharded
-UNSHARDED_FIELDS = frozenset({"num_attention_heads", "num_key_value_heads", "hidden_size"})
+UNSHARDED_FIELDS = frozenset({"num_attention_heads", "num_key_value_heads", "num_kv_heads", "hidden_size"})
 
 
 def current_forms(module: cst.Module) -> cst.Module:
     """`module` with every recognised pre-refactor form rewritten into the current one."""
-    module = _attention_tables(module)
+    module = eager_branches(_attention_tables(module))
     window, module, mask_imports = _legacy_masks(module)
     module, outlined = _inline_attention(module, window)
     module = _conditional_masks(module)
@@ -663,7 +666,7 @@ def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> 
         original, init = methods.get("forward"), methods.get("__init__")
         if original is None:
             continue
-        forward = _leading_shape_read(original)
+        forward = _normalised_kernel(_leading_shape_read(original))
         region = _region(forward)
         if region is None and init is not None and _holds_config(init):
             helper = _helper_kernel(cls, forward)
@@ -989,12 +992,26 @@ def _self_attributes(init: cst.FunctionDef) -> dict[str, cst.BaseExpression]:
 
 
 def _unsharded_attributes(init: cst.FunctionDef) -> set[str]:
-    """`self.x` set to an unsharded size of the config (`config.num_attention_heads`, ...)."""
+    """`self.x` set to an unsharded size of the config (`config.num_attention_heads`, ...), or to a choice
+    between such sizes and literals (`config.num_kv_heads if ... else 1`)."""
     return {
-        attribute
-        for attribute, value in _self_attributes(init).items()
-        if isinstance(value, cst.Attribute) and value.attr.value in UNSHARDED_FIELDS
+        attribute for attribute, value in _self_attributes(init).items() if _unsharded_value(value, set())
     }
+
+
+def _unsharded_value(value: cst.BaseExpression, unsharded: set[str]) -> bool:
+    """A config field in UNSHARDED_FIELDS, a `self.x` of `unsharded`, or a conditional choosing between
+    those (and literals), one of them at least."""
+    if isinstance(value, cst.IfExp):
+        branches = (value.body, value.orelse)
+        return all(_unsharded_value(b, unsharded) or isinstance(b, cst.Integer) for b in branches) and any(
+            _unsharded_value(b, unsharded) for b in branches
+        )
+    if not isinstance(value, cst.Attribute):
+        return False
+    if dotted(value.value) == "self":
+        return value.attr.value in unsharded
+    return value.attr.value in UNSHARDED_FIELDS
 
 
 LEADING_UNPACK = m.Tuple(elements=[m.Element(m.Name()), m.Element(m.Name()), m.Element(m.Name("_"))])
@@ -1039,22 +1056,33 @@ def _unsharded_views(forward: cst.FunctionDef, unsharded: set[str]) -> cst.Funct
     if not unsharded:
         return forward
 
+    locals_ = {  # forward locals choosing between unsharded sizes (`n = self.a if f else self.b`)
+        assigned[0]
+        for statement in forward.body.body
+        if (assigned := _assignment(statement)) is not None and _unsharded_value(assigned[1], unsharded)
+    }
+
+    def reads(value: cst.BaseExpression) -> bool:
+        if isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.Multiply):
+            return reads(value.left) or reads(value.right)  # `self.num_heads * self.head_dim`
+        if isinstance(value, cst.Name):
+            return value.value in locals_
+        return (
+            isinstance(value, cst.Attribute)
+            and dotted(value.value) == "self"
+            and value.attr.value in unsharded
+        )
+
     class _Views(cst.CSTTransformer):
         def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
             func = updated.func
             if not (isinstance(func, cst.Attribute) and func.attr.value in ("view", "reshape")):
                 return updated
-            reads = [
-                i
-                for i, arg in enumerate(updated.args)
-                if isinstance(arg.value, cst.Attribute)
-                and dotted(arg.value.value) == "self"
-                and arg.value.attr.value in unsharded
-            ]
-            if len(reads) != 1 or any(code(arg.value) == "-1" for arg in updated.args):
+            reads_ = [i for i, arg in enumerate(updated.args) if reads(arg.value)]
+            if len(reads_) != 1 or any(code(arg.value) == "-1" for arg in updated.args):
                 return updated
             args = list(updated.args)
-            args[reads[0]] = args[reads[0]].with_changes(value=cst.parse_expression("-1"))
+            args[reads_[0]] = args[reads_[0]].with_changes(value=cst.parse_expression("-1"))
             return updated.with_changes(args=args)
 
     result = forward.visit(_Views())
@@ -1112,6 +1140,75 @@ def _scores(value: cst.BaseExpression) -> tuple[str, str, cst.BaseExpression] | 
     return query.value, key.func.value.value, factor
 
 
+def _normalised_kernel(forward: cst.FunctionDef) -> cst.FunctionDef:
+    """An inline kernel's mask added inside its softmax, `s = softmax(s + mask, ...)` (a forward
+    parameter `mask`), as the mask block and a softmax of the scores; and the softmax's `dtype=x.dtype`
+    of the forward's input `x` read from the query instead (the same dtype: the projections keep it), so
+    that the kernel reads only the query, keys, values and mask."""
+    params = [p.name.value for p in forward.params.params]
+    body = list(forward.body.body)
+    for index, statement in enumerate(body):
+        assigned = _assignment(statement)
+        found = _scores(assigned[1]) if assigned else None
+        if found is None:
+            continue
+        scores, query = assigned[0], found[0]  # type: ignore[index]
+        for later in range(index + 1, len(body)):
+            value = _assignment(body[later])
+            if value is None or value[0] != scores or not isinstance(value[1], cst.Call):
+                continue
+            call = value[1]
+            if not (dotted(call.func) or "").endswith("softmax") or not call.args:
+                break
+            first = call.args[0].value
+            if not (
+                isinstance(first, cst.BinaryOperation)
+                and isinstance(first.operator, cst.Add)
+                and m.matches(first.left, m.Name(scores))
+                and isinstance(first.right, cst.Name)
+                and first.right.value in params
+            ):
+                break
+            mask = first.right.value
+            args = [call.args[0].with_changes(value=cst.Name(scores)), *call.args[1:]]
+            if len(params) > 1:
+                args = [
+                    a.with_changes(value=cst.Attribute(cst.Name(query), cst.Name("dtype")))
+                    if a.keyword is not None
+                    and a.keyword.value == "dtype"
+                    and m.matches(a.value, m.Attribute(value=m.Name(params[1]), attr=m.Name("dtype")))
+                    else a
+                    for a in args
+                ]
+            softmax = body[later].with_changes(  # type: ignore[union-attr]
+                body=[body[later].body[0].with_changes(value=call.with_changes(args=args))],  # type: ignore[union-attr]
+                leading_lines=[],
+            )
+            block = cst.parse_statement(f"if {mask} is not None:\n    {scores} = {scores} + {mask}\n")
+            block = block.with_changes(leading_lines=body[later].leading_lines)
+            body[later : later + 1] = [block, softmax]
+            return forward.with_changes(body=forward.body.with_changes(body=body))
+        break
+    return forward
+
+
+def _extra_scaling(statement: cst.BaseStatement, scores: str) -> cst.BaseExpression | None:
+    """The factor of `scores /= x` (1 / x) or `scores *= x` (x)."""
+    if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
+        return None
+    small = statement.body[0]
+    if not (isinstance(small, cst.AugAssign) and m.matches(small.target, m.Name(scores))):
+        return None
+    right = small.value
+    if isinstance(right, cst.BinaryOperation):
+        right = right.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    if isinstance(small.operator, cst.DivideAssign):
+        return cst.BinaryOperation(left=cst.Integer("1"), operator=cst.Divide(), right=right)
+    if isinstance(small.operator, cst.MultiplyAssign):
+        return right
+    return None
+
+
 def _region(forward: cst.FunctionDef) -> _Region | None:
     body = list(forward.body.body)
     parameters = [p.name.value for p in forward.params.params]
@@ -1121,6 +1218,9 @@ def _region(forward: cst.FunctionDef) -> _Region | None:
         if found is None:
             continue
         scores, (query, key, scaling) = assigned[0], found  # type: ignore[index]
+        extra = _extra_scaling(body[index + 1], scores) if index + 1 < len(body) else None
+        if extra is not None:
+            scaling = extra if code(scaling) == "1.0" else cst.BinaryOperation(scaling, cst.Multiply(), extra)
         end = next(
             (
                 i
@@ -1144,7 +1244,7 @@ def _region(forward: cst.FunctionDef) -> _Region | None:
         if mask is None:
             return None
         after, dropped = end + 1, []
-        while after < len(body) and _checks(body[after], output):
+        while after < len(body) and (_checks(body[after], output) or _views_as_is(body[after], output)):
             dropped.append(after)
             after += 1
         if after >= len(body) or not _transposes_back(body[after], output):
@@ -1237,6 +1337,23 @@ def _checks(statement: cst.BaseStatement, output: str) -> bool:
     )
 
 
+def _views_as_is(statement: cst.BaseStatement, output: str) -> bool:
+    """`out = out.view(a, b, c, d)`: the (B, h, S, d) output viewed as the shape it has (the sizes read the
+    unsharded head count, so the statement goes with the kernel)."""
+    assigned = _assignment(statement)
+    return (
+        assigned is not None
+        and assigned[0] == output
+        and m.matches(
+            assigned[1],
+            m.Call(
+                func=m.Attribute(value=m.Name(output), attr=m.Name("view")),
+                args=[m.Arg(keyword=None)] * 4,
+            ),
+        )
+    )
+
+
 def _transposes_back(statement: cst.BaseStatement, output: str) -> bool:
     assigned = _assignment(statement)
     if assigned is None or assigned[0] != output:
@@ -1249,6 +1366,12 @@ def _transposes_back(statement: cst.BaseStatement, output: str) -> bool:
         m.Call(
             func=m.Attribute(value=m.Name(output), attr=m.Name("transpose")),
             args=[m.Arg(m.Integer("1")), m.Arg(m.Integer("2"))],
+        ),
+    ) or m.matches(
+        value,
+        m.Call(
+            func=m.Attribute(value=m.Name(output), attr=m.Name("permute")),
+            args=[m.Arg(m.Integer(str(i))) for i in (0, 2, 1, 3)],
         ),
     )
 
@@ -1362,7 +1485,7 @@ def _imports_name(module: cst.Module, name: str) -> bool:
     return any(
         isinstance(small, cst.ImportFrom)
         and not isinstance(small.names, cst.ImportStar)
-        and any(alias.evaluated_alias or alias.evaluated_name == name for alias in small.names)
+        and any((alias.evaluated_alias or alias.evaluated_name) == name for alias in small.names)
         for statement in module.body
         if isinstance(statement, cst.SimpleStatementLine)
         for small in statement.body

@@ -35,7 +35,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
-from ..blueprint import CrossAttentionPruning, Location, SourceFusion
+from ..blueprint import CrossAttentionPruning, InputGuard, Location, SourceFusion
 from ..source import ModelSource
 from ..syntax import code, names_in, walk
 from .conv1d import TransposedLinear, read_conv1d_as_linear
@@ -43,33 +43,46 @@ from .cross_attention import prune_cross_attention
 from .current_forms import current_forms
 from .head_pruning import without_head_pruning
 from .linear_subclasses import read_as_linear
+from .optional_inputs import optional_inputs
 from .parsing import parse_module
 
 LINEAR_CONSTRUCTORS = ("nn.Linear", "torch.nn.Linear")
 VIEW_METHODS = ("view", "reshape")
-STRIPPED_SUFFIXES = ("_states", "_state", "_output", "_out")
+STRIPPED_SUFFIXES = ("_states", "_state", "_layer", "_output", "_out")
 SHORT_STEMS = {"query": "q", "key": "k", "value": "v"}  # the usual names of the parallel layers: q_proj...
 
 
-def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """The modeling file as analysis and the rules both work on it (`read_source`), and what was split."""
-    module, fusions, _ = read_source(source)
-    return module, fusions
+@dataclass(frozen=True)
+class ReadSource:
+    """The modeling file as analysis and the rules read it, what was split, what was pruned of its
+    cross-attention path, and the config flags it was read without (`optional_inputs`)."""
+
+    module: cst.Module
+    fusions: tuple[SourceFusion, ...]
+    cross_attention: CrossAttentionPruning
+    guards: tuple[InputGuard, ...]
 
 
-def read_source(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...], CrossAttentionPruning]:
-    """The modeling file parsed, its cross-attention path read as absent (`cross_attention`), its
-    pre-refactor forms read as the current ones (`current_forms`), its plain-linear subclasses as
-    `nn.Linear` (`linear_subclasses`) and its fused projections as separate linears; what was split, and
-    what was pruned."""
-    text = source.read_text()
-    parsed = parse_module(text, source.display_path)
-    pruned, pruning = prune_cross_attention(parsed, source.display_path, text)
+def read_source(source: ModelSource) -> ReadSource:
+    """The modeling file parsed, its cross-attention path read as absent (`cross_attention`), read with
+    inputs built under a config flag off (`optional_inputs`), its Conv1D layers as linears stored
+    transposed (`conv1d`), its pre-refactor forms read as the current ones (`current_forms`), its
+    plain-linear subclasses as `nn.Linear` (`linear_subclasses`) and its fused projections as separate
+    linears."""
+    parsed = parse_module(source.read_text(), source.display_path)
+    pruned, pruning = prune_cross_attention(parsed, source.display_path)
+    pruned, guards = optional_inputs(pruned, source.display_path)
     pruned, transposed = read_conv1d_as_linear(
-        without_head_pruning(pruned), source.package, source.display_path, text
+        without_head_pruning(pruned), source.package, source.display_path
     )
     module, fusions = split_source_fusions(read_as_linear(current_forms(pruned)), source.display_path)
-    return module, with_transposed(fusions, transposed), pruning
+    return ReadSource(module, with_transposed(fusions, transposed), pruning, guards)
+
+
+def read_module(source: ModelSource) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
+    """`read_source`'s module and fusions (what analysis and the rules both work on)."""
+    read = read_source(source)
+    return read.module, read.fusions
 
 
 def with_transposed(
@@ -101,10 +114,14 @@ def with_transposed(
 def split_source_fusions(
     module: cst.Module, display_path: str
 ) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
-    """`module` with every recognised fused projection read as separate linears, and what was split."""
+    """`module` with every recognised fused projection read as separate linears, and what was split
+    (those a layout helper method splits first: `helper_fusions`)."""
+    from .helper_fusions import split_helper_fusions  # it builds on this module's readers
+
+    module, by_helpers = split_helper_fusions(module, display_path)
     splitter = _Splitter(module, display_path)
     result = module.visit(splitter)
-    return result, tuple(splitter.fusions)
+    return result, (*by_helpers, *splitter.fusions)
 
 
 @dataclass(frozen=True)
@@ -681,7 +698,7 @@ def _ungrouped(expression: cst.BaseExpression) -> cst.BaseExpression:
 
 
 def _grouped(expression: cst.BaseExpression) -> cst.BaseExpression:
-    if isinstance(expression, cst.BinaryOperation | cst.UnaryOperation | cst.BooleanOperation):
+    if isinstance(expression, cst.BinaryOperation | cst.UnaryOperation | cst.BooleanOperation | cst.IfExp):
         return expression.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
     return expression
 

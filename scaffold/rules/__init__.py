@@ -25,6 +25,7 @@ from .mask_option_guard import MaskOptionGuard
 from .moe_block import MoEBlocks
 from .neuron_flash_attention import NeuronFlashAttention
 from .neuron_model_classes import NeuronModelClasses
+from .optional_input_guard import OptionalInputGuard
 from .parallel_bias_init import ParallelBiasInit
 from .parallel_embedding import ParallelEmbeddingRule
 from .parallel_linears import ParallelLinears
@@ -47,6 +48,7 @@ RULES: tuple[type[Rule], ...] = (
     SequenceParallelNorms,  # NXS011
     BaseModelForward,  # NXS012
     MaskOptionGuard,  # NXS014
+    OptionalInputGuard,  # NXS028
     VocabParallelLMHead,  # NXS013
     FusedGateUp,  # NXS020
     AttentionVariants,  # NXS021

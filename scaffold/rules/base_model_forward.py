@@ -189,6 +189,7 @@ class BaseModelForward(Rule):
         embeds = _embedding_outputs(forward, _last(self.blueprint.backbone.embedding))
         if not embeds:
             return forward, None
+        forward = _unpacked_length(forward, embeds)
         taken = names_in(forward)
         name = SEQUENCE_LENGTH if SEQUENCE_LENGTH not in taken else fresh_name(SEQUENCE_LENGTH, taken)
 
@@ -723,3 +724,37 @@ def layer_loop_calls(forward: cst.FunctionDef, layers: str) -> int:
         if isinstance(node, cst.For) and (layer := loop_layer(node, layers)) is not None:
             found += sum(layer_call(statement, layer) is not None for statement in node.body.body)
     return found
+
+
+def _unpacked_length(forward: cst.FunctionDef, embeds: set[str]) -> cst.FunctionDef:
+    """`batch, length, _ = embeds.shape` (or `.size()`) with `batch` read nowhere else -> `length =
+    embeds.shape[1]`, which `_sequence_length` then reads (the batch dimension is no longer dim 0 under SP)."""
+    body = list(forward.body.body)
+    for index, statement in enumerate(body):
+        if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
+            continue
+        small = statement.body[0]
+        if not (isinstance(small, cst.Assign) and len(small.targets) == 1):
+            continue
+        target, value = small.targets[0].target, small.value
+        if isinstance(value, cst.Call) and not value.args:
+            value = value.func  # `.size()` as `.size`
+        if not (
+            isinstance(target, cst.Tuple)
+            and len(target.elements) == 3
+            and all(isinstance(e.value, cst.Name) for e in target.elements)
+            and isinstance(value, cst.Attribute)
+            and value.attr.value in ("shape", "size")
+            and dotted(value.value) in embeds
+        ):
+            continue
+        batch, length, rest = (e.value.value for e in target.elements)  # type: ignore[attr-defined]
+        others = [s for i, s in enumerate(body) if i != index]
+        if rest != "_" or any(batch in names_in(s) for s in others):
+            continue
+        read = cst.parse_statement(f"{length} = {dotted(value.value)}.shape[1]")
+        body[index] = read.with_changes(leading_lines=statement.leading_lines)
+        result = with_body(forward, body)
+        assert isinstance(result, cst.FunctionDef)
+        return result
+    return forward

@@ -21,6 +21,7 @@ import libcst as cst
 from ..blueprint import Blueprint, NormScope, NormSite
 from ..syntax import (
     assigned_self_attribute,
+    code,
     find_method,
     rewrite_assigned_call,
     with_arguments,
@@ -91,8 +92,34 @@ class SequenceParallelNorms(Rule):
         stored_example(CODE, "qwen3", "Qwen3DecoderLayer"),
     )
 
+    def visit_Module(self, node: cst.Module) -> None:
+        self._shadowing: set[str] = set()  # torch norms the source imports under the NxD norm's name
+
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         return False  # the rule rewrites whole classes: nothing to visit inside a method
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        """A source that imports the torch norm by its bare name (`from torch.nn import LayerNorm`) would
+        shadow the NxD norm the constructions now name: that import goes."""
+        if not self._shadowing:
+            return updated_node
+        body: list[cst.BaseStatement] = []
+        for statement in updated_node.body:
+            small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) else None
+            if (
+                isinstance(small, cst.ImportFrom)
+                and small.module is not None
+                and code(small.module) == "torch.nn"
+                and not isinstance(small.names, cst.ImportStar)
+            ):
+                kept = [a for a in small.names if a.asname is not None or code(a.name) not in self._shadowing]
+                if not kept:
+                    continue
+                if len(kept) != len(small.names):
+                    kept[-1] = kept[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+                    statement = statement.with_changes(body=[small.with_changes(names=kept)])  # type: ignore[union-attr]
+            body.append(statement)
+        return updated_node.with_changes(body=body)
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         name = updated_node.name.value
@@ -159,6 +186,8 @@ class SequenceParallelNorms(Rule):
         replacement = TORCH_TO_NXD_NORMS.get(norm.norm_class)
         if replacement is not None:
             self.add_needed_import(*replacement)
+            if norm.norm_class.rsplit(".", 1)[-1] == replacement[1]:
+                self._shadowing.add(replacement[1])
         flag, needed = templates.fill_expression(TEMPLATES, "flag_argument", self.blueprint.style)
         self.add_template_imports(needed)
 

@@ -15,7 +15,10 @@ parts are given in the source's order, so the spec reads each group's shares in 
 source builds as transformers' `Conv1D` (weight stored `[in, out]`; `scaffold.analysis.conv1d`) gets the
 subclass `TransposedSourceFusedLinearSpec` (templates/definitions/transposed_linears.py, inserted after the
 first definitions where a file needs it), split into parts or not: it transposes the weight on loading and
-back on saving.
+back on saving. A helper method
+that picks the parts out of groups of heads, one layout per branch of config flags (Falcon's
+`_split_heads`: `scaffold.analysis.helper_fusions`), gives sizes and a group count that choose the
+branch's layout.
 """
 
 from __future__ import annotations
@@ -43,14 +46,16 @@ class SourceFusedCheckpoint(Rule):
     ADVICE = (
         "Splits of another shape than contiguous slices `t[..., a:b]`, `t.chunk(n, dim=-1)` or an unpacked "
         "`t.split(size, dim=-1)` of one linear (after in-place clamps), "
-        "`t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, or `torch.split(g, size, dim=-1)` "
-        "of its output cut into groups `(..., groups, -1)`, are refused (R007, R003). Disabling "
+        "`t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, `torch.split(g, size, dim=-1)` "
+        "of its output cut into groups `(..., groups, -1)`, or a helper method picking each part's heads out "
+        "of groups under tests of config flags (one layout per branch), are refused (R007, R003). Disabling "
         "it leaves the generated model expecting one checkpoint tensor per part."
     )
     REQUIRES = ("NXS004",)
     EXAMPLES = (
         stored_example(CODE, "phi3", "Phi3MLP"),
         stored_example(CODE, "gpt_neox", "GPTNeoXAttention"),
+        stored_example(CODE, "falcon", "FalconAttention"),
     )
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:

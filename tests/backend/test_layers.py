@@ -730,3 +730,27 @@ def test_rms_norm_computes_in_fp32_and_casts_back(dtype):
     assert not RMSNorm(4, sequence_parallel_enabled=False).weight.sequence_parallel_enabled
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="elementwise_affine"):
         RMSNorm(4, elementwise_affine=False)
+
+
+def _run_in_place_add_on_sequence_parallel_row_output() -> tuple[torch.Tensor, torch.Tensor]:
+    from neuronx_distributed.parallel_layers import parallel_state as ps
+    from neuronx_distributed.parallel_layers.layers import RowParallelLinear
+
+    torch.manual_seed(8)
+    layer = RowParallelLinear(
+        RPL_IN, RPL_OUT, bias=False, input_is_parallel=True, sequence_parallel_enabled=True
+    )
+    rank, world = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_size()
+    (x, other) = _tensors(8, (S, B, RPL_IN), (S // world, B, RPL_OUT))
+    x = x[..., _owned(RPL_IN, world, rank)].requires_grad_()
+    out = layer(x)
+    out += other  # as a parallel block adds its attention output to the MLP's (`mlp_output += attn_output`)
+    out.sum().backward()
+    return out.detach(), x.grad
+
+
+def test_a_sequence_parallel_row_output_can_be_added_to_in_place():
+    """NxD's reduce-scatter returns a fresh tensor: the reference's must not be a view made inside the
+    autograd Function (autograd refuses in-place changes to those: a false FAIL of parallel blocks)."""
+    ranks = run_tensor_parallel(_run_in_place_add_on_sequence_parallel_row_output, 2)
+    assert all(grad is not None for _, grad in ranks)

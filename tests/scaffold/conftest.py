@@ -18,6 +18,7 @@ EXAMPLE_MODELS = (
     *TARGETS,
     "phi3",
     "gpt_neox",
+    "falcon",
     *MOE_TARGETS,
     *NORM_TARGETS,
     *ACTIVATION_TARGETS,
@@ -25,9 +26,9 @@ EXAMPLE_MODELS = (
     "qwen2_moe",
     "gpt2",
 )  # rules may show their examples on these (phi3: projections fused in the source; gpt_neox: q|k|v
-# interleaved per head in the source; gemma3_text: a config flag that sets a mask option; qwen2_moe: the
-# pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms; gpt2:
-# a cross-attention path a causal LM never takes)
+# interleaved per head in the source; falcon: q|k|v split by a layout helper, ALiBi read as off; gemma3_text:
+# a config flag that sets a mask option; qwen2_moe: the pre-refactor attention and mask forms, read as the
+# current ones by scaffold.analysis.current_forms; gpt2: a cross-attention path a causal LM never takes)
 
 
 @functools.cache

@@ -567,3 +567,88 @@ def test_modernbert_decoder_is_left_with_its_prediction_heads_role_only():
     assert [(refusal.code, refusal.message.split(":")[0]) for refusal in refusals] == [
         ("R008", "lm_head.dense")
     ]
+
+
+FALCON_FORM = """
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.num_heads
+        self.grouped = config.grouped
+        self.num_kv_heads = config.num_kv_heads if self.grouped else 1
+
+    def forward(self, hidden_states, attention_mask, output_attentions=False):
+        num_kv_heads = self.num_heads if self.grouped else self.num_kv_heads
+        query, key, value = self.split(hidden_states)
+        batch_size, query_length, _, _ = query.shape
+        query = query.transpose(1, 2).reshape(batch_size, self.num_heads, query_length, self.head_dim)
+        key = key.transpose(1, 2).reshape(batch_size, num_kv_heads, query_length, self.head_dim)
+        if self.config._attn_implementation == "sdpa" and not output_attentions:
+            attn_output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+            scores = None
+        else:
+            scores = query @ key.transpose(-1, -2)
+            scores /= math.sqrt(self.head_dim)
+            scores = F.softmax(scores + attention_mask, dim=-1, dtype=hidden_states.dtype)
+            attn_output = scores @ value
+        attn_output = attn_output.view(batch_size, self.num_heads, query_length, self.head_dim)
+        attn_output = attn_output.permute(0, 2, 1, 3)
+        attn_output = attn_output.reshape(batch_size, query_length, self.num_heads * self.head_dim)
+        return self.dense(attn_output), scores
+"""
+
+
+def test_an_inline_kernel_of_the_falcon_form_moves_to_an_eager_function():
+    """The SDPA branch gives way to the eager one; an in-place scale, a mask added inside the softmax, a
+    view of the output as itself and `permute(0, 2, 1, 3)` are read as the usual kernel; view sizes of
+    unsharded head counts (a product with one, a local choosing between them) become -1."""
+    expected = """
+    import math
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        scores = query @ key.transpose(-1, -2)
+        scores /= math.sqrt(module.head_dim)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        scores = F.softmax(scores, dim=-1, dtype=query.dtype)
+        attn_output = scores @ value
+        attn_output = attn_output.permute(0, 2, 1, 3)
+        return attn_output, scores
+    class Attention(nn.Module):
+        def __init__(self, config):
+            self.config = config
+            self.num_heads = config.num_attention_heads
+            self.head_dim = config.hidden_size // self.num_heads
+            self.grouped = config.grouped
+            self.num_kv_heads = config.num_kv_heads if self.grouped else 1
+        def forward(self, hidden_states, attention_mask, output_attentions=False):
+            num_kv_heads = self.num_heads if self.grouped else self.num_kv_heads
+            query, key, value = self.split(hidden_states)
+            batch_size, query_length, _, _ = query.shape
+            query = query.transpose(1, 2).reshape(batch_size, -1, query_length, self.head_dim)
+            key = key.transpose(1, 2).reshape(batch_size, -1, query_length, self.head_dim)
+            attention_interface = eager_attention_forward
+            if self.config._attn_implementation != "eager":
+                attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+            attn_output, scores = attention_interface(self, query, key, value, attention_mask, dropout=0.0, scaling=1 / math.sqrt(self.head_dim))
+            attn_output = attn_output.reshape(batch_size, query_length, -1)
+            return self.dense(attn_output), scores
+    """
+    assert _lines(_normalised(FALCON_FORM)) == _lines(textwrap.dedent(expected))
+
+
+def test_a_mask_inside_the_softmax_that_is_no_parameter_is_left_as_written():
+    source = FALCON_FORM.replace("scores + attention_mask, dim", "scores + self.bias, dim")
+    result = _normalised(source)
+    assert "eager_attention_forward" not in result

@@ -59,7 +59,10 @@ def reduce_scatter(tensor: torch.Tensor, dim: int, group) -> torch.Tensor:
         out = torch.empty((moved.shape[0] // world, *moved.shape[1:]), dtype=moved.dtype, device=moved.device)
         dist.reduce_scatter_tensor(out, moved, group=group)
         return out.movedim(0, dim).contiguous()
-    return split(all_reduce(tensor, group), dim, group)
+    # A fresh tensor, as the collective's output is on Trainium: the chunk of the all-reduced copy would be
+    # a view made inside the autograd Function, which autograd forbids modifying in place (`y += x` on a
+    # row-parallel output under sequence parallelism).
+    return split(all_reduce(tensor, group), dim, group).clone()
 
 
 def all_to_all(tensor: torch.Tensor, split_dim: int, concat_dim: int, group) -> torch.Tensor:
