@@ -191,6 +191,9 @@ class Backbone:
     lm_head: str | None  # path
     positions: tuple[str, ...] = ()  # paths of the base model's position embeddings (learned, replicated)
     stack_class: str = ""  # the class that embeds and loops over the layers: the base model, or its decoder
+    head_transforms: tuple[
+        str, ...
+    ] = ()  # children of the causal LM applied to the hidden stream before lm_head
 
 
 @dataclass(frozen=True)

@@ -265,6 +265,15 @@ UNRECOGNISED_ROUTING = RefusalCode(
     "marker, keeping NxD's ExpertMLPs for the experts, or move the routing into a module function "
     "`weights, indices = route(router_logits, ...)` in a copy of the modeling file (--source)",
 )
+CONDITIONAL_MODULE = RefusalCode(
+    "R030",
+    "conditional-module",
+    "a module attribute is built by a conditional expression (`a if c else b`) that is not a torch norm "
+    "beside a parameter-free module (`nn.LayerNorm(...) if i else nn.Identity()`): the rules cannot tell "
+    "which layer the attribute holds, so they would leave its weights unconverted (a norm's gradient "
+    "partial under sequence parallelism)",
+    "build the attribute with an `if`/`else` statement, or convert it by hand at the TODO marker",
+)
 
 ALL_CODES: tuple[RefusalCode, ...] = (
     MOE,
@@ -296,6 +305,7 @@ ALL_CODES: tuple[RefusalCode, ...] = (
     ATTENTION_DISPATCH,
     LINEAR_LAYOUT,
     UNRECOGNISED_ROUTING,
+    CONDITIONAL_MODULE,
 )
 
 

@@ -337,21 +337,37 @@ def operand(expression: cst.BaseExpression) -> cst.BaseExpression:
 
 
 def rewrite_assigned_call(
-    function: cst.FunctionDef, attribute: str, rewrite: Callable[[cst.Call], cst.BaseExpression]
+    function: cst.FunctionDef,
+    attribute: str,
+    rewrite: Callable[[cst.Call], cst.BaseExpression],
+    arm: Callable[[cst.Call], bool] | None = None,
 ) -> tuple[cst.FunctionDef, int]:
     """`function` with each `self.<attribute> = <call>(...)` given the value `rewrite(call)`, and how many
-    such assignments there were."""
+    such assignments there were. With `arm`, a conditional value `a(...) if c else b(...)` has its arms
+    for which `arm` holds rewritten (an optional norm beside `nn.Identity()`)."""
     found = 0
+
+    def rewritten(value: cst.BaseExpression) -> cst.BaseExpression | None:
+        if isinstance(value, cst.Call):
+            return rewrite(value)
+        if arm is not None and isinstance(value, cst.IfExp):
+            body, orelse = value.body, value.orelse
+            if isinstance(body, cst.Call) and arm(body):
+                return value.with_changes(body=rewrite(body))
+            if isinstance(orelse, cst.Call) and arm(orelse):
+                return value.with_changes(orelse=rewrite(orelse))
+        return None
 
     class _Rewriter(cst.CSTTransformer):
         def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
             nonlocal found
             if len(updated.targets) != 1 or self_attribute(updated.targets[0].target) != attribute:
                 return updated
-            if not isinstance(updated.value, cst.Call):
+            value = rewritten(updated.value)
+            if value is None:
                 return updated
             found += 1
-            return updated.with_changes(value=rewrite(updated.value))
+            return updated.with_changes(value=value)
 
     result = function.visit(_Rewriter())
     assert isinstance(result, cst.FunctionDef)

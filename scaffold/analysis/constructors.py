@@ -6,6 +6,7 @@ import alias of `torch.nn.Linear` is a linear. Local classes are recognised by n
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -89,12 +90,15 @@ class Construct:
     element: Construct | None = None  # for a list: what each element is
     loop_targets: tuple[str, ...] = ()  # for a list comprehension: its target names
     heterogeneous: bool = False  # list of several classes, or a class chosen through a table
+    optional: bool = False  # one arm of `a if c else b`, the other a parameter-free module
     dispatch_table: str | None = None  # module-level dict the class was looked up in
     subclass_of: str | None = None  # for a local subclass of a torch layer: that layer's qualified name
 
 
 def classify(value: cst.BaseExpression, index: SourceIndex, mapping: ModuleMap) -> Construct:
     """Classify an `__init__` assignment value."""
+    if isinstance(value, cst.IfExp):
+        return _optional_norm(value, index, mapping)
     if isinstance(value, cst.Subscript) and index.qualified_names(value.value) & ACTIVATION_TABLES:
         return Construct(ChildKind.ACTIVATION, qualified=next(iter(index.qualified_names(value.value))))
     if not isinstance(value, cst.Call):
@@ -103,6 +107,17 @@ def classify(value: cst.BaseExpression, index: SourceIndex, mapping: ModuleMap) 
             return Construct(ChildKind.ACTIVATION, qualified=min(names & ACTIVATION_FUNCTIONS))
         return Construct(ChildKind.VALUE)
     return _classify_call(value, index, mapping)
+
+
+def _optional_norm(value: cst.IfExp, index: SourceIndex, mapping: ModuleMap) -> Construct:
+    """`norm(...) if c else nn.Identity()` (either way round): the norm's construct, marked `optional`
+    (the member holds it on the instances where the test picks it). Any other conditional construction is
+    a plain value here, and refused in analysis when one of its arms builds weights (R030)."""
+    arms = (classify(value.body, index, mapping), classify(value.orelse, index, mapping))
+    for built, other in (arms, arms[::-1]):
+        if built.kind is ChildKind.TORCH_NORM and other.kind is ChildKind.STATELESS:
+            return dataclasses.replace(built, optional=True)
+    return Construct(ChildKind.VALUE)
 
 
 def _classify_call(call: cst.Call, index: SourceIndex, mapping: ModuleMap) -> Construct:

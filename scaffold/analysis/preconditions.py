@@ -19,6 +19,7 @@ from ..refusal_codes import (
     ATTENTION_DISPATCH,
     ATTENTION_INPUT_SHAPE,
     CACHE_USE,
+    CONDITIONAL_MODULE,
     INHERITED_DEFINITION,
     LAYER_LOOP,
     LINEAR_LAYOUT,
@@ -77,6 +78,7 @@ def preconditions(context: Context, blueprint: Blueprint) -> list[Refusal]:
         _constructors,
         _layers_built_here,
         _norms,
+        _conditional_modules,
         _base_model,
         _lm_head,
         _gate_up,
@@ -229,6 +231,32 @@ def _layers_built_here(context: Context, blueprint: Blueprint) -> Iterator[Refus
 
 
 # --- NXS011 -------------------------------------------------------------------------------------------
+
+_WEIGHTED = frozenset(
+    {ChildKind.LAYER, ChildKind.TORCH_NORM, ChildKind.CLASS, ChildKind.PARAMETER, ChildKind.UNKNOWN_LAYER}
+)
+
+
+def _conditional_modules(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
+    """`self.x = a if c else b` with an arm that builds weights, other than the optional norm that
+    `constructors.classify` reads (a torch norm beside a parameter-free module)."""
+    for name in context.closure:
+        analysis = context.classes.get(name)
+        if analysis is None:
+            continue
+        for assign in analysis.facts.assigns:
+            value = assign.value
+            if not isinstance(value, cst.IfExp) or classify(value, context.index, context.mapping).optional:
+                continue
+            arms = [classify(arm, context.index, context.mapping) for arm in (value.body, value.orelse)]
+            if any(arm.kind in _WEIGHTED for arm in arms):
+                yield _refusal(
+                    CONDITIONAL_MODULE,
+                    f"{name}.{assign.attribute} = {code(value)}",
+                    context.index.location(assign.statement),
+                    name,
+                    "NXS011",
+                )
 
 
 def _norms(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:

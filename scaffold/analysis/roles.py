@@ -9,6 +9,9 @@ Evidence, strongest first:
   other projections' outputs is row; a projection of the causal-LM head whose output is returned is
   the vocabulary-parallel lm_head. A projection that both consumes and feeds is refused (R010).
 - Token embeddings (sized by the vocabulary) are vocabulary-parallel; other embeddings stay whole.
+- A head transform (a module the causal LM applies to the base model's output before the vocabulary
+  projection, ModernBERT-decoder's dense + activation + norm `lm_head`) runs on the hidden stream as the
+  layers' norms do: a linear in it that the dataflow leaves without a role stays replicated.
 Names of modules or models are never evidence.
 """
 
@@ -62,6 +65,40 @@ def dataflow_roles(flow: Flow | None, projections: frozenset[str], head_class: b
         else:
             roles[attr] = FlowRole(None, "output neither feeds nor consumes another projection")
     return roles
+
+
+def head_transforms(flow: Flow | None, roles: dict[str, FlowRole], base: str) -> frozenset[str]:
+    """Children of the causal LM whose forward chains them from the base model's output (`base`) into
+    the vocabulary projection: `self.decoder(self.lm_head(hidden))` gives `lm_head`."""
+    heads = {attr for attr, found in roles.items() if found.role is Role.LM_HEAD}
+    if flow is None or not heads or not base:
+        return frozenset()
+    inputs: dict[str, set[str]] = {}
+    for call in flow.module_calls:
+        inputs.setdefault(call.attribute, set()).update(sources(call.inputs))
+    found: set[str] = set()
+    frontier = set().union(*(inputs.get(head, set()) for head in heads)) - heads - {base}
+    while frontier:
+        attribute = frontier.pop()
+        feeding = inputs.get(attribute, set())
+        if attribute in found or not feeding:
+            continue
+        found.add(attribute)
+        frontier |= feeding - heads - {base} - found
+    return frozenset(attr for attr in found if _reaches(attr, base, inputs))
+
+
+def _reaches(attribute: str, base: str, inputs: dict[str, set[str]]) -> bool:
+    """Whether `attribute`'s input comes from `base` (through other children)."""
+    seen: set[str] = set()
+    frontier = {attribute}
+    while frontier:
+        current = frontier.pop()
+        if base in inputs.get(current, set()):
+            return True
+        seen.add(current)
+        frontier |= inputs.get(current, set()) - seen
+    return False
 
 
 def plan_key(path: str, prefix: str) -> str | None:

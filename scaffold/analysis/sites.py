@@ -24,6 +24,7 @@ from ..blueprint import (
     Refusal,
     Role,
 )
+from ..refusal_codes import UNKNOWN_ROLE
 from .attention import geometry
 from .constructors import ChildKind
 from .context import Context, decoder_layer_list, decoder_stack, stack_class
@@ -31,7 +32,7 @@ from .expressions import Scope, to_expr
 from .mlp import mlp_block
 from .norms import norm_site
 from .parsing import SourceIndex
-from .roles import FlowRole, decide_embedding, decide_projection, plan_key
+from .roles import Decision, FlowRole, decide_embedding, decide_projection, head_transforms, plan_key
 from .tree import Member
 
 _ARGUMENTS: dict[LayerKind, tuple[tuple[int, str], tuple[int, str], tuple[int, str] | None]] = {
@@ -51,9 +52,18 @@ def base_prefix(context: Context) -> str:
     return ""
 
 
+def causal_lm_head_transforms(context: Context) -> frozenset[str]:
+    """Children of the causal LM applied to the base model's output before the vocabulary projection."""
+    head = context.classes.get(context.source.causal_lm_class)
+    if head is None:
+        return frozenset()
+    return head_transforms(head.forward, head.flow_roles, base_prefix(context))
+
+
 def layer_sites(context: Context) -> tuple[list[LayerSite], list[Refusal]]:
     """Every layer with weights, in module-tree order, and the refusals its role decision raised."""
     prefix = base_prefix(context)
+    transforms = causal_lm_head_transforms(context)
     sites: list[LayerSite] = []
     refusals: list[Refusal] = []
     for member in context.tree.members:
@@ -82,6 +92,18 @@ def layer_sites(context: Context) -> tuple[list[LayerSite], list[Refusal]]:
             analysis = context.classes[member.owner.class_name]
             flow_role = analysis.flow_roles.get(member.attribute, FlowRole(None, "not called in forward"))
             decision = decide_projection(style, flow_role, location, member.path)
+            if (
+                decision.refusal is not None
+                and decision.refusal.code == UNKNOWN_ROLE.code
+                and member.path.partition(".")[0] in transforms
+                and member.owner.class_name != context.source.causal_lm_class
+            ):
+                decision = Decision(
+                    Role.REPLICATED,
+                    f"head transform: the causal LM applies '{member.path.partition('.')[0]}' to the hidden "
+                    "stream before the vocabulary projection (sequence-sharded under SP); "
+                    f"dataflow: {flow_role.evidence}",
+                )
             if kind is LayerKind.CONV1D_TRANSPOSED:  # refused as R002 whatever its role
                 decision = dataclasses.replace(decision, refusal=None)
         else:
@@ -260,6 +282,7 @@ def backbone(context: Context, sites: list[LayerSite], norms: list[NormSite]) ->
         lm_head=lm_head,
         positions=positions,
         stack_class=holder,
+        head_transforms=tuple(sorted(causal_lm_head_transforms(context))),
     )
 
 

@@ -33,6 +33,7 @@ from . import layer_code, templates
 from .base import Rule, stored_example, with_todo
 
 TEMPLATES = "fused_gate_up"
+FUSED_NAME = "gate_up_proj"  # the attribute the template builds
 CUSTOM_MODULE = "CustomModule"
 
 

@@ -11,14 +11,15 @@ are refused in analysis (R020). A local subclass of a torch norm with its own fo
 LayerNorm) creates no parameter itself: it marks every parameter its base created, after the base's
 `__init__`. The optional linears of the class that loops over the layers (`if c: self.project_in =
 nn.Linear(...)` / `else: ... = None`, left replicated) run on the sequence-sharded stream as well: their
-parameters carry the flag too. The inserted code comes from templates/code/sequence_parallel_norms.py.
+parameters carry the flag too, as do the replicated linears of a head transform (the causal LM's
+dense + activation + norm before the vocabulary projection, which gathers the sequence itself). The inserted code comes from templates/code/sequence_parallel_norms.py.
 """
 
 from __future__ import annotations
 
 import libcst as cst
 
-from ..blueprint import Blueprint, NormScope, NormSite
+from ..blueprint import Blueprint, LayerKind, NormScope, NormSite, Role
 from ..syntax import (
     assigned_self_attribute,
     code,
@@ -153,13 +154,24 @@ class SequenceParallelNorms(Rule):
 
     def _stream_optional_linears(self, name: str) -> tuple[str, ...]:
         """The optional linears (left replicated) of the class that loops over the layers: its forward runs
-        them on the sequence-sharded stream (OPT's `project_in`/`project_out`), like its norms."""
-        if name != self.blueprint.backbone.stack_class:
-            return ()
+        them on the sequence-sharded stream (OPT's `project_in`/`project_out`), like its norms; and the
+        replicated linears of a head transform (applied by the causal LM to the hidden stream before the
+        vocabulary projection, which gathers the sequence itself)."""
+        backbone = self.blueprint.backbone
+        head = tuple(
+            site.attribute
+            for site in self.blueprint.sites
+            if site.owner == name
+            and site.kind is LayerKind.LINEAR
+            and site.role is Role.REPLICATED
+            and site.path.partition(".")[0] in backbone.head_transforms
+        )
+        if name != backbone.stack_class:
+            return tuple(dict.fromkeys(head))
         try:
-            return self.blueprint.class_plan(name).optional_linears
+            return tuple(dict.fromkeys(self.blueprint.class_plan(name).optional_linears + head))
         except KeyError:
-            return ()
+            return tuple(dict.fromkeys(head))
 
     def _mark_optional_linears(self, init: cst.FunctionDef, attributes: tuple[str, ...]) -> cst.FunctionDef:
         """After each `self.<attribute> = <linear>`: its parameters carry the flag, so that NxD sums their
@@ -196,8 +208,15 @@ class SequenceParallelNorms(Rule):
                 call = call.with_changes(func=cst.Name(replacement[1]))
             return with_arguments(call, add=[(FLAG, flag.deep_clone())])
 
+        class_name = norm.norm_class.rpartition(".")[2]
+
+        def is_norm(call: cst.Call) -> bool:  # the arm of an optional norm that builds it
+            func = call.func
+            name = func.attr.value if isinstance(func, cst.Attribute) else getattr(func, "value", None)
+            return name == class_name
+
         result, _ = rewrite_assigned_call(
-            init, norm.attribute, flagged
+            init, norm.attribute, flagged, arm=is_norm
         )  # built here: checked in analysis (R017)
         return result
 

@@ -37,3 +37,17 @@ def transposed_interleaved_spec(self, source, parts, sizes, bias, groups):
     self.specs = with_transposed_source_fused_linear(
         self.specs, {source}, {parts}, {sizes}, bias={bias}, groups={groups}
     )
+
+
+def init_parts(module, parts, statement):
+    """A statement of `_init_weights` that initialised the source's fused linear, run on each layer the
+    generated module holds in its place (the split parts, or the layer the rules fused them into again):
+    each part is drawn as the whole source linear was."""
+    for part in {parts}:
+        if hasattr({module}, part):
+            {statement}  # noqa: B018 (a statement placeholder)
+
+
+def part_of(module, part):
+    """What stands for `<module>.<source linear>` in a statement `init_parts` repeats."""
+    return getattr({module}, part)
