@@ -44,7 +44,8 @@ The init range of 0.04 (twice the usual default) speeds every architecture up as
 
 Mixture of experts (a config class taking `num_experts_per_tok`: mixtral, qwen2_moe, qwen3_moe, phimoe...):
 4 experts (`num_local_experts` or `num_experts`), top 2, expert MLPs of 32 (`moe_intermediate_size`; Mixtral's
-experts take `intermediate_size`, 96) and a shared expert of 48 (`shared_expert_intermediate_size`), all
+experts take `intermediate_size`, 96) and a shared expert of 48 (`shared_expert_intermediate_size`, or GraniteMoeShared's
+`shared_intermediate_size`, whose default 0 drops it), all
 divisible by T <= 4 and the experts by EP <= 2; `output_router_logits` is on in every variant, so that the
 loss holds the auxiliary load-balancing loss (with the non-default `router_aux_loss_coef` 0.02) and the checks
 compare it. `unsupported_reason(config, T, EP)` adds the MoE divisibilities. A router jitter whose default is
@@ -132,9 +133,14 @@ _MOE_SIZES: dict[str, Any] = {
     "num_experts_per_tok": 2,
     "moe_intermediate_size": 32,
     "shared_expert_intermediate_size": 48,
+    "shared_intermediate_size": 48,
 }
 _EXPERT_COUNT_FIELDS = ("num_local_experts", "num_experts")
-_MOE_INTERMEDIATE_FIELDS = ("moe_intermediate_size", "shared_expert_intermediate_size")
+_MOE_INTERMEDIATE_FIELDS = (
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "shared_intermediate_size",
+)
 
 # Every MoE variant computes the auxiliary loss (transformers adds it to the loss only when asked).
 _MOE_TRAITS: dict[str, Any] = {"output_router_logits": True}

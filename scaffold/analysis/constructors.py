@@ -96,8 +96,15 @@ class Construct:
 
 
 def classify(value: cst.BaseExpression, index: SourceIndex, mapping: ModuleMap) -> Construct:
-    """Classify an `__init__` assignment value."""
+    """Classify an `__init__` assignment value (an optional child, `None if c else X(...)` or
+    `X(...) if c else None`, as the child it builds when it builds one; an optional norm, `_optional_norm`)."""
     if isinstance(value, cst.IfExp):
+        branches = [value.body, value.orelse]
+        built = [b for b in branches if not (isinstance(b, cst.Name) and b.value == "None")]
+        if len(built) == 1 and isinstance(built[0], cst.Call):
+            construct = _classify_call(built[0], index, mapping)
+            if construct.kind is ChildKind.CLASS:
+                return construct
         return _optional_norm(value, index, mapping)
     if isinstance(value, cst.Subscript) and index.qualified_names(value.value) & ACTIVATION_TABLES:
         return Construct(ChildKind.ACTIVATION, qualified=next(iter(index.qualified_names(value.value))))

@@ -37,7 +37,7 @@ from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from ..blueprint import CrossAttentionPruning, InputGuard, Location, SourceFusion
 from ..source import ModelSource
-from ..syntax import code, names_in, walk
+from ..syntax import code, name_nodes, names_in, walk
 from .conv1d import TransposedLinear, read_conv1d_as_linear
 from .cross_attention import prune_cross_attention
 from .current_forms import current_forms
@@ -138,6 +138,9 @@ class _Split:
     elementwise: tuple[int, ...] = ()  # statements between the call and the split: `t = t.clamp(...)`
     groups_first: _GroupsFirst | None = None  # the fused output cut into groups by a statement of its own
     by_size: bool = False  # `t.split(size, ...)`: every part `size` features
+    subscripted: str | None = (
+        None  # `c = t.chunk(n, dim=-1)` read only as `c[i]`: `c[i]` becomes `targets[i]`
+    )
 
 
 @dataclass(frozen=True)
@@ -331,7 +334,9 @@ def _find_split(forward: cst.FunctionDef, source: str) -> _Split | None:
         inputs = names_in(call_input)
         between = body[index + 1 : max(split.split_indices)]
         rebinds = any(_binds(s) & inputs for s in between)
-        if uses and not _rebound_by_split(body, split, fused):
+        if uses and not (
+            _rebound_by_split(body, split, fused) or _rebound_after_split(body, split_statements, fused)
+        ):
             return None
         return None if rebinds else split
     return None
@@ -417,6 +422,25 @@ def _rebound_by_split(body: list[cst.BaseStatement], split: _Split, fused: str) 
     return fused in split.targets
 
 
+def _rebound_after_split(
+    body: list[cst.BaseStatement], split_statements: tuple[int, ...], fused: str
+) -> bool:
+    """After the fused call, the fused name is read only by the split's statements and bound again, by a
+    plain `t = <expression not reading t>`, in the first later statement that names it: later uses read
+    the new value (reads before the call read an earlier value)."""
+    first, last = min(split_statements), max(split_statements)
+    between = [i for i in range(first, last + 1) if i not in split_statements and fused in names_in(body[i])]
+    later = next((i for i in range(last + 1, len(body)) if fused in names_in(body[i])), None)
+    if between or later is None:
+        return False
+    assignment = _single_assignment(body[later])
+    return (
+        assignment is not None
+        and m.matches(assignment[0], m.Name(fused))
+        and fused not in names_in(assignment[1])
+    )
+
+
 def _binds(statement: cst.BaseStatement) -> set[str]:
     assignment = _single_assignment(statement)
     if assignment is None:
@@ -446,10 +470,77 @@ def _chunk_split(
             return None
         target, value = assignment
         names = _chunk_targets(target, value, m.Name(fused), features_dims)
+        subscripted = None
         if names is None:
-            return None
-        return _Split(source, index, (later,), names, (), call_input, elementwise=tuple(elementwise))
+            subscripted = _subscripted_chunk(body, later, fused, features_dims)
+            if subscripted is None:
+                return None
+            subscripted, names = subscripted
+        return _Split(
+            source,
+            index,
+            (later,),
+            names,
+            (),
+            call_input,
+            elementwise=tuple(elementwise),
+            subscripted=subscripted,
+        )
     return None
+
+
+def _subscripted_chunk(
+    body: list[cst.BaseStatement], at: int, fused: str, features_dims: tuple[int, ...]
+) -> tuple[str, tuple[str, ...]] | None:
+    """`(c, (c_0, ..., c_{n-1}))` for statement `at`, `c = t.chunk(n, dim=-1)` (or `torch.chunk(t, ...)`),
+    when every other read of `c` in the forward is a constant subscript `c[i]`, `0 <= i < n`: the split
+    `c_0, ..., c_{n-1} = t.chunk(n, dim=-1)` with `c[i]` read as `c_i` (fresh names, else None)."""
+    assignment = _single_assignment(body[at])
+    if assignment is None or not isinstance(assignment[0], cst.Name):
+        return None
+    target, value = assignment
+    count = _chunk_count(value, m.Name(fused), features_dims)
+    name = target.value
+    if count is None or name == fused:
+        return None
+    for number, statement in enumerate(body):
+        if number != at and name in names_in(statement) and not _only_subscripted(statement, name, count):
+            return None
+    taken = set().union(*(names_in(statement) for statement in body))
+    names = tuple(f"{name}_{i}" for i in range(count))
+    return None if taken & set(names) else (name, names)
+
+
+BINDINGS = (cst.AssignTarget, cst.AugAssign, cst.AnnAssign, cst.For, cst.CompFor, cst.WithItem, cst.NamedExpr)
+
+
+def _only_subscripted(statement: cst.BaseStatement, name: str, count: int) -> bool:
+    """Every occurrence of `name` under `statement` is the value of `name[i]`, `i` a literal in `[0, count)`."""
+    for node in walk(statement):
+        target = getattr(node, "target", None) if isinstance(node, BINDINGS) else None
+        if isinstance(node, cst.Del) or (target is not None and name in names_in(target)):
+            return False  # `c[0] = ...`, `del c[0]`, `for c in ...`: not a read
+    occurrences = [node for node in name_nodes(statement) if node.value == name]
+    subscripted = [
+        node.value for node in walk(statement) if _constant_subscript(node, name, count) is not None
+    ]
+    return len(occurrences) == len(subscripted) and all(
+        any(node is value for value in subscripted) for node in occurrences
+    )
+
+
+def _constant_subscript(node: cst.CSTNode, name: str, count: int) -> int | None:
+    """`i` when `node` is `name[i]`, `i` an integer literal in `[0, count)` (a load, not a target)."""
+    if not m.matches(
+        node,
+        m.Subscript(
+            value=m.Name(name),
+            slice=[m.SubscriptElement(slice=m.Index(value=m.Integer(), star=None))],
+        ),
+    ):
+        return None
+    index = int(node.slice[0].slice.value.value)  # type: ignore[attr-defined]
+    return index if 0 <= index < count else None
 
 
 def _groups_first_split(
@@ -576,7 +667,7 @@ def _inline_chunk(statement: cst.BaseStatement, index: int, source: str) -> _Spl
     names = _chunk_targets(target, value, _call_of(source))
     if names is None:
         return None
-    call_input = value.func.value.args[0].value  # type: ignore[attr-defined]
+    call_input = _chunked(value).args[0].value  # type: ignore[attr-defined]
     return _Split(source, index, (index,), names, (), call_input)
 
 
@@ -623,26 +714,44 @@ def _chunk_targets(
 ) -> tuple[str, ...] | None:
     """The names `a, b` of `a, b = <receiver>.chunk(n, dim=d)` (n names, `d` one of `features_dims`, the
     dimensions that are the features), else None."""
+    count = _chunk_count(value, receiver, features_dims)
+    if count is None or not isinstance(target, cst.Tuple):
+        return None
+    names = [e.value.value for e in target.elements if isinstance(e.value, cst.Name)]
+    if len(names) != count or len(target.elements) != count:
+        return None
+    return tuple(names)
+
+
+def _chunk_count(
+    value: cst.BaseExpression, receiver: m.BaseMatcherNode, features_dims: tuple[int, ...] = (-1,)
+) -> int | None:
+    """`n` of `<receiver>.chunk(n, dim=d)` or `torch.chunk(<receiver>, n, dim=d)`, `d` one of
+    `features_dims`, else None."""
     dims = [
         m.UnaryOperation(operator=m.Minus(), expression=m.Integer(str(-dim)))
         if dim < 0
         else m.Integer(str(dim))
         for dim in features_dims
     ]
-    chunk = m.Call(
-        func=m.Attribute(value=receiver, attr=m.Name("chunk")),  # type: ignore[arg-type]
-        args=[
-            m.Arg(value=m.Integer(), keyword=None),
-            m.Arg(value=m.OneOf(*dims) if len(dims) > 1 else dims[0], keyword=m.Name("dim")),
-        ],
+    count = m.Arg(value=m.Integer(), keyword=None, star="")
+    dim = m.Arg(value=m.OneOf(*dims) if len(dims) > 1 else dims[0], keyword=m.Name("dim"))
+    method = m.Call(func=m.Attribute(value=receiver, attr=m.Name("chunk")), args=[count, dim])  # type: ignore[arg-type]
+    function = m.Call(
+        func=m.Attribute(value=m.Name("torch"), attr=m.Name("chunk")),
+        args=[m.Arg(value=receiver, keyword=None, star=""), count, dim],  # type: ignore[arg-type]
     )
-    if not m.matches(value, chunk) or not isinstance(target, cst.Tuple):
+    if not m.matches(value, method | function):
         return None
-    count = int(value.args[0].value.value)  # type: ignore[attr-defined]
-    names = [e.value.value for e in target.elements if isinstance(e.value, cst.Name)]
-    if len(names) != count or len(target.elements) != count:
-        return None
-    return tuple(names)
+    return int(value.args[-2].value.value)  # type: ignore[attr-defined]
+
+
+def _chunked(value: cst.BaseExpression) -> cst.BaseExpression:
+    """The tensor chunked by `value` (`t` of `t.chunk(...)` or `torch.chunk(t, ...)`)."""
+    assert isinstance(value, cst.Call)
+    if isinstance(value.func, cst.Attribute) and value.func.attr.value == "chunk" and len(value.args) == 2:
+        return value.func.value
+    return value.args[0].value
 
 
 def _slice_split(
@@ -958,6 +1067,9 @@ def _split_forward(forward: cst.FunctionDef, split: _Split, parts: tuple[str, ..
             new.extend(statements)
         else:
             new.append(statement)
+    if split.subscripted is not None:  # `c[i]` reads part i
+        parts_of = _PartSubscripts(split.subscripted, split.targets)
+        new = [statement.visit(parts_of) for statement in new]  # type: ignore[misc]
     split_names: set[str] = set()
     for index in split.split_indices:
         split_names |= names_in(body[index])
@@ -991,6 +1103,23 @@ def _part_value(split: _Split, part: str) -> cst.BaseExpression:
     if view.shape_local is None:
         replacements[view.last] = view.group
     return view.expression.visit(_Replace(replacements))  # type: ignore[return-value]
+
+
+class _PartSubscripts(cst.CSTTransformer):
+    """`c[i]` (an integer literal `i`) replaced by the name of part `i`."""
+
+    def __init__(self, name: str, targets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.name = name
+        self.targets = targets
+
+    def leave_Subscript(
+        self, original_node: cst.Subscript, updated_node: cst.Subscript
+    ) -> cst.BaseExpression:
+        index = _constant_subscript(original_node, self.name, len(self.targets))
+        if index is None:
+            return updated_node
+        return cst.Name(self.targets[index], lpar=updated_node.lpar, rpar=updated_node.rpar)
 
 
 class _Replace(cst.CSTTransformer):

@@ -50,7 +50,8 @@ class SourceFusedCheckpoint(Rule):
         "parallel layers + SourceFusedLinearSpec"
     )
     ADVICE = (
-        "Splits of another shape than contiguous slices `t[..., a:b]`, `t.chunk(n, dim=-1)` or an unpacked "
+        "Splits of another shape than contiguous slices `t[..., a:b]`, `t.chunk(n, dim=-1)` (unpacked, or "
+        "bound to one name read only as `c[i]`) or an unpacked "
         "`t.split(size, dim=-1)` of one linear (after in-place clamps), "
         "`t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, `torch.split(g, size, dim=-1)` "
         "of its output cut into groups `(..., groups, -1)`, or a helper method picking each part's heads out "

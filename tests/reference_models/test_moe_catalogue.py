@@ -21,7 +21,7 @@ from reference_models.builder import MANIFEST
 from reference_models.catalogue import is_moe, num_experts
 from reference_models.routing import MIN_ROUTER_MARGIN, layer_margins, tokens_per_expert, top_k_margins
 
-MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "phimoe", "granitemoe")
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "phimoe", "granitemoe", "granitemoeshared")
 ALL_MOE_VARIANTS = [entry.key for model_type in MOE_TYPES for entry in variants_for(model_type)]
 
 
@@ -34,6 +34,8 @@ def test_the_public_moe_types_get_tiny_expert_sizes_and_the_auxiliary_loss() -> 
         32,
         48,
     )
+    # GraniteMoeShared's shared MLP exists only for a shared_intermediate_size above its default 0.
+    assert variant("granitemoeshared/gqa").config().shared_intermediate_size == 48
     for model_type in MOE_TYPES:
         config = variants_for(model_type)[0].config()
         assert is_moe(model_type) and num_experts(config) == 4

@@ -128,6 +128,86 @@ def test_a_chunk_of_the_call_itself_reads_the_same_way() -> None:
     assert _split(inline) == _split(CHUNKED)
 
 
+SUBSCRIPTED = """
+class ToySharedMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.hidden_size = config.shared_intermediate_size
+        self.input_linear = nn.Linear(config.hidden_size, self.hidden_size * 2, bias=False)
+        self.output_linear = nn.Linear(self.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states):
+        hidden_states = self.input_linear(hidden_states)
+        chunked = hidden_states.chunk(2, dim=-1)
+        hidden_states = self.activation(chunked[0]) * chunked[1]
+        hidden_states = self.output_linear(hidden_states)
+        return hidden_states
+"""
+
+
+def test_a_chunk_bound_to_one_name_and_read_by_constant_subscripts_reads_as_its_parts() -> None:
+    """`c = t.chunk(2, dim=-1)` read only as `c[0]`, `c[1]` is `c_0, c_1 = t.chunk(2, dim=-1)`: parts named
+    after `c`, `c[i]` read as part i, the fused name bound again by the statement reading the parts."""
+    text, fusions = _split(SUBSCRIPTED)
+    assert text == format_python(
+        dedent("""
+        class ToySharedMLP(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.hidden_size = config.shared_intermediate_size
+                self.chunked_0_proj = nn.Linear(config.hidden_size, self.hidden_size, bias=False)
+                self.chunked_1_proj = nn.Linear(config.hidden_size, self.hidden_size, bias=False)
+                self.output_linear = nn.Linear(self.hidden_size, config.hidden_size, bias=False)
+
+            def forward(self, hidden_states):
+                chunked_0 = self.chunked_0_proj(hidden_states)
+                chunked_1 = self.chunked_1_proj(hidden_states)
+                hidden_states = self.activation(chunked_0) * chunked_1
+                hidden_states = self.output_linear(hidden_states)
+                return hidden_states
+        """).strip("\n")
+        + "\n"
+    )
+    assert fusions == (
+        SourceFusion(
+            owner="ToySharedMLP",
+            source_name="input_linear",
+            part_names=("chunked_0_proj", "chunked_1_proj"),
+            part_sizes=("self.hidden_size",) * 2,
+            bias="False",
+            location=Location("toy.py", 5),  # the fused linear's line in the source
+        ),
+    )
+    functional = SUBSCRIPTED.replace(
+        "hidden_states.chunk(2, dim=-1)", "torch.chunk(hidden_states, 2, dim=-1)"
+    )
+    assert functional != SUBSCRIPTED and _split(functional) == (text, fusions)
+
+
+def test_other_reads_of_a_chunk_bound_to_one_name_are_left_as_they_are() -> None:
+    """No-op cases (they stay refused, R007): the chunked tuple read whole, sliced, by a computed or
+    out-of-range index, written to, and a part name already taken."""
+    reads = [
+        "hidden_states = self.activation(chunked[0]) * chunked[1]\n        n = len(chunked)",
+        "hidden_states = self.activation(chunked[0]) * chunked[-1]",
+        "hidden_states = self.activation(chunked[0]) * chunked[2]",
+        "hidden_states = self.activation(chunked[0]) * chunked[1:][0]",
+        "i = 1\n        hidden_states = self.activation(chunked[0]) * chunked[i]",
+        "hidden_states = self.activation(chunked[0]) * chunked[1]\n        chunked[0] = 1",
+        "chunked_1 = 0\n        hidden_states = self.activation(chunked[0]) * chunked[1]",
+    ]
+    cases = [
+        SUBSCRIPTED.replace("hidden_states = self.activation(chunked[0]) * chunked[1]", read)
+        for read in reads
+    ]
+    cases.append(SUBSCRIPTED.replace("chunk(2, dim=-1)", "chunk(2, dim=1)"))
+    for source in cases:
+        assert source != SUBSCRIPTED
+        text, fusions = _split(source)
+        assert fusions == ()
+        assert text == format_python(dedent(source).strip("\n") + "\n")
+
+
 def test_other_splits_are_left_as_they_are() -> None:
     """No-op cases (they stay refused, R007): a chunk along another dimension, a linear the class reads
     elsewhere too, a fused output read after the split, and sizes only the forward can compute."""
