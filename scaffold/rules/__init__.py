@@ -29,6 +29,7 @@ from .optional_input_guard import OptionalInputGuard
 from .parallel_bias_init import ParallelBiasInit
 from .parallel_embedding import ParallelEmbeddingRule
 from .parallel_linears import ParallelLinears
+from .parallel_named_init import ParallelNamedInit
 from .prune_closure import PruneToTrainingClosure
 from .sequence_parallel_norms import SequenceParallelNorms
 from .source_fused_checkpoint import SourceFusedCheckpoint
@@ -57,6 +58,7 @@ RULES: tuple[type[Rule], ...] = (
     NeuronFlashAttention,  # NXS023
     SourceFusedCheckpoint,  # NXS027
     ParallelLinears,  # NXS024
+    ParallelNamedInit,  # NXS016 (after the rules that build parallel linears: it reads their init_method)
     LearnableActivationGradients,  # NXS025
     MoEBlocks,  # NXS040
     RemoveUnusedImports,  # NXS030
