@@ -238,15 +238,19 @@ _WEIGHTED = frozenset(
 
 
 def _conditional_modules(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
-    """`self.x = a if c else b` with an arm that builds weights, other than the optional norm that
-    `constructors.classify` reads (a torch norm beside a parameter-free module)."""
+    """`self.x = a if c else b` with an arm that builds weights, other than what `constructors.classify`
+    reads: the optional norm (a torch norm beside a parameter-free module) and the optional child (a local
+    class beside `None`, analysed as that class)."""
     for name in context.closure:
         analysis = context.classes.get(name)
         if analysis is None:
             continue
         for assign in analysis.facts.assigns:
             value = assign.value
-            if not isinstance(value, cst.IfExp) or classify(value, context.index, context.mapping).optional:
+            if not isinstance(value, cst.IfExp):
+                continue
+            construct = classify(value, context.index, context.mapping)
+            if construct.optional or construct.kind is ChildKind.CLASS:
                 continue
             arms = [classify(arm, context.index, context.mapping) for arm in (value.body, value.orelse)]
             if any(arm.kind in _WEIGHTED for arm in arms):

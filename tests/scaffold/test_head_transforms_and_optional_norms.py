@@ -90,6 +90,13 @@ def test_other_conditional_constructions_are_refused(tmp_path: Path) -> None:
     assert refusal.location.line == expected and refusal.subject == "Block"
 
 
+def test_an_optional_local_class_beside_none_is_no_conditional_module(tmp_path: Path) -> None:
+    # granitemoe's `rotary_emb = RotaryEmbedding(config) if rope else None`: the child is the class it builds
+    text = model_source().replace(PLAIN_NORM, "self.n1 = Norm(config.hidden_size) if index != 0 else None")
+    blueprint = analyse(tmp_path, text)
+    assert "R030" not in codes(blueprint)
+
+
 def test_the_arm_that_builds_the_norm_is_rewritten() -> None:
     init = cst.parse_statement("def __init__(self):\n    self.n = nn.LayerNorm(4) if i else nn.Identity()\n")
     assert isinstance(init, cst.FunctionDef)
