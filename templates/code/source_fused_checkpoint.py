@@ -37,3 +37,11 @@ def transposed_interleaved_spec(self, source, parts, sizes, bias, groups):
     self.specs = with_transposed_source_fused_linear(
         self.specs, {source}, {parts}, {sizes}, bias={bias}, groups={groups}
     )
+
+
+def refuse_indivisible_groups(self, groups, message):
+    """The constructor's check, after the per-rank head counts, that the forward's cut of each rank's
+    projections into `groups` groups (the source's own, kept as it is) falls on whole heads."""
+    # The forward cuts each rank's projections into the source's groups: every group must hold whole heads.
+    if self.num_heads % {groups} or self.num_key_value_heads % {groups}:
+        raise NotImplementedError({message})
