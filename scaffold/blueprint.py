@@ -364,6 +364,8 @@ class SourceFusion:
     interleaved: the output features form that many equal groups, each holding its share of every part
     in part order (per head `[q k v]`); None when the parts follow one another. A linear the source builds
     as transformers' `Conv1D` is recorded even when it is not split (one part, its own name), `transposed`.
+    `groups_in_forward`: the forward cuts each part's output into `groups` groups itself (CodeGen's
+    `mp_num`), so each rank's heads of a part must be a multiple of `groups`.
     """
 
     owner: str
@@ -374,6 +376,7 @@ class SourceFusion:
     location: Location
     groups: str | None = None
     transposed: bool = False  # the checkpoint stores the weight `[in, out]` (transformers' Conv1D)
+    groups_in_forward: bool = False  # the forward cuts each part into the groups (per rank, once parallel)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ A fused output cut into groups by a statement of its own, `g = t.reshape(t.shape
 split, `query, value, key = torch.split(g, size, dim=-1)` (CodeGen's `mp_num` groups of `q|v|k`), holds in
 each group a share of every part, in the order of the split's targets. It is read as one linear per part in
 that order, each part's output cut into the groups by the same statement, and `SourceFusion.groups` records
-the group count.
+the group count; `groups_in_forward` says that the forward still cuts each rank's share so, which holds only
+when the heads per rank are a multiple of the groups (NXS027 guards the constructor).
 
 Only the patterns below are read this way; a split of any other shape stays as it is, and is refused
 (R007, R003). The rewrite is structural: it names no model, only linears, views, slices and `chunk`.
@@ -220,6 +221,7 @@ class _Splitter(cst.CSTTransformer):
                     bias=bias,
                     location=location,
                     groups=None if groups is None else code(groups),
+                    groups_in_forward=split.groups_first is not None,
                 )
             )
         body = [

@@ -23,11 +23,17 @@ The pretrained class's `_init_weights` may name the source linear (`init_weight(
 the generated module no longer holds: each statement passing `<module>.<source linear>` is repeated for
 every layer the module holds in its place (the parts, or the `gate_up_proj` / `qkv_proj` the rules fused
 them into), guarded by `hasattr`; each part gets the law the whole source linear had.
+
+Where the source cuts the fused output into groups itself, the forward still cuts each rank's share of the parts into the source's groups itself
+(`(..., mp_num, -1)`, then heads): that holds only when every rank has a multiple of the groups in heads, so
+the constructor, after the per-rank head counts (NXS021's `self.num_heads`, `self.num_key_value_heads`),
+raises `NotImplementedError` naming the counts and a tensor-parallel size that works.
 """
 
 from __future__ import annotations
 
 import libcst as cst
+import libcst.matchers as m
 
 from ..blueprint import ClassKind, SourceFusion
 from ..syntax import code, find_method, with_base, with_body, with_method
@@ -40,6 +46,7 @@ TEMPLATES = "source_fused_checkpoint"
 DEFINITIONS = "source_fused_linears"
 TRANSPOSED_DEFINITIONS = "transposed_linears"  # linears built as transformers' Conv1D (weight `[in, out]`)
 CUSTOM_MODULE = "CustomModule"
+PER_RANK_HEADS = ("num_heads", "num_key_value_heads")  # what NXS021's constructor sets per rank
 
 
 class SourceFusedCheckpoint(Rule):
@@ -63,6 +70,7 @@ class SourceFusedCheckpoint(Rule):
         stored_example(CODE, "phi3", "Phi3MLP"),
         stored_example(CODE, "gpt_neox", "GPTNeoXAttention"),
         stored_example(CODE, "falcon", "FalconAttention"),
+        stored_example(CODE, "codegen", "CodeGenAttention"),
     )
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
@@ -176,9 +184,76 @@ class SourceFusedCheckpoint(Rule):
             {n for n in needed if n.module not in (DEFINITIONS, TRANSPOSED_DEFINITIONS)}
         )
         last = mentions[-1] + 1
-        result = with_body(init, [*body[:last], *statement, *body[last:]])
+        body = [*body[:last], *statement, *body[last:]]
+        if fusion.groups_in_forward and fusion.groups is not None:
+            body = self._with_group_guard(body, fusion)
+        result = with_body(init, body)
         assert isinstance(result, cst.FunctionDef)
         return result
+
+    def _with_group_guard(
+        self, body: list[cst.BaseStatement], fusion: SourceFusion
+    ) -> list[cst.BaseStatement]:
+        """`body` with the check that each rank's heads fill the forward's groups, after the statements
+        that set the per-rank head counts; unchanged where the constructor sets none (no attention variant)."""
+        heads = _per_rank_heads(body)
+        if heads is None:
+            return body
+        at, total = heads
+        groups = fusion.groups
+        shown = groups if groups.isdigit() else f"{{{groups}}}"  # a constant as it is, else its value
+        parts = ", ".join(fusion.part_names)
+        message = cst.parse_expression(
+            f'(f"{{self.num_heads}} query and {{self.num_key_value_heads}} key/value heads per rank "\n'
+            f'f"({{{total}}} heads over tensor-parallel size {{tp_size}}): the forward cuts each rank\'s "\n'
+            f'"{parts} into {shown} groups of whole heads (the source\'s fused {fusion.source_name}); "\n'
+            f'"use a tensor-parallel size that leaves a multiple of {shown} heads per rank")'
+        ).with_changes(lpar=[], rpar=[])  # the call's own parentheses hold the lines together
+        guard, needed = templates.fill_statements(
+            TEMPLATES,
+            "refuse_indivisible_groups",
+            self.blueprint.style,
+            groups=cst.parse_expression(groups),
+            message=message,
+        )
+        self.add_template_imports(needed)
+        return [*body[:at], *guard, *body[at:]]
+
+
+def _per_rank_heads(body: list[cst.BaseStatement]) -> tuple[int, str] | None:
+    """(index after the last statement setting the per-rank head counts, the total query head count) of a
+    constructor NXS021 gave `self.num_heads = divide(<heads>, tp_size)` and `self.num_key_value_heads = ...`."""
+    total: str | None = None
+    after: dict[str, int] = {}
+    for index, statement in enumerate(body):
+        found = m.extract(
+            statement,
+            m.SimpleStatementLine(
+                body=[
+                    m.Assign(
+                        targets=[
+                            m.AssignTarget(
+                                m.Attribute(m.Name("self"), m.SaveMatchedNode(m.Name(), "attribute"))
+                            )
+                        ],
+                        value=m.Call(
+                            func=m.Name("divide"),
+                            args=[m.Arg(m.SaveMatchedNode(m.DoNotCare(), "heads")), m.Arg(m.Name("tp_size"))],
+                        ),
+                    )
+                ]
+            ),
+        )
+        if not found:
+            continue
+        attribute = found["attribute"].value  # type: ignore[union-attr]
+        if attribute in PER_RANK_HEADS:
+            after[attribute] = index + 1
+            if attribute == PER_RANK_HEADS[0]:
+                total = code(found["heads"])  # type: ignore[arg-type]
+    if total is None or len(after) != len(PER_RANK_HEADS):
+        return None
+    return max(after.values()), total
 
 
 def _names_part(text: str, part: str) -> bool:

@@ -51,3 +51,11 @@ def init_parts(module, parts, statement):
 def part_of(module, part):
     """What stands for `<module>.<source linear>` in a statement `init_parts` repeats."""
     return getattr({module}, part)
+
+
+def refuse_indivisible_groups(self, groups, message):
+    """The constructor's check, after the per-rank head counts, that the forward's cut of each rank's
+    projections into `groups` groups (the source's own, kept as it is) falls on whole heads."""
+    # The forward cuts each rank's projections into the source's groups: every group must hold whole heads.
+    if self.num_heads % {groups} or self.num_key_value_heads % {groups}:
+        raise NotImplementedError({message})

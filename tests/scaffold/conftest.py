@@ -19,6 +19,7 @@ EXAMPLE_MODELS = (
     "phi3",
     "gpt_neox",
     "falcon",
+    "codegen",
     *MOE_TARGETS,
     *NORM_TARGETS,
     *ACTIVATION_TARGETS,
@@ -26,9 +27,10 @@ EXAMPLE_MODELS = (
     "qwen2_moe",
     "gpt2",
 )  # rules may show their examples on these (phi3: projections fused in the source; gpt_neox: q|k|v
-# interleaved per head in the source; falcon: q|k|v split by a layout helper, ALiBi read as off; gemma3_text:
-# a config flag that sets a mask option; qwen2_moe: the pre-refactor attention and mask forms, read as the
-# current ones by scaffold.analysis.current_forms; gpt2: a cross-attention path a causal LM never takes)
+# interleaved per head in the source; falcon: q|k|v split by a layout helper, ALiBi read as off; codegen:
+# q|v|k cut into groups in the forward; gemma3_text: a config flag that sets a mask option; qwen2_moe: the
+# pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms; gpt2:
+# a cross-attention path a causal LM never takes)
 
 
 @functools.cache

@@ -437,6 +437,7 @@ def test_groups_cut_first_then_split_read_as_parts_in_the_source_order() -> None
             bias="False",
             location=Location("toy.py", 5),
             groups="4",
+            groups_in_forward=True,
         ),
     )
 
@@ -524,6 +525,30 @@ class ToyMLP(nn.Module, CustomModule):
 """
 
 
+GROUPED_ATTENTION = """
+class ToyAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        tp_size = get_tensor_model_parallel_size()
+        self.specs = ModelWeightTransformationSpecs()
+        self.q_proj = ColumnParallelLinear(config.hidden_size, config.hidden_size)
+        self.v_proj = ColumnParallelLinear(config.hidden_size, config.hidden_size)
+        self.k_proj = ColumnParallelLinear(config.hidden_size, config.hidden_size)
+        self.num_heads = divide(config.num_attention_heads, tp_size)
+        self.num_key_value_heads = divide(config.num_attention_heads * self.kv_size_multiplier, tp_size)
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+"""
+GROUPED_FUSION = SourceFusion(
+    owner="ToyAttention",
+    source_name="qkv_proj",
+    part_names=("q_proj", "v_proj", "k_proj"),
+    part_sizes=("config.hidden_size",) * 3,
+    bias="False",
+    location=Location("toy.py", 5),
+    groups="4",
+)
+
+
 class TestSourceFusedCheckpoint(RuleTest):
     TRANSFORM = SourceFusedCheckpoint
 
@@ -568,6 +593,63 @@ class TestSourceFusedCheckpoint(RuleTest):
         out = self._run(MLP, (dataclasses.replace(FUSION, groups="config.num_attention_heads"),))
         assert "bias=False,\n            groups=config.num_attention_heads,\n        )" in out
         assert "whose output features interleave" in out
+
+    def test_groups_the_forward_cuts_per_rank_get_a_construction_guard(self) -> None:
+        """Hand-written after: the check follows the per-rank head counts, names them, the group count and
+        the TP size, and says which TP sizes work."""
+        fusion = dataclasses.replace(GROUPED_FUSION, groups_in_forward=True)
+        out = self._run(GROUPED_ATTENTION, (fusion,))
+        cls = out[out.index("class ToyAttention") :]
+        assert cls == format_python(
+            dedent("""
+            class ToyAttention(nn.Module, CustomModule):
+                def __init__(self, config):
+                    super().__init__()
+                    tp_size = get_tensor_model_parallel_size()
+                    self.specs = ModelWeightTransformationSpecs()
+                    self.q_proj = ColumnParallelLinear(config.hidden_size, config.hidden_size)
+                    self.v_proj = ColumnParallelLinear(config.hidden_size, config.hidden_size)
+                    self.k_proj = ColumnParallelLinear(config.hidden_size, config.hidden_size)
+                    # transformers' checkpoint holds these projections as one linear whose output features interleave
+                    # them group by group: its tensor is de-interleaved into them when loading and interleaved again
+                    # when saving.
+                    self.specs = with_source_fused_linear(
+                        self.specs,
+                        "qkv_proj",
+                        ["q_proj", "v_proj", "k_proj"],
+                        [config.hidden_size, config.hidden_size, config.hidden_size],
+                        bias=False,
+                        groups=4,
+                    )
+                    self.num_heads = divide(config.num_attention_heads, tp_size)
+                    self.num_key_value_heads = divide(config.num_attention_heads * self.kv_size_multiplier, tp_size)
+                    # The forward cuts each rank's projections into the source's groups: every group must hold whole heads.
+                    if self.num_heads % 4 or self.num_key_value_heads % 4:
+                        raise NotImplementedError(
+                            f"{self.num_heads} query and {self.num_key_value_heads} key/value heads per rank "
+                            f"({config.num_attention_heads} heads over tensor-parallel size {tp_size}): the forward cuts each rank's "
+                            "q_proj, v_proj, k_proj into 4 groups of whole heads (the source's fused qkv_proj); "
+                            "use a tensor-parallel size that leaves a multiple of 4 heads per rank"
+                        )
+                    self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+            """).strip("\n")
+            + "\n"
+        )
+
+    def test_a_group_count_read_at_construction_is_shown_by_value(self) -> None:
+        fusion = dataclasses.replace(GROUPED_FUSION, groups="config.mp_num", groups_in_forward=True)
+        out = self._run(GROUPED_ATTENTION, (fusion,))
+        assert "if self.num_heads % config.mp_num or self.num_key_value_heads % config.mp_num:" in out
+        assert '"q_proj, v_proj, k_proj into {config.mp_num} groups of whole heads' in out.replace(
+            'f"q_proj', '"q_proj'
+        )
+
+    def test_no_guard_for_groups_the_forward_does_not_cut_or_without_per_rank_heads(self) -> None:
+        out = self._run(GROUPED_ATTENTION, (GROUPED_FUSION,))  # interleaved per head: whole heads per rank
+        assert "every group must hold whole heads" not in out
+        without_heads = "\n".join(line for line in GROUPED_ATTENTION.splitlines() if "divide(" not in line)
+        out = self._run(without_heads, (dataclasses.replace(GROUPED_FUSION, groups_in_forward=True),))
+        assert "every group must hold whole heads" not in out and "groups=4" in out
 
     def test_two_fused_classes_get_the_definitions_once(self) -> None:
         source = MLP + MLP.split("\n\n\n")[1].replace("ToyMLP", "ToyAttention")
