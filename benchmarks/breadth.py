@@ -8,7 +8,9 @@ with no edits, then every check of the profile). Each type lands in one of three
 
 - passes: it scaffolds and the profile exits 0 (PASS, WARN, UNSUPPORTED or SKIP rows only);
 - fails: it scaffolds and the profile reports a FAIL (the failing checks are named) or does not finish;
-- refused: the analysis refuses it (its refusal codes).
+- refused: the analysis refuses it (its refusal codes), or stops on input it cannot take with a message
+  that says so (a config class that cannot be built with its defaults, say: `stopped: <message>`); an
+  internal error of the analysis is a `fails` row.
 
 Prints a Markdown table (one line per type, then the totals) and writes it to `--markdown` if given. The
 exit status is 1 when a scaffolding type fails, so the script doubles as the breadth gate of issue 10.
@@ -33,6 +35,7 @@ from scaffold.architectures import decoder_only_types, survey  # noqa: E402
 from scaffold.facts_cache import WITHOUT_FRAMEWORKS  # noqa: E402
 
 COUNTED = ("PASS", "WARN", "UNSUPPORTED", "SKIP", "FAIL")
+INTERNAL_ERROR = "internal error"  # how `scaffold.architectures` words an analysis bug
 
 
 @dataclass
@@ -122,8 +125,10 @@ def main() -> int:
     args = parser.parse_args()
     outcomes = []
     for verdict in survey(args.types or decoder_only_types(), lambda verdict: None):
-        if verdict.error is not None:
+        if verdict.error is not None and verdict.error.startswith(INTERNAL_ERROR):
             outcome = Outcome(verdict.model_type, problem=f"analysis error: {verdict.error}")
+        elif verdict.error is not None:
+            outcome = Outcome(verdict.model_type, codes=(f"stopped: {verdict.error}",))
         elif verdict.codes:
             outcome = Outcome(verdict.model_type, codes=verdict.codes)
         else:
