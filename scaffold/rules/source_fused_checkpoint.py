@@ -68,7 +68,6 @@ class SourceFusedCheckpoint(Rule):
     REQUIRES = ("NXS004",)
     EXAMPLES = (
         stored_example(CODE, "phi3", "Phi3MLP"),
-        stored_example(CODE, "gpt_neox", "GPTNeoXAttention"),
         stored_example(CODE, "falcon", "FalconAttention"),
         stored_example(CODE, "codegen", "CodeGenAttention"),
     )
