@@ -40,10 +40,11 @@ def locate_package(
             )
         return LocatedPackage(package.resolve())
     from scaffold.destination import resolve_destination
+    from scaffold.emit import package_name
     from scaffold.errors import ScaffoldError
 
-    try:  # where `scaffold new-model` writes: the checkout's package folder, else workspace/<type>/
-        found = resolve_destination(model_type, repo, None).package_dir
+    try:  # where `scaffold new-model` writes: the checkout's package folder, else workspace/<package>/
+        found = resolve_destination(package_name(model_type), repo, None).package_dir
     except ScaffoldError as error:
         raise PackageNotFound(str(error)) from error
     if is_model_package(found):  # with or without __init__.py (optimum-neuron's llama/ has none)

@@ -32,6 +32,11 @@ LINE_LENGTH = 119  # optimum-neuron's ruff line length
 _RUFF_BASE = ("--isolated", "--target-version", "py310", "--line-length", str(LINE_LENGTH))
 
 
+def package_name(model_type: str) -> str:
+    """Python package (folder) name of a model type: model types may hold dashes, packages may not."""
+    return model_type.replace("-", "_")
+
+
 @dataclass(frozen=True)
 class Request:
     """The inputs of one generation; recorded in the answers file so that it can be repeated.
@@ -49,8 +54,7 @@ class Request:
 
     @property
     def package_name(self) -> str:
-        """Python package (folder) name: model types may hold dashes, packages may not."""
-        return self.model_type.replace("-", "_")
+        return package_name(self.model_type)
 
     @property
     def modeling_filename(self) -> str:
