@@ -34,12 +34,14 @@ class ParallelNamedInit(Rule):
     CODE = "NXS016"
     NAME = "parallel-named-init"
     SUMMARY = (
-        "a re-draw by name in _init_weights (GPT-2's scaled c_proj) becomes those parallel layers' "
-        "init_method std"
+        "a re-draw by name or by module class in _init_weights (GPT-2's, GPTBigCode's scaled c_proj) becomes "
+        "those parallel layers' init_method std"
     )
     ADVICE = (
         "A re-draw whose std is no constant expression of the config, or that also names layers that are not "
-        "parallel linears, stays in _init_weights (it then draws each rank's shard from the rank's own stream). "
+        "parallel linears (by class: a branch `isinstance(module, classes)` first in _init_weights, holding only "
+        "the re-draw and `_is_hf_initialized` marks), stays in _init_weights (it then draws each rank's shard "
+        "from the rank's own stream). "
         "Disable it to keep the source's loop."
     )
     EXAMPLES = (
