@@ -47,6 +47,7 @@ class ParallelNamedInit(Rule):
     EXAMPLES = (
         stored_example(CODE, "gpt2", "GPT2MLP"),
         stored_example(CODE, "gpt2", "GPT2PreTrainedModel"),
+        stored_example(CODE, "gpt_bigcode", "GPTBigCodePreTrainedModel"),
     )
 
     def visit_Module(self, node: cst.Module) -> None:
