@@ -17,6 +17,7 @@ import libcst as cst
 
 from ..errors import ScaffoldError
 from ..syntax import code, names_in, self_attribute, walk
+from ..type_tests import branch_only_type_tests
 from .parsing import SourceIndex
 
 
@@ -73,7 +74,8 @@ def map_module(module: cst.Module) -> ModuleMap:
 def _define(mapping: ModuleMap, name: str, node: cst.CSTNode) -> None:
     if name not in mapping.references:
         mapping.order.append(name)
-    mapping.references[name] = names_in(node) - {name}
+    # A class named only as the type of an `if isinstance(...)` branch is not built by `node` (NXS001).
+    mapping.references[name] = names_in(node) - branch_only_type_tests(node) - {name}
 
 
 @dataclass(frozen=True)
