@@ -9,12 +9,13 @@ the closure drops can never be taken by a kept model, and goes with the class.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import libcst as cst
 import libcst.matchers as m
 
 from .patterns import CLASS_TEST
-from .syntax import name_nodes, walk
+from .syntax import name_nodes
 
 
 def isinstance_class(test: cst.BaseExpression) -> str | None:
@@ -24,15 +25,39 @@ def isinstance_class(test: cst.BaseExpression) -> str | None:
     return test.args[1].value.value  # type: ignore[attr-defined]
 
 
-def branch_only_type_tests(node: cst.CSTNode) -> set[str]:
-    """Names that occur under `node` only as `T` of `if`/`elif isinstance(<expression>, T):` tests."""
-    tested = Counter(
-        name for child in walk(node) if isinstance(child, cst.If) and (name := isinstance_class(child.test))
-    )
+# What a statement is made of, down to its statements (an `if` test or a call is never entered).
+_STATEMENT_PARTS = (
+    cst.BaseStatement,
+    cst.BaseSuite,
+    cst.Else,
+    cst.ExceptHandler,
+    cst.ExceptStarHandler,
+    cst.Finally,
+    cst.MatchCase,
+)
+
+
+def branch_only_type_tests(node: cst.CSTNode, occurrences: Counter[str] | None = None) -> set[str]:
+    """Names that occur under `node` only as `T` of `if`/`elif isinstance(<expression>, T):` tests.
+
+    `occurrences` counts the variable names under `node` (`name_nodes`), when the caller has them."""
+    tested = Counter(name for branch in _branches(node) if (name := isinstance_class(branch.test)))
     if not tested:
         return set()
-    occurrences = Counter(name.value for name in name_nodes(node) if name.value in tested)
+    if occurrences is None:
+        occurrences = Counter(name.value for name in name_nodes(node) if name.value in tested)
     return {name for name, count in tested.items() if occurrences[name] == count}
+
+
+def _branches(node: cst.CSTNode) -> Iterator[cst.If]:
+    """The `if`/`elif` statements under `node`, found through statements only (no expression is walked)."""
+    stack: list[cst.CSTNode] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.If):
+            yield current
+        if not isinstance(current, cst.SimpleStatementLine | cst.BaseExpression):
+            stack.extend(child for child in current.children if isinstance(child, _STATEMENT_PARTS))
 
 
 def without_type_tests(node: cst.CSTNode, dropped: frozenset[str]) -> cst.CSTNode:
