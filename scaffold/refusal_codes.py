@@ -279,6 +279,15 @@ CONDITIONAL_MODULE = RefusalCode(
     "partial under sequence parallelism)",
     "build the attribute with an `if`/`else` statement, or convert it by hand at the TODO marker",
 )
+SHARDED_TIMES_INPUT = RefusalCode(
+    "R034",
+    "sharded-times-input",
+    "the output of a column-parallel linear (each rank holds its share of the output features) is multiplied "
+    "or divided element by element by a tensor the forward takes as an argument, which holds every feature "
+    "on every rank: the shapes no longer match, or the product pairs the wrong features",
+    "shard the argument's features over the tensor-parallel ranks where the caller builds it (as the "
+    "linear's output is), or keep the linear whole by hand at the TODO marker",
+)
 
 ALL_CODES: tuple[RefusalCode, ...] = (
     MOE,
@@ -311,6 +320,7 @@ ALL_CODES: tuple[RefusalCode, ...] = (
     LINEAR_LAYOUT,
     UNRECOGNISED_ROUTING,
     CONDITIONAL_MODULE,
+    SHARDED_TIMES_INPUT,
 )
 
 

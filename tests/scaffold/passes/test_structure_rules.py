@@ -79,6 +79,27 @@ class ToyForCausalLM(ToyModel):
         bp = blueprint(classes=[klass("ToyModel"), klass("ToyForCausalLM")], functions=["helper"])
         self.assertCodemod(before, after, blueprint=bp)
 
+    def test_a_type_test_of_a_dropped_class_goes_with_the_class(self) -> None:
+        before = """
+class AudioNorm:
+    pass
+
+
+class ToyModel:
+    def _init_weights(self, module):
+        if isinstance(module, AudioNorm):
+            module.weight.data.fill_(1.0)
+        elif isinstance(module, ToyModel):
+            module.scale.data.zero_()
+"""
+        after = """
+class ToyModel:
+    def _init_weights(self, module):
+        if isinstance(module, ToyModel):
+            module.scale.data.zero_()
+"""
+        self.assertCodemod(before, after, blueprint=blueprint(classes=[klass("ToyModel")]))
+
 
 class TestDropKVCache(RuleTest):
     TRANSFORM = DropKVCache
