@@ -280,7 +280,7 @@ CONDITIONAL_MODULE = RefusalCode(
     "build the attribute with an `if`/`else` statement, or convert it by hand at the TODO marker",
 )
 SHARDED_TIMES_INPUT = RefusalCode(
-    "R034",
+    "R031",
     "sharded-times-input",
     "the output of a column-parallel linear (each rank holds its share of the output features) is multiplied "
     "or divided element by element by a tensor the forward takes as an argument, which holds every feature "

@@ -3,7 +3,7 @@
 A column-parallel linear leaves each rank with its share of the output features. Multiplying that share
 element by element with a tensor passed into the forward (`gate(x) * per_layer_input`) pairs the rank's
 features with the argument's full width: a shape error, or features paired wrongly where the argument
-broadcasts by luck. Nothing in the source shards the argument, so such a product is refused (R034)
+broadcasts by luck. Nothing in the source shards the argument, so such a product is refused (R031)
 rather than converted.
 """
 

@@ -1,4 +1,4 @@
-"""R034: a column-parallel output multiplied element by element by an argument of the forward.
+"""R031: a column-parallel output multiplied element by element by an argument of the forward.
 
 Oracles: hand-written sources (tests/scaffold/synthetic.py's llama-like model), where a reader sees which
 product pairs the rank's share of a linear's features with a full-width argument; the installed gemma3n
@@ -21,7 +21,7 @@ BLOCK_CALL = "        return x + self.ff(self.n2(x))"
 def _refusals(tmp_path: Path, text: str) -> list:
     path = tmp_path / "modeling_synthetic.py"
     path.write_text(text)
-    return [refusal for refusal in analyze(locate("llama", path)).refusals if refusal.code == "R034"]
+    return [refusal for refusal in analyze(locate("llama", path)).refusals if refusal.code == "R031"]
 
 
 def test_a_column_output_times_an_argument_is_refused_at_the_product(tmp_path: Path):
@@ -49,7 +49,7 @@ def test_products_of_projections_and_scalings_are_not_refused(tmp_path: Path):
 
 
 def test_gemma3n_per_layer_gate_times_its_input_is_refused():
-    refusals = [r for r in analyze(locate("gemma3n_text")).refusals if r.code == "R034"]
+    refusals = [r for r in analyze(locate("gemma3n_text")).refusals if r.code == "R031"]
     assert [r.message.split(";")[0] for r in refusals] == [
         "Gemma3nTextDecoderLayer: the output of per_layer_input_gate meets the argument per_layer_input "
         "element by element"
