@@ -169,7 +169,9 @@ NO_CONFIG_PARAMETER = RefusalCode(
     "no-config-parameter",
     "the constructor builds parallel layers or sequence-parallel norms but takes no config parameter to "
     "read their sizes, dtype and init range from, and NXS004 cannot give it one (a call of it outside "
-    "the constructor of a class that holds a config, or a `config` name or `*args` already there)",
+    "the constructor of a class that holds a config, or a `config` name or `*args` already there), or "
+    "takes it as an optional parameter (`config=None`) that a call leaves out (NXS004 moves an optional "
+    "config every call passes first, required)",
     "pass the model config to the constructor (as `config`, or a parameter annotated with the config "
     "class) in a copy of the modeling file (--source)",
 )
@@ -241,8 +243,9 @@ ATTENTION_DISPATCH = RefusalCode(
     "attention-dispatch",
     "the attention does not pick its kernel from transformers' ALL_ATTENTION_FUNCTIONS with an eager "
     "function that adds its mask as `scores = scores + mask` (nor computes eager attention inline in the "
-    "older form: scores, mask block, softmax, `@ v`, `transpose(1, 2)`), so the Neuron flash path cannot "
-    "be added",
+    "older form: scores, mask block, softmax, `@ v`, `transpose(1, 2)`, on (B, h, S, d) tensors or on "
+    "heads folded into the batch, `torch.bmm` over `x.reshape(bsz * h, -1, d)`, its output viewed back "
+    "to (B, h, S, d)), so the Neuron flash path cannot be added",
     "write the eager/flash switch by hand (nki_flash_attn_func when config._attn_implementation == "
     '"flash_attention_2") and a causal mask for calls without one',
 )
