@@ -225,8 +225,8 @@ QKV_PROJECTIONS = RefusalCode(
     "R025",
     "qkv-projections",
     "the q, k and v projections differ in input or bias, are built conditionally, are not called once each "
-    "on the forward's input, or the output projection is not called once: NxD's fused and GQA layers "
-    "cannot replace them",
+    "on the forward's input (parameters every call binds to the same name, `attn(x, x, x)`, count as one "
+    "input), or the output projection is not called once: NxD's fused and GQA layers cannot replace them",
     "build and call them as transformers' Llama attention does in a copy of the modeling file (--source), "
     "or convert the attention by hand",
 )
@@ -234,7 +234,8 @@ ATTENTION_INPUT_SHAPE = RefusalCode(
     "R026",
     "attention-input-shape",
     "the attention forward reads its input's shape other than as `x.shape[:-1]` (or the older "
-    "`b, s, _ = x.size()`), which under sequence parallelism is the sequence-first shard",
+    "`b, s, _ = x.size()`, or the batch alone as `b = x.shape[0]`), which under sequence parallelism is "
+    "the sequence-first shard",
     "read the leading shape as `input_shape = hidden_states.shape[:-1]` in a copy of the modeling file "
     "(--source), or make the marked line batch-first over the full sequence by hand",
 )

@@ -45,6 +45,20 @@ of analyses and rules serves both:
   vocab_size=V)`, the same loss (transformers' causal-LM loss shifts the labels and takes the mean over
   the labels that are not -100, as `CrossEntropyLoss()` does), which the head rules know;
 
+- a mask helper of the base model's own inherited from a class of the file (the pretrained base holding
+  `_update_causal_mask`): read as above, the helpers leave the base class where no other class calls them;
+- transformers' legacy `_prepare_4d_causal_attention_mask(mask, shape, embeds, past)`: the call becomes
+  `create_causal_mask` over the positions after `past`;
+- an inline kernel over heads folded into the batch (`torch.bmm` on `x.reshape(bsz * h, -1, d)`): read in
+  4-D first (`batched_attention`), then as above; copies of the weights kept for the forward's return
+  follow the call, forward parameters the kernel reads (a head mask) become keyword parameters, and an
+  attention keeping no config takes its callers' (`self.config = config`) for the dispatch;
+- forward parameters that every call binds to the same name (`attn(x, x, x)` into `forward(v, k, q)`):
+  one input, the others' parameters and arguments gone; the batch read as `b = x.shape[0]` reads the
+  leading shape, `b = x.shape[:-1][0]`;
+- a forward's parameter updated in place (`position_ids += offset`): `p = p + offset`, the caller's tensor
+  left as it was.
+
 Nothing here names a model: only transformers' conventions (`_attn_implementation`, the mask and cache
 argument names, `torch.matmul`/`softmax`/`finfo`). Line numbers stay those of the file where the
 rewrite is shorter than what it replaces (blank lines take the place of removed code), so locations
@@ -84,7 +98,7 @@ UNSHARDED_FIELDS = frozenset({"num_attention_heads", "num_key_value_heads", "num
 
 def current_forms(module: cst.Module) -> cst.Module:
     """`module` with every recognised pre-refactor form rewritten into the current one."""
-    module = eager_branches(_attention_tables(module))
+    module = _merged_inputs(eager_branches(_attention_tables(module)))
     window, module, mask_imports = _legacy_masks(module)
     module, converted = _legacy_mask_functions(module)
     if converted and not mask_imports:
@@ -612,6 +626,171 @@ def _without_methods(
 
 
 # --- inline eager attention -------------------------------------------------------------------------------
+
+
+# --- forward parameters every call binds to the same name ----------------------------------------------
+
+
+def _merged_inputs(module: cst.Module) -> cst.Module:
+    """A forward parameter that every call of the class's instances binds to the same name as an earlier
+    one (`self.attn(normed, normed, normed, mask)` into `forward(self, v, k, q, mask)`) is that one input:
+    the parameter goes, its reads up to its first assignment read the earlier parameter, and the calls stop
+    passing it. The calls are those of the attributes the file's classes build as the class (`self.x =
+    C(...)`, read only as `self.x(...)`); a class built anywhere else is left as written."""
+    body = list(module.body)
+    classes = {s.name.value: s for s in body if isinstance(s, cst.ClassDef)}
+    for name, cls in classes.items():
+        forward = _methods(cls).get("forward")
+        calls = _instance_calls(body, name)
+        if forward is None or not calls or not isinstance(forward.body, cst.IndentedBlock):
+            continue
+        names = _parameters(forward)
+        merged = _same_names(forward, calls)
+        if not merged:
+            continue
+        new_forward = _forward_merged(forward, merged)
+        if new_forward is None:
+            continue
+        dropped = {names.index(later) for later in merged}
+        body = [
+            _with_method(s, new_forward) if isinstance(s, cst.ClassDef) and s.name.value == name else s
+            for s in body
+        ]
+        body = [_calls_without(s, set(calls), dropped) if isinstance(s, cst.ClassDef) else s for s in body]
+    return module.with_changes(body=body)
+
+
+def _instance_calls(body: list[cst.BaseStatement], name: str) -> dict[tuple[str, str], list[cst.Call]]:
+    """{(owner, attribute): its calls} for every `self.<attribute> = <name>(...)` of the file's classes;
+    empty when the class is built or an attribute read in any other way."""
+    found: dict[tuple[str, str], list[cst.Call]] = {}
+    for statement in body:
+        if isinstance(statement, cst.FunctionDef) and any(
+            isinstance(n, cst.Call) and dotted(n.func) == name for n in walk(statement)
+        ):
+            return {}
+        if not isinstance(statement, cst.ClassDef):
+            continue
+        attributes = set()
+        for node in walk(statement):
+            if isinstance(node, cst.Call) and dotted(node.func) == name:
+                parent = next(
+                    (
+                        a
+                        for a in walk(statement)
+                        if isinstance(a, cst.Assign) and a.value is node and len(a.targets) == 1
+                    ),
+                    None,
+                )
+                target = parent.targets[0].target if parent is not None else None
+                if not (isinstance(target, cst.Attribute) and dotted(target.value) == "self"):
+                    return {}
+                attributes.add(target.attr.value)
+        for attribute in attributes:
+            reads = [
+                n
+                for n in walk(statement)
+                if isinstance(n, cst.Attribute) and dotted(n.value) == "self" and n.attr.value == attribute
+            ]
+            calls = [n for n in walk(statement) if isinstance(n, cst.Call) and n.func in reads]
+            if len(reads) != len(calls) + 1:  # the assignment, then calls only
+                return {}
+            found[(statement.name.value, attribute)] = calls
+    return found
+
+
+def _same_names(forward: cst.FunctionDef, calls: dict[tuple[str, str], list[cst.Call]]) -> dict[str, str]:
+    """{later parameter: earlier parameter} for positional parameters every call binds to the same name."""
+    names = _parameters(forward)
+    bindings = []
+    for call in (c for group in calls.values() for c in group):
+        if any(arg.star for arg in call.args):
+            return {}
+        bound = _bound_arguments(forward, call)
+        if bound is None:
+            return {}
+        bindings.append(bound)
+    merged: dict[str, str] = {}
+    for index, later in enumerate(names):
+        for earlier in names[:index]:
+            if earlier in merged:
+                continue
+            if all(
+                isinstance(bound.get(later), cst.Name)
+                and isinstance(bound.get(earlier), cst.Name)
+                and bound[later].value == bound[earlier].value  # type: ignore[union-attr]
+                for bound in bindings
+            ):
+                merged[later] = earlier
+                break
+    return merged
+
+
+def _forward_merged(forward: cst.FunctionDef, merged: dict[str, str]) -> cst.FunctionDef | None:
+    """The forward without the merged parameters, their reads up to their first assignment (a top-level
+    `name = ...`) reading the earlier parameter; None where a read cannot be placed before or after it."""
+    statements = list(forward.body.body)
+    for later, earlier in merged.items():
+        for index, statement in enumerate(statements):
+            assigned = _assignment(statement)
+            if assigned is not None and assigned[0] == later:
+                small = statement.body[0]  # type: ignore[union-attr]
+                value = _renamed(small.value, {later: cst.Name(earlier)})
+                statements[index] = statement.with_changes(body=[small.with_changes(value=value)])  # type: ignore[union-attr]
+                break
+            if later in _assigned_in(statement):
+                return None  # assigned in a nested block: left as written
+            if later in names_in(statement):
+                statements[index] = statement.visit(_Rename(later, earlier))  # type: ignore[assignment]
+        else:
+            return None  # never assigned: every read would need the rename, as above, but keep it simple
+    params = [p for p in forward.params.params if p.name.value not in merged]
+    if params and forward.params.params[-1].name.value in merged:
+        params[-1] = params[-1].with_changes(comma=forward.params.params[-1].comma)
+    return forward.with_changes(
+        params=forward.params.with_changes(params=params), body=forward.body.with_changes(body=statements)
+    )
+
+
+class _Rename(cst.CSTTransformer):
+    def __init__(self, old: str, new: str) -> None:
+        super().__init__()
+        self.old, self.new = old, new
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
+        return updated.with_changes(value=self.new) if updated.value == self.old else updated
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+        return updated.with_changes(attr=original.attr)
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return updated.with_changes(keyword=original.keyword)
+
+
+def _calls_without(cls: cst.ClassDef, attributes: set[tuple[str, str]], dropped: set[int]) -> cst.ClassDef:
+    """The class's calls `self.<attribute>(...)` (of `attributes` it owns) without the positional
+    arguments at `dropped` (positions after `self`)."""
+    own = {attribute for owner, attribute in attributes if owner == cls.name.value}
+    if not own:
+        return cls
+
+    class _Calls(cst.CSTTransformer):
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            func = updated.func
+            if not (
+                isinstance(func, cst.Attribute) and dotted(func.value) == "self" and func.attr.value in own
+            ):
+                return updated
+            positional = [i for i, arg in enumerate(updated.args) if arg.keyword is None]
+            removed = {positional[i] for i in dropped if i < len(positional)}
+            args = [arg for i, arg in enumerate(updated.args) if i not in removed]
+            if args and len(args) < len(updated.args) and updated.args[-1] is not args[-1]:
+                args[-1] = args[-1].with_changes(comma=updated.args[-1].comma)
+            return updated.with_changes(args=args)
+
+    result = cls.visit(_Calls())
+    assert isinstance(result, cst.ClassDef)
+    return result
 
 
 # --- a forward's inputs updated in place -----------------------------------------------------------------
@@ -1287,8 +1466,17 @@ def _unsharded_value(value: cst.BaseExpression, unsharded: set[str]) -> bool:
 LEADING_UNPACK = m.Tuple(elements=[m.Element(m.Name()), m.Element(m.Name()), m.Element(m.Name("_"))])
 
 
+def _batch_read(source: str) -> m.BaseMatcherNode:
+    """`x.shape[0]` or `x.size(0)` of `source`."""
+    return m.Subscript(
+        value=m.Attribute(value=m.Name(source), attr=m.Name("shape")),
+        slice=[m.SubscriptElement(m.Index(m.Integer("0")))],
+    ) | m.Call(func=m.Attribute(value=m.Name(source), attr=m.Name("size")), args=[m.Arg(m.Integer("0"))])
+
+
 def _leading_shape_read(forward: cst.FunctionDef) -> cst.FunctionDef:
-    """`a, b, _ = x.size()` (or `x.shape`) of the forward's input `x` -> `a, b = x.shape[:-1]`."""
+    """`a, b, _ = x.size()` (or `x.shape`) of the forward's input `x` -> `a, b = x.shape[:-1]`; `b =
+    x.shape[0]` (or `x.size(0)`) -> `b = x.shape[:-1][0]`."""
     params = [p.name.value for p in forward.params.params]
     if len(params) < 2:
         return forward
@@ -1301,6 +1489,15 @@ def _leading_shape_read(forward: cst.FunctionDef) -> cst.FunctionDef:
         if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
             continue
         small = statement.body[0]
+        if (
+            isinstance(small, cst.Assign)
+            and len(small.targets) == 1
+            and isinstance(small.targets[0].target, cst.Name)
+            and m.matches(small.value, _batch_read(source))
+        ):  # `b = x.shape[0]` (or `x.size(0)`) -> `b = x.shape[:-1][0]`: the batch of the leading shape
+            assign = small.with_changes(value=cst.parse_expression(f"{source}.shape[:-1][0]"))
+            body[index] = statement.with_changes(body=[assign])
+            return forward.with_changes(body=forward.body.with_changes(body=body))
         if not (
             isinstance(small, cst.Assign)
             and len(small.targets) == 1

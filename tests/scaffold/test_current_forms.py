@@ -883,3 +883,68 @@ def test_a_folded_kernel_of_another_shape_is_left_as_written():
     result = _normalised(source)
     assert "torch.bmm(query_states, key_states.transpose(1, 2))" in result
     assert "eager_attention_forward" not in result
+
+
+SAME_INPUT = """
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def forward(self, v, k, q, mask, head_mask=None):
+        batch_size = q.shape[0]
+        q = self.Wq(q)
+        k = self.Wk(k)
+        v = self.Wv(v)
+        return q, k, v, mask, batch_size
+
+
+class Layer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = Attention()
+
+    def forward(self, x, mask):
+        normed = self.norm(x)
+        return self.attention(normed, normed, normed, mask, head_mask=None)
+"""
+
+
+def test_parameters_every_call_binds_to_one_name_are_one_input():
+    """CTRL's `MultiHeadAttention.forward(v, k, q, mask)`, called as `attn(normed, normed, normed, mask)`:
+    one input (what R006 already reads so), its projections then all read it (R025); the batch read off
+    the input's dim 0 reads the leading shape (R026)."""
+    expected = """
+    import torch
+    from torch import nn
+    class Attention(nn.Module):
+        def forward(self, v, mask, head_mask=None):
+            batch_size = v.shape[:-1][0]
+            q = self.Wq(v)
+            k = self.Wk(v)
+            v = self.Wv(v)
+            return q, k, v, mask, batch_size
+    class Layer(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.attention = Attention()
+        def forward(self, x, mask):
+            normed = self.norm(x)
+            return self.attention(normed, mask, head_mask=None)
+    """
+    assert _lines(_normalised(SAME_INPUT)) == _lines(textwrap.dedent(expected))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("self.attention(normed, normed, normed, mask", "self.attention(normed, a, b, mask"),  # differ
+        (
+            "        self.attention = Attention()\n",
+            "        self.attention = Attention()\n        self.other = self.attention\n",
+        ),
+    ],
+)
+def test_parameters_bound_otherwise_are_left_as_written(change):
+    result = _normalised(SAME_INPUT.replace(*change))
+    assert "def forward(self, v, k, q, mask, head_mask=None):" in result

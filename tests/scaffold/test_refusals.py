@@ -189,3 +189,10 @@ def test_xglm_is_refused_for_nothing_and_its_sinusoidal_positions_join_the_strea
     blueprint = blueprint_of("xglm")
     assert codes("xglm") == set()
     assert blueprint.backbone.positions == ("model.embed_positions",)
+
+
+def test_ctrl_projections_read_one_input_and_its_batch_the_leading_shape():
+    # R025: `forward(v, k, q, mask)` called as `attn(normed, normed, normed, mask)` is one input (the
+    # same reading R006 makes); R026: `batch_size = q.shape[0]` reads the leading shape. Its kernel (a
+    # module function adding `mask * -1e4`) and hand-built padding mask are still refused (R027).
+    assert not codes("ctrl") & {"R025", "R026"}
