@@ -7,6 +7,14 @@
 (GPT-2's scaled init of the residual projections). `named_redraws` reads such loops; a loop of another
 shape, or whose std reads anything but `self.config` fields, numbers and the file's imported modules, is
 not one (it stays as the source writes it).
+
+The same re-draw written per class (GPTBigCode's), as the first branch of the method's top-level `if`:
+
+    if isinstance(module, (SomeMLP, SomeAttention)):
+        module.c_proj.weight.data.normal_(mean=0.0, std=<expression of self.config and constants>)
+        module.c_proj._is_hf_initialized = True  # optional, kept
+
+re-draws the weight of the layer `c_proj` of those classes only; `class_redraws` reads it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,94 @@ class NamedRedraw:
     attribute: str  # the layer's attribute name (`c_proj`)
     suffix: bool  # `name.endswith(...)`: every attribute ending in `attribute`; else exactly it
     std: cst.BaseExpression  # the std, as the source writes it (reads `self.config`)
+
+
+@dataclass(frozen=True)
+class ClassRedraw:
+    """The first branch of `_init_weights`' top-level `if`, `isinstance(module, classes)`, re-drawing the
+    weight of each such module's layer `attribute` from N(0, std^2) in `statement`."""
+
+    statement: cst.SimpleStatementLine  # the re-draw, as a node of the tree it was read from
+    classes: tuple[str, ...]
+    attribute: str
+    std: cst.BaseExpression  # the std, as the source writes it (reads `self.config`)
+
+
+def class_redraws(init_weights: cst.FunctionDef, modules: frozenset[str]) -> list[ClassRedraw]:
+    """The re-draws of one layer's weight by module class in the first branch of `init_weights`' top-level
+    `if`, whose body holds only such re-draws and `module.<layer>._is_hf_initialized = True`; `modules` are
+    the names the file binds by `import` (`math`), which the std may call."""
+    params = init_weights.params.params
+    first = next((s for s in init_weights.body.body if isinstance(s, cst.If)), None)
+    if first is None or len(params) != 2:
+        return []
+    module = params[1].name.value
+    classes = _isinstance_classes(first.test, module)
+    if classes is None:
+        return []
+    found: list[ClassRedraw] = []
+    for statement in first.body.body:
+        if _marks_initialized(statement, module):
+            continue
+        redraw = _layer_redraw(statement, module, modules)
+        if redraw is None:
+            return []
+        attribute, std = redraw
+        found.append(ClassRedraw(statement, classes, attribute, std))  # type: ignore[arg-type]
+    return found
+
+
+def _isinstance_classes(test: cst.BaseExpression, module: str) -> tuple[str, ...] | None:
+    """`(A, B)` of `isinstance(module, (A, B))` or `isinstance(module, A)`, plain class names."""
+    if not m.matches(
+        test,
+        m.Call(func=m.Name("isinstance"), args=[m.Arg(m.Name(module), keyword=None), m.Arg(keyword=None)]),
+    ):
+        return None
+    kinds = test.args[1].value  # type: ignore[attr-defined]
+    names = [e.value for e in kinds.elements] if isinstance(kinds, cst.Tuple) else [kinds]
+    if not names or not all(isinstance(name, cst.Name) for name in names):
+        return None
+    return tuple(name.value for name in names)  # type: ignore[attr-defined]
+
+
+def _marks_initialized(statement: cst.BaseStatement, module: str) -> bool:
+    """`module.<layer>._is_hf_initialized = True`."""
+    return m.matches(
+        statement,
+        m.SimpleStatementLine(
+            body=[
+                m.Assign(
+                    targets=[
+                        m.AssignTarget(
+                            m.Attribute(
+                                value=m.Attribute(value=m.Name(module)), attr=m.Name("_is_hf_initialized")
+                            )
+                        )
+                    ],
+                    value=m.Name("True"),
+                )
+            ]
+        ),
+    )
+
+
+def _layer_redraw(
+    statement: cst.BaseStatement, module: str, modules: frozenset[str]
+) -> tuple[str, cst.BaseExpression] | None:
+    """(layer, std) of `module.<layer>.weight.data.normal_(mean=0.0, std=...)` (or `.weight.normal_`), the
+    std a constant expression of the config."""
+    if not m.matches(statement, m.SimpleStatementLine(body=[m.Expr(m.Call())])):
+        return None
+    call = statement.body[0].value  # type: ignore[attr-defined]
+    weight = (dotted(call.func) or "").removesuffix(".normal_").removesuffix(".data")
+    parts = weight.split(".")
+    if len(parts) != 3 or parts[0] != module or parts[2] != "weight" or not parts[1].isidentifier():
+        return None
+    std = _normal_std(statement, weight)
+    if std is None or not _constant(std, modules):
+        return None
+    return parts[1], std
 
 
 def named_redraws(init_weights: cst.FunctionDef, modules: frozenset[str]) -> list[NamedRedraw]:

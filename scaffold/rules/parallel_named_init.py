@@ -10,13 +10,17 @@ from `init_method` on the full tensor and hand each rank its slice, so the std m
 `init_method=partial(_init_normal, <std>)`, the std read with the constructor's config parameter for
 `self.config`, and the loop goes. A loop that also names a layer that is no parallel linear stays as the
 source writes it (and so does one of another shape: `scaffold.analysis.named_redraws`).
+
+The same re-draw per class (GPTBigCode: `if isinstance(module, (MLP, Attention)):
+module.c_proj.weight.data.normal_(...)`) moves the std to that layer of those classes only, where each
+builds it as a parallel linear; the re-draw statement goes, the rest of the branch stays.
 """
 
 from __future__ import annotations
 
 import libcst as cst
 
-from ..analysis.named_redraws import NamedRedraw, named_redraws, self_config_to
+from ..analysis.named_redraws import ClassRedraw, NamedRedraw, class_redraws, named_redraws, self_config_to
 from ..blueprint import ClassKind
 from ..syntax import dotted, find_method, self_attribute, with_leading_comment
 from . import layer_code, templates
@@ -30,22 +34,27 @@ class ParallelNamedInit(Rule):
     CODE = "NXS016"
     NAME = "parallel-named-init"
     SUMMARY = (
-        "a re-draw by name in _init_weights (GPT-2's scaled c_proj) becomes those parallel layers' "
-        "init_method std"
+        "a re-draw by name or by module class in _init_weights (GPT-2's, GPTBigCode's scaled c_proj) becomes "
+        "those parallel layers' init_method std"
     )
     ADVICE = (
         "A re-draw whose std is no constant expression of the config, or that also names layers that are not "
-        "parallel linears, stays in _init_weights (it then draws each rank's shard from the rank's own stream). "
+        "parallel linears (by class: a branch `isinstance(module, classes)` first in _init_weights, holding only "
+        "the re-draw and `_is_hf_initialized` marks), stays in _init_weights (it then draws each rank's shard "
+        "from the rank's own stream). "
         "Disable it to keep the source's loop."
     )
     EXAMPLES = (
         stored_example(CODE, "gpt2", "GPT2MLP"),
         stored_example(CODE, "gpt2", "GPT2PreTrainedModel"),
+        stored_example(CODE, "gpt_bigcode", "GPTBigCodePreTrainedModel"),
     )
 
     def visit_Module(self, node: cst.Module) -> None:
-        self._std: dict[str, cst.BaseExpression] = {}  # attribute -> the std (source terms)
+        # (class, attribute) -> the std (source terms); class None: every class building the attribute
+        self._std: dict[tuple[str | None, str], cst.BaseExpression] = {}
         self._drop: list[cst.For] = []
+        self._drop_statements: list[cst.SimpleStatementLine] = []
         self._classes: list[str] = []
         self._in_init: list[bool] = []
         built = _built_attributes(node)
@@ -57,8 +66,12 @@ class ParallelNamedInit(Rule):
             for redraw in named_redraws(method, modules) if method is not None else ():
                 named = _named(redraw, built)
                 if named and all(built[attribute] for attribute in named):
-                    self._std.update(dict.fromkeys(named, redraw.std))
+                    self._std.update(dict.fromkeys(((None, name) for name in named), redraw.std))
                     self._drop.append(redraw.loop)
+            for by_class in class_redraws(method, modules) if method is not None else ():
+                if _built_by_every_class(node, by_class):
+                    self._std.update({(cls, by_class.attribute): by_class.std for cls in by_class.classes})
+                    self._drop_statements.append(by_class.statement)
 
     def _pretrained(self, name: str) -> bool:
         return any(plan.name == name and plan.kind is ClassKind.PRETRAINED for plan in self.blueprint.classes)
@@ -83,9 +96,18 @@ class ParallelNamedInit(Rule):
     def leave_For(self, original_node: cst.For, updated_node: cst.For) -> cst.For | cst.RemovalSentinel:
         return cst.RemoveFromParent() if any(original_node is loop for loop in self._drop) else updated_node
 
+    def leave_IndentedBlock(
+        self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
+    ) -> cst.IndentedBlock:
+        if updated_node.body or not original_node.body:
+            return updated_node
+        return updated_node.with_changes(body=[cst.SimpleStatementLine(body=[cst.Pass()])])
+
     def leave_SimpleStatementLine(
         self, original_node: cst.SimpleStatementLine, updated_node: cst.SimpleStatementLine
-    ) -> cst.BaseStatement:
+    ) -> cst.BaseStatement | cst.RemovalSentinel:
+        if any(original_node is statement for statement in self._drop_statements):
+            return cst.RemoveFromParent()
         if not self._in_init or not self._in_init[-1] or len(updated_node.body) != 1:
             return updated_node
         assign = updated_node.body[0]
@@ -93,7 +115,8 @@ class ParallelNamedInit(Rule):
             return updated_node
         attribute = self_attribute(assign.targets[0].target)
         call = assign.value
-        if attribute not in self._std or not _parallel_call(call):
+        std = self._std.get((self._classes[-1], attribute or "")) or self._std.get((None, attribute or ""))
+        if std is None or not _parallel_call(call):
             return updated_node
         assert isinstance(call, cst.Call)
         config = self._config_of(self._classes[-1])
@@ -101,7 +124,7 @@ class ParallelNamedInit(Rule):
             layer_code.LAYERS,
             layer_code.INIT_METHOD,
             self.blueprint.style,
-            init_std=self_config_to(self._std[attribute], config).with_changes(lpar=[], rpar=[]),
+            init_std=self_config_to(std, config).with_changes(lpar=[], rpar=[]),
         )
         self.add_template_imports(needed)
         args = [
@@ -129,12 +152,21 @@ def _parallel_call(value: cst.BaseExpression) -> bool:
     )
 
 
-def _built_attributes(module: cst.Module) -> dict[str, bool]:
-    """Every `self.<attribute> = ...` of the file's constructors: whether each is a parallel linear (all
-    its assignments are)."""
+def _built_by_every_class(module: cst.Module, redraw: ClassRedraw) -> bool:
+    """Whether every class the re-draw names is in the file and builds its layer as a parallel linear."""
+    for name in redraw.classes:
+        built = _built_attributes(module, name)
+        if not built.get(redraw.attribute, False):
+            return False
+    return True
+
+
+def _built_attributes(module: cst.Module, only: str | None = None) -> dict[str, bool]:
+    """Every `self.<attribute> = ...` of the file's constructors (of class `only`, if given): whether each
+    is a parallel linear (all its assignments are)."""
     built: dict[str, bool] = {}
     for statement in module.body:
-        if not isinstance(statement, cst.ClassDef):
+        if not isinstance(statement, cst.ClassDef) or (only is not None and statement.name.value != only):
             continue
         init = find_method(statement, "__init__")
         if init is None:

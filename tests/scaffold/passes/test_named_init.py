@@ -145,3 +145,157 @@ def test_gpt2_c_proj_std_is_transformers_law() -> None:
     assert not math.isclose(
         expected, config.initializer_range, rel_tol=0.05
     )  # the scaled law, not the default
+
+
+BY_CLASS_PLAN = blueprint(
+    classes=[klass("ToyMLP"), klass("ToyAttention"), klass("ToyPreTrainedModel", ClassKind.PRETRAINED)]
+)
+
+BY_CLASS = """
+import math
+from functools import partial
+
+from torch import nn
+
+
+class ToyMLP(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        init_method = partial(_init_normal, config.initializer_range)
+        self.c_proj = RowParallelLinear(4, config.hidden_size, bias=False, init_method=init_method)
+
+
+class ToyAttention(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        init_method = partial(_init_normal, config.initializer_range)
+        self.c_proj = {attention_layer}
+
+
+class ToyOther(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        init_method = partial(_init_normal, config.initializer_range)
+        self.c_proj = RowParallelLinear(4, config.hidden_size, bias=False, init_method=init_method)
+
+
+class ToyPreTrainedModel(PreTrainedModel):
+    def _init_weights(self, module):
+        if isinstance(module, (ToyMLP, ToyAttention)):
+            # scaled init of the residual projections
+            module.c_proj.weight.data.normal_(mean=0.0, std={std})
+            module.c_proj._is_hf_initialized = True
+        elif isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+"""
+
+PARALLEL_LAYER = "RowParallelLinear(4, config.hidden_size, bias=False, init_method=init_method)"
+
+BY_CLASS_AFTER = """
+import math
+from functools import partial
+
+from torch import nn
+
+
+class ToyMLP(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        init_method = partial(_init_normal, config.initializer_range)
+        # the std of _init_weights' re-draw of c_proj.weight (NxD draws the full weight, then slices it)
+        self.c_proj = RowParallelLinear(
+            4,
+            config.hidden_size,
+            bias=False,
+            init_method=partial(_init_normal, config.initializer_range / math.sqrt(2 * config.num_hidden_layers)),
+        )
+
+
+class ToyAttention(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        init_method = partial(_init_normal, config.initializer_range)
+        # the std of _init_weights' re-draw of c_proj.weight (NxD draws the full weight, then slices it)
+        self.c_proj = RowParallelLinear(
+            4,
+            config.hidden_size,
+            bias=False,
+            init_method=partial(_init_normal, config.initializer_range / math.sqrt(2 * config.num_hidden_layers)),
+        )
+
+
+class ToyOther(nn.Module):
+    def __init__(self, config, trn_config):
+        super().__init__()
+        init_method = partial(_init_normal, config.initializer_range)
+        self.c_proj = RowParallelLinear(4, config.hidden_size, bias=False, init_method=init_method)
+
+
+class ToyPreTrainedModel(PreTrainedModel):
+    def _init_weights(self, module):
+        if isinstance(module, (ToyMLP, ToyAttention)):
+            module.c_proj._is_hf_initialized = True
+        elif isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+"""
+
+
+def _by_class(std: str = STD, attention_layer: str = PARALLEL_LAYER) -> str:
+    return BY_CLASS.replace("{std}", std).replace("{attention_layer}", attention_layer)
+
+
+class TestParallelInitByClass(RuleTest):
+    """GPTBigCode's form: the re-draw of one layer of the modules of some classes, in `_init_weights`' first
+    branch; the std goes to that layer of those classes only (not `ToyOther`'s)."""
+
+    TRANSFORM = ParallelNamedInit
+
+    def test_a_redraw_by_class_becomes_those_classes_layers_init_method(self) -> None:
+        self.assertCodemod(_by_class(), BY_CLASS_AFTER, BY_CLASS_PLAN)
+
+    def test_a_class_whose_layer_is_no_parallel_linear_keeps_the_redraw(self) -> None:
+        self.assertUnchanged(_by_class(attention_layer="nn.Linear(4, 4)"), BY_CLASS_PLAN)
+
+    def test_a_std_that_reads_the_module_stays(self) -> None:
+        self.assertUnchanged(_by_class(std="module.c_proj.weight.shape[0]"), BY_CLASS_PLAN)
+
+    def test_a_branch_doing_anything_else_stays(self) -> None:
+        source = _by_class().replace(
+            "            module.c_proj._is_hf_initialized = True\n",
+            "            module.c_proj._is_hf_initialized = True\n            module.c_proj.bias.data.zero_()\n",
+        )
+        self.assertUnchanged(source, BY_CLASS_PLAN)
+
+
+def test_gpt_bigcode_c_proj_std_is_transformers_law() -> None:
+    """transformers' GPTBigCode built from a config: the pooled std of its c_proj weights (attention and
+    MLP) is the std the generated layers draw from."""
+    from transformers import GPTBigCodeConfig, GPTBigCodeModel
+
+    from tests.scaffold.rules.pipeline_states import module_after
+
+    config = GPTBigCodeConfig(
+        n_layer=6, n_embd=256, n_head=4, vocab_size=64, n_positions=16, initializer_range=0.05
+    )
+    torch.manual_seed(0)
+    model = GPTBigCodeModel(config)
+    weights = torch.cat(
+        [p.detach().flatten() for name, p in model.named_parameters() if name.endswith("c_proj.weight")]
+    )
+    assert weights.numel() > 10**6
+    module = module_after("gpt_bigcode", ParallelNamedInit.CODE)
+    stds = set()
+
+    class Visitor(cst.CSTVisitor):
+        def visit_Assign(self, node: cst.Assign) -> None:
+            target = node.targets[0].target
+            if module.code_for_node(target) == "self.c_proj" and isinstance(node.value, cst.Call):
+                for arg in node.value.args:
+                    if arg.keyword is not None and arg.keyword.value == "init_method":
+                        stds.add(module.code_for_node(arg.value.args[1].value))  # type: ignore[attr-defined]
+
+    module.visit(Visitor())
+    assert len(stds) == 1, stds  # both c_proj layers, one std
+    expected = eval(stds.pop(), {"math": math, "config": config})
+    assert math.isclose(weights.std().item(), expected, rel_tol=0.05)
+    assert not math.isclose(expected, config.initializer_range, rel_tol=0.05)
