@@ -17,9 +17,10 @@ DOCSTRING = m.SimpleStatementLine(body=[m.Expr(value=m.SimpleString() | m.Concat
 # `super().__init__(...)`
 SUPER_INIT_CALL = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")))
 
-# `super().__init__(...)` or `Base.__init__(self, ...)` as a statement of its own.
+# `super().__init__(...)` or `Base.__init__(self, ...)` as a statement of its own (other statements may
+# follow it on its line: `scaffold.analysis.current_forms` keeps a config there, `; self.config = config`).
 PARENT_INIT_STATEMENT = m.SimpleStatementLine(
-    body=[m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("__init__"))))]
+    body=[m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("__init__")))), m.ZeroOrMore()]
 )
 
 # `self.post_init()`: transformers' end-of-constructor hook.

@@ -174,7 +174,9 @@ NO_CONFIG_PARAMETER = RefusalCode(
     "no-config-parameter",
     "the constructor builds parallel layers or sequence-parallel norms but takes no config parameter to "
     "read their sizes, dtype and init range from, and NXS004 cannot give it one (a call of it outside "
-    "the constructor of a class that holds a config, or a `config` name or `*args` already there)",
+    "the constructor of a class that holds a config, or a `config` name or `*args` already there), or "
+    "takes it as an optional parameter (`config=None`) that a call leaves out (NXS004 moves an optional "
+    "config every call passes first, required)",
     "pass the model config to the constructor (as `config`, or a parameter annotated with the config "
     "class) in a copy of the modeling file (--source)",
 )
@@ -228,8 +230,8 @@ QKV_PROJECTIONS = RefusalCode(
     "R025",
     "qkv-projections",
     "the q, k and v projections differ in input or bias, are built conditionally, are not called once each "
-    "on the forward's input, or the output projection is not called once: NxD's fused and GQA layers "
-    "cannot replace them",
+    "on the forward's input (parameters every call binds to the same name, `attn(x, x, x)`, count as one "
+    "input), or the output projection is not called once: NxD's fused and GQA layers cannot replace them",
     "build and call them as transformers' Llama attention does in a copy of the modeling file (--source), "
     "or convert the attention by hand",
 )
@@ -237,7 +239,8 @@ ATTENTION_INPUT_SHAPE = RefusalCode(
     "R026",
     "attention-input-shape",
     "the attention forward reads its input's shape other than as `x.shape[:-1]` (or the older "
-    "`b, s, _ = x.size()`), which under sequence parallelism is the sequence-first shard",
+    "`b, s, _ = x.size()`, or the batch alone as `b = x.shape[0]`), which under sequence parallelism is "
+    "the sequence-first shard",
     "read the leading shape as `input_shape = hidden_states.shape[:-1]` in a copy of the modeling file "
     "(--source), or make the marked line batch-first over the full sequence by hand",
 )
@@ -246,8 +249,9 @@ ATTENTION_DISPATCH = RefusalCode(
     "attention-dispatch",
     "the attention does not pick its kernel from transformers' ALL_ATTENTION_FUNCTIONS with an eager "
     "function that adds its mask as `scores = scores + mask` (nor computes eager attention inline in the "
-    "older form: scores, mask block, softmax, `@ v`, `transpose(1, 2)`), so the Neuron flash path cannot "
-    "be added",
+    "older form: scores, mask block, softmax, `@ v`, `transpose(1, 2)`, on (B, h, S, d) tensors or on "
+    "heads folded into the batch, `torch.bmm` over `x.reshape(bsz * h, -1, d)`, its output viewed back "
+    "to (B, h, S, d)), so the Neuron flash path cannot be added",
     "write the eager/flash switch by hand (nki_flash_attn_func when config._attn_implementation == "
     '"flash_attention_2") and a causal mask for calls without one',
 )

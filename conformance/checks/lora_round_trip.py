@@ -280,17 +280,22 @@ def _transformers_logits(job: LoraJob) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
     # The parallel model recomputes the causal mask (optimum-neuron's default): the causal mask only here.
-    inputs = checkpoint_batch(job.checkpoint).reference_inputs(honours_padding=False, labels=False)
+    # Fresh inputs for each forward: a model may update one in place (XGLM's `position_ids`).
+    batch = checkpoint_batch(job.checkpoint)
+
+    def inputs() -> dict[str, torch.Tensor]:
+        return batch.reference_inputs(honours_padding=False, labels=False)
+
     base = AutoModelForCausalLM.from_pretrained(
         job.checkpoint, attn_implementation="eager", dtype=torch.float32
     )
     base.eval()
     with torch.no_grad():
-        found = {"base": base(**inputs).logits}
+        found = {"base": base(**inputs()).logits}
         model = PeftModel.from_pretrained(base, job.consolidated_dir, adapter_name="consolidated")
         model.load_adapter(job.adapter_dir, adapter_name="original")
         model.eval()
         for name in ("consolidated", "original"):
             model.set_adapter(name)
-            found[name] = model(**inputs).logits
+            found[name] = model(**inputs()).logits
     return found

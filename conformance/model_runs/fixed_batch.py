@@ -54,14 +54,16 @@ class FixedBatch:
     pad_token_id: int
 
     def model_inputs(self, labels: bool = True) -> dict[str, torch.Tensor]:
-        """What the parallel model gets (everything a trainer would pass)."""
+        """What the parallel model gets (everything a trainer would pass), as fresh copies: a model that
+        updates an input in place (transformers' XGLM adds its position offset to `position_ids`) must
+        not change the batch the next forward, or the other model, gets."""
         found = {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "position_ids": self.position_ids,
+            "input_ids": self.input_ids.clone(),
+            "attention_mask": self.attention_mask.clone(),
+            "position_ids": self.position_ids.clone(),
         }
         if labels:
-            found["labels"] = self.labels
+            found["labels"] = self.labels.clone()
         return found
 
     def reference_inputs(

@@ -45,6 +45,20 @@ of analyses and rules serves both:
   vocab_size=V)`, the same loss (transformers' causal-LM loss shifts the labels and takes the mean over
   the labels that are not -100, as `CrossEntropyLoss()` does), which the head rules know;
 
+- a mask helper of the base model's own inherited from a class of the file (the pretrained base holding
+  `_update_causal_mask`): read as above, the helpers leave the base class where no other class calls them;
+- transformers' legacy `_prepare_4d_causal_attention_mask(mask, shape, embeds, past)`: the call becomes
+  `create_causal_mask` over the positions after `past`;
+- an inline kernel over heads folded into the batch (`torch.bmm` on `x.reshape(bsz * h, -1, d)`): read in
+  4-D first (`batched_attention`), then as above; copies of the weights kept for the forward's return
+  follow the call, forward parameters the kernel reads (a head mask) become keyword parameters, and an
+  attention keeping no config takes its callers' (`self.config = config`) for the dispatch;
+- forward parameters that every call binds to the same name (`attn(x, x, x)` into `forward(v, k, q)`):
+  one input, the others' parameters and arguments gone; the batch read as `b = x.shape[0]` reads the
+  leading shape, `b = x.shape[:-1][0]`;
+- a forward's parameter updated in place (`position_ids += offset`): `p = p + offset`, the caller's tensor
+  left as it was.
+
 Nothing here names a model: only transformers' conventions (`_attn_implementation`, the mask and cache
 argument names, `torch.matmul`/`softmax`/`finfo`). Line numbers stay those of the file where the
 rewrite is shorter than what it replaces (blank lines take the place of removed code), so locations
@@ -63,6 +77,7 @@ import libcst.matchers as m
 
 from ..patterns import IS_NOT_NONE
 from ..syntax import code, dotted, fresh_name, names_in, walk
+from .batched_attention import batched_as_matmul
 from .implementation_branches import eager_branches
 
 EAGER_KEY = "eager"
@@ -83,11 +98,15 @@ UNSHARDED_FIELDS = frozenset({"num_attention_heads", "num_key_value_heads", "num
 
 def current_forms(module: cst.Module) -> cst.Module:
     """`module` with every recognised pre-refactor form rewritten into the current one."""
-    module = eager_branches(_attention_tables(module))
+    module = _merged_inputs(eager_branches(_attention_tables(module)))
     window, module, mask_imports = _legacy_masks(module)
+    module, converted = _legacy_mask_functions(module)
+    if converted and not mask_imports:
+        mask_imports = [(MASKING_MODULE, (CAUSAL_MASK,))]
     module, outlined = _inline_attention(module, window)
     module = _conditional_masks(module)
     module = _transformers_losses(module)
+    module = _inputs_kept(module)
     imports = [*mask_imports]
     if outlined and not _imports_name(module, ATTENTION_TABLE):
         imports.append((TABLE_MODULE, (ATTENTION_TABLE,)))
@@ -209,10 +228,14 @@ def _legacy_masks(
     for position, statement in enumerate(body):
         if not isinstance(statement, cst.ClassDef):
             continue
-        rewritten = _mask_class(statement)
+        rewritten = _mask_class(statement, _inherited_methods(body, statement))
         if rewritten is None:
             continue
-        body[position], pending, condition = rewritten
+        new_class, pending, dropped, condition = rewritten
+        if dropped and not _droppable(body, statement, dropped):
+            continue
+        body[position] = new_class
+        _drop_methods(body, dropped)
         if pending and position + 1 < len(body):
             following = body[position + 1]
             body[position + 1] = following.with_changes(
@@ -226,8 +249,105 @@ def _legacy_masks(
     return window, module.with_changes(body=body), imports
 
 
+LEGACY_MASK_MODULE = "modeling_attn_mask_utils"
+LEGACY_CAUSAL_MASK = "_prepare_4d_causal_attention_mask"
+
+
+def _legacy_mask_functions(module: cst.Module) -> tuple[cst.Module, bool]:
+    """`m = _prepare_4d_causal_attention_mask(mask, shape, embeds, past)` (transformers'
+    `modeling_attn_mask_utils`, four positional arguments) in a method -> `m = create_causal_mask(config=
+    self.config, input_embeds=embeds, attention_mask=mask, cache_position=torch.arange(past, past +
+    shape[-1], device=embeds.device), past_key_values=None)`: the same causal and padding mask over the
+    positions after `past`, in the builder the host replaces."""
+    names = {
+        alias.evaluated_alias or alias.evaluated_name
+        for statement in module.body
+        if isinstance(statement, cst.SimpleStatementLine)
+        for small in statement.body
+        if isinstance(small, cst.ImportFrom)
+        and small.module is not None
+        and (dotted(small.module) or "").split(".")[-1] == LEGACY_MASK_MODULE
+        and not isinstance(small.names, cst.ImportStar)
+        for alias in small.names
+        if alias.evaluated_name == LEGACY_CAUSAL_MASK
+    }
+    if not names:
+        return module, False
+    converted = False
+
+    class _Calls(cst.CSTTransformer):
+        def __init__(self) -> None:
+            self.depth = 0
+
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+            self.depth += 1
+
+        def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+            self.depth -= 1
+            return updated
+
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+            nonlocal converted
+            if dotted(updated.func) not in names or self.depth == 0:
+                return updated
+            args = updated.args
+            if len(args) != 4 or any(arg.keyword is not None or arg.star for arg in args):
+                return updated
+            mask, shape, embeds, past = (code(arg.value) for arg in args)
+            converted = True
+            return cst.parse_expression(
+                f"{CAUSAL_MASK}(config=self.config, input_embeds={embeds}, attention_mask={mask}, "
+                f"cache_position=torch.arange({past}, {past} + {shape}[-1], device={embeds}.device), "
+                "past_key_values=None)"
+            )
+
+    body = [
+        statement.visit(_Calls()) if isinstance(statement, cst.ClassDef) else statement
+        for statement in module.body
+    ]
+    return module.with_changes(body=body), converted
+
+
 def _methods(cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
     return {s.name.value: s for s in cls.body.body if isinstance(s, cst.FunctionDef)}
+
+
+def _inherited_methods(body: list[cst.BaseStatement], cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
+    """The methods `cls` inherits from the file's own classes (the nearest base first), those it defines
+    itself left out: a mask helper may live on the pretrained base class (`_update_causal_mask`)."""
+    classes = {s.name.value: s for s in body if isinstance(s, cst.ClassDef)}
+    own = _methods(cls)
+    found: dict[str, cst.FunctionDef] = {}
+    seen = {cls.name.value}
+    pending = [dotted(base.value) for base in cls.bases]
+    while pending:
+        name = pending.pop(0)
+        if name is None or name in seen or name not in classes:
+            continue
+        seen.add(name)
+        for method, function in _methods(classes[name]).items():
+            if method not in own:
+                found.setdefault(method, function)
+        pending.extend(dotted(base.value) for base in classes[name].bases)
+    return found
+
+
+def _drop_methods(body: list[cst.BaseStatement], dropped: set[cst.FunctionDef]) -> None:
+    """Remove the method definitions `dropped` (by identity) from the classes of `body`, in place, each
+    leaving as many blank lines (later lines keep their numbers)."""
+    for position, statement in enumerate(body):
+        if not isinstance(statement, cst.ClassDef):
+            continue
+        names = {f.name.value for f in statement.body.body if isinstance(f, cst.FunctionDef) and f in dropped}
+        if not names:
+            continue
+        new_class, pending = _without_methods(statement, names, None)
+        body[position] = new_class
+        if pending and position + 1 < len(body):
+            following = body[position + 1]
+            body[position + 1] = following.with_changes(
+                leading_lines=[*_blanks(pending), *following.leading_lines]
+            )
 
 
 def _self_calls(node: cst.CSTNode, methods: dict[str, cst.FunctionDef]) -> list[cst.Call]:
@@ -287,9 +407,15 @@ def _bound_arguments(function: cst.FunctionDef, call: cst.Call) -> dict[str, cst
     return bound
 
 
-def _mask_class(cls: cst.ClassDef) -> tuple[cst.ClassDef, int, cst.BaseExpression | None] | None:
-    methods = _methods(cls)
-    forward = methods.get("forward")
+def _mask_class(
+    cls: cst.ClassDef, inherited: dict[str, cst.FunctionDef]
+) -> tuple[cst.ClassDef, int, set[cst.FunctionDef], cst.BaseExpression | None] | None:
+    """(the class with its forward calling the host's builder and without its own mask helpers, the blank
+    lines owed after it, the helpers it inherits from the file's classes that go too, the window
+    condition), or None."""
+    own = _methods(cls)
+    methods = {**inherited, **own}
+    forward = own.get("forward")
     if forward is None:
         return None
     for index, statement in enumerate(forward.body.body):
@@ -317,8 +443,24 @@ def _mask_class(cls: cst.ClassDef) -> tuple[cst.ClassDef, int, cst.BaseExpressio
             for other in kept
         ):
             return None  # another method still calls the helpers
-        return (*_without_methods(cls, dropped, new_forward), condition)  # type: ignore[return-value]
+        new_cls, pending = _without_methods(cls, dropped & set(own), new_forward)
+        return new_cls, pending, {methods[d] for d in dropped - set(own)}, condition
     return None
+
+
+def _droppable(body: list[cst.BaseStatement], caller: cst.ClassDef, helpers: set[cst.FunctionDef]) -> bool:
+    """Whether helpers that `caller` inherits can go with its call: no other class of `body` calls one of
+    them through `self.` (outside the helpers themselves), and no class is left without a statement."""
+    names = {f.name.value: f for f in helpers}
+    for statement in body:
+        if not isinstance(statement, cst.ClassDef) or statement.name.value == caller.name.value:
+            continue
+        methods = _methods(statement).values()
+        if any(method not in helpers and _self_calls(method, names) for method in methods):
+            return False
+        if all(isinstance(s, cst.FunctionDef) and s in helpers for s in statement.body.body):
+            return False
+    return True
 
 
 def _assigned_self_call(statement: cst.BaseStatement, methods: dict[str, cst.FunctionDef]) -> cst.Call | None:
@@ -460,7 +602,7 @@ def _masked_forward(
 
 
 def _without_methods(
-    cls: cst.ClassDef, dropped: set[str], forward: cst.FunctionDef
+    cls: cst.ClassDef, dropped: set[str], forward: cst.FunctionDef | None
 ) -> tuple[cst.ClassDef, int]:
     """The class without the methods named (blank lines in their place), and the count of blank lines
     still owed after its last statement."""
@@ -470,7 +612,11 @@ def _without_methods(
         if isinstance(statement, cst.FunctionDef) and statement.name.value in dropped:
             pending += _line_count(statement)
             continue
-        if isinstance(statement, cst.FunctionDef) and statement.name.value == "forward":
+        if (
+            forward is not None
+            and isinstance(statement, cst.FunctionDef)
+            and statement.name.value == "forward"
+        ):
             statement = forward
         if pending:
             statement = statement.with_changes(leading_lines=[*_blanks(pending), *statement.leading_lines])
@@ -480,6 +626,219 @@ def _without_methods(
 
 
 # --- inline eager attention -------------------------------------------------------------------------------
+
+
+# --- forward parameters every call binds to the same name ----------------------------------------------
+
+
+def _merged_inputs(module: cst.Module) -> cst.Module:
+    """A forward parameter that every call of the class's instances binds to the same name as an earlier
+    one (`self.attn(normed, normed, normed, mask)` into `forward(self, v, k, q, mask)`) is that one input:
+    the parameter goes, its reads up to its first assignment read the earlier parameter, and the calls stop
+    passing it. The calls are those of the attributes the file's classes build as the class (`self.x =
+    C(...)`, read only as `self.x(...)`); a class built anywhere else is left as written."""
+    body = list(module.body)
+    classes = {s.name.value: s for s in body if isinstance(s, cst.ClassDef)}
+    for name, cls in classes.items():
+        forward = _methods(cls).get("forward")
+        calls = _instance_calls(body, name)
+        if forward is None or not calls or not isinstance(forward.body, cst.IndentedBlock):
+            continue
+        names = _parameters(forward)
+        merged = _same_names(forward, calls)
+        if not merged:
+            continue
+        new_forward = _forward_merged(forward, merged)
+        if new_forward is None:
+            continue
+        dropped = {names.index(later) for later in merged}
+        body = [
+            _with_method(s, new_forward) if isinstance(s, cst.ClassDef) and s.name.value == name else s
+            for s in body
+        ]
+        body = [_calls_without(s, set(calls), dropped) if isinstance(s, cst.ClassDef) else s for s in body]
+    return module.with_changes(body=body)
+
+
+def _instance_calls(body: list[cst.BaseStatement], name: str) -> dict[tuple[str, str], list[cst.Call]]:
+    """{(owner, attribute): its calls} for every `self.<attribute> = <name>(...)` of the file's classes;
+    empty when the class is built or an attribute read in any other way."""
+    found: dict[tuple[str, str], list[cst.Call]] = {}
+    for statement in body:
+        if isinstance(statement, cst.FunctionDef) and any(
+            isinstance(n, cst.Call) and dotted(n.func) == name for n in walk(statement)
+        ):
+            return {}
+        if not isinstance(statement, cst.ClassDef):
+            continue
+        attributes = set()
+        for node in walk(statement):
+            if isinstance(node, cst.Call) and dotted(node.func) == name:
+                parent = next(
+                    (
+                        a
+                        for a in walk(statement)
+                        if isinstance(a, cst.Assign) and a.value is node and len(a.targets) == 1
+                    ),
+                    None,
+                )
+                target = parent.targets[0].target if parent is not None else None
+                if not (isinstance(target, cst.Attribute) and dotted(target.value) == "self"):
+                    return {}
+                attributes.add(target.attr.value)
+        for attribute in attributes:
+            reads = [
+                n
+                for n in walk(statement)
+                if isinstance(n, cst.Attribute) and dotted(n.value) == "self" and n.attr.value == attribute
+            ]
+            calls = [n for n in walk(statement) if isinstance(n, cst.Call) and n.func in reads]
+            if len(reads) != len(calls) + 1:  # the assignment, then calls only
+                return {}
+            found[(statement.name.value, attribute)] = calls
+    return found
+
+
+def _same_names(forward: cst.FunctionDef, calls: dict[tuple[str, str], list[cst.Call]]) -> dict[str, str]:
+    """{later parameter: earlier parameter} for positional parameters every call binds to the same name."""
+    names = _parameters(forward)
+    bindings = []
+    for call in (c for group in calls.values() for c in group):
+        if any(arg.star for arg in call.args):
+            return {}
+        bound = _bound_arguments(forward, call)
+        if bound is None:
+            return {}
+        bindings.append(bound)
+    merged: dict[str, str] = {}
+    for index, later in enumerate(names):
+        for earlier in names[:index]:
+            if earlier in merged:
+                continue
+            if all(
+                isinstance(bound.get(later), cst.Name)
+                and isinstance(bound.get(earlier), cst.Name)
+                and bound[later].value == bound[earlier].value  # type: ignore[union-attr]
+                for bound in bindings
+            ):
+                merged[later] = earlier
+                break
+    return merged
+
+
+def _forward_merged(forward: cst.FunctionDef, merged: dict[str, str]) -> cst.FunctionDef | None:
+    """The forward without the merged parameters, their reads up to their first assignment (a top-level
+    `name = ...`) reading the earlier parameter; None where a read cannot be placed before or after it."""
+    statements = list(forward.body.body)
+    for later, earlier in merged.items():
+        for index, statement in enumerate(statements):
+            assigned = _assignment(statement)
+            if assigned is not None and assigned[0] == later:
+                small = statement.body[0]  # type: ignore[union-attr]
+                value = _renamed(small.value, {later: cst.Name(earlier)})
+                statements[index] = statement.with_changes(body=[small.with_changes(value=value)])  # type: ignore[union-attr]
+                break
+            if later in _assigned_in(statement):
+                return None  # assigned in a nested block: left as written
+            if later in names_in(statement):
+                statements[index] = statement.visit(_Rename(later, earlier))  # type: ignore[assignment]
+        else:
+            return None  # never assigned: every read would need the rename, as above, but keep it simple
+    params = [p for p in forward.params.params if p.name.value not in merged]
+    if params and forward.params.params[-1].name.value in merged:
+        params[-1] = params[-1].with_changes(comma=forward.params.params[-1].comma)
+    return forward.with_changes(
+        params=forward.params.with_changes(params=params), body=forward.body.with_changes(body=statements)
+    )
+
+
+class _Rename(cst.CSTTransformer):
+    def __init__(self, old: str, new: str) -> None:
+        super().__init__()
+        self.old, self.new = old, new
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
+        return updated.with_changes(value=self.new) if updated.value == self.old else updated
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+        return updated.with_changes(attr=original.attr)
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return updated.with_changes(keyword=original.keyword)
+
+
+def _calls_without(cls: cst.ClassDef, attributes: set[tuple[str, str]], dropped: set[int]) -> cst.ClassDef:
+    """The class's calls `self.<attribute>(...)` (of `attributes` it owns) without the positional
+    arguments at `dropped` (positions after `self`)."""
+    own = {attribute for owner, attribute in attributes if owner == cls.name.value}
+    if not own:
+        return cls
+
+    class _Calls(cst.CSTTransformer):
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            func = updated.func
+            if not (
+                isinstance(func, cst.Attribute) and dotted(func.value) == "self" and func.attr.value in own
+            ):
+                return updated
+            positional = [i for i, arg in enumerate(updated.args) if arg.keyword is None]
+            removed = {positional[i] for i in dropped if i < len(positional)}
+            args = [arg for i, arg in enumerate(updated.args) if i not in removed]
+            if args and len(args) < len(updated.args) and updated.args[-1] is not args[-1]:
+                args[-1] = args[-1].with_changes(comma=updated.args[-1].comma)
+            return updated.with_changes(args=args)
+
+    result = cls.visit(_Calls())
+    assert isinstance(result, cst.ClassDef)
+    return result
+
+
+# --- a forward's inputs updated in place -----------------------------------------------------------------
+
+_IN_PLACE = {cst.AddAssign: cst.Add, cst.SubtractAssign: cst.Subtract, cst.MultiplyAssign: cst.Multiply}
+
+
+def _inputs_kept(module: cst.Module) -> cst.Module:
+    """`p += x` (`-=`, `*=`) on a parameter `p` of a class's `forward`, at the top of its body -> `p = p + x`:
+    the same value in the forward, while the caller's tensor stays as it was (a position module adding
+    its offset to the caller's `position_ids` in place shifts them again at every later forward, a
+    recomputation under gradient checkpointing included)."""
+    body = []
+    for statement in module.body:
+        if isinstance(statement, cst.ClassDef):
+            forward = _methods(statement).get("forward")
+            if forward is not None and isinstance(forward.body, cst.IndentedBlock):
+                kept = _forward_inputs_kept(forward)
+                if kept is not forward:
+                    statement = _with_method(statement, kept)
+        body.append(statement)
+    return module.with_changes(body=body)
+
+
+def _forward_inputs_kept(forward: cst.FunctionDef) -> cst.FunctionDef:
+    parameters = set(_parameters(forward))
+    statements = list(forward.body.body)
+    changed = False
+    for index, statement in enumerate(statements):
+        if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
+            continue
+        small = statement.body[0]
+        if not (
+            isinstance(small, cst.AugAssign)
+            and isinstance(small.target, cst.Name)
+            and small.target.value in parameters
+            and type(small.operator) in _IN_PLACE
+        ):
+            continue
+        value = small.value
+        if isinstance(value, cst.BinaryOperation | cst.BooleanOperation | cst.IfExp):
+            value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+        operation = cst.BinaryOperation(small.target, _IN_PLACE[type(small.operator)](), value)
+        statements[index] = statement.with_changes(
+            body=[cst.Assign([cst.AssignTarget(small.target)], operation)]
+        )
+        changed = True
+    return forward.with_changes(body=forward.body.with_changes(body=statements)) if changed else forward
 
 
 # --- a causal LM's shifted cross-entropy written out ----------------------------------------------------
@@ -650,12 +1009,15 @@ class _Region:
     output: str
     scaling: cst.BaseExpression
     dropout: cst.BaseExpression
+    extra: tuple[str, ...] = ()  # forward parameters the kernel reads besides q, k, v and the mask
+    deferred: tuple[int, ...] = ()  # statements that only copy the weights out: they move after the kernel
 
 
 def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> tuple[cst.Module, bool]:
     body = list(module.body)
     taken = {s.name.value for s in body if isinstance(s, cst.ClassDef | cst.FunctionDef)}
     outlined = False
+    configured: set[str] = set()  # attention classes that now take their callers' config
     position = 0
     while position < len(body):
         cls = body[position]
@@ -668,6 +1030,18 @@ def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> 
             continue
         forward = _normalised_kernel(_leading_shape_read(original))
         region = _region(forward)
+        if region is None:  # heads folded into the batch (`torch.bmm`): read in 4-D where that finds one
+            batched = _normalised_kernel(batched_as_matmul(_leading_shape_read(original)))
+            found = _region(batched)
+            if found is not None:
+                forward, region = batched, found
+        if region is not None and region.deferred:
+            forward = _with_deferred(forward, region)
+            region = _region(forward)
+        if region is not None and init is not None and _config_from_callers(body, cls.name.value):
+            init = _config_taken(init)
+            cls = _with_method(cls, init)
+            configured.add(cls.name.value)
         if region is None and init is not None and _holds_config(init):
             helper = _helper_kernel(cls, forward)
             if helper is not None and (helper.window is None or window is None):
@@ -692,7 +1066,69 @@ def _inline_attention(module: cst.Module, window: cst.BaseExpression | None) -> 
         body[position - 1] = _with_method(cls, _dispatching(forward, region, name, window))
         position += _place(body, position - 1, function)
         outlined = True
+    if configured:
+        body = [_passing_config(s, configured) if isinstance(s, cst.ClassDef) else s for s in body]
     return module.with_changes(body=body), outlined
+
+
+def _config_from_callers(body: list[cst.BaseStatement], name: str) -> bool:
+    """Whether class `name` keeps no config and takes none, while every call of it is in the `__init__` of
+    a class taking a plain `config` parameter (none in module-level functions): it can take theirs first,
+    for the dispatch to read `self.config._attn_implementation` (NXS004 then threads `trn_config` after it)."""
+    calls = 0
+    for statement in body:
+        if isinstance(statement, cst.FunctionDef):
+            if any(isinstance(n, cst.Call) and dotted(n.func) == name for n in walk(statement)):
+                return False
+            continue
+        if not isinstance(statement, cst.ClassDef):
+            continue
+        methods = _methods(statement)
+        if statement.name.value == name:
+            init = methods.get("__init__")
+            if init is None or CONFIG in _self_attributes(init) or _parent_init(init) is None:
+                return False
+            params = init.params
+            if isinstance(params.star_arg, cst.Param) or CONFIG in {
+                p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)
+            }:
+                return False
+        for method_name, method in methods.items():
+            built = [n for n in walk(method) if isinstance(n, cst.Call) and dotted(n.func) == name]
+            if not built:
+                continue
+            plain = {p.name.value: p for p in method.params.params}
+            if method_name != "__init__" or CONFIG not in plain or plain[CONFIG].default is not None:
+                return False
+            calls += len(built)
+    return calls > 0
+
+
+def _config_taken(init: cst.FunctionDef) -> cst.FunctionDef:
+    """`__init__(self, config, ...)` keeping it as `self.config` (on its `super().__init__()` line)."""
+    params = list(init.params.params)
+    new = cst.Param(cst.Name(CONFIG), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    if len(params) == 1 and isinstance(params[0].comma, cst.MaybeSentinel):
+        params[0] = params[0].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        new = new.with_changes(comma=cst.MaybeSentinel.DEFAULT)
+    params.insert(1, new)
+    return _config_kept(init.with_changes(params=init.params.with_changes(params=params)))
+
+
+def _passing_config(cls: cst.ClassDef, configured: set[str]) -> cst.ClassDef:
+    """Every call of a class in `configured` in the class's methods passes `config` first."""
+
+    class _Calls(cst.CSTTransformer):
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            if dotted(updated.func) not in configured:
+                return updated
+            space = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+            first = cst.Arg(cst.Name(CONFIG), comma=space if updated.args else cst.MaybeSentinel.DEFAULT)
+            return updated.with_changes(args=[first, *updated.args])
+
+    result = cls.visit(_Calls())
+    assert isinstance(result, cst.ClassDef)
+    return result
 
 
 @dataclass(frozen=True)
@@ -993,9 +1429,22 @@ def _self_attributes(init: cst.FunctionDef) -> dict[str, cst.BaseExpression]:
 
 def _unsharded_attributes(init: cst.FunctionDef) -> set[str]:
     """`self.x` set to an unsharded size of the config (`config.num_attention_heads`, ...), or to a choice
-    between such sizes and literals (`config.num_kv_heads if ... else 1`)."""
+    between such sizes and literals (`config.num_kv_heads if ... else 1`), or to the output width of a
+    linear the constructor builds (`self.embed_dim = embed_dim` beside `nn.Linear(embed_dim, embed_dim)`:
+    the projections' width, which each rank holds a part of)."""
+    attributes = _self_attributes(init)
+    widths = {
+        code(value.args[1].value)
+        for value in attributes.values()
+        if isinstance(value, cst.Call)
+        and (dotted(value.func) or "").endswith("Linear")
+        and len(value.args) >= 2
+        and all(arg.keyword is None for arg in value.args[:2])
+    }
     return {
-        attribute for attribute, value in _self_attributes(init).items() if _unsharded_value(value, set())
+        attribute
+        for attribute, value in attributes.items()
+        if _unsharded_value(value, set()) or (isinstance(value, cst.Name) and value.value in widths)
     }
 
 
@@ -1017,8 +1466,17 @@ def _unsharded_value(value: cst.BaseExpression, unsharded: set[str]) -> bool:
 LEADING_UNPACK = m.Tuple(elements=[m.Element(m.Name()), m.Element(m.Name()), m.Element(m.Name("_"))])
 
 
+def _batch_read(source: str) -> m.BaseMatcherNode:
+    """`x.shape[0]` or `x.size(0)` of `source`."""
+    return m.Subscript(
+        value=m.Attribute(value=m.Name(source), attr=m.Name("shape")),
+        slice=[m.SubscriptElement(m.Index(m.Integer("0")))],
+    ) | m.Call(func=m.Attribute(value=m.Name(source), attr=m.Name("size")), args=[m.Arg(m.Integer("0"))])
+
+
 def _leading_shape_read(forward: cst.FunctionDef) -> cst.FunctionDef:
-    """`a, b, _ = x.size()` (or `x.shape`) of the forward's input `x` -> `a, b = x.shape[:-1]`."""
+    """`a, b, _ = x.size()` (or `x.shape`) of the forward's input `x` -> `a, b = x.shape[:-1]`; `b =
+    x.shape[0]` (or `x.size(0)`) -> `b = x.shape[:-1][0]`."""
     params = [p.name.value for p in forward.params.params]
     if len(params) < 2:
         return forward
@@ -1031,6 +1489,15 @@ def _leading_shape_read(forward: cst.FunctionDef) -> cst.FunctionDef:
         if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
             continue
         small = statement.body[0]
+        if (
+            isinstance(small, cst.Assign)
+            and len(small.targets) == 1
+            and isinstance(small.targets[0].target, cst.Name)
+            and m.matches(small.value, _batch_read(source))
+        ):  # `b = x.shape[0]` (or `x.size(0)`) -> `b = x.shape[:-1][0]`: the batch of the leading shape
+            assign = small.with_changes(value=cst.parse_expression(f"{source}.shape[:-1][0]"))
+            body[index] = statement.with_changes(body=[assign])
+            return forward.with_changes(body=forward.body.with_changes(body=body))
         if not (
             isinstance(small, cst.Assign)
             and len(small.targets) == 1
@@ -1221,13 +1688,15 @@ def _region(forward: cst.FunctionDef) -> _Region | None:
         extra = _extra_scaling(body[index + 1], scores) if index + 1 < len(body) else None
         if extra is not None:
             scaling = extra if code(scaling) == "1.0" else cst.BinaryOperation(scaling, cst.Multiply(), extra)
+        probabilities = {scores} | _dropped_out(body[index + 1 :], scores)
         end = next(
             (
                 i
                 for i in range(index + 1, len(body))
                 if (a := _assignment(body[i])) is not None
                 and (ops := _matmul_operands(a[1])) is not None
-                and m.matches(ops[0], m.Name(scores))
+                and isinstance(ops[0], cst.Name)
+                and ops[0].value in probabilities
                 and isinstance(ops[1], cst.Name)
             ),
             None,
@@ -1249,10 +1718,16 @@ def _region(forward: cst.FunctionDef) -> _Region | None:
             after += 1
         if after >= len(body) or not _transposes_back(body[after], output):
             return None
-        moved = [s for i, s in enumerate(body[start : after + 1], start) if i not in dropped]
+        deferred = _weight_copies(body, index, end, after, scores)
+        moved = [
+            s for i, s in enumerate(body[start : after + 1], start) if i not in dropped and i not in deferred
+        ]
         read_before = {n for s in body[:start] for n in names_in(s)}
-        free = {n for s in moved for n in names_in(s)} & read_before
-        if free - {query, key, value, mask, "self"} - _module_level_hint(forward):
+        inputs = [p.name.value for p in forward.params.params][2:]
+        free = {n for s in moved for n in names_in(s)} & (read_before | set(inputs))
+        free -= {query, key, value, mask, "self"} | _module_level_hint(forward)
+        extra = tuple(name for name in inputs if name in free)
+        if free - set(extra) or _read_after(body, start, after, moved, {scores, output}):
             return None
         return _Region(
             start=start,
@@ -1266,8 +1741,73 @@ def _region(forward: cst.FunctionDef) -> _Region | None:
             output=output,
             scaling=scaling,
             dropout=_dropout(inner, scores),
+            extra=extra,
+            deferred=deferred,
         )
     return None
+
+
+def _dropped_out(statements: list[cst.BaseStatement], scores: str) -> set[str]:
+    """Names bound to a dropout of the scores (`p = dropout(scores, ...)`)."""
+    found = set()
+    for statement in statements:
+        assigned = _assignment(statement)
+        if assigned is None or not isinstance(assigned[1], cst.Call) or not assigned[1].args:
+            continue
+        func = dotted(assigned[1].func) or ""
+        if "dropout" in func and m.matches(assigned[1].args[0].value, m.Name(scores)):
+            found.add(assigned[0])
+    return found
+
+
+def _assigned_in(statement: cst.CSTNode) -> set[str]:
+    return {
+        name
+        for n in walk(statement)
+        if isinstance(n, cst.AssignTarget | cst.AugAssign | cst.AnnAssign)
+        for name in names_in(n.target)
+    }
+
+
+def _weight_copies(
+    body: list[cst.BaseStatement], scores_index: int, end: int, after: int, scores: str
+) -> tuple[int, ...]:
+    """Statements between the scores and the output matmul that only bind copies of the weights for the
+    forward to return (`if output_attentions: w_out = w else: w_out = None`): they read nothing the rest of
+    the kernel assigns and assign nothing it reads, so they can follow the kernel, reading the weights it
+    returns instead."""
+    found = []
+    for index in range(scores_index + 1, end):
+        statement = body[index]
+        assigned = _assigned_in(statement)
+        if not assigned or scores in assigned or scores not in names_in(statement):
+            continue
+        later = body[index + 1 : after + 1]
+        reads_later = {n for s in later for n in names_in(s)}
+        assigned_later = {n for s in later for n in _assigned_in(s)}
+        if assigned & (reads_later | assigned_later) or (names_in(statement) - assigned) & assigned_later:
+            continue
+        found.append(index)
+    return tuple(found)
+
+
+def _with_deferred(forward: cst.FunctionDef, region: _Region) -> cst.FunctionDef:
+    """`forward` with the region's weight copies moved right after its end."""
+    body = list(forward.body.body)
+    moved = [body[i] for i in region.deferred]
+    kept = [s for i, s in enumerate(body) if i not in region.deferred]
+    position = region.end + 1 - len(moved)
+    return forward.with_changes(
+        body=forward.body.with_changes(body=[*kept[:position], *moved, *kept[position:]])
+    )
+
+
+def _read_after(
+    body: list[cst.BaseStatement], start: int, after: int, moved: list[cst.BaseStatement], returned: set[str]
+) -> bool:
+    """Whether the forward reads, after the kernel, a name the kernel assigns other than what it returns."""
+    assigned = {n for s in moved for n in _assigned_in(s)} - returned
+    return bool(assigned & {n for s in body[after + 1 :] for n in names_in(s)})
 
 
 def _module_level_hint(forward: cst.FunctionDef) -> set[str]:
@@ -1380,9 +1920,11 @@ def _dropout(statements: list[cst.BaseStatement], scores: str) -> cst.BaseExpres
     """The dropout probability the inline code applies to the scores while training (0.0 without)."""
     for statement in statements:
         assigned = _assignment(statement)
-        if assigned is None or assigned[0] != scores or not isinstance(assigned[1], cst.Call):
+        if assigned is None or not isinstance(assigned[1], cst.Call):
             continue
         call = assigned[1]
+        if assigned[0] != scores and not (call.args and m.matches(call.args[0].value, m.Name(scores))):
+            continue
         func = dotted(call.func) or ""
         if func.endswith("functional.dropout") or func.endswith("F.dropout"):
             p = next((a.value for a in call.args if a.keyword and a.keyword.value == "p"), None)
@@ -1422,9 +1964,10 @@ def _outlined(forward: cst.FunctionDef, region: _Region, name: str) -> cst.Funct
             return updated
 
     moved = [s.visit(_Module()) for s in statements]
+    extra = "".join(f"{parameter}=None, " for parameter in region.extra)
     header = (
         f"def {name}(module, {region.query}, {region.key}, {region.value}, {region.mask}, scaling, "
-        "dropout=0.0, **kwargs):\n"
+        f"dropout=0.0, {extra}**kwargs):\n"
         f"    return {region.output}, {region.scores}\n"
     )
     function = cst.parse_statement(header)
@@ -1443,6 +1986,7 @@ def _dispatching(
         f"self, {region.query}, {region.key}, {region.value}, {region.mask}, "
         f"dropout={code(region.dropout)}, scaling={code(region.scaling)}"
     )
+    arguments += "".join(f", {parameter}={parameter}" for parameter in region.extra)
     if window is not None:
         arguments += f", sliding_window=self.config.sliding_window if {code(window)} else None"
     lines = [

@@ -507,9 +507,10 @@ class _Tracer:
         return base | every
 
     def shape_of(self, node: cst.Call) -> tuple[cst.BaseExpression, ...]:
-        """Shape elements of a view/reshape call, expanding a local tuple (`view(hidden_shape)`)."""
+        """Shape elements of a view/reshape call, expanding a local tuple (`view(hidden_shape)`, or
+        unpacked: `view(*hidden_shape)`)."""
         args = [arg for arg in node.args if arg.keyword is None]
-        if len(args) == 1 and not args[0].star:
+        if len(args) == 1 and args[0].star in ("", "*"):
             only = args[0].value
             if isinstance(only, cst.Name) and only.value in self.flow.local_scope.names:
                 only = self.flow.local_scope.names[only.value][0]

@@ -46,7 +46,11 @@ from ..rules.kv_cache import CACHE_PARAMETERS, CachePlan, strip_cache
 from ..rules.neuron_flash_attention import attention_call, mask_argument, mask_block, table_dispatch
 from ..rules.parallel_linears import LINEAR
 from ..rules.sequence_parallel_norms import has_sequence_parallel_form, norm_parameters
-from ..rules.trn_config_threading import classes_needing_trn_config, config_can_be_added
+from ..rules.trn_config_threading import (
+    classes_needing_trn_config,
+    config_can_be_added,
+    optional_config_always_passed,
+)
 from ..rules.vocab_parallel_lm_head import (
     calls_transformers_loss,
     logits_statement,
@@ -197,7 +201,9 @@ def _constructors(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
                 problem = "takes no config parameter"
             elif config not in plain:
                 problem = f"takes `{config}` as a positional-only or keyword-only parameter"
-            elif plain[config].default is not None:
+            elif plain[config].default is not None and not optional_config_always_passed(
+                context.index.module, name, config, needing
+            ):
                 problem = f"takes `{config}` as an optional parameter (trn_config would follow a default)"
             else:
                 continue

@@ -25,6 +25,7 @@ from ..blueprint import (
     Role,
 )
 from ..refusal_codes import UNKNOWN_ROLE
+from ..syntax import find_method, names_in, self_attribute, walk
 from .attention import geometry
 from .constructors import ChildKind
 from .context import Context, decoder_layer_list, decoder_stack, stack_class
@@ -260,6 +261,7 @@ def backbone(context: Context, sites: list[LayerSite], norms: list[NormSite]) ->
         and stack_path
         and site.path.rpartition(".")[0] == stack_path
     )
+    positions += computed_positions(context, holder)
     base_norms = [norm.path for norm in norms if norm.owner == holder and norm.scope is NormScope.HIDDEN]
     rotary = next(
         (
@@ -284,6 +286,45 @@ def backbone(context: Context, sites: list[LayerSite], norms: list[NormSite]) ->
         stack_class=holder,
         head_transforms=tuple(sorted(causal_lm_head_transforms(context))),
     )
+
+
+_WEIGHTED = frozenset({ChildKind.LAYER, ChildKind.TORCH_NORM, ChildKind.PARAMETER, ChildKind.UNKNOWN_LAYER})
+POSITION_IDS = "position_ids"
+
+
+def computed_positions(context: Context, holder: str | None) -> tuple[str, ...]:
+    """Paths of the stack class's position modules that hold no weights (sinusoidal tables): a local class
+    other than the rotary embedding, with no layer or parameter of its own, that the stack's forward calls
+    on `position_ids`. Like learned positions they come out `(B, S, D)`, batch-first over the whole
+    sequence, and are added to the hidden stream."""
+    if holder is None or holder not in context.classes:
+        return ()
+    forward = find_method(context.classes[holder].facts.node, "forward")
+    if forward is None:
+        return ()
+    called = {
+        attribute
+        for node in walk(forward)
+        if isinstance(node, cst.Call)
+        and (attribute := self_attribute(node.func)) is not None
+        and any(POSITION_IDS in names_in(arg.value) for arg in node.args)
+    }
+    found = []
+    for member in context.tree.members:
+        construct = member.construct
+        local = context.classes.get(construct.qualified or "") if construct.kind is ChildKind.CLASS else None
+        if (
+            member.owner.class_name == holder
+            and member.attribute in called
+            and local is not None
+            and local.kind.value not in ("rotary", "norm")
+            and all(
+                child.kind not in _WEIGHTED and child.kind is not ChildKind.CLASS
+                for child in local.constructs.values()
+            )
+        ):
+            found.append(member.path)
+    return tuple(sorted(set(found)))
 
 
 def member_location(context: Context, member: Member) -> Location:

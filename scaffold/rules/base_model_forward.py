@@ -189,7 +189,7 @@ class BaseModelForward(Rule):
         embeds = _embedding_outputs(forward, _last(self.blueprint.backbone.embedding))
         if not embeds:
             return forward, None
-        forward = _unpacked_length(forward, embeds)
+        forward = self._unpacked_length(forward, embeds)
         taken = names_in(forward)
         name = SEQUENCE_LENGTH if SEQUENCE_LENGTH not in taken else fresh_name(SEQUENCE_LENGTH, taken)
 
@@ -240,6 +240,34 @@ class BaseModelForward(Rule):
             assert isinstance(result, cst.FunctionDef)
             return result, name
         return forward, None
+
+    def _unpacked_length(self, forward: cst.FunctionDef, embeds: set[str]) -> cst.FunctionDef:
+        """`batch, length, _ = embeds.shape` (or `.size()`, or `batch, length = embeds.shape[:-1]`) ->
+        `length = embeds.shape[1]`, which `_sequence_length` then reads; the batch dimension is no longer
+        dim 0 under SP, so a `batch` read elsewhere is bound first from the layout (`batch_size`
+        template)."""
+        body = list(forward.body.body)
+        for index, statement in enumerate(body):
+            found = _unpacked_shape(statement, embeds)
+            if found is None:
+                continue
+            batch, length, variable = found
+            others = [s for i, s in enumerate(body) if i != index]
+            new: list[cst.BaseStatement] = []
+            if batch != "_" and any(batch in names_in(s) for s in others):
+                new, needed = templates.fill_statements(
+                    TEMPLATES,
+                    "batch_size",
+                    self.blueprint.style,
+                    renames={"batch_size": batch, "inputs_embeds": variable},
+                )
+                self.add_template_imports(needed)
+            new.append(cst.parse_statement(f"{length} = {variable}.shape[1]"))
+            new[0] = new[0].with_changes(leading_lines=statement.leading_lines)
+            result = with_body(forward, [*body[:index], *new, *body[index + 1 :]])
+            assert isinstance(result, cst.FunctionDef)
+            return result
+        return forward
 
     def _stream_views(self, forward: cst.FunctionDef, length: str) -> cst.FunctionDef:
         """`x = x.view(-1, S, x.size(-1))` (the shape written out or bound to a name first), the identity on
@@ -731,35 +759,42 @@ def layer_loop_calls(forward: cst.FunctionDef, layers: str) -> int:
     return found
 
 
-def _unpacked_length(forward: cst.FunctionDef, embeds: set[str]) -> cst.FunctionDef:
-    """`batch, length, _ = embeds.shape` (or `.size()`) with `batch` read nowhere else -> `length =
-    embeds.shape[1]`, which `_sequence_length` then reads (the batch dimension is no longer dim 0 under SP)."""
-    body = list(forward.body.body)
-    for index, statement in enumerate(body):
-        if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
-            continue
-        small = statement.body[0]
-        if not (isinstance(small, cst.Assign) and len(small.targets) == 1):
-            continue
-        target, value = small.targets[0].target, small.value
-        if isinstance(value, cst.Call) and not value.args:
-            value = value.func  # `.size()` as `.size`
-        if not (
-            isinstance(target, cst.Tuple)
-            and len(target.elements) == 3
-            and all(isinstance(e.value, cst.Name) for e in target.elements)
-            and isinstance(value, cst.Attribute)
-            and value.attr.value in ("shape", "size")
-            and dotted(value.value) in embeds
-        ):
-            continue
-        batch, length, rest = (e.value.value for e in target.elements)  # type: ignore[attr-defined]
-        others = [s for i, s in enumerate(body) if i != index]
-        if rest != "_" or any(batch in names_in(s) for s in others):
-            continue
-        read = cst.parse_statement(f"{length} = {dotted(value.value)}.shape[1]")
-        body[index] = read.with_changes(leading_lines=statement.leading_lines)
-        result = with_body(forward, body)
-        assert isinstance(result, cst.FunctionDef)
-        return result
-    return forward
+def _unpacked_shape(statement: cst.BaseStatement, embeds: set[str]) -> tuple[str, str, str] | None:
+    """(batch, length, embeddings) of `batch, length, _ = e.shape` / `e.size()`, or `batch, length =
+    e.shape[:-1]` / `e.size()[:-1]`, `e` one of `embeds`; None for any other statement."""
+    if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
+        return None
+    small = statement.body[0]
+    if not (isinstance(small, cst.Assign) and len(small.targets) == 1):
+        return None
+    target, value = small.targets[0].target, small.value
+    if not (isinstance(target, cst.Tuple) and all(isinstance(e.value, cst.Name) for e in target.elements)):
+        return None
+    names = [e.value.value for e in target.elements]  # type: ignore[attr-defined]
+    if len(names) == 2 and m.matches(
+        value,
+        m.Subscript(
+            slice=[
+                m.SubscriptElement(
+                    m.Slice(
+                        lower=None,
+                        upper=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1")),
+                        step=None,
+                    )
+                )
+            ]
+        ),
+    ):
+        value = value.value  # type: ignore[attr-defined]
+        names.append("_")
+    if len(names) != 3 or names[2] != "_":
+        return None
+    if isinstance(value, cst.Call) and not value.args:
+        value = value.func  # `.size()` as `.size`
+    if not (
+        isinstance(value, cst.Attribute)
+        and value.attr.value in ("shape", "size")
+        and dotted(value.value) in embeds
+    ):
+        return None
+    return names[0], names[1], dotted(value.value)  # type: ignore[return-value]

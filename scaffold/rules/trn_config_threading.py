@@ -87,6 +87,67 @@ def config_can_be_added(module: cst.Module, name: str, needing: frozenset[str]) 
     return calls > 0
 
 
+def _positional_names(init: cst.FunctionDef) -> list[str]:
+    """The names positional arguments bind, `self` left out."""
+    return [param.name.value for param in (*init.params.posonly_params, *init.params.params)][1:]
+
+
+def _passed_config(call: cst.Call, positions: list[str], config: str) -> cst.Arg | None:
+    """The argument of `call` that binds parameter `config` (by keyword, or by position in `positions`);
+    None where none does, a `*`/`**` argument might, or it passes `None`."""
+    if any(arg.star for arg in call.args):
+        return None
+    found = None
+    positional = [arg for arg in call.args if arg.keyword is None]
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == config:
+            found = arg
+    if config in positions and positions.index(config) < len(positional):
+        found = positional[positions.index(config)]
+    if found is None or (isinstance(found.value, cst.Name) and found.value.value == "None"):
+        return None
+    return found
+
+
+def optional_config_always_passed(
+    module: cst.Module, name: str, config: str, needing: frozenset[str]
+) -> bool:
+    """Whether class `name`, whose `__init__` takes its config `config` as an optional positional-or-keyword
+    parameter (`config=None`), can take it first and required: every call of the class is in the
+    `__init__` of a class in `needing` and passes the config (not `None`), no `*`/`**` argument, and no
+    class of the file derives from it (its `super().__init__(...)` would bind the old order)."""
+    classes = {
+        statement.name.value: statement for statement in module.body if isinstance(statement, cst.ClassDef)
+    }
+    init = find_method(classes[name], "__init__") if name in classes else None
+    if init is None or config not in {param.name.value for param in init.params.params}:
+        return False
+    positions = _positional_names(init)
+    calls = 0
+    for owner, node in classes.items():
+        if any(dotted(base.value) == name for base in node.bases):
+            return False
+        for method in node.body.body:
+            if not isinstance(method, cst.FunctionDef):
+                continue
+            for call in walk(method):
+                if not (isinstance(call, cst.Call) and dotted(call.func) == name):
+                    continue
+                if method.name.value != "__init__" or owner not in needing:
+                    return False
+                if _passed_config(call, positions, config) is None:
+                    return False
+                calls += 1
+    functions = [statement for statement in module.body if isinstance(statement, cst.FunctionDef)]
+    if any(
+        isinstance(call, cst.Call) and dotted(call.func) == name
+        for function in functions
+        for call in walk(function)
+    ):
+        return False
+    return calls > 0
+
+
 class ThreadTrnConfig(Rule):
     CODE = "NXS004"
     NAME = "thread-trn-config"
@@ -108,9 +169,17 @@ class ThreadTrnConfig(Rule):
         self._config: dict[str, str] = {}  # class -> its config parameter
         self._config_position: dict[str, int] = {}  # class -> position of the config among the arguments
         self._added: set[str] = set()  # classes that take the config from their callers (R018 retired)
+        self._promoted: dict[str, list[str]] = {}  # optional config made first: class -> old positions
         for plan in self.blueprint.classes:
             if plan.name in self._needing and plan.config_parameter is not None:
                 self._config[plan.name] = plan.config_parameter
+                init = _own_init(node, plan.name)
+                if (
+                    init is not None
+                    and _optional(init, plan.config_parameter)
+                    and optional_config_always_passed(node, plan.name, plan.config_parameter, self._needing)
+                ):
+                    self._promoted[plan.name] = _positional_names(init)
             elif plan.name in self._needing and config_can_be_added(node, plan.name, self._needing):
                 self._config[plan.name] = CONFIG
                 self._added.add(plan.name)
@@ -118,7 +187,9 @@ class ThreadTrnConfig(Rule):
             if isinstance(statement, cst.ClassDef) and statement.name.value in self._config:
                 init = find_method(statement, "__init__")
                 names = [param.name.value for param in init.params.params] if init is not None else []
-                if self._config[statement.name.value] in names:
+                if statement.name.value in self._promoted:
+                    self._config_position[statement.name.value] = 0
+                elif self._config[statement.name.value] in names:
                     self._config_position[statement.name.value] = (
                         names.index(self._config[statement.name.value]) - 1
                     )
@@ -134,9 +205,19 @@ class ThreadTrnConfig(Rule):
             return with_todo(updated_node, refusal)
         init = find_method(updated_node, "__init__")
         assert init is not None and name in self._config, "checked in analysis (R017, R018)"
-        init = _pass_to_children(init, self._needing, self._config_position, self._added, self._config[name])
+        init = _pass_to_children(
+            init,
+            self._needing,
+            self._config_position,
+            self._added,
+            self._config[name],
+            self._promoted,
+            self._config,
+        )
         if name in self._added:
             init = _take_config(init)
+        if name in self._promoted:
+            init = _config_first(init, self._config[name])
         init = self._take_and_store(init, self._config[name])
         body = [init if _is_init(statement) else statement for statement in updated_node.body.body]
         return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
@@ -170,6 +251,57 @@ def _is_init(statement: cst.CSTNode) -> bool:
     return isinstance(statement, cst.FunctionDef) and statement.name.value == "__init__"
 
 
+def _own_init(module: cst.Module, name: str) -> cst.FunctionDef | None:
+    for statement in module.body:
+        if isinstance(statement, cst.ClassDef) and statement.name.value == name:
+            return find_method(statement, "__init__")
+    return None
+
+
+def _optional(init: cst.FunctionDef, config: str) -> bool:
+    """Whether `__init__` takes `config` as a positional-or-keyword parameter with a default (analysis
+    refuses the class unless every caller passes it: R018)."""
+    return any(param.name.value == config and param.default is not None for param in init.params.params)
+
+
+def _config_first(init: cst.FunctionDef, config: str) -> cst.FunctionDef:
+    """`__init__(self, config, ...)`: the optional config moved first and made required (every caller
+    passes it; `Optional[X]` / `X | None` annotations become `X`)."""
+    params = list(init.params.params)
+    index = next(i for i, param in enumerate(params) if param.name.value == config)
+    param = params.pop(index)
+    annotation = param.annotation
+    if annotation is not None:
+        annotation = annotation.with_changes(annotation=_without_none(annotation.annotation))
+    space = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+    param = param.with_changes(
+        default=None, equal=cst.MaybeSentinel.DEFAULT, annotation=annotation, comma=space
+    )
+    if index == len(params) and params:  # it was last: the new last parameter keeps its comma style
+        params[-1] = params[-1].with_changes(comma=init.params.params[index].comma)
+    params.insert(1, param)
+    return init.with_changes(params=init.params.with_changes(params=params))
+
+
+def _without_none(annotation: cst.BaseExpression) -> cst.BaseExpression:
+    """`Optional[X]` -> `X`, `X | None` -> `X`; anything else as written."""
+    if (
+        isinstance(annotation, cst.Subscript)
+        and dotted(annotation.value) in ("Optional", "typing.Optional")
+        and len(annotation.slice) == 1
+        and isinstance(annotation.slice[0].slice, cst.Index)
+    ):
+        return annotation.slice[0].slice.value
+    if (
+        isinstance(annotation, cst.BinaryOperation)
+        and isinstance(annotation.operator, cst.BitOr)
+        and isinstance(annotation.right, cst.Name)
+        and annotation.right.value == "None"
+    ):
+        return annotation.left
+    return annotation
+
+
 def _take_config(init: cst.FunctionDef) -> cst.FunctionDef:
     """`__init__(self, config, ...)`: the config first after `self`."""
     params = list(init.params.params)
@@ -187,19 +319,30 @@ def _pass_to_children(
     config_position: dict[str, int],
     added: set[str],
     config: str,
+    promoted: dict[str, list[str]],
+    configs: dict[str, str],
 ) -> cst.FunctionDef:
     """Every call `Child(...)` of a class that needs it passes `trn_config` right after the config, and
-    first the config `config` where the child takes it from its callers (`added`)."""
+    first the config `config` where the child takes it from its callers (`added`), or first the config
+    it passed where the child's optional config moves first (`promoted`)."""
 
     class _Calls(cst.CSTTransformer):
         def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
             callee = dotted(updated.func)
             if callee not in needing or _passes_trn_config(updated):
                 return updated
+            space = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
             if callee in added:
-                space = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
                 first = cst.Arg(cst.Name(config), comma=space if updated.args else cst.MaybeSentinel.DEFAULT)
                 updated = updated.with_changes(args=[first, *updated.args])
+            elif callee in promoted:
+                passed = _passed_config(updated, promoted[callee], configs[callee])
+                assert passed is not None, "checked in analysis (R018)"
+                args = [arg for arg in updated.args if arg is not passed]
+                if args and passed is updated.args[-1]:  # the new last argument keeps the comma style
+                    args[-1] = args[-1].with_changes(comma=passed.comma)
+                first = cst.Arg(passed.value, comma=space if args else cst.MaybeSentinel.DEFAULT)
+                updated = updated.with_changes(args=[first, *args])
             return _with_trn_config(updated, config_position.get(callee, 0))
 
     result = init.visit(_Calls())

@@ -42,6 +42,16 @@ def sequence_length(self, sequence_length, inputs_embeds):
     return sequence_length
 
 
+def batch_size(self, batch_size, inputs_embeds):
+    """In place of `batch_size, sequence_length = inputs_embeds.shape[:-1]` (or `.size()`), where the
+    batch size is read: it is the embeddings' dim 1 under sequence parallelism (read as -2 here: reads of
+    dim 1 are the sequence length's, which the rule rewrites)."""
+    batch_size = (
+        inputs_embeds.size(-2) if self.trn_config.sequence_parallel_enabled else inputs_embeds.size(0)
+    )
+    return batch_size
+
+
 def positions_in_stream_layout(self, position_embeds):
     """After the lookup of learned positions `(B, S, D)`, replicated on every rank: under sequence
     parallelism the hidden stream they are added to is `(S/T, B, D)`, so each rank keeps its own positions

@@ -42,6 +42,18 @@ def test_what_each_model_is_given() -> None:
     assert batch.compared_positions(True).sum() == 24 and bool(batch.compared_positions(False).all())
 
 
+def test_a_model_updating_an_input_in_place_leaves_the_batch_as_it_was() -> None:
+    # transformers' XGLM adds its position offset to `position_ids` in place: with the batch's own tensor,
+    # every later forward (the next overfit step, the other model) got positions shifted again.
+    batch = fixed_batch(256, 16, pad_id=0)
+    expected = batch.position_ids.clone()
+    for inputs in (batch.model_inputs(), batch.reference_inputs(honours_padding=True)):
+        for tensor in inputs.values():
+            tensor += 2
+    assert torch.equal(batch.position_ids, expected)
+    assert torch.equal(batch.model_inputs()["position_ids"], expected)
+
+
 def test_the_pad_id_comes_from_the_config() -> None:
     assert pad_token_id(SimpleNamespace(vocab_size=256, pad_token_id=5, eos_token_id=2)) == 5
     assert pad_token_id(SimpleNamespace(vocab_size=256, pad_token_id=None, eos_token_id=[9, 4])) == 9

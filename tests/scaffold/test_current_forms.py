@@ -119,6 +119,67 @@ def test_legacy_mask_helper_without_a_window_becomes_create_causal_mask():
     assert "from transformers.masking_utils import create_causal_mask\n" in result
 
 
+INHERITED_MASK = """
+import torch
+from torch import nn
+
+
+class PreTrained(nn.Module):
+    base_model_prefix = "model"
+
+    def _update_causal_mask(self, attention_mask, input_tensor, cache_position, past_key_values):
+        return self._prepare(attention_mask, cache_position=cache_position)
+
+    @staticmethod
+    def _prepare(attention_mask, cache_position):
+        return torch.finfo(torch.float32).min
+
+
+class Model(PreTrained):
+    def forward(self, inputs_embeds, attention_mask, cache_position, past_key_values):
+        cache = past_key_values
+        causal_mask = self._update_causal_mask(attention_mask, inputs_embeds, cache_position, cache)
+        return causal_mask
+
+
+class Head(PreTrained):
+    def forward(self, x):
+        return x
+"""
+
+
+def test_a_mask_helper_inherited_from_a_class_of_the_file_goes_with_its_call():
+    """BioGPT (like BART) keeps `_update_causal_mask` on its pretrained base class: the base model's call
+    becomes the host's builder, and the helpers leave the base class (blank lines in their place)."""
+    expected = """
+    import torch
+    from torch import nn
+    from transformers.masking_utils import create_causal_mask
+    class PreTrained(nn.Module):
+        base_model_prefix = "model"
+    class Model(PreTrained):
+        def forward(self, inputs_embeds, attention_mask, cache_position, past_key_values):
+            cache = past_key_values
+            causal_mask = create_causal_mask(config=self.config, input_embeds=inputs_embeds, attention_mask=attention_mask, cache_position=cache_position, past_key_values=cache)
+            return causal_mask
+    class Head(PreTrained):
+        def forward(self, x):
+            return x
+    """
+    result = _normalised(INHERITED_MASK)
+    assert _lines(result) == _lines(textwrap.dedent(expected))
+    original = textwrap.dedent(INHERITED_MASK).splitlines()
+    assert result.splitlines().index("class Model(PreTrained):") == original.index("class Model(PreTrained):")
+
+
+def test_an_inherited_mask_helper_another_class_calls_is_left_as_written():
+    source = INHERITED_MASK.replace(
+        "    def forward(self, x):\n        return x\n",
+        "    def forward(self, x):\n        return self._update_causal_mask(x, x, x, None)\n",
+    )
+    assert _normalised(source) == textwrap.dedent(source)
+
+
 INLINE = """
 import math
 
@@ -650,3 +711,240 @@ def test_a_mask_inside_the_softmax_that_is_no_parameter_is_left_as_written():
     source = FALCON_FORM.replace("scores + attention_mask, dim", "scores + self.bias, dim")
     result = _normalised(source)
     assert "eager_attention_forward" not in result
+
+
+BATCHED = """
+import torch
+from torch import nn
+from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask
+
+
+class Attention(nn.Module):
+    def __init__(self, embed_dim, num_heads, dropout=0.0):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, hidden_states, attention_mask=None, layer_head_mask=None, output_attentions=False):
+        bsz, tgt_len, _ = hidden_states.size()
+        query_states = self.q_proj(hidden_states)
+        key_states = self.k_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
+        proj_shape = (bsz * self.num_heads, -1, self.head_dim)
+        query_states = query_states.view(bsz, tgt_len, self.num_heads, self.head_dim).transpose(1, 2)
+        query_states = query_states.reshape(*proj_shape)
+        key_states = key_states.reshape(*proj_shape)
+        value_states = value_states.reshape(*proj_shape)
+        src_len = key_states.size(1)
+        attn_weights = torch.bmm(query_states, key_states.transpose(1, 2))
+        if attn_weights.size() != (bsz * self.num_heads, tgt_len, src_len):
+            raise ValueError("size")
+        if attention_mask is not None:
+            attn_weights = attn_weights.view(bsz, self.num_heads, tgt_len, src_len) + attention_mask
+            attn_weights = attn_weights.view(bsz * self.num_heads, tgt_len, src_len)
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        if layer_head_mask is not None:
+            attn_weights = layer_head_mask.view(1, -1, 1, 1) * attn_weights.view(bsz, self.num_heads, tgt_len, src_len)
+            attn_weights = attn_weights.view(bsz * self.num_heads, tgt_len, src_len)
+        if output_attentions:
+            attn_weights_reshaped = attn_weights.view(bsz, self.num_heads, tgt_len, src_len)
+            attn_weights = attn_weights_reshaped.view(bsz * self.num_heads, tgt_len, src_len)
+        else:
+            attn_weights_reshaped = None
+        attn_probs = nn.functional.dropout(attn_weights, p=self.dropout, training=self.training)
+        attn_output = torch.bmm(attn_probs, value_states)
+        attn_output = attn_output.view(bsz, self.num_heads, tgt_len, self.head_dim)
+        attn_output = attn_output.transpose(1, 2)
+        attn_output = attn_output.reshape(bsz, tgt_len, self.embed_dim)
+        return self.out_proj(attn_output), attn_weights_reshaped
+
+
+class Layer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = Attention(config.hidden_size, config.num_attention_heads)
+
+
+class Positions(nn.Module):
+    def forward(self, position_ids):
+        position_ids += 2
+        return position_ids
+
+
+class Model(nn.Module):
+    def forward(self, inputs_embeds, attention_mask, input_shape):
+        return _prepare_4d_causal_attention_mask(attention_mask, input_shape, inputs_embeds, 0)
+"""
+
+
+def test_attention_over_heads_folded_into_the_batch_is_read_in_4d_and_outlined():
+    """XGLM's form: q, k, v folded to (B*h, S, d), `torch.bmm`, views between the folded and 4-D scores.
+    In 4-D it is the current kernel; the copy of the weights for `output_attentions` follows the call, the
+    head mask becomes a keyword parameter, the attention takes its callers' config (it kept none), and
+    the output's width read from the projections' size becomes -1 (each rank holds a part)."""
+    expected = """
+    import torch
+    from torch import nn
+    from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask
+    from transformers.masking_utils import create_causal_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    def eager_attention_forward(module, query_states, key_states, value_states, attention_mask, scaling, dropout=0.0, layer_head_mask=None, **kwargs):
+        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3))
+        if attention_mask is not None:
+            attn_weights = attn_weights + attention_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        if layer_head_mask is not None:
+            attn_weights = layer_head_mask.view(1, -1, 1, 1) * attn_weights
+        attn_probs = nn.functional.dropout(attn_weights, p=module.dropout, training=module.training)
+        attn_output = torch.matmul(attn_probs, value_states)
+        attn_output = attn_output.transpose(1, 2)
+        return attn_output, attn_weights
+    class Attention(nn.Module):
+        def __init__(self, config, embed_dim, num_heads, dropout=0.0):
+            super().__init__(); self.config = config
+            self.embed_dim = embed_dim
+            self.num_heads = num_heads
+            self.head_dim = embed_dim // num_heads
+            self.dropout = dropout
+            self.q_proj = nn.Linear(embed_dim, embed_dim)
+            self.k_proj = nn.Linear(embed_dim, embed_dim)
+            self.v_proj = nn.Linear(embed_dim, embed_dim)
+            self.out_proj = nn.Linear(embed_dim, embed_dim)
+        def forward(self, hidden_states, attention_mask=None, layer_head_mask=None, output_attentions=False):
+            bsz, tgt_len = hidden_states.shape[:-1]
+            query_states = self.q_proj(hidden_states)
+            key_states = self.k_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
+            value_states = self.v_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
+            query_states = query_states.view(bsz, tgt_len, self.num_heads, self.head_dim).transpose(1, 2)
+            src_len = key_states.size(2)
+            attention_interface = eager_attention_forward
+            if self.config._attn_implementation != "eager":
+                attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+            attn_output, attn_weights = attention_interface(self, query_states, key_states, value_states, attention_mask, dropout=self.dropout if self.training else 0.0, scaling=1.0, layer_head_mask=layer_head_mask)
+            if output_attentions:
+                attn_weights_reshaped = attn_weights
+            else:
+                attn_weights_reshaped = None
+            attn_output = attn_output.reshape(bsz, tgt_len, -1)
+            return self.out_proj(attn_output), attn_weights_reshaped
+    class Layer(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.self_attn = Attention(config, config.hidden_size, config.num_attention_heads)
+    class Positions(nn.Module):
+        def forward(self, position_ids):
+            position_ids = position_ids + 2
+            return position_ids
+    class Model(nn.Module):
+        def forward(self, inputs_embeds, attention_mask, input_shape):
+            return create_causal_mask(config=self.config, input_embeds=inputs_embeds, attention_mask=attention_mask, cache_position=torch.arange(0, 0 + input_shape[-1], device=inputs_embeds.device), past_key_values=None)
+    """
+    result = _normalised(BATCHED)
+    assert _lines(result) == _lines(textwrap.dedent(expected))
+
+
+def test_the_4d_reading_equals_the_folded_kernel_numerically():
+    """Oracle: the source's own attention module, run against the rewritten one with the same weights (a
+    padding mask, a head mask, the weights returned)."""
+    import types
+
+    import torch
+
+    def attention(text: str, *args: object) -> torch.nn.Module:
+        namespace: dict = {}
+        exec(compile(text, "<snippet>", "exec"), namespace)
+        return namespace["Attention"](*args)
+
+    torch.manual_seed(0)
+    b, s, h, d = 2, 5, 3, 4
+    config = types.SimpleNamespace(_attn_implementation="eager")
+    source = attention(textwrap.dedent(BATCHED), h * d, h)
+    rewritten = attention(_normalised(BATCHED), config, h * d, h)
+    rewritten.load_state_dict(source.state_dict())
+    x = torch.randn(b, s, h * d)
+    mask = torch.where(torch.rand(b, 1, s, s) > 0.3, 0.0, torch.finfo(torch.float32).min)
+    arguments = dict(attention_mask=mask, layer_head_mask=torch.rand(h), output_attentions=True)
+    expected, expected_weights = source.eval()(x, **arguments)
+    out, weights = rewritten.eval()(x, **arguments)
+    assert torch.allclose(out, expected, atol=1e-6) and torch.allclose(weights, expected_weights)
+
+
+def test_a_folded_kernel_of_another_shape_is_left_as_written():
+    # the output is not viewed back to 4 sizes before its transpose: nothing is rewritten
+    source = BATCHED.replace(
+        "        attn_output = attn_output.view(bsz, self.num_heads, tgt_len, self.head_dim)\n", ""
+    )
+    result = _normalised(source)
+    assert "torch.bmm(query_states, key_states.transpose(1, 2))" in result
+    assert "eager_attention_forward" not in result
+
+
+SAME_INPUT = """
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def forward(self, v, k, q, mask, head_mask=None):
+        batch_size = q.shape[0]
+        q = self.Wq(q)
+        k = self.Wk(k)
+        v = self.Wv(v)
+        return q, k, v, mask, batch_size
+
+
+class Layer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = Attention()
+
+    def forward(self, x, mask):
+        normed = self.norm(x)
+        return self.attention(normed, normed, normed, mask, head_mask=None)
+"""
+
+
+def test_parameters_every_call_binds_to_one_name_are_one_input():
+    """CTRL's `MultiHeadAttention.forward(v, k, q, mask)`, called as `attn(normed, normed, normed, mask)`:
+    one input (what R006 already reads so), its projections then all read it (R025); the batch read off
+    the input's dim 0 reads the leading shape (R026)."""
+    expected = """
+    import torch
+    from torch import nn
+    class Attention(nn.Module):
+        def forward(self, v, mask, head_mask=None):
+            batch_size = v.shape[:-1][0]
+            q = self.Wq(v)
+            k = self.Wk(v)
+            v = self.Wv(v)
+            return q, k, v, mask, batch_size
+    class Layer(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.attention = Attention()
+        def forward(self, x, mask):
+            normed = self.norm(x)
+            return self.attention(normed, mask, head_mask=None)
+    """
+    assert _lines(_normalised(SAME_INPUT)) == _lines(textwrap.dedent(expected))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("self.attention(normed, normed, normed, mask", "self.attention(normed, a, b, mask"),  # differ
+        (
+            "        self.attention = Attention()\n",
+            "        self.attention = Attention()\n        self.other = self.attention\n",
+        ),
+    ],
+)
+def test_parameters_bound_otherwise_are_left_as_written(change):
+    result = _normalised(SAME_INPUT.replace(*change))
+    assert "def forward(self, v, k, q, mask, head_mask=None):" in result

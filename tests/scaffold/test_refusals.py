@@ -161,3 +161,38 @@ def test_ctrl_attention_with_its_own_kernel_stays_refused():
     # calls its own `scaled_dot_product_attention`: no rule adapts the head count per rank, so the
     # attention must be refused (R014 when the split is not traced, R025/R027 once it is), never emitted.
     assert codes("ctrl") & {"R014", "R025", "R027"}
+
+
+def test_biogpt_is_refused_for_nothing():
+    # R018: its attention's optional `config=None`, which its one caller always passes, moves first (NXS004);
+    # R019: `_update_causal_mask` on BioGptPreTrainedModel is read as the host's mask builder (current_forms).
+    assert codes("biogpt") == set()
+
+
+def test_a_view_to_an_unpacked_shape_tuple_gives_the_head_geometry():
+    # BioGPT views its projections with `.view(*q_input_shape)`, `q_input_shape = (bsz, tgt_len, -1,
+    # self.head_dim)`: head_dim is the tuple's last entry. Oracle: transformers' own module.
+    import transformers
+    from transformers.models.biogpt import modeling_biogpt
+
+    config = transformers.BioGptConfig(hidden_size=48, num_attention_heads=4)
+    module = modeling_biogpt.BioGptAttention(48, 4, config=config)
+    (geometry,) = {g.owner: g for g in blueprint_of("biogpt").attention}.values()
+    assert geometry.head_dim.evaluate(config) == module.head_dim == 12
+    assert geometry.num_heads.evaluate(config) == geometry.num_kv_heads.evaluate(config) == module.num_heads
+
+
+def test_xglm_is_refused_for_nothing_and_its_sinusoidal_positions_join_the_stream_layout():
+    # R027: its attention folds the heads into the batch (`torch.bmm`), read in 4-D as the current kernel
+    # (scaffold.analysis.batched_attention). Its sinusoidal position module holds no weights but is looked
+    # up from position_ids and added to the stream like learned positions (NXS012 moves it under SP).
+    blueprint = blueprint_of("xglm")
+    assert codes("xglm") == set()
+    assert blueprint.backbone.positions == ("model.embed_positions",)
+
+
+def test_ctrl_projections_read_one_input_and_its_batch_the_leading_shape():
+    # R025: `forward(v, k, q, mask)` called as `attn(normed, normed, normed, mask)` is one input (the
+    # same reading R006 makes); R026: `batch_size = q.shape[0]` reads the leading shape. Its kernel (a
+    # module function adding `mask * -1e4`) and hand-built padding mask are still refused (R027).
+    assert not codes("ctrl") & {"R025", "R026"}

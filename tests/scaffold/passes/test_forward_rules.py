@@ -925,6 +925,52 @@ class ToyModel(ToyPreTrainedModel):
         bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
         self.assertCodemod(before, after, blueprint=bp)
 
+    def test_a_batch_size_unpacked_with_the_length_is_read_from_the_layout(self) -> None:
+        # BioGPT: `batch_size, seq_length = inputs_embeds.size()[:-1]`, the batch size read later. Under
+        # SP the embeddings are (S/T, B, D): the batch is dim 1 (-2), the length T times dim 0.
+        before = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.post_init()
+
+    def forward(self, input_ids):
+        inputs_embeds = self.embed_tokens(input_ids)
+        batch_size, seq_length = inputs_embeds.size()[:-1]
+        attention_mask = torch.ones(batch_size, seq_length)
+        return inputs_embeds, attention_mask
+"""
+        after = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, input_ids):
+        inputs_embeds = self.embed_tokens(input_ids)
+        batch_size = inputs_embeds.size(-2) if self.trn_config.sequence_parallel_enabled else inputs_embeds.size(0)
+        # (B, S, D), or (S/T, B, D) under sequence parallelism
+        sequence_length = (
+            inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+            if self.trn_config.sequence_parallel_enabled
+            else inputs_embeds.size(1)
+        )
+        seq_length = sequence_length
+        attention_mask = torch.ones(batch_size, seq_length)
+        return inputs_embeds, attention_mask
+"""
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
+        self.assertCodemod(before, after, blueprint=bp)
+        # the same with the batch unread: only the length is kept
+        unread = before.replace("torch.ones(batch_size, seq_length)", "torch.ones(seq_length)")
+        out = (
+            BaseModelForward(CodemodContext(), bp)
+            .transform_module(cst.parse_module(unread.strip() + "\n"))
+            .code
+        )
+        assert "batch_size" not in out and "        seq_length = sequence_length\n" in out
+
     def test_views_of_other_shapes_or_names_are_kept(self) -> None:
         body = """
         shape = (-1, seq_length, other.size(-1))

@@ -11,7 +11,11 @@ from scaffold.rules.kv_cache import DropKVCache
 from scaffold.rules.neuron_model_classes import NeuronModelClasses
 from scaffold.rules.parallel_bias_init import ParallelBiasInit
 from scaffold.rules.prune_closure import PruneToTrainingClosure
-from scaffold.rules.trn_config_threading import ThreadTrnConfig, config_can_be_added
+from scaffold.rules.trn_config_threading import (
+    ThreadTrnConfig,
+    config_can_be_added,
+    optional_config_always_passed,
+)
 from scaffold.rules.unused_imports import RemoveUnusedImports
 
 from .toy import ALLOWED, HERE, RuleTest, blueprint, expr, klass, site
@@ -519,3 +523,76 @@ class ToyModel(nn.Module):
             "class A:\n    def __init__(self, n):\n        pass\n\n\ndef build(n):\n    return A(n)\n"
         )
         assert not config_can_be_added(module, "A", frozenset({"A"}))
+
+    def test_an_optional_config_every_caller_passes_moves_first_and_becomes_required(self) -> None:
+        # BioGPT's attention: `config: Optional[...] = None` after its sizes; `trn_config` cannot follow a
+        # default, so both move first (the config no longer optional) and the caller passes them first.
+        before = """
+class ToyAttention(nn.Module):
+    def __init__(self, embed_dim, dropout=0.0, config: Optional[ToyConfig] = None, layer_idx=None):
+        super().__init__()
+        self.config = config
+        self.q = nn.Linear(embed_dim, embed_dim)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.attn = ToyAttention(
+            embed_dim=config.hidden_size,
+            config=config,
+            layer_idx=layer_idx,
+        )
+        self.cross = ToyAttention(config.hidden_size, 0.1, config)
+"""
+        after = """
+from ..config import TrainingNeuronConfig
+
+
+class ToyAttention(nn.Module):
+    def __init__(self, config: ToyConfig, trn_config: TrainingNeuronConfig, embed_dim, dropout=0.0, layer_idx=None):
+        super().__init__()
+        self.trn_config = trn_config
+        self.config = config
+        self.q = nn.Linear(embed_dim, embed_dim)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, config, trn_config: TrainingNeuronConfig, layer_idx):
+        super().__init__()
+        self.trn_config = trn_config
+        self.attn = ToyAttention(
+            config,
+            trn_config,
+            embed_dim=config.hidden_size,
+            layer_idx=layer_idx,
+        )
+        self.cross = ToyAttention(config, trn_config, config.hidden_size, 0.1)
+"""
+        bp = blueprint(
+            classes=[klass("ToyAttention"), klass("ToyLayer", children=[("attn", "ToyAttention")])],
+            sites=[site("ToyAttention", "q", Role.COLUMN)],
+            base_model_class="ToyLayer",
+            causal_lm_class="ToyLayer",
+        )
+        self.assertCodemod(before, after, blueprint=bp)
+
+    def test_an_optional_config_a_caller_may_leave_out_stays_where_it_is(self) -> None:
+        attention = (
+            "class A:\n    def __init__(self, n, config=None):\n        pass\n\n\n"
+            "class L:\n    def __init__(self, config):\n        self.a = {call}\n"
+        )
+        passing = ("A(1, config=config)", "A(1, config)", "A(n=1, config=config)")
+        for call in passing:
+            module = cst.parse_module(attention.format(call=call))
+            assert optional_config_always_passed(module, "A", "config", frozenset({"A", "L"})), call
+        for call in ("A(1)", "A(1, config=None)", "A(1, None)", "A(1, *rest)", "A(1, **kwargs)"):
+            module = cst.parse_module(attention.format(call=call))
+            assert not optional_config_always_passed(module, "A", "config", frozenset({"A", "L"})), call
+        # a caller outside the constructor of a class holding the config, or a subclass: not moved
+        module = cst.parse_module(attention.format(call="A(1, config)"))
+        assert not optional_config_always_passed(module, "A", "config", frozenset({"A"}))
+        subclass = attention.format(call="A(1, config)") + "\n\nclass B(A):\n    pass\n"
+        assert not optional_config_always_passed(
+            cst.parse_module(subclass), "A", "config", frozenset({"A", "L"})
+        )
