@@ -167,7 +167,7 @@ class _Redraws(cst.CSTTransformer):
         layers = [attribute for attribute in dict.fromkeys(named) if attribute in self.rule._parallel]
         if split:
             return self._repointed(updated, split[0])
-        if not layers or _constant_writes(updated):
+        if not layers or not _draws(updated):
             return updated
         self.changed = True
         statement = self.rule.fill(
@@ -230,6 +230,12 @@ def _named_children(statement: cst.SimpleStatementLine, module: str) -> list[str
 
     statement.visit(Visitor())
     return found
+
+
+def _draws(statement: cst.SimpleStatementLine) -> bool:
+    """The statement calls something that may draw (an assignment such as GPTBigCode's
+    `module.c_proj._is_hf_initialized = True`, or a constant write, draws nothing)."""
+    return any(isinstance(node, cst.Call) for node in walk(statement)) and not _constant_writes(statement)
 
 
 def _constant_writes(node: cst.CSTNode) -> bool:

@@ -48,6 +48,7 @@ class ToyPreTrainedModel(PreTrainedModel):
             init_weight(module.dense, std)
             nn.init.normal_(module.up.weight, std=std) if module.Wo.bias is None else None
             module.Wo.weight.data.fill_(1.0)
+            module.Wo._is_hf_initialized = True
         elif isinstance(module, nn.Linear):
             module.weight.data.normal_(mean=0.0, std=std)
 """
@@ -69,6 +70,7 @@ class ToyPreTrainedModel(PreTrainedModel):
             with full_weights(module.up, module.Wo):
                 nn.init.normal_(module.up.weight, std=std) if module.Wo.bias is None else None
             module.Wo.weight.data.fill_(1.0)
+            module.Wo._is_hf_initialized = True
         elif isinstance(module, nn.Linear):
             module.weight.data.normal_(mean=0.0, std=std)
 """
