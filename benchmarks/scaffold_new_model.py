@@ -11,7 +11,7 @@ Each figure is the best of `--repeat` runs, as wall-clock seconds and as the CPU
 (user + system, children included): on a shared machine the wall clock also measures the other jobs,
 the CPU time does not. The exit status is 1 when a cold or warm wall-clock figure exceeds the target.
 Output goes to a temporary folder (`--out ... --force`). `--stages` also prints the CPU seconds of each
-stage of one in-process generation (analysis, each rule, formatting).
+stage of one in-process generation (reading, analysis, the rules with the import visitors, formatting).
 """
 
 from __future__ import annotations
@@ -51,12 +51,11 @@ def _run(model_type: str, out: Path, cache: Path) -> tuple[float, float]:
 
 
 def _stages(model_type: str) -> dict[str, float]:
-    """CPU seconds of each stage of one generation, rules one by one (in-process, after warm-up)."""
+    """CPU seconds of each stage of one generation (in-process)."""
     from scaffold.analysis import analyze
-    from scaffold.analysis.parsing import parse_module
+    from scaffold.analysis.source_fusions import read_source
     from scaffold.emit import Request, format_python, header
     from scaffold.pipeline import apply_rules
-    from scaffold.rules import RULES
     from scaffold.source import locate
 
     clock = time.process_time
@@ -65,13 +64,14 @@ def _stages(model_type: str) -> dict[str, float]:
     source = locate(model_type)
     times["locate"] = clock() - start
     start = clock()
-    blueprint = analyze(source)
+    read = read_source(source)
+    times["read"] = clock() - start
+    start = clock()
+    blueprint = analyze(source, read)
     times["analyze"] = clock() - start
-    module = parse_module(source.read_text(), source.display_path)
-    for rule in RULES:
-        start = clock()
-        module = apply_rules(blueprint, module, rules=[rule])
-        times[rule.CODE] = clock() - start
+    start = clock()
+    module = apply_rules(blueprint, read.module)
+    times["rules+imports"] = clock() - start
     start = clock()
     format_python(header(Request(model_type), source, blueprint) + module.code)
     times["ruff"] = clock() - start
@@ -86,7 +86,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(TARGETS))
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--stages", action="store_true", help="also print CPU seconds per stage and rule")
+    parser.add_argument("--stages", action="store_true", help="also print CPU seconds per stage")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     if args.stages:

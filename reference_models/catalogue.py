@@ -203,6 +203,10 @@ _ARCHITECTURE_TRAITS: dict[str, dict[str, Any]] = {
     # from `num_kv_heads`) in the standard variants; per-head interleaved q|k|v in `features`, one shared
     # K/V head in `multi-query` (`_ARCHITECTURE_VARIANTS`).
     "falcon": {"new_decoder_architecture": True, "multi_query": False},
+    # GPTBigCode's q|k|v follow `multi_query` too: per-head interleaved with a K/V head per query head in the
+    # standard variants, one shared K/V head (the class's default) in `multi-query` (`_ARCHITECTURE_VARIANTS`),
+    # which the quick profile reaches as its GQA case.
+    "gpt_bigcode": {"multi_query": False},
     "granite": {
         "embedding_multiplier": 4.0,
         "residual_multiplier": 0.5,
@@ -218,6 +222,13 @@ _ARCHITECTURE_VARIANTS: dict[str, tuple[tuple[str, str, dict[str, Any]], ...]] =
             "multi-query",
             "q heads then one shared k and v head (multi_query): GQA layer at T=2 (m=2) and T=4 (m=4)",
             {"new_decoder_architecture": False, "multi_query": True, "num_key_value_heads": 1},
+        ),
+    ),
+    "gpt_bigcode": (
+        (
+            "multi-query",
+            "q heads then one shared k and v head (multi_query): GQA layer at T=2 (m=2) and T=4 (m=4)",
+            {"multi_query": True},
         ),
     ),
 }
@@ -367,7 +378,7 @@ class Variant:
             **_moe_values(self.model_type),
             **chosen,
             **_traits(self.model_type),
-            **dict(self.overrides),
+            **_renamed(self.model_type, dict(self.overrides)),
         }
         kv_field = _field_name(self.model_type, _KV_HEADS_FIELD)
         if kv_field is None:
@@ -497,6 +508,19 @@ def _field_name(model_type: str, name: str) -> str | None:
 def _common(model_type: str) -> dict[str, Any]:
     """The common tiny sizes under the names the config class takes (`_COMMON` renamed by `_FIELD_ALIASES`)."""
     return {_field_name(model_type, name) or name: value for name, value in _COMMON.items()}
+
+
+def _renamed(model_type: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A variant's overrides of the common sizes under the names the config class takes, as `_common` passes
+    them: a size given under an attribute-map alias is set after `__init__`, which may have derived other
+    fields from the constructor's own value (GPTBigCodeConfig's `num_key_value_heads` from `n_head`). The K/V
+    head count keeps its standard name here (`config_values` renames or drops it)."""
+    return {
+        (_field_name(model_type, name) or name)
+        if name in _COMMON and name != _KV_HEADS_FIELD
+        else name: value
+        for name, value in overrides.items()
+    }
 
 
 def _moe_values(model_type: str) -> dict[str, Any]:
@@ -654,7 +678,7 @@ def _variants_of(model_type: str) -> list[Variant]:
 
 def _mha_variants_of(model_type: str, make: Any) -> list[Variant]:
     """The variants of an architecture whose config has no K/V head count (one K/V head per query head):
-    no GQA or MQA variant, the rest as for the others."""
+    no GQA or MQA variant but the architecture's own (`_ARCHITECTURE_VARIANTS`), the rest as for the others."""
     found = [
         make("mha-8", "8 heads, each its own K/V head (no kv-head field): separate q/k/v at T=2 and 4", {}),
         make("mha", "4 heads: fused qkv_proj with fuse_qkv, separate without", {"num_attention_heads": 4}),
@@ -673,6 +697,7 @@ def _mha_variants_of(model_type: str, make: Any) -> list[Variant]:
     if features is not None:
         overrides, summary = features
         found.append(make("features", summary, overrides))
+    found += [make(*variant) for variant in _ARCHITECTURE_VARIANTS.get(model_type, ())]
     return found
 
 

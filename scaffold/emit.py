@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import ruleset
 from .analysis import analyze
-from .analysis.source_fusions import read_module
+from .analysis.source_fusions import read_source
 from .blueprint import Blueprint
 from .errors import ScaffoldError
 from .license_header import model_license
@@ -103,11 +103,11 @@ class EmittedModel:
 def emit_model(request: Request) -> EmittedModel:
     """Generate the modeling file for `request` (ScaffoldError on unknown types, bad input, refusals)."""
     source = locate(request.model_type, request.source)
-    blueprint = analyze(source)
+    read = read_source(source)  # analysis and the rules work on one reading: fused projections split
+    blueprint = analyze(source, read)
     options = RuleOptions(allow_unsupported=request.allow_unsupported)
     check_refusals(blueprint, options)
-    module, _ = read_module(source)  # as analysis read it: fused projections split
-    module = apply_rules(blueprint, module, options=options, disabled=frozenset(request.disabled))
+    module = apply_rules(blueprint, read.module, options=options, disabled=frozenset(request.disabled))
     body = module.with_changes(header=())  # the source's leading comments: the header carries its license
     text = format_python(header(request, source, blueprint) + body.code)
     return EmittedModel(request=request, source=source, blueprint=blueprint, text=text)

@@ -27,6 +27,11 @@ POST_INIT_STATEMENT = m.SimpleStatementLine(
     body=[m.Expr(value=m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("post_init"))))]
 )
 
+# `isinstance(<anything>, <Name>)`: a test of an object's class against one class.
+CLASS_TEST = m.Call(
+    func=m.Name("isinstance"), args=[m.Arg(keyword=None), m.Arg(value=m.Name(), keyword=None)]
+)
+
 # A statement line holding import statements only.
 IMPORT_LINE = m.SimpleStatementLine(body=[m.AtLeastN(m.Import() | m.ImportFrom(), n=1)])
 

@@ -46,8 +46,10 @@ INTERLEAVED_QKV = RefusalCode(
     "analysis reads as separate linears (`t = self.x(inp).view(..., n * d)`, then transposes that keep the last "
     "dimension last, then `t.chunk(n, dim=-1)`, the shape read nowhere else, the group count computable in the "
     "constructor; or `a, b, c = self.helper(t)` where the helper's branches, tested on `self` attributes, each view "
-    "`t` as (batch, seq, [groups,] heads, d) and pick the parts' heads by literal indices in order; NXS027), cannot "
-    "be column-split contiguously",
+    "`t` as (batch, seq, [groups,] heads, d) and pick the parts' heads by literal indices in order; or, in the "
+    "branch of an `if`/`else` on `self` attributes whose every branch unpacks a split of the same linear, "
+    "`a, b, c = self.x(inp).view(<batch, seq>, groups, n * d).transpose(1, 2).split(n * [d], dim=-1)`; NXS027), "
+    "cannot be column-split contiguously",
     "rewrite the view and split in that form, or split the fused projection into separate q, k and v linears "
     "in a copy of the modeling file (--source), with a weight spec that de-interleaves the checkpoint",
 )
@@ -87,7 +89,10 @@ FUSED_PROJECTION = RefusalCode(
     "too where the linear reads the block's input) after at most in-place clamps `t = t.clamp(...)`, or "
     "first cut into groups `g = t.reshape(t.shape[:-1] + (groups, -1))` and then split by "
     "`torch.split(g, size, dim=-1)` or `g.chunk(n, dim=-1)`, and read nowhere else, part sizes and group "
-    "count the constructor can compute; NXS027), needs a per-part split of its weight",
+    "count the constructor can compute; or, in the branches of an `if`/`else` on `self` attributes each "
+    "unpacking a split of the same linear, `a, b, c = self.x(inp)[.unsqueeze(1)].split((s1, s2, s3), "
+    "dim=-1)` then views of the parts `t = t.view(<batch, seq>, h, d).transpose(1, 2)`; NXS027), needs a "
+    "per-part split of its weight",
     "rewrite the split in one of those forms, or split the projection into one linear per part in a copy of "
     "the modeling file (--source) with a spec that splits its checkpoint tensor",
 )
@@ -274,6 +279,15 @@ CONDITIONAL_MODULE = RefusalCode(
     "partial under sequence parallelism)",
     "build the attribute with an `if`/`else` statement, or convert it by hand at the TODO marker",
 )
+SHARDED_TIMES_INPUT = RefusalCode(
+    "R031",
+    "sharded-times-input",
+    "the output of a column-parallel linear (each rank holds its share of the output features) is multiplied "
+    "or divided element by element by a tensor the forward takes as an argument, which holds every feature "
+    "on every rank: the shapes no longer match, or the product pairs the wrong features",
+    "shard the argument's features over the tensor-parallel ranks where the caller builds it (as the "
+    "linear's output is), or keep the linear whole by hand at the TODO marker",
+)
 
 ALL_CODES: tuple[RefusalCode, ...] = (
     MOE,
@@ -306,6 +320,7 @@ ALL_CODES: tuple[RefusalCode, ...] = (
     LINEAR_LAYOUT,
     UNRECOGNISED_ROUTING,
     CONDITIONAL_MODULE,
+    SHARDED_TIMES_INPUT,
 )
 
 

@@ -23,11 +23,13 @@ from .plumbing import code_style, eager_function, init_std_field, mask_builders
 from .preconditions import preconditions
 from .refusals import detect, learnable_activations
 from .sites import attention_geometries, backbone, layer_sites, mlp_blocks, norm_sites, parameter_sites
+from .source_fusions import ReadSource
 
 
-def analyze(source: ModelSource) -> Blueprint:
-    """Build the Blueprint of the model at `source` (ScaffoldError on unreadable or unparsable input)."""
-    context = gather(source)
+def analyze(source: ModelSource, read: ReadSource | None = None) -> Blueprint:
+    """Build the Blueprint of the model at `source` (ScaffoldError on unreadable or unparsable input);
+    `read` is `read_source(source)` where the caller has it already (the rules run on its module)."""
+    context = gather(source, read)
     sites, role_refusals = layer_sites(context)
     moe = moe_blocks(context)
     # A recognised block's router is NxD's RouterTopK (replicated): no role to decide for it.

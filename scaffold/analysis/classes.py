@@ -10,13 +10,15 @@ sits under an `if`.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import libcst as cst
 
 from ..errors import ScaffoldError
-from ..syntax import code, names_in, self_attribute, walk
+from ..syntax import code, name_nodes, self_attribute, walk
+from ..type_tests import branch_only_type_tests
 from .parsing import SourceIndex
 
 
@@ -73,7 +75,12 @@ def map_module(module: cst.Module) -> ModuleMap:
 def _define(mapping: ModuleMap, name: str, node: cst.CSTNode) -> None:
     if name not in mapping.references:
         mapping.order.append(name)
-    mapping.references[name] = names_in(node) - {name}
+    # A class named only as the type of an `if isinstance(...)` branch is not built by `node` (NXS001).
+    occurrences = Counter(found.value for found in name_nodes(node))
+    names = set(occurrences)
+    if "isinstance" in occurrences:
+        names -= branch_only_type_tests(node, occurrences)
+    mapping.references[name] = names - {name}
 
 
 @dataclass(frozen=True)

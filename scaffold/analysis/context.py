@@ -26,7 +26,7 @@ from .mlp import MLPFacts, find_mlp
 from .norms import norm_classes, per_head_norm_lists
 from .parsing import SourceIndex, prune
 from .roles import FlowRole, dataflow_roles, is_projection
-from .source_fusions import read_source
+from .source_fusions import ReadSource, read_source
 from .tree import InstanceTree, build_tree, class_constructs
 
 PRETRAINED_BASES = frozenset({"transformers.modeling_utils.PreTrainedModel"})
@@ -75,9 +75,9 @@ class Context:
         return self.index.display_path
 
 
-def gather(source: ModelSource) -> Context:
-    """Run the discovery pass over `source`."""
-    read = read_source(source)
+def gather(source: ModelSource, read: ReadSource | None = None) -> Context:
+    """Run the discovery pass over `source` (as `read_source` reads it, or `read` where given)."""
+    read = read or read_source(source)
     full, fusions = read.module, read.fusions
     roots = [source.base_model_class, source.causal_lm_class]
     full_map = map_module(full)

@@ -59,7 +59,7 @@ class MoEFindings:
     blocks: tuple[MoEBlock, ...]
     refusals: tuple[Refusal, ...]
     routers: frozenset[str]  # module paths of routers and shared-expert gates (kept whole: replicated)
-    owned: frozenset[str] = frozenset()  # classes a packed block is built from (its experts and router)
+    owned: frozenset[str] = frozenset()  # classes a packed or refused block is built from (experts, router)
 
     @property
     def refused(self) -> frozenset[str]:
@@ -98,6 +98,7 @@ def moe_blocks(context: Context) -> MoEFindings:
         if isinstance(found, Refusal):
             refusals.append(found)
             owned.update(child.construct.qualified for child in packed)
+            owned.update(_only_in(context, name, analysis))  # its router: the block's refusal covers it
             continue
         blocks.append(found)
         if found.packed is not None:
@@ -107,6 +108,19 @@ def moe_blocks(context: Context) -> MoEFindings:
                 f"{path}.{attribute}" for attribute in (found.router, found.shared_expert_gate) if attribute
             )
     return MoEFindings(tuple(blocks), tuple(refusals), frozenset(routers), frozenset(owned))
+
+
+def _only_in(context: Context, name: str, analysis: ClassAnalysis) -> set[str]:
+    """The local classes `name` builds as children that have no instance outside its instances."""
+    blocks = tuple(f"{path}." for path in context.tree.paths_of(name))
+    return {
+        construct.qualified
+        for construct in analysis.constructs.values()
+        if construct.kind is ChildKind.CLASS
+        and construct.qualified in context.classes
+        and context.tree.paths_of(construct.qualified)
+        and all(path.startswith(blocks) for path in context.tree.paths_of(construct.qualified))
+    }
 
 
 def _packed(

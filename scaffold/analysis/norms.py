@@ -29,6 +29,8 @@ _FUNCTIONAL_NORMS = {
     "torch.nn.functional.group_norm": "group",
 }
 _RSQRT = frozenset({"torch.rsqrt"})
+_SQRT = frozenset({"torch.sqrt"})
+_MEAN = frozenset({"torch.mean"})
 _WIDTH_KEYWORDS = ("normalized_shape", "hidden_size", "dim", "num_channels", "size")
 
 
@@ -126,9 +128,32 @@ def _kind_from_forward(class_facts: ClassFacts, index: SourceIndex) -> str | Non
                 rsqrt = True
         elif isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract):
             subtracts = True
+        elif isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Divide):
+            rsqrt |= _is_sqrt(node.right, index)  # `x / torch.sqrt(...)`: the same reduction as `x * rsqrt`
     if rsqrt:
         return "layer" if subtracts else "rms"
     return None
+
+
+def _is_sqrt(node: cst.BaseExpression, index: SourceIndex) -> bool:
+    """The root of a mean over a tensor: `torch.sqrt(<... .mean(...) ...>)` or `(<... .mean(...) ...>).sqrt()`
+    (a scalar root, `math.sqrt(2 * n)`, is no norm)."""
+    if not isinstance(node, cst.Call):
+        return False
+    if index.qualified_names(node.func) & _SQRT and node.args:
+        radicand: cst.CSTNode = node.args[0].value
+    elif isinstance(node.func, cst.Attribute) and node.func.attr.value == "sqrt" and not node.args:
+        radicand = node.func.value
+    else:
+        return False
+    return any(
+        isinstance(child, cst.Call)
+        and (
+            (isinstance(child.func, cst.Attribute) and child.func.attr.value == "mean")
+            or bool(index.qualified_names(child.func) & _MEAN)
+        )
+        for child in walk(radicand)
+    )
 
 
 def norm_site(

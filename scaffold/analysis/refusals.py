@@ -50,6 +50,7 @@ from .embedding_subclasses import is_replicated_lookup, is_scaled_lookup
 from .expressions import Scope, resolved_text, substitute, to_expr
 from .norms import PER_HEAD_LIST, has_distributed_form, norm_call_location
 from .parsing import SourceIndex
+from .sharded_products import sharded_times_input
 from .sites import member_location
 
 
@@ -77,6 +78,7 @@ def detect(
     found += _parameters_and_unknown_layers(context, moe_classes)
     found += [refusal for _, refusal in learnable_activations(context, mlps) if refusal is not None]
     found += _layer_stack(context)
+    found += sharded_times_input(context, sites)
     return _first_per_line(found)
 
 

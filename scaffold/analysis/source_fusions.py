@@ -116,13 +116,16 @@ def split_source_fusions(
     module: cst.Module, display_path: str
 ) -> tuple[cst.Module, tuple[SourceFusion, ...]]:
     """`module` with every recognised fused projection read as separate linears, and what was split
-    (those a layout helper method splits first: `helper_fusions`)."""
-    from .helper_fusions import split_helper_fusions  # it builds on this module's readers
+    (those a layout helper method splits first: `helper_fusions`; then those split under branch tests in
+    the forward: `branch_fusions`)."""
+    from .branch_fusions import split_branch_fusions  # they build on this module's readers
+    from .helper_fusions import split_helper_fusions
 
     module, by_helpers = split_helper_fusions(module, display_path)
+    module, by_branches = split_branch_fusions(module, display_path)
     splitter = _Splitter(module, display_path)
     result = module.visit(splitter)
-    return result, (*by_helpers, *splitter.fusions)
+    return result, (*by_helpers, *by_branches, *splitter.fusions)
 
 
 @dataclass(frozen=True)

@@ -613,26 +613,31 @@ def _tuples_bound_once(function: cst.FunctionDef) -> dict[str, cst.Tuple]:
         elif isinstance(node, cst.AugAssign | cst.AnnAssign) and isinstance(node.target, cst.Name):
             bound.setdefault(node.target.value, []).append(node)
     found: dict[str, cst.Tuple] = {}
+    input_shapes = _input_shapes(function)
     for name, values in bound.items():
         if len(values) == 1 and isinstance(values[0], cst.Tuple):
             found[name] = values[0]
-        elif len(values) == 1 and (joined := _joined_tuple(values[0])) is not None:
+        elif len(values) == 1 and (joined := _joined_tuple(values[0], input_shapes)) is not None:
             found[name] = joined
     return found
 
 
-def _joined_tuple(value: cst.CSTNode) -> cst.Tuple | None:
+def _joined_tuple(value: cst.CSTNode, input_shapes: set[str]) -> cst.Tuple | None:
     """`(a,) + s[1:] + (b,)` (tuple literals and slices of a shape from 1 joined by `+`, GPT-2's output
     shape) as one tuple `(a, s[1:], b)`: the slice stands for the one dimension it holds on a `(B, S)`
-    input shape (`_input_shapes`); None for anything else."""
+    input shape (`_input_shapes`); such a shape whole (`s + (b,)`, GPTBigCode's) stands for `(-1, s[1:])`,
+    its batch being the one a view of the stream's `(B, S, D)` infers; None for anything else."""
     if isinstance(value, cst.Tuple):
         return value if all(isinstance(e, cst.Element) for e in value.elements) else None
+    if isinstance(value, cst.Name) and value.value in input_shapes:
+        rest = cst.parse_expression(f"{value.value}[1:]")
+        return cst.Tuple([cst.Element(cst.parse_expression("-1")), cst.Element(rest)])
     if m.matches(
         value, m.Subscript(slice=[m.SubscriptElement(slice=m.Slice(lower=m.Integer("1"), upper=None))])
     ):
         return cst.Tuple([cst.Element(value)])  # type: ignore[arg-type]
     if isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.Add):
-        left, right = _joined_tuple(value.left), _joined_tuple(value.right)
+        left, right = _joined_tuple(value.left, input_shapes), _joined_tuple(value.right, input_shapes)
         if left is not None and right is not None:
             return cst.Tuple([*left.elements, *right.elements])
     return None

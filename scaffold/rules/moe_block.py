@@ -199,7 +199,7 @@ class MoEBlocks(Rule):
         )
         self.add_template_imports(needed)
         (instance,), needed = templates.fill_statements(
-            TEMPLATES, "function_router_instance", style, router_class=cst.Name(name)
+            TEMPLATES, "function_router_instance", style, renames={"router_class": name}
         )
         self.add_template_imports(needed)
         init = find_method(new, "__init__")

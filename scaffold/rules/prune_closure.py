@@ -4,7 +4,9 @@ The Blueprint's closure (`classes`, `functions`) is the dependency closure of th
 causal-LM head; every other class and function goes (sequence-classification heads, ...), as do module
 variables nothing kept reads, `GenerationMixin`, hub/docstring/deprecation decorators, the output
 recorder table of `check_model_inputs`, docstrings that show transformers' own usage (`>>>`) and the
-"generated from modular_<x>.py, do not edit" banner (the license header stays).
+"generated from modular_<x>.py, do not edit" banner (the license header stays). A kept definition loses
+its `if isinstance(<x>, C):` branches for a class `C` of the file that goes (a type test alone does not
+keep a class: see type_tests.py).
 Imports are left to NXS030, which drops the unused ones.
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 import libcst as cst
 
 from ..syntax import assigned_target, docstring_count, dotted, names_in, with_body
+from ..type_tests import without_type_tests
 from .base import Rule, stored_example
 
 # Decorators that only serve transformers' docs, the kernel hub, argument deprecation or output capture.
@@ -61,14 +64,19 @@ class PruneToTrainingClosure(Rule):
         blueprint = self.blueprint
         kept_classes = {plan.name for plan in blueprint.classes}
         kept_functions = set(blueprint.functions)
+        dropped = frozenset(
+            statement.name.value
+            for statement in updated_node.body
+            if isinstance(statement, cst.ClassDef) and statement.name.value not in kept_classes
+        )
         body: list[cst.BaseStatement] = []
         for statement in updated_node.body:
             if isinstance(statement, cst.ClassDef):
                 if statement.name.value in kept_classes:
-                    body.append(_clean_class(statement))
+                    body.append(without_type_tests(_clean_class(statement), dropped))
             elif isinstance(statement, cst.FunctionDef):
                 if statement.name.value in kept_functions:
-                    body.append(_clean_function(statement))
+                    body.append(without_type_tests(_clean_function(statement), dropped))
             else:
                 body.append(statement)
         return updated_node.with_changes(

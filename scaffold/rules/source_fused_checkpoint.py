@@ -17,7 +17,8 @@ subclass `TransposedSourceFusedLinearSpec` (templates/definitions/transposed_lin
 first definitions where a file needs it), split into parts or not: it transposes the weight on loading and
 back on saving. A helper method that picks the parts out of groups of heads, one layout per branch of config
 flags (Falcon's `_split_heads`: `scaffold.analysis.helper_fusions`), gives sizes and a group count that
-choose the branch's layout.
+choose the branch's layout; so does a split the forward itself makes under such a test, one layout per
+branch (GPTBigCode's contiguous q|k|v with one K/V head, or per-head interleaved: `scaffold.analysis.branch_fusions`).
 
 The pretrained class's `_init_weights` may name the source linear (`init_weight(module.Wi, std)`), which
 the generated module no longer holds: NXS015 (parallel-init-redraws) re-points it at the layers held in its
@@ -59,7 +60,8 @@ class SourceFusedCheckpoint(Rule):
         "`t.split(size, dim=-1)` of one linear (after in-place clamps), "
         "`t.chunk(n, dim=-1)` of its output viewed as `(..., n * d)`, `torch.split(g, size, dim=-1)` "
         "of its output cut into groups `(..., groups, -1)`, or a helper method picking each part's heads out "
-        "of groups under tests of config flags (one layout per branch), are refused (R007, R003). Disabling "
+        "of groups under tests of config flags (one layout per branch), or such a split in the forward's "
+        "`if`/`else` on config flags (one of these layouts per branch), are refused (R007, R003). Disabling "
         "it leaves the generated model expecting one checkpoint tensor per part."
     )
     REQUIRES = ("NXS004",)

@@ -3,16 +3,21 @@
 Pruning (NXS001), the cache removal (NXS002) and the rewrites after them leave imports of names the
 file no longer reads (`GenerationMixin`, `DynamicCache`, transformers' attention-function table, ...).
 Every import is offered to libcst's `RemoveImportsVisitor`, which keeps the ones scope analysis finds a
-use for, in one pass at the end (the visitor's scope analysis is the costly part of a rule). The visitor
-leaves `pass` where it empties a block; a module-level guard it emptied (`if is_flash_attn_available():`
-around optional imports) then goes too (`without_emptied_guards`, run by the pipeline after the visitor).
+use for, in one pass at the end (the visitor's scope analysis is the costly part of a rule). A
+module-level guard around optional imports (`if is_flash_attn_available():`) whose names the file reads
+nowhere (not even in a string) goes first, so the same pass also drops the guard's predicate import.
+The visitor leaves `pass` where it empties a block; a guard it emptied all the same (a name read only in
+a scope that shadows it) goes afterwards (`without_emptied_guards`, a second pass run by the pipeline).
 """
 
 from __future__ import annotations
 
+import re
+
 import libcst as cst
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import RemoveImportsVisitor
+from libcst.helpers import get_full_name_for_node
 
 from .base import Rule, stored_example
 
@@ -36,6 +41,68 @@ class RemoveUnusedImports(Rule):
         if not node.relative:  # the relative ones are the host's, added by the rules for what they wrote
             self.remove_unused_import_by_node(node)
         return False
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        guards = [statement for statement in updated_node.body if _import_guard(statement)]
+        if not guards:
+            return updated_node
+        reader = _ReadNames()
+        updated_node.visit(reader)
+        unread = [guard for guard in guards if not _bound_names(guard) & reader.names]
+        return updated_node.with_changes(
+            body=[statement for statement in updated_node.body if statement not in unread]
+        )
+
+
+class _ReadNames(cst.CSTVisitor):
+    """Every name the module reads outside import statements, and every word of its strings (a name in
+    a string annotation or `__all__` counts as read, as `RemoveImportsVisitor` counts it)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        return False
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.names.add(node.value)
+
+    def visit_SimpleString(self, node: cst.SimpleString) -> None:
+        self.names.update(re.findall(r"\w+", node.value))
+
+    def visit_FormattedStringText(self, node: cst.FormattedStringText) -> None:
+        self.names.update(re.findall(r"\w+", node.value))
+
+
+def _import_guard(statement: cst.BaseStatement) -> bool:
+    """`if <call>():` at module level, without `else`, holding only import statements (no star import)."""
+    return (
+        isinstance(statement, cst.If)
+        and statement.orelse is None
+        and isinstance(statement.test, cst.Call)
+        and all(
+            isinstance(line, cst.SimpleStatementLine)
+            and all(
+                isinstance(small, cst.Import | cst.ImportFrom) and not isinstance(small.names, cst.ImportStar)
+                for small in line.body
+            )
+            for line in statement.body.body
+        )
+    )
+
+
+def _bound_names(guard: cst.If) -> set[str]:
+    """The names the guard's imports bind (`import a.b` binds `a`; a star import binds anything)."""
+    names: set[str] = set()
+    for line in guard.body.body:
+        for small in line.body:
+            for alias in small.names:
+                bound = alias.asname.name if alias.asname else alias.name
+                names.add(str(get_full_name_for_node(bound)).split(".")[0])
+    return names
 
 
 def without_emptied_guards(module: cst.Module, filename: str | None = None) -> cst.Module:

@@ -151,8 +151,9 @@ def function_router(config_class, num_experts, top_k, hidden_size, jitter, routi
 
 
 def function_router_instance(router_class, config, sequence_parallel, sequence_dimension):
-    """The block's router when the source routes with a function of its own."""
-    router = {router_class}(config, sequence_parallel, sequence_dimension)
+    """The block's router when the source routes with a function of its own (`router_class` renamed to
+    the generated router class: a placeholder called directly would read as a set literal called)."""
+    router = router_class(config, sequence_parallel, sequence_dimension)
     return router
 
 

@@ -10,41 +10,21 @@ the checkpoint metadata (which rebuilds the spec by its class name, so the regis
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 from torch import nn
 
-from conformance.backends import activate
+from .definition_hosts import HOSTS, definitions, on
+from .transformation_trees import ADAPTER, LoraParallelLinear, _param, tensor_parallel_rank
 
-activate("reference")
-
-from conformance.backends.reference.training import transformations_utils as tu  # noqa: E402
-
-from .oracle_optimum_neuron import ORACLE_PACKAGE, load_oracle  # noqa: E402
-from .transformation_trees import ADAPTER, LoraParallelLinear, _param, tensor_parallel_rank  # noqa: E402
-
-DEFINITIONS = Path(__file__).resolve().parents[2] / "templates" / "definitions"
-REFERENCE_HOST = "conformance.backends.reference.training"
-on = load_oracle()
-HOSTS = {"reference": (tu, REFERENCE_HOST), "released": (on, f"{ORACLE_PACKAGE}.models.training")}
 H, Q, KV, HEADS, KV_HEADS, INTER = 8, 8, 2, 4, 1, 6  # hidden, q rows, k (= v) rows, heads, KV heads, MLP
 
 
 def _template(host_package: str) -> ModuleType:
-    """The definitions imported as `<host>.fused_template.source_fused_linears` (their `..` is the host)."""
-    name = f"{host_package}.fused_template.source_fused_linears"
-    if name not in sys.modules:
-        importlib.import_module(host_package)
-        package = ModuleType(f"{host_package}.fused_template")
-        package.__path__ = [str(DEFINITIONS)]
-        sys.modules[package.__name__] = package
-    return importlib.import_module(name)
+    return definitions(host_package, "source_fused_linears")
 
 
 def _blocks(tensor: torch.Tensor, tp: int, rank: int) -> torch.Tensor:

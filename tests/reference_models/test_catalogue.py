@@ -274,3 +274,18 @@ def test_a_config_checking_its_layer_count_gets_it_under_its_constructors_name()
         model = transformers.AutoModelForCausalLM.from_config(config)
     assert len(model.transformer.h) == 2
     assert [layer.attn.attention_type for layer in model.transformer.h] == ["global", "local"]
+
+
+def test_a_size_override_reaches_the_fields_the_config_derives_from_it() -> None:
+    """GPTBigCodeConfig derives `num_key_value_heads` from its constructor's `n_head` (1 under `multi_query`):
+    the `mha` variant's 4 heads are given under that name, so its K/V head count is transformers' own for 4
+    heads, and the `multi-query` variant keeps one K/V head (the oracle: the config class built directly)."""
+    variants = {entry.name: entry for entry in variants_for("gpt_bigcode")}
+    assert list(variants) == ["mha-8", "mha", "tied", "odd-vocab", "features", "multi-query"]
+    direct = transformers.GPTBigCodeConfig(n_head=4, multi_query=False)
+    config = variants["mha"].config()
+    assert (config.n_head, config.num_key_value_heads) == (4, direct.num_key_value_heads) == (4, 4)
+    assert variants["mha"].attention(2, fuse_qkv=True) == "fused"
+    assert not variants["mha-8"].config().multi_query
+    assert variants["multi-query"].config().num_key_value_heads == 1
+    assert [variants["multi-query"].attention(tp) for tp in (1, 2, 4)] == ["separate", "gqa", "gqa"]

@@ -274,6 +274,15 @@ def test_packed_experts_of_another_shape_are_refused_at_the_construct(
     )
 
 
+def test_the_router_of_a_refused_block_is_covered_by_the_blocks_refusal():
+    """gpt_oss's block is refused once; its router module (top-k, bare weight and bias), built only there,
+    gets no top-k R001 or R011 of its own (nothing of the block is converted)."""
+    refusals = blueprint_of("gpt_oss").refusals
+    assert [r.code for r in refusals if r.code == "R001"] == ["R001"]
+    assert not [r for r in refusals if "GptOssTopKRouter" in r.message]
+    assert [r.message.split(" = ")[0] for r in refusals if r.code == "R011"] == ["GptOssAttention.sinks"]
+
+
 # --- experts packed as parameters ------------------------------------------------------------------------
 
 PACKED = """

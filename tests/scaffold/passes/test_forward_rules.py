@@ -893,6 +893,65 @@ class ToyModel(ToyPreTrainedModel):
         bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
         self.assertCodemod(before, after, blueprint=bp)
 
+    def test_a_view_to_the_whole_input_shape_joined_with_the_features_runs_without_sequence_parallelism_only(
+        self,
+    ) -> None:
+        # GPTBigCode: output_shape = input_shape + (D,), input_shape the ids' (B, S) or the embeddings' leading
+        # shape: (B, S, D), the identity on the stream's (B, S, D). The same join of a shape that is not an
+        # input's leading one (`other`) is kept.
+        before = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, inputs_embeds=None, other=None):
+        if input_ids is not None:
+            input_shape = input_ids.size()
+        else:
+            input_shape = inputs_embeds.size()[:-1]
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        seq_length = inputs_embeds.shape[1]
+        hidden_states = inputs_embeds
+        output_shape = input_shape + (hidden_states.size(-1),)
+        other_shape = other + (hidden_states.size(-1),)
+        hidden_states = hidden_states.view(other_shape)
+        hidden_states = hidden_states.view(output_shape)
+        return hidden_states
+"""
+        after = """
+class ToyModel(ToyPreTrainedModel):
+    def __init__(self, config, trn_config):
+        super().__init__(config)
+        self.gradient_checkpointing = trn_config.gradient_checkpointing
+        self.post_init()
+
+    def forward(self, input_ids=None, inputs_embeds=None, other=None):
+        if input_ids is not None:
+            input_shape = input_ids.size()
+        else:
+            input_shape = inputs_embeds.size()[:-1]
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        # (B, S, D), or (S/T, B, D) under sequence parallelism
+        sequence_length = (
+            inputs_embeds.size(0) * self.trn_config.tensor_parallel_size
+            if self.trn_config.sequence_parallel_enabled
+            else inputs_embeds.size(1)
+        )
+        seq_length = sequence_length
+        hidden_states = inputs_embeds
+        output_shape = input_shape + (hidden_states.size(-1),)
+        other_shape = other + (hidden_states.size(-1),)
+        hidden_states = hidden_states.view(other_shape)
+        if not self.trn_config.sequence_parallel_enabled:  # a (B, S, D) view; SP has (S/T, B, D)
+            hidden_states = hidden_states.view(output_shape)
+        return hidden_states
+"""
+        bp = blueprint(classes=[klass("ToyModel", ClassKind.BASE_MODEL)], backbone=self.BACKBONE)
+        self.assertCodemod(before, after, blueprint=bp)
+
     def test_views_of_other_shapes_or_names_are_kept(self) -> None:
         body = """
         shape = (-1, seq_length, other.size(-1))

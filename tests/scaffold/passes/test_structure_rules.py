@@ -79,6 +79,27 @@ class ToyForCausalLM(ToyModel):
         bp = blueprint(classes=[klass("ToyModel"), klass("ToyForCausalLM")], functions=["helper"])
         self.assertCodemod(before, after, blueprint=bp)
 
+    def test_a_type_test_of_a_dropped_class_goes_with_the_class(self) -> None:
+        before = """
+class AudioNorm:
+    pass
+
+
+class ToyModel:
+    def _init_weights(self, module):
+        if isinstance(module, AudioNorm):
+            module.weight.data.fill_(1.0)
+        elif isinstance(module, ToyModel):
+            module.scale.data.zero_()
+"""
+        after = """
+class ToyModel:
+    def _init_weights(self, module):
+        if isinstance(module, ToyModel):
+            module.scale.data.zero_()
+"""
+        self.assertCodemod(before, after, blueprint=blueprint(classes=[klass("ToyModel")]))
+
 
 class TestDropKVCache(RuleTest):
     TRANSFORM = DropKVCache
@@ -391,6 +412,32 @@ class TestRemoveUnusedImports(RuleTest):
         )
         module = apply_rules(blueprint(), cst.parse_module(before), rules=[RemoveUnusedImports])
         assert module.code == after
+
+    def test_a_guard_whose_names_nothing_reads_goes_in_the_rules_own_pass(self) -> None:
+        before = (
+            "from transformers.utils import is_flash_attn_available\n\n"
+            "if is_flash_attn_available():\n    from flash_attn import flash_attn_func\n\n"
+            "def f(x):\n    return x\n"
+        )
+        self.assertCodemod(before, "def f(x):\n    return x\n", blueprint=blueprint())
+
+    def test_a_guarded_name_read_in_a_string_annotation_keeps_its_guard(self) -> None:
+        before = (
+            "from transformers.utils import is_torch_flex_attn_available\n\n"
+            "if is_torch_flex_attn_available():\n    from torch.nn.attention.flex_attention import BlockMask\n\n"
+            'def f(mask: "BlockMask"):\n    return mask\n'
+        )
+        self.assertUnchanged(before, blueprint=blueprint())
+
+    def test_a_guarded_name_only_shadowed_goes_in_the_pipelines_second_pass(self) -> None:
+        before = (
+            "from transformers.utils import is_flash_attn_available\n\n"
+            "if is_flash_attn_available():\n    from flash_attn import flash_attn_func\n\n"
+            "def f(flash_attn_func):\n    return flash_attn_func\n"
+        )
+        module = apply_rules(blueprint(), cst.parse_module(before), rules=[RemoveUnusedImports])
+        # (the blank lines left where the guard was are ruff's to format)
+        assert module.code.lstrip("\n") == "def f(flash_attn_func):\n    return flash_attn_func\n"
 
     def test_a_guard_the_source_left_empty_on_purpose_has_an_else_and_stays(self) -> None:
         source = "if flag():\n    pass\nelse:\n    x = 1\n"
