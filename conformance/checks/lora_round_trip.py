@@ -23,7 +23,7 @@ For each configuration (variant, T, `fuse_qkv`):
      parallel model ran with the averaged lora_A, which is exactly what the consolidated adapter holds.
 
 A mixture of experts whose config also gives some layers a dense MLP (Qwen-MoE's `decoder_sparse_step`,
-`mlp_only_layers`) is a SKIP: its adapter can only target the attention (a LoRA on the experts or the router
+`mlp_only_layers`), or whose layers hold one beside the experts (GraniteMoeShared's `shared_mlp`), is a SKIP: its adapter can only target the attention (a LoRA on the experts or the router
 is refused by the expert-weight specs, and the dense MLP's projection names are the experts' too), which
 leaves the dense layers' fused `gate_up_proj` un-adapted, and neither the kit's host nor optimum-neuron 0.4.5
 can consolidate such an adapter (docs/moe-expert-weights.md).
@@ -120,8 +120,8 @@ class LoraRoundTrip(Check[LoraConfig, LoraJob, dict[str, Any] | None]):
             if dense:
                 return (
                     f"{config.variant} also has dense MLP layers ({', '.join(dense)}): a MoE adapter targets the "
-                    "attention only (the experts and the router take no LoRA, and the dense MLP shares the experts' "
-                    "projection names), which leaves their fused gate_up_proj un-adapted, and the host cannot "
+                    "attention only (the experts and the router take no LoRA, and a dense MLP's projection names "
+                    "are the experts' too), which leaves their fused gate_up_proj un-adapted, and the host cannot "
                     "consolidate such an adapter (optimum-neuron 0.4.5 neither)"
                 )
         return super().skip_reason(config)
@@ -234,17 +234,29 @@ CHECK = LoraRoundTrip()
 
 
 def dense_mlp_layers(key: str) -> list[str]:
-    """The dense MLPs of a catalogue variant's transformers model (a module named `mlp` with a `gate_proj`
-    of its own, not an expert's), built on the meta device."""
+    """The dense MLPs of a catalogue variant's transformers model, built on the meta device: the modules
+    outside the experts (no expert list holds them) with two or more linears of their own, none of which the
+    MoE adapter targets (Qwen-MoE's dense `mlp`, GraniteMoeShared's `shared_mlp`: its `input_linear` and
+    `output_linear` share the experts' names). The router holds one linear, the attention targeted ones, the
+    sparse block its expert list."""
     from transformers import AutoModelForCausalLM
 
+    entry = variant(key)
+    targets = set(target_modules(entry.model_type) or ())
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(variant(key).config())
-    return [
-        name
-        for name, module in model.named_modules()
-        if name.endswith(".mlp") and hasattr(module, "gate_proj")
-    ]
+        model = AutoModelForCausalLM.from_config(entry.config())
+    modules = dict(model.named_modules())
+    found = []
+    for name, module in modules.items():
+        linears = {child for child, layer in module.named_children() if isinstance(layer, torch.nn.Linear)}
+        parent = modules.get(name.rpartition(".")[0]) if name else None
+        expert = isinstance(parent, torch.nn.ModuleList)  # one of an expert list
+        sparse = any(
+            isinstance(child, torch.nn.ModuleList) for child in module.children()
+        )  # holds the experts
+        if len(linears) >= 2 and not linears & targets and not expert and not sparse:
+            found.append(name)
+    return found
 
 
 def logits_reasons(

@@ -28,8 +28,8 @@ from .neuron_model_classes import NeuronModelClasses
 from .optional_input_guard import OptionalInputGuard
 from .parallel_bias_init import ParallelBiasInit
 from .parallel_embedding import ParallelEmbeddingRule
+from .parallel_init_redraws import ParallelInitRedraws
 from .parallel_linears import ParallelLinears
-from .parallel_named_init import ParallelNamedInit
 from .prune_closure import PruneToTrainingClosure
 from .sequence_parallel_norms import SequenceParallelNorms
 from .source_fused_checkpoint import SourceFusedCheckpoint
@@ -58,7 +58,7 @@ RULES: tuple[type[Rule], ...] = (
     NeuronFlashAttention,  # NXS023
     SourceFusedCheckpoint,  # NXS027
     ParallelLinears,  # NXS024
-    ParallelNamedInit,  # NXS016 (after the rules that build parallel linears: it reads their init_method)
+    ParallelInitRedraws,  # NXS015 (after the rules that build parallel layers and split source linears)
     LearnableActivationGradients,  # NXS025
     MoEBlocks,  # NXS040
     RemoveUnusedImports,  # NXS030

@@ -56,6 +56,7 @@ FUSED_NAME = "qkv_proj"
 CUSTOM_MODULE = "CustomModule"
 TEMPLATE_STATES = ("query_states", "key_states", "value_states")  # the forward template's local names
 TEMPLATE_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # the forward template's projection attributes
+SPLIT_ATTRIBUTE = "split_size"  # the templates' per-rank split size of the fused qkv_proj (renamed if taken)
 
 
 class AttentionVariants(Rule):
@@ -91,15 +92,23 @@ class AttentionVariants(Rule):
         q, k = (self.blueprint.site(f"{geometry.path}.{name}") for name in (geometry.q, geometry.k))
         init, forward = find_method(cls, "__init__"), find_method(cls, "forward")
         assert init is not None and forward is not None, "checked in analysis (R017)"
-        init = self._constructor(init, geometry, q, k)
-        forward = self._projections(forward, geometry)
+        # the per-rank size the fused branch splits qkv_proj's output by: a name the class does not use
+        # (GPT-2's attention has its own `self.split_size`, the full width)
+        split = {SPLIT_ATTRIBUTE: fresh_name(SPLIT_ATTRIBUTE, _self_attributes(cls))}
+        init = self._constructor(init, geometry, q, k, split)
+        forward = self._projections(forward, geometry, split)
         cls = with_method(with_method(cls, init), forward)
         cls = _per_rank_head_reads(cls, dict(geometry.total_head_counts))
         self.add_host_import("transformations_utils", CUSTOM_MODULE)
         return with_base(cls, CUSTOM_MODULE)
 
     def _constructor(
-        self, init: cst.FunctionDef, geometry: AttentionGeometry, q: LayerSite, k: LayerSite
+        self,
+        init: cst.FunctionDef,
+        geometry: AttentionGeometry,
+        q: LayerSite,
+        k: LayerSite,
+        split: dict[str, str],
     ) -> cst.FunctionDef:
         config = self.config_parameter(geometry.owner)
         body = list(init.body.body)
@@ -114,6 +123,7 @@ class AttentionVariants(Rule):
             "variant_choice",
             self.blueprint.style,
             renames={"config": config},
+            attributes=split,
             hidden_size=cst.parse_expression(q.in_features.source),
             heads=heads,
             kv_heads=kv_heads,
@@ -213,7 +223,9 @@ class AttentionVariants(Rule):
         assert isinstance(result, cst.BaseStatement)
         return result
 
-    def _projections(self, forward: cst.FunctionDef, geometry: AttentionGeometry) -> cst.FunctionDef:
+    def _projections(
+        self, forward: cst.FunctionDef, geometry: AttentionGeometry, split: dict[str, str]
+    ) -> cst.FunctionDef:
         """Compute q, k, v up front by variant; the source's expressions then read the computed tensors."""
         calls = projection_calls(forward, geometry)
         assert calls is not None, "checked in analysis (R025)"
@@ -232,7 +244,10 @@ class AttentionVariants(Rule):
             "projections",
             self.blueprint.style,
             renames=dict(zip(TEMPLATE_STATES, names, strict=True)),
-            attributes=dict(zip(TEMPLATE_PROJECTIONS, (geometry.q, geometry.k, geometry.v), strict=True)),
+            attributes={
+                **dict(zip(TEMPLATE_PROJECTIONS, (geometry.q, geometry.k, geometry.v), strict=True)),
+                **split,
+            },
             hidden_states=calls[0].args[0].value,
         )
         self.add_template_imports(needed)
@@ -274,6 +289,11 @@ def _per_rank_head_reads(cls: cst.ClassDef, counts: dict[str, str]) -> cst.Class
         assert method is not None
         cls = with_method(cls, _with_attributes_renamed(method, counts))
     return cls
+
+
+def _self_attributes(cls: cst.ClassDef) -> set[str]:
+    """Every attribute `self.<name>` the class's code reads or assigns."""
+    return {name for node in walk(cls) if (name := self_attribute(node)) is not None}
 
 
 def _forward_methods(cls: cst.ClassDef) -> set[str]:

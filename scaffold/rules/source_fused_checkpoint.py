@@ -21,9 +21,8 @@ choose the branch's layout; so does a split the forward itself makes under such 
 branch (GPTBigCode's contiguous q|k|v with one K/V head, or per-head interleaved: `scaffold.analysis.branch_fusions`).
 
 The pretrained class's `_init_weights` may name the source linear (`init_weight(module.Wi, std)`), which
-the generated module no longer holds: each statement passing `<module>.<source linear>` is repeated for
-every layer the module holds in its place (the parts, or the `gate_up_proj` / `qkv_proj` the rules fused
-them into), guarded by `hasattr`; each part gets the law the whole source linear had.
+the generated module no longer holds: NXS015 (parallel-init-redraws) re-points it at the layers held in its
+place (`held_layers`).
 
 Where the source cuts the fused output into groups itself, the forward still cuts each rank's share of the parts into the source's groups itself
 (`(..., mp_num, -1)`, then heads): that holds only when every rank has a multiple of the groups in heads, so
@@ -36,12 +35,10 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from ..blueprint import ClassKind, SourceFusion
+from ..blueprint import SourceFusion
 from ..syntax import code, find_method, with_base, with_body, with_method
 from . import templates
-from .attention_variants import FUSED_NAME as FUSED_QKV
 from .base import Rule, stored_example
-from .fused_gate_up import FUSED_NAME as FUSED_GATE_UP
 
 TEMPLATES = "source_fused_checkpoint"
 DEFINITIONS = "source_fused_linears"
@@ -78,11 +75,6 @@ class SourceFusedCheckpoint(Rule):
         return False  # the rule rewrites whole classes: nothing to visit inside a method
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
-        if any(
-            plan.name == updated_node.name.value and plan.kind is ClassKind.PRETRAINED
-            for plan in self.blueprint.classes
-        ):
-            return self._with_parts_initialised(updated_node)
         fusions = [f for f in self.blueprint.fusions if f.owner == updated_node.name.value]
         if not fusions or self.refusal_for(updated_node.name.value) is not None:
             return updated_node
@@ -109,57 +101,6 @@ class SourceFusedCheckpoint(Rule):
             leading_lines=[cst.EmptyLine(), cst.EmptyLine()]
         )
         return updated_node.with_changes(body=[*body[:first], *statements, *body[first:]])
-
-    def _held_names(self) -> dict[str, tuple[str, ...]]:
-        """Per split source linear, the layers a generated module holds in its place."""
-        held: dict[str, tuple[str, ...]] = {}
-        for fusion in self.blueprint.fusions:
-            if len(fusion.part_names) < 2 or self.refusal_for(fusion.owner) is not None:
-                continue
-            names = list(fusion.part_names)
-            if any(b.owner == fusion.owner and b.gate in fusion.part_names for b in self.blueprint.mlps):
-                names.append(FUSED_GATE_UP)
-            if any(g.owner == fusion.owner and g.q in fusion.part_names for g in self.blueprint.attention):
-                names.append(FUSED_QKV)
-            known = held.get(fusion.source_name, ())
-            held[fusion.source_name] = tuple(dict.fromkeys([*known, *names]))
-        return held
-
-    def _with_parts_initialised(self, cls: cst.ClassDef) -> cst.ClassDef:
-        """The pretrained class with each `_init_weights` statement that passes a split source linear
-        repeated over the layers held in its place."""
-        held = self._held_names()
-        method = find_method(cls, "_init_weights")
-        if not held or method is None:
-            return cls
-        style = self.blueprint.style
-        rule = self
-
-        class _Repointed(cst.CSTTransformer):
-            def leave_SimpleStatementLine(
-                self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
-            ) -> cst.BaseStatement:
-                found = _source_argument(updated, held)
-                if found is None:
-                    return updated
-                argument, source = found
-                part, _ = templates.fill_expression(TEMPLATES, "part_of", style, module=argument.value.value)
-                statement = updated.deep_replace(argument, argument.with_changes(value=part))
-                names = cst.Tuple([cst.Element(cst.SimpleString(f'"{name}"')) for name in held[source]])
-                (loop,), needed = templates.fill_statements(
-                    TEMPLATES,
-                    "init_parts",
-                    style,
-                    module=argument.value.value,
-                    parts=names,
-                    statement=statement.with_changes(leading_lines=()),
-                )
-                rule.add_template_imports(needed)
-                return loop.with_changes(leading_lines=updated.leading_lines)
-
-        rewritten = method.visit(_Repointed())
-        assert isinstance(rewritten, cst.FunctionDef)
-        return with_method(cls, rewritten)
 
     def _with_spec(self, init: cst.FunctionDef, fusion: SourceFusion) -> cst.FunctionDef:
         """The constructor with the wrapping statement after the last statement naming a part."""
@@ -260,23 +201,3 @@ def _per_rank_heads(body: list[cst.BaseStatement]) -> tuple[int, str] | None:
 def _names_part(text: str, part: str) -> bool:
     """The statement's code builds or names the part (`self.part = ...` or the string `"part"`)."""
     return f"self.{part} " in text or f"self.{part}=" in text or f'"{part}"' in text
-
-
-def _source_argument(
-    statement: cst.SimpleStatementLine, held: dict[str, tuple[str, ...]]
-) -> tuple[cst.Arg, str] | None:
-    """The argument `<name>.<source linear>` of the statement's call (`init_weight(module.Wi, std)`)."""
-    if len(statement.body) != 1 or not isinstance(statement.body[0], cst.Expr):
-        return None
-    call = statement.body[0].value
-    if not isinstance(call, cst.Call):
-        return None
-    for argument in call.args:
-        value = argument.value
-        if (
-            isinstance(value, cst.Attribute)
-            and isinstance(value.value, cst.Name)
-            and value.attr.value in held
-        ):
-            return argument, value.attr.value
-    return None

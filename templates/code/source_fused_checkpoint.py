@@ -39,20 +39,6 @@ def transposed_interleaved_spec(self, source, parts, sizes, bias, groups):
     )
 
 
-def init_parts(module, parts, statement):
-    """A statement of `_init_weights` that initialised the source's fused linear, run on each layer the
-    generated module holds in its place (the split parts, or the layer the rules fused them into again):
-    each part is drawn as the whole source linear was."""
-    for part in {parts}:
-        if hasattr({module}, part):
-            {statement}  # noqa: B018 (a statement placeholder)
-
-
-def part_of(module, part):
-    """What stands for `<module>.<source linear>` in a statement `init_parts` repeats."""
-    return getattr({module}, part)
-
-
 def refuse_indivisible_groups(self, groups, message):
     """The constructor's check, after the per-rank head counts, that the forward's cut of each rank's
     projections into `groups` groups (the source's own, kept as it is) falls on whole heads."""

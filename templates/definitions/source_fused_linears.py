@@ -261,23 +261,29 @@ def with_source_fused_linear(
     part_sizes: list[int],
     bias: bool,
     groups: int = 1,
+    spec_class: type[SourceFusedLinearSpec] | None = None,
 ) -> ModelWeightTransformationSpecs:
-    """`specs` with the spec that owns the parts (if any) wrapped by a `SourceFusedLinearSpec`
-    (`groups` > 1: the parts interleaved in that many groups)."""
+    """`specs` with the spec that owns the parts (if any) wrapped by a `SourceFusedLinearSpec`, or by the
+    subclass `spec_class` (`groups` > 1: the parts interleaved in that many groups)."""
+    spec_class = spec_class or SourceFusedLinearSpec
     wrapped = ModelWeightTransformationSpecs(module_fully_qualified_name=specs.module_fully_qualified_name)
     owner = None
     for spec in specs:
         relevant = spec.get_relevant_parameter_names("")
         if owner is None and any(f".{name}.weight" in relevant for name in part_names):
             owner = [type(spec).__name__, asdict(spec)]
-            spec = SourceFusedLinearSpec(source_name, part_names, part_sizes, bias, owner, groups)
+            spec = spec_class(source_name, part_names, part_sizes, bias, owner, groups)
         wrapped.add_spec(spec)
     if owner is None:
-        wrapped.add_spec(SourceFusedLinearSpec(source_name, part_names, part_sizes, bias, groups=groups))
+        wrapped.add_spec(spec_class(source_name, part_names, part_sizes, bias, groups=groups))
     return wrapped
 
 
-# optimum-neuron rebuilds specs from checkpoint metadata by looking their class up in its
-# transformations_utils module: the class defined here is registered there (the first copy stays).
-if not hasattr(transformations_utils, SourceFusedLinearSpec.__name__):
-    setattr(transformations_utils, SourceFusedLinearSpec.__name__, SourceFusedLinearSpec)
+def register_spec(spec_class: type[ModelWeightTransformationSpec]) -> None:
+    """Register a spec class in optimum-neuron's transformations_utils module, where the host looks a spec's
+    class up by name to rebuild it from checkpoint metadata (the first copy stays)."""
+    if not hasattr(transformations_utils, spec_class.__name__):
+        setattr(transformations_utils, spec_class.__name__, spec_class)
+
+
+register_spec(SourceFusedLinearSpec)

@@ -10,15 +10,14 @@ linear whatever the base layer stores), are not transposed; the adapter config's
 the layer (off on the generated model, on in the original).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .. import transformations_utils
 from ..transformations_utils import ModelWeightTransformationSpecs
-from .source_fused_linears import SourceFusedLinearSpec, with_source_fused_linear
+from .source_fused_linears import SourceFusedLinearSpec, register_spec, with_source_fused_linear
 
 
 @dataclass
@@ -94,16 +93,9 @@ def with_transposed_source_fused_linear(
     groups: int = 1,
 ) -> ModelWeightTransformationSpecs:
     """`with_source_fused_linear` for a checkpoint linear whose weight is stored transposed."""
-    fused = with_source_fused_linear(specs, source_name, part_names, part_sizes, bias, groups)
-    transposed = ModelWeightTransformationSpecs(module_fully_qualified_name=fused.module_fully_qualified_name)
-    for spec in fused:
-        if type(spec) is SourceFusedLinearSpec and spec.source_name == source_name:
-            spec = TransposedSourceFusedLinearSpec(**asdict(spec))
-        transposed.add_spec(spec)
-    return transposed
+    return with_source_fused_linear(
+        specs, source_name, part_names, part_sizes, bias, groups, TransposedSourceFusedLinearSpec
+    )
 
 
-# optimum-neuron rebuilds specs from checkpoint metadata by looking their class up in its
-# transformations_utils module: the class defined here is registered there (the first copy stays).
-if not hasattr(transformations_utils, TransposedSourceFusedLinearSpec.__name__):
-    setattr(transformations_utils, TransposedSourceFusedLinearSpec.__name__, TransposedSourceFusedLinearSpec)
+register_spec(TransposedSourceFusedLinearSpec)

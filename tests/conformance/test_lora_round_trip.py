@@ -125,3 +125,16 @@ def test_the_adapter_targets_conv1d_projections_as_linears():
 
     config = GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=16, n_positions=8)
     assert projection_names(GPT2LMHeadModel(config)) == ["c_attn", "c_fc", "c_proj"]
+
+
+def test_a_moe_with_a_dense_mlp_beside_its_experts_is_skipped_naming_it() -> None:
+    """GraniteMoeShared's layers hold a `shared_mlp` beside the experts, its linears named as the experts'
+    (`input_linear`, `output_linear`): the MoE adapter leaves its fused gate_up_proj un-adapted, which the host
+    cannot consolidate, so the check is a SKIP naming it, as for Qwen-MoE's dense layers. Mixtral's layers
+    hold only experts and a router: its adapter runs."""
+    reason = CHECK.skip_reason(LoraConfig("granitemoeshared/mqa", 2))
+    assert reason is not None
+    assert "model.layers.0.shared_mlp" in reason and "model.layers.1.shared_mlp" in reason
+    assert "block_sparse_moe" not in reason and "self_attn" not in reason
+    assert CHECK.skip_reason(LoraConfig("mixtral/mqa", 2)) is None
+    assert "shared_expert" in (CHECK.skip_reason(LoraConfig("qwen2_moe/mqa", 2)) or "")

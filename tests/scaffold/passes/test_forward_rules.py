@@ -257,6 +257,33 @@ class TestAttentionVariants(RuleTest):
         assert "query_states = query_states.view(hidden_shape).transpose(1, 2)" in forward
         assert "class ToyAttention(nn.Module, CustomModule):" in out
 
+    def test_the_fused_split_size_takes_a_name_the_class_does_not_use(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        # GPT-2's shape: the class keeps its own `self.split_size` (the full width), read elsewhere.
+        source = ATTENTION.replace(
+            "        self.head_dim = config.head_dim\n",
+            "        self.head_dim = config.head_dim\n        self.split_size = config.hidden_size\n",
+        ).replace(
+            "        input_shape = hidden_states.shape[:-1]\n",
+            "        input_shape = hidden_states.shape[:-1]\n        width = self.split_size\n",
+        )
+        out = (
+            AttentionVariants(CodemodContext(), _attention_blueprint())
+            .transform_module(cst.parse_module(source))
+            .code
+        )
+        init, forward = out.split("def forward")
+        assert "        self.split_size = config.hidden_size\n" in init
+        assert init.count("self.split_size =") == 1
+        assert "self.split_size_2 = divide(config.num_attention_heads * self.head_dim, tp_size)" in init
+        assert (
+            "query_states, key_states, value_states = self.qkv_proj(hidden_states).split(self.split_size_2, dim=-1)"
+            in forward
+        )
+        assert "width = self.split_size\n" in forward
+
     def test_per_head_norms_get_their_gradient_sum_where_they_are_built(self) -> None:
         import libcst as cst
         from libcst.codemod import CodemodContext

@@ -11,7 +11,7 @@ import libcst as cst
 from libcst.codemod import CodemodContext
 
 from scaffold.analysis.source_fusions import split_source_fusions
-from scaffold.blueprint import ClassKind, Location, MLPBlock, Role, SourceFusion
+from scaffold.blueprint import Location, MLPBlock, Role, SourceFusion
 from scaffold.emit import format_python
 from scaffold.rules.fused_gate_up import FusedGateUp
 from scaffold.rules.source_fused_checkpoint import SourceFusedCheckpoint
@@ -659,60 +659,3 @@ class TestSourceFusedCheckpoint(RuleTest):
 
     def test_no_fusion_no_change(self) -> None:
         self.assertUnchanged(MLP, blueprint=blueprint(classes=[klass("ToyMLP")]))
-
-
-PRETRAINED = """
-import torch
-from torch import nn
-
-
-class ToyPreTrainedModel(PreTrainedModel):
-    def _init_weights(self, module):
-        std = self.config.initializer_range
-
-        def init_weight(module, std):
-            nn.init.trunc_normal_(module.weight, std=std)
-
-        if isinstance(module, ToyMLP):
-            init_weight(module.Wi, std)
-            init_weight(module.Wo, std / 2)
-"""
-
-
-class TestSplitSourceLinearsInInitWeights(RuleTest):
-    TRANSFORM = SourceFusedCheckpoint
-
-    def _run(self, fusions: tuple[SourceFusion, ...]) -> str:
-        plan = dataclasses.replace(
-            blueprint(classes=[klass("ToyMLP"), klass("ToyPreTrainedModel", ClassKind.PRETRAINED)]),
-            fusions=fusions,
-        )
-        rule = SourceFusedCheckpoint(CodemodContext(), plan)
-        return format_python(rule.transform_module(cst.parse_module(dedent(PRETRAINED).lstrip("\n"))).code)
-
-    def test_a_statement_passing_the_source_linear_runs_on_each_part_it_holds(self) -> None:
-        fusion = dataclasses.replace(FUSION, source_name="Wi", part_names=("input_proj", "gate_proj"))
-        out = self._run((fusion,))
-        cls = out[out.index("class ToyPreTrainedModel") :]
-        assert cls == format_python(
-            dedent("""
-            class ToyPreTrainedModel(PreTrainedModel):
-                def _init_weights(self, module):
-                    std = self.config.initializer_range
-
-                    def init_weight(module, std):
-                        nn.init.trunc_normal_(module.weight, std=std)
-
-                    if isinstance(module, ToyMLP):
-                        for part in ("input_proj", "gate_proj"):
-                            if hasattr(module, part):
-                                init_weight(getattr(module, part), std)
-                        init_weight(module.Wo, std / 2)
-            """).strip("\n")
-            + "\n"
-        )
-
-    def test_an_unsplit_source_linear_is_left_alone(self) -> None:
-        out = self._run((dataclasses.replace(FUSION, source_name="Wo", part_names=("Wo",)),))
-        cls = out[out.index("class ToyPreTrainedModel") :]
-        assert cls == format_python(dedent(PRETRAINED).lstrip("\n").split("\n\n\n", 1)[1])
