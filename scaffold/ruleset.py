@@ -16,4 +16,7 @@ from __future__ import annotations
 # (the fused branch's split views) become out-of-place assignments.
 # 5: config switches that set a mask option (or/and_mask_function) raise at construction (NXS014).
 # 6: conditions and import guards left empty by the cache removal and the import clean-up go.
-RULESET_VERSION = 6
+# 7: a re-draw of a parallel layer in _init_weights draws the full weight (NXS015); classes named only in
+# isinstance tests leave the file; fused projections split under if/else on config flags; optional configs
+# every caller passes come first; attention over heads folded into the batch reads as the 4-D kernel.
+RULESET_VERSION = 7
