@@ -80,6 +80,11 @@ def self_attribute(node: cst.CSTNode) -> str | None:
     return None
 
 
+def self_attributes(node: cst.CSTNode) -> set[str]:
+    """Every attribute `self.<name>` the code under `node` reads or assigns."""
+    return {name for child in walk(node) if (name := self_attribute(child)) is not None}
+
+
 def assigned_self_attribute(statement: cst.CSTNode) -> str | None:
     """`attr` when `statement` is the single assignment `self.attr = ...` (or `self.attr: T = ...`)."""
     if not m.matches(statement, SELF_ASSIGNMENT):

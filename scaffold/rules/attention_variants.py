@@ -42,6 +42,7 @@ from ..syntax import (
     operand,
     replace_nodes,
     self_attribute,
+    self_attributes,
     self_calls,
     walk,
     with_base,
@@ -94,7 +95,7 @@ class AttentionVariants(Rule):
         assert init is not None and forward is not None, "checked in analysis (R017)"
         # the per-rank size the fused branch splits qkv_proj's output by: a name the class does not use
         # (GPT-2's attention has its own `self.split_size`, the full width)
-        split = {SPLIT_ATTRIBUTE: fresh_name(SPLIT_ATTRIBUTE, _self_attributes(cls))}
+        split = {SPLIT_ATTRIBUTE: fresh_name(SPLIT_ATTRIBUTE, self_attributes(cls))}
         init = self._constructor(init, geometry, q, k, split)
         forward = self._projections(forward, geometry, split)
         cls = with_method(with_method(cls, init), forward)
@@ -289,11 +290,6 @@ def _per_rank_head_reads(cls: cst.ClassDef, counts: dict[str, str]) -> cst.Class
         assert method is not None
         cls = with_method(cls, _with_attributes_renamed(method, counts))
     return cls
-
-
-def _self_attributes(cls: cst.ClassDef) -> set[str]:
-    """Every attribute `self.<name>` the class's code reads or assigns."""
-    return {name for node in walk(cls) if (name := self_attribute(node)) is not None}
 
 
 def _forward_methods(cls: cst.ClassDef) -> set[str]:

@@ -24,6 +24,7 @@ from ..syntax import (
     names_in,
     operand,
     replace_nodes,
+    self_attributes,
     self_calls,
     with_base,
     with_body,
@@ -35,6 +36,7 @@ from .base import Rule, stored_example, with_todo
 TEMPLATES = "fused_gate_up"
 FUSED_NAME = "gate_up_proj"  # the attribute the template builds
 CUSTOM_MODULE = "CustomModule"
+SPLIT_ATTRIBUTE = "split_size"  # the templates' split size of gate_up_proj's output (renamed if taken)
 
 
 class FusedGateUp(Rule):
@@ -96,11 +98,14 @@ class FusedGateUp(Rule):
                 TEMPLATES, "unequal_split", style, gate_size=gate_size, up_size=up_size
             )
         self.add_template_imports(needed)
+        # the split size of gate_up_proj's output: a name the class does not use already
+        split_attribute = {SPLIT_ATTRIBUTE: fresh_name(SPLIT_ATTRIBUTE, self_attributes(cls))}
         new, needed = templates.fill_statements(
             TEMPLATES,
             "gate_up_projection",
             style,
             renames={"config": config},
+            attributes=split_attribute,
             hidden_size=cst.parse_expression(gate.in_features.source),
             fused_size=fused_size,
             bias=cst.parse_expression(gate.bias.source),
@@ -117,12 +122,14 @@ class FusedGateUp(Rule):
         init = with_body(init, body[:first] + new + rest)  # type: ignore[assignment]
         init = layer_code.with_init_method(self, init, config)  # type: ignore[arg-type]
 
-        forward = self._split_forward(forward, block)
+        forward = self._split_forward(forward, block, split_attribute)
         cls = with_method(with_method(cls, init), forward)  # type: ignore[arg-type]
         self.add_host_import("transformations_utils", CUSTOM_MODULE)
         return with_base(cls, CUSTOM_MODULE)
 
-    def _split_forward(self, forward: cst.FunctionDef, block: MLPBlock) -> cst.FunctionDef:
+    def _split_forward(
+        self, forward: cst.FunctionDef, block: MLPBlock, split_attribute: dict[str, str]
+    ) -> cst.FunctionDef:
         """Replace `self.gate(x)` / `self.up(x)` by the two halves of one `self.gate_up_proj(x)` call."""
         assert block.gate is not None
         gate_call, up_call = gate_up_calls(forward, block.gate, block.up)  # type: ignore[misc]
@@ -144,6 +151,7 @@ class FusedGateUp(Rule):
             "gate_up_split",
             self.blueprint.style,
             renames={"gate": gate_name, "up": up_name},  # type: ignore[dict-item]
+            attributes=split_attribute,
             hidden_states=gate_call.args[0].value,
         )
         self.add_template_imports(needed)

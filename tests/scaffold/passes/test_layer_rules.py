@@ -305,6 +305,24 @@ class ToyMLP(nn.Module, CustomModule):
             in out
         )
 
+    def test_the_split_size_takes_a_name_the_class_does_not_use(self) -> None:
+        import libcst as cst
+        from libcst.codemod import CodemodContext
+
+        # an MLP with a `self.split_size` of its own (read elsewhere) keeps it
+        source = self.BEFORE.replace(
+            "        super().__init__()\n", "        super().__init__()\n        self.split_size = 3\n"
+        ).replace("        return self.down(", "        print(self.split_size)\n        return self.down(")
+        out = FusedGateUp(CodemodContext(), self._blueprint()).transform_module(cst.parse_module(source)).code
+        init, forward = out.split("def forward")
+        assert "        self.split_size = 3\n" in init
+        assert (
+            "        self.split_size_2 = divide(config.intermediate_size, get_tensor_model_parallel_size())\n"
+            in init
+        )
+        assert "        gate, up = self.gate_up_proj(x).split(self.split_size_2, dim=-1)\n" in forward
+        assert "        print(self.split_size)\n" in forward
+
     def test_plain_mlp_is_left_alone(self) -> None:
         block = MLPBlock("ToyMLP", "mlp", None, "up", "down", None, expr("config.intermediate_size"), HERE)
         self.assertUnchanged(self.BEFORE, blueprint=blueprint(classes=[klass("ToyMLP")], mlps=[block]))
