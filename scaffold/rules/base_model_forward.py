@@ -189,7 +189,7 @@ class BaseModelForward(Rule):
         embeds = _embedding_outputs(forward, _last(self.blueprint.backbone.embedding))
         if not embeds:
             return forward, None
-        forward = _unpacked_length(forward, embeds)
+        forward, batch = _unpacked_length(forward, embeds)
         taken = names_in(forward)
         name = SEQUENCE_LENGTH if SEQUENCE_LENGTH not in taken else fresh_name(SEQUENCE_LENGTH, taken)
 
@@ -235,6 +235,15 @@ class BaseModelForward(Rule):
                 renames={SEQUENCE_LENGTH: name, "inputs_embeds": finder.variable},
             )
             self.add_template_imports(needed)
+            if batch is not None:  # after the length: its dim-1 read is not the sequence's
+                batch_read, needed = templates.fill_statements(
+                    TEMPLATES,
+                    "batch_size",
+                    self.blueprint.style,
+                    renames={"batch_size": batch[0], "inputs_embeds": batch[1]},
+                )
+                self.add_template_imports(needed)
+                length = [*length, *batch_read]
             moved, length[0] = leading_to(changed, length[0])  # type: ignore[arg-type]
             result = with_body(forward, [*body[:index], *length, moved, *rest])  # type: ignore[list-item]
             assert isinstance(result, cst.FunctionDef)
@@ -726,9 +735,13 @@ def layer_loop_calls(forward: cst.FunctionDef, layers: str) -> int:
     return found
 
 
-def _unpacked_length(forward: cst.FunctionDef, embeds: set[str]) -> cst.FunctionDef:
-    """`batch, length, _ = embeds.shape` (or `.size()`) with `batch` read nowhere else -> `length =
-    embeds.shape[1]`, which `_sequence_length` then reads (the batch dimension is no longer dim 0 under SP)."""
+def _unpacked_length(
+    forward: cst.FunctionDef, embeds: set[str]
+) -> tuple[cst.FunctionDef, tuple[str, str] | None]:
+    """`batch, length, _ = embeds.shape` (or `.size()`) -> `length = embeds.shape[1]`, which
+    `_sequence_length` then reads (the batch dimension is no longer dim 0 under SP); with `(batch, embeds)`
+    where `batch` is read elsewhere, for `_sequence_length` to bind it from the layout (the `batch_size`
+    template)."""
     body = list(forward.body.body)
     for index, statement in enumerate(body):
         if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
@@ -750,11 +763,12 @@ def _unpacked_length(forward: cst.FunctionDef, embeds: set[str]) -> cst.Function
             continue
         batch, length, rest = (e.value.value for e in target.elements)  # type: ignore[attr-defined]
         others = [s for i, s in enumerate(body) if i != index]
-        if rest != "_" or any(batch in names_in(s) for s in others):
+        if rest != "_":
             continue
+        read_later = any(batch in names_in(s) for s in others)
         read = cst.parse_statement(f"{length} = {dotted(value.value)}.shape[1]")
         body[index] = read.with_changes(leading_lines=statement.leading_lines)
         result = with_body(forward, body)
         assert isinstance(result, cst.FunctionDef)
-        return result
-    return forward
+        return result, ((batch, dotted(value.value)) if read_later else None)  # type: ignore[return-value]
+    return forward, None

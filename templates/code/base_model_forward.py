@@ -42,6 +42,13 @@ def sequence_length(self, sequence_length, inputs_embeds):
     return sequence_length
 
 
+def batch_size(self, batch_size, inputs_embeds):
+    """After the sequence length, where the forward unpacked the batch size off the embeddings' shape and
+    reads it later."""
+    batch_size = inputs_embeds.size(1) if self.trn_config.sequence_parallel_enabled else inputs_embeds.size(0)
+    return batch_size
+
+
 def positions_in_stream_layout(self, position_embeds):
     """After the lookup of learned positions `(B, S, D)`, replicated on every rank: under sequence
     parallelism the hidden stream they are added to is `(S/T, B, D)`, so each rank keeps its own positions
