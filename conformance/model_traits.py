@@ -9,7 +9,7 @@ import functools
 from typing import Any
 
 from reference_models import variant
-from reference_models.catalogue import decoder_field
+from reference_models.catalogue import optional_decoder_field
 
 SHAPE_FIELDS = frozenset(
     {
@@ -54,7 +54,7 @@ def traits(variant_key: str) -> dict[str, Any]:
     return {
         "config_class": facts["config_class"],
         "hidden_size": facts["hidden_size"],
-        "intermediate_size": decoder_field(config, "intermediate_size"),
+        "intermediate_size": optional_decoder_field(config, "intermediate_size"),
         "layers": facts["layers"],
         "heads": facts["heads"],
         "kv_heads": facts["kv_heads"],

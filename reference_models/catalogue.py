@@ -176,10 +176,12 @@ _NON_CAUSAL_MARK = "bidirectional"
 _DECODER_FIELDS = (
     "vocab_size",
     "hidden_size",
-    "intermediate_size",
     "num_hidden_layers",
     "num_attention_heads",
 )
+# Standard fields a config class may lack because its model fixes them: BLOOM's MLP is 4 x hidden_size wide
+# and its config takes no width. The tiny configs pass them only to the classes that take them.
+_OPTIONAL_DECODER_FIELDS = ("intermediate_size",)
 # A config class without it (GPT-NeoX) gives every query head its own K/V head: its variants vary the heads only.
 _KV_HEADS_FIELD = "num_key_value_heads"
 
@@ -286,6 +288,16 @@ def decoder_field(config: PretrainedConfig, name: str) -> Any:
     )
 
 
+def optional_decoder_field(config: PretrainedConfig, name: str) -> Any:
+    """`decoder_field`, or None where the config class lacks a field its model fixes (`_OPTIONAL_DECODER_FIELDS`)."""
+    try:
+        return decoder_field(config, name)
+    except AttributeError:
+        if name in _OPTIONAL_DECODER_FIELDS:
+            return None
+        raise
+
+
 def key_value_heads(config: PretrainedConfig) -> int:
     """The K/V heads of `config`: its `num_key_value_heads` (or an alias of it), or one per query head where
     it has none."""
@@ -334,8 +346,8 @@ def unsupported_reason(config: PretrainedConfig, tp_size: int, ep_size: int = 1)
         problems.append(f"num_attention_heads {heads} is not divisible by {tp_size}")
     if (kv_heads * kv_size_multiplier(kv_heads, tp_size)) % tp_size:
         problems.append(f"num_key_value_heads {kv_heads} cannot be spread over {tp_size} ranks")
-    intermediate = decoder_field(config, "intermediate_size")
-    if intermediate % tp_size:
+    intermediate = optional_decoder_field(config, "intermediate_size")
+    if intermediate is not None and intermediate % tp_size:
         problems.append(f"intermediate_size {intermediate} is not divisible by {tp_size}")
     for name in _MOE_INTERMEDIATE_FIELDS:
         size = getattr(config, name, None)
@@ -507,7 +519,11 @@ def _field_name(model_type: str, name: str) -> str | None:
 
 def _common(model_type: str) -> dict[str, Any]:
     """The common tiny sizes under the names the config class takes (`_COMMON` renamed by `_FIELD_ALIASES`)."""
-    return {_field_name(model_type, name) or name: value for name, value in _COMMON.items()}
+    return {
+        _field_name(model_type, name) or name: value
+        for name, value in _COMMON.items()
+        if name not in _OPTIONAL_DECODER_FIELDS or _field_name(model_type, name) is not None
+    }
 
 
 def _renamed(model_type: str, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -414,6 +414,21 @@ class InputGuard:
 
 
 @dataclass(frozen=True)
+class HeadBias:
+    """The layer stack `owner` builds `name`, a tensor with one slice per attention head (an ALiBi bias),
+    from the total head count `heads` (as its forward writes it, `self.num_heads`) in the statement at
+    `location`, and passes it to every layer; the attention adds it to its scores. Heads are sharded over
+    TP, so NXS031 keeps each rank's heads of it. `mask` is the forward's padding-mask parameter where the
+    statement reads it (ALiBi positions counted over the unpadded tokens)."""
+
+    owner: str
+    name: str
+    heads: str
+    location: Location
+    mask: str | None = None
+
+
+@dataclass(frozen=True)
 class CacheCallee:
     """A function NXS002 removes parameters from, as a call of it sees it."""
 
@@ -478,6 +493,7 @@ class Blueprint:
     learnable_activations: tuple[tuple[str, str], ...] = ()
     cache: CacheForwarding = CacheForwarding()  # where the KV cache travels (NXS002)
     cross_attention: CrossAttentionPruning = CrossAttentionPruning()  # read as absent (NXS017)
+    head_biases: tuple[HeadBias, ...] = ()  # per-head attention biases the layer stack builds (NXS031)
 
     def site(self, path: str) -> LayerSite:
         """The layer site at `path` (KeyError when there is none)."""

@@ -143,7 +143,9 @@ LAYER_STACK = RefusalCode(
 UNRECOGNISED_ATTENTION = RefusalCode(
     "R014",
     "unrecognised-attention",
-    "projections are split into heads but no attention over separate q, k and v projections was found",
+    "projections are split into heads but no attention over separate q, k and v projections was found "
+    "(a call taking q and k, `torch.matmul(q, k.T)` or a biased `bias.baddbmm(q, k.T)`, then v, then the "
+    "output projection)",
     "rewrite the attention as q/k/v projections feeding one attention call (as transformers' Llama does) in "
     "a copy of the modeling file (--source)",
 )
@@ -251,7 +253,9 @@ ATTENTION_DISPATCH = RefusalCode(
     "function that adds its mask as `scores = scores + mask` (nor computes eager attention inline in the "
     "older form: scores, mask block, softmax, `@ v`, `transpose(1, 2)`, on (B, h, S, d) tensors or on "
     "heads folded into the batch, `torch.bmm` over `x.reshape(bsz * h, -1, d)`, its output viewed back "
-    "to (B, h, S, d)), so the Neuron flash path cannot be added",
+    "to (B, h, S, d)), so the Neuron flash path cannot be added; an attention that adds a per-head bias the "
+    "layer stack builds for every layer (ALiBi) to scores computed inline, with a plain `if <mask> is not "
+    "None:` block, stays eager instead (NXS031)",
     "write the eager/flash switch by hand (nki_flash_attn_func when config._attn_implementation == "
     '"flash_attention_2") and a causal mask for calls without one',
 )

@@ -17,6 +17,7 @@ from .classes import ClassFacts, config_parameter
 from .constructors import TORCH_NORMS, ChildKind, classify
 from .context import Context, gather
 from .features import config_fields, features
+from .head_bias import head_biases
 from .moe import moe_blocks
 from .norms import with_head_rows
 from .plumbing import code_style, eager_function, init_std_field, mask_builders
@@ -80,6 +81,7 @@ def analyze(source: ModelSource, read: ReadSource | None = None) -> Blueprint:
             key for key, refusal in learnable_activations(context, tuple(mlps)) if refusal is None
         ),
         cache=cache_forwarding(context.index.module),
+        head_biases=head_biases(context, skeleton.stack_class, geometries),
     )
     refusals = [
         # one line each: messages quote source, and they end up in comments (`TODO(<code>)` markers)

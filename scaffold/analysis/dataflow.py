@@ -44,6 +44,7 @@ _METADATA_METHODS = frozenset({"size", "dim", "numel", "get_device", "element_si
 _SPLITS = frozenset({"split", "chunk", "unbind", "tensor_split"})
 _TORCH_SPLITS = frozenset(f"torch.{name}" for name in _SPLITS)
 _MAX_INLINE_DEPTH = 3
+_BIASED_PRODUCT = "baddbmm"
 
 
 @dataclass(frozen=True)
@@ -504,7 +505,17 @@ class _Tracer:
             return _NONE
         if method == "topk":
             self.flow.function_calls.append(FunctionCall(node.func, (base,), (), node))
+        if method == _BIASED_PRODUCT:  # `bias.baddbmm(q, k)`: the batched product of q and k, bias added
+            self.flow.function_calls.append(self.biased_product(node))
         return base | every
+
+    def biased_product(self, node: cst.Call) -> FunctionCall:
+        """`bias.baddbmm(batch1, batch2, ...)` as a call of its two factors (positional or by keyword)."""
+        positional = [arg.value for arg in node.args if arg.keyword is None and not arg.star]
+        keywords = {arg.keyword.value: arg.value for arg in node.args if arg.keyword is not None}
+        factors = [*positional[:2], *(keywords[name] for name in ("batch1", "batch2") if name in keywords)]
+        rest = tuple((name, value) for name, value in keywords.items() if name not in ("batch1", "batch2"))
+        return FunctionCall(node.func, tuple(self.value(factor) for factor in factors), rest, node)
 
     def shape_of(self, node: cst.Call) -> tuple[cst.BaseExpression, ...]:
         """Shape elements of a view/reshape call, expanding a local tuple (`view(hidden_shape)`, or

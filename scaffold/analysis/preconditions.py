@@ -43,7 +43,13 @@ from ..rules.base_model_forward import (
 )
 from ..rules.fused_gate_up import gate_up_calls
 from ..rules.kv_cache import CACHE_PARAMETERS, CachePlan, strip_cache
-from ..rules.neuron_flash_attention import attention_call, mask_argument, mask_block, table_dispatch
+from ..rules.neuron_flash_attention import (
+    adds_head_bias,
+    attention_call,
+    mask_argument,
+    mask_block,
+    table_dispatch,
+)
 from ..rules.parallel_linears import LINEAR
 from ..rules.sequence_parallel_norms import has_sequence_parallel_form, norm_parameters
 from ..rules.trn_config_threading import (
@@ -502,7 +508,8 @@ def _attention(context: Context, blueprint: Blueprint) -> Iterator[Refusal]:
         else:
             yield from _qkv(context, blueprint, geometry, init, forward)
         yield from _input_shape(context, geometry, forward)
-        yield from _dispatch(context, geometry, forward)
+        if not adds_head_bias(blueprint, forward):  # NXS031 keeps that attention eager
+            yield from _dispatch(context, geometry, forward)
 
 
 def _qkv(

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from ..errors import ScaffoldError
 from .absolute_imports import AbsoluteTransformersImports
+from .attention_bias_by_head import AttentionBiasByHead
 from .attention_norms import AttentionNorms
 from .attention_sequence_parallel import AttentionSequenceParallel
 from .attention_variants import AttentionVariants
@@ -56,6 +57,7 @@ RULES: tuple[type[Rule], ...] = (
     AttentionNorms,  # NXS026
     AttentionSequenceParallel,  # NXS022
     NeuronFlashAttention,  # NXS023
+    AttentionBiasByHead,  # NXS031
     SourceFusedCheckpoint,  # NXS027
     ParallelLinears,  # NXS024
     ParallelInitRedraws,  # NXS015 (after the rules that build parallel layers and split source linears)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
+from ..blueprint import Blueprint
 from ..patterns import ATTENTION_TABLE_LOOKUP, IS_NOT_NONE
 from ..syntax import (
     assigned_name,
@@ -83,6 +84,8 @@ class NeuronFlashAttention(Rule):
                 body[index] = with_todo(cls, refusal)
                 continue
             forward = find_method(cls, "forward")
+            if forward is not None and adds_head_bias(self.blueprint, forward):
+                continue  # eager only, with the bias it adds (NXS031)
             assert forward is not None and geometry.eager_function is not None, (
                 "checked in analysis (R017, R027)"
             )
@@ -243,6 +246,13 @@ def mask_argument(call: cst.Call) -> cst.BaseExpression | None:
             return arg.value
     positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
     return positional[4].value if len(positional) > 4 else None
+
+
+def adds_head_bias(blueprint: Blueprint, forward: cst.FunctionDef) -> bool:
+    """Whether an attention forward computes its scores inline with a per-head bias the layer stack builds
+    (no transformers dispatch, a plain `if <mask> is not None:` block adding the mask): NXS031 converts it,
+    and NXS023 has no dispatch to rewrite there."""
+    return bool(blueprint.head_biases) and table_dispatch(forward) is None and mask_block(forward) is not None
 
 
 def mask_block(function: cst.FunctionDef) -> tuple[int, str] | None:

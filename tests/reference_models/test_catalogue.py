@@ -165,8 +165,7 @@ def test_unknown_names_list_the_catalogue() -> None:
 @pytest.mark.parametrize(
     ("model_type", "reason"),
     [
-        ("bloom", "BloomConfig does not take intermediate_size"),
-        ("mamba", "MambaConfig does not take intermediate_size, num_attention_heads"),
+        ("mamba", "MambaConfig does not take num_attention_heads"),
         ("t5", "no causal LM class"),
         ("no-such-model", "no config class"),
     ],
@@ -176,6 +175,17 @@ def test_architectures_without_the_decoder_fields_are_refused_with_what_they_lac
 ) -> None:
     with pytest.raises(KeyError, match=reason):
         variants_for(model_type)
+
+
+def test_a_config_without_an_mlp_width_gets_the_variants_without_one() -> None:
+    # BLOOM's MLP is 4 x hidden_size wide and BloomConfig takes no width: the tiny configs pass none, and
+    # the MLP (256 = 4 x 64) divides by every T the checks use.
+    bloom = {entry.name: entry for entry in variants_for("bloom")}
+    assert list(bloom)[:4] == ["mha-8", "mha", "tied", "odd-vocab"]
+    config = bloom["mha-8"].config()
+    assert not hasattr(config, "intermediate_size")
+    assert (config.hidden_size, config.n_head, config.n_layer) == (64, 8, 2)
+    assert unsupported_reason(config, 4) is None
 
 
 def test_other_architectures_get_the_generic_variants_from_their_config_class() -> None:

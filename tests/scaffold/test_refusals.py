@@ -99,16 +99,17 @@ def test_a_learnable_activation_of_a_parallel_mlp_is_not_refused():
 
 def test_bloom_and_falcon_qkv_split_by_a_helper_are_not_refused_as_interleaved():
     # their `_reshape`/`_split_heads` helpers are read as separate projections (helper_fusions); falcon's
-    # ALiBi branch is read as off (optional_inputs, NXS028): nothing of it is refused. Bloom's attention is
-    # ALiBi through `baddbmm` only, which no analysis reads yet (R014).
-    assert "R003" not in codes("bloom") and "R007" not in codes("bloom")
+    # ALiBi branch is read as off (optional_inputs, NXS028): nothing of it is refused. Bloom's attention adds
+    # its ALiBi bias through `baddbmm` to scores computed inline: read as attention (R014 no more) that stays
+    # eager, its bias sharded by head (NXS031, R027 no more).
+    assert codes("bloom") == set()
     assert codes("falcon") == set()
 
 
 def test_refusal_messages_name_their_reason_and_codes_are_unique():
     known = {code.code: code for code in ALL_CODES}
     assert len(known) == len(ALL_CODES)
-    for model_type in ("phimoe", "gpt2", "rwkv", "bloom"):
+    for model_type in ("phimoe", "gpt2", "rwkv", "mpt"):
         for refusal in blueprint_of(model_type).refusals:
             assert known[refusal.code].why in refusal.message
             assert refusal.location.file == blueprint_of(model_type).source_file
