@@ -68,6 +68,7 @@ class Context:
     fusions: tuple[SourceFusion, ...] = ()
     cross_attention: CrossAttentionPruning = field(default_factory=CrossAttentionPruning)
     guards: tuple[InputGuard, ...] = ()
+    weightless: frozenset[str] = frozenset()  # local classes holding no weights at any depth
 
     @property
     def display_path(self) -> str:
@@ -124,6 +125,7 @@ def gather(source: ModelSource, read: ReadSource | None = None) -> Context:
         fusions=fusions,
         cross_attention=read.cross_attention,
         guards=read.guards,
+        weightless=weightless,
     )
     _assign_kinds(context)
     return context

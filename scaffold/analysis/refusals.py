@@ -36,7 +36,7 @@ from ..refusal_codes import (
     UNRECOGNISED_ATTENTION,
 )
 from ..syntax import code, walk
-from .constructors import ChildKind
+from .constructors import ChildKind, Construct
 from .context import (
     Context,
     base_instance_path,
@@ -545,7 +545,7 @@ def _parameters_and_unknown_layers(context: Context, moe_classes: frozenset[str]
                     member_location(context, member),
                 )
             )
-        elif kind is ChildKind.UNKNOWN_LAYER:
+        elif kind is ChildKind.UNKNOWN_LAYER and not _weightless_dict(context, member.construct):
             found.append(
                 Refusal(
                     UNKNOWN_LAYER.code,
@@ -554,6 +554,26 @@ def _parameters_and_unknown_layers(context: Context, moe_classes: frozenset[str]
                 )
             )
     return found
+
+
+def _weightless_dict(context: Context, construct: Construct) -> bool:
+    """`nn.ModuleDict({key: C(...), ...})` of local classes that hold no weights (rotary embeddings of
+    several kinds): nothing in it to convert."""
+    call = construct.call
+    if construct.qualified != "torch.nn.ModuleDict" or call is None or len(call.args) != 1:
+        return False
+    table = call.args[0].value
+    return (
+        isinstance(table, cst.Dict)
+        and bool(table.elements)
+        and all(
+            isinstance(element, cst.DictElement)
+            and isinstance(element.value, cst.Call)
+            and isinstance(element.value.func, cst.Name)
+            and element.value.func.value in context.weightless
+            for element in table.elements
+        )
+    )
 
 
 def _layer_stack(context: Context) -> list[Refusal]:

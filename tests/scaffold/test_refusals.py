@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import transformers.models.llama.modeling_llama as llama
+
+from scaffold.analysis import analyze
 from scaffold.refusal_codes import ALL_CODES
+from scaffold.source import locate
 
 from .conftest import TARGETS, blueprint_of, source_line
 
@@ -197,3 +202,29 @@ def test_ctrl_projections_read_one_input_and_its_batch_the_leading_shape():
     # same reading R006 makes); R026: `batch_size = q.shape[0]` reads the leading shape. Its kernel (a
     # module function adding `mask * -1e4`) and hand-built padding mask are still refused (R027).
     assert not codes("ctrl") & {"R025", "R026"}
+
+
+def _llama_with_rotary_table(tmp_path, entry: str):
+    """transformers' llama with its rotary embedding held in a ModuleDict of `entry` (olmo3's form)."""
+
+    text = Path(llama.__file__).read_text()
+    text = text.replace(
+        "self.rotary_emb = LlamaRotaryEmbedding(config=config)",
+        f'self.rotary_embs = nn.ModuleDict({{"full": {entry}}})',
+    ).replace(
+        "self.rotary_emb(hidden_states, position_ids)",
+        'self.rotary_embs["full"](hidden_states, position_ids)',
+    )
+    path = tmp_path / "modeling_llama.py"
+    path.write_text(text)
+    return {refusal.code for refusal in analyze(locate("llama", path)).refusals}
+
+
+def test_a_module_dict_of_weightless_modules_has_nothing_to_convert(tmp_path):
+    # olmo3: one rotary embedding per attention kind, in a ModuleDict
+    assert "R012" not in codes("olmo3")
+    assert "R012" not in _llama_with_rotary_table(tmp_path, "LlamaRotaryEmbedding(config=config)")
+
+
+def test_a_module_dict_holding_weights_stays_refused(tmp_path):
+    assert "R012" in _llama_with_rotary_table(tmp_path, "LlamaMLP(config)")
