@@ -53,6 +53,7 @@ class AttentionBiasByHead(Rule):
     EXAMPLES = (
         stored_example(CODE, "bloom", "BloomModel"),
         stored_example(CODE, "bloom", "BloomAttention"),
+        stored_example(CODE, "mpt", "MptAttention"),
     )
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
