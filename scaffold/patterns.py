@@ -56,13 +56,16 @@ SELF_ASSIGNMENT = m.SimpleStatementLine(
 IS_NOT_NONE = m.Comparison(comparisons=[m.ComparisonTarget(operator=m.IsNot(), comparator=m.Name("None"))])
 IS_NONE = m.Comparison(comparisons=[m.ComparisonTarget(operator=m.Is(), comparator=m.Name("None"))])
 
-# `x.shape[:-1]` / `x.size()[:-1]`: the leading dimensions of a tensor.
+# `x.shape[:-1]` / `x.size()[:-1]`: the leading dimensions of a tensor; of a 3-D tensor (an attention's
+# (B, S, D) input) also `x.shape[:2]` / `x.size()[:2]`.
 LEADING_SHAPE = m.Subscript(
     value=m.Attribute(attr=m.Name("shape")) | m.Call(func=m.Attribute(attr=m.Name("size")), args=[]),
     slice=[
         m.SubscriptElement(
             slice=m.Slice(
-                lower=None, step=None, upper=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1"))
+                lower=None,
+                step=None,
+                upper=m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1")) | m.Integer("2"),
             )
         )
     ],

@@ -240,9 +240,9 @@ QKV_PROJECTIONS = RefusalCode(
 ATTENTION_INPUT_SHAPE = RefusalCode(
     "R026",
     "attention-input-shape",
-    "the attention forward reads its input's shape other than as `x.shape[:-1]` (or the older "
-    "`b, s, _ = x.size()`, or the batch alone as `b = x.shape[0]`), which under sequence parallelism is "
-    "the sequence-first shard",
+    "the attention forward reads its input's shape other than as `x.shape[:-1]` (or `x.shape[:2]` of its "
+    "(B, S, D) input, the older `b, s, _ = x.size()`, or the batch alone as `b = x.shape[0]`), which under "
+    "sequence parallelism is the sequence-first shard",
     "read the leading shape as `input_shape = hidden_states.shape[:-1]` in a copy of the modeling file "
     "(--source), or make the marked line batch-first over the full sequence by hand",
 )
@@ -255,7 +255,8 @@ ATTENTION_DISPATCH = RefusalCode(
     "heads folded into the batch, `torch.bmm` over `x.reshape(bsz * h, -1, d)`, its output viewed back "
     "to (B, h, S, d)), so the Neuron flash path cannot be added; an attention that adds a per-head bias the "
     "layer stack builds for every layer (ALiBi) to scores computed inline, with a plain `if <mask> is not "
-    "None:` block, stays eager instead (NXS031)",
+    "None:` block (`s = s + mask`, or a boolean mask's `s = s.masked_fill(mask, value)`), stays eager "
+    "instead (NXS031)",
     "write the eager/flash switch by hand (nki_flash_attn_func when config._attn_implementation == "
     '"flash_attention_2") and a causal mask for calls without one',
 )

@@ -10,7 +10,8 @@ its own heads, `[r * H / T, (r + 1) * H / T)`, so:
   from an all-ones mask under `trn_config.recompute_causal_mask` (the host ignores the padding mask then);
 - the attention that adds the bias keeps its eager computation as written (no transformers dispatch to
   swap: NXS023 leaves it alone) and masks the future keys itself when no mask is passed
-  (`trn_config.recompute_causal_mask`): its `if <mask> is not None:` block gets an `else`.
+  (`trn_config.recompute_causal_mask`): its `if <mask> is not None:` block (`s = s + mask`, or MPT's
+  boolean `s = s.masked_fill(mask, value)`) gets an `else`.
 
 The inserted code comes from templates/code/attention_bias_by_head.py.
 """
@@ -52,6 +53,7 @@ class AttentionBiasByHead(Rule):
     EXAMPLES = (
         stored_example(CODE, "bloom", "BloomModel"),
         stored_example(CODE, "bloom", "BloomAttention"),
+        stored_example(CODE, "mpt", "MptAttention"),
     )
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
@@ -135,7 +137,7 @@ class AttentionBiasByHead(Rule):
 
     def _masked(self, forward: cst.FunctionDef) -> cst.FunctionDef:
         """The attention's mask block with an `else` that masks the future keys."""
-        found = mask_block(forward)
+        found = mask_block(forward, filled=True)
         assert found is not None, "checked by adds_head_bias"
         index, scores = found
         (masked,), needed = templates.fill_statements(

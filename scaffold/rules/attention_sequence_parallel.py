@@ -5,7 +5,8 @@ layer gathers the sequence, so each projection returns `(S, B, h_r*d)` (h_r: per
 keeps the source's head split, per-head norms (over head_dim, before RoPE), RoPE and attention call as
 written, and makes their input batch-first over the full sequence:
 
-- the leading shape the source reads from its input (`x.shape[:-1]`) becomes `(B, S)` under SP;
+- the leading shape the source reads from its input (`x.shape[:-1]`, or `x.shape[:2]` of its `(B, S, D)`)
+  becomes `(B, S)` under SP;
 - right after the projections, `(S, B, h_r*d) -> (B, S, h_r*d)` (a transpose of the first two axes);
 - before the output projection, the attention output `(B, S, h_r*d)` goes back to `(S, B, h_r*d)`, the
   layout the row-parallel layer reduce-scatters along the sequence.
@@ -158,7 +159,7 @@ def forward_input(forward: cst.FunctionDef) -> str:
 
 
 def is_leading_shape(node: cst.CSTNode, source_input: str) -> bool:
-    """`x.shape[:-1]` or `x.size()[:-1]` of the input `x`."""
+    """`x.shape[:-1]` or `x.size()[:-1]` (or `[:2]`: the input is `(B, S, D)`) of the input `x`."""
     if not m.matches(node, LEADING_SHAPE):
         return False
     value = node.value  # type: ignore[attr-defined]

@@ -33,6 +33,8 @@ import libcst.matchers as m
 from ..patterns import POST_INIT_STATEMENT
 from ..syntax import (
     aliases_of,
+    assigned_name,
+    assigned_value,
     code,
     dotted,
     find_method,
@@ -422,7 +424,7 @@ class BaseModelForward(Rule):
 
         result = forward.visit(_Masks())
         assert isinstance(result, cst.FunctionDef)
-        return result
+        return _conversions_with_mask(result, trn_config)
 
     def _checkpointed_layers(self, forward: cst.FunctionDef) -> cst.FunctionDef:
         layers = layer_list(self.blueprint.backbone.layers)
@@ -798,3 +800,43 @@ def _unpacked_shape(statement: cst.BaseStatement, embeds: set[str]) -> tuple[str
     ):
         return None
     return names[0], names[1], dotted(value.value)  # type: ignore[return-value]
+
+
+def _conversions_with_mask(forward: cst.FunctionDef, trn_config: cst.BaseExpression) -> cst.FunctionDef:
+    """Statements right after a mask built unless recomputed that convert it in place (`m = m.bool()`: MPT
+    fills a boolean mask) move into the branch that builds it: no mask is there to convert otherwise."""
+    test = f"{code(trn_config).strip()}.recompute_causal_mask"
+
+    class _Moved(cst.CSTTransformer):
+        def leave_IndentedBlock(
+            self, original: cst.IndentedBlock, updated: cst.IndentedBlock
+        ) -> cst.IndentedBlock:
+            body = list(updated.body)
+            index = 0
+            while index < len(body):
+                built = body[index]
+                index += 1
+                if not (isinstance(built, cst.If) and code(built.test).strip() == test):
+                    continue
+                orelse = built.orelse
+                if not isinstance(orelse, cst.Else) or not isinstance(orelse.body, cst.IndentedBlock):
+                    continue
+                mask = assigned_name(orelse.body.body[-1]) if orelse.body.body else None
+                moved: list[cst.BaseStatement] = []
+                while mask is not None and index < len(body) and _converts(body[index], mask):
+                    moved.append(body.pop(index))
+                if moved:
+                    block = orelse.body.with_changes(body=[*orelse.body.body, *moved])
+                    body[index - 1] = built.with_changes(orelse=orelse.with_changes(body=block))
+            return updated.with_changes(body=body)
+
+    result = forward.visit(_Moved())
+    assert isinstance(result, cst.FunctionDef)
+    return result
+
+
+def _converts(statement: cst.BaseStatement, mask: str) -> bool:
+    """`mask = mask.<method>(...)`: a conversion of the mask that reads nothing else of it."""
+    return assigned_name(statement) == mask and m.matches(
+        assigned_value(statement), m.Call(func=m.Attribute(value=m.Name(mask)))
+    )

@@ -252,12 +252,17 @@ def adds_head_bias(blueprint: Blueprint, forward: cst.FunctionDef) -> bool:
     """Whether an attention forward computes its scores inline with a per-head bias the layer stack builds
     (no transformers dispatch, a plain `if <mask> is not None:` block adding the mask): NXS031 converts it,
     and NXS023 has no dispatch to rewrite there."""
-    return bool(blueprint.head_biases) and table_dispatch(forward) is None and mask_block(forward) is not None
+    return (
+        bool(blueprint.head_biases)
+        and table_dispatch(forward) is None
+        and mask_block(forward, filled=True) is not None
+    )
 
 
-def mask_block(function: cst.FunctionDef) -> tuple[int, str] | None:
+def mask_block(function: cst.FunctionDef, filled: bool = False) -> tuple[int, str] | None:
     """(index, scores) of the eager function's plain `if <mask> is not None:` block that adds the mask to
-    the scores as `s = s + mask`; None when it has none."""
+    the scores as `s = s + mask` (with `filled`, or fills a boolean mask's keys as `s = s.masked_fill(mask,
+    value)`: an attention computed inline); None when it has none."""
     names = [param.name.value for param in function.params.params]
     mask = "attention_mask" if "attention_mask" in names else (names[4] if len(names) > 4 else None)
     if mask is None:
@@ -269,26 +274,38 @@ def mask_block(function: cst.FunctionDef) -> tuple[int, str] | None:
             and m.matches(statement.test, IS_NOT_NONE)
             and m.matches(statement.test.left, m.Name(mask))  # type: ignore[attr-defined]
         ):
-            scores = _scores_name(statement)
+            scores = _scores_name(statement, mask, filled)
             return (index, scores) if scores is not None else None
     return None
 
 
-def _scores_name(statement: cst.If) -> str | None:
-    """`s` in the eager function's mask block `s = s + mask` (the attention scores)."""
+def _scores_name(statement: cst.If, mask: str, filled: bool) -> str | None:
+    """`s` in the eager function's mask block `s = s + mask` (the attention scores); with `filled`, also in
+    a boolean mask's block `s = s.masked_fill(mask, value)`."""
     for node in walk(statement.body):
         if not isinstance(node, cst.SimpleStatementLine):
             continue
         target, value = assigned_name(node), assigned_value(node)
+        if target is None:
+            continue
         if (
-            target is not None
-            and isinstance(value, cst.BinaryOperation)
+            isinstance(value, cst.BinaryOperation)
             and isinstance(value.operator, cst.Add)
             and isinstance(value.left, cst.Name)
             and value.left.value == target
         ):
             return target
+        if filled and m.matches(value, _masked_fill(target, mask)):
+            return target
     return None
+
+
+def _masked_fill(scores: str, mask: str) -> m.BaseMatcherNode:
+    """`scores.masked_fill(mask, value)`: a boolean mask, True where a key is masked."""
+    return m.Call(
+        func=m.Attribute(value=m.Name(scores), attr=m.Name("masked_fill")),
+        args=[m.Arg(value=m.Name(mask), keyword=None), m.Arg(keyword=None)],
+    )
 
 
 def _tests_any(statement: cst.If, names: set[str]) -> bool:

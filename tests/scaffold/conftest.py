@@ -29,13 +29,14 @@ EXAMPLE_MODELS = (
     "modernbert-decoder",
     "gpt_bigcode",
     "bloom",
+    "mpt",
 )  # rules may show their examples on these (phi3: projections fused in the source; gpt_neox: q|k|v
 # interleaved per head in the source; falcon: q|k|v split by a layout helper, ALiBi read as off; codegen:
 # q|v|k cut into groups in the forward; gemma3_text: a config flag that sets a mask option; qwen2_moe: the
 # pre-refactor attention and mask forms, read as the current ones by scaffold.analysis.current_forms; gpt2:
 # a cross-attention path a causal LM never takes; modernbert-decoder: _init_weights re-draws child layers;
 # gpt_bigcode: a scaled re-draw by module class; bloom: an ALiBi bias built once for every layer, added to
-# inline eager scores)
+# inline eager scores; mpt: the same, the attention filling a boolean mask)
 
 
 @functools.cache

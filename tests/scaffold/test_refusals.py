@@ -111,6 +111,13 @@ def test_bloom_and_falcon_qkv_split_by_a_helper_are_not_refused_as_interleaved()
     assert codes("falcon") == set()
 
 
+def test_mpt_attention_with_alibi_and_a_boolean_mask_is_not_refused():
+    # MptAttention reads `batch_size, seq_length = hidden_states.shape[:2]` (its (B, S, D) input's leading
+    # shape: R026 no more) and fills a boolean mask into scores computed inline with the ALiBi bias its model
+    # builds once (`s = s.masked_fill(mask, min)`: kept eager by NXS031, R027 no more).
+    assert codes("mpt") == set()
+
+
 def test_refusal_messages_name_their_reason_and_codes_are_unique():
     known = {code.code: code for code in ALL_CODES}
     assert len(known) == len(ALL_CODES)

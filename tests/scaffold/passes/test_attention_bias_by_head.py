@@ -108,6 +108,37 @@ class ToyAttention(nn.Module):
         return self.o_proj(probs @ self.v_proj(hidden_states))
 """
 
+FILLED_BEFORE = """
+class ToyAttention(nn.Module):
+    def forward(self, hidden_states, bias, attention_mask=None):
+        q = self.q_proj(hidden_states)
+        k = self.k_proj(hidden_states)
+        scores = q @ k.transpose(-1, -2) + bias
+        if attention_mask is not None:
+            scores = scores.masked_fill(attention_mask, -1e9)
+        probs = scores.softmax(-1)
+        return self.o_proj(probs @ self.v_proj(hidden_states))
+"""
+
+FILLED_AFTER = """
+import torch
+
+
+class ToyAttention(nn.Module):
+    def forward(self, hidden_states, bias, attention_mask=None):
+        q = self.q_proj(hidden_states)
+        k = self.k_proj(hidden_states)
+        scores = q @ k.transpose(-1, -2) + bias
+        if attention_mask is not None:
+            scores = scores.masked_fill(attention_mask, -1e9)
+        else:
+            # No mask was built (trn_config.recompute_causal_mask): mask the future keys here.
+            future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(diagonal=1)
+            scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+        probs = scores.softmax(-1)
+        return self.o_proj(probs @ self.v_proj(hidden_states))
+"""
+
 TOY_BIAS = HeadBias("ToyModel", "bias", "self.num_heads", HERE, "attention_mask")
 TOY = dataclasses.replace(
     blueprint(
@@ -139,6 +170,14 @@ class TestAttentionBiasByHead(RuleTest):
     def test_the_attention_masks_the_future_without_a_mask(self) -> None:
         self.assertCodemod(ATTENTION_BEFORE, ATTENTION_AFTER, blueprint=TOY)
 
+    def test_a_boolean_mask_filled_in_the_scores_gets_the_same_else(self) -> None:
+        # MPT's mask block: `s = s.masked_fill(mask, value)`, the mask True where a key is masked.
+        self.assertCodemod(FILLED_BEFORE, FILLED_AFTER, blueprint=TOY)
+
+    def test_a_mask_filled_with_another_mask_is_no_mask_block(self) -> None:
+        other = FILLED_BEFORE.replace("masked_fill(attention_mask, ", "masked_fill(attention_mask.bool(), ")
+        self.assertUnchanged(other, blueprint=TOY)
+
     def test_a_model_without_a_head_bias_is_left_alone(self) -> None:
         none = dataclasses.replace(TOY, head_biases=())
         self.assertUnchanged(STACK_BEFORE, blueprint=none)
@@ -158,6 +197,20 @@ def test_bloom_alibi_is_read_as_a_head_bias_of_its_attention():
         "v_proj",
         "dense",
     )  # scores: alibi.baddbmm(q, k)
+    assert not found.refusals
+
+
+def test_mpt_alibi_is_read_as_a_head_bias_of_its_attention():
+    # MPT: `alibi = self.build_mpt_alibi_tensor(self.num_heads, ...)`, (heads, 1, keys), no padding mask
+    # read; its attention reads `batch_size, seq_length = hidden_states.shape[:2]` (R026 before) and fills
+    # a boolean mask (R027 before).
+    found = blueprint_of("mpt")
+    assert found.head_biases == (
+        HeadBias("MptModel", "alibi", "self.num_heads", found.head_biases[0].location, None),
+    )
+    assert {(g.owner, g.q, g.k, g.v, g.o) for g in found.attention} == {
+        ("MptAttention", "q_proj", "k_proj", "v_proj", "out_proj")
+    }
     assert not found.refusals
 
 

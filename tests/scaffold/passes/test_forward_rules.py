@@ -442,6 +442,58 @@ class ToyAttention(nn.Module):
             self.BEFORE.replace("ToyAttention", "ToyMixer"), blueprint=_attention_blueprint()
         )
 
+    def test_the_first_two_sizes_of_the_input_are_its_leading_shape(self) -> None:
+        # MPT: `batch_size, seq_length = hidden_states.shape[:2]` on the (B, S, D) input (R026 before).
+        before = """
+class ToyAttention(nn.Module):
+    def forward(self, hidden_states, attention_mask, **kwargs):
+        batch_size, seq_length = hidden_states.shape[:2]
+        q = self.q_proj(hidden_states)
+        k = self.k_proj(hidden_states)
+        v = self.v_proj(hidden_states)
+        out = kernel(q, k, v)
+        return self.o_proj(out.reshape(batch_size, seq_length, -1))
+"""
+        after = """
+from neuronx_distributed.parallel_layers.parallel_state import get_tensor_model_parallel_size
+
+
+class ToyAttention(nn.Module):
+    def forward(self, hidden_states, attention_mask, **kwargs):
+        if self.trn_config.sequence_parallel_enabled:
+            # The input is (S/T, B, D): sequence-first and sharded over the tensor-parallel ranks.
+            input_shape = (hidden_states.shape[1], hidden_states.shape[0] * get_tensor_model_parallel_size())
+        else:
+            input_shape = hidden_states.shape[:2]
+        batch_size, seq_length = input_shape
+        q = self.q_proj(hidden_states)
+        k = self.k_proj(hidden_states)
+        v = self.v_proj(hidden_states)
+        if self.trn_config.sequence_parallel_enabled:
+            # The column layers gathered the sequence: (S, B, h*d) -> batch-first (B, S, h*d).
+            q, k, v = (
+                q.transpose(0, 1),
+                k.transpose(0, 1),
+                v.transpose(0, 1),
+            )
+        out = kernel(q, k, v)
+        attn_output = out.reshape(batch_size, seq_length, -1)
+        if self.trn_config.sequence_parallel_enabled:
+            # The output projection reduce-scatters along the sequence: back to sequence-first (S, B, h*d).
+            attn_output = attn_output.transpose(0, 1)
+        return self.o_proj(attn_output)
+"""
+        self.assertCodemod(before, after, blueprint=_attention_blueprint())
+
+    def test_other_slices_of_the_input_shape_are_no_leading_shape(self) -> None:
+        from scaffold.rules.attention_sequence_parallel import other_shape_reads
+
+        for read in ("hidden_states.shape[:1]", "hidden_states.shape[1:]", "hidden_states.size()[:3]"):
+            statement = cst.parse_statement(f"x = {read}")
+            assert other_shape_reads([statement], "hidden_states") == [statement], read
+        for read in ("hidden_states.shape[:2]", "hidden_states.size()[:2]", "hidden_states.shape[:-1]"):
+            assert other_shape_reads([cst.parse_statement(f"x = {read}")], "hidden_states") == [], read
+
 
 EAGER = """
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -683,6 +735,30 @@ class ToyWrapper(ToyPreTrainedModel):
         source = BASE.replace("from torch import nn", "import torch.nn as nn")
         out = BaseModelForward(CodemodContext(), bp).transform_module(cst.parse_module(source)).code
         assert "class ToyLayer(nn.Module):" in out and "from torch import nn" not in out
+
+    def test_a_conversion_of_the_mask_moves_into_the_branch_that_builds_it(self) -> None:
+        # MPT: `causal_mask = causal_mask.bool()` right after the builder; no mask to convert when the
+        # attention recomputes it.
+        bp = blueprint(
+            classes=[klass("ToyModel", ClassKind.BASE_MODEL), klass("ToyLayer", ClassKind.DECODER_LAYER)],
+            backbone=self.BACKBONE,
+            mask_builders=["create_causal_mask"],
+        )
+        built = "        causal_mask = create_causal_mask(config=self.config, input_embeds=inputs_embeds, past_key_values=None)\n"
+        assert built in BASE
+        before = BASE.replace(built, built + "        causal_mask = causal_mask.bool()\n")
+        built_after = """                input_embeds=inputs_embeds,
+            )
+"""
+        assert built_after in BASE_AFTER
+        after = BASE_AFTER.replace(
+            built_after, built_after + "            causal_mask = causal_mask.bool()\n"
+        )
+        self.assertCodemod(before, after, blueprint=bp)
+        # a statement reading the mask otherwise stays where it is (and runs on None: as written)
+        other = BASE.replace(built, built + "        other = causal_mask.bool()\n")
+        out = BaseModelForward(CodemodContext(), bp).transform_module(cst.parse_module(other)).code
+        assert "\n        other = causal_mask.bool()\n" in out  # at the forward's level, not in the branch
 
     def test_refused_base_model_keeps_transformers_masks(self) -> None:
         refusal = Refusal("R022", "no loop", HERE, "ToyModel", ("NXS012",))
