@@ -638,10 +638,11 @@ def _merged_inputs(module: cst.Module) -> cst.Module:
     passing it. The calls are those of the attributes the file's classes build as the class (`self.x =
     C(...)`, read only as `self.x(...)`); a class built anywhere else is left as written."""
     body = list(module.body)
+    walked = _walked(body)  # every statement's nodes, walked once (again only after a change)
     classes = {s.name.value: s for s in body if isinstance(s, cst.ClassDef)}
     for name, cls in classes.items():
         forward = _methods(cls).get("forward")
-        calls = _instance_calls(body, name)
+        calls = _instance_calls(walked, name)
         if forward is None or not calls or not isinstance(forward.body, cst.IndentedBlock):
             continue
         names = _parameters(forward)
@@ -657,42 +658,43 @@ def _merged_inputs(module: cst.Module) -> cst.Module:
             for s in body
         ]
         body = [_calls_without(s, set(calls), dropped) if isinstance(s, cst.ClassDef) else s for s in body]
+        walked = _walked(body)
     return module.with_changes(body=body)
 
 
-def _instance_calls(body: list[cst.BaseStatement], name: str) -> dict[tuple[str, str], list[cst.Call]]:
-    """{(owner, attribute): its calls} for every `self.<attribute> = <name>(...)` of the file's classes;
-    empty when the class is built or an attribute read in any other way."""
+def _walked(body: list[cst.BaseStatement]) -> list[tuple[cst.BaseStatement, list[cst.CSTNode]]]:
+    return [(statement, list(walk(statement))) for statement in body]
+
+
+def _instance_calls(
+    walked: list[tuple[cst.BaseStatement, list[cst.CSTNode]]], name: str
+) -> dict[tuple[str, str], list[cst.Call]]:
+    """{(owner, attribute): its calls} for every `self.<attribute> = <name>(...)` of the file's classes
+    (`walked`: each top-level statement with its nodes); empty when the class is built or an attribute
+    read in any other way."""
     found: dict[tuple[str, str], list[cst.Call]] = {}
-    for statement in body:
-        if isinstance(statement, cst.FunctionDef) and any(
-            isinstance(n, cst.Call) and dotted(n.func) == name for n in walk(statement)
-        ):
+    for statement, nodes in walked:
+        builds = [n for n in nodes if isinstance(n, cst.Call) and dotted(n.func) == name]
+        if isinstance(statement, cst.FunctionDef) and builds:
             return {}
         if not isinstance(statement, cst.ClassDef):
             continue
+        assigned = {id(a.value): a for a in nodes if isinstance(a, cst.Assign) and len(a.targets) == 1}
         attributes = set()
-        for node in walk(statement):
-            if isinstance(node, cst.Call) and dotted(node.func) == name:
-                parent = next(
-                    (
-                        a
-                        for a in walk(statement)
-                        if isinstance(a, cst.Assign) and a.value is node and len(a.targets) == 1
-                    ),
-                    None,
-                )
-                target = parent.targets[0].target if parent is not None else None
-                if not (isinstance(target, cst.Attribute) and dotted(target.value) == "self"):
-                    return {}
-                attributes.add(target.attr.value)
+        for node in builds:
+            parent = assigned.get(id(node))
+            target = parent.targets[0].target if parent is not None else None
+            if not (isinstance(target, cst.Attribute) and dotted(target.value) == "self"):
+                return {}
+            attributes.add(target.attr.value)
         for attribute in attributes:
             reads = [
                 n
-                for n in walk(statement)
+                for n in nodes
                 if isinstance(n, cst.Attribute) and dotted(n.value) == "self" and n.attr.value == attribute
             ]
-            calls = [n for n in walk(statement) if isinstance(n, cst.Call) and n.func in reads]
+            read_ids = {id(n) for n in reads}
+            calls = [n for n in nodes if isinstance(n, cst.Call) and id(n.func) in read_ids]
             if len(reads) != len(calls) + 1:  # the assignment, then calls only
                 return {}
             found[(statement.name.value, attribute)] = calls
