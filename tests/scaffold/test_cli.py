@@ -136,7 +136,7 @@ def test_decoder_only_types_leave_out_encoders_and_encoder_decoders():
 
 def test_list_says_which_types_scaffold_and_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NXD_SCAFFOLD_CACHE", str(tmp_path))
-    status, out = run(["list", "llama", "mpt", "mamba"])
+    status, out = run(["list", "llama", "ctrl", "mamba"])
     assert status == 0
     rows = {
         line.split("│")[1].strip(): line
@@ -144,10 +144,10 @@ def test_list_says_which_types_scaffold_and_why_not(tmp_path: Path, monkeypatch:
         if line.startswith("│ ") and "│" in line[2:]
     }
     assert "scaffolds" in rows["llama"]
-    assert "refused" in rows["mpt"] and "R026" in rows["mpt"]  # its shape read, as `new-model mpt` says
+    assert "refused" in rows["ctrl"] and "R027" in rows["ctrl"]  # its own kernel, as `new-model ctrl` says
     assert "refused" in rows["mamba"] and "R005" in rows["mamba"]  # a state-space mixer
     assert "1 of 3 scaffold" in out
-    assert run(["list", "llama", "mpt", "mamba"]) == (status, out)  # the second run reads the cache
+    assert run(["list", "llama", "ctrl", "mamba"]) == (status, out)  # the second run reads the cache
 
 
 def test_list_refuses_a_type_that_is_not_a_decoder_only_lm(capsys: pytest.CaptureFixture[str]):

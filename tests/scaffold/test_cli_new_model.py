@@ -130,10 +130,10 @@ def test_unparsable_source_names_file_and_line(in_tmp: Path, capsys: pytest.Capt
 def test_refused_architecture_is_an_error_and_writes_nothing(
     in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ):
-    assert run(["new-model", "mpt"])[0] == EXIT_ERROR
+    assert run(["new-model", "ctrl"])[0] == EXIT_ERROR
     err = capsys.readouterr().err
-    assert err.startswith("scaffold new-model: error: mpt: ") and "cannot be converted safely" in err
-    assert "transformers/models/mpt/modeling_mpt.py:100: R026" in err
+    assert err.startswith("scaffold new-model: error: ctrl: ") and "cannot be converted safely" in err
+    assert "transformers/models/ctrl/modeling_ctrl.py:123: R027" in err
     assert "hint: pass --allow-unsupported" in err
     assert files(in_tmp) == {}
 

@@ -101,10 +101,10 @@ def test_command_repeats_the_request():
 
 def test_refused_architecture_stops_before_any_rule():
     with pytest.raises(ScaffoldError) as caught:
-        emit_model(Request("mpt"))
+        emit_model(Request("ctrl"))
     message = str(caught.value)
-    assert message.startswith("mpt: ") and "cannot be converted safely" in message
-    assert "transformers/models/mpt/modeling_mpt.py:100: R026" in message
+    assert message.startswith("ctrl: ") and "cannot be converted safely" in message
+    assert "transformers/models/ctrl/modeling_ctrl.py:123: R027" in message
     assert "--allow-unsupported" in message
 
 
